@@ -1,0 +1,1 @@
+"""OGC API Features through pygeoapi, configured from config.yml."""

@@ -1,0 +1,1 @@
+"""Turns device MQTT messages into SensorThings Observations."""

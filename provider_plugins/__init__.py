@@ -1,0 +1,1 @@
+"""pygeoapi providers for departmental sources and live SensorThings state."""

@@ -1,0 +1,190 @@
+"""Entity bodies (JSON from POST, PUT, PATCH, MQTT) parsed into typed drafts the store trusts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sensorthings.geometry import GEOJSON_TYPES, geometry_of, to_wkb
+from sensorthings.model import OBSERVATION, EntityType, Kind, Nav, NavKind, target_of
+from sensorthings.results import encode_result
+from sensorthings.times import parse_instant, parse_interval, parse_time_or_interval
+
+MAX_DEPTH = 16
+
+
+class BodyError(ValueError):
+    """A body that does not describe a valid entity; the message names the property."""
+
+
+@dataclass
+class Ref:
+    """A link to an entity that exists already (`{"@iot.id": 7}`)."""
+
+    entity: EntityType
+    id: int
+
+
+@dataclass
+class Draft:
+    """An entity to write: column values ready for the store, and the entities to link or create."""
+
+    entity: EntityType
+    values: dict[str, Any]
+    links: dict[str, list[Draft | Ref]] = field(default_factory=dict)
+    id: int | None = None
+
+
+def parse_id(value: Any, where: str) -> int:
+    """An entity id from JSON (integers, or digits as a string)."""
+    if isinstance(value, bool):
+        raise BodyError(f"{where}: @iot.id must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise BodyError(f"{where}: @iot.id must be an integer, got {value!r}")
+
+
+def _is_annotation(key: str) -> bool:
+    # links and counts a server wrote (Hamburg's and FROST's documents carry them); never data
+    return key.startswith("@iot.") or "@iot." in key
+
+
+def convert_value(entity: EntityType, name: str, value: Any, values: dict[str, Any]) -> None:
+    """Put one property's value into `values` as the store's columns."""
+    prop = entity.prop_by_name[name]
+    col = prop.column
+    where = f"{entity.name}.{name}"
+    try:
+        if value is None:
+            if prop.required:
+                raise BodyError(f"{where} must not be null")
+            _set_null(prop.kind, col, values)
+        elif prop.kind is Kind.TEXT:
+            if not isinstance(value, str):
+                raise BodyError(f"{where} must be a string")
+            values[col] = value
+        elif prop.kind is Kind.JSON:
+            if name == "properties" and not isinstance(value, dict):
+                raise BodyError(f"{where} must be a JSON object")
+            values[col] = value
+        elif prop.kind is Kind.TIME:
+            values[col] = parse_instant(value)
+        elif prop.kind is Kind.INTERVAL:
+            values[f"{col}_start"], values[f"{col}_end"] = parse_interval(value)
+        elif prop.kind is Kind.TIME_OR_INTERVAL:
+            values[f"{col}_start"], values[f"{col}_end"] = parse_time_or_interval(value)
+        elif prop.kind is Kind.GEOJSON:
+            if not isinstance(value, dict):
+                raise BodyError(f"{where} must be a GeoJSON object")
+            values[col] = value
+            values["geom"] = to_wkb(geometry_of(value))
+        elif prop.kind is Kind.RESULT:
+            (values["result_type"], values["result_number"], values["result_string"],
+             values["result_json"]) = encode_result(value)
+    except ValueError as exc:
+        if isinstance(exc, BodyError):
+            raise
+        raise BodyError(f"{where}: {exc}") from None
+
+
+def _set_null(kind: Kind, col: str, values: dict[str, Any]) -> None:
+    if kind in (Kind.INTERVAL, Kind.TIME_OR_INTERVAL):
+        values[f"{col}_start"] = values[f"{col}_end"] = None
+    elif kind is Kind.GEOJSON:
+        values[col] = values["geom"] = None
+    elif kind is Kind.RESULT:
+        values.update(result_type=5, result_number=None, result_string=None, result_json=None)
+    else:
+        values[col] = None
+
+
+def parse_entity(
+    entity: EntityType,
+    data: Any,
+    *,
+    mode: str = "create",
+    implied: frozenset[str] = frozenset(),
+    depth: int = 0,
+) -> Draft | Ref:
+    """A Draft (or a Ref when the object only names an existing entity) from a JSON body.
+
+    mode is `create` (required properties enforced), `put` (all writable properties replaced,
+    required ones enforced) or `patch` (only what is given). `implied` names navigation
+    properties the URL provides (POST /Things(1)/Datastreams implies `Thing`).
+    """
+    if depth > MAX_DEPTH:
+        raise BodyError(f"{entity.name}: deep insert nested more than {MAX_DEPTH} levels")
+    if not isinstance(data, dict):
+        raise BodyError(f"{entity.name} must be a JSON object")
+    if mode == "create" and "@iot.id" in data:
+        return Ref(entity, parse_id(data["@iot.id"], entity.name))
+    values: dict[str, Any] = {}
+    links: dict[str, list[Draft | Ref]] = {}
+    for key, value in data.items():
+        if _is_annotation(key):
+            continue
+        if key in entity.prop_by_name:
+            convert_value(entity, key, value, values)
+        elif key in entity.nav_by_name:
+            links[key] = _parse_links(entity, entity.nav_by_name[key], value, mode, depth)
+        else:
+            raise BodyError(f"{entity.name} has no property {key!r}")
+    if mode in ("create", "put"):
+        for prop in entity.props:
+            if prop.name in data:
+                continue
+            if prop.required and not (prop.name == "phenomenonTime"):
+                raise BodyError(f"{entity.name}.{prop.name} is required")
+            if mode == "put" and not prop.read_only:
+                _set_null(prop.kind, prop.column, values)
+    if mode == "create":
+        for nav in entity.navs:
+            if nav.required and nav.name not in links and nav.name not in implied:
+                raise BodyError(f"{entity.name}.{nav.name} is required")
+        if entity is OBSERVATION:
+            given = {"Datastream", "MultiDatastream"} & (set(links) | implied)
+            if len(given) != 1:
+                raise BodyError("an Observation needs exactly one of Datastream or MultiDatastream")
+    _check_geojson_encoding(entity, values, data)
+    return Draft(entity, values, links)
+
+
+def _check_geojson_encoding(entity: EntityType, values: dict[str, Any], data: dict) -> None:
+    # geometry only means something when the encoding says GeoJSON; other encodings are stored as given
+    enc = data.get("encodingType")
+    if enc is not None and "geom" in values and enc not in GEOJSON_TYPES:
+        values["geom"] = None
+
+
+def _parse_links(entity: EntityType, nav: Nav, value: Any, mode: str, depth: int) -> list[Draft | Ref]:
+    target = target_of(nav)
+    where = f"{entity.name}.{nav.name}"
+    if nav.kind is NavKind.FK:
+        if not isinstance(value, dict):
+            raise BodyError(f"{where} must be a JSON object")
+        items = [value]
+    else:
+        if not isinstance(value, list):
+            raise BodyError(f"{where} must be a JSON array")
+        items = value
+    out: list[Draft | Ref] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise BodyError(f"{where} must hold JSON objects")
+        if "@iot.id" in item:
+            out.append(Ref(target, parse_id(item["@iot.id"], where)))
+        elif mode == "patch" and nav.kind is not NavKind.LINK:
+            raise BodyError(f"{where}: only links by @iot.id can be changed with PATCH")
+        else:
+            back = _back_name(entity, nav)
+            out.append(parse_entity(target, item, mode="create", implied=back, depth=depth + 1))
+    return out
+
+
+def _back_name(entity: EntityType, nav: Nav) -> frozenset[str]:
+    from sensorthings.model import reverse_nav
+
+    back = reverse_nav(entity, nav)
+    return frozenset({back.name}) if back is not None else frozenset()

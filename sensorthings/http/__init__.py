@@ -1,0 +1,1 @@
+"""The SensorThings HTTP API as Starlette routes."""

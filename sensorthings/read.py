@@ -1,0 +1,277 @@
+"""Reading entities: query options turned into SQL, rows into SensorThings JSON, expands batched.
+
+An expanded set is fetched for all parents in one statement (a LATERAL join on PostgreSQL, a
+UNION ALL of per-parent LIMIT queries on SQLite), so `$top=1` inside `$expand` reads one index
+entry per parent instead of every Observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import BigInteger, ColumnElement, Connection, FromClause, Select, func, literal, select, true, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
+from sensorthings.query.sql import Translator
+from sensorthings.query.tree import Expand, QueryError, QueryOptions
+from sensorthings.query.unparse import option_pairs
+from sensorthings.results import decode_result
+from sensorthings.store.base import Store
+from sensorthings.store.schema import TABLES
+from sensorthings.times import format_instant, format_time
+
+DEFAULT_TOP = 100
+MAX_TOP = 10_000
+SQLITE_ARMS = 200  # SQLite allows 500 terms in a compound SELECT
+
+
+@dataclass
+class Reader:
+    """Reads one request's entities from a store, writing links under `base` (…/v1.1)."""
+
+    store: Store
+    base: str
+    default_top: int = DEFAULT_TOP
+
+    def __post_init__(self) -> None:
+        self.translator = Translator(self.store.dialect)
+
+    # -- public --------------------------------------------------------------------------------
+    def collection(
+        self,
+        conn: Connection,
+        entity: EntityType,
+        where: Callable[[FromClause], ColumnElement | None],
+        options: QueryOptions,
+        next_url: Callable[[int], str],
+    ) -> dict[str, Any]:
+        """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`."""
+        table = TABLES[entity.table]
+        conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
+        top = self.default_top if options.top is None else options.top
+        out: dict[str, Any] = {}
+        if options.count:
+            out["@iot.count"] = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
+        q = select(*_columns(table)).where(*conds).order_by(*self._order(entity, table, options))
+        q = q.limit(top + 1).offset(options.skip)
+        rows = conn.execute(q).mappings().all() if top > 0 else []
+        more = len(rows) > top
+        rows = rows[:top]
+        out["value"] = self.serialize_rows(conn, entity, rows, options)
+        if more:
+            out["@iot.nextLink"] = next_url(options.skip + top)
+        return out
+
+    def entity(
+        self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+        options: QueryOptions,
+    ) -> dict[str, Any] | None:
+        """One entity, or None."""
+        table = TABLES[entity.table]
+        conds = [c for c in (where(table),) if c is not None]
+        row = conn.execute(select(*_columns(table)).where(*conds).limit(1)).mappings().first()
+        if row is None:
+            return None
+        return self.serialize_rows(conn, entity, [row], options)[0]
+
+    def serialize_rows(self, conn: Connection, entity: EntityType, rows: Sequence[Mapping[str, Any]],
+                       options: QueryOptions) -> list[dict[str, Any]]:
+        """Rows as SensorThings JSON with links, `$select` applied and `$expand` filled in."""
+        write = serializer(entity, self.base, options.select)
+        out = [write(row) for row in rows]
+        for item in options.expand:
+            self._expand(conn, entity, rows, out, item)
+        return out
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _filter(self, entity: EntityType, table: FromClause, options: QueryOptions) -> ColumnElement | None:
+        if options.filter is None:
+            return None
+        return self.translator.where(entity, table, options.filter)
+
+    def _order(self, entity: EntityType, table: FromClause, options: QueryOptions) -> list[Any]:
+        keys = self.translator.order(entity, table, options.orderby) if options.orderby else []
+        return [*keys, table.c.id.asc()]
+
+    def _expand(self, conn: Connection, entity: EntityType, rows: Sequence[Mapping[str, Any]],
+                out: list[dict[str, Any]], item: Expand) -> None:
+        nav = entity.nav_by_name.get(item.name)
+        if nav is None:
+            raise QueryError(f"{entity.name} has no navigation property {item.name!r}", "$expand", item.pos)
+        if not rows:
+            return
+        target = target_of(nav)
+        opts = item.options
+        if nav.kind is NavKind.FK:
+            self._expand_one(conn, nav, target, rows, out, opts)
+            return
+        top = self.default_top if opts.top is None else opts.top
+        if top > MAX_TOP:
+            raise QueryError(f"$top must not exceed {MAX_TOP}", "$expand", item.pos)
+        parent_ids = [r["id"] for r in rows]
+        children: dict[int, list[Mapping[str, Any]]] = {pid: [] for pid in parent_ids}
+        for row in self._per_parent(conn, nav, target, parent_ids, opts, top):
+            children[row["_parent"]].append(row)
+        counts = self._counts(conn, nav, target, parent_ids, opts) if opts.count else None
+        for row, doc in zip(rows, out, strict=True):
+            kids = children[row["id"]]
+            more = len(kids) > top
+            kids = kids[:top]
+            if counts is not None:
+                doc[f"{nav.name}@iot.count"] = counts.get(row["id"], 0)
+            doc[nav.name] = self.serialize_rows(conn, target, kids, opts)
+            if more:
+                link = f"{self.base}/{entity.set_name}({row['id']})/{nav.name}"
+                doc[f"{nav.name}@iot.nextLink"] = link + "?" + _encode(option_pairs(opts, top=top,
+                                                                                    skip=opts.skip + top))
+
+    def _expand_one(self, conn: Connection, nav: Nav, target: EntityType, rows: Sequence[Mapping[str, Any]],
+                    out: list[dict[str, Any]], opts: QueryOptions) -> None:
+        ids = {r[nav.column] for r in rows if r[nav.column] is not None}
+        if not ids:
+            return
+        table = TABLES[target.table]
+        conds = [table.c.id.in_(ids)]
+        flt = self._filter(target, table, opts)
+        if flt is not None:
+            conds.append(flt)
+        found = conn.execute(select(*_columns(table)).where(*conds)).mappings().all()
+        docs = dict(zip((r["id"] for r in found), self.serialize_rows(conn, target, found, opts), strict=True))
+        for row, doc in zip(rows, out, strict=True):
+            child = docs.get(row[nav.column])
+            if child is not None:
+                doc[nav.name] = child
+
+    def _arm(self, nav: Nav, target: EntityType, parent: Any, opts: QueryOptions) -> tuple[Select, FromClause]:
+        """The query for one parent's children (parent is a literal id or a column)."""
+        table = TABLES[target.table]
+        if nav.kind is NavKind.REVERSE:
+            q = select(*_columns(table), parent.label("_parent"))
+            q = q.where(table.c[nav.column] == parent)
+        else:
+            link = TABLES[nav.link_table]
+            q = select(*_columns(table), parent.label("_parent")).select_from(
+                table.join(link, link.c[nav.link_target] == table.c.id)).where(link.c[nav.link_self] == parent)
+        flt = self._filter(target, table, opts)
+        if flt is not None:
+            q = q.where(flt)
+        return q.order_by(*self._order(target, table, opts)), table
+
+    def _per_parent(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
+                    opts: QueryOptions, top: int) -> list[Mapping[str, Any]]:
+        if top == 0 and not opts.skip:
+            return []
+        if self.store.dialect.name == "postgresql":
+            parents = select(func.unnest(literal(parent_ids, ARRAY(BigInteger))).label("pid")).subquery()
+            arm, _ = self._arm(nav, target, parents.c.pid, opts)
+            lat = arm.limit(top + 1).offset(opts.skip).lateral()
+            q = select(lat).select_from(parents).join(lat, true())
+            return list(conn.execute(q).mappings().all())
+        rows: list[Mapping[str, Any]] = []
+        for start in range(0, len(parent_ids), SQLITE_ARMS):
+            arms = []
+            for pid in parent_ids[start:start + SQLITE_ARMS]:
+                arm, _ = self._arm(nav, target, literal(pid), opts)
+                sub = arm.limit(top + 1).offset(opts.skip).subquery()
+                arms.append(select(sub))
+            q = arms[0] if len(arms) == 1 else union_all(*arms)
+            rows.extend(conn.execute(q).mappings().all())
+        return rows
+
+    def _counts(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
+                opts: QueryOptions) -> dict[int, int]:
+        table = TABLES[target.table]
+        if nav.kind is NavKind.REVERSE:
+            key = table.c[nav.column]
+            q = select(key, func.count()).where(key.in_(parent_ids))
+        else:
+            link = TABLES[nav.link_table]
+            key = link.c[nav.link_self]
+            q = select(key, func.count()).select_from(table.join(link, link.c[nav.link_target] == table.c.id)) \
+                .where(key.in_(parent_ids))
+        flt = self._filter(target, table, opts)
+        if flt is not None:
+            q = q.where(flt)
+        return {k: n for k, n in conn.execute(q.group_by(key)).all()}
+
+
+def _columns(table: FromClause) -> list[Any]:
+    return [c for c in table.c if c.name != "geom"]
+
+
+def _encode(pairs: list[tuple[str, str]]) -> str:
+    return "&".join(f"{k}={quote(v, safe=',/()=;:$@')}" for k, v in pairs)
+
+
+def encode_query(pairs: list[tuple[str, str]]) -> str:
+    """Query options as a URL query string."""
+    return _encode(pairs)
+
+
+# -- serialization ---------------------------------------------------------------------------------
+Writer = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _value_reader(entity: EntityType, name: str) -> Callable[[Mapping[str, Any]], Any]:
+    prop = entity.prop_by_name[name]
+    col = prop.column
+    if prop.kind is Kind.TIME:
+        return lambda r: None if r[col] is None else format_instant(r[col])
+    if prop.kind is Kind.INTERVAL:
+        s, e = f"{col}_start", f"{col}_end"
+        return lambda r: None if r[s] is None else f"{format_instant(r[s])}/{format_instant(r[e] or r[s])}"
+    if prop.kind is Kind.TIME_OR_INTERVAL:
+        s, e = f"{col}_start", f"{col}_end"
+        return lambda r: format_time(r[s], r[e])
+    if prop.kind is Kind.RESULT:
+        return lambda r: decode_result(r["result_type"], r["result_number"], r["result_string"], r["result_json"])
+    return lambda r: r[col]
+
+
+def check_select(entity: EntityType, select_: tuple[str, ...] | None) -> None:
+    """QueryError for a `$select` name the entity does not have."""
+    for name in select_ or ():
+        base = name.split("/", 1)[0]
+        if base not in ("id", "@iot.id", "@iot.selfLink", "selfLink") and base not in entity.prop_by_name \
+                and base not in entity.nav_by_name:
+            raise QueryError(f"{entity.name} has no property {base!r}", "$select")
+
+
+_WRITERS: dict[tuple[str, str, tuple[str, ...] | None], Writer] = {}
+
+
+def serializer(entity: EntityType, base: str, select_: tuple[str, ...] | None) -> Writer:
+    """A function from a row to the entity's JSON; built once per entity, base and $select."""
+    key = (entity.name, base, select_)
+    found = _WRITERS.get(key)
+    if found is not None:
+        return found
+    check_select(entity, select_)
+    names = set(select_) if select_ is not None else None
+    want_id = names is None or bool(names & {"id", "@iot.id"})
+    want_self = names is None or bool(names & {"@iot.selfLink", "selfLink"})
+    props = [(p.name, _value_reader(entity, p.name)) for p in entity.props if names is None or p.name in names]
+    navs = [n.name for n in entity.navs if names is None or n.name in names]
+    prefix = f"{base}/{entity.set_name}("
+
+    def write(row: Mapping[str, Any]) -> dict[str, Any]:
+        id_ = row["id"]
+        doc: dict[str, Any] = {}
+        if want_self:
+            doc["@iot.selfLink"] = f"{prefix}{id_})"
+        if want_id:
+            doc["@iot.id"] = id_
+        for name, read in props:
+            doc[name] = read(row)
+        for nav in navs:
+            doc[f"{nav}@iot.navigationLink"] = f"{prefix}{id_})/{nav}"
+        return doc
+
+    if len(_WRITERS) > 2048:
+        _WRITERS.clear()
+    _WRITERS[key] = write
+    return write

@@ -1,0 +1,459 @@
+"""The SensorThings API's request handling, independent of HTTP: plain requests in, responses out.
+
+The Starlette routes, `$batch` sub-requests and MQTT-created Observations all come through
+`Service.handle`, so every way in behaves the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonpatch
+import orjson
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from sensorthings.body import BodyError, Draft, Ref, convert_value, parse_entity, parse_id
+from sensorthings.model import BY_NAME, BY_SET, ENTITY_TYPES, OBSERVATION, EntityType, NavKind, target_of
+from sensorthings.query.parser import parse_query_options
+from sensorthings.query.tree import QueryError, QueryOptions
+from sensorthings.read import MAX_TOP, Reader, encode_query
+from sensorthings.resource import PathError, Resource, condition, parse_path
+from sensorthings.store.base import Change, NotFound, Store, StoreError
+from sensorthings.store.schema import TABLES
+from sensorthings.times import format_instant, format_time, now, parse_time_or_interval
+
+log = logging.getLogger("udp.sensorthings")
+
+SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+CONFORMANCE = [
+    SPEC + "datamodel",
+    SPEC + "resource-path/resource-path-to-entities",
+    SPEC + "request-data",
+    SPEC + "create-update-delete",
+    SPEC + "batch-request/batch-request",
+    SPEC + "multi-datastream",
+    SPEC + "data-array/data-array",
+    SPEC + "data-array/data-array-create",
+]
+DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
+
+
+@dataclass
+class ApiRequest:
+    """One SensorThings request: method, path after `/v1.1/`, decoded query options and body."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    base: str = ""  # absolute URL of the service root, e.g. http://host:8080/v1.1
+    content_type: str = ""
+    query_string: str = ""
+
+
+@dataclass
+class ApiResponse:
+    """What to send back: status, a JSON-able body (or text), extra headers."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None
+
+    def content(self) -> bytes:
+        """The body as bytes."""
+        if self.text is not None:
+            return self.text.encode()
+        if self.body is None:
+            return b""
+        return orjson.dumps(self.body)
+
+
+def error(status: int, message: str, **extra: Any) -> ApiResponse:
+    """A JSON error response."""
+    return ApiResponse(status, {"code": status, "type": "error", "message": message, **extra})
+
+
+@dataclass
+class Tx:
+    """An open write transaction shared by the requests of a `$batch` changeset."""
+
+    conn: Connection
+    changes: list[Change]
+
+
+class Service:
+    """Handles SensorThings requests against one store."""
+
+    def __init__(self, store: Store, *, default_top: int = 100, max_top: int = MAX_TOP,
+                 extensions: list[str] | None = None, settings: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self.default_top = default_top
+        self.max_top = max_top
+        self.extra_conformance = list(extensions or [])
+        self.extra_settings = dict(settings or {})
+
+    # -- entry point ----------------------------------------------------------------------------
+    def handle(self, req: ApiRequest, tx: Tx | None = None) -> ApiResponse:
+        """Answer one request; never raises for bad input."""
+        try:
+            return self._route(req, tx)
+        except QueryError as exc:
+            return ApiResponse(400, exc.to_json())
+        except PathError as exc:
+            return error(exc.status, str(exc))
+        except (BodyError, StoreError) as exc:
+            return error(400, str(exc))
+        except NotFound as exc:
+            return error(404, str(exc))
+        except IntegrityError as exc:
+            return error(400, f"the write breaks a constraint: {exc.orig}")
+        except OperationalError as exc:
+            if _is_unavailable(exc):
+                log.warning("database unavailable: %s", exc)
+                return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
+                                   {"Retry-After": "5"})
+            raise
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
+                                   {"Retry-After": "5"})
+            raise
+
+    def _route(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
+        path = req.path.strip("/")
+        method = req.method.upper()
+        if path == "":
+            if method != "GET":
+                return error(405, "the service root is read-only")
+            return ApiResponse(200, self.root(req.base))
+        if path == "CreateObservations":
+            if method != "POST":
+                return error(405, "CreateObservations takes POST")
+            return self.create_observations(req, tx)
+        if path == "$batch":
+            if method != "POST":
+                return error(405, "$batch takes POST")
+            from sensorthings.batch import run_batch
+
+            return run_batch(self, req)
+        resource = parse_path(path)
+        if method == "GET":
+            return self.get(req, resource, tx)
+        if method == "POST":
+            return self.post(req, resource, tx)
+        if method in ("PATCH", "PUT"):
+            return self.update(req, resource, tx)
+        if method == "DELETE":
+            return self.delete(req, resource, tx)
+        return error(405, f"method {method} is not allowed here")
+
+    def root(self, base: str) -> dict[str, Any]:
+        """The service root document."""
+        return {
+            "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITY_TYPES],
+            "serverSettings": {"conformance": CONFORMANCE + self.extra_conformance, **self.extra_settings},
+        }
+
+    @contextmanager
+    def _reading(self, tx: Tx | None) -> Iterator[Connection]:
+        if tx is not None:
+            yield tx.conn
+        else:
+            with self.store.read() as conn:
+                yield conn
+
+    @contextmanager
+    def _writing(self, tx: Tx | None) -> Iterator[Tx]:
+        if tx is not None:
+            yield tx
+        else:
+            with self.store.write() as (conn, changes):
+                yield Tx(conn, changes)
+
+    def options(self, req: ApiRequest) -> QueryOptions:
+        """The request's query options, parsed."""
+        return parse_query_options(req.params, default_top=self.default_top, max_top=self.max_top)
+
+    # -- GET --------------------------------------------------------------------------------------
+    def get(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
+        """Read an entity, a set, a property, a `$value` or `$ref`s."""
+        opts = self.options(req)
+        reader = Reader(self.store, req.base, self.default_top)
+        entity = resource.entity
+        where = condition(resource)
+        with self._reading(tx) as conn:
+            if resource.single:
+                if resource.prop is not None or resource.ref:
+                    opts = QueryOptions()
+                doc = reader.entity(conn, entity, where, opts)
+                if doc is None:
+                    return error(404, f"no such {entity.name}: /{req.path.strip('/')}")
+                if resource.ref:
+                    return ApiResponse(200, {"@iot.selfLink": doc["@iot.selfLink"]})
+                if resource.prop is not None:
+                    key = "@iot.id" if resource.prop == "id" else resource.prop
+                    value = doc.get(key)
+                    if resource.value:
+                        if value is None:
+                            return ApiResponse(204)
+                        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                        return ApiResponse(200, text=text, headers={"Content-Type": "text/plain; charset=utf-8"})
+                    if value is None:
+                        return ApiResponse(204)
+                    return ApiResponse(200, {key: value})
+                return ApiResponse(200, doc)
+            self._check_parent(conn, resource)
+            if resource.ref:
+                opts = QueryOptions(filter=opts.filter, select=("@iot.selfLink",), orderby=opts.orderby,
+                                    top=opts.top, skip=opts.skip, count=opts.count)
+            if opts.result_format == "dataArray":
+                if entity is not OBSERVATION:
+                    raise QueryError("$resultFormat=dataArray applies to Observations", "$resultFormat")
+                return ApiResponse(200, self._data_array(conn, reader, resource, opts, req))
+            out = reader.collection(conn, entity, where, opts, lambda skip: _next_url(req, skip, opts))
+            return ApiResponse(200, out)
+
+    def _check_parent(self, conn: Connection, resource: Resource) -> None:
+        parent = resource.parent
+        if parent is not None and parent.id is not None and not self.store.exists(conn, parent.entity, parent.id):
+            raise NotFound(f"{parent.entity.name} {parent.id} does not exist")
+
+    def _data_array(self, conn: Connection, reader: Reader, resource: Resource, opts: QueryOptions,
+                    req: ApiRequest) -> dict[str, Any]:
+        components = list(opts.select or DATA_ARRAY_COMPONENTS)
+        for name in components:
+            if name not in DATA_ARRAY_COMPONENTS and name != "@iot.id":
+                raise QueryError(f"{name} cannot be a dataArray component", "$select")
+        wanted = tuple(dict.fromkeys(["id", *components]))
+        inner = QueryOptions(filter=opts.filter, select=wanted + ("Datastream", "MultiDatastream"),
+                             orderby=opts.orderby, top=opts.top, skip=opts.skip, count=opts.count)
+        page = reader.collection(conn, OBSERVATION, condition(resource), inner,
+                                 lambda skip: _next_url(req, skip, opts))
+        groups: dict[str, list[list[Any]]] = {}
+        for doc in page["value"]:
+            link = doc.get("Datastream@iot.navigationLink")
+            # the navigation link names the Observation; the group needs the Datastream itself
+            groups.setdefault(self._stream_link(conn, doc["@iot.id"], req.base), []).append(
+                [doc.get("@iot.id" if c in ("id", "@iot.id") else c) for c in components])
+            del link
+        value = []
+        for stream, rows in groups.items():
+            key = "MultiDatastream@iot.navigationLink" if "/MultiDatastreams(" in stream else \
+                "Datastream@iot.navigationLink"
+            value.append({key: stream, "components": components, "dataArray@iot.count": len(rows),
+                          "dataArray": rows})
+        out: dict[str, Any] = {}
+        if "@iot.count" in page:
+            out["@iot.count"] = page["@iot.count"]
+        out["value"] = value
+        if "@iot.nextLink" in page:
+            out["@iot.nextLink"] = page["@iot.nextLink"]
+        return out
+
+    def _stream_link(self, conn: Connection, obs_id: int, base: str) -> str:
+        obs = TABLES["observations"]
+        ds, md = conn.execute(select(obs.c.datastream_id, obs.c.multi_datastream_id).where(obs.c.id == obs_id)).one()
+        return f"{base}/Datastreams({ds})" if ds is not None else f"{base}/MultiDatastreams({md})"
+
+    # -- POST -------------------------------------------------------------------------------------
+    def post(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
+        """Create an entity (deep insert), or link one with `$ref`."""
+        if resource.prop is not None or resource.single:
+            return error(405, "POST creates entities in a set; address a set such as /Things")
+        data = _json_body(req)
+        entity = resource.entity
+        parent = resource.parent
+        last = resource.steps[-1]
+        with self._writing(tx) as t:
+            if parent is not None:
+                if parent.id is None:
+                    raise PathError("POST to a navigation set needs its parent's id", 400)
+                if not self.store.exists(t.conn, parent.entity, parent.id):
+                    raise NotFound(f"{parent.entity.name} {parent.id} does not exist")
+            if resource.ref:
+                if parent is None or last.nav is None or last.nav.kind is not NavKind.LINK:
+                    raise PathError("POST $ref adds a link to a many-to-many set such as Things(1)/Locations", 400)
+                if not isinstance(data, dict) or "@iot.id" not in data:
+                    raise BodyError('a $ref body is {"@iot.id": <id>}')
+                other = parse_id(data["@iot.id"], "$ref")
+                self.store.add_link(t.conn, parent.entity, parent.id, last.nav.name, other)  # type: ignore[arg-type]
+                t.changes.append(Change(parent.entity, parent.id, "update"))  # type: ignore[arg-type]
+                return ApiResponse(204)
+            implied: dict[str, int] = {}
+            implied_navs: frozenset[str] = frozenset()
+            extra_link: tuple[str, Ref] | None = None
+            if parent is not None and last.nav is not None:
+                from sensorthings.model import reverse_nav
+
+                back = reverse_nav(parent.entity, last.nav)
+                if back is None:
+                    raise PathError(f"cannot create {entity.name} through {last.nav.name}", 400)
+                implied_navs = frozenset({back.name})
+                if last.nav.kind is NavKind.REVERSE:
+                    implied[last.nav.column] = parent.id  # type: ignore[assignment]
+                elif last.nav.kind is NavKind.LINK:
+                    extra_link = (back.name, Ref(parent.entity, parent.id))  # type: ignore[arg-type]
+                else:
+                    raise PathError(f"{last.nav.name} is a single entity; create it in its own set", 400)
+            draft = parse_entity(entity, data, implied=implied_navs)
+            if isinstance(draft, Ref):
+                raise BodyError(f"a new {entity.name} must not carry @iot.id")
+            if extra_link is not None:
+                draft.links.setdefault(extra_link[0], []).append(extra_link[1])
+            new_id = self.store.insert(t.conn, draft, implied, t.changes)
+            doc = Reader(self.store, req.base, self.default_top).entity(
+                t.conn, entity, lambda table: table.c.id == new_id, QueryOptions())
+        link = f"{req.base}/{entity.set_name}({new_id})"
+        return ApiResponse(201, doc, {"Location": link})
+
+    def create_observations(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
+        """The dataArray extension: many Observations per request, per-row errors without failing the rest."""
+        from sensorthings.dataarray import create_observations
+
+        data = _json_body(req)
+        with self._writing(tx) as t:
+            links = create_observations(self.store, t, data, req.base)
+        return ApiResponse(201, links)
+
+    # -- PATCH / PUT ------------------------------------------------------------------------------
+    def update(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
+        """PATCH (JSON merge or JSON Patch) or PUT an entity; PUT on a to-one `$ref` relinks."""
+        if not resource.single or resource.prop is not None:
+            return error(405, f"{req.method} applies to one entity, e.g. /Things(1)")
+        data = _json_body(req)
+        entity = resource.entity
+        with self._writing(tx) as t:
+            id_ = self._resolve_id(t.conn, resource)
+            if resource.ref:
+                return self._put_ref(t, resource, data)
+            patch = req.method.upper() == "PATCH"
+            if patch and (isinstance(data, list) or "json-patch" in req.content_type):
+                data = self._apply_json_patch(t.conn, req, entity, id_, data)
+                mode = "put"
+            else:
+                mode = "patch" if patch else "put"
+            if not isinstance(data, dict):
+                raise BodyError(f"{entity.name} must be a JSON object")
+            data = {k: v for k, v in data.items() if k != "@iot.id"}
+            draft = parse_entity(entity, data, mode=mode)
+            assert isinstance(draft, Draft)
+            self.store.update(t.conn, draft, id_, t.changes)
+            doc = Reader(self.store, req.base, self.default_top).entity(
+                t.conn, entity, lambda table: table.c.id == id_, QueryOptions())
+        return ApiResponse(200, doc)
+
+    def _apply_json_patch(self, conn: Connection, req: ApiRequest, entity: EntityType, id_: int,
+                          ops: Any) -> dict[str, Any]:
+        current = Reader(self.store, req.base).entity(conn, entity, lambda table: table.c.id == id_,
+                                                      QueryOptions(select=tuple(p.name for p in entity.props)))
+        assert current is not None
+        try:
+            patched = jsonpatch.apply_patch(current, ops)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
+            raise BodyError(f"JSON Patch: {exc}") from None
+        read_only = {p.name for p in entity.props if p.read_only}
+        return {k: v for k, v in patched.items() if k not in read_only or v != current.get(k)}
+
+    def _put_ref(self, t: Tx, resource: Resource, data: Any) -> ApiResponse:
+        last = resource.steps[-1]
+        parent = resource.parent
+        if parent is None or last.nav is None or last.nav.kind is not NavKind.FK or parent.id is None:
+            raise PathError("PUT $ref sets a single link such as Datastreams(1)/Sensor/$ref", 400)
+        if not isinstance(data, dict) or "@iot.id" not in data:
+            raise BodyError('a $ref body is {"@iot.id": <id>}')
+        draft = Draft(parent.entity, {}, {last.nav.name: [Ref(target_of(last.nav), parse_id(data["@iot.id"], "$ref"))]})
+        self.store.update(t.conn, draft, parent.id, t.changes)
+        return ApiResponse(204)
+
+    def _resolve_id(self, conn: Connection, resource: Resource) -> int:
+        last = resource.steps[-1]
+        if last.id is not None and len(resource.steps) == 1:
+            return last.id
+        table = TABLES[resource.entity.table]
+        cond = condition(resource)(table)
+        found = conn.execute(select(table.c.id).where(cond).limit(1)).scalar() if cond is not None else None
+        if found is None:
+            raise NotFound(f"no such {resource.entity.name}")
+        return found
+
+    # -- DELETE -----------------------------------------------------------------------------------
+    def delete(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
+        """Delete an entity (with cascades) or a link (`Things(1)/Locations(2)/$ref`)."""
+        with self._writing(tx) as t:
+            if resource.ref:
+                last = resource.steps[-1]
+                parent = resource.parent
+                if parent is None or parent.id is None or last.nav is None or last.id is None \
+                        or last.nav.kind is not NavKind.LINK:
+                    raise PathError("DELETE $ref removes a link such as Things(1)/Locations(2)/$ref", 400)
+                if not self.store.remove_link(t.conn, parent.entity, parent.id, last.nav.name, last.id):
+                    raise NotFound("no such link")
+                return ApiResponse(200)
+            if not resource.single or resource.prop is not None:
+                return error(405, "DELETE applies to one entity, e.g. /Things(1)")
+            id_ = self._resolve_id(t.conn, resource)
+            self.store.delete(t.conn, resource.entity, id_)
+        return ApiResponse(200)
+
+
+def _is_unavailable(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return exc.connection_invalidated or any(w in text for w in (
+        "connection", "server closed", "terminating", "could not connect", "the database system is"))
+
+
+def _json_body(req: ApiRequest) -> Any:
+    if not req.body:
+        raise BodyError("the request needs a JSON body")
+    try:
+        return orjson.loads(req.body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(f"the body is not JSON: {exc}") from None
+
+
+def _next_url(req: ApiRequest, skip: int, opts: QueryOptions) -> str:
+    pairs = [(k, v) for k, v in req.params.items() if k.lower() not in ("$skip", "$top")]
+    pairs.append(("$top", str(opts.top if opts.top is not None else 100)))
+    pairs.append(("$skip", str(skip)))
+    return f"{req.base}/{req.path.strip('/')}?{encode_query(pairs)}"
+
+
+def entity_by_set(name: str) -> EntityType | None:
+    """The entity type of a set name, e.g. `Things`."""
+    return BY_SET.get(name)
+
+
+def entity_by_name(name: str) -> EntityType | None:
+    """The entity type of an entity name, e.g. `Thing`."""
+    return BY_NAME.get(name)
+
+
+def self_link(base: str, entity: EntityType, id_: int) -> str:
+    """An entity's absolute URL."""
+    return f"{base}/{entity.set_name}({id_})"
+
+
+def relative_path(url: str, base: str) -> str:
+    """A URL or path made relative to the service root (`Things(1)`)."""
+    if url.startswith(base):
+        return url[len(base):].lstrip("/")
+    parts = urlsplit(url)
+    path = parts.path if parts.scheme else url.split("?", 1)[0]
+    query = parts.query if parts.scheme else (url.split("?", 1)[1] if "?" in url else "")
+    for prefix in ("/v1.1/", "v1.1/", "/v1.0/", "v1.0/"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+            break
+    path = path.lstrip("/")
+    return path + ("?" + query if query else "")
+
+
+__all__ = ["ApiRequest", "ApiResponse", "Service", "Tx", "convert_value", "format_instant", "format_time", "now",
+           "parse_time_or_interval", "Callable"]

@@ -1,0 +1,1 @@
+"""Persistence for SensorThings entities behind one interface: SQLite (embedded) and PostgreSQL/PostGIS."""

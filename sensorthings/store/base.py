@@ -1,0 +1,373 @@
+"""The store interface: one class over SQLAlchemy Core for both SQLite and PostgreSQL.
+
+Writes take typed drafts (see sensorthings.body) and run in one transaction, so a failed deep
+insert leaves nothing behind. Reads are built by sensorthings.read from the query tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, case, delete, exists, insert, literal, select, update
+
+from sensorthings.body import Draft, Ref
+from sensorthings.model import (
+    DATASTREAM,
+    HISTORICAL_LOCATION,
+    LOCATION,
+    MULTI_DATASTREAM,
+    OBSERVATION,
+    OBSERVED_PROPERTY,
+    THING,
+    EntityType,
+    NavKind,
+    target_of,
+)
+from sensorthings.query.sql import SqlDialect
+from sensorthings.store.schema import TABLES, UtcDateTime, metadata
+from sensorthings.times import now
+
+COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
+
+
+class StoreError(ValueError):
+    """A write that the data does not allow (a link to a missing entity, a bad MultiDatastream)."""
+
+
+class NotFound(LookupError):
+    """The entity addressed does not exist."""
+
+
+@dataclass
+class Change:
+    """One entity created or updated in a transaction; listeners hear of it after commit."""
+
+    entity: EntityType
+    id: int
+    kind: str  # "create" or "update"
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class Store:
+    """SensorThings persistence over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, dialect: SqlDialect, url: str) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.url = url
+        self.listeners: list[Callable[[list[Change]], None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """A store for `sqlite:///path.db` or `postgresql://…`; the schema is created if missing."""
+        if url.startswith("sqlite"):
+            from sensorthings.store.sqlite import SqliteDialect, create_sqlite_engine
+
+            store = cls(create_sqlite_engine(url, _json_dumps, orjson.loads), SqliteDialect(), url)
+        elif url.startswith(("postgresql", "postgres")):
+            from sensorthings.store.postgres import PostgresDialect, create_postgres_engine, ensure_postgis
+
+            engine = create_postgres_engine(url, _json_dumps, orjson.loads)
+            ensure_postgis(engine)
+            store = cls(engine, PostgresDialect(), url)
+        else:
+            raise ValueError(f"unsupported store URL {url!r}: use sqlite:///file.db or postgresql://…")
+        store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet."""
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    def healthy(self) -> bool:
+        """True when the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(literal(1))).scalar()
+            return True
+        except Exception:
+            return False
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reading."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[Connection, list[Change]]]:
+        """A transaction and the list of changes it makes; listeners hear of them after commit."""
+        changes: list[Change] = []
+        with self.engine.connect() as conn:
+            conn.info["write"] = True
+            try:
+                with conn.begin():
+                    yield conn, changes
+            finally:
+                conn.info.pop("write", None)
+        if changes:
+            for listener in self.listeners:
+                listener(changes)
+
+    # -- create --------------------------------------------------------------------------------
+    def create(self, draft: Draft, implied: dict[str, int] | None = None) -> int:
+        """Insert a draft (deep insert) in its own transaction; returns its id."""
+        with self.write() as (conn, changes):
+            return self.insert(conn, draft, implied or {}, changes)
+
+    def exists(self, conn: Connection, entity: EntityType, id_: int) -> bool:
+        """True when entity `id_` exists."""
+        table = TABLES[entity.table]
+        return conn.execute(select(exists().where(table.c.id == id_))).scalar() is True
+
+    def _resolve(self, conn: Connection, item: Draft | Ref, implied: dict[str, int], changes: list[Change]) -> int:
+        if isinstance(item, Ref):
+            if not self.exists(conn, item.entity, item.id):
+                raise StoreError(f"{item.entity.name} {item.id} does not exist")
+            return item.id
+        return self.insert(conn, item, implied, changes)
+
+    def insert(self, conn: Connection, draft: Draft, implied: dict[str, int], changes: list[Change]) -> int:
+        """Insert a draft and everything it carries inside an open transaction."""
+        entity = draft.entity
+        values = dict(draft.values)
+        values.update(implied)
+        for name, items in draft.links.items():
+            nav = entity.nav_by_name[name]
+            if nav.kind is NavKind.FK:
+                values[nav.column] = self._resolve(conn, items[0], {}, changes)
+        if entity is OBSERVATION:
+            self._prepare_observation(conn, values)
+        elif entity is MULTI_DATASTREAM:
+            self._check_multi_datastream(draft, values)
+        table = TABLES[entity.table]
+        new_id = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
+        draft.id = new_id
+        changes.append(Change(entity, new_id, "create"))
+        rank = 0
+        for name, items in draft.links.items():
+            nav = entity.nav_by_name[name]
+            if nav.kind is NavKind.REVERSE:
+                for item in items:
+                    if isinstance(item, Ref):
+                        self._relink(conn, target_of(nav), item.id, nav.column, new_id)
+                    else:
+                        self.insert(conn, item, {nav.column: new_id}, changes)
+            elif nav.kind is NavKind.LINK:
+                for item in items:
+                    other = self._resolve(conn, item, {}, changes)
+                    row = {nav.link_self: new_id, nav.link_target: other}
+                    if nav.link_table == "multi_datastream_observed_properties":
+                        row["rank"] = rank
+                        rank += 1
+                    conn.execute(insert(TABLES[nav.link_table]).values(**row))
+        if entity is THING and draft.links.get("Locations"):
+            self._historical_location(conn, new_id, changes)
+        elif entity is LOCATION and draft.links.get("Things"):
+            for item in draft.links["Things"]:
+                self._historical_location(conn, _id_of(item), changes)
+        if entity is OBSERVATION:
+            self._extend_times(conn, values)
+        return new_id
+
+    def _relink(self, conn: Connection, target: EntityType, target_id: int, column: str, new_id: int) -> None:
+        table = TABLES[target.table]
+        if conn.execute(update(table).where(table.c.id == target_id).values({column: new_id})).rowcount == 0:
+            raise StoreError(f"{target.name} {target_id} does not exist")
+
+    def _historical_location(self, conn: Connection, thing_id: int, changes: list[Change]) -> None:
+        hl = TABLES["historical_locations"]
+        hl_id = conn.execute(insert(hl).values(time=now(), thing_id=thing_id).returning(hl.c.id)).scalar_one()
+        tl = TABLES["thing_locations"]
+        loc_ids = conn.execute(select(tl.c.location_id).where(tl.c.thing_id == thing_id)).scalars().all()
+        if loc_ids:
+            conn.execute(insert(TABLES["location_historical_locations"]),
+                         [{"location_id": lid, "historical_location_id": hl_id} for lid in loc_ids])
+        changes.append(Change(HISTORICAL_LOCATION, hl_id, "create"))
+
+    def _check_multi_datastream(self, draft: Draft, values: dict[str, Any]) -> None:
+        if values.get("observation_type") != COMPLEX_OBSERVATION:
+            raise StoreError(f"MultiDatastream.observationType must be {COMPLEX_OBSERVATION}")
+        types = values.get("multi_observation_data_types")
+        units = values.get("unit_of_measurements")
+        props = draft.links.get("ObservedProperties", [])
+        if not isinstance(types, list) or not isinstance(units, list):
+            raise StoreError("MultiDatastream needs multiObservationDataTypes and unitOfMeasurements arrays")
+        if not (len(types) == len(units) == len(props)) or not props:
+            raise StoreError(
+                "MultiDatastream: multiObservationDataTypes, unitOfMeasurements and ObservedProperties "
+                f"must have the same length ({len(types)}, {len(units)}, {len(props)})"
+            )
+
+    # -- observations --------------------------------------------------------------------------
+    def _prepare_observation(self, conn: Connection, values: dict[str, Any]) -> None:
+        """Defaults and checks for an Observation row: time, FeatureOfInterest, MultiDatastream arity."""
+        if values.get("phenomenon_time_start") is None:
+            values["phenomenon_time_start"] = now()
+            values.setdefault("phenomenon_time_end", None)
+        if values.get("multi_datastream_id") is not None:
+            md = TABLES["multi_datastreams"]
+            types = conn.execute(select(md.c.multi_observation_data_types)
+                                 .where(md.c.id == values["multi_datastream_id"])).scalar()
+            result = values.get("result_json")
+            if not isinstance(result, list) or types is None or len(result) != len(types):
+                raise StoreError("an Observation of a MultiDatastream needs a result array with one value "
+                                 "per ObservedProperty")
+        if values.get("feature_of_interest_id") is None:
+            values["feature_of_interest_id"] = self.feature_for(conn, values.get("datastream_id"),
+                                                                values.get("multi_datastream_id"))
+
+    def feature_for(self, conn: Connection, datastream_id: int | None, multi_datastream_id: int | None) -> int:
+        """The FeatureOfInterest generated from the Thing's Location, made once and reused."""
+        tl = TABLES["thing_locations"]
+        ds = TABLES["datastreams" if datastream_id is not None else "multi_datastreams"]
+        ds_id = datastream_id if datastream_id is not None else multi_datastream_id
+        loc_id = conn.execute(
+            select(tl.c.location_id).join(ds, ds.c.thing_id == tl.c.thing_id).where(ds.c.id == ds_id)
+            .order_by(tl.c.location_id.desc()).limit(1)
+        ).scalar()
+        if loc_id is None:
+            raise StoreError("the Observation has no FeatureOfInterest and its Thing has no Location to make one from")
+        foi = TABLES["features_of_interest"]
+        found = conn.execute(select(foi.c.id).where(foi.c.generated_from == loc_id).limit(1)).scalar()
+        if found is not None:
+            return found
+        loc = TABLES["locations"]
+        row = conn.execute(select(loc).where(loc.c.id == loc_id)).mappings().one()
+        return conn.execute(
+            insert(foi).values(name=row["name"], description=row["description"], encoding_type=row["encoding_type"],
+                               feature=row["location"], geom=row["geom"], properties=row["properties"],
+                               generated_from=loc_id).returning(foi.c.id)
+        ).scalar_one()
+
+    def _extend_times(self, conn: Connection, values: dict[str, Any]) -> None:
+        start = values["phenomenon_time_start"]
+        end = values.get("phenomenon_time_end") or start
+        self.extend_datastream_times(conn, values.get("datastream_id"), values.get("multi_datastream_id"),
+                                     start, end, values.get("result_time"), values.get("result_time"))
+
+    def extend_datastream_times(self, conn: Connection, datastream_id: int | None, multi_id: int | None,
+                                start: Any, end: Any, rstart: Any, rend: Any) -> None:
+        """Widen a (Multi)Datastream's phenomenonTime and resultTime to cover new Observations."""
+        table = TABLES["datastreams" if datastream_id is not None else "multi_datastreams"]
+        ds_id = datastream_id if datastream_id is not None else multi_id
+        c = table.c
+        t = UtcDateTime()
+
+        def widen(col: Any, value: Any, earlier: bool) -> Any:
+            v = literal(value, t)
+            beyond = col > v if earlier else col < v
+            return case((col.is_(None), v), (beyond, v), else_=col)
+
+        vals: dict[str, Any] = {
+            "phenomenon_time_start": widen(c.phenomenon_time_start, start, True),
+            "phenomenon_time_end": widen(c.phenomenon_time_end, end, False),
+        }
+        if rstart is not None:
+            vals["result_time_start"] = widen(c.result_time_start, rstart, True)
+            vals["result_time_end"] = widen(c.result_time_end, rend, False)
+        conn.execute(update(table).where(c.id == ds_id).values(vals))
+
+    def insert_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert many prepared Observation rows at once; ids in the rows' order."""
+        obs = TABLES["observations"]
+        result = conn.execute(insert(obs).returning(obs.c.id, sort_by_parameter_order=True), rows)
+        return [r[0] for r in result]
+
+    # -- update and delete ---------------------------------------------------------------------
+    def update(self, conn: Connection, draft: Draft, id_: int, changes: list[Change]) -> None:
+        """Apply a PATCH/PUT draft to entity `id_`; NotFound when it does not exist."""
+        entity = draft.entity
+        table = TABLES[entity.table]
+        if not self.exists(conn, entity, id_):
+            raise NotFound(f"{entity.name} {id_} does not exist")
+        values = dict(draft.values)
+        for name, items in draft.links.items():
+            nav = entity.nav_by_name[name]
+            if nav.kind is NavKind.FK:
+                values[nav.column] = self._resolve(conn, items[0], {}, changes)
+        if values:
+            conn.execute(update(table).where(table.c.id == id_).values(**values))
+        for name, items in draft.links.items():
+            nav = entity.nav_by_name[name]
+            if nav.kind is NavKind.REVERSE:
+                for item in items:
+                    self._relink(conn, target_of(nav), _id_of(item), nav.column, id_)
+            elif nav.kind is NavKind.LINK:
+                link = TABLES[nav.link_table]
+                if entity is THING and name == "Locations":
+                    # a Thing is where its Locations say: PATCHing them moves it
+                    conn.execute(delete(link).where(link.c[nav.link_self] == id_))
+                for item in items:
+                    other = self._resolve(conn, item, {}, changes)
+                    self.add_link(conn, entity, id_, name, other)
+                if entity is THING and name == "Locations":
+                    self._historical_location(conn, id_, changes)
+        changes.append(Change(entity, id_, "update"))
+
+    def add_link(self, conn: Connection, entity: EntityType, id_: int, nav_name: str, other: int) -> None:
+        """Link entity `id_` to `other` through a many-to-many navigation property (idempotent)."""
+        nav = entity.nav_by_name[nav_name]
+        link = TABLES[nav.link_table]
+        if not self.exists(conn, target_of(nav), other):
+            raise StoreError(f"{nav.target} {other} does not exist")
+        present = conn.execute(select(exists().where(and_(link.c[nav.link_self] == id_,
+                                                          link.c[nav.link_target] == other)))).scalar()
+        if not present:
+            row = {nav.link_self: id_, nav.link_target: other}
+            if "rank" in link.c:
+                row["rank"] = conn.execute(select(_count(link)).where(link.c[nav.link_self] == id_)).scalar()
+            conn.execute(insert(link).values(**row))
+
+    def remove_link(self, conn: Connection, entity: EntityType, id_: int, nav_name: str, other: int) -> bool:
+        """Unlink a many-to-many pair; False when there was no such link."""
+        nav = entity.nav_by_name[nav_name]
+        link = TABLES[nav.link_table]
+        done = conn.execute(delete(link).where(and_(link.c[nav.link_self] == id_, link.c[nav.link_target] == other)))
+        return done.rowcount > 0
+
+    def delete(self, conn: Connection, entity: EntityType, id_: int) -> None:
+        """Delete an entity with the spec's cascades; NotFound when it does not exist."""
+        table = TABLES[entity.table]
+        if entity is OBSERVED_PROPERTY:
+            link = TABLES["multi_datastream_observed_properties"]
+            md = TABLES["multi_datastreams"]
+            md_ids = select(link.c.multi_datastream_id).where(link.c.observed_property_id == id_)
+            conn.execute(delete(md).where(md.c.id.in_(md_ids)))
+        if conn.execute(delete(table).where(table.c.id == id_)).rowcount == 0:
+            raise NotFound(f"{entity.name} {id_} does not exist")
+        if entity is LOCATION:
+            # a HistoricalLocation without any Location left records nothing
+            hl = TABLES["historical_locations"]
+            lhl = TABLES["location_historical_locations"]
+            conn.execute(delete(hl).where(~exists().where(lhl.c.historical_location_id == hl.c.id)))
+
+    def delete_where(self, conn: Connection, entity: EntityType, ids: list[int]) -> int:
+        """Delete many entities of one type by id; returns how many were deleted."""
+        table = TABLES[entity.table]
+        return conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+
+
+def _id_of(item: Draft | Ref) -> int:
+    return item.id if isinstance(item, Ref) else item.id  # type: ignore[return-value]
+
+
+def _count(table: Any) -> Any:
+    from sqlalchemy import func
+
+    return func.count()
+
+
+DATASTREAM_TYPES = (DATASTREAM, MULTI_DATASTREAM)

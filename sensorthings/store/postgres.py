@@ -1,0 +1,109 @@
+"""The production store: PostgreSQL with PostGIS."""
+
+from __future__ import annotations
+
+from datetime import date, time
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Float, Integer, case, cast, create_engine, func, literal, text
+from sqlalchemy.dialects.postgresql import JSONB, array
+
+_PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
+
+
+class PostgresDialect:
+    """PostgreSQL + PostGIS spellings for the query translator."""
+
+    name = "postgresql"
+
+    def _path(self, path: tuple[str | int, ...]) -> Any:
+        return array([str(p) for p in path])
+
+    def json_text(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        return col.op("#>>")(self._path(path))
+
+    def json_number(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        item = col.op("#>")(self._path(path))
+        return case((func.jsonb_typeof(item) == "number", cast(col.op("#>>")(self._path(path)), Float)))
+
+    def json_bool(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        item = col.op("#>")(self._path(path))
+        return case((func.jsonb_typeof(item) == "boolean", cast(col.op("#>>")(self._path(path)), _bool())))
+
+    def json_value(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        if not path:
+            return col
+        return col.op("#>", return_type=JSONB)(self._path(path))
+
+    def date_part(self, part: str, expr: ColumnElement) -> ColumnElement:
+        utc = func.timezone("UTC", expr)
+        if part == "fractionalseconds":
+            return func.extract("second", utc) - func.floor(func.extract("second", utc))
+        return cast(func.floor(func.extract(_PARTS[part], utc)), Integer)
+
+    def to_date(self, expr: ColumnElement) -> ColumnElement:
+        return cast(func.timezone("UTC", expr), _date())
+
+    def to_time(self, expr: ColumnElement) -> ColumnElement:
+        return cast(func.date_trunc("second", func.timezone("UTC", expr)), _time())
+
+    def date_literal(self, value: date) -> ColumnElement:
+        return literal(value, _date())
+
+    def time_literal(self, value: time) -> ColumnElement:
+        return literal(value.replace(microsecond=0), _time())
+
+    def geom_literal(self, wkt: str) -> ColumnElement:
+        return func.ST_GeomFromText(wkt, 4326)
+
+    def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
+        return getattr(func, name)(*args)
+
+    def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement:
+        return func.strpos(haystack, needle)
+
+
+def _bool() -> Any:
+    from sqlalchemy import Boolean
+
+    return Boolean()
+
+
+def _date() -> Any:
+    from sqlalchemy import Date
+
+    return Date()
+
+
+def _time() -> Any:
+    from sqlalchemy import Time
+
+    return Time()
+
+
+def engine_url(url: str) -> str:
+    """`postgresql://…` as SQLAlchemy's psycopg 3 URL."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(f"not a PostgreSQL URL: {url}")
+
+
+def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: Any, pool_size: int = 10) -> Engine:
+    """An engine whose sessions run in UTC, with PostGIS made available."""
+    engine = create_engine(
+        engine_url(url),
+        json_serializer=json_serializer,
+        json_deserializer=json_deserializer,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"options": "-c timezone=UTC"},
+    )
+    return engine
+
+
+def ensure_postgis(engine: Engine) -> None:
+    """CREATE EXTENSION postgis once; a clear error when PostGIS is not installed."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS postgis"))

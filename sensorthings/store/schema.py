@@ -1,0 +1,207 @@
+"""The tables behind the SensorThings entities, one definition for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    types,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.engine import Dialect
+
+
+class UtcDateTime(types.TypeDecorator):
+    """An aware UTC datetime: `timestamptz` on PostgreSQL, fixed-width ISO text on SQLite
+    (so that text order is time order and SQLite's date functions read it)."""
+
+    impl = types.String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> types.TypeEngine:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(String(27))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        if isinstance(value, str):
+            return value
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.fromisoformat(value)
+
+
+class Geometry(types.UserDefinedType):
+    """A PostGIS geometry in EPSG:4326 (a WKB blob on SQLite, see `with_variant` below)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "geometry(Geometry,4326)"
+
+
+GEOMETRY = Geometry().with_variant(LargeBinary(), "sqlite")
+JSONVALUE = JSON().with_variant(JSONB(), "postgresql")
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+
+def _id() -> Column:
+    return Column("id", ID, primary_key=True, autoincrement=True)
+
+
+def _fk(name: str, target: str, nullable: bool = False) -> Column:
+    return Column(name, ID, ForeignKey(f"{target}.id", ondelete="CASCADE"), nullable=nullable, index=True)
+
+
+def _interval(name: str) -> list[Column]:
+    return [Column(f"{name}_start", UtcDateTime()), Column(f"{name}_end", UtcDateTime())]
+
+
+things = Table(
+    "things", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("properties", JSONVALUE),
+)
+
+locations = Table(
+    "locations", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("encoding_type", Text, nullable=False),
+    Column("location", JSONVALUE, nullable=False),
+    Column("geom", GEOMETRY),
+    Column("properties", JSONVALUE),
+)
+
+thing_locations = Table(
+    "thing_locations", metadata,
+    Column("thing_id", ID, ForeignKey("things.id", ondelete="CASCADE"), primary_key=True),
+    Column("location_id", ID, ForeignKey("locations.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+historical_locations = Table(
+    "historical_locations", metadata, _id(),
+    Column("time", UtcDateTime(), nullable=False),
+    _fk("thing_id", "things"),
+)
+
+location_historical_locations = Table(
+    "location_historical_locations", metadata,
+    Column("location_id", ID, ForeignKey("locations.id", ondelete="CASCADE"), primary_key=True),
+    Column("historical_location_id", ID, ForeignKey("historical_locations.id", ondelete="CASCADE"),
+           primary_key=True, index=True),
+)
+
+sensors = Table(
+    "sensors", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("encoding_type", Text, nullable=False),
+    Column("metadata", JSONVALUE),
+    Column("properties", JSONVALUE),
+)
+
+observed_properties = Table(
+    "observed_properties", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("properties", JSONVALUE),
+)
+
+datastreams = Table(
+    "datastreams", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("observation_type", Text, nullable=False),
+    Column("unit_of_measurement", JSONVALUE),
+    Column("observed_area", JSONVALUE),
+    Column("geom", GEOMETRY),
+    *_interval("phenomenon_time"),
+    *_interval("result_time"),
+    Column("properties", JSONVALUE),
+    _fk("thing_id", "things"),
+    _fk("sensor_id", "sensors"),
+    _fk("observed_property_id", "observed_properties"),
+)
+
+multi_datastreams = Table(
+    "multi_datastreams", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("observation_type", Text, nullable=False),
+    Column("multi_observation_data_types", JSONVALUE),
+    Column("unit_of_measurements", JSONVALUE),
+    Column("observed_area", JSONVALUE),
+    Column("geom", GEOMETRY),
+    *_interval("phenomenon_time"),
+    *_interval("result_time"),
+    Column("properties", JSONVALUE),
+    _fk("thing_id", "things"),
+    _fk("sensor_id", "sensors"),
+)
+
+multi_datastream_observed_properties = Table(
+    "multi_datastream_observed_properties", metadata,
+    Column("multi_datastream_id", ID, ForeignKey("multi_datastreams.id", ondelete="CASCADE"), primary_key=True),
+    Column("observed_property_id", ID, ForeignKey("observed_properties.id", ondelete="CASCADE"),
+           primary_key=True, index=True),
+    Column("rank", Integer, nullable=False),
+)
+
+features_of_interest = Table(
+    "features_of_interest", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("encoding_type", Text, nullable=False),
+    Column("feature", JSONVALUE, nullable=False),
+    Column("geom", GEOMETRY),
+    Column("properties", JSONVALUE),
+    # the Location this feature was generated from, so that it is reused rather than duplicated
+    Column("generated_from", ID, ForeignKey("locations.id", ondelete="SET NULL"), index=True),
+)
+
+# result_type says which column holds the result: see sensorthings.results
+observations = Table(
+    "observations", metadata, _id(),
+    *_interval("phenomenon_time"),
+    Column("result_time", UtcDateTime()),
+    Column("result_type", SmallInteger, nullable=False),
+    Column("result_number", Float),
+    Column("result_string", Text),
+    Column("result_json", JSONVALUE),
+    Column("result_quality", JSONVALUE),
+    *_interval("valid_time"),
+    Column("parameters", JSONVALUE),
+    Column("datastream_id", ID, ForeignKey("datastreams.id", ondelete="CASCADE")),
+    Column("multi_datastream_id", ID, ForeignKey("multi_datastreams.id", ondelete="CASCADE")),
+    Column("feature_of_interest_id", ID, ForeignKey("features_of_interest.id", ondelete="CASCADE"), nullable=False),
+    Index("observations_datastream_time", "datastream_id", "phenomenon_time_start", "id"),
+    Index("observations_multi_datastream_time", "multi_datastream_id", "phenomenon_time_start", "id"),
+    Index("observations_foi", "feature_of_interest_id"),
+    Index("observations_time", "phenomenon_time_start", "id"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}

@@ -1,0 +1,167 @@
+"""The embedded SQLite store: WKB geometries with shapely predicates registered as SQL functions."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import date, time
+from functools import lru_cache
+from typing import Any
+
+import shapely
+from sqlalchemy import ColumnElement, Engine, create_engine, event, func, literal
+from sqlalchemy.pool import StaticPool
+
+from sensorthings.geometry import to_wkb
+
+_PARTS = {"year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S"}
+
+
+def _json_path(path: tuple[str | int, ...]) -> str:
+    out = "$"
+    for item in path:
+        out += f"[{item}]" if isinstance(item, int) else '."' + item.replace('"', '\\"') + '"'
+    return out
+
+
+class SqliteDialect:
+    """SQLite spellings for the query translator."""
+
+    name = "sqlite"
+
+    def json_text(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        return func.json_extract(col, _json_path(path))
+
+    def json_number(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        p = _json_path(path)
+        from sqlalchemy import case
+
+        return case((func.json_type(col, p).in_(("integer", "real")), func.json_extract(col, p)))
+
+    def json_bool(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        p = _json_path(path)
+        from sqlalchemy import case
+
+        return case((func.json_type(col, p) == "true", literal(True)), (func.json_type(col, p) == "false",
+                                                                          literal(False)))
+
+    def json_value(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
+        return func.json_extract(col, _json_path(path))
+
+    def date_part(self, part: str, expr: ColumnElement) -> ColumnElement:
+        if part == "fractionalseconds":
+            return func.cast(func.strftime("%f", expr), _real()) - func.cast(func.strftime("%S", expr), _real())
+        return func.cast(func.strftime(_PARTS[part], expr), _int())
+
+    def to_date(self, expr: ColumnElement) -> ColumnElement:
+        return func.date(expr)
+
+    def to_time(self, expr: ColumnElement) -> ColumnElement:
+        return func.time(expr)
+
+    def date_literal(self, value: date) -> ColumnElement:
+        return literal(value.isoformat())
+
+    def time_literal(self, value: time) -> ColumnElement:
+        return literal(value.replace(microsecond=0).isoformat())
+
+    def geom_literal(self, wkt: str) -> ColumnElement:
+        return literal(to_wkb(shapely.from_wkt(wkt)))
+
+    def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
+        return getattr(func, "udp_" + name)(*args)
+
+    def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement:
+        return func.instr(haystack, needle)
+
+
+def _real() -> Any:
+    from sqlalchemy import Float
+
+    return Float()
+
+
+def _int() -> Any:
+    from sqlalchemy import Integer
+
+    return Integer()
+
+
+@lru_cache(maxsize=4096)
+def _geom(wkb: bytes) -> Any:
+    return shapely.from_wkb(wkb)
+
+
+def _predicate(name: str):  # noqa: ANN202
+    fn = getattr(shapely, name)
+
+    def run(a: bytes | None, b: bytes | None) -> int | None:
+        if a is None or b is None:
+            return None
+        return int(bool(fn(_geom(a), _geom(b))))
+
+    return run
+
+
+def _distance(a: bytes | None, b: bytes | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return float(shapely.distance(_geom(a), _geom(b)))
+
+
+def _length(a: bytes | None) -> float | None:
+    return None if a is None else float(shapely.length(_geom(a)))
+
+
+def _relate(a: bytes | None, b: bytes | None, pattern: str | None) -> int | None:
+    if a is None or b is None or pattern is None:
+        return None
+    try:
+        return int(bool(shapely.relate_pattern(_geom(a), _geom(b), pattern)))
+    except Exception:  # a malformed DE-9IM pattern matches nothing
+        return 0
+
+
+PREDICATES = ("equals", "disjoint", "touches", "within", "overlaps", "crosses", "intersects", "contains")
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Spatial SQL functions backed by shapely, named `udp_st_*`."""
+    for name in PREDICATES:
+        conn.create_function(f"udp_st_{name}", 2, _predicate(name), deterministic=True)
+    conn.create_function("udp_st_distance", 2, _distance, deterministic=True)
+    conn.create_function("udp_st_length", 1, _length, deterministic=True)
+    conn.create_function("udp_st_relate", 3, _relate, deterministic=True)
+
+
+def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any) -> Engine:
+    """An engine with WAL, foreign keys (for the spec's cascades) and the spatial functions."""
+    memory = url in ("sqlite://", "sqlite:///:memory:")
+    kwargs: dict[str, Any] = {}
+    if memory:
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(
+        url,
+        json_serializer=json_serializer,
+        json_deserializer=json_deserializer,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        **kwargs,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # let SQLAlchemy, not the driver, issue BEGIN so that transactions are explicit
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+        register_functions(dbapi_conn)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+    return engine

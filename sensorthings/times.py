@@ -1,0 +1,58 @@
+"""SensorThings times: ISO 8601 instants and `start/end` intervals in any offset, kept in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def parse_instant(text: str) -> datetime:
+    """An aware UTC datetime from ISO 8601 text; naive text is taken as UTC."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected an ISO 8601 time string, got {type(text).__name__}")
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_interval(text: str) -> tuple[datetime, datetime]:
+    """(start, end) from `start/end`; a single instant gives a zero-length interval."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected an ISO 8601 interval string, got {type(text).__name__}")
+    start, sep, end = text.partition("/")
+    first = parse_instant(start)
+    last = parse_instant(end) if sep else first
+    if last < first:
+        raise ValueError(f"interval ends before it starts: {text!r}")
+    return first, last
+
+
+def parse_time_or_interval(text: str) -> tuple[datetime, datetime | None]:
+    """(start, end) for an interval, (instant, None) for an instant."""
+    if isinstance(text, str) and "/" in text:
+        return parse_interval(text)
+    return parse_instant(text), None
+
+
+def format_instant(value: datetime) -> str:
+    """ISO 8601 in UTC with a `Z`."""
+    value = value.astimezone(UTC) if value.tzinfo is not None else value
+    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
+    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def format_time(start: datetime | None, end: datetime | None) -> str | None:
+    """An instant, or `start/end` when `end` is given."""
+    if start is None:
+        return None
+    if end is None:
+        return format_instant(start)
+    return f"{format_instant(start)}/{format_instant(end)}"
+
+
+def now() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)

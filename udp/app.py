@@ -1,0 +1,87 @@
+"""The one ASGI app: landing page, /health, and the SensorThings API at /v1.1."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from sensorthings.http.app import public_base, sensorthings_app
+from sensorthings.service import Service
+from sensorthings.store.base import Store
+from udp.config import Config, load_config
+
+log = logging.getLogger("udp")
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON rendered by orjson."""
+
+    def render(self, content: object) -> bytes:
+        import orjson
+
+        return orjson.dumps(content)
+
+
+def build_app(config: Config) -> Starlette:
+    """The platform's ASGI app for a configuration."""
+    store = Store.open(config.store)
+    service = Service(store)
+    started = time.time()
+
+    async def landing(request: Request) -> Response:
+        base = public_base(request, config.public_url)
+        links = [
+            {"href": f"{base}/", "rel": "self", "type": "application/json", "title": "this document"},
+            {"href": f"{base}/v1.1", "rel": "sensorthings", "type": "application/json",
+             "title": "OGC SensorThings API v1.1"},
+            {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
+        ]
+        want_html = request.query_params.get("f") == "html" or (
+            "text/html" in request.headers.get("accept", "") and request.query_params.get("f") != "json")
+        if want_html:
+            items = "".join(f'<li><a href="{ln["href"]}">{ln["title"]}</a></li>' for ln in links[1:])
+            return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{config.title}</title>"
+                                f"</head><body><h1>{config.title}</h1><p>Urban data platform</p><ul>{items}</ul>"
+                                "</body></html>")
+        return ORJSONResponse({"title": config.title, "description": "Urban data platform", "links": links})
+
+    async def health(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        db_ok = await run_in_threadpool(store.healthy)
+        body = {"status": "ok" if db_ok else "degraded", "uptime_s": round(time.time() - started, 1),
+                "store": {"kind": store.dialect.name, "ok": db_ok}}
+        return ORJSONResponse(body, status_code=200 if db_ok else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = Starlette(routes=[
+        Route("/", landing),
+        Route("/health", health),
+        Mount("/v1.1", app=sensorthings_app(service, config.public_url)),
+    ], lifespan=lifespan)
+    app.state.store = store
+    app.state.service = service
+    app.state.config = config
+    return app
+
+
+def app_from_env() -> Starlette:
+    """App factory for uvicorn workers: the configuration comes from UDP_* environment variables."""
+    config = load_config(os.environ.get("UDP_CONFIG") or None)
+    if os.environ.get("UDP_STORE"):
+        config.store = os.environ["UDP_STORE"]
+    if os.environ.get("UDP_PUBLIC_URL"):
+        config.public_url = os.environ["UDP_PUBLIC_URL"]
+    return build_app(config)

@@ -1,0 +1,81 @@
+"""config.yml: the declaration of a city, loaded and validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
+              "server"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, named by its key path."""
+
+
+@dataclass
+class Config:
+    """The platform's configuration."""
+
+    title: str = "Urban Data Platform"
+    store: str = "sqlite:///udp.db"
+    public_url: str | None = None
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """The configuration from a YAML file; the defaults without one."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    unknown = sorted(set(doc) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    doc = _expand(doc, "")
+    cfg = Config(path=p, raw=doc)
+    if "title" in doc:
+        if not isinstance(doc["title"], str):
+            raise ConfigError("title: must be a string")
+        cfg.title = doc["title"]
+    if "store" in doc:
+        store = doc["store"]
+        if not isinstance(store, str) or not store.startswith(("sqlite:", "postgresql:", "postgres:")):
+            raise ConfigError(f"store: {store!r} is not sqlite:///file.db or postgresql://…")
+        if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+            # relative SQLite paths are relative to the config file, like every other path in it
+            store = "sqlite:///" + str((p.parent / store[len("sqlite:///"):]).resolve())
+        cfg.store = store
+    if "public_url" in doc:
+        cfg.public_url = str(doc["public_url"])
+    return cfg
