@@ -58,7 +58,8 @@ def convert_value(entity: EntityType, name: str, value: Any, values: dict[str, A
     where = f"{entity.name}.{name}"
     try:
         if value is None:
-            if prop.required:
+            # a null result is a value (nothing was measured); other required properties need one
+            if prop.required and prop.kind is not Kind.RESULT:
                 raise BodyError(f"{where} must not be null")
             _set_null(prop.kind, col, values)
         elif prop.kind is Kind.TEXT:

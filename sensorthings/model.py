@@ -7,10 +7,10 @@ the body parser, the query translator, the store and the serializer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """How a property is typed, stored and written."""
 
     TEXT = "text"  # a string column
@@ -33,7 +33,7 @@ class Prop:
     read_only: bool = False  # computed by the server (Datastream phenomenonTime, observedArea)
 
 
-class NavKind(str, Enum):
+class NavKind(StrEnum):
     """How a navigation property is stored."""
 
     FK = "fk"  # this entity has a column pointing at the target (to-one)

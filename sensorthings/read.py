@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, FromClause, Select, func, literal, select, true, union_all
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Select,
+    func,
+    literal,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
@@ -41,6 +52,25 @@ class Reader:
         self.translator = Translator(self.store.dialect)
 
     # -- public --------------------------------------------------------------------------------
+    def page(
+        self,
+        conn: Connection,
+        entity: EntityType,
+        where: Callable[[FromClause], ColumnElement | None],
+        options: QueryOptions,
+    ) -> tuple[list[Mapping[str, Any]], bool, int | None]:
+        """One page of rows of a set: (rows, whether more follow, the count when `$count=true`)."""
+        table = TABLES[entity.table]
+        conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
+        top = self.default_top if options.top is None else options.top
+        count = None
+        if options.count:
+            count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
+        q = select(*_columns(table)).where(*conds).order_by(*self._order(entity, table, options))
+        q = q.limit(top + 1).offset(options.skip)
+        rows = list(conn.execute(q).mappings().all()) if top > 0 else []
+        return rows[:top], len(rows) > top, count
+
     def collection(
         self,
         conn: Connection,
@@ -50,19 +80,13 @@ class Reader:
         next_url: Callable[[int], str],
     ) -> dict[str, Any]:
         """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`."""
-        table = TABLES[entity.table]
-        conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
-        top = self.default_top if options.top is None else options.top
+        rows, more, count = self.page(conn, entity, where, options)
         out: dict[str, Any] = {}
-        if options.count:
-            out["@iot.count"] = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
-        q = select(*_columns(table)).where(*conds).order_by(*self._order(entity, table, options))
-        q = q.limit(top + 1).offset(options.skip)
-        rows = conn.execute(q).mappings().all() if top > 0 else []
-        more = len(rows) > top
-        rows = rows[:top]
+        if count is not None:
+            out["@iot.count"] = count
         out["value"] = self.serialize_rows(conn, entity, rows, options)
         if more:
+            top = self.default_top if options.top is None else options.top
             out["@iot.nextLink"] = next_url(options.skip + top)
         return out
 
@@ -257,6 +281,9 @@ def serializer(entity: EntityType, base: str, select_: tuple[str, ...] | None) -
     props = [(p.name, _value_reader(entity, p.name)) for p in entity.props if names is None or p.name in names]
     navs = [n.name for n in entity.navs if names is None or n.name in names]
     prefix = f"{base}/{entity.set_name}("
+    # a null `properties` is left out unless $select names it, as FROST does: FROST's Python client
+    # fails on `"properties": null` (its Sensor refuses anything but a dict)
+    omit_null = frozenset({"properties"}) if names is None else frozenset()
 
     def write(row: Mapping[str, Any]) -> dict[str, Any]:
         id_ = row["id"]
@@ -266,7 +293,10 @@ def serializer(entity: EntityType, base: str, select_: tuple[str, ...] | None) -
         if want_id:
             doc["@iot.id"] = id_
         for name, read in props:
-            doc[name] = read(row)
+            value = read(row)
+            if value is None and name in omit_null:
+                continue
+            doc[name] = value
         for nav in navs:
             doc[f"{nav}@iot.navigationLink"] = f"{prefix}{id_})/{nav}"
         return doc

@@ -7,7 +7,7 @@ The Starlette routes, `$batch` sub-requests and MQTT-created Observations all co
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,17 +16,16 @@ from urllib.parse import urlsplit
 import jsonpatch
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from sensorthings.body import BodyError, Draft, Ref, convert_value, parse_entity, parse_id
+from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.model import BY_NAME, BY_SET, ENTITY_TYPES, OBSERVATION, EntityType, NavKind, target_of
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
-from sensorthings.read import MAX_TOP, Reader, encode_query
+from sensorthings.read import MAX_TOP, Reader, encode_query, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, Store, StoreError
 from sensorthings.store.schema import TABLES
-from sensorthings.times import format_instant, format_time, now, parse_time_or_interval
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -114,6 +113,8 @@ class Service:
             return error(404, str(exc))
         except IntegrityError as exc:
             return error(400, f"the write breaks a constraint: {exc.orig}")
+        except DataError as exc:
+            return error(400, f"the database cannot evaluate the request: {exc.orig}")
         except OperationalError as exc:
             if _is_unavailable(exc):
                 log.warning("database unavailable: %s", exc)
@@ -229,38 +230,31 @@ class Service:
                     req: ApiRequest) -> dict[str, Any]:
         components = list(opts.select or DATA_ARRAY_COMPONENTS)
         for name in components:
-            if name not in DATA_ARRAY_COMPONENTS and name != "@iot.id":
+            if name not in DATA_ARRAY_COMPONENTS:
                 raise QueryError(f"{name} cannot be a dataArray component", "$select")
-        wanted = tuple(dict.fromkeys(["id", *components]))
-        inner = QueryOptions(filter=opts.filter, select=wanted + ("Datastream", "MultiDatastream"),
-                             orderby=opts.orderby, top=opts.top, skip=opts.skip, count=opts.count)
-        page = reader.collection(conn, OBSERVATION, condition(resource), inner,
-                                 lambda skip: _next_url(req, skip, opts))
+        rows, more, count = reader.page(conn, OBSERVATION, condition(resource), opts)
+        write = serializer(OBSERVATION, req.base, tuple(dict.fromkeys(("id", *components))))
         groups: dict[str, list[list[Any]]] = {}
-        for doc in page["value"]:
-            link = doc.get("Datastream@iot.navigationLink")
-            # the navigation link names the Observation; the group needs the Datastream itself
-            groups.setdefault(self._stream_link(conn, doc["@iot.id"], req.base), []).append(
-                [doc.get("@iot.id" if c in ("id", "@iot.id") else c) for c in components])
-            del link
-        value = []
-        for stream, rows in groups.items():
-            key = "MultiDatastream@iot.navigationLink" if "/MultiDatastreams(" in stream else \
-                "Datastream@iot.navigationLink"
-            value.append({key: stream, "components": components, "dataArray@iot.count": len(rows),
-                          "dataArray": rows})
+        for row in rows:
+            doc = write(row)
+            if row["datastream_id"] is not None:
+                stream = f"Datastream@iot.navigationLink\0{req.base}/Datastreams({row['datastream_id']})"
+            else:
+                md = row["multi_datastream_id"]
+                stream = f"MultiDatastream@iot.navigationLink\0{req.base}/MultiDatastreams({md})"
+            groups.setdefault(stream, []).append([doc["@iot.id" if c == "id" else c] for c in components])
         out: dict[str, Any] = {}
-        if "@iot.count" in page:
-            out["@iot.count"] = page["@iot.count"]
-        out["value"] = value
-        if "@iot.nextLink" in page:
-            out["@iot.nextLink"] = page["@iot.nextLink"]
+        if count is not None:
+            out["@iot.count"] = count
+        out["value"] = []
+        for stream, items in groups.items():
+            key, link = stream.split("\0")
+            out["value"].append({key: link, "components": components, "dataArray@iot.count": len(items),
+                                 "dataArray": items})
+        if more:
+            out["@iot.nextLink"] = _next_url(req, opts.skip + (opts.top if opts.top is not None else self.default_top),
+                                             opts)
         return out
-
-    def _stream_link(self, conn: Connection, obs_id: int, base: str) -> str:
-        obs = TABLES["observations"]
-        ds, md = conn.execute(select(obs.c.datastream_id, obs.c.multi_datastream_id).where(obs.c.id == obs_id)).one()
-        return f"{base}/Datastreams({ds})" if ds is not None else f"{base}/MultiDatastreams({md})"
 
     # -- POST -------------------------------------------------------------------------------------
     def post(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
@@ -453,7 +447,3 @@ def relative_path(url: str, base: str) -> str:
             break
     path = path.lstrip("/")
     return path + ("?" + query if query else "")
-
-
-__all__ = ["ApiRequest", "ApiResponse", "Service", "Tx", "convert_value", "format_instant", "format_time", "now",
-           "parse_time_or_interval", "Callable"]

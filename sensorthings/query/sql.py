@@ -55,6 +55,7 @@ class SqlDialect(Protocol):
     def geom_literal(self, wkt: str) -> ColumnElement: ...
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement: ...
     def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement: ...
+    def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement: ...
 
 
 # Value types the translator tracks to choose the right column and cast
@@ -342,7 +343,7 @@ class Translator:
             return Val(NUMBER, a * b)
         if op == "div":
             return Val(NUMBER, a / b)
-        return Val(NUMBER, a % b)
+        return Val(NUMBER, self.dialect.mod(a, b))
 
     def _compare(self, op: str, left: Val, right: Val, node: BinaryOp) -> ColumnElement:
         # put the typed side first so that a literal on either side reads the same

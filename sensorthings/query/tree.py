@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Union
 
 
 class QueryError(ValueError):
@@ -42,7 +41,7 @@ class Literal:
     duration, interval, geometry. For geometry, `value` is WKT text; for interval, a pair of
     aware datetimes; datetimes are always timezone-aware."""
 
-    value: Union[None, bool, int, float, str, datetime, date, time, timedelta, tuple]
+    value: None | bool | int | float | str | datetime | date | time | timedelta | tuple
     kind: str
     pos: int = field(default=0, compare=False)
 
@@ -60,8 +59,8 @@ class BinaryOp:
     """op: eq ne gt ge lt le and or add sub mul div mod."""
 
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     pos: int = field(default=0, compare=False)
 
 
@@ -70,7 +69,7 @@ class UnaryOp:
     """op: not, neg."""
 
     op: str
-    operand: "Expr"
+    operand: Expr
     pos: int = field(default=0, compare=False)
 
 
@@ -79,11 +78,11 @@ class Call:
     """A function call; `name` is lower-cased (`substringof`, `year`, `geo.distance`, `st_within`)."""
 
     name: str
-    args: tuple["Expr", ...]
+    args: tuple[Expr, ...]
     pos: int = field(default=0, compare=False)
 
 
-Expr = Union[Literal, Path, BinaryOp, UnaryOp, Call]
+Expr = Literal | Path | BinaryOp | UnaryOp | Call
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class Expand:
     `Datastreams/Observations` is parsed as Expand('Datastreams', options with expand=(Expand('Observations'),))."""
 
     name: str
-    options: "QueryOptions"
+    options: QueryOptions
     pos: int = field(default=0, compare=False)
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 
-from sensorthings.query.tree import BinaryOp, Call, Expand, Expr, Literal, OrderBy, Path, QueryOptions, UnaryOp
+from sensorthings.query.tree import (
+    BinaryOp,
+    Call,
+    Expand,
+    Expr,
+    Literal,
+    OrderBy,
+    Path,
+    QueryOptions,
+    UnaryOp,
+)
 from sensorthings.times import format_instant
 
 _PREC = {"or": 1, "and": 2, "eq": 4, "ne": 4, "gt": 4, "ge": 4, "lt": 4, "le": 4, "add": 5, "sub": 5,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, time
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Float, Integer, case, cast, create_engine, func, literal, text
+from sqlalchemy import ColumnElement, Engine, Float, Integer, Numeric, case, cast, create_engine, func, literal, text
 from sqlalchemy.dialects.postgresql import JSONB, array
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -58,6 +58,9 @@ class PostgresDialect:
 
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
         return getattr(func, name)(*args)
+
+    def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:
+        return func.mod(cast(a, Numeric), cast(b, Numeric))
 
     def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement:
         return func.strpos(haystack, needle)

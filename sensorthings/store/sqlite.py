@@ -70,6 +70,9 @@ class SqliteDialect:
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
         return getattr(func, "udp_" + name)(*args)
 
+    def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:
+        return a % b
+
     def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement:
         return func.instr(haystack, needle)
 

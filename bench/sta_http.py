@@ -1,0 +1,530 @@
+"""SensorThings over HTTP: an istSOS4-style benchmark of a real `udp serve` process.
+
+    python bench/sta_http.py [--store pg|sqlite] [--duration 10]
+                             [--things 100 --datastreams-per-thing 3 --observations 200000]
+
+It creates a fresh database (PostgreSQL: a new database on --pg; SQLite: a new file), starts
+`udp serve --workers 2` on a free port, loads 100 Things (each with a Location and 3 Datastreams)
+and ~200k Observations through POST /v1.1/CreateObservations (1,000 rows per request, timed: the
+"ingest via dataArray" figure), times single POST /v1.1/Observations with concurrent clients, then
+runs `wrk -t2 -c16 --latency` twice on each read endpoint, times deep paging, and prints a table
+with the targets. The server is stopped and the database dropped at the end. It prints figures
+only; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
+ROWS_PER_REQUEST = 1000
+
+TARGETS = {
+    "things": 2500.0,
+    "observations": 2500.0,
+    "filtered": 1500.0,
+    "expand": 700.0,
+    "ingest": 50000.0,
+}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def say(*args: object) -> None:
+    print(*args, flush=True)
+
+
+@dataclass
+class Database:
+    url: str
+    drop: callable  # type: ignore[valid-type]
+
+
+def create_pg(admin: str) -> Database:
+    import psycopg
+
+    name = f"udp_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin.rpartition("/")[0]
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        say(f"dropped database {name}")
+
+    return Database(f"{base}/{name}", drop)
+
+
+def create_sqlite() -> Database:
+    folder = Path(tempfile.mkdtemp(prefix="udp_bench_"))
+    path = folder / "bench.db"
+
+    def drop() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        say(f"removed {folder}")
+
+    return Database(f"sqlite:///{path}", drop)
+
+
+class Server:
+    """`udp serve` as a subprocess in its own process group (uvicorn forks its workers into it)."""
+
+    def __init__(self, store: str, workers: int, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"udp-bench-{self.port}.log"
+        udp = shutil.which("udp")
+        cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
+        cmd += ["serve", "--store", store, "--workers", str(workers), "--port", str(self.port)]
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True)
+        say(f"server: {' '.join(cmd)} (pid {self.proc.pid}, log {self.log_path})")
+
+    def wait(self, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        with httpx.Client(timeout=5) as client:
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the server exited:\n{self.log_path.read_text()}")
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer within {timeout}s:\n{self.log_path.read_text()}")
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children of the `udp serve` process)."""
+        try:
+            out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True,
+                                 text=True, check=False).stdout
+        except OSError:
+            return []
+        # skip multiprocessing's resource tracker, which is a child too
+        return [int(line.split()[0]) for line in out.splitlines() if line.strip() and "resource_tracker" not in line]
+
+    def connection_split(self) -> dict[int, int]:
+        """Established connections on the server port per worker pid (from `ss -tnp`)."""
+        counts = {pid: 0 for pid in self.worker_pids()}
+        if not shutil.which("ss"):
+            return counts
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{self.port} )"],
+                             capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            for pid in re.findall(r"pid=(\d+)", line):
+                counts[int(pid)] = counts.get(int(pid), 0) + 1
+                break
+        return counts
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(5)
+        self.log.close()
+        say(f"server stopped (exit {self.proc.returncode})")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def post(client: httpx.Client, url: str, body: object) -> httpx.Response:
+    r = client.post(url, content=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    if r.status_code not in (200, 201):
+        raise RuntimeError(f"POST {url}: {r.status_code} {r.text[:500]}")
+    return r
+
+
+def load_things(client: httpx.Client, sta: str, things: int, per_thing: int) -> list[int]:
+    """Things with a Location and Datastreams (deep insert); returns the Datastream ids."""
+    sensor = post(client, f"{sta}/Sensors", {
+        "name": "PM sensor", "description": "particulate matter", "encodingType": "application/pdf",
+        "metadata": "https://example.org/pm.pdf"}).json()["@iot.id"]
+    props = [post(client, f"{sta}/ObservedProperties", {
+        "name": f"property {k}", "definition": f"https://example.org/def/{k}",
+        "description": f"observed property {k}"}).json()["@iot.id"] for k in range(per_thing)]
+    rnd = random.Random(1)
+    for i in range(things):
+        lon, lat = 144.9 + rnd.random() * 0.1, -37.85 + rnd.random() * 0.1
+        post(client, f"{sta}/Things", {
+            "name": f"Thing {i}", "description": f"station {i}", "properties": {"n": i, "district": i % 7},
+            "Locations": [{"name": f"Location {i}", "description": "", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [lon, lat]}}],
+            "Datastreams": [{
+                "name": f"Datastream {i}.{k}", "description": f"property {k} at station {i}",
+                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                "unitOfMeasurement": {"name": "unit", "symbol": "u", "definition": "https://example.org/u"},
+                "Sensor": {"@iot.id": sensor}, "ObservedProperty": {"@iot.id": props[k]},
+            } for k in range(per_thing)],
+        })
+    ids: list[int] = []
+    url: str | None = f"{sta}/Datastreams?$select=id&$orderby=id&$top=10000"
+    while url:
+        page = client.get(url).json()
+        ids += [d["@iot.id"] for d in page["value"]]
+        url = page.get("@iot.nextLink")
+    return ids
+
+
+def dataarray_bodies(ds_ids: list[int], total: int) -> list[bytes]:
+    """CreateObservations bodies of ROWS_PER_REQUEST rows each, rows ordered by Datastream then time
+    (a request holds one to three Datastream groups), bodies pre-encoded so the client stays cheap."""
+    rnd = random.Random(2)
+    per = [total // len(ds_ids) + (1 if k < total % len(ds_ids) else 0) for k in range(len(ds_ids))]
+    rows: list[tuple[int, str, float]] = []
+    for ds, n in zip(ds_ids, per, strict=True):
+        step = SPAN / max(n, 1)
+        rows += [(ds, iso(T0 + step * i), round(rnd.uniform(0, 100), 3)) for i in range(n)]
+    bodies = []
+    for start in range(0, len(rows), ROWS_PER_REQUEST):
+        groups: dict[int, list[list[object]]] = {}
+        for ds, t, v in rows[start:start + ROWS_PER_REQUEST]:
+            groups.setdefault(ds, []).append([t, v])
+        bodies.append(orjson.dumps([{"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"],
+                                     "dataArray": data} for ds, data in groups.items()]))
+    return bodies
+
+
+def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int]:
+    """POST every body to CreateObservations with `clients` concurrent clients: (rows, seconds, errors)."""
+    local = threading.local()
+    rows_ok = [0]
+    errors = [0]
+    lock = threading.Lock()
+
+    def send(body: bytes) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=300)
+        r = client.post(f"{sta}/CreateObservations", content=body, headers={"Content-Type": "application/json"})
+        if r.status_code != 201:
+            raise RuntimeError(f"CreateObservations: {r.status_code} {r.text[:500]}")
+        links = r.json()
+        with lock:
+            rows_ok[0] += sum(1 for x in links if x != "error")
+            errors[0] += sum(1 for x in links if x == "error")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, bodies))
+    return rows_ok[0], time.perf_counter() - started, errors[0]
+
+
+def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> tuple[int, float, list[float], int]:
+    """Single POST /Observations from `clients` threads for `seconds`: (created, seconds, latencies, errors)."""
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+    lat: list[float] = []
+    count = [0, 0]
+
+    def run(k: int) -> None:
+        rnd = random.Random(100 + k)
+        with httpx.Client(timeout=60) as client:
+            while time.perf_counter() < stop:
+                body = orjson.dumps({"phenomenonTime": iso(T0 + SPAN * rnd.random()),
+                                     "result": round(rnd.uniform(0, 100), 3),
+                                     "Datastream": {"@iot.id": rnd.choice(ds_ids)}})
+                t = time.perf_counter()
+                r = client.post(f"{sta}/Observations", content=body, headers={"Content-Type": "application/json"})
+                d = time.perf_counter() - t
+                with lock:
+                    lat.append(d)
+                    count[0 if r.status_code == 201 else 1] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(run, range(clients)))
+    return count[0], time.perf_counter() - started, lat, count[1]
+
+
+# -- wrk -------------------------------------------------------------------------------------------
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int = 0
+    errors: str = ""
+    split: str = ""
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        return float("nan")
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60_000}[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    err = re.search(r"Socket errors:.*", out)
+    return WrkResult(float(rps.group(1)) if rps else float("nan"), _ms(p50.group(1)) if p50 else float("nan"),
+                     _ms(p99.group(1)) if p99 else float("nan"), int(non.group(1)) if non else 0,
+                     err.group(0) if err else "")
+
+
+def run_wrk(server: Server, url: str, duration: int, threads: int, conns: int) -> WrkResult:
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "30s", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(min(1.0, duration / 2))
+    split = server.connection_split()
+    out, _ = proc.communicate()
+    res = parse_wrk(out)
+    res.split = "/".join(str(n) for _, n in sorted(split.items()))
+    if res.rps != res.rps:  # nan: wrk failed
+        say(out)
+    return res
+
+
+def encode(url: str) -> str:
+    return quote(url, safe=":/?&=$(),;'*")
+
+
+# -- main ------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def add(self, name: str, figure: str, target: str, verdict: str) -> None:
+        self.rows.append((name, figure, target, verdict))
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in [("measure", "figure", "target", "")] + self.rows) for i in range(4)]
+        head = ("measure", "figure", "target", "meets")
+        line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+        say(line)
+        say("-" * len(line))
+        for r in self.rows:
+            say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def verdict(value: float, target: float | None) -> str:
+    if target is None or value != value:
+        return ""
+    return "yes" if value >= target else "NO"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", choices=("pg", "sqlite"), default="pg")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="an admin URL of the PostgreSQL server (a new database is created next to it)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--things", type=int, default=100)
+    ap.add_argument("--datastreams-per-thing", type=int, default=3)
+    ap.add_argument("--observations", type=int, default=200_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ingest-clients", type=int, default=2,
+                    help="concurrent CreateObservations clients (default 2: one per worker)")
+    ap.add_argument("--post-seconds", type=float, default=5.0)
+    ap.add_argument("--post-clients", type=int, default=8)
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--wrk-connections", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=2, help="wrk runs per endpoint")
+    ap.add_argument("--paging-requests", type=int, default=50)
+    ap.add_argument("--no-analyze", action="store_true", help="skip ANALYZE after the load (PostgreSQL)")
+    ap.add_argument("--ingest-only", action="store_true", help="load and time the ingest, skip the reads")
+    ap.add_argument("--keep", action="store_true", help="leave the server running and the database in place "
+                                                          "until Enter is pressed (for profiling)")
+    args = ap.parse_args(argv)
+    if not shutil.which("wrk") and not args.ingest_only:
+        say("wrk is not installed")
+        return 2
+
+    db = create_pg(args.pg) if args.store == "pg" else create_sqlite()
+    say(f"store: {db.url}")
+    server: Server | None = None
+    report = Report()
+    try:
+        server = Server(db.url, args.workers, Path(tempfile.gettempdir()))
+        server.wait()
+        sta = f"{server.url}/v1.1"
+        say(f"workers: {server.worker_pids()}")
+
+        # -- load ------------------------------------------------------------------------------
+        client = httpx.Client(timeout=120)
+        t = time.perf_counter()
+        ds_ids = load_things(client, sta, args.things, args.datastreams_per_thing)
+        say(f"loaded {args.things} Things, {len(ds_ids)} Datastreams in {time.perf_counter() - t:.1f}s")
+        bodies = dataarray_bodies(ds_ids, args.observations)
+        say(f"CreateObservations: {len(bodies)} requests of <= {ROWS_PER_REQUEST} rows, "
+            f"{args.ingest_clients} concurrent clients ...")
+        n, secs, errs = ingest(sta, bodies, args.ingest_clients)
+        ingest_rate = n / secs
+        say(f"  {n} Observations in {secs:.2f}s = {ingest_rate:,.0f} Observations/s "
+            f"({len(bodies) / secs:.1f} requests/s, {errs} rows refused)")
+        report.add(f"ingest via dataArray ({args.store}, {args.ingest_clients} clients)",
+                   f"{ingest_rate:,.0f} obs/s", f">= {TARGETS['ingest']:,.0f} obs/s",
+                   verdict(ingest_rate, TARGETS["ingest"]))
+
+        if args.store == "pg" and not args.no_analyze:
+            import psycopg
+
+            t = time.perf_counter()
+            with psycopg.connect(db.url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+            say(f"VACUUM ANALYZE in {time.perf_counter() - t:.1f}s (what autovacuum would do after the load)")
+
+        if args.ingest_only:
+            say("")
+            report.print()
+            return 0
+
+        # -- reads -----------------------------------------------------------------------------
+        ds = ds_ids[0]
+        mid = iso(T0 + SPAN / 2)
+        endpoints = [
+            ("things", "1. GET Things (100 per page)", "/Things"),
+            ("observations", "2. GET Observations $top=100 newest first",
+             "/Observations?$top=100&$orderby=phenomenonTime desc"),
+            ("filtered", f"3. GET Datastreams({ds})/Observations filtered",
+             f"/Datastreams({ds})/Observations?$filter=result gt 50 and phenomenonTime ge {mid}"
+             "&$orderby=phenomenonTime desc"),
+            ("expand", "4. GET Things $expand Locations,Datastreams/newest Observation",
+             "/Things?$expand=Locations,Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"),
+        ]
+        say("")
+        say("checking every endpoint once:")
+        healthy = {}
+        for key, name, path in endpoints:
+            url = encode(sta + path)
+            r = client.get(url)
+            ok = r.status_code == 200
+            healthy[key] = ok
+            extra = ""
+            if ok:
+                doc = r.json()
+                extra = f"{len(doc.get('value', []))} entities, {len(r.content):,} bytes"
+                if key == "expand" and doc.get("value"):
+                    first = doc["value"][0]
+                    got = sum(len(d.get("Observations", [])) for d in first.get("Datastreams", []))
+                    extra += f", first Thing: {len(first.get('Locations', []))} Location(s), " \
+                             f"{len(first.get('Datastreams', []))} Datastreams, {got} newest Observations"
+            else:
+                extra = r.text[:300]
+            say(f"  {r.status_code} {name}: {extra}")
+            say(f"      {url}")
+
+        client.close()  # its keep-alive connections would count in the per-worker split
+        client = httpx.Client(timeout=120)
+        results: dict[str, list[WrkResult]] = {}
+        for key, name, path in endpoints:
+            if not healthy[key]:
+                report.add(name, "FAILED (not 200)", f">= {TARGETS[key]:,.0f} req/s", "NO")
+                continue
+            url = encode(sta + path)
+            results[key] = []
+            for run in range(args.runs):
+                res = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
+                results[key].append(res)
+                say(f"wrk {name} run {run + 1}: {res.rps:,.1f} req/s, p50 {res.p50_ms:.2f} ms, "
+                    f"p99 {res.p99_ms:.2f} ms, connections per worker {res.split or '?'}"
+                    + (f", NON-2XX {res.non2xx}" if res.non2xx else "") + (f", {res.errors}" if res.errors else ""))
+            for run, res in enumerate(results[key]):
+                fig = f"{res.rps:,.0f} req/s  p50 {res.p50_ms:.1f} ms  p99 {res.p99_ms:.1f} ms  split {res.split}"
+                if res.non2xx:
+                    fig += f"  non-2xx {res.non2xx}"
+                report.add(f"{name} [run {run + 1}]", fig, f">= {TARGETS[key]:,.0f} req/s",
+                           "NO" if res.non2xx else verdict(res.rps, TARGETS[key]))
+
+        # -- deep paging -----------------------------------------------------------------------
+        say("")
+        skip_far = min(100_000, max(0, args.observations // 2))
+        pages = {}
+        for skip in (0, skip_far):
+            url = encode(f"{sta}/Observations?$top=100&$skip={skip}")
+            for _ in range(5):  # warm both workers' statement caches
+                client.get(url)
+            lat = []
+            status = 200
+            for _ in range(args.paging_requests):
+                t = time.perf_counter()
+                r = client.get(url)
+                lat.append((time.perf_counter() - t) * 1000)
+                status = r.status_code if r.status_code != 200 else status
+            pages[skip] = statistics.median(lat)
+            say(f"deep paging $skip={skip}: p50 {pages[skip]:.2f} ms over {len(lat)} sequential requests"
+                + ("" if status == 200 else f" (status {status})"))
+        ratio = pages[skip_far] / pages[0] if pages[0] else float("nan")
+        say(f"deep paging ratio $skip={skip_far} / $skip=0: {ratio:.1f}x")
+        report.add(f"Observations $top=100 $skip=0 vs $skip={skip_far} (p50)",
+                   f"{pages[0]:.1f} ms vs {pages[skip_far]:.1f} ms = {ratio:.1f}x", "", "")
+
+        # -- single POSTs (last, so the reads see exactly the loaded dataset) ---------------------
+        say("")
+        created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
+        rate = created / secs
+        lat.sort()
+        p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+        say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
+            f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
+        report.add(f"single POST Observations ({args.post_clients} clients)",
+                   f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", "", "")
+
+        say("")
+        say(f"== SensorThings HTTP benchmark: store {args.store}, {args.workers} workers, {args.things} Things, "
+            f"{len(ds_ids)} Datastreams, {n:,} Observations; wrk -t{args.wrk_threads} "
+            f"-c{args.wrk_connections} -d{args.duration}s ==")
+        report.print()
+        if args.keep:
+            say(f"\nserver {server.url} (workers {server.worker_pids()}), store {db.url}; press Enter to clean up")
+            try:
+                input()
+            except EOFError:
+                pass
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        db.drop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
