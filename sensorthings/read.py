@@ -7,21 +7,29 @@ entry per parent instead of every Observation.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
     FromClause,
     Select,
+    and_,
     func,
     literal,
+    or_,
     select,
     true,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -58,18 +66,33 @@ class Reader:
         entity: EntityType,
         where: Callable[[FromClause], ColumnElement | None],
         options: QueryOptions,
-    ) -> tuple[list[Mapping[str, Any]], bool, int | None]:
-        """One page of rows of a set: (rows, whether more follow, the count when `$count=true`)."""
+        after: tuple[Any, ...] | None = None,
+    ) -> tuple[list[Mapping[str, Any]], str | None, int | None]:
+        """One page of rows of a set: (rows, a skiptoken when more follow, the count when `$count=true`).
+
+        `after` continues from a skiptoken: the sort keys of the previous page's last row, so that
+        deep pages seek through the index instead of counting past every earlier row.
+        """
         table = TABLES[entity.table]
         conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
         top = self.default_top if options.top is None else options.top
         count = None
         if options.count:
             count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
-        q = select(*_columns(table)).where(*conds).order_by(*self._order(entity, table, options))
-        q = q.limit(top + 1).offset(options.skip)
+        keys = self._keys(entity, table, options)
+        if after is not None:
+            conds.append(_after(keys, after))
+        labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
+        q = select(*_columns(table), *labels).where(*conds).order_by(*_directed(keys))
+        q = q.limit(top + 1).offset(options.skip if after is None else 0)
         rows = list(conn.execute(q).mappings().all()) if top > 0 else []
-        return rows[:top], len(rows) > top, count
+        token = None
+        if len(rows) > top:
+            last = rows[top - 1] if top > 0 else None
+            values = [last[f"_k{i}"] for i in range(len(keys))] if last is not None else [None]
+            # NULL sort keys cannot be sought past portably: such pages continue by $skip ("")
+            token = "" if any(v is None for v in values) else encode_token(values)
+        return rows[:top], token, count
 
     def collection(
         self,
@@ -77,17 +100,17 @@ class Reader:
         entity: EntityType,
         where: Callable[[FromClause], ColumnElement | None],
         options: QueryOptions,
-        next_url: Callable[[int], str],
+        next_url: Callable[[str | None], str],
+        after: tuple[Any, ...] | None = None,
     ) -> dict[str, Any]:
-        """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`."""
-        rows, more, count = self.page(conn, entity, where, options)
+        """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`; next_url gets the skiptoken."""
+        rows, token, count = self.page(conn, entity, where, options, after)
         out: dict[str, Any] = {}
         if count is not None:
             out["@iot.count"] = count
         out["value"] = self.serialize_rows(conn, entity, rows, options)
-        if more:
-            top = self.default_top if options.top is None else options.top
-            out["@iot.nextLink"] = next_url(options.skip + top)
+        if token is not None:
+            out["@iot.nextLink"] = next_url(token or None)
         return out
 
     def entity(
@@ -117,9 +140,13 @@ class Reader:
             return None
         return self.translator.where(entity, table, options.filter)
 
-    def _order(self, entity: EntityType, table: FromClause, options: QueryOptions) -> list[Any]:
+    def _keys(self, entity: EntityType, table: FromClause, options: QueryOptions) -> list[tuple[Any, bool]]:
         keys = self.translator.order(entity, table, options.orderby) if options.orderby else []
-        return [*keys, table.c.id.asc()]
+        # the id breaks ties in the direction of the last key, so one index scan serves the whole order
+        return [*keys, (table.c.id, keys[-1][1] if keys else False)]
+
+    def _order(self, entity: EntityType, table: FromClause, options: QueryOptions) -> list[Any]:
+        return _directed(self._keys(entity, table, options))
 
     def _expand(self, conn: Connection, entity: EntityType, rows: Sequence[Mapping[str, Any]],
                 out: list[dict[str, Any]], item: Expand) -> None:
@@ -221,6 +248,53 @@ class Reader:
         if flt is not None:
             q = q.where(flt)
         return {k: n for k, n in conn.execute(q.group_by(key)).all()}
+
+
+def _directed(keys: list[tuple[Any, bool]]) -> list[Any]:
+    return [k.desc() if desc else k.asc() for k, desc in keys]
+
+
+def _after(keys: list[tuple[Any, bool]], values: tuple[Any, ...]) -> ColumnElement:
+    """Rows after the given sort-key values in the order `keys` gives."""
+    if len(values) != len(keys):
+        raise QueryError("the $skiptoken does not belong to this $orderby", "$skiptoken", 0)
+    bound = [literal(v, k.type) for (k, _), v in zip(keys, values, strict=True)]
+    if any(v is None for v in values):
+        raise QueryError("the $skiptoken holds an empty sort key", "$skiptoken", 0)
+    directions = {desc for _, desc in keys}
+    if len(directions) == 1:
+        lhs = tuple_(*(k for k, _ in keys))
+        rhs = tuple_(*bound)
+        return lhs < rhs if directions.pop() else lhs > rhs
+    terms = []
+    for i, (k, desc) in enumerate(keys):
+        eqs = [keys[j][0] == bound[j] for j in range(i)]
+        terms.append(and_(*eqs, k < bound[i] if desc else k > bound[i]))
+    return or_(*terms)
+
+
+def encode_token(values: list[Any]) -> str:
+    """A skiptoken: the last row's sort keys, typed, in URL-safe base64."""
+    out = []
+    for v in values:
+        if isinstance(v, datetime):
+            out.append({"t": v.isoformat()})
+        elif isinstance(v, Decimal):
+            out.append(float(v))
+        else:
+            out.append(v)
+    return base64.urlsafe_b64encode(orjson.dumps(out)).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[Any, ...]:
+    """The sort keys a skiptoken carries; QueryError when it is not one of ours."""
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(raw, list):
+            raise ValueError
+        return tuple(datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in raw)
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise QueryError("not a valid $skiptoken", "$skiptoken", 0) from None
 
 
 def _columns(table: FromClause) -> list[Any]:

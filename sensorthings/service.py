@@ -22,7 +22,7 @@ from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.model import BY_NAME, BY_SET, ENTITY_TYPES, OBSERVATION, EntityType, NavKind, target_of
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
-from sensorthings.read import MAX_TOP, Reader, encode_query, serializer
+from sensorthings.read import MAX_TOP, Reader, decode_token, encode_query, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, Store, StoreError
 from sensorthings.store.schema import TABLES
@@ -180,7 +180,15 @@ class Service:
 
     def options(self, req: ApiRequest) -> QueryOptions:
         """The request's query options, parsed."""
-        return parse_query_options(req.params, default_top=self.default_top, max_top=self.max_top)
+        params = {k: v for k, v in req.params.items() if k.lower() != "$skiptoken"}
+        return parse_query_options(params, default_top=self.default_top, max_top=self.max_top)
+
+    def after(self, req: ApiRequest) -> tuple[Any, ...] | None:
+        """The sort keys a `$skiptoken` continues from."""
+        for k, v in req.params.items():
+            if k.lower() == "$skiptoken":
+                return decode_token(v)
+        return None
 
     # -- GET --------------------------------------------------------------------------------------
     def get(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
@@ -218,7 +226,10 @@ class Service:
                 if entity is not OBSERVATION:
                     raise QueryError("$resultFormat=dataArray applies to Observations", "$resultFormat")
                 return ApiResponse(200, self._data_array(conn, reader, resource, opts, req))
-            out = reader.collection(conn, entity, where, opts, lambda skip: _next_url(req, skip, opts))
+            def next_url(token: str | None) -> str:
+                return _next_url(req, opts, token, self.default_top)
+
+            out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
             return ApiResponse(200, out)
 
     def _check_parent(self, conn: Connection, resource: Resource) -> None:
@@ -232,7 +243,7 @@ class Service:
         for name in components:
             if name not in DATA_ARRAY_COMPONENTS:
                 raise QueryError(f"{name} cannot be a dataArray component", "$select")
-        rows, more, count = reader.page(conn, OBSERVATION, condition(resource), opts)
+        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req))
         write = serializer(OBSERVATION, req.base, tuple(dict.fromkeys(("id", *components))))
         groups: dict[str, list[list[Any]]] = {}
         for row in rows:
@@ -251,9 +262,8 @@ class Service:
             key, link = stream.split("\0")
             out["value"].append({key: link, "components": components, "dataArray@iot.count": len(items),
                                  "dataArray": items})
-        if more:
-            out["@iot.nextLink"] = _next_url(req, opts.skip + (opts.top if opts.top is not None else self.default_top),
-                                             opts)
+        if token is not None:
+            out["@iot.nextLink"] = _next_url(req, opts, token or None, self.default_top)
         return out
 
     # -- POST -------------------------------------------------------------------------------------
@@ -412,10 +422,16 @@ def _json_body(req: ApiRequest) -> Any:
         raise BodyError(f"the body is not JSON: {exc}") from None
 
 
-def _next_url(req: ApiRequest, skip: int, opts: QueryOptions) -> str:
-    pairs = [(k, v) for k, v in req.params.items() if k.lower() not in ("$skip", "$top")]
-    pairs.append(("$top", str(opts.top if opts.top is not None else 100)))
-    pairs.append(("$skip", str(skip)))
+def _next_url(req: ApiRequest, opts: QueryOptions, token: str | None, default_top: int) -> str:
+    """The next page: by skiptoken where the order allows seeking, by $skip otherwise."""
+    drop = ("$skip", "$top", "$skiptoken")
+    pairs = [(k, v) for k, v in req.params.items() if k.lower() not in drop]
+    top = opts.top if opts.top is not None else default_top
+    pairs.append(("$top", str(top)))
+    if token:
+        pairs.append(("$skiptoken", token))
+    else:
+        pairs.append(("$skip", str(opts.skip + top)))
     return f"{req.base}/{req.path.strip('/')}?{encode_query(pairs)}"
 
 

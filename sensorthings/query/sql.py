@@ -120,10 +120,11 @@ class Translator:
             return Exists(sub)
         return cond
 
-    def order(self, entity: EntityType, table: FromClause, orderby: tuple[OrderBy, ...]) -> list[ColumnElement]:
-        """ORDER BY keys for `$orderby`; the caller appends the id as a tiebreak."""
+    def order(self, entity: EntityType, table: FromClause,
+              orderby: tuple[OrderBy, ...]) -> list[tuple[ColumnElement, bool]]:
+        """ORDER BY keys for `$orderby` as (expression, descending); the caller adds the id as a tiebreak."""
         self.option = "$orderby"
-        keys: list[ColumnElement] = []
+        keys: list[tuple[ColumnElement, bool]] = []
         for item in orderby:
             scope = _Scope(table)
             val = self._expr(entity, scope, item.expr)
@@ -135,7 +136,7 @@ class Translator:
                     select(c).select_from(*scope.froms).where(and_(*scope.conds)).limit(1).scalar_subquery()
                     for c in cols
                 ]
-            keys.extend(c.desc() if item.descending else c.asc() for c in cols)
+            keys.extend((c, item.descending) for c in cols)
         return keys
 
     # -- expressions ----------------------------------------------------------------------------
@@ -302,7 +303,8 @@ class Translator:
 
     def _sort_columns(self, val: Val, node: Any) -> list[ColumnElement]:
         if val.type == INTERVAL:
-            return [val.sql[0], val.sql[1]]
+            # the start alone, so that the (Datastream, phenomenonTime) index serves the order
+            return [val.sql[0]]
         if val.type == RESULT:
             t = val.table
             return [t.c.result_number, t.c.result_string]

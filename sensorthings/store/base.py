@@ -300,6 +300,14 @@ class Store:
                 values[nav.column] = self._resolve(conn, items[0], {}, changes)
         if values:
             conn.execute(update(table).where(table.c.id == id_).values(**values))
+        if entity is OBSERVATION and values.keys() & {"phenomenon_time_start", "result_time", "datastream_id",
+                                                      "multi_datastream_id"}:
+            # the (Multi)Datastream's time ranges cover the Observation's new times, as on insert
+            c = table.c
+            row = conn.execute(select(c.phenomenon_time_start, c.phenomenon_time_end, c.result_time, c.datastream_id,
+                                      c.multi_datastream_id).where(c.id == id_)).mappings().one()
+            if row["phenomenon_time_start"] is not None:
+                self._extend_times(conn, dict(row))
         for name, items in draft.links.items():
             nav = entity.nav_by_name[name]
             if nav.kind is NavKind.REVERSE:
