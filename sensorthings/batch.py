@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -86,8 +87,6 @@ def _one(service: Service, req: ApiRequest, item: dict[str, Any], locations: dic
         url = locations[ref] + ("/" + rest if rest else "")
     rel = relative_path(url, req.base)
     path, _, query = rel.partition("?")
-    from urllib.parse import parse_qsl
-
     params = dict(parse_qsl(query, keep_blank_values=True))
     body = item.get("body")
     headers = item.get("headers") or {}

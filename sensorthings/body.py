@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensorthings.geometry import GEOJSON_TYPES, geometry_of, to_wkb
-from sensorthings.model import OBSERVATION, EntityType, Kind, Nav, NavKind, target_of
+from sensorthings.model import OBSERVATION, EntityType, Kind, Nav, NavKind, reverse_nav, target_of
 from sensorthings.results import encode_result
 from sensorthings.times import parse_instant, parse_interval, parse_time_or_interval
 
@@ -185,7 +185,5 @@ def _parse_links(entity: EntityType, nav: Nav, value: Any, mode: str, depth: int
 
 
 def _back_name(entity: EntityType, nav: Nav) -> frozenset[str]:
-    from sensorthings.model import reverse_nav
-
     back = reverse_nav(entity, nav)
     return frozenset({back.name}) if back is not None else frozenset()

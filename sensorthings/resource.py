@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, FromClause, Select, select
+from sqlalchemy import ColumnElement, FromClause, Select, and_, select
 
 from sensorthings.model import BY_SET, EntityType, Nav, NavKind, target_of
 from sensorthings.store.schema import TABLES
@@ -160,8 +160,6 @@ def condition(resource: Resource) -> Callable[[FromClause], ColumnElement | None
             return None
         if len(conds) == 1:
             return conds[0]
-        from sqlalchemy import and_
-
         return and_(*conds)
 
     return cond

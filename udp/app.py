@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -54,8 +55,6 @@ def build_app(config: Config) -> Starlette:
         return ORJSONResponse({"title": config.title, "description": "Urban data platform", "links": links})
 
     async def health(request: Request) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
         db_ok = await run_in_threadpool(store.healthy)
         body = {"status": "ok" if db_ok else "degraded", "uptime_s": round(time.time() - started, 1),
                 "store": {"kind": store.dialect.name, "ok": db_ok}}

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, case, delete, exists, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, insert, literal, select, update
 
 from sensorthings.body import Draft, Ref
 from sensorthings.model import (
-    DATASTREAM,
     HISTORICAL_LOCATION,
     LOCATION,
     MULTI_DATASTREAM,
@@ -336,7 +335,7 @@ class Store:
         if not present:
             row = {nav.link_self: id_, nav.link_target: other}
             if "rank" in link.c:
-                row["rank"] = conn.execute(select(_count(link)).where(link.c[nav.link_self] == id_)).scalar()
+                row["rank"] = conn.execute(select(func.count()).where(link.c[nav.link_self] == id_)).scalar()
             conn.execute(insert(link).values(**row))
 
     def remove_link(self, conn: Connection, entity: EntityType, id_: int, nav_name: str, other: int) -> bool:
@@ -369,13 +368,8 @@ class Store:
 
 
 def _id_of(item: Draft | Ref) -> int:
-    return item.id if isinstance(item, Ref) else item.id  # type: ignore[return-value]
+    assert item.id is not None, "a draft has its id once inserted"
+    return item.id
 
 
-def _count(table: Any) -> Any:
-    from sqlalchemy import func
 
-    return func.count()
-
-
-DATASTREAM_TYPES = (DATASTREAM, MULTI_DATASTREAM)

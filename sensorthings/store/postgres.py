@@ -5,7 +5,22 @@ from __future__ import annotations
 from datetime import date, time
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Float, Integer, Numeric, case, cast, create_engine, func, literal, text
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Date,
+    Engine,
+    Float,
+    Integer,
+    Numeric,
+    Time,
+    case,
+    cast,
+    create_engine,
+    func,
+    literal,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, array
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -28,7 +43,7 @@ class PostgresDialect:
 
     def json_bool(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
         item = col.op("#>")(self._path(path))
-        return case((func.jsonb_typeof(item) == "boolean", cast(col.op("#>>")(self._path(path)), _bool())))
+        return case((func.jsonb_typeof(item) == "boolean", cast(col.op("#>>")(self._path(path)), Boolean())))
 
     def json_value(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
         if not path:
@@ -42,16 +57,16 @@ class PostgresDialect:
         return cast(func.floor(func.extract(_PARTS[part], utc)), Integer)
 
     def to_date(self, expr: ColumnElement) -> ColumnElement:
-        return cast(func.timezone("UTC", expr), _date())
+        return cast(func.timezone("UTC", expr), Date())
 
     def to_time(self, expr: ColumnElement) -> ColumnElement:
-        return cast(func.date_trunc("second", func.timezone("UTC", expr)), _time())
+        return cast(func.date_trunc("second", func.timezone("UTC", expr)), Time())
 
     def date_literal(self, value: date) -> ColumnElement:
-        return literal(value, _date())
+        return literal(value, Date())
 
     def time_literal(self, value: time) -> ColumnElement:
-        return literal(value.replace(microsecond=0), _time())
+        return literal(value.replace(microsecond=0), Time())
 
     def geom_literal(self, wkt: str) -> ColumnElement:
         return func.ST_GeomFromText(wkt, 4326)
@@ -66,22 +81,6 @@ class PostgresDialect:
         return func.strpos(haystack, needle)
 
 
-def _bool() -> Any:
-    from sqlalchemy import Boolean
-
-    return Boolean()
-
-
-def _date() -> Any:
-    from sqlalchemy import Date
-
-    return Date()
-
-
-def _time() -> Any:
-    from sqlalchemy import Time
-
-    return Time()
 
 
 def engine_url(url: str) -> str:

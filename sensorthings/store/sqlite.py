@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 import shapely
-from sqlalchemy import ColumnElement, Engine, create_engine, event, func, literal
+from sqlalchemy import ColumnElement, Engine, Float, Integer, case, create_engine, event, func, literal
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
@@ -33,14 +33,10 @@ class SqliteDialect:
 
     def json_number(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
         p = _json_path(path)
-        from sqlalchemy import case
-
         return case((func.json_type(col, p).in_(("integer", "real")), func.json_extract(col, p)))
 
     def json_bool(self, col: ColumnElement, path: tuple[str | int, ...]) -> ColumnElement:
         p = _json_path(path)
-        from sqlalchemy import case
-
         return case((func.json_type(col, p) == "true", literal(True)), (func.json_type(col, p) == "false",
                                                                           literal(False)))
 
@@ -49,8 +45,8 @@ class SqliteDialect:
 
     def date_part(self, part: str, expr: ColumnElement) -> ColumnElement:
         if part == "fractionalseconds":
-            return func.cast(func.strftime("%f", expr), _real()) - func.cast(func.strftime("%S", expr), _real())
-        return func.cast(func.strftime(_PARTS[part], expr), _int())
+            return func.cast(func.strftime("%f", expr), Float()) - func.cast(func.strftime("%S", expr), Float())
+        return func.cast(func.strftime(_PARTS[part], expr), Integer())
 
     def to_date(self, expr: ColumnElement) -> ColumnElement:
         return func.date(expr)
@@ -77,16 +73,6 @@ class SqliteDialect:
         return func.instr(haystack, needle)
 
 
-def _real() -> Any:
-    from sqlalchemy import Float
-
-    return Float()
-
-
-def _int() -> Any:
-    from sqlalchemy import Integer
-
-    return Integer()
 
 
 @lru_cache(maxsize=4096)
