@@ -178,6 +178,9 @@ def _parse_links(entity: EntityType, nav: Nav, value: Any, mode: str, depth: int
             out.append(Ref(target, parse_id(item["@iot.id"], where)))
         elif mode == "patch" and nav.kind is not NavKind.LINK:
             raise BodyError(f"{where}: only links by @iot.id can be changed with PATCH")
+        elif mode == "put" and nav.kind is NavKind.REVERSE:
+            # FROST's client PUTs the object it created, nested new entities and all: say so, not a 500
+            raise BodyError(f"{where}: PUT links existing entities by @iot.id; create new ones with POST")
         else:
             back = _back_name(entity, nav)
             out.append(parse_entity(target, item, mode="create", implied=back, depth=depth + 1))

@@ -10,6 +10,7 @@ iterating a list.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import frost_sta_client as fsc
 import httpx
@@ -23,6 +24,9 @@ from tests.conftest import Server, unique
 MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 UTC = dt.UTC
 
+# furl, which the client builds URLs with, warns about its own deprecated API
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:furl")
+
 
 @pytest.fixture
 def service(server: Server) -> fsc.SensorThingsService:
@@ -31,7 +35,7 @@ def service(server: Server) -> fsc.SensorThingsService:
 
 
 @pytest.fixture
-def api(server: Server) -> httpx.Client:
+def api(server: Server) -> Iterator[httpx.Client]:
     """A plain HTTP client for checking what the FROST client wrote."""
     with httpx.Client(base_url=server.sta + "/", timeout=60) as client:
         yield client
@@ -197,6 +201,39 @@ def test_query_filter_expand_orderby(service: fsc.SensorThingsService) -> None:
     assert [o.result for o in by_sensor] == [9, 8]
 
 
+def test_feature_of_interest_and_location_links(service: fsc.SensorThingsService, api: httpx.Client) -> None:
+    thing = _create_station(service, streams=("air_temperature",))
+    temp = _datastreams(service, thing)["air_temperature"]
+    feature = fsc.FeatureOfInterest(name=unique("lake"), description="the lake at the station",
+                                    encoding_type="application/geo+json",
+                                    feature={"type": "Point", "coordinates": [10.0034, 53.5571]})
+    first = fsc.Observation(phenomenon_time="2024-04-01T00:00:00Z", result=4.5, datastream=temp,
+                            feature_of_interest=feature)
+    service.create(first)  # a new FeatureOfInterest inside the Observation
+    [made] = service.features_of_interest().query().filter(f"name eq '{feature.name}'").list().entities
+    second = fsc.Observation(phenomenon_time="2024-04-01T01:00:00Z", result=4.7, datastream=temp,
+                             feature_of_interest=made)
+    assert transform_entity_to_json_dict(second)["FeatureOfInterest"]["name"] == feature.name  # sent whole
+    service.create(second)
+    got = api.get(f"FeaturesOfInterest({made.id})/Observations", params={"$orderby": "phenomenonTime"}).json()
+    assert [o["@iot.id"] for o in got["value"]] == [first.id, second.id]
+    assert api.get("FeaturesOfInterest", params={"$filter": f"name eq '{feature.name}'", "$count": "true"}
+                   ).json()["@iot.count"] == 1
+
+    # a new Location that names the Thing (the client sends the whole Thing, as a link) is where it is now
+    found = service.things().find(thing.id)
+    quay = fsc.Location(name=unique("quay"), description="moved to the quay", encoding_type="application/geo+json",
+                        location={"type": "Point", "coordinates": [9.97, 53.54]}, things=[found])
+    assert transform_entity_to_json_dict(quay)["Things"][0]["name"] == thing.name
+    service.create(quay)
+    assert quay.name in [loc.name for loc in found.get_locations().query().list()]
+    assert api.get("Things", params={"$filter": f"name eq '{thing.name}'", "$count": "true"}).json()["@iot.count"] == 1
+    history = found.get_historical_locations().query().expand("Locations").orderby("time", "ASC").list().entities
+    assert len(history) == 2
+    assert [loc.name for loc in history[0].locations] == [f"{thing.name} site"]
+    assert quay.name in [loc.name for loc in history[1].locations]
+
+
 def test_patch_sends_json_patch(service: fsc.SensorThingsService, api: httpx.Client) -> None:
     thing = _create_station(service)
     service.patch(thing, [
@@ -266,6 +303,29 @@ def test_update_puts_the_entity(service: fsc.SensorThingsService, api: httpx.Cli
     assert doc["unitOfMeasurement"]["symbol"] == "°C"
     assert doc["Thing"] == {"@iot.id": thing.id}
     assert doc["resultTime"] == "2024-07-01T10:00:30.000Z/2024-07-01T10:00:30.000Z"
+
+
+def test_update_of_the_created_object(service: fsc.SensorThingsService, api: httpx.Client) -> None:
+    # the object the client created still holds its nested Location and Datastreams, without ids:
+    # PUTting it would make them again, so the server refuses it with a 400 and changes nothing
+    thing = _create_station(service)
+    thing.name = thing.name + " renamed"
+    body = transform_entity_to_json_dict(thing)
+    assert "@iot.id" not in body["Datastreams"][0]
+    with pytest.raises(requests.HTTPError) as info:
+        service.update(thing)
+    assert _status(info.value) == 400
+    assert "Datastreams" in info.value.response.json()["message"]
+    doc = api.get(f"Things({thing.id})", params={"$expand": "Locations,Datastreams"}).json()
+    assert doc["name"] == thing.name.removesuffix(" renamed")
+    assert len(doc["Locations"]) == 1 and len(doc["Datastreams"]) == 2
+    # with the entities it links named by id, the same object can be PUT
+    thing.locations = [fsc.Location(id=doc["Locations"][0]["@iot.id"])]
+    thing.datastreams = [fsc.Datastream(id=d["@iot.id"]) for d in doc["Datastreams"]]
+    service.update(thing)
+    doc = api.get(f"Things({thing.id})", params={"$expand": "Locations,Datastreams"}).json()
+    assert doc["name"] == thing.name
+    assert len(doc["Locations"]) == 1 and len(doc["Datastreams"]) == 2
 
 
 def test_delete(service: fsc.SensorThingsService, api: httpx.Client) -> None:
@@ -363,6 +423,16 @@ def test_list_follows_next_links(service: fsc.SensorThingsService, api: httpx.Cl
     assert [o.result for o in listing] == list(range(2, 23))
     assert len(listing.entities) == 21
     assert listing.next_link is None
+
+    # nextLinks keep $select, a nested $expand and a time literal with a `+` offset intact
+    paged = temp.get_observations().query().filter("phenomenonTime ge 2024-10-01T02:05:00+02:00") \
+        .select("result", "id", "Datastream").expand("Datastream($select=name,id)").orderby("result", "asc") \
+        .top(4).list()
+    got = list(paged)
+    assert [o.result for o in got] == list(range(5, 23))
+    assert {o.datastream.name for o in got} == {temp.name}
+    assert {o.datastream.id for o in got} == {temp.id}
+    assert all(o.phenomenon_time is None for o in got)
 
     # descending, with a count, from the Observations set (the filter keeps it to this station)
     desc = service.observations().query().filter(f"Datastream/@iot.id eq {temp.id}").orderby("phenomenonTime") \
