@@ -57,8 +57,10 @@ def _json_dumps(value: Any) -> str:
 class Store:
     """SensorThings persistence over one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, dialect: SqlDialect, url: str) -> None:
+    def __init__(self, engine: Engine, dialect: SqlDialect, url: str,
+                 spatial_indexes: Callable[[Connection], None] | None = None) -> None:
         self.engine = engine
+        self.spatial_indexes = spatial_indexes
         self.dialect = dialect
         self.url = url
         self.listeners: list[Callable[[list[Change]], None]] = []
@@ -68,15 +70,16 @@ class Store:
     def open(cls, url: str) -> Store:
         """A store for `sqlite:///path.db` or `postgresql://…`; the schema is created if missing."""
         if url.startswith("sqlite"):
-            from sensorthings.store.sqlite import SqliteDialect, create_sqlite_engine
+            from sensorthings.store import sqlite
 
-            store = cls(create_sqlite_engine(url, _json_dumps, orjson.loads), SqliteDialect(), url)
+            engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads)
+            store = cls(engine, sqlite.SqliteDialect(), url, sqlite.create_spatial_indexes)
         elif url.startswith(("postgresql", "postgres")):
-            from sensorthings.store.postgres import PostgresDialect, create_postgres_engine, ensure_postgis
+            from sensorthings.store import postgres
 
-            engine = create_postgres_engine(url, _json_dumps, orjson.loads)
-            ensure_postgis(engine)
-            store = cls(engine, PostgresDialect(), url)
+            engine = postgres.create_postgres_engine(url, _json_dumps, orjson.loads)
+            postgres.ensure_postgis(engine)
+            store = cls(engine, postgres.PostgresDialect(), url, postgres.create_spatial_indexes)
         else:
             raise ValueError(f"unsupported store URL {url!r}: use sqlite:///file.db or postgresql://…")
         store.create_schema()
@@ -84,7 +87,15 @@ class Store:
 
     def create_schema(self) -> None:
         """Create the tables and indexes that do not exist yet."""
-        metadata.create_all(self.engine)
+        with self.engine.connect() as conn:
+            conn.info["write"] = True
+            with conn.begin():
+                # workers start together: one creates the schema while the others wait
+                if self.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(8250001)")
+                metadata.create_all(conn)
+                if self.spatial_indexes is not None:
+                    self.spatial_indexes(conn)
 
     def close(self) -> None:
         """Release every connection."""

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Connection,
     Date,
     Engine,
     Float,
@@ -103,6 +104,12 @@ def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: An
         connect_args={"options": "-c timezone=UTC"},
     )
     return engine
+
+
+def create_spatial_indexes(conn: Connection) -> None:
+    """GiST indexes over every geometry column."""
+    for name in ("locations", "features_of_interest", "datastreams", "multi_datastreams"):
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name}_geom_gist ON {name} USING gist (geom)")
 
 
 def ensure_postgis(engine: Engine) -> None:

@@ -8,7 +8,22 @@ from functools import lru_cache
 from typing import Any
 
 import shapely
-from sqlalchemy import ColumnElement, Engine, Float, Integer, case, create_engine, event, func, literal
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    and_,
+    case,
+    column,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    table,
+)
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
@@ -64,7 +79,19 @@ class SqliteDialect:
         return literal(to_wkb(shapely.from_wkt(wkt)))
 
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
-        return getattr(func, "udp_" + name)(*args)
+        test = getattr(func, "udp_" + name)(*args)
+        if name[3:] not in BBOX_PREDICATES or len(args) != 2:
+            return test
+        # a literal geometry against an indexed column: let the R-tree rule out most rows first
+        for col, lit in (args, args[::-1]):
+            rtree = _rtree_of(col)
+            wkb = getattr(lit, "value", None)
+            if rtree is not None and isinstance(wkb, bytes):
+                minx, miny, maxx, maxy = _geom(wkb).bounds
+                r = _rtree_table(rtree)
+                near = select(r.c.id).where(r.c.maxx >= minx, r.c.minx <= maxx, r.c.maxy >= miny, r.c.miny <= maxy)
+                return and_(col.table.c.id.in_(near), test)
+        return test
 
     def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:
         return a % b
@@ -110,6 +137,49 @@ def _relate(a: bytes | None, b: bytes | None, pattern: str | None) -> int | None
         return 0
 
 
+SPATIAL_TABLES = ("locations", "features_of_interest", "datastreams", "multi_datastreams")
+# predicates that can only hold where the two bounding boxes meet
+BBOX_PREDICATES = ("equals", "touches", "within", "overlaps", "crosses", "intersects", "contains")
+
+
+def _rtree_table(name: str) -> Any:
+    return table(name, column("id"), column("minx"), column("maxx"), column("miny"), column("maxy"))
+
+
+def _rtree_of(col: Any) -> str | None:
+    """The R-tree beside a `geom` column's table, if it has one."""
+    if getattr(col, "name", None) != "geom" or getattr(col, "table", None) is None:
+        return None
+    base = getattr(col.table, "original", col.table)
+    name = getattr(base, "name", None)
+    return f"rtree_{name}" if name in SPATIAL_TABLES else None
+
+
+def create_spatial_indexes(conn: Connection) -> None:
+    """R-trees over the bounding boxes of every geometry column, kept current by triggers."""
+    for name in SPATIAL_TABLES:
+        rt = f"rtree_{name}"
+        box = "udp_minx(new.geom), udp_maxx(new.geom), udp_miny(new.geom), udp_maxy(new.geom)"
+        for ddl in (
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {rt} USING rtree(id, minx, maxx, miny, maxy)",
+            f"CREATE TRIGGER IF NOT EXISTS {rt}_insert AFTER INSERT ON {name} WHEN new.geom IS NOT NULL "
+            f"BEGIN INSERT INTO {rt} VALUES (new.id, {box}); END",
+            f"CREATE TRIGGER IF NOT EXISTS {rt}_update AFTER UPDATE OF geom ON {name} "
+            f"BEGIN DELETE FROM {rt} WHERE id = old.id; "
+            f"INSERT INTO {rt} SELECT new.id, {box} WHERE new.geom IS NOT NULL; END",
+            f"CREATE TRIGGER IF NOT EXISTS {rt}_delete AFTER DELETE ON {name} "
+            f"BEGIN DELETE FROM {rt} WHERE id = old.id; END",
+        ):
+            conn.exec_driver_sql(ddl)
+
+
+def _bound(i: int) -> Any:
+    def run(wkb: bytes | None) -> float | None:
+        return None if wkb is None else float(_geom(wkb).bounds[i])
+
+    return run
+
+
 PREDICATES = ("equals", "disjoint", "touches", "within", "overlaps", "crosses", "intersects", "contains")
 
 
@@ -120,6 +190,8 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("udp_st_distance", 2, _distance, deterministic=True)
     conn.create_function("udp_st_length", 1, _length, deterministic=True)
     conn.create_function("udp_st_relate", 3, _relate, deterministic=True)
+    for i, name in enumerate(("minx", "miny", "maxx", "maxy")):
+        conn.create_function(f"udp_{name}", 1, _bound(i), deterministic=True)
 
 
 def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any) -> Engine:
