@@ -218,18 +218,21 @@ class Service:
                         return ApiResponse(204)
                     return ApiResponse(200, {key: value})
                 return ApiResponse(200, doc)
-            self._check_parent(conn, resource)
             if resource.ref:
                 opts = QueryOptions(filter=opts.filter, select=("@iot.selfLink",), orderby=opts.orderby,
                                     top=opts.top, skip=opts.skip, count=opts.count)
             if opts.result_format == "dataArray":
                 if entity is not OBSERVATION:
                     raise QueryError("$resultFormat=dataArray applies to Observations", "$resultFormat")
-                return ApiResponse(200, self._data_array(conn, reader, resource, opts, req))
-            def next_url(token: str | None) -> str:
-                return _next_url(req, opts, token, self.default_top)
+                out = self._data_array(conn, reader, resource, opts, req)
+            else:
+                def next_url(token: str | None) -> str:
+                    return _next_url(req, opts, token, self.default_top)
 
-            out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
+                out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
+            if not out["value"]:
+                # an empty set of a missing parent is a 404; looked up only then, to spare the common case
+                self._check_parent(conn, resource)
             return ApiResponse(200, out)
 
     def _check_parent(self, conn: Connection, resource: Resource) -> None:

@@ -207,6 +207,8 @@ def test_unknown_sets_and_properties(sta: httpx.Client, thing: dict) -> None:
     r = sta.get(f"Things({thing['thing']['@iot.id']})/colour")
     assert r.status_code == 404 and "colour" in r.json()["message"]
     assert sta.get("Things(999999999)").status_code == 404
+    assert sta.get("Things(999999999)/Datastreams").status_code == 404
+    assert sta.get(f"Things({thing['thing']['@iot.id']})/MultiDatastreams").json() == {"value": []}
     r = sta.get("Things", params={"$filter": "colour eq 'red'"})
     assert r.status_code == 400 and "colour" in r.json()["message"]
     r = sta.get("Things", params={"$select": "colour"})
