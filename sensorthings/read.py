@@ -168,13 +168,18 @@ class Reader:
         for row in self._per_parent(conn, nav, target, parent_ids, opts, top):
             children[row["_parent"]].append(row)
         counts = self._counts(conn, nav, target, parent_ids, opts) if opts.count else None
-        for row, doc in zip(rows, out, strict=True):
+        # serialize every parent's children in one go, so that nested expands run once per level
+        spans: list[tuple[int, int, bool]] = []
+        flat: list[Mapping[str, Any]] = []
+        for row in rows:
             kids = children[row["id"]]
-            more = len(kids) > top
-            kids = kids[:top]
+            spans.append((len(flat), len(flat) + min(len(kids), top), len(kids) > top))
+            flat.extend(kids[:top])
+        docs = self.serialize_rows(conn, target, flat, opts)
+        for row, doc, (start, end, more) in zip(rows, out, spans, strict=True):
             if counts is not None:
                 doc[f"{nav.name}@iot.count"] = counts.get(row["id"], 0)
-            doc[nav.name] = self.serialize_rows(conn, target, kids, opts)
+            doc[nav.name] = docs[start:end]
             if more:
                 link = f"{self.base}/{entity.set_name}({row['id']})/{nav.name}"
                 doc[f"{nav.name}@iot.nextLink"] = link + "?" + _encode(option_pairs(opts, top=top,
