@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,7 @@ def say(*args: object) -> None:
 @dataclass
 class Database:
     url: str
-    drop: callable  # type: ignore[valid-type]
+    drop: Callable[[], None]
 
 
 def create_pg(admin: str) -> Database:
@@ -102,13 +103,14 @@ def create_sqlite() -> Database:
 class Server:
     """`udp serve` as a subprocess in its own process group (uvicorn forks its workers into it)."""
 
-    def __init__(self, store: str, workers: int, log_dir: Path) -> None:
+    def __init__(self, store: str, workers: int, log_dir: Path, log_level: str = "warning") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"udp-bench-{self.port}.log"
         udp = shutil.which("udp")
         cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
-        cmd += ["serve", "--store", store, "--workers", str(workers), "--port", str(self.port)]
+        cmd += ["serve", "--store", store, "--workers", str(workers), "--port", str(self.port),
+                "--log-level", log_level]
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True)
@@ -227,20 +229,29 @@ def dataarray_bodies(ds_ids: list[int], total: int) -> list[bytes]:
     return bodies
 
 
-def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int]:
+def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int]:  # noqa: C901
     """POST every body to CreateObservations with `clients` concurrent clients: (rows, seconds, errors)."""
     local = threading.local()
     rows_ok = [0]
     errors = [0]
+    failed: list[str] = []
     lock = threading.Lock()
 
     def send(body: bytes) -> None:
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(timeout=300)
-        r = client.post(f"{sta}/CreateObservations", content=body, headers={"Content-Type": "application/json"})
+        try:
+            r = client.post(f"{sta}/CreateObservations", content=body, headers={"Content-Type": "application/json"})
+        except httpx.TransportError as exc:
+            with lock:
+                failed.append(f"{type(exc).__name__}: {exc}")
+            local.client = None
+            return
         if r.status_code != 201:
-            raise RuntimeError(f"CreateObservations: {r.status_code} {r.text[:500]}")
+            with lock:
+                failed.append(f"{r.status_code} {r.text[:300]}")
+            return
         links = r.json()
         with lock:
             rows_ok[0] += sum(1 for x in links if x != "error")
@@ -249,7 +260,10 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(send, bodies))
-    return rows_ok[0], time.perf_counter() - started, errors[0]
+    secs = time.perf_counter() - started
+    if failed:
+        say(f"  WARNING: {len(failed)} of {len(bodies)} CreateObservations requests failed, e.g. {failed[0]}")
+    return rows_ok[0], secs, errors[0]
 
 
 def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> tuple[int, float, list[float], int]:
@@ -267,11 +281,16 @@ def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> t
                                      "result": round(rnd.uniform(0, 100), 3),
                                      "Datastream": {"@iot.id": rnd.choice(ds_ids)}})
                 t = time.perf_counter()
-                r = client.post(f"{sta}/Observations", content=body, headers={"Content-Type": "application/json"})
+                try:
+                    r = client.post(f"{sta}/Observations", content=body,
+                                    headers={"Content-Type": "application/json"})
+                    ok = r.status_code == 201
+                except httpx.TransportError:
+                    ok = False
                 d = time.perf_counter() - t
                 with lock:
                     lat.append(d)
-                    count[0 if r.status_code == 201 else 1] += 1
+                    count[0 if ok else 1] += 1
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -350,7 +369,18 @@ def verdict(value: float, target: float | None) -> str:
     return "yes" if value >= target else "NO"
 
 
-def main(argv: list[str] | None = None) -> int:
+def hold(keep: bool, server: Server, db: Database) -> None:
+    """With --keep, wait for Enter (or end of input) before cleaning up, e.g. to profile the server."""
+    if not keep:
+        return
+    say(f"\nserver {server.url} (workers {server.worker_pids()}), store {db.url}; press Enter to clean up")
+    try:
+        input()
+    except EOFError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", choices=("pg", "sqlite"), default="pg")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -368,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrk-connections", type=int, default=16)
     ap.add_argument("--runs", type=int, default=2, help="wrk runs per endpoint")
     ap.add_argument("--paging-requests", type=int, default=50)
+    ap.add_argument("--server-log-level", default="info",
+                    help="`udp serve --log-level` (info shows uvicorn restarting workers that miss a healthcheck)")
     ap.add_argument("--no-analyze", action="store_true", help="skip ANALYZE after the load (PostgreSQL)")
     ap.add_argument("--ingest-only", action="store_true", help="load and time the ingest, skip the reads")
     ap.add_argument("--keep", action="store_true", help="leave the server running and the database in place "
@@ -382,10 +414,19 @@ def main(argv: list[str] | None = None) -> int:
     server: Server | None = None
     report = Report()
     try:
-        server = Server(db.url, args.workers, Path(tempfile.gettempdir()))
+        # Create PostGIS and the schema once, before the workers start: `udp serve --workers 2` on an
+        # empty database races (both workers run CREATE EXTENSION / CREATE TABLE; one can die).
+        from sensorthings.store.base import Store
+
+        Store.open(db.url).close()
+        server = Server(db.url, args.workers, Path(tempfile.gettempdir()), args.server_log_level)
         server.wait()
         sta = f"{server.url}/v1.1"
-        say(f"workers: {server.worker_pids()}")
+        time.sleep(1.0)
+        pids = server.worker_pids()
+        say(f"workers: {pids}")
+        if len(pids) != args.workers or "Traceback" in server.log_path.read_text():
+            say(f"WARNING: {len(pids)} of {args.workers} workers running; see {server.log_path}")
 
         # -- load ------------------------------------------------------------------------------
         client = httpx.Client(timeout=120)
@@ -412,8 +453,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"VACUUM ANALYZE in {time.perf_counter() - t:.1f}s (what autovacuum would do after the load)")
 
         if args.ingest_only:
+            if server.log_path.read_text().count(" died"):
+                say(f"WARNING: uvicorn restarted worker(s) during the ingest; see {server.log_path}")
             say("")
             report.print()
+            hold(args.keep, server, db)
             return 0
 
         # -- reads -----------------------------------------------------------------------------
@@ -508,17 +552,16 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"single POST Observations ({args.post_clients} clients)",
                    f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", "", "")
 
+        restarts = server.log_path.read_text().count(" died")
+        if restarts:
+            say(f"WARNING: uvicorn restarted {restarts} worker(s) during the run (missed healthchecks); "
+                f"see {server.log_path}")
         say("")
         say(f"== SensorThings HTTP benchmark: store {args.store}, {args.workers} workers, {args.things} Things, "
             f"{len(ds_ids)} Datastreams, {n:,} Observations; wrk -t{args.wrk_threads} "
             f"-c{args.wrk_connections} -d{args.duration}s ==")
         report.print()
-        if args.keep:
-            say(f"\nserver {server.url} (workers {server.worker_pids()}), store {db.url}; press Enter to clean up")
-            try:
-                input()
-            except EOFError:
-                pass
+        hold(args.keep, server, db)
         return 0
     finally:
         if server is not None:

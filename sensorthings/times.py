@@ -38,10 +38,14 @@ def parse_time_or_interval(text: str) -> tuple[datetime, datetime | None]:
 
 
 def format_instant(value: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`."""
-    value = value.astimezone(UTC) if value.tzinfo is not None else value
-    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
-    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    """ISO 8601 in UTC with a `Z`, milliseconds unless finer precision is stored."""
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(UTC)
+    us = value.microsecond
+    # an f-string is several times faster than isoformat() + replace on this hot path
+    frac = f"{us // 1000:03d}" if us % 1000 == 0 else f"{us:06d}"
+    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
+            f"{value.second:02d}.{frac}Z")
 
 
 def format_time(start: datetime | None, end: datetime | None) -> str | None:

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -62,6 +63,8 @@ def build_app(config: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # a few threads per worker: more only contend for the GIL (measured in bench/sta_http.py)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
         yield
         store.close()
 

@@ -26,6 +26,7 @@ class Config:
     title: str = "Urban Data Platform"
     store: str = "sqlite:///udp.db"
     public_url: str | None = None
+    threads: int = 4  # threads per worker for blocking database calls
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, time
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Boolean,
     ColumnElement,
@@ -20,7 +21,6 @@ from sqlalchemy import (
     create_engine,
     func,
     literal,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, array
 
@@ -100,7 +100,6 @@ def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: An
         json_deserializer=json_deserializer,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         connect_args={"options": "-c timezone=UTC"},
     )
     return engine
@@ -112,7 +111,33 @@ def create_spatial_indexes(conn: Connection) -> None:
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name}_geom_gist ON {name} USING gist (geom)")
 
 
-def ensure_postgis(engine: Engine) -> None:
-    """CREATE EXTENSION postgis once; a clear error when PostGIS is not installed."""
-    with engine.begin() as conn:
-        conn.execute(text("CREATE EXTENSION IF NOT EXISTS postgis"))
+OBSERVATION_COLUMNS = (
+    ("phenomenon_time_start", "timestamptz"), ("phenomenon_time_end", "timestamptz"), ("result_time", "timestamptz"),
+    ("result_type", "smallint"), ("result_number", "float8"), ("result_string", "text"), ("result_json", "jsonb"),
+    ("result_quality", "jsonb"), ("valid_time_start", "timestamptz"), ("valid_time_end", "timestamptz"),
+    ("parameters", "jsonb"), ("datastream_id", "bigint"), ("multi_datastream_id", "bigint"),
+    ("feature_of_interest_id", "bigint"),
+)
+# one fixed statement whatever the row count: psycopg prepares it once, PostgreSQL plans it once
+_INSERT_OBSERVATIONS = (
+    "INSERT INTO observations (id, " + ", ".join(c for c, _ in OBSERVATION_COLUMNS) + ") "
+    "SELECT u.id, " + ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}" for c, t in OBSERVATION_COLUMNS)
+    + " FROM unnest(%s::bigint[], "
+    + ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for _, t in OBSERVATION_COLUMNS)
+    + ") AS u(id, " + ", ".join(c for c, _ in OBSERVATION_COLUMNS) + ")"
+)
+
+
+def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Bulk insert through arrays: ids drawn from the sequence, then one INSERT … SELECT FROM unnest."""
+    ids = list(conn.exec_driver_sql(
+        "SELECT nextval(pg_get_serial_sequence('observations', 'id')) FROM generate_series(1, %s)",
+        (len(rows),)).scalars())
+    arrays: list[list[Any]] = [ids]
+    for col, kind in OBSERVATION_COLUMNS:
+        if kind == "jsonb":
+            arrays.append([None if r.get(col) is None else orjson.dumps(r[col]).decode() for r in rows])
+        else:
+            arrays.append([r.get(col) for r in rows])
+    conn.exec_driver_sql(_INSERT_OBSERVATIONS, tuple(arrays))
+    return ids

@@ -49,6 +49,12 @@ class UtcDateTime(types.TypeDecorator):
             return value
         return datetime.fromisoformat(value)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        # psycopg already returns aware datetimes (the session runs in UTC): no per-value call
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 class Geometry(types.UserDefinedType):
     """A PostGIS geometry in EPSG:4326 (a WKB blob on SQLite, see `with_variant` below)."""
@@ -60,7 +66,8 @@ class Geometry(types.UserDefinedType):
 
 
 GEOMETRY = Geometry().with_variant(LargeBinary(), "sqlite")
-JSONVALUE = JSON().with_variant(JSONB(), "postgresql")
+# None is SQL NULL, not JSON null: nothing to encode on write or decode on read
+JSONVALUE = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()

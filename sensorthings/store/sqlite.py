@@ -20,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     literal,
     select,
     table,
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
+from sensorthings.store.schema import TABLES
 
 _PARTS = {"year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S"}
 
@@ -226,3 +228,12 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
     return engine
+
+
+def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Bulk insert with ids assigned after the highest one (the write lock is held): one executemany."""
+    obs = TABLES["observations"]
+    start = conn.execute(select(func.coalesce(func.max(obs.c.id), 0))).scalar_one() + 1
+    ids = list(range(start, start + len(rows)))
+    conn.execute(insert(obs), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)])
+    return ids
