@@ -540,6 +540,29 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         report.add(f"Observations $top=100 $skip=0 vs $skip={skip_far} (p50)",
                    f"{pages[0]:.1f} ms vs {pages[skip_far]:.1f} ms = {ratio:.1f}x", "", "")
 
+        # page N reached the way clients page: by following the server's nextLinks ($skiptoken)
+        for order in ("", "&$orderby=phenomenonTime desc"):
+            first = encode(f"{sta}/Observations?$top=100{order}")
+            far_page = min(1000, max(1, args.observations // 100 - 1))
+            link = first
+            for _ in range(far_page - 1):
+                link = client.get(link).json().get("@iot.nextLink") or link
+            timed = {}
+            for label, url in (("page 1", first), (f"page {far_page}", link)):
+                for _ in range(5):
+                    client.get(url)
+                lat = []
+                for _ in range(args.paging_requests):
+                    t = time.perf_counter()
+                    client.get(url)
+                    lat.append((time.perf_counter() - t) * 1000)
+                timed[label] = statistics.median(lat)
+            p1, pn = timed["page 1"], timed[f"page {far_page}"]
+            ratio = pn / p1 if p1 else float("nan")
+            name = f"Observations{' newest first' if order else ''} page {far_page} by nextLink vs page 1 (p50)"
+            say(f"{name}: {p1:.2f} ms vs {pn:.2f} ms = {ratio:.2f}x")
+            report.add(name, f"{p1:.1f} ms vs {pn:.1f} ms = {ratio:.2f}x", "<= 2x", verdict(2.0, ratio))
+
         # -- single POSTs (last, so the reads see exactly the loaded dataset) ---------------------
         say("")
         created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
