@@ -1,0 +1,63 @@
+"""`udp serve` as a command: several workers on a fresh store, a configured public URL, /health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PG_URL, _pg_database, start_server, stop_server
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_workers_start_on_an_empty_store(kind: str, tmp_path: Path) -> None:
+    if kind == "postgresql" and not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
+    gen = _pg_database() if kind == "postgresql" else None
+    store = next(gen) if gen else f"sqlite:///{tmp_path / 'w.db'}"
+    server = start_server(store, kind, ["--workers", "2"])
+    try:
+        # both workers created (or found) the schema: many requests spread over both succeed
+        for i in range(20):
+            r = server.client.post("/v1.1/Things", json={"name": f"w{i}", "description": "d"})
+            assert r.status_code == 201, r.text
+        assert len(server.client.get("/v1.1/Things").json()["value"]) == 20
+        health = server.client.get("/health").json()
+        assert health["status"] == "ok" and health["store"]["kind"] == kind
+    finally:
+        stop_server(server)
+        if gen:
+            gen.close()
+
+
+def test_public_url_and_config(tmp_path: Path) -> None:
+    config = tmp_path / "city.yml"
+    config.write_text("title: Test city\nstore: sqlite:///city.db\npublic_url: https://data.city.example/\n")
+    server = start_server(f"sqlite:///{tmp_path / 'p.db'}", "sqlite", ["--config", str(config)])
+    try:
+        r = server.client.post("/v1.1/Things", json={"name": "p", "description": "d"})
+        assert r.headers["location"].startswith("https://data.city.example/v1.1/Things(")
+        landing = server.client.get("/").json()
+        assert landing["title"] == "Test city"
+        assert any(link["href"] == "https://data.city.example/v1.1" for link in landing["links"])
+        html = server.client.get("/", headers={"Accept": "text/html"})
+        assert "<h1>Test city</h1>" in html.text
+    finally:
+        stop_server(server)
+
+
+def test_bad_config_stops_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yml"
+    config.write_text("title: x\ncolour: red\n")
+    out = subprocess.run([sys.executable, "-m", "udp.cli", "serve", "--config", str(config)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "colour" in out.stderr
+
+
+def test_health_is_json(server: object) -> None:
+    r = httpx.get(f"{server.url}/health")  # type: ignore[attr-defined]
+    assert r.status_code == 200 and r.json()["store"]["ok"] is True
