@@ -24,6 +24,7 @@ from sqlalchemy import (
     FromClause,
     Select,
     and_,
+    bindparam,
     func,
     literal,
     or_,
@@ -36,7 +37,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.sql import Translator
-from sensorthings.query.tree import Expand, QueryError, QueryOptions
+from sensorthings.query.tree import Call, Expand, QueryError, QueryOptions
 from sensorthings.query.unparse import option_pairs
 from sensorthings.results import decode_result
 from sensorthings.store.base import Store
@@ -217,16 +218,30 @@ class Reader:
             q = q.where(flt)
         return q.order_by(*self._order(target, table, opts)), table
 
+    def _lateral(self, nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> Select:
+        """One LATERAL statement for all parents (ids bound as `pids`), built once per query shape:
+        rebuilding it per request costs more than running it."""
+        key = (nav.name, target.name, nav.column, nav.link_table, opts.filter, opts.orderby, opts.skip, top)
+        cacheable = opts.filter is None or not _calls_now(opts.filter)
+        found = _LATERALS.get(key) if cacheable else None
+        if found is not None:
+            return found
+        parents = select(func.unnest(bindparam("pids", type_=ARRAY(BigInteger))).label("pid")).subquery()
+        arm, _ = self._arm(nav, target, parents.c.pid, opts)
+        lat = arm.limit(top + 1).offset(opts.skip).lateral()
+        q = select(lat).select_from(parents).join(lat, true())
+        if cacheable:
+            if len(_LATERALS) > 512:
+                _LATERALS.clear()
+            _LATERALS[key] = q
+        return q
+
     def _per_parent(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
                     opts: QueryOptions, top: int) -> list[Mapping[str, Any]]:
         if top == 0 and not opts.skip:
             return []
         if self.store.dialect.name == "postgresql":
-            parents = select(func.unnest(literal(parent_ids, ARRAY(BigInteger))).label("pid")).subquery()
-            arm, _ = self._arm(nav, target, parents.c.pid, opts)
-            lat = arm.limit(top + 1).offset(opts.skip).lateral()
-            q = select(lat).select_from(parents).join(lat, true())
-            return list(conn.execute(q).mappings().all())
+            return list(conn.execute(self._lateral(nav, target, opts, top), {"pids": parent_ids}).mappings().all())
         rows: list[Mapping[str, Any]] = []
         for start in range(0, len(parent_ids), SQLITE_ARMS):
             arms = []
@@ -253,6 +268,16 @@ class Reader:
         if flt is not None:
             q = q.where(flt)
         return {k: n for k, n in conn.execute(q.group_by(key)).all()}
+
+
+_LATERALS: dict[tuple[Any, ...], Select] = {}
+
+
+def _calls_now(expr: Any) -> bool:
+    """True when a filter calls now(), whose value a cached statement would freeze."""
+    if isinstance(expr, Call):
+        return expr.name == "now" or any(_calls_now(a) for a in expr.args)
+    return any(_calls_now(getattr(expr, f)) for f in ("left", "right", "operand") if hasattr(expr, f))
 
 
 def _directed(keys: list[tuple[Any, bool]]) -> list[Any]:
