@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
     types,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
@@ -206,7 +207,10 @@ observations = Table(
     Column("multi_datastream_id", ID, ForeignKey("multi_datastreams.id", ondelete="CASCADE")),
     Column("feature_of_interest_id", ID, ForeignKey("features_of_interest.id", ondelete="CASCADE"), nullable=False),
     Index("observations_datastream_time", "datastream_id", "phenomenon_time_start", "id"),
-    Index("observations_multi_datastream_time", "multi_datastream_id", "phenomenon_time_start", "id"),
+    # most Observations belong to a Datastream: index only those of MultiDatastreams here
+    Index("observations_multi_datastream_time", "multi_datastream_id", "phenomenon_time_start", "id",
+          postgresql_where=text("multi_datastream_id IS NOT NULL"),
+          sqlite_where=text("multi_datastream_id IS NOT NULL")),
     Index("observations_foi", "feature_of_interest_id"),
     Index("observations_time", "phenomenon_time_start", "id"),
 )
