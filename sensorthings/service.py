@@ -19,6 +19,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
+from sensorthings.cache import ResponseCache
 from sensorthings.model import BY_NAME, BY_SET, ENTITY_TYPES, OBSERVATION, EntityType, NavKind, target_of
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -54,6 +55,7 @@ class ApiRequest:
     base: str = ""  # absolute URL of the service root, e.g. http://host:8080/v1.1
     content_type: str = ""
     query_string: str = ""
+    if_none_match: str = ""
 
 
 @dataclass
@@ -64,9 +66,12 @@ class ApiResponse:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     text: str | None = None
+    raw: bytes | None = None  # an already-encoded JSON body (from the response cache)
 
     def content(self) -> bytes:
         """The body as bytes."""
+        if self.raw is not None:
+            return self.raw
         if self.text is not None:
             return self.text.encode()
         if self.body is None:
@@ -91,8 +96,10 @@ class Service:
     """Handles SensorThings requests against one store."""
 
     def __init__(self, store: Store, *, default_top: int = 100, max_top: int = MAX_TOP,
-                 extensions: list[str] | None = None, settings: dict[str, Any] | None = None) -> None:
+                 extensions: list[str] | None = None, settings: dict[str, Any] | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.store = store
+        self.cache = cache if store.dialect.name == "postgresql" else None
         self.default_top = default_top
         self.max_top = max_top
         self.extra_conformance = list(extensions or [])
@@ -102,6 +109,8 @@ class Service:
     def handle(self, req: ApiRequest, tx: Tx | None = None) -> ApiResponse:
         """Answer one request; never raises for bad input."""
         try:
+            if self.cache is not None and tx is None and req.method.upper() == "GET":
+                return self._cached_get(req)
             return self._route(req, tx)
         except QueryError as exc:
             return ApiResponse(400, exc.to_json())
@@ -126,6 +135,29 @@ class Service:
                 return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
                                    {"Retry-After": "5"})
             raise
+
+    def _cached_get(self, req: ApiRequest) -> ApiResponse:
+        """A GET answered from the response cache when the database has not changed since."""
+        assert self.cache is not None
+        key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base)
+        # now() makes an answer depend on the clock, not only on the data
+        cacheable = not any("now(" in v.lower() for v in req.params.values())
+        with self.store.read() as conn:
+            token = self.store.snapshot_token(conn) if cacheable else None
+            if token is not None:
+                entry = self.cache.get(key, token)
+                if entry is not None:
+                    if req.if_none_match and entry.etag in req.if_none_match:
+                        return ApiResponse(304, headers={"ETag": entry.etag})
+                    headers = {**dict(entry.headers), "ETag": entry.etag}
+                    return ApiResponse(entry.status, raw=entry.body, headers=headers)
+            res = self._route(req, Tx(conn, []))
+        if token is not None and res.status == 200 and res.text is None:
+            entry = self.cache.put(key, token, res.status, res.content(), res.headers)
+            res.headers["ETag"] = entry.etag
+            if req.if_none_match and entry.etag in req.if_none_match:
+                return ApiResponse(304, headers={"ETag": entry.etag})
+        return res
 
     def _route(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         path = req.path.strip("/")

@@ -549,3 +549,20 @@ def test_deep_pages_continue_by_skiptoken(sta: httpx.Client, thing: dict) -> Non
         expected = list(range(250))
         assert seen == (expected[::-1] if order and "desc" in order else expected), order
     assert sta.get("Observations", params={"$skiptoken": "garbage!"}).status_code == 400
+
+
+def test_response_cache_is_never_stale(server: Any, sta: httpx.Client, thing: dict) -> None:
+    tid = thing["thing"]["@iot.id"]
+    first = sta.get(f"Things({tid})/Datastreams")
+    second = sta.get(f"Things({tid})/Datastreams")
+    assert first.json() == second.json()
+    if server.kind != "postgresql":
+        return  # the response cache needs PostgreSQL's snapshots
+    etag = second.headers["etag"]
+    assert sta.get(f"Things({tid})/Datastreams", headers={"If-None-Match": etag}).status_code == 304
+    # any write changes the answer at once
+    assert sta.patch(f"Datastreams({thing['ds']['@iot.id']})", json={"name": "renamed"}).status_code == 200
+    third = sta.get(f"Things({tid})/Datastreams", headers={"If-None-Match": etag})
+    assert third.status_code == 200 and third.json()["value"][0]["name"] == "renamed"
+    assert third.headers["etag"] != etag
+    assert httpx.get(f"{server.url}/health").json()["response_cache"]["hits"] >= 1

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from sensorthings.cache import ResponseCache
 from sensorthings.http.app import public_base, sensorthings_app
 from sensorthings.service import Service
 from sensorthings.store.base import Store
@@ -35,7 +36,8 @@ class ORJSONResponse(JSONResponse):
 def build_app(config: Config) -> Starlette:
     """The platform's ASGI app for a configuration."""
     store = Store.open(config.store)
-    service = Service(store)
+    cache = ResponseCache(config.cache_mb * 1024 * 1024) if config.cache_mb > 0 else None
+    service = Service(store, cache=cache)
     started = time.time()
 
     async def landing(request: Request) -> Response:
@@ -59,6 +61,8 @@ def build_app(config: Config) -> Starlette:
         db_ok = await run_in_threadpool(store.healthy)
         body = {"status": "ok" if db_ok else "degraded", "uptime_s": round(time.time() - started, 1),
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
+        if service.cache is not None:
+            body["response_cache"] = service.cache.stats()
         return ORJSONResponse(body, status_code=200 if db_ok else 503)
 
     @contextlib.asynccontextmanager
@@ -84,6 +88,8 @@ def app_from_env() -> Starlette:
     config = load_config(os.environ.get("UDP_CONFIG") or None)
     if os.environ.get("UDP_STORE"):
         config.store = os.environ["UDP_STORE"]
+    if os.environ.get("UDP_CACHE_MB"):
+        config.cache_mb = int(os.environ["UDP_CACHE_MB"])
     if os.environ.get("UDP_PUBLIC_URL"):
         config.public_url = os.environ["UDP_PUBLIC_URL"]
     return build_app(config)

@@ -27,6 +27,7 @@ class Config:
     store: str = "sqlite:///udp.db"
     public_url: str | None = None
     threads: int = 4  # threads per worker for blocking database calls
+    cache_mb: int = 64  # response cache per worker (PostgreSQL store); 0 turns it off
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 

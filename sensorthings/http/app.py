@@ -46,11 +46,12 @@ def sensorthings_app(service: Service, public_url: str | None = None, version: s
             base=f"{public_base(request, public_url)}{root}",
             content_type=request.headers.get("content-type", ""),
             query_string=request.url.query,
+            if_none_match=request.headers.get("if-none-match", ""),
         )
         res = await run_in_threadpool(service.handle, req)
         media = res.headers.pop("Content-Type", "application/json") if res.text is not None else "application/json"
-        if res.status == 204:
-            return Response(status_code=204, headers=res.headers)
+        if res.status in (204, 304):
+            return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
 
     return Router(routes=[

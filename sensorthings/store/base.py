@@ -106,6 +106,16 @@ class Store:
         """Release every connection."""
         self.engine.dispose()
 
+    def snapshot_token(self, conn: Connection) -> str | None:
+        """Text that changes whenever committed data may have changed; None where the store has none.
+
+        PostgreSQL's current snapshot (xmin:xmax:in-progress) is the same exactly while no
+        transaction has begun writing or committed since, in any process.
+        """
+        if self.dialect.name != "postgresql":
+            return None
+        return conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
+
     def healthy(self) -> bool:
         """True when the database answers."""
         try:
