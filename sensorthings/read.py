@@ -1,8 +1,8 @@
 """Reading entities: query options turned into SQL, rows into SensorThings JSON, expands batched.
 
-An expanded set is fetched for all parents in one statement (a LATERAL join on PostgreSQL, a
-UNION ALL of per-parent LIMIT queries on SQLite), so `$top=1` inside `$expand` reads one index
-entry per parent instead of every Observation.
+An expanded set is fetched for all parents of a level at once (one LATERAL join on PostgreSQL,
+one prepared statement per parent on SQLite, which runs in-process), so `$top=1` inside
+`$expand` reads one index entry per parent instead of every Observation.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -46,7 +45,6 @@ from sensorthings.times import format_instant, format_time
 
 DEFAULT_TOP = 100
 MAX_TOP = 10_000
-SQLITE_ARMS = 200  # SQLite allows 500 terms in a compound SELECT
 
 
 @dataclass
@@ -218,23 +216,42 @@ class Reader:
             q = q.where(flt)
         return q.order_by(*self._order(target, table, opts)), table
 
+    def _statement(self, key: tuple[Any, ...], opts: QueryOptions, build: Callable[[], Select]) -> Select:
+        """A statement built once per query shape: rebuilding per request costs more than running it.
+        Filters that call now() are built afresh, since a kept statement would freeze the time."""
+        if opts.filter is not None and _calls_now(opts.filter):
+            return build()
+        found = _STATEMENTS.get(key)
+        if found is None:
+            found = build()
+            if len(_STATEMENTS) > 512:
+                _STATEMENTS.clear()
+            _STATEMENTS[key] = found
+        return found
+
     def _lateral(self, nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> Select:
-        """One LATERAL statement for all parents (ids bound as `pids`), built once per query shape:
-        rebuilding it per request costs more than running it."""
-        key = (nav.name, target.name, nav.column, nav.link_table, opts.filter, opts.orderby, opts.skip, top)
-        cacheable = opts.filter is None or not _calls_now(opts.filter)
-        found = _LATERALS.get(key) if cacheable else None
-        if found is not None:
-            return found
-        parents = select(func.unnest(bindparam("pids", type_=ARRAY(BigInteger))).label("pid")).subquery()
-        arm, _ = self._arm(nav, target, parents.c.pid, opts)
-        lat = arm.limit(top + 1).offset(opts.skip).lateral()
-        q = select(lat).select_from(parents).join(lat, true())
-        if cacheable:
-            if len(_LATERALS) > 512:
-                _LATERALS.clear()
-            _LATERALS[key] = q
-        return q
+        """One LATERAL statement for the children of all parents (ids bound as `pids`)."""
+
+        def build() -> Select:
+            parents = select(func.unnest(bindparam("pids", type_=ARRAY(BigInteger))).label("pid")).subquery()
+            arm, _ = self._arm(nav, target, parents.c.pid, opts)
+            lat = arm.limit(top + 1).offset(opts.skip).lateral()
+            return select(lat).select_from(parents).join(lat, true())
+
+        return self._statement(("lateral", *self._shape(nav, target, opts, top)), opts, build)
+
+    def _single(self, nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> Select:
+        """The children of one parent (bound as `pid`)."""
+
+        def build() -> Select:
+            arm, _ = self._arm(nav, target, bindparam("pid", type_=BigInteger), opts)
+            return arm.limit(top + 1).offset(opts.skip)
+
+        return self._statement(("single", *self._shape(nav, target, opts, top)), opts, build)
+
+    @staticmethod
+    def _shape(nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> tuple[Any, ...]:
+        return (nav.name, target.name, nav.column, nav.link_table, opts.filter, opts.orderby, opts.skip, top)
 
     def _per_parent(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
                     opts: QueryOptions, top: int) -> list[Mapping[str, Any]]:
@@ -242,15 +259,12 @@ class Reader:
             return []
         if self.store.dialect.name == "postgresql":
             return list(conn.execute(self._lateral(nav, target, opts, top), {"pids": parent_ids}).mappings().all())
+        # SQLite runs in-process: one prepared statement executed per parent is cheaper than
+        # compiling a UNION of hundreds of arms, and each execution seeks its own index range
+        q = self._single(nav, target, opts, top)
         rows: list[Mapping[str, Any]] = []
-        for start in range(0, len(parent_ids), SQLITE_ARMS):
-            arms = []
-            for pid in parent_ids[start:start + SQLITE_ARMS]:
-                arm, _ = self._arm(nav, target, literal(pid), opts)
-                sub = arm.limit(top + 1).offset(opts.skip).subquery()
-                arms.append(select(sub))
-            q = arms[0] if len(arms) == 1 else union_all(*arms)
-            rows.extend(conn.execute(q).mappings().all())
+        for pid in parent_ids:
+            rows.extend(conn.execute(q, {"pid": pid}).mappings().all())
         return rows
 
     def _counts(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
@@ -270,7 +284,7 @@ class Reader:
         return {k: n for k, n in conn.execute(q.group_by(key)).all()}
 
 
-_LATERALS: dict[tuple[Any, ...], Select] = {}
+_STATEMENTS: dict[tuple[Any, ...], Select] = {}
 
 
 def _calls_now(expr: Any) -> bool:
