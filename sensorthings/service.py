@@ -39,7 +39,6 @@ CONFORMANCE = [
     SPEC + "batch-request/batch-request",
     SPEC + "multi-datastream",
     SPEC + "data-array/data-array",
-    SPEC + "data-array/data-array-create",
 ]
 DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
 

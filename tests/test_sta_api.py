@@ -566,3 +566,30 @@ def test_response_cache_is_never_stale(server: Any, sta: httpx.Client, thing: di
     assert third.status_code == 200 and third.json()["value"][0]["name"] == "renamed"
     assert third.headers["etag"] != etag
     assert httpx.get(f"{server.url}/health").json()["response_cache"]["hits"] >= 1
+
+
+def test_multipart_batch(sta: httpx.Client, server: Any) -> None:
+    name = unique("mp")
+    boundary, cs = "batch_36522ad7", "changeset_77162fcd"
+    thing = '{"name": "%s", "description": "multipart"}' % name
+    body = (
+        f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        f"GET /v1.1/Things?$top=1 HTTP/1.1\r\nHost: x\r\n\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={cs}\r\n\r\n"
+        f"--{cs}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"
+        f"POST /v1.1/Things HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n{thing}\r\n"
+        f"--{cs}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 2\r\n\r\n"
+        f"PATCH $1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n"
+        '{"description": "patched in a changeset"}\r\n'
+        f"--{cs}--\r\n"
+        f"--{boundary}--\r\n"
+    )
+    r = sta.post("$batch", content=body.encode(), headers={"Content-Type": f"multipart/mixed; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("multipart/mixed")
+    text = r.text
+    assert "HTTP/1.1 200 OK" in text and "HTTP/1.1 201 Created" in text and "Content-ID: 1" in text
+    got = values(sta, "Things", **{"$filter": f"name eq '{name}'"})
+    assert len(got) == 1 and got[0]["description"] == "patched in a changeset"
+    bad = sta.post("$batch", content=b"--x\r\n", headers={"Content-Type": "multipart/mixed"})
+    assert bad.status_code == 400

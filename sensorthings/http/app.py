@@ -49,7 +49,7 @@ def sensorthings_app(service: Service, public_url: str | None = None, version: s
             if_none_match=request.headers.get("if-none-match", ""),
         )
         res = await run_in_threadpool(service.handle, req)
-        media = res.headers.pop("Content-Type", "application/json") if res.text is not None else "application/json"
+        media = res.headers.pop("Content-Type", "application/json")
         if res.status in (204, 304):
             return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
