@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import unique
@@ -571,7 +572,7 @@ def test_response_cache_is_never_stale(server: Any, sta: httpx.Client, thing: di
 def test_multipart_batch(sta: httpx.Client, server: Any) -> None:
     name = unique("mp")
     boundary, cs = "batch_36522ad7", "changeset_77162fcd"
-    thing = '{"name": "%s", "description": "multipart"}' % name
+    thing = orjson.dumps({"name": name, "description": "multipart"}).decode()
     body = (
         f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
         f"GET /v1.1/Things?$top=1 HTTP/1.1\r\nHost: x\r\n\r\n\r\n"
