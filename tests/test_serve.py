@@ -61,3 +61,19 @@ def test_bad_config_stops_start_up(tmp_path: Path) -> None:
 def test_health_is_json(server: object) -> None:
     r = httpx.get(f"{server.url}/health")  # type: ignore[attr-defined]
     assert r.status_code == 200 and r.json()["store"]["ok"] is True
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    from udp.config import ConfigError, load_config
+
+    good = tmp_path / "good.yml"
+    good.write_text("title: T\nserver:\n  threads: 2\n  response_cache_mb: 0\nstore: sqlite:///x.db\n")
+    cfg = load_config(good)
+    assert cfg.threads == 2 and cfg.cache_mb == 0 and cfg.store == f"sqlite:///{tmp_path / 'x.db'}"
+    for text, where in [("server:\n  threads: 0\n", "server.threads"), ("server:\n  colour: 1\n", "server.colour"),
+                        ("store: mysql://x\n", "store"), ("title: [1]\n", "title"),
+                        ("store: ${UDP_SURELY_UNSET_VAR}\n", "UDP_SURELY_UNSET_VAR")]:
+        bad = tmp_path / "bad.yml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.").replace("$", r"\$")):
+            load_config(bad)

@@ -80,4 +80,20 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.store = store
     if "public_url" in doc:
         cfg.public_url = str(doc["public_url"])
+    server = doc.get("server") or {}
+    if not isinstance(server, dict):
+        raise ConfigError("server: must be a mapping")
+    for key in server:
+        if key not in ("threads", "response_cache_mb"):
+            raise ConfigError(f"server.{key}: unknown key (known: threads, response_cache_mb)")
+    if "threads" in server:
+        cfg.threads = _int(server["threads"], "server.threads", 1, 256)
+    if "response_cache_mb" in server:
+        cfg.cache_mb = _int(server["response_cache_mb"], "server.response_cache_mb", 0, 65536)
     return cfg
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: must be a whole number from {low} to {high}, got {value!r}")
+    return value
