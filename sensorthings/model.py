@@ -129,23 +129,21 @@ _OBSERVED_AREA = _t("observedArea", "observed_area", Kind.GEOJSON, read_only=Tru
 _DS_PHEN = _t("phenomenonTime", "phenomenon_time", Kind.INTERVAL, read_only=True)
 _DS_RES = _t("resultTime", "result_time", Kind.INTERVAL, read_only=True)
 
+_OBSERVATION_TYPE = _t("observationType", "observation_type", required=True)
+_STREAM_TAIL = (_OBSERVED_AREA, _DS_PHEN, _DS_RES, _PROPS)
+_STREAM_NAVS = (
+    Nav("Thing", "Thing", NavKind.FK, column="thing_id", required=True),
+    Nav("Sensor", "Sensor", NavKind.FK, column="sensor_id", required=True),
+)
+
 DATASTREAM = EntityType(
     "Datastream",
     "Datastreams",
     "datastreams",
+    (_NAME, _DESC, _OBSERVATION_TYPE, _t("unitOfMeasurement", "unit_of_measurement", Kind.JSON, required=True),
+     *_STREAM_TAIL),
     (
-        _NAME,
-        _DESC,
-        _t("observationType", "observation_type", required=True),
-        _t("unitOfMeasurement", "unit_of_measurement", Kind.JSON, required=True),
-        _OBSERVED_AREA,
-        _DS_PHEN,
-        _DS_RES,
-        _PROPS,
-    ),
-    (
-        Nav("Thing", "Thing", NavKind.FK, column="thing_id", required=True),
-        Nav("Sensor", "Sensor", NavKind.FK, column="sensor_id", required=True),
+        *_STREAM_NAVS,
         Nav("ObservedProperty", "ObservedProperty", NavKind.FK, column="observed_property_id", required=True),
         Nav("Observations", "Observation", NavKind.REVERSE, column="datastream_id"),
     ),
@@ -155,20 +153,12 @@ MULTI_DATASTREAM = EntityType(
     "MultiDatastream",
     "MultiDatastreams",
     "multi_datastreams",
+    (_NAME, _DESC, _OBSERVATION_TYPE,
+     _t("multiObservationDataTypes", "multi_observation_data_types", Kind.JSON, required=True),
+     _t("unitOfMeasurements", "unit_of_measurements", Kind.JSON, required=True),
+     *_STREAM_TAIL),
     (
-        _NAME,
-        _DESC,
-        _t("observationType", "observation_type", required=True),
-        _t("multiObservationDataTypes", "multi_observation_data_types", Kind.JSON, required=True),
-        _t("unitOfMeasurements", "unit_of_measurements", Kind.JSON, required=True),
-        _OBSERVED_AREA,
-        _DS_PHEN,
-        _DS_RES,
-        _PROPS,
-    ),
-    (
-        Nav("Thing", "Thing", NavKind.FK, column="thing_id", required=True),
-        Nav("Sensor", "Sensor", NavKind.FK, column="sensor_id", required=True),
+        *_STREAM_NAVS,
         Nav("ObservedProperties", "ObservedProperty", NavKind.LINK, link_table="multi_datastream_observed_properties",
             link_self="multi_datastream_id", link_target="observed_property_id"),
         Nav("Observations", "Observation", NavKind.REVERSE, column="multi_datastream_id"),

@@ -139,37 +139,28 @@ observed_properties = Table(
     Column("properties", JSONVALUE),
 )
 
-datastreams = Table(
-    "datastreams", metadata, _id(),
-    Column("name", Text, nullable=False),
-    Column("description", Text, nullable=False),
-    Column("observation_type", Text, nullable=False),
-    Column("unit_of_measurement", JSONVALUE),
-    Column("observed_area", JSONVALUE),
-    Column("geom", GEOMETRY),
-    *_interval("phenomenon_time"),
-    *_interval("result_time"),
-    Column("properties", JSONVALUE),
-    _fk("thing_id", "things"),
-    _fk("sensor_id", "sensors"),
-    _fk("observed_property_id", "observed_properties"),
-)
+def _stream(name: str, *own: Column) -> Table:
+    """A Datastream or MultiDatastream table: what both have, around their own unit columns."""
+    return Table(
+        name, metadata, _id(),
+        Column("name", Text, nullable=False),
+        Column("description", Text, nullable=False),
+        Column("observation_type", Text, nullable=False),
+        *own,
+        Column("observed_area", JSONVALUE),
+        Column("geom", GEOMETRY),
+        *_interval("phenomenon_time"),
+        *_interval("result_time"),
+        Column("properties", JSONVALUE),
+        _fk("thing_id", "things"),
+        _fk("sensor_id", "sensors"),
+    )
 
-multi_datastreams = Table(
-    "multi_datastreams", metadata, _id(),
-    Column("name", Text, nullable=False),
-    Column("description", Text, nullable=False),
-    Column("observation_type", Text, nullable=False),
-    Column("multi_observation_data_types", JSONVALUE),
-    Column("unit_of_measurements", JSONVALUE),
-    Column("observed_area", JSONVALUE),
-    Column("geom", GEOMETRY),
-    *_interval("phenomenon_time"),
-    *_interval("result_time"),
-    Column("properties", JSONVALUE),
-    _fk("thing_id", "things"),
-    _fk("sensor_id", "sensors"),
-)
+
+datastreams = _stream("datastreams", Column("unit_of_measurement", JSONVALUE),
+                      _fk("observed_property_id", "observed_properties"))
+multi_datastreams = _stream("multi_datastreams", Column("multi_observation_data_types", JSONVALUE),
+                            Column("unit_of_measurements", JSONVALUE))
 
 multi_datastream_observed_properties = Table(
     "multi_datastream_observed_properties", metadata,
