@@ -20,7 +20,8 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import ResponseCache
-from sensorthings.model import BY_NAME, BY_SET, ENTITY_TYPES, OBSERVATION, EntityType, NavKind, target_of
+from sensorthings.dataarray import create_observations
+from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
 from sensorthings.read import MAX_TOP, Reader, decode_token, encode_query, serializer
@@ -172,7 +173,7 @@ class Service:
         if path == "$batch":
             if method != "POST":
                 return error(405, "$batch takes POST")
-            from sensorthings.batch import run_batch
+            from sensorthings.batch import run_batch  # batch runs requests through this module: import late
 
             return run_batch(self, req)
         resource = parse_path(path)
@@ -328,8 +329,6 @@ class Service:
             implied_navs: frozenset[str] = frozenset()
             extra_link: tuple[str, Ref] | None = None
             if parent is not None and last.nav is not None:
-                from sensorthings.model import reverse_nav
-
                 back = reverse_nav(parent.entity, last.nav)
                 if back is None:
                     raise PathError(f"cannot create {entity.name} through {last.nav.name}", 400)
@@ -353,8 +352,6 @@ class Service:
 
     def create_observations(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         """The dataArray extension: many Observations per request, per-row errors without failing the rest."""
-        from sensorthings.dataarray import create_observations
-
         data = _json_body(req)
         with self._writing(tx) as t:
             links = create_observations(self.store, t, data, req.base)
@@ -467,21 +464,6 @@ def _next_url(req: ApiRequest, opts: QueryOptions, token: str | None, default_to
     else:
         pairs.append(("$skip", str(opts.skip + top)))
     return f"{req.base}/{req.path.strip('/')}?{encode_query(pairs)}"
-
-
-def entity_by_set(name: str) -> EntityType | None:
-    """The entity type of a set name, e.g. `Things`."""
-    return BY_SET.get(name)
-
-
-def entity_by_name(name: str) -> EntityType | None:
-    """The entity type of an entity name, e.g. `Thing`."""
-    return BY_NAME.get(name)
-
-
-def self_link(base: str, entity: EntityType, id_: int) -> str:
-    """An entity's absolute URL."""
-    return f"{base}/{entity.set_name}({id_})"
 
 
 def relative_path(url: str, base: str) -> str:
