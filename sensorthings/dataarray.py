@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from sensorthings.body import BodyError, convert_value, parse_id
 from sensorthings.model import OBSERVATION
-from sensorthings.store.base import Store, StoreError
+from sensorthings.store.base import Change, Store, StoreError
 from sensorthings.store.schema import TABLES
 from sensorthings.times import now
 
@@ -56,7 +56,8 @@ def create_observations(store: Store, tx: Any, data: Any, base: str) -> list[str
                 if r is not None and r["feature_of_interest_id"] is None:
                     r["feature_of_interest_id"] = foi
         good = [r for r in prepared if r is not None and r["feature_of_interest_id"] is not None]
-        ids = iter(store.insert_observations(conn, good) if good else [])
+        new_ids = store.insert_observations(conn, good) if good else []
+        ids = iter(new_ids)
         for r in prepared:
             if r is None or r["feature_of_interest_id"] is None:
                 out.append("error")
@@ -64,12 +65,8 @@ def create_observations(store: Store, tx: Any, data: Any, base: str) -> list[str
                 out.append(f"{base}/Observations({next(ids)})")
         if good:
             _widen(store, conn, stream_col, stream_id, good)
-            tx.changes.extend(_changes(good))
+            tx.changes.extend(Change(OBSERVATION, id_, "create") for id_ in new_ids)
     return out
-
-
-def _changes(rows: list[dict[str, Any]]) -> list[Any]:
-    return []  # per-row notifications are added with the MQTT extension
 
 
 def _stream(conn: Any, group: dict[str, Any]) -> tuple[str, int, int | None]:
