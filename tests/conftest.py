@@ -36,6 +36,8 @@ class Server:
     kind: str
     client: httpx.Client
     process: subprocess.Popen
+    mqtt_port: int | None = None  # the embedded broker, when the server runs one
+    ws_port: int | None = None
 
     @property
     def sta(self) -> str:
@@ -62,18 +64,24 @@ def _pg_database() -> Iterator[str]:
 def start_server(store: str, kind: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Server:
     """Start `udp serve` on a free port and wait until it answers."""
     port = free_port()
-    cmd = [sys.executable, "-m", "udp.cli", "serve", "--store", store, "--port", str(port), *(extra or [])]
+    extra = list(extra or [])
+    if "--mqtt" not in extra:
+        # the embedded broker on free ports: 1883 belongs to the machine's Mosquitto
+        extra += ["--mqtt-port", str(free_port()), "--mqtt-ws-port", str(free_port())]
+    cmd = [sys.executable, "-m", "udp.cli", "serve", "--store", store, "--port", str(port), *extra]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"udp-test-{port}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=60)
+    mqtt_port = int(extra[extra.index("--mqtt-port") + 1]) if "--mqtt-port" in extra else None
+    ws_port = int(extra[extra.index("--mqtt-ws-port") + 1]) if "--mqtt-ws-port" in extra else None
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited: {Path(log.name).read_text()}")
         try:
             if client.get("/health").status_code == 200:
-                return Server(url, store, kind, client, proc)
+                return Server(url, store, kind, client, proc, mqtt_port, ws_port)
         except httpx.TransportError:
             pass
         time.sleep(0.1)

@@ -17,6 +17,8 @@ from starlette.routing import Mount, Route
 
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import public_base, sensorthings_app
+from sensorthings.mqtt.client import BrokerAddress
+from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from udp.config import Config, load_config
@@ -37,7 +39,15 @@ def build_app(config: Config) -> Starlette:
     """The platform's ASGI app for a configuration."""
     store = Store.open(config.store)
     cache = ResponseCache(config.cache_mb * 1024 * 1024) if config.cache_mb > 0 else None
-    service = Service(store, cache=cache)
+    mqtt_url = os.environ.get("UDP_MQTT_URL")
+    endpoints = os.environ.get("UDP_MQTT_ENDPOINTS", "").split()
+    extensions, settings = mqtt_conformance(endpoints) if mqtt_url else ([], {})
+    service = Service(store, cache=cache, extensions=extensions, settings=settings)
+    notifier = None
+    if mqtt_url:
+        base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
+        notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1", f"udp-notify-{os.getpid()}")
+        store.listeners.append(notifier)
     started = time.time()
 
     async def landing(request: Request) -> Response:
@@ -70,6 +80,8 @@ def build_app(config: Config) -> Starlette:
         # a few threads per worker: more only contend for the GIL (measured in bench/sta_http.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
         yield
+        if notifier is not None:
+            notifier.close()
         store.close()
 
     app = Starlette(routes=[

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from udp.config import ConfigError, load_config
+from udp.config import Config, ConfigError, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,19 +20,70 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
-    os.environ["UDP_STORE"] = args.store or config.store
+    store_url = os.environ["UDP_STORE"] = args.store or config.store
     if args.public_url:
         os.environ["UDP_PUBLIC_URL"] = args.public_url
-    base = f"http://{'localhost' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    base = f"http://{shown}:{args.port}"
+    public = (args.public_url or config.public_url or base).rstrip("/")
+    os.environ["UDP_BASE_URL"] = public
+    mqtt = _start_mqtt(args, config, store_url, public, shown)
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
     print(f"  SensorThings  {base}/v1.1")
     print(f"  health        {base}/health")
-    print(f"  store         {os.environ['UDP_STORE']}")
+    print(f"  MQTT          {' '.join(mqtt.endpoints)}")
+    print(f"  store         {store_url}")
     sys.stdout.flush()
-    uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False, proxy_headers=False)
+    try:
+        uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.log_level, access_log=False, proxy_headers=False)
+    finally:
+        mqtt.stop()
     return 0
+
+
+class _Mqtt:
+    """The broker side of `udp serve`: the embedded broker (unless an external one is named) and the
+    one subscriber that creates Observations published by clients."""
+
+    def __init__(self, endpoints: list[str], broker: object | None, creator: object | None) -> None:
+        self.endpoints, self.broker, self.creator = endpoints, broker, creator
+
+    def stop(self) -> None:
+        if self.creator is not None:
+            self.creator.close()  # type: ignore[attr-defined]
+        if self.broker is not None:
+            self.broker.stop()  # type: ignore[attr-defined]
+
+
+def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public: str, host: str) -> _Mqtt:
+    from sensorthings.mqtt.broker import EmbeddedBroker
+    from sensorthings.mqtt.client import BrokerAddress
+    from sensorthings.mqtt.create import Creator
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    url = args.mqtt or config.mqtt_url
+    broker = None
+    if url:
+        endpoints = [url]
+    else:
+        port = args.mqtt_port if args.mqtt_port is not None else config.mqtt_port
+        ws_port = args.mqtt_ws_port if args.mqtt_ws_port is not None else config.mqtt_ws_port
+        bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
+        broker = EmbeddedBroker(bind, port, ws_port or None)
+        try:
+            broker.start()
+        except Exception as exc:
+            raise SystemExit(f"the embedded MQTT broker cannot listen on {bind}:{port}/{ws_port}: {exc}") from None
+        url = f"mqtt://127.0.0.1:{port}"
+        endpoints = [f"mqtt://{host}:{port}"] + ([f"ws://{host}:{ws_port}"] if ws_port else [])
+    os.environ["UDP_MQTT_URL"] = url
+    os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
+    # the parent process creates the schema before the workers start, and hosts the one creator
+    creator = Creator(Service(Store.open(store_url)), BrokerAddress.parse(url), public + "/v1.1")
+    return _Mqtt(endpoints, broker, creator)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", help="sqlite:///path.db or postgresql://user@host/db (overrides the config)")
     serve.add_argument("--public-url", help="the URL clients reach the platform at, for links")
     serve.add_argument("--mqtt", help="an external broker, mqtt://host:port")
-    serve.add_argument("--mqtt-port", type=int, default=1883)
+    serve.add_argument("--mqtt-port", type=int, help="the embedded broker's MQTT port (1883)")
+    serve.add_argument("--mqtt-ws-port", type=int, help="the embedded broker's WebSocket port (9001; 0: none)")
     serve.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper() if hasattr(args, "log_level") else "WARNING")

@@ -28,6 +28,9 @@ class Config:
     public_url: str | None = None
     threads: int = 4  # threads per worker for blocking database calls
     cache_mb: int = 64  # response cache per worker (PostgreSQL store); 0 turns it off
+    mqtt_url: str | None = None  # an external broker; None: the embedded one
+    mqtt_port: int = 1883
+    mqtt_ws_port: int = 9001
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +83,21 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.store = store
     if "public_url" in doc:
         cfg.public_url = str(doc["public_url"])
+    mqtt = doc.get("mqtt") or {}
+    if not isinstance(mqtt, dict):
+        raise ConfigError("mqtt: must be a mapping")
+    for key in mqtt:
+        if key not in ("url", "port", "ws_port"):
+            raise ConfigError(f"mqtt.{key}: unknown key (known: url, port, ws_port)")
+    if "url" in mqtt:
+        url = str(mqtt["url"])
+        if not url.startswith(("mqtt://", "mqtts://", "ws://", "wss://", "tcp://")):
+            raise ConfigError(f"mqtt.url: {url!r} is not a broker URL (mqtt://host:port)")
+        cfg.mqtt_url = url
+    if "port" in mqtt:
+        cfg.mqtt_port = _int(mqtt["port"], "mqtt.port", 1, 65535)
+    if "ws_port" in mqtt:
+        cfg.mqtt_ws_port = _int(mqtt["ws_port"], "mqtt.ws_port", 0, 65535)
     server = doc.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError("server: must be a mapping")

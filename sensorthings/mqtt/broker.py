@@ -1,0 +1,99 @@
+"""The embedded MQTT 3.1.1 broker (amqtt), with a TCP and a WebSocket listener, run in a thread of
+the `udp serve` process so that every worker shares it.
+
+It also tells the platform which SensorThings topics clients subscribe to, so that notifications
+can go to query topics (`v1.1/Observations?$select=result`) and property topics, which only
+a broker that reports its subscriptions makes possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import orjson
+from amqtt.broker import Broker
+from amqtt.plugins.base import BasePlugin
+
+log = logging.getLogger("udp.mqtt.broker")
+
+# retained: the SensorThings topics that have subscribers now, as a JSON array
+SUBSCRIPTIONS_TOPIC = "udp-internal/subscriptions"
+STA_PREFIX = "v1.1/"
+
+
+class SubscriptionPlugin(BasePlugin):
+    """Counts subscribers per SensorThings topic and publishes the set whenever it changes."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.counts: dict[str, int] = {}
+        self.by_client: dict[str, set[str]] = {}
+
+    async def _announce(self) -> None:
+        data = orjson.dumps(sorted(t for t, n in self.counts.items() if n > 0))
+        await self.context.retain_message(SUBSCRIPTIONS_TOPIC, data, 1)
+        await self.context.broadcast_message(SUBSCRIPTIONS_TOPIC, data, 1)
+
+    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
+        if not topic.startswith(STA_PREFIX):
+            return
+        mine = self.by_client.setdefault(client_id, set())
+        if topic not in mine:
+            mine.add(topic)
+            self.counts[topic] = self.counts.get(topic, 0) + 1
+            await self._announce()
+
+    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
+        mine = self.by_client.get(client_id, set())
+        if topic in mine:
+            mine.discard(topic)
+            self.counts[topic] -= 1
+            await self._announce()
+
+    async def on_broker_client_disconnected(self, *, client_id: str, **_: Any) -> None:
+        for topic in self.by_client.pop(client_id, set()):
+            self.counts[topic] -= 1
+        await self._announce()
+
+
+class EmbeddedBroker:
+    """An amqtt broker on its own event loop thread."""
+
+    def __init__(self, host: str, port: int, ws_port: int | None) -> None:
+        self.host, self.port, self.ws_port = host, port, ws_port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
+        self._broker: Broker | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The amqtt configuration: listeners, anonymous access, the subscription reporter."""
+        listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
+        if self.ws_port:
+            listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}"}
+        return {
+            "listeners": listeners,
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                "sensorthings.mqtt.broker.SubscriptionPlugin": {},
+            },
+        }
+
+    def start(self, timeout: float = 15) -> None:
+        """Start listening; raises when the ports cannot be bound."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        future.result(timeout)
+
+    async def _start(self) -> None:
+        self._broker = Broker(self.config(), loop=self._loop)
+        await self._broker.start()
+
+    def stop(self) -> None:
+        """Stop the broker and its thread."""
+        if self._broker is not None:
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,69 @@
+"""Connecting the platform to a broker (embedded or external) with paho-mqtt, reconnecting by itself."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("udp.mqtt")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker listens: `mqtt://host:port` (or `mqtts://`, `ws://`)."""
+
+    host: str
+    port: int
+    transport: str = "tcp"
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse a broker URL; ValueError with the reason when it is not one."""
+        parts = urlsplit(url)
+        schemes = {"mqtt": ("tcp", False, 1883), "tcp": ("tcp", False, 1883), "mqtts": ("tcp", True, 8883),
+                   "ws": ("websockets", False, 80), "wss": ("websockets", True, 443)}
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"not a broker URL: {url!r} (use mqtt://host:port)")
+        transport, tls, default_port = schemes[parts.scheme]
+        return cls(parts.hostname, parts.port or default_port, transport, tls, parts.username, parts.password)
+
+
+def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+            subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
+            wait: float = 10) -> mqtt.Client:
+    """A started client that (re)subscribes on every (re)connect; waits for the first connection."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                         transport=address.transport)
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set()
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(100)
+    connected = threading.Event()
+
+    def on_connect(c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
+        if reason.is_failure:
+            log.warning("broker %s:%s refused %s: %s", address.host, address.port, client_id, reason)
+            return
+        for topic, qos in subscriptions or []:
+            c.subscribe(topic, qos)
+        connected.set()
+
+    client.on_connect = on_connect
+    if on_message is not None:
+        client.on_message = lambda _c, _u, msg: on_message(msg)
+    client.connect_async(address.host, address.port, keepalive=30)
+    client.loop_start()
+    if not connected.wait(wait):
+        log.warning("broker %s:%s not reachable yet; %s keeps trying", address.host, address.port, client_id)
+    return client

@@ -1,0 +1,206 @@
+"""Notifications (OGC 18-088 section 14.2): every committed create and update published as the same
+JSON a GET returns, on the topics it belongs to.
+
+Creates go to the entity set (`v1.1/Observations`) and to the navigation sets of the entities they
+link to (`v1.1/Datastreams(7)/Observations`); updates go to the entity (`v1.1/Things(3)`). With the
+embedded broker the platform also knows which topics have subscribers, so it serves property
+topics (`v1.1/Things(3)/name`) and topics with query options (`v1.1/Observations?$select=result`,
+`?$filter=`, `?$expand=`), and skips topics nobody listens to.
+
+Writes only enqueue their changes; one thread per process reads the entities and publishes, so a
+request never waits for the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+import paho.mqtt.client as mqtt
+from sqlalchemy import select
+
+from sensorthings.model import BY_NAME, EntityType, NavKind, target_of
+from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
+from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.query.parser import parse_query_options
+from sensorthings.query.tree import QueryError, QueryOptions
+from sensorthings.read import Reader, serializer
+from sensorthings.resource import PathError, Resource, condition, parse_path
+from sensorthings.store.base import Change, Store
+from sensorthings.store.schema import TABLES
+
+log = logging.getLogger("udp.mqtt.notify")
+VERSION = "v1.1"
+
+
+SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+MQTT_CREATE = SPEC + "create-observations-via-mqtt/observations-creation"
+MQTT_RECEIVE = SPEC + "receive-updates-via-mqtt/receive-updates"
+
+
+def mqtt_conformance(endpoints: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The MQTT conformance classes and their serverSettings entries, naming the broker endpoints."""
+    return [MQTT_CREATE, MQTT_RECEIVE], {MQTT_CREATE: {"endpoints": endpoints},
+                                         MQTT_RECEIVE: {"endpoints": endpoints}}
+
+
+@dataclass(frozen=True)
+class TopicQuery:
+    """A subscribed topic read as a request: what it addresses and with which options."""
+
+    topic: str
+    resource: Resource
+    options: QueryOptions
+    wildcard: bool = False
+
+
+@lru_cache(maxsize=4096)
+def parse_topic(topic: str) -> TopicQuery | None:
+    """A SensorThings topic as a request; None when it is not one (or not a valid one)."""
+    if "#" in topic or "+" in topic:
+        return None
+    if not topic.startswith(VERSION + "/"):
+        return None
+    path, _, query = topic[len(VERSION) + 1:].partition("?")
+    try:
+        resource = parse_path(path)
+        options = parse_query_options(dict(parse_qsl(query, keep_blank_values=True))) if query else QueryOptions()
+    except (PathError, QueryError):
+        return None
+    return TopicQuery(topic, resource, options)
+
+
+def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[str]:
+    """The topics a change belongs to without any subscription known: sets for creates, the entity for updates."""
+    id_ = row["id"]
+    if kind == "update":
+        return [f"{VERSION}/{entity.set_name}({id_})"]
+    topics = [f"{VERSION}/{entity.set_name}"]
+    for nav in entity.navs:
+        if nav.kind is NavKind.FK and row.get(nav.column) is not None:
+            back = next((b for b in target_of(nav).navs if b.kind is NavKind.REVERSE and b.column == nav.column
+                         and b.target == entity.name), None)
+            if back is not None:
+                topics.append(f"{VERSION}/{target_of(nav).set_name}({row[nav.column]})/{back.name}")
+    return topics
+
+
+class Notifier:
+    """Publishes committed changes to the broker from a thread of its own."""
+
+    def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str) -> None:
+        self.store = store
+        self.base = base.rstrip("/")
+        self.queue: queue.Queue[list[Change] | None] = queue.Queue()
+        self.subscribed: set[str] | None = None  # known only with the embedded broker
+        self.published = 0
+        self.client = connect(address, client_id, on_message=self._on_message,
+                              subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
+        self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
+        self.thread.start()
+
+    def __call__(self, changes: list[Change]) -> None:
+        """Store listener: take the changes of a committed transaction."""
+        self.queue.put(changes)
+
+    def close(self) -> None:
+        """Publish what is queued, then disconnect."""
+        self.queue.put(None)
+        self.thread.join(10)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == SUBSCRIPTIONS_TOPIC:
+            try:
+                self.subscribed = set(orjson.loads(msg.payload))
+            except orjson.JSONDecodeError:
+                log.warning("bad subscription list from the broker")
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = list(first)
+            # take whatever else is waiting, so that a burst is read with few queries
+            while len(batch) < 5000:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.queue.put(None)
+                    break
+                batch.extend(more)
+            try:
+                self.publish(batch)
+            except Exception:  # a failed notification must not stop later ones
+                log.exception("publishing %d notifications failed", len(batch))
+
+    def publish(self, changes: list[Change]) -> None:
+        """Read the changed entities and publish them to their topics."""
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for change in changes:
+            groups[(change.entity.name, change.kind)].append(change.id)
+        subscribed = self.subscribed
+        queries = [q for q in map(parse_topic, subscribed or ()) if q is not None]
+        everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
+        with self.store.read() as conn:
+            reader = Reader(self.store, self.base)
+            for (name, kind), ids in groups.items():
+                entity = BY_NAME[name]
+                table = TABLES[entity.table]
+                rows = [dict(r) for r in conn.execute(
+                    select(*[c for c in table.c if c.name != "geom"]).where(table.c.id.in_(ids))).mappings()]
+                if not rows:
+                    continue
+                write = serializer(entity, self.base, None)
+                for row in rows:
+                    topics = standard_topics(entity, row, kind)
+                    if not everything:
+                        topics = [t for t in topics if t in subscribed]  # type: ignore[operator]
+                    if topics:
+                        payload = orjson.dumps(write(row))
+                        for topic in topics:
+                            self._send(topic, payload)
+                for q in queries:
+                    if q.options != QueryOptions() or q.resource.prop is not None:
+                        self._publish_query(conn, reader, entity, kind, ids, q)
+
+    def _publish_query(self, conn: Any, reader: Reader, entity: EntityType, kind: str, ids: list[int],
+                       q: TopicQuery) -> None:
+        res = q.resource
+        if res.entity is not entity:
+            return
+        wants_update = res.single or res.prop is not None
+        if wants_update != (kind == "update"):
+            return
+        where = condition(res)
+
+        def scoped(t: Any) -> Any:
+            cond = where(t)
+            return t.c.id.in_(ids) if cond is None else (t.c.id.in_(ids) & cond)
+
+        opts = QueryOptions(filter=q.options.filter, select=q.options.select, expand=q.options.expand, top=len(ids))
+        try:
+            rows, _, _ = reader.page(conn, entity, scoped, opts)
+            docs = reader.serialize_rows(conn, entity, rows, opts)
+        except QueryError:
+            return
+        for doc in docs:
+            if res.prop is not None:
+                key = "@iot.id" if res.prop == "id" else res.prop
+                doc = {key: doc.get(key)}
+            self._send(q.topic, orjson.dumps(doc))
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1)
+        self.published += 1
