@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from sensorthings.cache import ResponseCache
-from sensorthings.http.app import public_base, sensorthings_app
+from sensorthings.http.app import public_base, sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
@@ -73,6 +73,8 @@ def build_app(config: Config) -> Starlette:
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
+        if notifier is not None:
+            body["mqtt"] = notifier.stats()
         return ORJSONResponse(body, status_code=200 if db_ok else 503)
 
     @contextlib.asynccontextmanager
@@ -87,7 +89,7 @@ def build_app(config: Config) -> Starlette:
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
-        Mount("/v1.1", app=sensorthings_app(service, config.public_url)),
+        *sensorthings_routes(service, config.public_url),
     ], lifespan=lifespan)
     app.state.store = store
     app.state.service = service

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -47,12 +48,12 @@ class _Mqtt:
     """The broker side of `udp serve`: the embedded broker (unless an external one is named) and the
     one subscriber that creates Observations published by clients."""
 
-    def __init__(self, endpoints: list[str], broker: object | None, creator: object | None) -> None:
-        self.endpoints, self.broker, self.creator = endpoints, broker, creator
+    def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object) -> None:
+        self.endpoints, self.broker, self.creator, self.notifier = endpoints, broker, creator, notifier
 
     def stop(self) -> None:
-        if self.creator is not None:
-            self.creator.close()  # type: ignore[attr-defined]
+        self.creator.close()  # type: ignore[attr-defined]
+        self.notifier.close()  # type: ignore[attr-defined]
         if self.broker is not None:
             self.broker.stop()  # type: ignore[attr-defined]
 
@@ -61,6 +62,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     from sensorthings.mqtt.broker import EmbeddedBroker
     from sensorthings.mqtt.client import BrokerAddress
     from sensorthings.mqtt.create import Creator
+    from sensorthings.mqtt.notify import Notifier
     from sensorthings.service import Service
     from sensorthings.store.base import Store
 
@@ -82,8 +84,15 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     os.environ["UDP_MQTT_URL"] = url
     os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
     # the parent process creates the schema before the workers start, and hosts the one creator
-    creator = Creator(Service(Store.open(store_url)), BrokerAddress.parse(url), public + "/v1.1")
-    return _Mqtt(endpoints, broker, creator)
+    # one persistent session per store: a restart picks up what was published meanwhile
+    client_id = "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10]
+    address = BrokerAddress.parse(url)
+    store = Store.open(store_url)
+    # Observations created by publishing notify like any other write
+    notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
+    store.listeners.append(notifier)
+    creator = Creator(Service(store), address, public + "/v1.1", client_id)
+    return _Mqtt(endpoints, broker, creator, notifier)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router
+from starlette.routing import Route
 
 from sensorthings.service import ApiRequest, Service
 
@@ -25,8 +25,9 @@ def public_base(request: Request, public_url: str | None) -> str:
     return f"{proto}://{host}{prefix}"
 
 
-def sensorthings_app(service: Service, public_url: str | None = None, version: str = "v1.1") -> Router:
-    """The ASGI app serving the SensorThings API (mount it at `/v1.1`)."""
+def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1") -> list[Route]:
+    """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
+    with or without a trailing slash)."""
 
     async def endpoint(request: Request) -> Response:
         length = int(request.headers.get("content-length") or 0)
@@ -37,13 +38,12 @@ def sensorthings_app(service: Service, public_url: str | None = None, version: s
         if body is not None and len(body) > MAX_BODY:
             return Response(b'{"code":413,"type":"error","message":"request body over the limit of 64 MiB"}',
                             413, media_type="application/json")
-        root = request.scope.get("root_path", "")
         req = ApiRequest(
             method=request.method,
             path=request.path_params.get("path", ""),
             params=dict(request.query_params),
             body=body,
-            base=f"{public_base(request, public_url)}{root}",
+            base=f"{public_base(request, public_url)}{prefix}",
             content_type=request.headers.get("content-type", ""),
             query_string=request.url.query,
             if_none_match=request.headers.get("if-none-match", ""),
@@ -54,7 +54,4 @@ def sensorthings_app(service: Service, public_url: str | None = None, version: s
             return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
 
-    return Router(routes=[
-        Route("/", endpoint, methods=METHODS),
-        Route("/{path:path}", endpoint, methods=METHODS),
-    ])
+    return [Route(prefix, endpoint, methods=METHODS), Route(prefix + "/{path:path}", endpoint, methods=METHODS)]

@@ -110,6 +110,12 @@ class Notifier:
         """Store listener: take the changes of a committed transaction."""
         self.queue.put(changes)
 
+    def stats(self) -> dict[str, Any]:
+        """What /health shows: connection, notifications sent, topics with subscribers."""
+        return {"connected": self.client.is_connected(), "published": self.published,
+                "queued": self.queue.qsize(),
+                "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
+
     def close(self) -> None:
         """Publish what is queued, then disconnect."""
         self.queue.put(None)

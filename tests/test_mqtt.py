@@ -1,0 +1,182 @@
+"""The SensorThings MQTT extension with real brokers and paho clients: notifications and create by publish."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import Server, start_server, stop_server
+from tests.test_sta_api import create, thing_body, values
+
+MQTT_URL = os.environ.get("UDP_TEST_MQTT")
+
+
+class Listener:
+    """A paho client that records what arrives on its topics."""
+
+    def __init__(self, host: str, port: int, topics: list[str], transport: str = "tcp") -> None:
+        self.messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.backlog: list[tuple[str, Any]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}",
+                                  transport=transport)
+        subscribed = queue.Queue()
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, orjson.loads(m.payload)))
+        self.client.on_subscribe = lambda *_a: subscribed.put(1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        for topic in topics:
+            self.client.subscribe(topic, 1)
+            subscribed.get(timeout=10)
+
+    def wait(self, topic: str, timeout: float = 10, where: Any = None) -> Any:
+        """The next message on `topic` (matching `where`), or fail; other messages stay for later waits."""
+        for i, (got_topic, payload) in enumerate(self.backlog):
+            if got_topic == topic and (where is None or where(payload)):
+                return self.backlog.pop(i)[1]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                got_topic, payload = self.messages.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                break
+            if got_topic == topic and (where is None or where(payload)):
+                return payload
+            self.backlog.append((got_topic, payload))
+        raise AssertionError(f"nothing on {topic} within {timeout} s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_subscribed(server: Server, count: int) -> None:
+    """Until the platform knows `count` subscribed SensorThings topics (embedded broker only)."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        known = httpx.get(f"{server.url}/health").json().get("mqtt", {}).get("subscribed_topics")
+        if known is not None and known >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the platform never heard of the subscriptions")
+
+
+@pytest.fixture
+def setup(server: Server) -> dict[str, Any]:
+    sta = httpx.Client(base_url=server.sta + "/", timeout=30)
+    doc = create(sta, "Things", thing_body(f"mq-{uuid.uuid4().hex[:6]}"))
+    ds = values(sta, f"Things({doc['@iot.id']})/Datastreams")[0]
+    return {"sta": sta, "thing": doc["@iot.id"], "ds": ds["@iot.id"]}
+
+
+def test_server_settings_list_mqtt(server: Server) -> None:
+    doc = httpx.get(server.sta).json()
+    conf = doc["serverSettings"]["conformance"]
+    create_cls = "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
+    assert create_cls in conf
+    endpoints = doc["serverSettings"][create_cls]["endpoints"]
+    assert f"mqtt://127.0.0.1:{server.mqtt_port}" in endpoints and f"ws://127.0.0.1:{server.ws_port}" in endpoints
+
+
+def test_notifications_for_sets_navigation_and_entities(server: Server, setup: dict) -> None:
+    sta, ds, tid = setup["sta"], setup["ds"], setup["thing"]
+    topics = ["v1.1/Observations", f"v1.1/Datastreams({ds})/Observations", f"v1.1/Things({tid})",
+              f"v1.1/Things({tid})/name", f"v1.1/Datastreams({ds})/Observations?$select=result,phenomenonTime",
+              f"v1.1/Datastreams({ds})/Observations?$filter=result gt 10"]
+    listener = Listener("127.0.0.1", server.mqtt_port, topics)
+    try:
+        wait_subscribed(server, len(topics))
+        created = create(sta, f"Datastreams({ds})/Observations",
+                         {"result": 5, "phenomenonTime": "2024-06-01T00:00:00Z"})
+        get = sta.get(f"Observations({created['@iot.id']})").json()
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations") == get
+        assert listener.wait("v1.1/Observations", where=lambda p: p["@iot.id"] == created["@iot.id"]) == get
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations?$select=result,phenomenonTime") == {
+            "result": 5, "phenomenonTime": "2024-06-01T00:00:00.000Z"}
+        create(sta, f"Datastreams({ds})/Observations", {"result": 50})
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations?$filter=result gt 10")["result"] == 50
+        assert sta.patch(f"Things({tid})", json={"name": "renamed by PATCH"}).status_code == 200
+        assert listener.wait(f"v1.1/Things({tid})")["name"] == "renamed by PATCH"
+        assert listener.wait(f"v1.1/Things({tid})/name") == {"name": "renamed by PATCH"}
+        # every way in notifies: dataArray and $batch too
+        r = sta.post("CreateObservations", json=[{"Datastream": {"@iot.id": ds}, "components": ["result"],
+                                                  "dataArray": [[101], [102]]}])
+        assert r.status_code == 201
+        for value in (101, 102):
+            listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p, v=value: p["result"] == v)
+        sta.post("$batch", json={"requests": [{"id": "1", "method": "post", "url": f"Datastreams({ds})/Observations",
+                                               "body": {"result": 103}}]})
+        listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p: p["result"] == 103)
+    finally:
+        listener.close()
+
+
+def test_websocket_subscription(server: Server, setup: dict) -> None:
+    ds = setup["ds"]
+    listener = Listener("127.0.0.1", server.ws_port, [f"v1.1/Datastreams({ds})/Observations"], transport="websockets")
+    try:
+        wait_subscribed(server, 1)
+        create(setup["sta"], f"Datastreams({ds})/Observations", {"result": 7})
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations")["result"] == 7
+    finally:
+        listener.close()
+
+
+def test_create_by_publish(server: Server, setup: dict) -> None:
+    sta, ds = setup["sta"], setup["ds"]
+    listener = Listener("127.0.0.1", server.mqtt_port, [f"v1.1/Datastreams({ds})/Observations"])
+    try:
+        wait_subscribed(server, 1)
+        listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 21.5}), qos=1)
+        body = orjson.dumps({"result": 22.5, "Datastream": {"@iot.id": ds}})
+        listener.client.publish("v1.1/Observations", body, qos=1)
+        listener.client.publish("v1.1/Observations", b"not json", qos=1)
+        notified = {listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p: "@iot.id" in p)["result"]
+                    for _ in range(2)}
+        assert notified == {21.5, 22.5}
+        stored = sorted(o["result"] for o in values(sta, f"Datastreams({ds})/Observations"))
+        assert 21.5 in stored and 22.5 in stored
+        # the notifications on the same topics were not taken for creates
+        time.sleep(0.5)
+        assert sorted(o["result"] for o in values(sta, f"Datastreams({ds})/Observations")) == stored
+    finally:
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def mosquitto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not MQTT_URL:
+        pytest.skip("UDP_TEST_MQTT is not set: external broker tests skipped")
+    db = tmp_path_factory.mktemp("mosq") / "udp.db"
+    srv = start_server(f"sqlite:///{db}", "sqlite", ["--mqtt", MQTT_URL])
+    yield srv
+    stop_server(srv)
+
+
+def test_external_broker(mosquitto_server: Server) -> None:
+    sta = httpx.Client(base_url=mosquitto_server.sta + "/", timeout=30)
+    tid = create(sta, "Things", thing_body(f"ext-{uuid.uuid4().hex[:6]}"))["@iot.id"]
+    ds = values(sta, f"Things({tid})/Datastreams")[0]["@iot.id"]
+    broker = urlsplit(MQTT_URL)
+    listener = Listener(broker.hostname, broker.port or 1883,
+                        ["v1.1/Observations", f"v1.1/Datastreams({ds})/Observations", f"v1.1/Things({tid})"])
+    try:
+        created = create(sta, f"Datastreams({ds})/Observations", {"result": 1})
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations")["@iot.id"] == created["@iot.id"]
+        assert listener.wait("v1.1/Observations", where=lambda p: p["@iot.id"] == created["@iot.id"])
+        sta.patch(f"Things({tid})", json={"description": "external"})
+        assert listener.wait(f"v1.1/Things({tid})")["description"] == "external"
+        listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 2}), qos=1)
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p: p["result"] == 2 and "@iot.id" in p)
+        assert 2 in [o["result"] for o in values(sta, f"Datastreams({ds})/Observations")]
+    finally:
+        listener.close()
