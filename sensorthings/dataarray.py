@@ -64,7 +64,7 @@ def create_observations(store: Store, tx: Any, data: Any, base: str) -> list[str
             else:
                 out.append(f"{base}/Observations({next(ids)})")
         if good:
-            _widen(store, conn, stream_col, stream_id, good)
+            store.cover_observations(conn, good)
             tx.changes.extend(Change(OBSERVATION, id_, "create") for id_ in new_ids)
     return out
 
@@ -123,12 +123,3 @@ def _check_features(conn: Any, ids: set[int], rows: list[dict[str, Any] | None])
     for i, r in enumerate(rows):
         if r is not None and r["feature_of_interest_id"] is not None and r["feature_of_interest_id"] not in found:
             rows[i] = None
-
-
-def _widen(store: Store, conn: Any, col: str, id_: int, rows: list[dict[str, Any]]) -> None:
-    starts = [r["phenomenon_time_start"] for r in rows]
-    ends = [r["phenomenon_time_end"] or r["phenomenon_time_start"] for r in rows]
-    results = [r["result_time"] for r in rows if r["result_time"] is not None]
-    store.extend_datastream_times(
-        conn, id_ if col == "datastream_id" else None, id_ if col == "multi_datastream_id" else None,
-        min(starts), max(ends), min(results) if results else None, max(results) if results else None)

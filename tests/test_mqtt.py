@@ -176,7 +176,8 @@ def test_external_broker(mosquitto_server: Server) -> None:
         sta.patch(f"Things({tid})", json={"description": "external"})
         assert listener.wait(f"v1.1/Things({tid})")["description"] == "external"
         listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 2}), qos=1)
-        assert listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p: p["result"] == 2 and "@iot.id" in p)
+        assert listener.wait(f"v1.1/Datastreams({ds})/Observations",
+                             where=lambda p: p["result"] == 2 and "@iot.id" in p)
         assert 2 in [o["result"] for o in values(sta, f"Datastreams({ds})/Observations")]
     finally:
         listener.close()

@@ -305,6 +305,18 @@ class Store:
             vals["result_time_end"] = widen(c.result_time_end, rend, False)
         conn.execute(update(table).where(c.id == ds_id).values(vals))
 
+    def cover_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Widen each (Multi)Datastream's time ranges over newly inserted Observation rows."""
+        groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault((row.get("datastream_id"), row.get("multi_datastream_id")), []).append(row)
+        for (ds, md), group in groups.items():
+            starts = [r["phenomenon_time_start"] for r in group]
+            ends = [r.get("phenomenon_time_end") or r["phenomenon_time_start"] for r in group]
+            results = [r["result_time"] for r in group if r.get("result_time") is not None]
+            self.extend_datastream_times(conn, ds, md, min(starts), max(ends),
+                                         min(results) if results else None, max(results) if results else None)
+
     def insert_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert many prepared Observation rows at once (each store's fastest way); ids in order."""
         return self.bulk_insert(conn, rows) if rows else []

@@ -1,0 +1,89 @@
+"""The bridge's own tables: dead letters (what could not be mapped, with why) and the fingerprints of
+committed messages that let a redelivered message be recognised."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Column, Connection, Integer, LargeBinary, MetaData, String, Table, Text, delete, func, select
+
+from sensorthings.store.base import Store
+from sensorthings.store.schema import ID, UtcDateTime
+from sensorthings.times import now
+
+metadata = MetaData()
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("redriven_at", UtcDateTime()),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+# QoS 1 means at least once: a message committed but not yet acknowledged comes again after a
+# crash or reconnect (flagged DUP); its fingerprint says it is already stored
+seen_messages = Table(
+    "bridge_seen_messages", metadata,
+    Column("fingerprint", String(40), primary_key=True),
+    Column("at", UtcDateTime(), nullable=False, index=True),
+)
+
+KEEP_SEEN = timedelta(hours=6)
+
+
+def create_tables(store: Store) -> None:
+    """Create the bridge's tables if they are missing."""
+    metadata.create_all(store.engine)
+
+
+def fingerprint(topic: str, payload: bytes) -> str:
+    """What identifies a message across redeliveries."""
+    return hashlib.sha1(topic.encode() + b"\0" + payload).hexdigest()
+
+
+def already_seen(conn: Connection, prints: list[str]) -> set[str]:
+    """Which of these fingerprints belong to messages already committed."""
+    if not prints:
+        return set()
+    return set(conn.execute(select(seen_messages.c.fingerprint).where(seen_messages.c.fingerprint.in_(prints)))
+               .scalars())
+
+
+def remember(conn: Connection, prints: list[str], at: datetime) -> None:
+    """Record committed messages' fingerprints (in the same transaction as their Observations)."""
+    fresh = sorted(set(prints) - already_seen(conn, prints))
+    if fresh:
+        conn.execute(seen_messages.insert(), [{"fingerprint": p, "at": at} for p in fresh])
+
+
+def forget_old(conn: Connection) -> None:
+    """Drop fingerprints older than any redelivery could be."""
+    conn.execute(delete(seen_messages).where(seen_messages.c.at < now() - KEEP_SEEN))
+
+
+def add(conn: Connection, items: list[tuple[str, bytes, str, datetime]]) -> None:
+    """Store dead letters: (topic, payload, reason, received_at)."""
+    if items:
+        conn.execute(dead_letters.insert(), [{"topic": t, "payload": p, "reason": r, "received_at": at, "attempts": 0}
+                                             for t, p, r, at in items])
+
+
+def count(store: Store) -> int:
+    """Dead letters not re-driven yet."""
+    with store.read() as conn:
+        return conn.execute(select(func.count()).select_from(dead_letters)
+                            .where(dead_letters.c.redriven_at.is_(None))).scalar_one()
+
+
+def pending(store: Store, limit: int = 1000) -> list[dict[str, Any]]:
+    """Dead letters not re-driven yet, oldest first."""
+    with store.read() as conn:
+        rows = conn.execute(select(dead_letters).where(dead_letters.c.redriven_at.is_(None))
+                            .order_by(dead_letters.c.id).limit(limit)).mappings().all()
+    return [dict(r) for r in rows]
