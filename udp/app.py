@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from mqtt_bridge import deadletters
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import public_base, sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
@@ -75,6 +76,8 @@ def build_app(config: Config) -> Starlette:
             body["response_cache"] = service.cache.stats()
         if notifier is not None:
             body["mqtt"] = notifier.stats()
+        if config.bridge:
+            body["bridge"] = {"dead_letters": await run_in_threadpool(deadletters.count, store)}
         return ORJSONResponse(body, status_code=200 if db_ok else 503)
 
     @contextlib.asynccontextmanager

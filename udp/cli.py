@@ -48,10 +48,14 @@ class _Mqtt:
     """The broker side of `udp serve`: the embedded broker (unless an external one is named) and the
     one subscriber that creates Observations published by clients."""
 
-    def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object) -> None:
+    def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object,
+                 bridge: object | None) -> None:
         self.endpoints, self.broker, self.creator, self.notifier = endpoints, broker, creator, notifier
+        self.bridge = bridge
 
     def stop(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()  # type: ignore[attr-defined]
         self.creator.close()  # type: ignore[attr-defined]
         self.notifier.close()  # type: ignore[attr-defined]
         if self.broker is not None:
@@ -59,6 +63,7 @@ class _Mqtt:
 
 
 def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public: str, host: str) -> _Mqtt:
+    from mqtt_bridge.bridge import Bridge
     from sensorthings.mqtt.broker import EmbeddedBroker
     from sensorthings.mqtt.client import BrokerAddress
     from sensorthings.mqtt.create import Creator
@@ -92,7 +97,32 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
     store.listeners.append(notifier)
     creator = Creator(Service(store), address, public + "/v1.1", client_id)
-    return _Mqtt(endpoints, broker, creator, notifier)
+    bridge = Bridge(store, config.bridge, address) if config.bridge else None
+    return _Mqtt(endpoints, broker, creator, notifier, bridge)
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from mqtt_bridge import deadletters
+    from mqtt_bridge.bridge import redrive
+    from sensorthings.store.base import Store
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    store = Store.open(args.store or config.store)
+    deadletters.create_tables(store)
+    if args.action == "redrive":
+        ok, still = redrive(store, config.bridge)
+        print(f"re-driven: {ok} stored, {still} still dead")
+        return 0 if still == 0 else 1
+    rows = deadletters.pending(store, args.limit)
+    print(f"{'id':>6}  {'received (UTC)':<24}  {'topic':<40}  reason")
+    for row in rows:
+        print(f"{row['id']:>6}  {row['received_at'].isoformat()[:23]:<24}  {row['topic'][:40]:<40}  {row['reason']}")
+    print(f"{deadletters.count(store)} dead letters pending")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--mqtt-port", type=int, help="the embedded broker's MQTT port (1883)")
     serve.add_argument("--mqtt-ws-port", type=int, help="the embedded broker's WebSocket port (9001; 0: none)")
     serve.add_argument("--log-level", default="warning")
+    dead = sub.add_parser("dead-letters", help="list or re-drive device messages the bridge could not map")
+    dead.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
+    dead.add_argument("--config", help="config.yml (its bridge rules and store)")
+    dead.add_argument("--store", help="overrides the config's store")
+    dead.add_argument("--limit", type=int, default=100)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper() if hasattr(args, "log_level") else "WARNING")
+    logging.getLogger("amqtt").setLevel(logging.ERROR)  # it logs every undelivered internal message
     if args.command == "serve":
         return _serve(args)
+    if args.command == "dead-letters":
+        return _dead_letters(args)
     return 1
 
 

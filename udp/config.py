@@ -31,6 +31,7 @@ class Config:
     mqtt_url: str | None = None  # an external broker; None: the embedded one
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
+    bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +99,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.mqtt_port = _int(mqtt["port"], "mqtt.port", 1, 65535)
     if "ws_port" in mqtt:
         cfg.mqtt_ws_port = _int(mqtt["ws_port"], "mqtt.ws_port", 0, 65535)
+    if "bridge" in doc:
+        from mqtt_bridge.rules import RuleError, parse_rules
+
+        try:
+            cfg.bridge = parse_rules(doc["bridge"])
+        except RuleError as exc:
+            raise ConfigError(str(exc)) from None
     server = doc.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError("server: must be a mapping")

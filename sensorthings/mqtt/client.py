@@ -38,10 +38,10 @@ class BrokerAddress:
 
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
-            wait: float = 10) -> mqtt.Client:
+            manual_ack: bool = False, wait: float = 10) -> mqtt.Client:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         transport=address.transport)
+                         transport=address.transport, manual_ack=manual_ack)
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:

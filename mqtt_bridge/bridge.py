@@ -1,0 +1,102 @@
+"""The bridge: subscribes to the device topics of the rules, maps each message, hands it to the writer.
+
+It never stops on a bad message: what cannot be mapped goes to the dead-letter table with the
+reason. Its MQTT session is persistent and acknowledgements are manual, so messages published
+while the platform is down, or received but not yet committed, are delivered again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import paho.mqtt.client as mqtt
+
+from mqtt_bridge import deadletters
+from mqtt_bridge.mapping import Unmappable, map_message, match
+from mqtt_bridge.rules import Rule
+from mqtt_bridge.writer import Message, Writer
+from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.store.base import Store
+from sensorthings.times import now
+
+log = logging.getLogger("udp.bridge")
+
+
+class Bridge:
+    """Device topics → Observations, for one store."""
+
+    def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
+                 batch_size: int = 1000, max_wait: float = 0.005) -> None:
+        self.store = store
+        self.rules = rules
+        self.received = 0
+        self.writer = Writer(store, batch_size, max_wait)
+        cid = client_id or "udp-bridge-" + hashlib.sha1(store.url.encode()).hexdigest()[:10]
+        self.client = connect(address, cid, on_message=self.handle, clean_session=False, manual_ack=True,
+                              subscriptions=[(r.subscription, r.qos) for r in rules])
+
+    def handle(self, msg: mqtt.MQTTMessage) -> None:
+        """Map one message and queue it; it is acknowledged once written."""
+        self.received += 1
+        message = Message(msg.topic, bytes(msg.payload), now(), dup=bool(msg.dup))
+        if msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+            message.ack = lambda: self.client.ack(mid, qos)
+        found = match(self.rules, msg.topic)
+        if found is None:
+            message.error = "unknown topic: no bridge rule matches it"
+        else:
+            rule, captures = found
+            try:
+                message.readings = map_message(rule, captures, message.payload, message.received)
+            except Unmappable as exc:
+                message.error = str(exc)
+        self.writer.submit(message)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /health."""
+        w = self.writer
+        return {"received": self.received, "stored": w.stored, "dead_letters": w.dead, "duplicates": w.duplicates,
+                "write_failures": w.failures}
+
+    def close(self) -> None:
+        """Stop taking messages, write what is queued, disconnect."""
+        self.client.loop_stop()
+        self.writer.close()
+        self.client.disconnect()
+
+
+def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tuple[int, int]:
+    """Map the pending dead letters again (after a rule or a Datastream was added); (stored, still dead)."""
+    from sqlalchemy import update
+
+    own = writer is None
+    writer = writer or Writer(store)
+    ok = still = 0
+    for row in deadletters.pending(store):
+        found = match(rules, row["topic"])
+        message = Message(row["topic"], bytes(row["payload"]), row["received_at"])
+        try:
+            if found is None:
+                raise Unmappable("unknown topic: no bridge rule matches it")
+            message.readings = map_message(found[0], found[1], message.payload, message.received)
+        except Unmappable as exc:
+            still += 1
+            with store.write() as (conn, _):
+                conn.execute(update(deadletters.dead_letters).where(deadletters.dead_letters.c.id == row["id"])
+                             .values(reason=str(exc), attempts=row["attempts"] + 1))
+            continue
+        before = writer.dead
+        writer.streams.clear()
+        with store.write() as (conn, _):
+            conn.execute(update(deadletters.dead_letters).where(deadletters.dead_letters.c.id == row["id"])
+                         .values(redriven_at=now(), attempts=row["attempts"] + 1))
+        writer.write([message])
+        if writer.dead > before:
+            still += 1
+        else:
+            ok += 1
+    if own:
+        writer.close()
+    return ok, still

@@ -1,0 +1,222 @@
+"""Writing mapped messages in batches: by size and by a few milliseconds, one transaction a batch.
+
+A message is acknowledged only after the transaction holding its Observations (or its dead
+letter) has committed, so a crash or a database outage loses nothing: the broker delivers the
+unacknowledged messages again, and the fingerprints of committed ones keep those from being
+stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from mqtt_bridge import deadletters
+from mqtt_bridge.mapping import Reading
+from sensorthings.model import OBSERVATION
+from sensorthings.results import encode_result
+from sensorthings.store.base import Change, Store, StoreError
+from sensorthings.store.schema import TABLES
+
+log = logging.getLogger("udp.bridge")
+
+# observationType → the JSON types a result may have
+_TYPES: dict[str, tuple[type, ...]] = {
+    "OM_Measurement": (int, float),
+    "OM_CountObservation": (int,),
+    "OM_CategoryObservation": (str,),
+    "OM_TruthObservation": (bool,),
+}
+
+
+@dataclass
+class Message:
+    """A received message and what its mapping gave: readings, or the reason it has none."""
+
+    topic: str
+    payload: bytes
+    received: datetime
+    readings: list[Reading] = field(default_factory=list)
+    error: str | None = None
+    dup: bool = False
+    ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A resolved (Multi)Datastream."""
+
+    id: int
+    multi: bool
+    kinds: tuple[type, ...] | None  # allowed result types, None: any
+    arity: int | None  # MultiDatastream: how many values a result has
+
+
+class Writer:
+    """Collects messages and writes them in batches from a thread of its own."""
+
+    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.005) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.queue: queue.Queue[Message | None] = queue.Queue()
+        self.streams: dict[tuple[str, bool, bool], Stream] = {}
+        self.stored = 0
+        self.dead = 0
+        self.duplicates = 0
+        self.failures = 0
+        deadletters.create_tables(store)
+        self.thread = threading.Thread(target=self._run, name="bridge-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, message: Message) -> None:
+        """Queue a mapped message for the next batch."""
+        self.queue.put(message)
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        self.queue.put(None)
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.batch_size:
+                try:
+                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._write_until_done(batch)
+
+    def _write_until_done(self, batch: list[Message]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.write(batch)
+                break
+            except IntegrityError as exc:
+                # a Datastream deleted since it was looked up: look again, one message at a time
+                log.warning("bridge batch refused (%s): writing its messages one by one", exc.orig)
+                self.streams.clear()
+                self._write_singly(batch)
+                break
+            except DBAPIError as exc:
+                # the database is down: hold the batch, unacknowledged, and try again
+                self.failures += 1
+                log.warning("bridge write failed, retrying in %.1f s: %s", delay, exc.orig)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+        for message in batch:
+            if message.ack is not None:
+                message.ack()
+
+    def _write_singly(self, batch: list[Message]) -> None:
+        for message in batch:
+            try:
+                self.write([message])
+            except IntegrityError as exc:
+                message.readings, message.error = [], f"refused by the database: {exc.orig}"
+                self.write([message])
+
+    def write(self, batch: list[Message]) -> None:
+        """One transaction for a batch: Observations, dead letters and fingerprints together."""
+        with self.store.write() as (conn, changes):
+            prints = [deadletters.fingerprint(m.topic, m.payload) for m in batch]
+            seen = deadletters.already_seen(conn, [p for p, m in zip(prints, batch, strict=True) if m.dup])
+            rows: list[dict[str, Any]] = []
+            dead: list[tuple[str, bytes, str, datetime]] = []
+            features: dict[tuple[int, bool], int | None] = {}
+            committed: list[str] = []
+            for message, fp in zip(batch, prints, strict=True):
+                if fp in seen:
+                    self.duplicates += 1
+                    continue
+                committed.append(fp)
+                if message.error is not None:
+                    dead.append((message.topic, message.payload, message.error, message.received))
+                    continue
+                try:
+                    rows.extend(self._rows(conn, message, features))
+                except StoreError as exc:
+                    dead.append((message.topic, message.payload, str(exc), message.received))
+            ids = self.store.insert_observations(conn, rows)
+            self.store.cover_observations(conn, rows)
+            deadletters.add(conn, dead)
+            deadletters.remember(conn, committed, batch[-1].received)
+            changes.extend(Change(OBSERVATION, id_, "create") for id_ in ids)
+        self.stored += len(ids)
+        self.dead += len(dead)
+
+    def _rows(self, conn: Any, message: Message, features: dict[tuple[int, bool], int | None]) -> list[dict]:
+        out = []
+        for reading in message.readings:
+            stream = self._stream(conn, reading)
+            result = reading.result
+            if stream.arity is not None and (not isinstance(result, list) or len(result) != stream.arity):
+                raise StoreError(f"wrong type: the MultiDatastream takes {stream.arity} values, got {result!r}")
+            if stream.kinds is not None and (not isinstance(result, stream.kinds)
+                                             or (isinstance(result, bool) and bool not in stream.kinds)):
+                raise StoreError(f"wrong type: {type(result).__name__} result {result!r} for a Datastream of "
+                                 f"{'/'.join(k.__name__ for k in stream.kinds)}")
+            key = (stream.id, stream.multi)
+            if key not in features:
+                try:
+                    features[key] = self.store.feature_for(conn, None if stream.multi else stream.id,
+                                                           stream.id if stream.multi else None)
+                except StoreError:
+                    features[key] = None
+            if features[key] is None:
+                raise StoreError("no FeatureOfInterest: the Datastream's Thing has no Location")
+            kind, number, string, json = encode_result(result)
+            out.append({
+                "phenomenon_time_start": reading.phenomenon_start, "phenomenon_time_end": reading.phenomenon_end,
+                "result_time": reading.result_time, "result_type": kind, "result_number": number,
+                "result_string": string, "result_json": json, "result_quality": None, "valid_time_start": None,
+                "valid_time_end": None, "parameters": reading.parameters,
+                "datastream_id": None if stream.multi else stream.id,
+                "multi_datastream_id": stream.id if stream.multi else None,
+                "feature_of_interest_id": features[key],
+            })
+        return out
+
+    def _stream(self, conn: Any, reading: Reading) -> Stream:
+        key = (reading.stream, reading.by_id, reading.multi)
+        found = self.streams.get(key)
+        if found is not None:
+            return found
+        table = TABLES["multi_datastreams" if reading.multi else "datastreams"]
+        what = "MultiDatastream" if reading.multi else "Datastream"
+        if reading.by_id:
+            if not reading.stream.isdigit():
+                raise StoreError(f"unknown {what}: id {reading.stream!r} is not a number")
+            cond = table.c.id == int(reading.stream)
+        else:
+            cond = table.c.name == reading.stream
+        cols = [table.c.id, table.c.observation_type]
+        if reading.multi:
+            cols.append(table.c.multi_observation_data_types)
+        row = conn.execute(select(*cols).where(cond).order_by(table.c.id).limit(1)).first()
+        if row is None:
+            raise StoreError(f"unknown {what} {reading.stream!r}")
+        kinds = None if reading.multi else _TYPES.get(str(row[1]).rsplit("/", 1)[-1])
+        stream = Stream(row[0], reading.multi, kinds, len(row[2] or []) if reading.multi else None)
+        self.streams[key] = stream
+        return stream
