@@ -23,6 +23,21 @@ from sensorthings.times import now
 log = logging.getLogger("udp.bridge")
 
 
+# the platform's own topics: never device messages
+PLATFORM_TOPICS = ("v1.1/", "udp-internal/")
+
+
+def subscriptions(rules: list[Rule]) -> list[tuple[str, int]]:
+    """What the bridge subscribes to: each rule's first topic level as a namespace (`city/#`), so that a
+    device publishing to a wrong topic there is reported as an unknown topic, not silently missed."""
+    out: dict[str, int] = {}
+    for rule in rules:
+        first = rule.topic.split("/", 1)[0]
+        topic = rule.subscription if "{" in first or first in ("v1.1", "udp-internal") else f"{first}/#"
+        out[topic] = max(out.get(topic, 0), rule.qos)
+    return sorted(out.items())
+
+
 class Bridge:
     """Device topics → Observations, for one store."""
 
@@ -34,10 +49,14 @@ class Bridge:
         self.writer = Writer(store, batch_size, max_wait)
         cid = client_id or "udp-bridge-" + hashlib.sha1(store.url.encode()).hexdigest()[:10]
         self.client = connect(address, cid, on_message=self.handle, clean_session=False, manual_ack=True,
-                              subscriptions=[(r.subscription, r.qos) for r in rules])
+                              subscriptions=subscriptions(rules))
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
         """Map one message and queue it; it is acknowledged once written."""
+        if msg.topic.startswith(PLATFORM_TOPICS):
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)
+            return
         self.received += 1
         message = Message(msg.topic, bytes(msg.payload), now(), dup=bool(msg.dup))
         if msg.qos > 0:

@@ -1,0 +1,187 @@
+"""The bridge through a running platform and real brokers: device messages in, Observations out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import ROOT, Server, start_server, stop_server
+from tests.test_mqtt import Listener
+from tests.test_sta_api import OM, UNIT
+
+MQTT_URL = os.environ.get("UDP_TEST_MQTT")
+RULES = """
+bridge:
+  - topic: city/pedestrians/{sensor}/count
+    datastream: "pedestrians {sensor} total"
+    result: $.count
+    phenomenonTime: $.time
+  - topic: cctv/{camera}/counts
+    each: $.counts
+    datastream: "cctv {camera} {key}"
+    phenomenonTime: $.ts
+"""
+
+
+def make_config(tmp: Path, extra: str = "") -> Path:
+    path = tmp / "city.yml"
+    path.write_text("title: Bridge test\n" + RULES + extra)
+    return path
+
+
+def add_thing(sta: httpx.Client, name: str, streams: list[str], obs_type: str = "OM_CountObservation") -> None:
+    body = {"name": name, "description": "device", "Locations": [{
+        "name": name, "description": "", "encodingType": "application/geo+json",
+        "location": {"type": "Point", "coordinates": [144.96, -37.81]}}],
+        "Datastreams": [{"name": s, "description": s, "observationType": OM + obs_type, "unitOfMeasurement": UNIT,
+                         "Sensor": {"name": "counter", "description": "d", "encodingType": "text/html",
+                                    "metadata": "m"},
+                         "ObservedProperty": {"name": s, "definition": "d", "description": "d"}} for s in streams]}
+    assert sta.post("Things", json=body).status_code == 201
+
+
+def results(sta: httpx.Client, stream: str) -> list:
+    r = sta.get("Observations", params={"$filter": f"Datastream/name eq '{stream}'", "$top": "10000",
+                                        "$orderby": "id"})
+    return [o["result"] for o in r.json()["value"]]
+
+
+def health(server: Server) -> dict:
+    return httpx.get(f"{server.url}/health").json()
+
+
+def wait_for(predicate, timeout: float = 20) -> None:  # noqa: ANN001
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def publisher(host: str, port: int) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:6]}")
+    client.connect(host, port)
+    client.loop_start()
+    return client
+
+
+@pytest.fixture(scope="module")
+def bridged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("bridge")
+    srv = start_server(f"sqlite:///{tmp / 'b.db'}", "sqlite", ["--config", str(make_config(tmp))])
+    srv.config = make_config(tmp)  # type: ignore[attr-defined]
+    yield srv
+    stop_server(srv)
+
+
+def test_good_and_garbage_in_one_burst(bridged: Server) -> None:
+    sta = httpx.Client(base_url=bridged.sta + "/", timeout=30)
+    sensor = uuid.uuid4().hex[:6]
+    add_thing(sta, f"counter {sensor}", [f"pedestrians {sensor} total"])
+    add_thing(sta, f"camera {sensor}", [f"cctv {sensor} person", f"cctv {sensor} bicycle"])
+    before = health(bridged)["bridge"]["dead_letters"]
+    listener = Listener("127.0.0.1", bridged.mqtt_port, ["v1.1/Observations"])
+    device = publisher("127.0.0.1", bridged.mqtt_port)
+    garbage = [
+        (f"city/pedestrians/{sensor}/count", b"{not json"),
+        (f"city/pedestrians/{sensor}/count", b'{"time": "2026-01-01T00:00:00Z"}'),
+        (f"city/pedestrians/{sensor}/count", b'{"count": "many", "time": "2026-01-01T00:00:00Z"}'),
+        ("city/pedestrians/nosuchsensor/count", b'{"count": 1, "time": "2026-01-01T00:00:00Z"}'),
+        (f"cctv/{sensor}/counts", b"\xff\xd8\xff\xe0JFIF" + b"\x00" * 100),
+        ("city/unknown/topic", b"1"),
+    ]
+    try:
+        for i in range(20):
+            device.publish(f"city/pedestrians/{sensor}/count",
+                           orjson.dumps({"count": i, "time": f"2026-01-01T00:{i:02d}:00Z"}), qos=1)
+            if i < len(garbage):
+                device.publish(*garbage[i], qos=1)
+        device.publish(f"cctv/{sensor}/counts", orjson.dumps({"ts": 1767225600,
+                                                              "counts": {"person": 12, "bicycle": 3}}), qos=1)
+        wait_for(lambda: len(results(sta, f"pedestrians {sensor} total")) == 20)
+        assert results(sta, f"pedestrians {sensor} total") == list(range(20))
+        wait_for(lambda: results(sta, f"cctv {sensor} person") == [12]
+                 and results(sta, f"cctv {sensor} bicycle") == [3])
+        wait_for(lambda: health(bridged)["bridge"]["dead_letters"] == before + len(garbage))
+        # bridge writes notify like any other write
+        assert listener.wait("v1.1/Observations", where=lambda p: p.get("result") == 12)
+    finally:
+        device.loop_stop()
+        listener.close()
+    out = subprocess.run([sys.executable, "-m", "udp.cli", "dead-letters", "list", "--config",
+                          str(bridged.config), "--store", bridged.store],  # type: ignore[attr-defined]
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0
+    for reason in ("not JSON", "missing field", "wrong type", "unknown Datastream", "looks like an image",
+                   "unknown topic"):
+        assert reason in out.stdout, reason
+
+
+def test_redrive_after_the_datastream_exists(bridged: Server) -> None:
+    sta = httpx.Client(base_url=bridged.sta + "/", timeout=30)
+    sensor = uuid.uuid4().hex[:6]
+    device = publisher("127.0.0.1", bridged.mqtt_port)
+    try:
+        device.publish(f"city/pedestrians/{sensor}/count", b'{"count": 5, "time": "2026-02-01T00:00:00Z"}', qos=1)
+        time.sleep(1.0)
+    finally:
+        device.loop_stop()
+    add_thing(sta, f"late {sensor}", [f"pedestrians {sensor} total"])
+    out = subprocess.run([sys.executable, "-m", "udp.cli", "dead-letters", "redrive", "--config",
+                          str(bridged.config), "--store", bridged.store],  # type: ignore[attr-defined]
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert "re-driven:" in out.stdout and " 0 stored" not in out.stdout, out.stdout + out.stderr
+    assert results(sta, f"pedestrians {sensor} total") == [5]
+
+
+def test_burst_of_2000_qos1_messages_stored_exactly_once(bridged: Server) -> None:
+    sta = httpx.Client(base_url=bridged.sta + "/", timeout=30)
+    sensor = uuid.uuid4().hex[:6]
+    add_thing(sta, f"burst {sensor}", [f"pedestrians {sensor} total"])
+    device = publisher("127.0.0.1", bridged.mqtt_port)
+    try:
+        infos = [device.publish(f"city/pedestrians/{sensor}/count",
+                                orjson.dumps({"count": i, "time": "2026-03-01T00:00:00Z"}), qos=1)
+                 for i in range(2000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_for(lambda: len(results(sta, f"pedestrians {sensor} total")) >= 2000, timeout=60)
+        time.sleep(0.5)
+        got = results(sta, f"pedestrians {sensor} total")
+        assert sorted(got) == list(range(2000))
+    finally:
+        device.loop_stop()
+
+
+def test_bridge_on_mosquitto(tmp_path: Path) -> None:
+    if not MQTT_URL:
+        pytest.skip("UDP_TEST_MQTT is not set: external broker tests skipped")
+    srv = start_server(f"sqlite:///{tmp_path / 'm.db'}", "sqlite", ["--config", str(make_config(tmp_path)),
+                                                                    "--mqtt", MQTT_URL])
+    broker = urlsplit(MQTT_URL)
+    try:
+        sta = httpx.Client(base_url=srv.sta + "/", timeout=30)
+        sensor = uuid.uuid4().hex[:6]
+        add_thing(sta, f"mosq {sensor}", [f"pedestrians {sensor} total"])
+        device = publisher(broker.hostname, broker.port or 1883)
+        for i in range(50):
+            device.publish(f"city/pedestrians/{sensor}/count",
+                           orjson.dumps({"count": i, "time": "2026-04-01T00:00:00Z"}), qos=1)
+        device.publish(f"city/pedestrians/{sensor}/count", b"garbage", qos=1)
+        wait_for(lambda: len(results(sta, f"pedestrians {sensor} total")) == 50)
+        wait_for(lambda: health(srv)["bridge"]["dead_letters"] >= 1)
+        device.loop_stop()
+    finally:
+        stop_server(srv)
