@@ -185,3 +185,111 @@ def test_bridge_on_mosquitto(tmp_path: Path) -> None:
         device.loop_stop()
     finally:
         stop_server(srv)
+
+
+def test_redelivered_message_is_not_stored_twice(tmp_path: Path) -> None:
+    from mqtt_bridge.mapping import map_message, match
+    from mqtt_bridge.rules import parse_rules
+    from mqtt_bridge.writer import Message, Writer
+    from sensorthings.store.base import Store
+    from sensorthings.times import now
+
+    store = Store.open(f"sqlite:///{tmp_path / 'dup.db'}")
+    sta_store_thing(store)
+    rules = parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}])
+    writer = Writer(store)
+    payload = b'{"v": 7}'
+    rule, captures = match(rules, "d/1")
+
+    def message(dup: bool) -> Message:
+        return Message("d/1", payload, now(), map_message(rule, captures, payload, now()), dup=dup)
+
+    writer.write([message(False)])
+    writer.write([message(True)])  # the broker's redelivery of a message already committed
+    writer.write([message(False)])  # the same reading sent again on purpose is a new Observation
+    writer.close()
+    assert (writer.stored, writer.duplicates) == (2, 1)
+
+
+def sta_store_thing(store: object) -> None:
+    """A Thing with a Location and a Datastream named `ds 1`, written through the service."""
+    from sensorthings.service import ApiRequest, Service
+
+    body = {"name": "t", "description": "d", "Locations": [{"name": "l", "description": "d",
+            "encodingType": "application/geo+json", "location": {"type": "Point", "coordinates": [1, 2]}}],
+            "Datastreams": [{"name": "ds 1", "description": "d", "observationType": OM + "OM_Measurement",
+                             "unitOfMeasurement": UNIT, "Sensor": {"name": "s", "description": "d",
+                                                                   "encodingType": "t", "metadata": "m"},
+                             "ObservedProperty": {"name": "o", "definition": "d", "description": "d"}}]}
+    assert Service(store).handle(ApiRequest("POST", "Things", body=orjson.dumps(body), base="x")).status == 201
+
+
+def start_mosquitto(data: Path, port: int) -> subprocess.Popen:
+    """A private Mosquitto with persistence in `data`, as production runs it."""
+    conf = data / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                    f"persistence_location {data}/\nmax_queued_messages 0\nautosave_interval 1\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import free_port
+
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    import tempfile
+
+    port = free_port()
+    # run as root, mosquitto drops to its own user: its persistence file must be where that user can write
+    data = Path(tempfile.mkdtemp(prefix="udp-mosquitto-"))
+    data.chmod(0o777)
+    broker = start_mosquitto(data, port)
+    srv = start_server(f"sqlite:///{tmp_path / 'r.db'}", "sqlite",
+                       ["--config", str(make_config(tmp_path)), "--mqtt", f"mqtt://127.0.0.1:{port}"])
+    try:
+        sta = httpx.Client(base_url=srv.sta + "/", timeout=30)
+        sensor = uuid.uuid4().hex[:6]
+        add_thing(sta, f"restart {sensor}", [f"pedestrians {sensor} total"])
+        device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{sensor}", clean_session=False)
+        device.max_queued_messages_set(0)
+        device.reconnect_delay_set(0.1, 1)
+        device.connect("127.0.0.1", port)
+        device.loop_start()
+        sent = []
+        for i in range(1500):
+            if i == 500:
+                broker.terminate()
+                broker.wait(10)
+                broker = start_mosquitto(data, port)
+            sent.append(device.publish(f"city/pedestrians/{sensor}/count",
+                                       orjson.dumps({"count": i, "time": "2026-05-01T00:00:00Z"}), qos=1))
+            if i % 100 == 0:
+                time.sleep(0.05)
+        for info in sent:
+            info.wait_for_publish(60)
+        try:
+            wait_for(lambda: len(results(sta, f"pedestrians {sensor} total")) >= 1500, timeout=30)
+        except AssertionError:
+            got = results(sta, f"pedestrians {sensor} total")
+            missing = sorted(set(range(1500)) - set(got))
+            raise AssertionError(f"{len(got)} stored; missing {len(missing)}: {missing[:20]} .. {missing[-5:]}; {health(srv)}")
+        time.sleep(1)
+        assert sorted(results(sta, f"pedestrians {sensor} total")) == list(range(1500))
+        device.loop_stop()
+    finally:
+        stop_server(srv)
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(data, ignore_errors=True)
