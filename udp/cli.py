@@ -125,6 +125,36 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mqtt_bridge.replay import ReplayError, read, replay
+    from sensorthings.mqtt.client import BrokerAddress, connect
+
+    try:
+        records = read(Path(args.file))
+        address = BrokerAddress.parse(args.mqtt)
+    except (OSError, ReplayError, ValueError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    client = connect(address, f"udp-replay-{os.getpid()}", inflight=1000)
+    total = min(len(records), args.limit or len(records))
+    pace = f"{args.rate:g} messages/s" if args.rate else f"{args.speed:g}x real time"
+    print(f"replaying {total} readings from {args.file} to {args.mqtt} at {pace}")
+
+    def report(done: int, of: int) -> None:
+        width = 30
+        filled = int(width * done / of)
+        print(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{of}", end="", flush=True)
+
+    progress = replay(records, client, speed=args.speed, rate=args.rate, qos=args.qos, limit=args.limit,
+                      report=report)
+    client.loop_stop()
+    client.disconnect()
+    print(f"\npublished {progress.published} messages in {progress.seconds:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `udp` command."""
     parser = argparse.ArgumentParser(prog="udp", description="Urban data platform")
@@ -145,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("--config", help="config.yml (its bridge rules and store)")
     dead.add_argument("--store", help="overrides the config's store")
     dead.add_argument("--limit", type=int, default=100)
+    rep = sub.add_parser("replay", help="publish recorded readings as live device messages, shifted to now")
+    rep.add_argument("file", help="Melbourne per-minute counts (CSV) or the Hamburg stream (JSON lines, .gz)")
+    rep.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="the broker (default mqtt://127.0.0.1:1883)")
+    rep.add_argument("--speed", type=float, default=60.0, help="speed-up over real time (default 60)")
+    rep.add_argument("--rate", type=float, help="a fixed number of messages per second instead")
+    rep.add_argument("--limit", type=int, help="publish at most this many readings")
+    rep.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper() if hasattr(args, "log_level") else "WARNING")
     logging.getLogger("amqtt").setLevel(logging.ERROR)  # it logs every undelivered internal message
@@ -152,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "dead-letters":
         return _dead_letters(args)
+    if args.command == "replay":
+        return _replay(args)
     return 1
 
 

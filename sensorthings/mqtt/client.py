@@ -38,7 +38,7 @@ class BrokerAddress:
 
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
-            manual_ack: bool = False, wait: float = 10) -> mqtt.Client:
+            manual_ack: bool = False, inflight: int = 100, wait: float = 10) -> mqtt.Client:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
                          transport=address.transport, manual_ack=manual_ack)
@@ -48,7 +48,7 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
         client.tls_set()
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(100)
+    client.max_inflight_messages_set(inflight)
     connected = threading.Event()
 
     def on_connect(c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
