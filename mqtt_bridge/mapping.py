@@ -39,6 +39,7 @@ class Reading:
     phenomenon_end: datetime | None = None
     result_time: datetime | None = None
     parameters: dict[str, Any] | None = field(default=None)
+    forward: str | None = None  # an external SensorThings service root to write to instead
 
 
 def match(rules: list[Rule], topic: str) -> tuple[Rule, dict[str, str]] | None:
@@ -144,7 +145,7 @@ def map_message(rule: Rule, captures: dict[str, str], payload: bytes, arrival: d
             values["key"] = str(key)
         stream = (rule.stream_id or rule.stream).fill(values)  # type: ignore[union-attr]
         readings.append(Reading(stream, rule.stream_id is not None, rule.multi, _check_result(result), start, end,
-                                result_time, parameters))
+                                result_time, parameters, rule.forward))
     return readings
 
 
@@ -161,4 +162,5 @@ def _csv_reading(rule: Rule, captures: dict[str, str], cells: list[str], arrival
     start, end = _time(row["phenomenonTime"], "phenomenonTime") if "phenomenonTime" in row else (arrival, None)
     result_time = _time(row["resultTime"], "resultTime")[0] if "resultTime" in row else None
     stream = (rule.stream_id or rule.stream).fill(captures)  # type: ignore[union-attr]
-    return Reading(stream, rule.stream_id is not None, rule.multi, result, start, end, result_time)
+    return Reading(stream, rule.stream_id is not None, rule.multi, result, start, end, result_time,
+                   forward=rule.forward)

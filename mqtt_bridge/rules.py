@@ -14,6 +14,10 @@ bridge:
   - topic: cctv/{camera}/all
     multidatastream: "cctv {camera}"           # one MultiDatastream Observation, result an array
     result: [$.counts.person, $.counts.bicycle]
+  - topic: river/{gauge}/level
+    datastream: "water level {gauge}"
+    result: $.cm
+    forward: https://frost.example.org/FROST-Server/v1.1   # written there (CreateObservations), not here
   - topic: air/{station}/csv                   # "2024-05-01T10:00:00Z,12.5"
     csv: [phenomenonTime, result]
     datastream: "pm10 {station}"
@@ -31,7 +35,7 @@ from jsonpath_ng.ext import parse as parse_jsonpath
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KEYS = {"topic", "datastream", "datastream_id", "multidatastream", "multidatastream_id", "result", "each",
-        "phenomenonTime", "resultTime", "parameters", "csv", "qos", "max_payload"}
+        "phenomenonTime", "resultTime", "parameters", "csv", "qos", "max_payload", "forward"}
 CSV_FIELDS = ("phenomenonTime", "resultTime", "result", "ignore")
 
 
@@ -71,6 +75,7 @@ class Rule:
     csv: tuple[str, ...] | None = None
     qos: int = 1
     max_payload: int = 64 * 1024
+    forward: str | None = None  # write to this external SensorThings service root (FROST, istSOS) instead
 
 
 def _path(value: Any, where: str) -> Any:
@@ -143,7 +148,11 @@ def parse_rule(raw: Any, index: int) -> Rule:
     max_payload = raw.get("max_payload", 64 * 1024)
     if not isinstance(max_payload, int) or max_payload <= 0:
         raise RuleError(f"{where}.max_payload: a positive number of bytes")
+    forward = raw.get("forward")
+    if forward is not None and (not isinstance(forward, str) or not forward.startswith(("http://", "https://"))):
+        raise RuleError(f"{where}.forward: the service root of a SensorThings server, e.g. https://host/FROST/v1.1")
     return Rule(
+        forward=forward.rstrip("/") if forward else None,
         index=index, topic=topic, pattern=pattern, subscription=subscription, captures=captures,
         stream=None if by_id else tpl, stream_id=tpl if by_id else None, multi=multi, result=result,
         each=_path(raw["each"], f"{where}.each") if "each" in raw else None,

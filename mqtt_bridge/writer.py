@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from mqtt_bridge import deadletters
+from mqtt_bridge.forward import Forwarder, ForwardUnavailable
 from mqtt_bridge.mapping import Reading
 from sensorthings.model import OBSERVATION
 from sensorthings.results import encode_result
@@ -74,6 +75,8 @@ class Writer:
         self.dead = 0
         self.duplicates = 0
         self.failures = 0
+        self.forwarded = 0
+        self.forwarder = Forwarder()
         deadletters.create_tables(store)
         self.thread = threading.Thread(target=self._run, name="bridge-writer", daemon=True)
         self.thread.start()
@@ -86,6 +89,7 @@ class Writer:
         """Write what is queued, then stop."""
         self.queue.put(None)
         self.thread.join(30)
+        self.forwarder.close()
 
     def _run(self) -> None:
         stopping = False
@@ -118,10 +122,10 @@ class Writer:
                 self.streams.clear()
                 self._write_singly(batch)
                 break
-            except DBAPIError as exc:
-                # the database is down: hold the batch, unacknowledged, and try again
+            except (DBAPIError, ForwardUnavailable) as exc:
+                # the database or the external server is down: hold the batch, unacknowledged, and try again
                 self.failures += 1
-                log.warning("bridge write failed, retrying in %.1f s: %s", delay, exc.orig)
+                log.warning("bridge write failed, retrying in %.1f s: %s", delay, getattr(exc, "orig", exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
         for message in batch:
@@ -137,7 +141,16 @@ class Writer:
                 self.write([message])
 
     def write(self, batch: list[Message]) -> None:
-        """One transaction for a batch: Observations, dead letters and fingerprints together."""
+        """One transaction for a batch: Observations, dead letters and fingerprints together.
+        Readings for an external server are posted there first; what it refuses is dead-lettered here."""
+        remote = [(i, r) for i, m in enumerate(batch) if m.error is None for r in m.readings if r.forward]
+        if remote:
+            for i, reason in self.forwarder.send(remote).items():
+                batch[i].readings, batch[i].error = [], reason
+            for i in {i for i, _ in remote}:
+                if batch[i].error is None:
+                    batch[i].readings = [r for r in batch[i].readings if not r.forward]
+                    self.forwarded += 1
         with self.store.write() as (conn, changes):
             prints = [deadletters.fingerprint(m.topic, m.payload) for m in batch]
             seen = deadletters.already_seen(conn, [p for p, m in zip(prints, batch, strict=True) if m.dup])

@@ -292,3 +292,32 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
         broker.terminate()
         broker.wait(10)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_forward_to_an_external_sensorthings_server(tmp_path: Path) -> None:
+    # the "external" server is a second platform: any SensorThings server with dataArray would do
+    external = start_server(f"sqlite:///{tmp_path / 'ext.db'}", "sqlite")
+    config = tmp_path / "fwd.yml"
+    config.write_text(f"""bridge:
+  - topic: river/{{gauge}}/level
+    datastream: "water level {{gauge}}"
+    result: $.cm
+    phenomenonTime: $.time
+    forward: {external.sta}
+""")
+    local = start_server(f"sqlite:///{tmp_path / 'local.db'}", "sqlite", ["--config", str(config)])
+    try:
+        ext = httpx.Client(base_url=external.sta + "/", timeout=30)
+        add_thing(ext, "gauge", ["water level g1"], "OM_Measurement")
+        device = publisher("127.0.0.1", local.mqtt_port)
+        for i in range(10):
+            device.publish("river/g1/level", orjson.dumps({"cm": 100 + i, "time": f"2026-06-01T00:0{i}:00Z"}), qos=1)
+        device.publish("river/nosuch/level", orjson.dumps({"cm": 1, "time": "2026-06-01T00:00:00Z"}), qos=1)
+        wait_for(lambda: results(ext, "water level g1") == [100 + i for i in range(10)])
+        wait_for(lambda: health(local)["bridge"]["dead_letters"] == 1)
+        local_sta = httpx.Client(base_url=local.sta + "/", timeout=30)
+        assert local_sta.get("Observations").json()["value"] == []
+        device.loop_stop()
+    finally:
+        stop_server(local)
+        stop_server(external)
