@@ -11,14 +11,19 @@ import sys
 from udp.config import Config, ConfigError, load_config
 
 
+def _config(path: str | None) -> Config:
+    """The configuration, or exit with the key's path and the reason."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    config = _config(args.config)
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
     store_url = os.environ["UDP_STORE"] = args.store or config.store
@@ -106,11 +111,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
     from mqtt_bridge.bridge import redrive
     from sensorthings.store.base import Store
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    config = _config(args.config)
     store = Store.open(args.store or config.store)
     deadletters.create_tables(store)
     if args.action == "redrive":
