@@ -34,6 +34,9 @@ class Creator:
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
         """Create the Observation a message carries; the platform's own notifications are passed over."""
+        # notifications share these topics and always start with their selfLink: skip them unparsed
+        if msg.payload.startswith(b'{"@iot.selfLink"'):
+            return
         try:
             data = orjson.loads(msg.payload)
         except orjson.JSONDecodeError:
