@@ -77,6 +77,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     from sensorthings.store.base import Store
 
     url = args.mqtt or config.mqtt_url
+    store = Store.open(store_url)  # in the parent, so the schema exists before the workers start
+    creator = Creator(Service(store), public + "/v1.1")
     broker = None
     if url:
         endpoints = [url]
@@ -84,7 +86,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         port = args.mqtt_port if args.mqtt_port is not None else config.mqtt_port
         ws_port = args.mqtt_ws_port if args.mqtt_ws_port is not None else config.mqtt_ws_port
         bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
-        broker = EmbeddedBroker(bind, port, ws_port or None)
+        # the embedded broker hands clients' publishes to the creator itself: no echo of notifications
+        broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create)
         try:
             broker.start()
         except Exception as exc:
@@ -93,15 +96,13 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         endpoints = [f"mqtt://{host}:{port}"] + ([f"ws://{host}:{ws_port}"] if ws_port else [])
     os.environ["UDP_MQTT_URL"] = url
     os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
-    # the parent process creates the schema before the workers start, and hosts the one creator
-    # one persistent session per store: a restart picks up what was published meanwhile
-    client_id = "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10]
     address = BrokerAddress.parse(url)
-    store = Store.open(store_url)
-    # Observations created by publishing notify like any other write
+    if broker is None:
+        # one persistent session per store: a restart picks up what was published meanwhile
+        creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
+    # Observations created by publishing, and by the bridge, notify like any other write
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
     store.listeners.append(notifier)
-    creator = Creator(Service(store), address, public + "/v1.1", client_id)
     bridge = Bridge(store, config.bridge, address) if config.bridge else None
     return _Mqtt(endpoints, broker, creator, notifier, bridge)
 

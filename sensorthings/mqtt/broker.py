@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,13 +26,35 @@ SUBSCRIPTIONS_TOPIC = "udp-internal/subscriptions"
 STA_PREFIX = "v1.1/"
 
 
+# what a broker hands every client publish to (keyed by the broker's id in the plugin config)
+RECEIVERS: dict[int, Callable[[str, bytes], None]] = {}
+PLATFORM_CLIENTS = "udp-"  # the platform's own clients: their publishes are notifications, not creates
+
+
 class SubscriptionPlugin(BasePlugin):
-    """Counts subscribers per SensorThings topic and publishes the set whenever it changes."""
+    """Counts subscribers per SensorThings topic and publishes the set whenever it changes; hands
+    every client's publish to the platform (creating Observations published to v1.1/…)."""
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self.counts: dict[str, int] = {}
         self.by_client: dict[str, set[str]] = {}
+        self.receiver_id = self.config.broker_id
+
+    @dataclass
+    class Config:
+        """Which broker this plugin serves (its id in RECEIVERS)."""
+
+        broker_id: int | None = None
+
+    async def on_broker_message_received(self, *, client_id: str, message: Any) -> None:
+        receiver = RECEIVERS.get(self.receiver_id) if self.receiver_id is not None else None
+        if receiver is None or message is None or client_id.startswith(PLATFORM_CLIENTS):
+            return
+        if not str(message.topic).startswith(STA_PREFIX):
+            return
+        # the database work runs off the broker's event loop
+        await asyncio.get_running_loop().run_in_executor(None, receiver, message.topic, bytes(message.data))
 
     async def _announce(self) -> None:
         data = orjson.dumps(sorted(t for t, n in self.counts.items() if n > 0))
@@ -62,8 +86,11 @@ class SubscriptionPlugin(BasePlugin):
 class EmbeddedBroker:
     """An amqtt broker on its own event loop thread."""
 
-    def __init__(self, host: str, port: int, ws_port: int | None) -> None:
+    def __init__(self, host: str, port: int, ws_port: int | None,
+                 receiver: Callable[[str, bytes], None] | None = None) -> None:
         self.host, self.port, self.ws_port = host, port, ws_port
+        if receiver is not None:
+            RECEIVERS[id(self)] = receiver
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
         self._broker: Broker | None = None
@@ -77,7 +104,7 @@ class EmbeddedBroker:
             "listeners": listeners,
             "plugins": {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-                "sensorthings.mqtt.broker.SubscriptionPlugin": {},
+                "sensorthings.mqtt.broker.SubscriptionPlugin": {"broker_id": id(self)},
             },
         }
 

@@ -10,6 +10,7 @@ that is after the Observation is committed.
 from __future__ import annotations
 
 import logging
+import re
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -21,33 +22,47 @@ log = logging.getLogger("udp.mqtt.create")
 TOPICS = ("v1.1/Observations", "v1.1/+/Observations")
 
 
-class Creator:
-    """Turns Observations published by clients into created entities."""
+CREATE_TOPIC = re.compile(r"^v1\.1/(Observations|[A-Za-z]+\(\d+\)/Observations)$")
 
-    def __init__(self, service: Service, address: BrokerAddress, base: str, client_id: str = "udp-sta-create") -> None:
+
+class Creator:
+    """Turns Observations published by clients into created entities.
+
+    With the embedded broker it is called by the broker itself for every publish (see
+    sensorthings.mqtt.broker), so it never receives the platform's own notifications; with an
+    external broker it subscribes (`subscribe`) and passes notifications over by their content.
+    """
+
+    def __init__(self, service: Service, base: str) -> None:
         self.service = service
         self.base = base.rstrip("/")
         self.created = 0
         self.rejected = 0
-        self.client = connect(address, client_id, on_message=self.handle, clean_session=False,
-                              subscriptions=[(t, 1) for t in TOPICS])
+        self.client: mqtt.Client | None = None
 
-    def handle(self, msg: mqtt.MQTTMessage) -> None:
+    def subscribe(self, address: BrokerAddress, client_id: str) -> None:
+        """Take creates from an external broker, in a persistent session."""
+        self.client = connect(address, client_id, on_message=lambda m: self.create(m.topic, bytes(m.payload)),
+                              clean_session=False, subscriptions=[(t, 1) for t in TOPICS])
+
+    def create(self, topic: str, payload: bytes) -> None:
         """Create the Observation a message carries; the platform's own notifications are passed over."""
+        if not CREATE_TOPIC.match(topic):
+            return
         # notifications share these topics and always start with their selfLink: skip them unparsed
-        if msg.payload.startswith(b'{"@iot.selfLink"'):
+        if payload.startswith(b'{"@iot.selfLink"'):
             return
         try:
-            data = orjson.loads(msg.payload)
+            data = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            self._reject(msg.topic, "the payload is not JSON")
+            self._reject(topic, "the payload is not JSON")
             return
         # notifications on these topics carry the created entity's id: they are ours, not a create
         if isinstance(data, dict) and ("@iot.id" in data or "@iot.selfLink" in data):
             return
-        res = self.service.handle(ApiRequest("POST", msg.topic.split("/", 1)[1], body=msg.payload, base=self.base))
+        res = self.service.handle(ApiRequest("POST", topic.split("/", 1)[1], body=payload, base=self.base))
         if res.status >= 400:
-            self._reject(msg.topic, res.body.get("message", "") if isinstance(res.body, dict) else str(res.status))
+            self._reject(topic, res.body.get("message", "") if isinstance(res.body, dict) else str(res.status))
         else:
             self.created += 1
 
@@ -57,5 +72,6 @@ class Creator:
 
     def close(self) -> None:
         """Disconnect."""
-        self.client.loop_stop()
-        self.client.disconnect()
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
