@@ -69,8 +69,10 @@ class Writer:
         self.store = store
         self.batch_size = batch_size
         self.max_wait = max_wait
-        self.queue: queue.Queue[Message | None] = queue.Queue()
+        # bounded: when writing falls behind, the MQTT callback waits and the broker keeps the backlog
+        self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=4 * batch_size)
         self.streams: dict[tuple[str, bool, bool], Stream] = {}
+        self.features: dict[tuple[int, bool], int] = {}
         self.stored = 0
         self.dead = 0
         self.duplicates = 0
@@ -120,6 +122,7 @@ class Writer:
                 # a Datastream deleted since it was looked up: look again, one message at a time
                 log.warning("bridge batch refused (%s): writing its messages one by one", exc.orig)
                 self.streams.clear()
+                self.features.clear()
                 self._write_singly(batch)
                 break
             except (DBAPIError, ForwardUnavailable) as exc:
@@ -156,7 +159,6 @@ class Writer:
             seen = deadletters.already_seen(conn, [p for p, m in zip(prints, batch, strict=True) if m.dup])
             rows: list[dict[str, Any]] = []
             dead: list[tuple[str, bytes, str, datetime]] = []
-            features: dict[tuple[int, bool], int | None] = {}
             committed: list[str] = []
             for message, fp in zip(batch, prints, strict=True):
                 if fp in seen:
@@ -167,7 +169,7 @@ class Writer:
                     dead.append((message.topic, message.payload, message.error, message.received))
                     continue
                 try:
-                    rows.extend(self._rows(conn, message, features))
+                    rows.extend(self._rows(conn, message))
                 except StoreError as exc:
                     dead.append((message.topic, message.payload, str(exc), message.received))
             ids = self.store.insert_observations(conn, rows)
@@ -178,7 +180,7 @@ class Writer:
         self.stored += len(ids)
         self.dead += len(dead)
 
-    def _rows(self, conn: Any, message: Message, features: dict[tuple[int, bool], int | None]) -> list[dict]:
+    def _rows(self, conn: Any, message: Message) -> list[dict]:
         out = []
         for reading in message.readings:
             stream = self._stream(conn, reading)
@@ -190,14 +192,13 @@ class Writer:
                 raise StoreError(f"wrong type: {type(result).__name__} result {result!r} for a Datastream of "
                                  f"{'/'.join(k.__name__ for k in stream.kinds)}")
             key = (stream.id, stream.multi)
-            if key not in features:
+            if key not in self.features:
+                # kept across batches (cleared with the streams when the database refuses a batch)
                 try:
-                    features[key] = self.store.feature_for(conn, None if stream.multi else stream.id,
-                                                           stream.id if stream.multi else None)
+                    self.features[key] = self.store.feature_for(conn, None if stream.multi else stream.id,
+                                                                stream.id if stream.multi else None)
                 except StoreError:
-                    features[key] = None
-            if features[key] is None:
-                raise StoreError("no FeatureOfInterest: the Datastream's Thing has no Location")
+                    raise StoreError("no FeatureOfInterest: the Datastream's Thing has no Location") from None
             kind, number, string, json = encode_result(result)
             out.append({
                 "phenomenon_time_start": reading.phenomenon_start, "phenomenon_time_end": reading.phenomenon_end,
@@ -206,7 +207,7 @@ class Writer:
                 "valid_time_end": None, "parameters": reading.parameters,
                 "datastream_id": None if stream.multi else stream.id,
                 "multi_datastream_id": stream.id if stream.multi else None,
-                "feature_of_interest_id": features[key],
+                "feature_of_interest_id": self.features[key],
             })
         return out
 

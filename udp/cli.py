@@ -33,6 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     base = f"http://{shown}:{args.port}"
     public = (args.public_url or config.public_url or base).rstrip("/")
     os.environ["UDP_BASE_URL"] = public
+    # the serve process runs several busy threads (broker, bridge, notifier): switch between them
+    # more often, or a database round trip waits long for the GIL after each reply
+    sys.setswitchinterval(0.0005)
     mqtt = _start_mqtt(args, config, store_url, public, shown)
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
