@@ -120,3 +120,32 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
     if own:
         writer.close()
     return ok, still
+
+
+def run_process(config_path: str | None, store_url: str, broker_url: str, base: str) -> None:
+    """The bridge in a process of its own (started by `udp serve`): its MQTT client, writer and
+    notifications do not share an interpreter lock with the HTTP workers, the broker and the
+    creator. Stops cleanly (queued messages written) on SIGTERM."""
+    import os
+    import signal
+    import threading
+
+    from sensorthings.mqtt.notify import Notifier
+    from udp.config import load_config
+
+    config = load_config(config_path)
+    store = Store.open(store_url)
+    address = BrokerAddress.parse(broker_url)
+    notifier = Notifier(store, address, base, f"udp-notify-{os.getpid()}-bridge")
+    store.listeners.append(notifier)
+    bridge = Bridge(store, config.bridge, address)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = os.getppid()
+    # a bridge whose `udp serve` died (even by SIGKILL) stops too
+    while not stop.wait(1.0) and os.getppid() == parent:
+        pass
+    bridge.close()
+    notifier.close()
+    store.close()

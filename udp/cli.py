@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import multiprocessing
 import os
 import sys
 
@@ -63,7 +64,8 @@ class _Mqtt:
 
     def stop(self) -> None:
         if self.bridge is not None:
-            self.bridge.close()  # type: ignore[attr-defined]
+            self.bridge.terminate()  # type: ignore[attr-defined]
+            self.bridge.join(30)  # type: ignore[attr-defined]
         self.creator.close()  # type: ignore[attr-defined]
         self.notifier.close()  # type: ignore[attr-defined]
         if self.broker is not None:
@@ -71,7 +73,7 @@ class _Mqtt:
 
 
 def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public: str, host: str) -> _Mqtt:
-    from mqtt_bridge.bridge import Bridge
+    from mqtt_bridge.bridge import run_process as run_bridge
     from sensorthings.mqtt.broker import EmbeddedBroker
     from sensorthings.mqtt.client import BrokerAddress
     from sensorthings.mqtt.create import Creator
@@ -106,7 +108,12 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     # Observations created by publishing, and by the bridge, notify like any other write
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
     store.listeners.append(notifier)
-    bridge = Bridge(store, config.bridge, address) if config.bridge else None
+    bridge = None
+    if config.bridge:
+        ctx = multiprocessing.get_context("spawn")
+        bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
+                             args=(os.environ.get("UDP_CONFIG"), store_url, url, public + "/v1.1"))
+        bridge.start()
     return _Mqtt(endpoints, broker, creator, notifier, bridge)
 
 
