@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, delete, exists, func, insert, literal, select, update
 
 from sensorthings.body import Draft, Ref
 from sensorthings.model import (
@@ -286,36 +286,46 @@ class Store:
     def extend_datastream_times(self, conn: Connection, datastream_id: int | None, multi_id: int | None,
                                 start: Any, end: Any, rstart: Any, rend: Any) -> None:
         """Widen a (Multi)Datastream's phenomenonTime and resultTime to cover new Observations."""
-        table = TABLES["datastreams" if datastream_id is not None else "multi_datastreams"]
-        ds_id = datastream_id if datastream_id is not None else multi_id
+        multi = datastream_id is None
+        self._widen(conn, multi, [{"b_id": multi_id if multi else datastream_id, "b_ps": start, "b_pe": end,
+                                   "b_rs": rstart, "b_re": rend}])
+
+    def _widen(self, conn: Connection, multi: bool, spans: list[dict[str, Any]]) -> None:
+        """One statement, executed for many (Multi)Datastreams at once."""
+        table = TABLES["multi_datastreams" if multi else "datastreams"]
         c = table.c
         t = UtcDateTime()
 
-        def widen(col: Any, value: Any, earlier: bool) -> Any:
-            v = literal(value, t)
+        def widen(col: Any, name: str, earlier: bool) -> Any:
+            v = bindparam(name, type_=t)
             beyond = col > v if earlier else col < v
-            return case((col.is_(None), v), (beyond, v), else_=col)
+            return case((v.is_(None), col), (col.is_(None), v), (beyond, v), else_=col)
 
-        vals: dict[str, Any] = {
-            "phenomenon_time_start": widen(c.phenomenon_time_start, start, True),
-            "phenomenon_time_end": widen(c.phenomenon_time_end, end, False),
-        }
-        if rstart is not None:
-            vals["result_time_start"] = widen(c.result_time_start, rstart, True)
-            vals["result_time_end"] = widen(c.result_time_end, rend, False)
-        conn.execute(update(table).where(c.id == ds_id).values(vals))
+        stmt = update(table).where(c.id == bindparam("b_id")).values(
+            phenomenon_time_start=widen(c.phenomenon_time_start, "b_ps", True),
+            phenomenon_time_end=widen(c.phenomenon_time_end, "b_pe", False),
+            result_time_start=widen(c.result_time_start, "b_rs", True),
+            result_time_end=widen(c.result_time_end, "b_re", False),
+        )
+        conn.execute(stmt, spans)
 
     def cover_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Widen each (Multi)Datastream's time ranges over newly inserted Observation rows."""
         groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
         for row in rows:
             groups.setdefault((row.get("datastream_id"), row.get("multi_datastream_id")), []).append(row)
+        spans: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
         for (ds, md), group in groups.items():
-            starts = [r["phenomenon_time_start"] for r in group]
-            ends = [r.get("phenomenon_time_end") or r["phenomenon_time_start"] for r in group]
             results = [r["result_time"] for r in group if r.get("result_time") is not None]
-            self.extend_datastream_times(conn, ds, md, min(starts), max(ends),
-                                         min(results) if results else None, max(results) if results else None)
+            spans[ds is None].append({
+                "b_id": md if ds is None else ds,
+                "b_ps": min(r["phenomenon_time_start"] for r in group),
+                "b_pe": max(r.get("phenomenon_time_end") or r["phenomenon_time_start"] for r in group),
+                "b_rs": min(results) if results else None, "b_re": max(results) if results else None,
+            })
+        for multi, items in spans.items():
+            if items:
+                self._widen(conn, multi, items)
 
     def insert_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert many prepared Observation rows at once (each store's fastest way); ids in order."""
