@@ -101,9 +101,8 @@ class Notifier:
         self.queue: queue.Queue[list[Change] | None] = queue.Queue()
         self.subscribed: set[str] | None = None  # known only with the embedded broker
         self.published = 0
-        # a wide window: a burst of notifications must not wait for each acknowledgement in turn
         self.client = connect(address, client_id, on_message=self._on_message,
-                              subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)], inflight=2000)
+                              subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
         self.thread.start()
 
