@@ -43,11 +43,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness import Database, create_pg, free_port, say, wait_healthy  # bench/ is the script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
@@ -74,14 +75,6 @@ bridge:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def say(*args: object) -> None:
-    print(*args, flush=True)
 
 
 def iso(t: float) -> str:
@@ -102,26 +95,6 @@ def tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-@dataclass
-class Database:
-    url: str
-    drop: Callable[[], None]
-
-
-def create_pg(admin: str) -> Database:
-    import psycopg
-
-    name = f"udp_bench_mqtt_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rpartition("/")[0]
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        say(f"dropped database {name}")
-
-    return Database(f"{base}/{name}", drop)
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 10) -> None:
@@ -202,20 +175,7 @@ class Server:
         say(f"server: {' '.join(cmd)} (pid {self.proc.pid})")
 
     def wait(self, timeout: float = 90) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        with httpx.Client(timeout=5) as client:
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{tail(self.log_path)}")
-                try:
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"the server did not answer within {timeout}s:\n{tail(self.log_path)}")
+        wait_healthy(self.url, self.proc, Path(self.log_path), timeout)
 
     def stop(self) -> None:
         stop_process(self.proc, True, "server")
@@ -660,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                                                              broker.proc.pid, sensors)
 
         # -- the platform ----------------------------------------------------------------------
-        db = create_pg(args.pg)
+        db = create_pg(args.pg, "udp_bench_mqtt")
         say(f"store: {db.url}")
         config = workdir / "config.yml"
         config.write_text(RULES)

@@ -20,15 +20,12 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +34,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from harness import Database, create_pg, free_port, say, wait_healthy  # bench/ is the script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -53,40 +51,12 @@ TARGETS = {
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def say(*args: object) -> None:
-    print(*args, flush=True)
 
-
-@dataclass
-class Database:
-    url: str
-    drop: Callable[[], None]
-
-
-def create_pg(admin: str) -> Database:
-    import psycopg
-
-    name = f"udp_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rpartition("/")[0]
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        say(f"dropped database {name}")
-
-    return Database(f"{base}/{name}", drop)
 
 
 def create_sqlite() -> Database:
@@ -117,18 +87,7 @@ class Server:
         say(f"server: {' '.join(cmd)} (pid {self.proc.pid}, log {self.log_path})")
 
     def wait(self, timeout: float = 90) -> None:
-        deadline = time.time() + timeout
-        with httpx.Client(timeout=5) as client:
-            while time.time() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{self.log_path.read_text()}")
-                try:
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"the server did not answer within {timeout}s:\n{self.log_path.read_text()}")
+        wait_healthy(self.url, self.proc, Path(self.log_path), timeout)
 
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (children of the `udp serve` process)."""
@@ -409,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say("wrk is not installed")
         return 2
 
-    db = create_pg(args.pg) if args.store == "pg" else create_sqlite()
+    db = create_pg(args.pg, "udp_bench") if args.store == "pg" else create_sqlite()
     say(f"store: {db.url}")
     server: Server | None = None
     report = Report()

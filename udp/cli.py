@@ -7,9 +7,26 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 
 from udp.config import Config, ConfigError, load_config
+
+
+def _free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _config(path: str | None) -> Config:
@@ -92,6 +109,13 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         ws_port = args.mqtt_ws_port if args.mqtt_ws_port is not None else config.mqtt_ws_port
         bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
         # the embedded broker hands clients' publishes to the creator itself: no echo of notifications
+        explicit = args.mqtt_port is not None or args.mqtt_ws_port is not None
+        if not explicit and not (_free(bind, port) and (not ws_port or _free(bind, ws_port))):
+            # a default port is taken (often by a Mosquitto already running): take free ones and say so
+            taken = port
+            port, ws_port = _any_port(bind), (_any_port(bind) if ws_port else 0)
+            print(f"  MQTT port {taken} (or {config.mqtt_ws_port}) is taken: the embedded broker uses {port}"
+                  + (f" and {ws_port}" if ws_port else ""), file=sys.stderr)
         broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create)
         try:
             broker.start()
