@@ -734,8 +734,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         notif_dups = [0]
         subscribed = threading.Event()
 
+        arrivals = [0, time.time()]  # every notification, and when the last one came
+
         def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
             got_at = time.time()
+            arrivals[0] += 1
+            arrivals[1] = got_at
             try:
                 params = orjson.loads(msg.payload).get("parameters") or {}
                 seq, sent = int(params["seq"]), float(params["sent"])
@@ -758,6 +762,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         try:
             if not subscribed.wait(10):
                 raise RuntimeError("the notification listener did not subscribe")
+            # notifications of the sustained phase may still be on their way: measure on a quiet stream
+            quiet_since = time.time()
+            while time.time() - quiet_since < 300 and time.time() - arrivals[1] < 2.0:
+                time.sleep(0.2)
+            say(f"  notification backlog of the sustained phase: {arrivals[0]:,} arrived after the drain, "
+                f"quiet after {time.time() - quiet_since:.1f}s")
             lpub = Publishers(ctx, children, broker.port, [LATENCY_PUBLISHER], topics, args.latency_seconds,
                               args.window, rate=args.latency_rate)
             say(f"latency: 1 publisher at {args.latency_rate:,.0f} msg/s for {args.latency_seconds:.0f}s, "
