@@ -42,7 +42,7 @@ class Bridge:
     """Device topics → Observations, for one store."""
 
     def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
-                 batch_size: int = 1000, max_wait: float = 0.005) -> None:
+                 batch_size: int = 1000, max_wait: float = 0.002) -> None:
         self.store = store
         self.rules = rules
         self.received = 0

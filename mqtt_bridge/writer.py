@@ -65,7 +65,7 @@ class Stream:
 class Writer:
     """Collects messages and writes them in batches from a thread of its own."""
 
-    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.005) -> None:
+    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.002) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_wait = max_wait
