@@ -11,6 +11,7 @@ import hashlib
 import logging
 
 import paho.mqtt.client as mqtt
+from sqlalchemy import update
 
 from mqtt_bridge import deadletters
 from mqtt_bridge.mapping import Unmappable, map_message, match
@@ -88,8 +89,6 @@ class Bridge:
 
 def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tuple[int, int]:
     """Map the pending dead letters again (after a rule or a Datastream was added); (stored, still dead)."""
-    from sqlalchemy import update
-
     own = writer is None
     writer = writer or Writer(store)
     ok = still = 0

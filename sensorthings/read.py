@@ -82,7 +82,7 @@ class Reader:
         if after is not None:
             conds.append(_after(keys, after))
         labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-        q = select(*_columns(table), *labels).where(*conds).order_by(*_directed(keys))
+        q = select(*readable_columns(table), *labels).where(*conds).order_by(*_directed(keys))
         q = q.limit(top + 1).offset(options.skip if after is None else 0)
         rows = list(conn.execute(q).mappings().all()) if top > 0 else []
         token = None
@@ -119,7 +119,7 @@ class Reader:
         """One entity, or None."""
         table = TABLES[entity.table]
         conds = [c for c in (where(table),) if c is not None]
-        row = conn.execute(select(*_columns(table)).where(*conds).limit(1)).mappings().first()
+        row = conn.execute(select(*readable_columns(table)).where(*conds).limit(1)).mappings().first()
         if row is None:
             return None
         return self.serialize_rows(conn, entity, [row], options)[0]
@@ -194,7 +194,7 @@ class Reader:
         flt = self._filter(target, table, opts)
         if flt is not None:
             conds.append(flt)
-        found = conn.execute(select(*_columns(table)).where(*conds)).mappings().all()
+        found = conn.execute(select(*readable_columns(table)).where(*conds)).mappings().all()
         docs = dict(zip((r["id"] for r in found), self.serialize_rows(conn, target, found, opts), strict=True))
         for row, doc in zip(rows, out, strict=True):
             child = docs.get(row[nav.column])
@@ -205,11 +205,11 @@ class Reader:
         """The query for one parent's children (parent is a literal id or a column)."""
         table = TABLES[target.table]
         if nav.kind is NavKind.REVERSE:
-            q = select(*_columns(table), parent.label("_parent"))
+            q = select(*readable_columns(table), parent.label("_parent"))
             q = q.where(table.c[nav.column] == parent)
         else:
             link = TABLES[nav.link_table]
-            q = select(*_columns(table), parent.label("_parent")).select_from(
+            q = select(*readable_columns(table), parent.label("_parent")).select_from(
                 table.join(link, link.c[nav.link_target] == table.c.id)).where(link.c[nav.link_self] == parent)
         flt = self._filter(target, table, opts)
         if flt is not None:
@@ -341,7 +341,8 @@ def decode_token(token: str) -> tuple[Any, ...]:
         raise QueryError("not a valid $skiptoken", "$skiptoken", 0) from None
 
 
-def _columns(table: FromClause) -> list[Any]:
+def readable_columns(table: FromClause) -> list[Any]:
+    """Every column an entity is written from (the stored geometry is derived from its GeoJSON)."""
     return [c for c in table.c if c.name != "geom"]
 
 

@@ -26,13 +26,14 @@ import orjson
 import paho.mqtt.client as mqtt
 from sqlalchemy import select
 
-from sensorthings.model import BY_NAME, EntityType, NavKind, target_of
+from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
 from sensorthings.mqtt.client import BrokerAddress, connect
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
-from sensorthings.read import Reader, serializer
+from sensorthings.read import Reader, readable_columns, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
+from sensorthings.service import SPEC
 from sensorthings.store.base import Change, Store
 from sensorthings.store.schema import TABLES
 
@@ -40,7 +41,6 @@ log = logging.getLogger("udp.mqtt.notify")
 VERSION = "v1.1"
 
 
-SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 MQTT_CREATE = SPEC + "create-observations-via-mqtt/observations-creation"
 MQTT_RECEIVE = SPEC + "receive-updates-via-mqtt/receive-updates"
 
@@ -85,8 +85,7 @@ def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[
     topics = [f"{VERSION}/{entity.set_name}"]
     for nav in entity.navs:
         if nav.kind is NavKind.FK and row.get(nav.column) is not None:
-            back = next((b for b in target_of(nav).navs if b.kind is NavKind.REVERSE and b.column == nav.column
-                         and b.target == entity.name), None)
+            back = reverse_nav(entity, nav)
             if back is not None:
                 topics.append(f"{VERSION}/{target_of(nav).set_name}({row[nav.column]})/{back.name}")
     return topics
@@ -165,7 +164,7 @@ class Notifier:
                 entity = BY_NAME[name]
                 table = TABLES[entity.table]
                 rows = [dict(r) for r in conn.execute(
-                    select(*[c for c in table.c if c.name != "geom"]).where(table.c.id.in_(ids))).mappings()]
+                    select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
                 if not rows:
                     continue
                 write = serializer(entity, self.base, None)
