@@ -24,8 +24,9 @@ OM_Measurement Datastream. Then:
 
 It prints the figures and a table with the targets beside them, then stops the server and
 Mosquitto, drops the database and removes its temp dir, also on Ctrl-C or an error. It asserts
-nothing. With --py-spy it records the serve process with py-spy during the sustained phase
-(`py-spy record --format raw --threads --nonblocking`) and prints a summary of the hottest frames.
+nothing. With --py-spy it records the serve process and its children (workers, bridge) with py-spy
+during the sustained phase (`py-spy record --format raw --threads --subprocesses --nonblocking`)
+and prints a summary of the hottest frames.
 """
 
 from __future__ import annotations
@@ -203,6 +204,24 @@ def postgres_pids() -> list[int]:
                     out.append(int(entry.name))
             except OSError:
                 pass
+    return out
+
+
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants (the serve process's workers and bridge)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
     return out
 
 
@@ -480,6 +499,9 @@ def summarize_pyspy(path: Path, top: int = 12) -> None:
         frames = stack.split(";")
         thread = next((f for f in frames if f.startswith("thread (")), "thread (?)")
         thread = thread.split(": ", 1)[-1].strip('"')
+        process = next((f for f in frames if f.startswith("process ")), "")
+        if process:  # with --subprocesses: which process the thread is in
+            thread = f"{thread} (pid {process.split()[1].rstrip(':')})"
         frames = [f for f in frames if not f.startswith(("thread (", "process "))]
         total += count
         threads[thread] += count
@@ -649,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                           args.window)
         serve_pid = server.proc.pid
         meter = CpuMeter({
-            "serve": lambda: [serve_pid],
+            "serve": lambda: process_tree(serve_pid),
             "postgres": postgres_pids,
             "mosquitto": lambda: [broker.proc.pid],  # type: ignore[union-attr]
             "publishers": pubs.pids,
@@ -661,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 say("py-spy is not installed (pip install py-spy): not profiling")
             else:
                 cmd = [exe, "record", "--pid", str(serve_pid), "--duration", str(int(args.duration)),
-                       "--format", "raw", "--threads", "--nonblocking", "--rate", "100", "-o", args.py_spy,
+                       "--format", "raw", "--threads", "--subprocesses", "--nonblocking", "--rate", "100",
+                       "-o", args.py_spy,
                        *shlex.split(args.py_spy_args)]
                 spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(workdir / "py-spy.log", "w"))  # noqa: SIM115
                 say(f"profiling: {' '.join(cmd)}")

@@ -176,7 +176,8 @@ class Writer:
             self.store.cover_observations(conn, rows)
             deadletters.add(conn, dead)
             deadletters.remember(conn, committed, batch[-1].received)
-            changes.extend(Change(OBSERVATION, id_, "create") for id_ in ids)
+            changes.extend(Change(OBSERVATION, id_, "create", {**row, "id": id_})
+                           for id_, row in zip(ids, rows, strict=True))
         self.stored += len(ids)
         self.dead += len(dead)
 

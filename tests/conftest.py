@@ -99,25 +99,34 @@ def stop_server(server: Server) -> None:
         server.process.kill()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The platform on each store: SQLite always, PostgreSQL/PostGIS when UDP_TEST_PG is set."""
-    if request.param == "sqlite":
+def serve_on(kind: str, tmp_path_factory: pytest.TempPathFactory, extra: list[str] | None = None) -> Iterator[Server]:
+    """A platform on a fresh store of `kind` while the generator lives; PostgreSQL skips without UDP_TEST_PG."""
+    if kind == "sqlite":
         db = tmp_path_factory.mktemp("sqlite") / "udp.db"
-        srv = start_server(f"sqlite:///{db}", "sqlite")
-        yield srv
-        stop_server(srv)
+        srv = start_server(f"sqlite:///{db}", "sqlite", extra)
+        try:
+            yield srv
+        finally:
+            stop_server(srv)
         return
     if not PG_URL:
         pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
     gen = _pg_database()
     url = next(gen)
-    srv = start_server(url, "postgresql")
     try:
-        yield srv
+        srv = start_server(url, "postgresql", extra)
+        try:
+            yield srv
+        finally:
+            stop_server(srv)
     finally:
-        stop_server(srv)
         gen.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The platform on each store: SQLite always, PostgreSQL/PostGIS when UDP_TEST_PG is set."""
+    yield from serve_on(request.param, tmp_path_factory)
 
 
 @pytest.fixture

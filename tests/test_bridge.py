@@ -16,7 +16,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import ROOT, Server, start_server, stop_server
+from tests.conftest import ROOT, Server, serve_on, start_server, stop_server
 from tests.test_mqtt import Listener
 from tests.test_sta_api import OM, UNIT
 
@@ -77,13 +77,12 @@ def publisher(host: str, port: int) -> mqtt.Client:
     return client
 
 
-@pytest.fixture(scope="module")
-def bridged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("bridge")
-    srv = start_server(f"sqlite:///{tmp / 'b.db'}", "sqlite", ["--config", str(make_config(tmp))])
-    srv.config = make_config(tmp)  # type: ignore[attr-defined]
-    yield srv
-    stop_server(srv)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def bridged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = make_config(tmp_path_factory.mktemp("bridge"))
+    for srv in serve_on(request.param, tmp_path_factory, ["--config", str(config)]):
+        srv.config = config  # type: ignore[attr-defined]
+        yield srv
 
 
 def test_good_and_garbage_in_one_burst(bridged: Server) -> None:
@@ -115,8 +114,10 @@ def test_good_and_garbage_in_one_burst(bridged: Server) -> None:
         wait_for(lambda: results(sta, f"cctv {sensor} person") == [12]
                  and results(sta, f"cctv {sensor} bicycle") == [3])
         wait_for(lambda: health(bridged)["bridge"]["dead_letters"] == before + len(garbage))
-        # bridge writes notify like any other write
-        assert listener.wait("v1.1/Observations", where=lambda p: p.get("result") == 12)
+        # bridge writes notify like any other write, with the same JSON a GET returns
+        note = listener.wait("v1.1/Observations", where=lambda p: p.get("result") == 12)
+        assert note
+        assert note == sta.get(note["@iot.selfLink"]).json()
     finally:
         device.loop_stop()
         listener.close()

@@ -153,8 +153,11 @@ class Notifier:
     def publish(self, changes: list[Change]) -> None:
         """Read the changed entities and publish them to their topics."""
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        written: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for change in changes:
             groups[(change.entity.name, change.kind)].append(change.id)
+            if change.row is not None:
+                written[(change.entity.name, change.kind)].append(change.row)
         subscribed = self.subscribed
         queries = [q for q in map(parse_topic, subscribed or ()) if q is not None]
         everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
@@ -163,8 +166,10 @@ class Notifier:
             for (name, kind), ids in groups.items():
                 entity = BY_NAME[name]
                 table = TABLES[entity.table]
-                rows = [dict(r) for r in conn.execute(
-                    select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
+                rows = written[(name, kind)]
+                if len(rows) != len(ids):
+                    rows = [dict(r) for r in conn.execute(
+                        select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
                 if not rows:
                     continue
                 write = serializer(entity, self.base, None)

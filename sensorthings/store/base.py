@@ -48,6 +48,8 @@ class Change:
     entity: EntityType
     id: int
     kind: str  # "create" or "update"
+    # the row as written, every readable column, when the writer has it: notifying then needs no read-back
+    row: dict[str, Any] | None = None
 
 
 def _json_dumps(value: Any) -> str:
