@@ -1,4 +1,4 @@
-"""The one ASGI app: landing page, /health, and the SensorThings API at /v1.1."""
+"""The one ASGI app: landing page, /health, the SensorThings API at /v1.1, OGC API Features at /ogcapi."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from features.app import features_routes
 from mqtt_bridge import deadletters
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import public_base, sensorthings_routes
@@ -57,6 +58,8 @@ def build_app(config: Config) -> Starlette:
             {"href": f"{base}/", "rel": "self", "type": "application/json", "title": "this document"},
             {"href": f"{base}/v1.1", "rel": "sensorthings", "type": "application/json",
              "title": "OGC SensorThings API v1.1"},
+            {"href": f"{base}/ogcapi", "rel": "data", "type": "application/json",
+             "title": "OGC API Features: the city's datasets"},
             {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
         ]
         want_html = request.query_params.get("f") == "html" or (
@@ -93,6 +96,7 @@ def build_app(config: Config) -> Starlette:
         Route("/", landing),
         Route("/health", health),
         *sensorthings_routes(service, config.public_url),
+        *features_routes(config.collections, config.title, config.public_url),
     ], lifespan=lifespan)
     app.state.store = store
     app.state.service = service

@@ -32,6 +32,7 @@ class Config:
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
     bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
+    collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +106,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         try:
             cfg.bridge = parse_rules(doc["bridge"])
         except RuleError as exc:
+            raise ConfigError(str(exc)) from None
+    if "collections" in doc:
+        from features.spec import SpecError, parse_collections
+
+        try:
+            cfg.collections = parse_collections(doc["collections"], p.parent)
+        except SpecError as exc:
             raise ConfigError(str(exc)) from None
     server = doc.get("server") or {}
     if not isinstance(server, dict):

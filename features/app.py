@@ -1,0 +1,240 @@
+"""OGC API Features at /ogcapi: the platform's items routes (GeoJSON, fast, every parameter honoured or
+refused) in front of pygeoapi, which serves the landing page, conformance, collections, queryables,
+the OpenAPI document and HTML, configured from config.yml at start-up."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from features import crs as crsmod
+from features.pygeoapi_config import PLACEHOLDER, install
+from features.request import COMMON, ItemsQuery, ParamError, parse_item, parse_items
+from features.spec import CollectionSpec
+from provider_plugins.base import SOURCES, FeatureSource, Page
+from provider_plugins.table import TableSource
+from sensorthings.http.app import public_base
+
+PREFIX = "/ogcapi"
+GEOJSON = "application/geo+json"
+# what works, exactly: QGIS pushes CQL2 to the server only when the filter classes are all declared
+CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-common-2/1.0/conf/collections",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/html",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
+    "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
+    "http://www.opengis.net/spec/cql2/1.0/conf/arithmetic",
+]
+
+
+def load_sources(specs: dict[str, CollectionSpec]) -> dict[str, FeatureSource]:
+    """Every declared collection opened (SourceError names the first that cannot be read)."""
+    return {cid: TableSource(spec) for cid, spec in specs.items()}
+
+
+def _error(status: int, code: str, description: str) -> Response:
+    return Response(orjson.dumps({"code": code, "description": description}), status,
+                    media_type="application/json")
+
+
+def _wants_html(request: Request) -> bool:
+    f = request.query_params.get("f")
+    if f is not None:
+        return f == "html"
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "json" not in accept
+
+
+class _Rebased:
+    """pygeoapi behind the platform: links carry the request's public base, JSON is the default format,
+    unknown query parameters are refused, conformance lists what works."""
+
+    def __init__(self, app: ASGIApp, public_url: str | None) -> None:
+        self.app = app
+        self.public_url = public_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        base = public_base(request, self.public_url) + PREFIX
+        root = scope.get("root_path", "")
+        path = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            # QGIS asks for /collections/{id}/ too: the same resource
+            path = path.rstrip("/")
+            scope = {**scope, "path": root + path, "raw_path": (root + path).encode()}
+        allowed = COMMON | ({"f", "lang", "limit", "offset", "bbox", "datetime", "q", "type", "sortby"}
+                            if path.endswith("/collections") else set())
+        unknown = [k for k in request.query_params if k not in allowed and not scope.get("udp.checked")]
+        if unknown:
+            await _error(400, "InvalidParameterValue", f"{unknown[0]}: unknown query parameter "
+                                                       f"(parameters: {', '.join(sorted(allowed))})")(
+                scope, receive, send)
+            return
+        if path.rstrip("/") == "/conformance" and not _wants_html(request):
+            await Response(orjson.dumps({"conformsTo": CONFORMANCE}), media_type="application/json")(
+                scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body = b"".join(chunks).replace(PLACEHOLDER.encode(), base.encode())
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def _etag(source: FeatureSource, request: Request) -> str:
+    raw = f"{source.etag()}|{request.url.path}|{request.url.query}".encode()
+    return '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
+
+
+def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": source.cache_control, "Content-Crs": f"<{crsmod.uri(q.crs)}>",
+            "Vary": "Accept"}
+
+
+def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None) -> list[BaseRoute]:
+    """The /ogcapi routes for the declared collections (sources are opened here)."""
+    SOURCES.clear()
+    SOURCES.update(load_sources(specs))
+    install(title, SOURCES, Path(tempfile.mkdtemp(prefix="udp-pygeoapi-")))
+    import pygeoapi.api.itemtypes as itemtypes
+    from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
+
+    itemtypes.CONFORMANCE_CLASSES_FEATURES[:] = [c for c in CONFORMANCE if "ogcapi-common" not in c]
+    rebased = _Rebased(PYGEOAPI, public_url)
+
+    def source_of(request: Request) -> FeatureSource | None:
+        return SOURCES.get(request.path_params["cid"])
+
+    async def items(request: Request) -> Response:
+        source = source_of(request)
+        if source is None:
+            return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
+        params = dict(request.query_params)
+        try:
+            q = parse_items(params, source.fields, source.offered_crs(), source.time_column is not None)
+            if q.format not in (None, "json", "geojson", "html"):
+                raise ParamError(f"f: {q.format!r} is not offered here (json, html)")
+        except ParamError as exc:
+            return _error(400, "InvalidParameterValue", str(exc))
+        if _wants_html(request):
+            return _Delegate(rebased)
+        etag = _etag(source, request)
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=_headers(source, etag, q))
+        try:
+            page: Page = await run_in_threadpool(source.search, q)
+        except ParamError as exc:
+            return _error(400, "InvalidParameterValue", str(exc))
+        base = public_base(request, public_url) + PREFIX
+        url = f"{base}/collections/{source.id}/items"
+        keep = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "f")]
+        links = [
+            {"href": f"{url}?{urlencode([*keep, ('f', 'json')] + [('offset', str(q.offset))] * bool(q.offset))}",
+             "rel": "self", "type": GEOJSON, "title": "this document"},
+            {"href": f"{url}?{urlencode([*keep, ('f', 'html')])}", "rel": "alternate", "type": "text/html",
+             "title": "this document as HTML"},
+            {"href": f"{base}/collections/{source.id}", "rel": "collection", "type": "application/json",
+             "title": source.title},
+        ]
+        if not q.hits and q.offset + q.limit < page.number_matched:
+            links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(q.offset + q.limit))])}",
+                          "rel": "next", "type": GEOJSON, "title": "next page"})
+        if q.offset > 0 and not q.hits:
+            links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(max(0, q.offset - q.limit)))])}",
+                          "rel": "prev", "type": GEOJSON, "title": "previous page"})
+        head = orjson.dumps({"type": "FeatureCollection", "numberMatched": page.number_matched,
+                             "numberReturned": len(page.features),
+                             "timeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "links": links})
+        body = head[:-1] + b',"features":[' + b",".join(page.features) + b"]}"
+        return Response(body, media_type=GEOJSON, headers=_headers(source, etag, q))
+
+    async def item(request: Request) -> Response:
+        source = source_of(request)
+        if source is None:
+            return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
+        try:
+            q = parse_item(dict(request.query_params), source.fields, source.offered_crs())
+        except ParamError as exc:
+            return _error(400, "InvalidParameterValue", str(exc))
+        if _wants_html(request):
+            return _Delegate(rebased)
+        etag = _etag(source, request)
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=_headers(source, etag, q))
+        found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
+        if found is None:
+            return _error(404, "NotFound", f"no feature {request.path_params['fid']!r} in {source.id!r}")
+        base = public_base(request, public_url) + PREFIX
+        links = orjson.dumps([
+            {"href": f"{base}/collections/{source.id}/items/{request.path_params['fid']}", "rel": "self",
+             "type": GEOJSON, "title": "this document"},
+            {"href": f"{base}/collections/{source.id}", "rel": "collection", "type": "application/json",
+             "title": source.title}])
+        return Response(found[:-1] + b',"links":' + links + b"}", media_type=GEOJSON,
+                        headers=_headers(source, etag, q))
+
+    async def options(request: Request) -> Response:
+        return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+
+    return [
+        Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),
+        Route(PREFIX + "/collections/{cid}/items/", items, methods=["GET", "HEAD"]),
+        Route(PREFIX + "/collections/{cid}/items/{fid}", item, methods=["GET", "HEAD"]),
+        Route(PREFIX + "/collections/{cid}/items", options, methods=["OPTIONS"]),
+        Route(PREFIX + "/collections/{cid}/items/{fid}", options, methods=["OPTIONS"]),
+        Mount(PREFIX, app=rebased),
+    ]
+
+
+class _Delegate(Response):
+    """A response that hands the request on to pygeoapi (its HTML pages)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__()
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "")
+        inner = {**scope, "root_path": root + PREFIX, "path": scope["path"], "udp.checked": True}
+        await self.app(inner, receive, send)

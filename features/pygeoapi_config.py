@@ -1,0 +1,149 @@
+"""pygeoapi's configuration and OpenAPI document, generated from the platform's sources at start-up.
+
+Nothing is kept by hand and nothing is fetched: the OpenAPI document pygeoapi generates points at
+schemas.opengis.net; every such remote `$ref` is replaced by a local component here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from features import crs as crsmod
+from features.request import DEFAULT_LIMIT, MAX_LIMIT
+from provider_plugins.base import FeatureSource
+
+# every link pygeoapi writes starts with this; the platform's ASGI wrapper puts the request's own base in
+PLACEHOLDER = "http://udp-public-base.invalid/ogcapi"
+OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+def pygeoapi_config(title: str, sources: dict[str, FeatureSource]) -> dict[str, Any]:
+    """The pygeoapi configuration serving `sources` through the platform provider."""
+    resources: dict[str, Any] = {}
+    for cid, src in sources.items():
+        bbox = list(src.bbox) if src.bbox else [-180, -90, 180, 90]
+        resources[cid] = {
+            "type": "collection", "title": src.title, "description": src.description or src.title,
+            "keywords": list(src.keywords) or [cid], "links": [],
+            "extents": {"spatial": {"bbox": bbox, "crs": crsmod.CRS84}},
+            "providers": [{
+                "type": "feature", "name": "provider_plugins.base.PlatformProvider", "data": cid, "id_field": "id",
+                "crs": [crsmod.uri(c) for c in src.offered_crs()],
+                "storage_crs": crsmod.uri(src.storage_crs),
+                **({"time_field": src.time_column} if src.time_column else {}),
+            }],
+        }
+    return {
+        "server": {
+            "bind": {"host": "127.0.0.1", "port": 0}, "url": PLACEHOLDER, "mimetype": "application/json; charset=UTF-8",
+            "encoding": "utf-8", "languages": ["en-US"], "pretty_print": False,
+            "limits": {"default_items": DEFAULT_LIMIT, "max_items": MAX_LIMIT, "on_exceed": "error"},
+            "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+                    "attribution": "&copy; OpenStreetMap contributors"},
+        },
+        "logging": {"level": "ERROR"},
+        "metadata": {
+            "identification": {"title": title, "description": f"{title}: the city's datasets as OGC API Features",
+                               "keywords": ["urban data platform", "OGC API Features"], "keywords_type": "theme",
+                               "terms_of_service": "", "url": "https://www.ogc.org/standards/ogcapi-features"},
+            "license": {"name": "Open data: see each collection", "url": ""},
+            "provider": {"name": title, "url": ""},
+            "contact": {"name": title, "position": "", "address": "", "city": "", "stateorprovince": "",
+                        "postalcode": "", "country": "", "phone": "", "fax": "", "email": "", "url": "",
+                        "hours": "", "instructions": "", "role": "pointOfContact"},
+        },
+        "resources": resources,
+    }
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+_OBJECT = {"type": "object"}
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "bbox": {"name": "bbox", "in": "query", "required": False, "style": "form", "explode": False,
+             "description": "Only features whose geometry intersects the box (CRS84, or bbox-crs)",
+             "schema": {"type": "array", "minItems": 4, "maxItems": 6, "items": {"type": "number"}}},
+    "datetime": {"name": "datetime", "in": "query", "required": False, "style": "form", "explode": False,
+                 "description": "An instant or an interval (`..` for an open end)", "schema": {"type": "string"}},
+    "featureId": {"name": "featureId", "in": "path", "required": True, "description": "A feature's id",
+                  "schema": {"type": "string"}},
+    "crs": {"name": "crs", "in": "query", "required": False, "description": "The CRS of the response's geometries",
+            "schema": {"type": "string", "format": "uri"}},
+    "bbox-crs": {"name": "bbox-crs", "in": "query", "required": False, "description": "The CRS of `bbox`",
+                 "schema": {"type": "string", "format": "uri"}},
+    "collectionId": {"name": "collectionId", "in": "path", "required": True, "schema": {"type": "string"}},
+}
+_RESPONSE_TYPES = {"Features": "application/geo+json", "Feature": "application/geo+json"}
+
+
+def _local(kind: str, name: str) -> dict[str, Any]:
+    if kind == "parameters":
+        return copy.deepcopy(_PARAMETERS.get(name, {"name": name, "in": "query", "required": False,
+                                                    "schema": {"type": "string"}}))
+    if kind == "responses":
+        media = _RESPONSE_TYPES.get(name, "application/json")
+        return {"description": name, "content": {media: {"schema": _OBJECT}}}
+    return dict(_OBJECT)
+
+
+def localize_refs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every remote `$ref` replaced by a local component of the same kind and name."""
+    added: dict[str, dict[str, Any]] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                _, _, fragment = ref.partition("#")
+                parts = [p for p in fragment.split("/") if p]
+                if len(parts) >= 3 and parts[0] == "components":
+                    kind, name = parts[1], parts[-1]
+                else:  # a whole remote file: name it after the file
+                    kind, name = "schemas", Path(ref.split("#")[0]).stem.replace(".", "-") or "external"
+                added.setdefault(kind, {}).setdefault(name, _local(kind, name))
+                return {"$ref": f"#/components/{kind}/{name}"}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out = walk(doc)
+    components = out.setdefault("components", {})
+    for kind, entries in added.items():
+        for name, value in entries.items():
+            components.setdefault(kind, {}).setdefault(name, value)
+    return out
+
+
+def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
+    """pygeoapi's OpenAPI document for `config`, self-contained, with the limits clients read."""
+    from pygeoapi.openapi import get_oas
+
+    doc = localize_refs(get_oas(config, fail_on_invalid_collection=True))
+    params = doc.setdefault("components", {}).setdefault("parameters", {})
+    params["limit"] = {
+        "name": "limit", "in": "query", "required": False, "style": "form", "explode": False,
+        "description": f"The number of features in a page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    }
+    doc["servers"] = [{"url": PLACEHOLDER, "description": "this platform"}]
+    return doc
+
+
+def install(title: str, sources: dict[str, FeatureSource], workdir: Path) -> None:
+    """Write the generated configuration and OpenAPI document and point pygeoapi at them
+    (pygeoapi reads both when its app module is first imported)."""
+    import json
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = pygeoapi_config(title, sources)
+    cfg_path = workdir / "pygeoapi-config.yml"
+    cfg_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    oas_path = workdir / "pygeoapi-openapi.json"
+    oas_path.write_text(json.dumps(openapi_document(config), ensure_ascii=False), encoding="utf-8")
+    os.environ["PYGEOAPI_CONFIG"] = str(cfg_path)
+    os.environ["PYGEOAPI_OPENAPI"] = str(oas_path)

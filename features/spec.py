@@ -1,0 +1,110 @@
+"""The `collections:` section of config.yml: one typed declaration per departmental source."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from features.crs import CrsError, parse_crs
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "id", "encoding", "time",
+        "access"}
+
+
+class SpecError(ValueError):
+    """A collection declaration that cannot be used, named by its key path."""
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A departmental source declared as an OGC API Features collection."""
+
+    id: str
+    title: str
+    source: str  # an absolute file path, or postgresql://…#schema.table
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    layer: str | None = None
+    crs: str | None = None  # the source's CRS (an EPSG:n or OGC URI) when the file does not say it
+    x: str | None = None
+    y: str | None = None
+    wkt: str | None = None
+    id_column: str | None = None
+    encoding: str | None = None
+    time: str | None = None  # the column `datetime=` filters on
+    access: str = "public"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_postgis(self) -> bool:
+        """A PostGIS table rather than a file."""
+        return self.source.startswith(("postgresql://", "postgres://"))
+
+
+def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
+    """The `collections:` mapping as specs; SpecError names the key path and the reason."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SpecError("collections: must be a mapping of collection id to its declaration")
+    out: dict[str, CollectionSpec] = {}
+    for cid, body in doc.items():
+        where = f"collections.{cid}"
+        if not isinstance(cid, str) or not _ID.match(cid):
+            raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: must be a mapping with at least `source`")
+        unknown = sorted(set(body) - KEYS)
+        if unknown:
+            raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
+        if "source" not in body:
+            raise SpecError(f"{where}.source: missing (a vector file or postgresql://…#schema.table)")
+        source = _text(body["source"], f"{where}.source")
+        if not source.startswith(("postgresql://", "postgres://")):
+            source = str((base / source).resolve())
+        elif "#" not in source:
+            raise SpecError(f"{where}.source: a PostGIS source names its table: postgresql://…#schema.table")
+        keywords = body.get("keywords", [])
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise SpecError(f"{where}.keywords: must be a list of strings")
+        crs = body.get("crs")
+        if crs is not None:
+            try:
+                parse_crs(str(crs))
+            except CrsError as exc:
+                raise SpecError(f"{where}.crs: {exc}") from None
+        if ("x" in body) != ("y" in body):
+            raise SpecError(f"{where}: `x` and `y` go together (the coordinate columns)")
+        if "wkt" in body and "x" in body:
+            raise SpecError(f"{where}: either `x`/`y` or `wkt`, not both")
+        access = body.get("access", "public")
+        if access not in ("public", "internal"):
+            raise SpecError(f"{where}.access: must be public or internal, got {access!r}")
+        encoding = body.get("encoding")
+        if encoding is not None:
+            import codecs
+
+            try:
+                codecs.lookup(str(encoding))
+            except LookupError:
+                raise SpecError(f"{where}.encoding: unknown text encoding {encoding!r}") from None
+        out[cid] = CollectionSpec(
+            id=cid, title=_text(body.get("title", cid), f"{where}.title"), source=source,
+            description=_text(body.get("description", ""), f"{where}.description"), keywords=tuple(keywords),
+            layer=_opt(body, "layer", where), crs=None if crs is None else str(crs), x=_opt(body, "x", where),
+            y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), id_column=_opt(body, "id", where),
+            encoding=None if encoding is None else str(encoding), time=_opt(body, "time", where), access=access)
+    return out
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise SpecError(f"{where}: must be text")
+    return str(value)
+
+
+def _opt(body: dict[str, Any], key: str, where: str) -> str | None:
+    return None if body.get(key) is None else _text(body[key], f"{where}.{key}")

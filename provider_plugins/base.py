@@ -1,0 +1,131 @@
+"""What every platform feature source does, and the pygeoapi provider that wraps any of them.
+
+The platform's own items route calls `FeatureSource.search` with a parsed `ItemsQuery`; pygeoapi (its
+HTML pages, queryables, the collection documents) reaches the same source through `PlatformProvider`,
+a pygeoapi `BaseProvider` named by dotted path in the generated pygeoapi configuration.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError, ProviderQueryError
+
+from features import crs as crsmod
+from features.request import ItemsQuery, ParamError, Sort
+
+
+@dataclass
+class Page:
+    """One page of features, each already encoded as a GeoJSON Feature."""
+
+    number_matched: int
+    features: list[bytes]
+
+
+class FeatureSource(ABC):
+    """A collection's data: its queryables, CRSs, extent, and the answer to a query."""
+
+    id: str
+    title: str
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    cache_control: str = "public, max-age=60"
+
+    @property
+    @abstractmethod
+    def fields(self) -> dict[str, dict[str, str]]:
+        """Queryable properties and their JSON Schema types."""
+
+    @property
+    @abstractmethod
+    def storage_crs(self) -> int | None:
+        """The CRS the source holds its data in."""
+
+    @property
+    @abstractmethod
+    def bbox(self) -> tuple[float, float, float, float] | None:
+        """The spatial extent in CRS84."""
+
+    @property
+    def time_column(self) -> str | None:
+        """The property `datetime=` filters on."""
+        return None
+
+    def offered_crs(self) -> list[int | None]:
+        """Output CRSs: CRS84 first, then the usual ones and the source's own."""
+        out: list[int | None] = [None, *crsmod.OUTPUT_EPSG]
+        if self.storage_crs not in out:
+            out.append(self.storage_crs)
+        return out
+
+    @abstractmethod
+    def search(self, q: ItemsQuery) -> Page:
+        """The features a query selects (ParamError for a query the data cannot answer)."""
+
+    @abstractmethod
+    def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
+        """One feature as GeoJSON, None when there is no such id."""
+
+    @abstractmethod
+    def etag(self) -> str:
+        """Changes whenever the data changes."""
+
+
+def encode_feature(fid: Any, geometry: Any, properties: dict[str, Any]) -> bytes:
+    """A GeoJSON Feature (geometry as a GeoJSON mapping or pre-encoded bytes)."""
+    head = orjson.dumps({"type": "Feature", "id": fid})[:-1]
+    geo = geometry if isinstance(geometry, bytes) else orjson.dumps(geometry)
+    return head + b',"geometry":' + geo + b',"properties":' + orjson.dumps(properties) + b"}"
+
+
+# -- pygeoapi --------------------------------------------------------------------------------------
+SOURCES: dict[str, FeatureSource] = {}  # collection id → source, filled at start-up
+
+
+class PlatformProvider(BaseProvider):
+    """pygeoapi's view of a platform source (`data:` is the collection id)."""
+
+    registry: ClassVar[dict[str, FeatureSource]] = SOURCES
+
+    def __init__(self, provider_def: dict[str, Any]) -> None:
+        super().__init__(provider_def)
+        self.source = self.registry[provider_def["data"]]
+        self.get_fields()
+
+    def get_fields(self) -> dict[str, dict[str, str]]:
+        """Queryables for pygeoapi."""
+        self._fields = dict(self.source.fields)
+        return self._fields
+
+    def query(self, offset: int = 0, limit: int = 10, resulttype: str = "results", bbox: list | None = None,
+              datetime_: str | None = None, properties: list | None = None, sortby: list | None = None,
+              select_properties: list | None = None, skip_geometry: bool = False, q: str | None = None,
+              filterq: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """pygeoapi's query (its HTML pages) answered by the source."""
+        from features.request import parse_datetime
+
+        try:
+            query = ItemsQuery(
+                limit=limit, offset=offset, bbox=tuple(bbox) if bbox else None,  # type: ignore[arg-type]
+                time=parse_datetime(datetime_) if datetime_ and self.source.time_column else None,
+                equals=tuple(properties or ()), filter=filterq,
+                sortby=tuple(Sort(s["property"], s["order"] == "-") for s in sortby or ()),
+                properties=tuple(select_properties) if select_properties else None,
+                skip_geometry=skip_geometry, hits=resulttype == "hits")
+            page = self.source.search(query)
+        except ParamError as exc:
+            raise ProviderQueryError(str(exc)) from None
+        features = [orjson.loads(f) for f in page.features]
+        return {"type": "FeatureCollection", "features": features, "numberMatched": page.number_matched,
+                "numberReturned": len(features)}
+
+    def get(self, identifier: Any, **kwargs: Any) -> dict[str, Any]:
+        """One feature for pygeoapi."""
+        found = self.source.feature(str(identifier), ItemsQuery())
+        if found is None:
+            raise ProviderItemNotFoundError(f"no feature {identifier!r}")
+        return orjson.loads(found)
