@@ -79,7 +79,8 @@ def encode_feature(fid: Any, geometry: Any, properties: dict[str, Any]) -> bytes
     """A GeoJSON Feature (geometry as a GeoJSON mapping or pre-encoded bytes)."""
     head = orjson.dumps({"type": "Feature", "id": fid})[:-1]
     geo = geometry if isinstance(geometry, bytes) else orjson.dumps(geometry)
-    return head + b',"geometry":' + geo + b',"properties":' + orjson.dumps(properties) + b"}"
+    props = orjson.dumps(properties, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    return head + b',"geometry":' + geo + b',"properties":' + props + b"}"
 
 
 # -- pygeoapi --------------------------------------------------------------------------------------

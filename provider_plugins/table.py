@@ -86,17 +86,28 @@ def load(spec: CollectionSpec) -> Table:
         return table
 
 
+def forget() -> None:
+    """Drop every loaded table (a process that only checked them)."""
+    with _LOCK:
+        _LOADED.clear()
+
+
 def _read(spec: CollectionSpec) -> Table:
     try:
-        frame, geoms, source_crs = _read_frame(spec)
-        # integers stay integers where a cell is empty, text is text
-        frame = frame.convert_dtypes(convert_boolean=False, convert_floating=False)
+        return _build(spec)
     except SourceError:
         raise
     except (OSError, ValueError, KeyError, UnicodeDecodeError, RuntimeError) as exc:
         raise SourceError(spec.id, f"cannot read {spec.source}: {exc}") from None
     except Exception as exc:  # pyogrio's DataSourceError and friends: report, never crash start-up
         raise SourceError(spec.id, f"cannot read {spec.source}: {type(exc).__name__}: {exc}") from None
+
+
+def _build(spec: CollectionSpec) -> Table:
+    frame, geoms, source_crs = _read_frame(spec)
+    # integers stay integers where a cell is empty, text is text; column names are text
+    frame = frame.convert_dtypes(convert_boolean=False, convert_floating=False)
+    frame.columns = [str(c) for c in frame.columns]
     if source_crs is not None and len(geoms):
         geoms = crsmod.transform(geoms, source_crs, None, xy=True)
     if spec.id_column is not None:
@@ -207,34 +218,29 @@ def _read_postgis(spec: CollectionSpec, declared: int | None) -> tuple[pd.DataFr
 
     url, _, table = spec.source.partition("#")
     schema, _, name = table.rpartition(".")
+    schema = schema or "public"
     engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)
                                       .replace("postgres://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            meta = sqlalchemy.MetaData()
-            try:
-                t = sqlalchemy.Table(name, meta, schema=schema or None, autoload_with=conn)
-            except sqlalchemy.exc.NoSuchTableError:
-                raise SourceError(spec.id, f"no table {table!r} in {url.rsplit('@', 1)[-1]}") from None
-            geom_cols = [c.name for c in t.c if type(c.type).__name__.lower() in ("geometry", "geography", "nulltype")
-                         and c.name in _geometry_columns(conn, schema or "public", name)]
+            found = conn.execute(sqlalchemy.text(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = :s AND table_name = :t"),
+                {"s": schema, "t": name}).first()
+            if found is None:
+                raise SourceError(spec.id, f"no table {schema}.{name} in {url.rsplit('@', 1)[-1]}")
+            geom_cols = [r[0] for r in conn.execute(sqlalchemy.text(
+                "SELECT f_geometry_column FROM geometry_columns WHERE f_table_schema = :s AND f_table_name = :t"),
+                {"s": schema, "t": name})]
             if not geom_cols:
-                raise SourceError(spec.id, f"table {table!r} has no geometry column")
-            gdf = geopandas.read_postgis(sqlalchemy.select(t), conn, geom_col=geom_cols[0])
+                raise SourceError(spec.id, f"table {schema}.{name} has no geometry column")
+            query = sqlalchemy.select(sqlalchemy.literal_column("*")).select_from(
+                sqlalchemy.table(name, schema=schema))
+            gdf = geopandas.read_postgis(query, conn, geom_col=geom_cols[0])
     finally:
         engine.dispose()
     source_crs = declared if spec.crs else (crsmod.epsg_of(CRS.from_user_input(gdf.crs)) if gdf.crs else None)
     geoms = np.asarray(gdf.geometry.array, dtype=object)
     return pd.DataFrame(gdf.drop(columns=geom_cols[0])).reset_index(drop=True), geoms, source_crs
-
-
-def _geometry_columns(conn: Any, schema: str, table: str) -> set[str]:
-    import sqlalchemy
-
-    rows = conn.execute(sqlalchemy.text(
-        "SELECT f_geometry_column FROM geometry_columns WHERE f_table_schema = :s AND f_table_name = :t"),
-        {"s": schema, "t": table})
-    return {r[0] for r in rows}
 
 
 class TableSource(FeatureSource):

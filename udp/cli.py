@@ -38,10 +38,26 @@ def _config(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
+def _open_sources(config: Config, keep: bool) -> None:
+    """Read every declared collection before serving, or exit naming the collection and the reason;
+    `keep` holds them for a single in-process worker, else each worker reads its own."""
+    from provider_plugins import table
+
+    try:
+        for spec in config.collections.values():
+            table.load(spec)
+    except table.SourceError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not keep:
+        table.forget()
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = _config(args.config)
+    _open_sources(config, keep=args.workers <= 1)
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
     store_url = os.environ["UDP_STORE"] = args.store or config.store
