@@ -1,0 +1,754 @@
+"""OGC API Features: the platform's /ogcapi against stock pygeoapi 0.21, on the same 100,000 real points.
+
+    python bench/features.py [--features 100000] [--requests 60] [--stock-requests 5] [--clients 1]
+                             [--skip-ours] [--skip-stock] [--keep-files]
+
+It builds a point dataset from real Seoul locations (the Ttareungyi bike stations, Gangnam's CCTV
+cameras and the S-DoT sensors, 4,154 points), repeated with small coordinate offsets (copy k is
+shifted by (k % 5, k // 5) × 0.001°) until --features points, each with a unique integer `fid`, a
+`name`, a `district` and an integer `units`; it writes them to a temp dir as a CSV (fid,name,district,
+units,lon,lat) and as a GeoJSON FeatureCollection. Then, one server at a time:
+
+1. ours: a platform config.yml with both files as collections (points_csv, points_geojson), served by
+   `udp serve --workers 1` on a SQLite store under the temp dir, OGC API Features at /ogcapi;
+2. stock: a pygeoapi config with the same files through pygeoapi's own CSV and GeoJSON providers
+   (server.limits default_items 1000, max_items 10000), its OpenAPI document made by
+   `pygeoapi openapi generate`, served by `uvicorn pygeoapi.starlette_app:APP` (one process).
+
+For each server and collection it sends (httpx, `Accept: application/geo+json`) one warm-up request
+and then --requests timed ones (stock: --stock-requests, as stock re-reads the whole file on every
+request, 1-3 s each), sequentially or spread over --clients threads, of each query: the first page
+(`items?limit=1000`), a deep page (`offset` = 90 % of the points), a bbox holding ~1 % of the points, a CQL2 filter
+(`units > 20`; stock pygeoapi refuses `filter-lang=cql2-text`, so it is sent `cql-text` and ignores the
+filter: compare numberMatched) and one item (`items/{fid}`). Every response is checked (200, the
+number of features, numberMatched against the dataset; the warm-up's features against the query). It
+prints p50/p99 latency per query as it goes, each server's time to start and peak RSS (VmHWM of its
+process tree), and a table with the targets: ours p50 <= 50 ms for `items?limit=1000` and >= 10x
+faster than stock. Errors (a 404 while /ogcapi does not exist, a server that dies) are reported per
+query; the script carries on. It asserts nothing. The servers are stopped and the temp dir removed at
+the end, also on Ctrl-C or an error (--keep-files keeps the dataset, configs and server logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+from harness import free_port, say, wait_healthy  # bench/ is the script's own directory
+
+ROOT = Path(__file__).resolve().parent.parent
+SEOUL = Path("/work/shared/data/seoul")
+BIKES = SEOUL / "mobility" / "ttareungyi_bike_stations.csv"
+CCTV = SEOUL / "sensors" / "gangnam_cctv_locations.csv"
+SDOT = SEOUL / "sensors" / "sdot_sensor_locations.csv"
+COLLECTIONS = ("points_csv", "points_geojson")
+HEADERS = {"Accept": "application/geo+json"}
+PAGE = 1000
+FILTER = "units > 20"
+OFFSET_STEP = 0.001  # degrees between copies of the real points
+
+TARGET_P50_MS = 50.0  # ours, items?limit=1000
+TARGET_RATIO = 10.0  # stock p50 / ours p50, items?limit=1000
+
+
+# -- the dataset -----------------------------------------------------------------------------------
+@dataclass
+class Point:
+    """One row of the benchmark dataset."""
+
+    fid: int
+    name: str
+    district: str
+    units: int
+    lon: float
+    lat: float
+
+
+def _district(address: str) -> str:
+    """The gu of a Seoul address ("서울특별시 강남구 …" → "강남구"); "" when there is none."""
+    parts = address.split()
+    return parts[1] if len(parts) > 1 and parts[1].endswith("구") else ""
+
+
+def real_points() -> list[tuple[str, str, int, float, float]]:
+    """(name, district, units, lon, lat) of every real point that has coordinates."""
+    out: list[tuple[str, str, int, float, float]] = []
+    with BIKES.open(encoding="utf-8-sig", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["place"] == "합계" or not row["latitude"] or not row["longitude"]:
+                continue
+            out.append((row["name"].strip() or f"station {row['id']}", row["place"].strip(),
+                        int(row["numOfUnits"] or 0), float(row["longitude"]), float(row["latitude"])))
+    with CCTV.open(encoding="utf-8-sig", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if not row["latitude"] or not row["longitude"]:
+                continue
+            address = (row["new_address"] or row["old_address"]).strip()
+            out.append((f"CCTV {address}" if address else "CCTV", _district(address) or "강남구",
+                        int(row["count"] or 0), float(row["longitude"]), float(row["latitude"])))
+    if SDOT.exists():
+        bikes = [(p[3], p[4], p[1]) for p in out]  # a sensor's district: its nearest bike station's
+        with SDOT.open(encoding="utf-8-sig", newline="") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    lat, lon = float(row["위도"]), float(row["경도"])
+                except (KeyError, ValueError):
+                    continue
+                near = min(bikes, key=lambda b: (b[0] - lon) ** 2 + (b[1] - lat) ** 2)[2] if bikes else ""
+                out.append((f"S-DoT {row['시리얼']}", near, 1, lon, lat))
+    return out
+
+
+def build_points(n: int) -> tuple[list[Point], int]:
+    """`n` points: the real ones, then copies shifted by multiples of OFFSET_STEP; and how many are real."""
+    real = real_points()
+    if not real:
+        raise RuntimeError(f"no points in {BIKES}, {CCTV} or {SDOT}")
+    points = []
+    for i in range(n):
+        k, (name, district, units, lon, lat) = divmod(i, len(real))[0], real[i % len(real)]
+        dx, dy = (k % 5) * OFFSET_STEP, (k // 5) * OFFSET_STEP
+        points.append(Point(i + 1, name if k == 0 else f"{name} #{k}", district, units,
+                            round(lon + dx, 7), round(lat + dy, 7)))
+    return points, len(real)
+
+
+def write_csv(points: list[Point], path: Path) -> None:
+    """The points as CSV: fid,name,district,units,lon,lat (UTF-8, no BOM)."""
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["fid", "name", "district", "units", "lon", "lat"])
+        for p in points:
+            w.writerow([p.fid, p.name, p.district, p.units, p.lon, p.lat])
+
+
+def write_geojson(points: list[Point], path: Path) -> None:
+    """The points as a GeoJSON FeatureCollection (fid both as the Feature id and as a property)."""
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": p.fid, "geometry": {"type": "Point", "coordinates": [p.lon, p.lat]},
+         "properties": {"fid": p.fid, "name": p.name, "district": p.district, "units": p.units}}
+        for p in points]}
+    path.write_bytes(orjson.dumps(doc))
+
+
+def one_percent_bbox(points: list[Point]) -> tuple[list[float], int]:
+    """A square around the median point holding ~1 % of the points, and how many it holds exactly."""
+    lons, lats = sorted(p.lon for p in points), sorted(p.lat for p in points)
+    cx, cy = lons[len(lons) // 2], lats[len(lats) // 2]
+    dist = sorted(max(abs(p.lon - cx), abs(p.lat - cy)) for p in points)
+    half = dist[max(0, len(points) // 100 - 1)] + 1e-7
+    bbox = [round(cx - half, 6), round(cy - half, 6), round(cx + half, 6), round(cy + half, 6)]
+    inside = sum(1 for p in points if bbox[0] <= p.lon <= bbox[2] and bbox[1] <= p.lat <= bbox[3])
+    return bbox, inside
+
+
+# -- the servers -----------------------------------------------------------------------------------
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """A process's peak resident set size (VmHWM) in MB; nan when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("nan")
+
+
+class Server:
+    """A server subprocess in its own process group, its log in a file."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, base: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name, self.port, self.log_path = name, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.base = self.url + base  # where the OGC API Features landing page is
+        self.log = open(log_path, "w")  # noqa: SIM115
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                     start_new_session=True)
+        self.startup = float("nan")
+        say(f"{name}: {' '.join(cmd)} (pid {self.proc.pid}, log {log_path})")
+
+    def ready(self, seconds: float) -> None:
+        """Note the time from start to ready."""
+        self.startup = seconds
+        say(f"{self.name}: ready after {seconds:.1f}s")
+
+    def peak_rss(self) -> tuple[float, float, int]:
+        """VmHWM of the main process and summed over its process tree (MB), and the tree's size."""
+        pids = process_tree(self.proc.pid)
+        peaks = [vm_hwm_mb(p) for p in pids]
+        return peaks[0], sum(x for x in peaks if x == x), len(pids)
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after 15 s."""
+        if self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.log.close()
+        say(f"{self.name} stopped (exit {self.proc.returncode})")
+
+
+def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Until GET `url` answers 200; the server's log when it exits or never answers."""
+    deadline = time.time() + timeout
+    with httpx.Client(timeout=30) as client:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode}):\n{tail(log_path)}")
+            try:
+                if client.get(url, headers={"Accept": "application/json"}).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{tail(log_path)}")
+
+
+def start_ours(work: Path, csv_path: Path, geojson_path: Path, log_level: str) -> Server:
+    """`udp serve --workers 1` with both files as collections, on a SQLite store in `work`."""
+    config = work / "udp-config.yml"
+    config.write_text(yaml.safe_dump({
+        "title": "Features benchmark",
+        "collections": {
+            "points_csv": {"title": "Points (CSV)", "source": str(csv_path), "x": "lon", "y": "lat", "id": "fid"},
+            "points_geojson": {"title": "Points (GeoJSON)", "source": str(geojson_path), "id": "fid"},
+        },
+    }, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    port = free_port()
+    udp = shutil.which("udp")
+    cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
+    cmd += ["serve", "--config", str(config), "--store", f"sqlite:///{work / 'udp.db'}", "--port", str(port),
+            "--mqtt-port", str(free_port()), "--mqtt-ws-port", str(free_port()), "--workers", "1",
+            "--log-level", log_level]
+    server = Server("ours", cmd, port, "/ogcapi", work / "udp-serve.log")
+    wait_healthy(server.url, server.proc, server.log_path, timeout=300)
+    server.ready(time.perf_counter() - server.started)
+    return server
+
+
+def pygeoapi_config(port: int, csv_path: Path, geojson_path: Path, bbox: list[float]) -> dict[str, Any]:
+    """A minimal pygeoapi 0.21 configuration with the two files as collections (stock providers)."""
+    def collection(title: str, provider: dict[str, Any]) -> dict[str, Any]:
+        extents = {"spatial": {"bbox": list(bbox), "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}}
+        return {"type": "collection", "title": title, "description": f"{title}: benchmark points in Seoul",
+                "keywords": ["points"], "extents": extents,
+                "providers": [{"type": "feature", "id_field": "fid", **provider}]}
+
+    return {
+        "server": {
+            "bind": {"host": "127.0.0.1", "port": port},
+            "url": f"http://127.0.0.1:{port}",
+            "mimetype": "application/json; charset=UTF-8",
+            "encoding": "utf-8",
+            "language": "en-US",
+            "cors": False,
+            "pretty_print": False,
+            # without limits pages hold at most 10 features (max_items defaults to 10)
+            "limits": {"default_items": PAGE, "max_items": 10 * PAGE},
+            "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "attribution": "OpenStreetMap"},
+        },
+        "logging": {"level": "ERROR"},
+        "metadata": {
+            "identification": {"title": "Features benchmark (stock pygeoapi)", "description": "benchmark",
+                               "keywords": ["benchmark"], "keywords_type": "theme", "terms_of_service": "",
+                               "url": "https://example.org"},
+            "license": {"name": "CC-BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"},
+            "provider": {"name": "benchmark", "url": "https://example.org"},
+            "contact": {"name": "benchmark", "email": "bench@example.org"},
+        },
+        "resources": {
+            "points_csv": collection("Points (CSV)", {"name": "CSV", "data": str(csv_path),
+                                                      "geometry": {"x_field": "lon", "y_field": "lat"}}),
+            "points_geojson": collection("Points (GeoJSON)", {"name": "GeoJSON", "data": str(geojson_path)}),
+        },
+    }
+
+
+def start_stock(work: Path, csv_path: Path, geojson_path: Path, bbox: list[float]) -> Server:
+    """Stock pygeoapi (its CSV and GeoJSON providers) under uvicorn, one process."""
+    port = free_port()
+    config = work / "pygeoapi-config.yml"
+    config.write_text(yaml.safe_dump(pygeoapi_config(port, csv_path, geojson_path, bbox), sort_keys=False),
+                      encoding="utf-8")
+    openapi = work / "pygeoapi-openapi.yml"
+    env = dict(os.environ, PYGEOAPI_CONFIG=str(config), PYGEOAPI_OPENAPI=str(openapi),
+               PYTHONUTF8="1")  # the CSV provider opens the file in the locale's encoding
+    exe = shutil.which("pygeoapi")
+    if exe:
+        gen = subprocess.run([exe, "openapi", "generate", str(config), "--output-file", str(openapi)], env=env,
+                             capture_output=True, text=True, check=False)
+        if gen.returncode != 0 or not openapi.exists():
+            raise RuntimeError(f"pygeoapi openapi generate failed ({gen.returncode}):\n{gen.stdout}{gen.stderr}")
+    else:
+        from pygeoapi.openapi import generate_openapi_document
+
+        openapi.write_text(generate_openapi_document(config, "yaml"), encoding="utf-8")
+    cmd = [sys.executable, "-m", "uvicorn", "pygeoapi.starlette_app:APP", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    server = Server("stock", cmd, port, "", work / "pygeoapi.log", env)
+    wait_http(f"{server.url}/collections", server.proc, server.log_path)
+    server.ready(time.perf_counter() - server.started)
+    return server
+
+
+# -- the queries -----------------------------------------------------------------------------------
+@dataclass
+class Query:
+    """One kind of request, the same for every collection."""
+
+    key: str
+    label: str
+    path: str  # below /collections/{id}
+    params: dict[str, str]
+    expected: int | None  # numberMatched in the dataset (None: a single Feature)
+    check: Callable[[dict[str, Any]], str]  # what is wrong with a response's features ("": nothing)
+
+
+@dataclass
+class Result:
+    """What one query measured on one server and collection."""
+
+    status: str = ""  # "ok", or what went wrong
+    returned: int | None = None
+    matched: int | None = None
+    size: int = 0
+    problems: str = ""
+    lat_ms: list[float] = field(default_factory=list)
+    failed: int = 0
+    first_error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def p50(self) -> float:
+        """Median latency in ms."""
+        return pct(self.lat_ms, 0.5)
+
+    @property
+    def p99(self) -> float:
+        """99th percentile latency in ms."""
+        return pct(self.lat_ms, 0.99)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank); nan without values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def features_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The features of a FeatureCollection, or the one Feature."""
+    if doc.get("type") == "Feature":
+        return [doc]
+    return list(doc.get("features") or [])
+
+
+def prop(feature: dict[str, Any], name: str) -> Any:
+    """A property of a feature (the id from `id` when it is not a property)."""
+    props = feature.get("properties") or {}
+    if name in props:
+        return props[name]
+    return feature.get("id") if name == "fid" else None
+
+
+def make_queries(points: list[Point], bbox: list[float], bbox_count: int) -> list[Query]:
+    """The five queries, with what the dataset says they should match."""
+    n = len(points)
+    offset = min(n * 9 // 10, max(0, n - PAGE))
+    item = points[n // 2].fid
+    units_over = sum(1 for p in points if p.units > 20)
+    ids = {p.fid for p in points}
+
+    def page_check(lo: int) -> Callable[[dict[str, Any]], str]:
+        def check(doc: dict[str, Any]) -> str:
+            got = [str(prop(f, "fid")) for f in features_of(doc)]
+            want = [str(points[i].fid) for i in range(lo, min(n, lo + PAGE))]
+            return "" if got == want else "not the dataset's rows in file order"
+        return check
+
+    def bbox_check(doc: dict[str, Any]) -> str:
+        bad = 0
+        for f in features_of(doc):
+            lon, lat = ((f.get("geometry") or {}).get("coordinates") or [None, None])[:2]
+            if lon is None or not (bbox[0] <= lon <= bbox[2] and bbox[1] <= lat <= bbox[3]):
+                bad += 1
+        return f"{bad} features outside the bbox" if bad else ""
+
+    def filter_check(doc: dict[str, Any]) -> str:
+        bad = sum(1 for f in features_of(doc) if not (isinstance(prop(f, "units"), int | float)
+                                                       and prop(f, "units") > 20))
+        return f"{bad} features with units <= 20 (filter ignored?)" if bad else ""
+
+    def item_check(doc: dict[str, Any]) -> str:
+        if doc.get("type") != "Feature":
+            return f"type {doc.get('type')!r}, not Feature"
+        fid = prop(doc, "fid")
+        return "" if str(fid) == str(item) and int(fid) in ids else f"fid {fid!r}, not {item}"
+
+    return [
+        Query("first", f"items?limit={PAGE}", "/items", {"limit": str(PAGE)}, n, page_check(0)),
+        Query("deep", f"items?limit={PAGE}&offset={offset}", "/items", {"limit": str(PAGE), "offset": str(offset)},
+              n, page_check(offset)),
+        Query("bbox", f"items?bbox=…&limit={PAGE} (~1 %)", "/items",
+              {"bbox": ",".join(f"{v:.6f}" for v in bbox), "limit": str(PAGE)}, bbox_count, bbox_check),
+        Query("filter", f"items?filter={FILTER}", "/items",
+              {"filter": FILTER, "filter-lang": "cql2-text", "limit": str(PAGE)}, units_over, filter_check),
+        Query("item", "items/{fid}", f"/items/{item}", {}, None, item_check),
+    ]
+
+
+def fetch(client: httpx.Client, url: str, params: dict[str, str]) -> tuple[float, httpx.Response]:
+    """One GET, timed (ms) until the body is read."""
+    t = time.perf_counter()
+    r = client.get(url, params=params, headers=HEADERS)
+    return (time.perf_counter() - t) * 1000, r
+
+
+def describe_error(r: httpx.Response) -> str:
+    """A short description of a failed response (the OGC exception's description when there is one)."""
+    try:
+        doc = r.json()
+        text = doc.get("description") or doc.get("detail") or doc.get("message") or r.text
+    except (ValueError, AttributeError):
+        text = r.text
+    return f"{r.status_code} {' '.join(str(text).split())[:200]}"
+
+
+def run_query(url: str, params: dict[str, str], query: Query, requests: int, clients: int,
+              timeout: float) -> Result:
+    """A warm-up request (checked in full), then `requests` timed requests from `clients` threads."""
+    res = Result()
+    with httpx.Client(timeout=timeout) as client:
+        try:
+            _, r = fetch(client, url, params)
+        except httpx.HTTPError as exc:
+            res.status = f"{type(exc).__name__}: {exc}"
+            return res
+        if r.status_code != 200:
+            res.status = describe_error(r)
+            return res
+        try:
+            doc = orjson.loads(r.content)
+        except orjson.JSONDecodeError:
+            res.status = f"200 but not JSON ({r.headers.get('content-type')}): {r.text[:120]!r}"
+            return res
+        res.status, res.size = "ok", len(r.content)
+        res.returned = len(features_of(doc))
+        res.matched = doc.get("numberMatched") if doc.get("type") != "Feature" else None
+        problems = [query.check(doc)]
+        if query.expected is not None and res.matched != query.expected:
+            problems.append(f"numberMatched {res.matched}, the dataset has {query.expected:,}")
+        want = 1 if query.expected is None else min(PAGE, max(0, query.expected - int(params.get("offset", 0))))
+        if res.returned != want:
+            problems.append(f"{res.returned} features returned, expected {want}")
+        res.problems = "; ".join(p for p in problems if p)
+
+    lock = threading.Lock()
+    todo = [requests]
+    stop = threading.Event()
+
+    def worker() -> None:
+        with httpx.Client(timeout=timeout) as c:
+            while not stop.is_set():
+                with lock:
+                    if todo[0] <= 0:
+                        return
+                    todo[0] -= 1
+                try:
+                    ms, resp = fetch(c, url, params)
+                    if resp.status_code != 200:
+                        err = describe_error(resp)
+                    else:
+                        got = len(features_of(orjson.loads(resp.content)))
+                        err = "" if got == res.returned else f"{got} features, the warm-up had {res.returned}"
+                except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+                    ms, err = float("nan"), f"{type(exc).__name__}: {exc}"
+                with lock:
+                    if err:
+                        res.failed += 1
+                        res.first_error = res.first_error or err
+                    else:
+                        res.lat_ms.append(ms)
+
+    threads = [threading.Thread(target=worker, daemon=True, name=f"client-{i}") for i in range(max(1, clients))]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    finally:
+        stop.set()
+    res.seconds = time.perf_counter() - started
+    return res
+
+
+def fmt_ms(v: float) -> str:
+    """Milliseconds for the table."""
+    if v != v:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def line_for(server: str, coll: str, query: Query, res: Result, clients: int) -> str:
+    """One progress line."""
+    head = f"  {server:5} {coll:14} {query.label:34}"
+    if res.status != "ok":
+        return f"{head} FAILED: {res.status}"
+    done = len(res.lat_ms)
+    rate = done / res.seconds if res.seconds else float("nan")
+    plural = "" if res.returned == 1 else "s"
+    number = "-" if res.matched is None else res.matched
+    text = (f"{head} {res.returned:>5} feature{plural}, numberMatched {number}, "
+            f"{res.size / 1024:,.0f} KiB: p50 {fmt_ms(res.p50)} ms, p99 {fmt_ms(res.p99)} ms "
+            f"({done} requests, {clients} client{'s' if clients > 1 else ''}, {rate:,.1f} req/s)")
+    if res.failed:
+        text += f"; {res.failed} FAILED, e.g. {res.first_error}"
+    if res.problems:
+        text += f"; CHECK: {res.problems}"
+    return text
+
+
+def bench_server(server: Server, name: str, queries: list[Query], requests: int, clients: int,
+                 timeout: float) -> dict[tuple[str, str], Result]:
+    """Every query on every collection of one server."""
+    out: dict[tuple[str, str], Result] = {}
+    for coll in COLLECTIONS:
+        for q in queries:
+            params = dict(q.params)
+            if name == "stock" and params.get("filter-lang") == "cql2-text":
+                params["filter-lang"] = "cql-text"  # pygeoapi 0.21 refuses cql2-text (and ignores the filter)
+            res = run_query(f"{server.base}/collections/{coll}{q.path}", params, q, requests, clients, timeout)
+            out[(coll, q.key)] = res
+            say(line_for(name, coll, q, res, clients))
+            if server.proc.poll() is not None:
+                say(f"{name}: the server exited ({server.proc.returncode}):\n{tail(server.log_path)}")
+                return out
+    return out
+
+
+def probe_stock_cql2(server: Server, timeout: float) -> str:
+    """What stock pygeoapi answers to filter-lang=cql2-text."""
+    try:
+        r = httpx.get(f"{server.base}/collections/{COLLECTIONS[0]}/items", headers=HEADERS, timeout=timeout,
+                      params={"filter": FILTER, "filter-lang": "cql2-text", "limit": "1"})
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return describe_error(r) if r.status_code != 200 else "200 (accepted)"
+
+
+# -- the table -------------------------------------------------------------------------------------
+def print_table(rows: list[list[str]], head: list[str]) -> None:
+    """Columns padded to their widest cell."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+    say(line)
+    say("-" * len(line))
+    for r in rows:
+        say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def figure(res: Result | None, ran: bool) -> str:
+    """p50/p99 of a result, or what went wrong."""
+    if res is None:
+        return "not run" if ran else "skipped"
+    if res.status != "ok":
+        return "error " + res.status.split(" ")[0].rstrip(":")
+    if not res.lat_ms:
+        return "FAILED"
+    return f"{fmt_ms(res.p50)} / {fmt_ms(res.p99)}" + ("  CHECK" if res.problems or res.failed else "")
+
+
+def matched(res: Result | None) -> str:
+    """numberMatched of a result."""
+    if res is None or res.status != "ok":
+        return "-"
+    return "-" if res.matched is None else f"{res.matched:,}"
+
+
+def report(queries: list[Query], ours: dict[tuple[str, str], Result] | None,
+           stock: dict[tuple[str, str], Result] | None) -> None:
+    """The summary table with the targets."""
+    rows = []
+    for q in queries:
+        for coll in COLLECTIONS:
+            o = ours.get((coll, q.key)) if ours is not None else None
+            s = stock.get((coll, q.key)) if stock is not None else None
+            ok_o = o is not None and o.status == "ok" and bool(o.lat_ms)
+            ok_s = s is not None and s.status == "ok" and bool(s.lat_ms)
+            ratio = s.p50 / o.p50 if ok_o and ok_s and o.p50 > 0 else float("nan")
+            target = meets = ""
+            if q.key == "first":
+                target = f"ours <= {TARGET_P50_MS:.0f} ms, >= {TARGET_RATIO:.0f}x"
+                verdicts = []
+                if ours is not None:
+                    verdicts.append("yes" if ok_o and o.p50 <= TARGET_P50_MS else "NO")
+                if ours is not None and stock is not None:
+                    verdicts.append("yes" if ratio >= TARGET_RATIO else "NO")
+                meets = "/".join(verdicts)
+            expected = "-" if q.expected is None else f"{q.expected:,}"
+            shown = "-" if ratio != ratio else f"{ratio:,.1f}x"
+            if ratio == ratio and o.matched != s.matched:  # stock ignored the filter: not the same work
+                shown += " (not like for like)"
+            rows.append([q.label, coll, figure(o, ours is not None), figure(s, stock is not None), shown,
+                         matched(o), matched(s), expected, target, meets])
+    print_table(rows, ["query", "collection", "ours p50/p99 ms", "stock p50/p99 ms", "stock/ours",
+                       "matched ours", "matched stock", "dataset", "target", "meets"])
+
+
+# -- main ------------------------------------------------------------------------------------------
+def interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: clean up and stop."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
+    """Build the dataset, run both servers one after the other, print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--features", type=int, default=100_000, help="points in the dataset")
+    ap.add_argument("--requests", type=int, default=60, help="timed requests per query on our server")
+    ap.add_argument("--stock-requests", type=int, default=5,
+                    help="timed requests per query on stock pygeoapi (1-3 s each at 100,000 points)")
+    ap.add_argument("--clients", type=int, default=1, help="concurrent client threads")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    ap.add_argument("--skip-ours", action="store_true", help="do not run our server")
+    ap.add_argument("--skip-stock", action="store_true", help="do not run stock pygeoapi")
+    ap.add_argument("--server-log-level", default="warning", help="`udp serve --log-level`")
+    ap.add_argument("--keep-files", action="store_true", help="keep the temp dir (dataset, configs, server logs)")
+    args = ap.parse_args(argv)
+    if args.features < 1:
+        ap.error("--features must be at least 1")
+
+    work = Path(tempfile.mkdtemp(prefix="udp_bench_features_"))
+    servers: list[Server] = []
+    failed = False
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        t = time.perf_counter()
+        points, real = build_points(args.features)
+        csv_path, geojson_path = work / "points.csv", work / "points.geojson"
+        write_csv(points, csv_path)
+        write_geojson(points, geojson_path)
+        bbox, inside = one_percent_bbox(points)
+        lons, lats = [p.lon for p in points], [p.lat for p in points]
+        extent = [min(lons), min(lats), max(lons), max(lats)]
+        say(f"dataset: {len(points):,} points from {real:,} real ones (bike stations, CCTV, S-DoT), "
+            f"{-(-len(points) // real)} copies; CSV {csv_path.stat().st_size / 2**20:.1f} MiB, "
+            f"GeoJSON {geojson_path.stat().st_size / 2**20:.1f} MiB in {work} ({time.perf_counter() - t:.1f}s)")
+        say(f"  extent {extent}; bbox {bbox} holds {inside:,} points "
+            f"({100 * inside / len(points):.2f} %); units > 20: {sum(p.units > 20 for p in points):,} points")
+        queries = make_queries(points, bbox, inside)
+
+        ours: dict[tuple[str, str], Result] | None = None
+        stock: dict[tuple[str, str], Result] | None = None
+        info: list[str] = []
+        if not args.skip_ours:
+            say("")
+            server = start_ours(work, csv_path, geojson_path, args.server_log_level)
+            servers.append(server)
+            ours = bench_server(server, "ours", queries, args.requests, args.clients, args.timeout)
+            main_mb, tree_mb, nproc = server.peak_rss()
+            info.append(f"ours:  ready after {server.startup:.1f}s; peak RSS (VmHWM) {main_mb:,.0f} MB serve process, "
+                        f"{tree_mb:,.0f} MB over {nproc} process{'es' if nproc > 1 else ''}; "
+                        f"{args.requests} timed requests per query")
+            say(info[-1])
+            server.stop()
+            servers.remove(server)
+        if not args.skip_stock:
+            say("")
+            server = start_stock(work, csv_path, geojson_path, extent)
+            servers.append(server)
+            refused = probe_stock_cql2(server, args.timeout)
+            say(f"stock: filter-lang=cql2-text → {refused}; the filter query is sent with filter-lang=cql-text, "
+                "which pygeoapi parses and then ignores for the CSV and GeoJSON providers (see numberMatched)")
+            stock = bench_server(server, "stock", queries, args.stock_requests, args.clients, args.timeout)
+            main_mb, tree_mb, nproc = server.peak_rss()
+            info.append(f"stock: ready after {server.startup:.1f}s; peak RSS (VmHWM) {main_mb:,.0f} MB uvicorn "
+                        f"process ({nproc} process{'es' if nproc > 1 else ''}); {args.stock_requests} timed requests "
+                        f"per query; cql2-text → {refused}")
+            say(info[-1])
+            server.stop()
+            servers.remove(server)
+
+        say("")
+        say(f"== OGC API Features benchmark: {args.features:,} points, {args.clients} client"
+            f"{'s' if args.clients > 1 else ''}, Accept: application/geo+json; "
+            f"ours = udp serve --workers 1 (/ogcapi), stock = pygeoapi 0.21 CSV/GeoJSON providers under uvicorn ==")
+        report(queries, ours, stock)
+        say("")
+        for line in info:
+            say(line)
+        say("stock's filter row: pygeoapi 0.21 ignores the CQL filter for these providers (numberMatched = all points)")
+        return 0
+    except BaseException as exc:
+        failed = True
+        if isinstance(exc, KeyboardInterrupt):
+            say("\ninterrupted: cleaning up")
+            return 130
+        say(f"\nERROR: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        for server in servers:
+            server.stop()
+        if args.keep_files:
+            say(f"files kept in {work}" + (" (the run failed)" if failed else ""))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            say(f"removed {work}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
