@@ -23,8 +23,10 @@ from features.pygeoapi_config import PLACEHOLDER, install
 from features.request import COMMON, ItemsQuery, ParamError, parse_item, parse_items
 from features.spec import CollectionSpec
 from provider_plugins.base import SOURCES, FeatureSource, Page
+from provider_plugins.sensorthings import sensorthings_sources
 from provider_plugins.table import TableSource
 from sensorthings.http.app import public_base
+from sensorthings.store.base import Store
 
 PREFIX = "/ogcapi"
 GEOJSON = "application/geo+json"
@@ -54,9 +56,14 @@ CONFORMANCE = [
 ]
 
 
-def load_sources(specs: dict[str, CollectionSpec]) -> dict[str, FeatureSource]:
-    """Every declared collection opened (SourceError names the first that cannot be read)."""
-    return {cid: TableSource(spec) for cid, spec in specs.items()}
+def load_sources(specs: dict[str, CollectionSpec], store: Store | None) -> dict[str, FeatureSource]:
+    """Every declared collection opened (SourceError names the first that cannot be read), and the
+    SensorThings collections of the store."""
+    out: dict[str, FeatureSource] = {}
+    if store is not None:
+        out.update(sensorthings_sources(store))
+    out.update({cid: TableSource(spec) for cid, spec in specs.items()})
+    return out
 
 
 def _error(status: int, code: str, description: str) -> Response:
@@ -123,8 +130,23 @@ class _Rebased:
 
 
 def _etag(source: FeatureSource, request: Request) -> str:
-    raw = f"{source.etag()}|{request.url.path}|{request.url.query}".encode()
+    version = source.etag()
+    if not version:
+        return ""
+    raw = f"{version}|{request.url.path}|{request.url.query}".encode()
     return '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
+
+
+def _answer(request: Request, source: FeatureSource, body: bytes, etag: str, q: ItemsQuery, root: str) -> Response:
+    """The GeoJSON response: links under the public base, an ETag (from the body when the source cannot
+    tell its version in advance), 304 when the client has it."""
+    if source.placeholder is not None:
+        body = body.replace(source.placeholder, root.encode())
+    if not etag:
+        etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=_headers(source, etag, q))
+    return Response(body, media_type=GEOJSON, headers=_headers(source, etag, q))
 
 
 def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
@@ -132,10 +154,11 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
             "Vary": "Accept"}
 
 
-def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None) -> list[BaseRoute]:
-    """The /ogcapi routes for the declared collections (sources are opened here)."""
+def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None,
+                    store: Store | None = None) -> list[BaseRoute]:
+    """The /ogcapi routes for the declared collections and the store's SensorThings collections."""
     SOURCES.clear()
-    SOURCES.update(load_sources(specs))
+    SOURCES.update(load_sources(specs, store))
     install(title, SOURCES, Path(tempfile.mkdtemp(prefix="udp-pygeoapi-")))
     import pygeoapi.api.itemtypes as itemtypes
     from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
@@ -160,13 +183,14 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
         if _wants_html(request):
             return _Delegate(rebased)
         etag = _etag(source, request)
-        if request.headers.get("if-none-match") == etag:
+        if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
         try:
             page: Page = await run_in_threadpool(source.search, q)
         except ParamError as exc:
             return _error(400, "InvalidParameterValue", str(exc))
-        base = public_base(request, public_url) + PREFIX
+        root = public_base(request, public_url)
+        base = root + PREFIX
         url = f"{base}/collections/{source.id}/items"
         keep = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "f")]
         links = [
@@ -187,7 +211,7 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
                              "numberReturned": len(page.features),
                              "timeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "links": links})
         body = head[:-1] + b',"features":[' + b",".join(page.features) + b"]}"
-        return Response(body, media_type=GEOJSON, headers=_headers(source, etag, q))
+        return _answer(request, source, body, etag, q, root)
 
     async def item(request: Request) -> Response:
         source = source_of(request)
@@ -200,19 +224,19 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
         if _wants_html(request):
             return _Delegate(rebased)
         etag = _etag(source, request)
-        if request.headers.get("if-none-match") == etag:
+        if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
         found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
         if found is None:
             return _error(404, "NotFound", f"no feature {request.path_params['fid']!r} in {source.id!r}")
-        base = public_base(request, public_url) + PREFIX
+        root = public_base(request, public_url)
+        base = root + PREFIX
         links = orjson.dumps([
             {"href": f"{base}/collections/{source.id}/items/{request.path_params['fid']}", "rel": "self",
              "type": GEOJSON, "title": "this document"},
             {"href": f"{base}/collections/{source.id}", "rel": "collection", "type": "application/json",
              "title": source.title}])
-        return Response(found[:-1] + b',"links":' + links + b"}", media_type=GEOJSON,
-                        headers=_headers(source, etag, q))
+        return _answer(request, source, found[:-1] + b',"links":' + links + b"}", etag, q, root)
 
     async def options(request: Request) -> Response:
         return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})

@@ -55,6 +55,10 @@ def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
         where = f"collections.{cid}"
         if not isinstance(cid, str) or not _ID.match(cid):
             raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
+        from provider_plugins.sensorthings import VIEWS
+
+        if cid in {v.id for v in VIEWS}:
+            raise SpecError(f"{where}: the id is taken by a SensorThings collection; choose another")
         if not isinstance(body, dict):
             raise SpecError(f"{where}: must be a mapping with at least `source`")
         unknown = sorted(set(body) - KEYS)

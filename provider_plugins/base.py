@@ -34,6 +34,8 @@ class FeatureSource(ABC):
     description: str = ""
     keywords: tuple[str, ...] = ()
     cache_control: str = "public, max-age=60"
+    # answers carry this where the public base URL goes (sources that write links to other APIs)
+    placeholder: bytes | None = None
 
     @property
     @abstractmethod
@@ -72,7 +74,7 @@ class FeatureSource(ABC):
 
     @abstractmethod
     def etag(self) -> str:
-        """Changes whenever the data changes."""
+        """Changes whenever the data changes; "" when only the answer itself can tell."""
 
 
 def encode_feature(fid: Any, geometry: Any, properties: dict[str, Any]) -> bytes:

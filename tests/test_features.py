@@ -134,7 +134,8 @@ def test_landing_conformance_and_openapi(api: httpx.Client, ogc: Server) -> None
 
 def test_collections_crs_and_trailing_slash(api: httpx.Client, ogc: Server) -> None:
     listed = {c["id"]: c for c in api.get("/collections").json()["collections"]}
-    assert set(listed) == set(ogc.collections)  # type: ignore[attr-defined]
+    sta_views = {"things", "locations", "features_of_interest", "latest_values"}
+    assert set(listed) == set(ogc.collections) | sta_views  # type: ignore[attr-defined]
     for cid in listed:
         one = api.get(f"/collections/{cid}")
         slash = api.get(f"/collections/{cid}/")
@@ -338,3 +339,54 @@ def test_bad_collection_config_names_the_key(tmp_path: Path) -> None:
                               "--store", f"sqlite:///{tmp_path / 'u.db'}", "--port", "0"],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+# -- SensorThings entities as collections (both stores) --------------------------------------------
+def test_sensorthings_collections_follow_the_store(server: Server, sta: httpx.Client) -> None:
+    from tests.conftest import unique
+
+    name = unique("aq")
+    om = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+    r = sta.post("Things", json={
+        "name": name, "description": "air quality station",
+        "Locations": [{"name": f"{name} site", "description": "x", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [127.047, 37.517]}}],
+        "Datastreams": [{"name": f"{name} PM10", "description": "pm", "observationType": om,
+                         "unitOfMeasurement": {"name": "microgram per cubic metre", "symbol": "ug/m3",
+                                               "definition": "x"},
+                         "ObservedProperty": {"name": f"{name} PM10", "description": "pm10", "definition": "x"},
+                         "Sensor": {"name": "s", "description": "s", "encodingType": "text/plain", "metadata": "x"},
+                         "Observations": [{"phenomenonTime": "2026-11-27T10:00:00Z", "result": 31}]}]})
+    assert r.status_code == 201, r.text
+    api = httpx.Client(base_url=server.url + "/ogcapi", timeout=30)
+    for cid in ("things", "locations", "features_of_interest", "latest_values"):
+        got = items(api, cid, filter=f"name LIKE '{name}%'", limit=10)
+        assert got["numberMatched"] >= 1, cid
+        assert got["features"][0]["geometry"]["coordinates"] == [127.047, 37.517], cid
+    filt = f"observedProperty = '{name} PM10' AND S_INTERSECTS(geometry, POLYGON((127 37.5, 127.1 37.5, " \
+           "127.1 37.6, 127 37.6, 127 37.5)))"
+    latest = api.get("/collections/latest_values/items", params={"filter": filt})
+    feature = latest.json()["features"][0]
+    assert feature["properties"]["result"] == 31 and feature["properties"]["unit"] == "ug/m3"
+    assert feature["properties"]["selfLink"].startswith(server.url + "/v1.1/Datastreams(")
+    far = items(api, "latest_values", filter=f"observedProperty = '{name} PM10'", bbox="0,0,1,1")
+    assert far["numberMatched"] == 0
+    # a new Observation shows at once, and the ETag changes with it
+    ds = feature["properties"]["selfLink"]
+    posted = sta.post(ds + "/Observations", json={"phenomenonTime": "2026-11-27T11:00:00Z", "result": 42})
+    assert posted.status_code == 201
+    again = api.get("/collections/latest_values/items", params={"filter": filt},
+                    headers={"If-None-Match": latest.headers["etag"]})
+    assert again.status_code == 200 and again.json()["features"][0]["properties"]["result"] == 42
+    same = api.get("/collections/latest_values/items", params={"filter": filt},
+                   headers={"If-None-Match": again.headers["etag"]})
+    assert same.status_code == 304
+    recent = items(api, "latest_values", filter=f"observedProperty = '{name} PM10'",
+                   datetime="2026-11-27T10:30:00Z/..")
+    assert recent["numberMatched"] == 1
+    old = items(api, "latest_values", filter=f"observedProperty = '{name} PM10'", datetime="../2026-11-27T09:00:00Z")
+    assert old["numberMatched"] == 0
+    korea = items(api, "things", filter=f"name = '{name}'", crs=f"{EPSG}5186")["features"][0]["geometry"]
+    assert 500_000 < korea["coordinates"][0] < 600_000  # northing first
+    bad = api.get("/collections/things/items", params={"filter": "nope = 1"})
+    assert bad.status_code == 400 and "nope" in bad.json()["description"]

@@ -96,7 +96,7 @@ def build_app(config: Config) -> Starlette:
         Route("/", landing),
         Route("/health", health),
         *sensorthings_routes(service, config.public_url),
-        *features_routes(config.collections, config.title, config.public_url),
+        *features_routes(config.collections, config.title, config.public_url, store),
     ], lifespan=lifespan)
     app.state.store = store
     app.state.service = service
