@@ -77,6 +77,30 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
                  "schema": {"type": "string", "format": "uri"}},
     "collectionId": {"name": "collectionId", "in": "path", "required": True, "schema": {"type": "string"}},
 }
+_TEXT = {"type": "string"}
+_ITEMS_PARAMETERS: dict[str, dict[str, Any]] = {
+    "fItems": {"name": "f", "in": "query", "required": False, "description": "The format: GeoJSON or HTML",
+               "schema": {"type": "string", "enum": ["json", "html"], "default": "json"}},
+    "filter": {"name": "filter", "in": "query", "required": False, "schema": _TEXT,
+               "description": "A CQL2 filter (text or JSON, see filter-lang)"},
+    "filter-lang": {"name": "filter-lang", "in": "query", "required": False,
+                    "schema": {"type": "string", "enum": ["cql2-text", "cql2-json"], "default": "cql2-text"}},
+    "filter-crs": {"name": "filter-crs", "in": "query", "required": False,
+                   "schema": {"type": "string", "format": "uri"}, "description": "The CRS of the filter's geometries"},
+    "sortby": {"name": "sortby", "in": "query", "required": False, "style": "form", "explode": False,
+               "schema": {"type": "array", "items": {"type": "string", "pattern": "^[+-]?.+$"}},
+               "description": "Properties to sort by, `-` for descending"},
+    "properties": {"name": "properties", "in": "query", "required": False, "style": "form", "explode": False,
+                   "schema": {"type": "array", "items": _TEXT}, "description": "The properties to return"},
+    "skipGeometry": {"name": "skipGeometry", "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False}},
+    "offset": {"name": "offset", "in": "query", "required": False,
+               "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    "resulttype": {"name": "resulttype", "in": "query", "required": False,
+                   "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}},
+}
+_ITEMS_ORDER = ("fItems", "lang", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "filter", "filter-lang",
+                "filter-crs", "sortby", "properties", "skipGeometry", "resulttype")
 _RESPONSE_TYPES = {"Features": "application/geo+json", "Feature": "application/geo+json"}
 
 
@@ -130,6 +154,18 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
         "description": f"The number of features in a page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     }
+    params.update(_ITEMS_PARAMETERS)
+    for path, ops in doc.get("paths", {}).items():
+        get = ops.get("get") if path.endswith("/items") else None
+        if get is None:
+            continue
+        # exactly what the platform's items route accepts (pygeoapi lists a free-form vendor parameter
+        # and a schema where a parameter belongs)
+        own = [p for p in get.get("parameters", []) if "$ref" not in p and p.get("name") not in ("limit", "properties")]
+        cid = path.split("/")[-2]
+        timed = any("time_field" in prov for prov in config["resources"].get(cid, {}).get("providers", []))
+        get["parameters"] = [{"$ref": f"#/components/parameters/{name}"} for name in _ITEMS_ORDER
+                             if name != "datetime" or timed] + own
     doc["servers"] = [{"url": PLACEHOLDER, "description": "this platform"}]
     return doc
 
