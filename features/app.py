@@ -4,7 +4,9 @@ the OpenAPI document and HTML, configured from config.yml at start-up."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,7 +161,9 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
     """The /ogcapi routes for the declared collections and the store's SensorThings collections."""
     SOURCES.clear()
     SOURCES.update(load_sources(specs, store))
-    install(title, SOURCES, Path(tempfile.mkdtemp(prefix="udp-pygeoapi-")))
+    workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    install(title, SOURCES, workdir)
     import pygeoapi.api.itemtypes as itemtypes
     from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
 
