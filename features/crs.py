@@ -52,10 +52,12 @@ def parse_crs(text: str) -> int | None:
 
 
 def epsg_of(crs: CRS) -> int | None:
-    """The EPSG code of a pyproj CRS (None: CRS84 / WGS84 longitude-latitude)."""
+    """The EPSG code of a pyproj CRS (None: CRS84 / WGS84 longitude-latitude); CrsError when it has none."""
     code = crs.to_epsg(min_confidence=70)
-    if code == 4326:
+    if code == 4326 or (code is None and crs.equals(_crs(None), ignore_axis_order=True)):
         return None  # files in EPSG:4326 carry longitude first in practice
+    if code is None:
+        raise CrsError(f"the source's CRS ({crs.name}) has no EPSG code: declare it with `crs: EPSG:…`")
     return code
 
 

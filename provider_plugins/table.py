@@ -97,6 +97,8 @@ def _read(spec: CollectionSpec) -> Table:
         return _build(spec)
     except SourceError:
         raise
+    except crsmod.CrsError as exc:
+        raise SourceError(spec.id, str(exc)) from None
     except (OSError, ValueError, KeyError, UnicodeDecodeError, RuntimeError) as exc:
         raise SourceError(spec.id, f"cannot read {spec.source}: {exc}") from None
     except Exception as exc:  # pyogrio's DataSourceError and friends: report, never crash start-up

@@ -148,6 +148,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     # Observations created by publishing, and by the bridge, notify like any other write
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
     store.listeners.append(notifier)
+    if config.sensors:
+        _provision(Service(store), config)  # here, so that what it makes is notified too
     bridge = None
     if config.bridge:
         ctx = multiprocessing.get_context("spawn")
@@ -155,6 +157,28 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
                              args=(os.environ.get("UDP_CONFIG"), store_url, url, public + "/v1.1"))
         bridge.start()
     return _Mqtt(endpoints, broker, creator, notifier, bridge)
+
+
+def _provision(service: object, config: Config) -> None:
+    """Make the `sensors:` entities, with a progress bar; problems are printed, not fatal."""
+    from tqdm import tqdm
+
+    from udp.sensors import provision
+
+    bar = tqdm(desc="sensors", unit=" Things", file=sys.stderr, leave=False, mininterval=0.5,
+               disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    out = provision(service, config.sensors, progress)  # type: ignore[arg-type]
+    bar.close()
+    print(f"  sensors       {out.created} Things created, {out.updated} updated, {out.unchanged} unchanged, "
+          f"{out.datastreams} Datastreams added", file=sys.stderr)
+    for problem in out.problems[:20]:
+        print(f"  sensors problem: {problem}", file=sys.stderr)
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -234,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--rate", type=float, help="a fixed number of messages per second instead")
     rep.add_argument("--limit", type=int, help="publish at most this many readings")
     rep.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
+    chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
+    chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper() if hasattr(args, "log_level") else "WARNING")
     logging.getLogger("amqtt").setLevel(logging.ERROR)  # it logs every undelivered internal message
@@ -243,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         return _dead_letters(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "check":
+        from udp.check import run as check
+
+        return check(args.config)
     return 1
 
 

@@ -33,6 +33,7 @@ class Config:
     mqtt_ws_port: int = 9001
     bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
     collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
+    sensors: list[Any] = field(default_factory=list)  # udp.sensors.SensorsEntry
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -112,6 +113,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
         try:
             cfg.collections = parse_collections(doc["collections"], p.parent)
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+    if "sensors" in doc:
+        from features.spec import SpecError
+        from udp.sensors import parse_sensors
+
+        try:
+            cfg.sensors = parse_sensors(doc["sensors"], p.parent)
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     server = doc.get("server") or {}

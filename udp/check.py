@@ -1,0 +1,84 @@
+"""`udp check`: validate a config.yml and try every source in it without serving; a table of what loaded."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from features import crs as crsmod
+from features.spec import CollectionSpec
+from udp.config import Config, ConfigError, load_config
+
+
+@dataclass
+class Report:
+    """One source's outcome."""
+
+    name: str
+    source: str
+    ok: bool
+    count: int | None = None
+    crs: str = ""
+    bbox: str = ""
+    problem: str = ""
+    seconds: float = 0.0
+
+
+def _try(name: str, spec: CollectionSpec) -> Report:
+    from provider_plugins.table import SourceError, load
+
+    started = time.perf_counter()
+    try:
+        table = load(spec)
+    except SourceError as exc:
+        return Report(name, spec.source, False, problem=exc.reason, seconds=time.perf_counter() - started)
+    problems = []
+    missing = int(sum(1 for g in table.geoms if g is None))
+    if missing:
+        problems.append(f"{missing} row{'s' if missing > 1 else ''} without a geometry")
+    box = table.bbox
+    if box is not None and not (-180 <= box[0] <= 180 and -90 <= box[1] <= 90 and -180 <= box[2] <= 180
+                                and -90 <= box[3] <= 90):
+        problems.append("the extent is not on Earth: is `crs` right?")
+    return Report(name, spec.source, True, len(table.ids), crsmod.label(table.source_crs),
+                  "" if box is None else ", ".join(f"{v:.5f}" for v in box), "; ".join(problems),
+                  time.perf_counter() - started)
+
+
+def check(config: Config) -> list[Report]:
+    """Try every collection and every `sensors:` table."""
+    reports = [_try(f"collections.{cid}", spec) for cid, spec in config.collections.items()]
+    reports += [_try(f"sensors[{entry.index}]", entry.table) for entry in config.sensors]
+    return reports
+
+
+def print_table(reports: list[Report], out: TextIO) -> None:
+    """The reports as an aligned table."""
+    head = ("source", "ok", "features", "CRS", "bbox (CRS84)", "problems")
+    rows = [(r.name, "ok" if r.ok else "FAILED", "" if r.count is None else f"{r.count:,}", r.crs, r.bbox,
+             r.problem) for r in reports]
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    for row in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def run(path: str) -> int:
+    """Validate, try every source, print the table; 1 when anything failed."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: configuration valid ({len(config.collections)} collections, {len(config.sensors)} sensors "
+          f"tables, {len(config.bridge)} bridge rules)")
+    reports = check(config)
+    if reports:
+        print_table(reports, sys.stdout)
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(reports)} sources failed", file=sys.stderr)
+        return 1
+    print(f"all {len(reports)} sources ok")
+    return 0
