@@ -295,7 +295,7 @@ class TableSource(FeatureSource):
         if q.time is not None and t.time_column is not None:
             col = t.columns[t.time_column]
             lo, hi = q.time
-            m = col.notna().to_numpy(dtype=bool)
+            m = col.notna().to_numpy(dtype=bool).copy()  # pandas may hand out a read-only view
             if lo is not None:
                 m &= (col >= lo).to_numpy(dtype=bool)
             if hi is not None:

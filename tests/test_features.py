@@ -50,6 +50,8 @@ def _sources(tmp: Path) -> dict[str, Any]:
         "postcodes": {"title": "Hamburg postcodes (FlatGeobuf)", "source": "postcodes.fgb"},
         "bikes": {"title": "Bike-share stations", "source": str(BIKES), "x": "longitude", "y": "latitude",
                   "keywords": ["mobility"]},
+        "bikes_timed": {"title": "Bike-share stations by start date", "source": str(BIKES), "x": "longitude",
+                        "y": "latitude", "time": "startDate"},
         "subway": {"title": "Subway stations", "source": str(SUBWAY), "encoding": "cp949", "x": "경도", "y": "위도"},
         "bikes_wkt": {"title": "Bike stations (WKT)", "source": "bikes_wkt.csv", "wkt": "wkt", "id": "id"},
     }
@@ -277,6 +279,19 @@ def test_paging_sorting_selection(api: httpx.Client) -> None:
     one = api.get("/collections/subway/items/" + str(seen[0]))
     assert one.status_code == 200 and one.json()["id"] == seen[0]
     assert api.get("/collections/subway/items/nope").status_code == 404
+
+
+def test_datetime_on_a_time_column(api: httpx.Client) -> None:
+    since = items(api, "bikes_timed", datetime="2018-01-01T00:00:00Z/..", limit=1000)
+    assert since["numberMatched"] > 0
+    assert all(f["properties"]["startDate"] >= "2018-01-01" for f in since["features"])
+    before = items(api, "bikes_timed", datetime="../2017-12-31T23:59:59Z", limit=1)["numberMatched"]
+    dated = items(api, "bikes_timed", filter="startDate IS NOT NULL", limit=1)["numberMatched"]
+    assert since["numberMatched"] + before == dated
+    day = items(api, "bikes_timed", datetime="2015-09-06", limit=1000)
+    assert day["numberMatched"] > 0 and {f["properties"]["startDate"] for f in day["features"]} == {
+        "2015-09-06T00:00:00Z"}
+    assert api.get("/collections/bikes_timed/items", params={"datetime": "2019-01-01/2018-01-01"}).status_code == 400
 
 
 def test_etag_and_cache_headers(api: httpx.Client) -> None:
