@@ -10,8 +10,8 @@ from typing import Any
 from features.crs import CrsError, parse_crs
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "id", "encoding", "time",
-        "access"}
+KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding",
+        "time", "access"}
 
 
 class SpecError(ValueError):
@@ -32,6 +32,7 @@ class CollectionSpec:
     x: str | None = None
     y: str | None = None
     wkt: str | None = None
+    latlon: str | None = None  # a text column "lat, lon" (as open data portals export points)
     id_column: str | None = None
     encoding: str | None = None
     time: str | None = None  # the column `datetime=` filters on
@@ -82,8 +83,8 @@ def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
                 raise SpecError(f"{where}.crs: {exc}") from None
         if ("x" in body) != ("y" in body):
             raise SpecError(f"{where}: `x` and `y` go together (the coordinate columns)")
-        if "wkt" in body and "x" in body:
-            raise SpecError(f"{where}: either `x`/`y` or `wkt`, not both")
+        if sum(k in body for k in ("x", "wkt", "latlon")) > 1:
+            raise SpecError(f"{where}: one of `x`/`y`, `wkt` or `latlon`, not several")
         access = body.get("access", "public")
         if access not in ("public", "internal"):
             raise SpecError(f"{where}.access: must be public or internal, got {access!r}")
@@ -99,8 +100,9 @@ def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
             id=cid, title=_text(body.get("title", cid), f"{where}.title"), source=source,
             description=_text(body.get("description", ""), f"{where}.description"), keywords=tuple(keywords),
             layer=_opt(body, "layer", where), crs=None if crs is None else str(crs), x=_opt(body, "x", where),
-            y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), id_column=_opt(body, "id", where),
-            encoding=None if encoding is None else str(encoding), time=_opt(body, "time", where), access=access)
+            y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), latlon=_opt(body, "latlon", where),
+            id_column=_opt(body, "id", where), encoding=None if encoding is None else str(encoding),
+            time=_opt(body, "time", where), access=access)
     return out
 
 

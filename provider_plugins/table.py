@@ -164,7 +164,7 @@ def _read_frame(spec: CollectionSpec) -> tuple[pd.DataFrame, np.ndarray, int | N
     path = Path(spec.source)
     if not path.exists():
         raise SourceError(spec.id, f"file not found: {path}")
-    if path.suffix.lower() in (".csv", ".tsv", ".txt") or spec.x or spec.wkt:
+    if path.suffix.lower() in (".csv", ".tsv", ".txt") or spec.x or spec.wkt or spec.latlon:
         return _read_csv(spec, path, declared)
     import pyogrio
 
@@ -192,6 +192,17 @@ def _read_csv(spec: CollectionSpec, path: Path, declared: int | None) -> tuple[p
         except shapely.errors.GEOSException as exc:
             raise SourceError(spec.id, f"column {spec.wkt!r}: not WKT: {exc}") from None
         frame = frame.drop(columns=spec.wkt)
+    elif spec.latlon:
+        if spec.latlon not in frame.columns:
+            raise SourceError(spec.id, f"column {spec.latlon!r} not in the CSV (columns: {', '.join(frame.columns)})")
+        parts = frame[spec.latlon].astype("string").str.strip("() ").str.split(",", n=1, expand=True)
+        if parts.shape[1] != 2:
+            raise SourceError(spec.id, f"column {spec.latlon!r} does not hold 'lat, lon' text")
+        ys = pd.to_numeric(parts[0], errors="coerce").to_numpy(dtype=float)
+        xs = pd.to_numeric(parts[1], errors="coerce").to_numpy(dtype=float)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        geoms = np.full(len(frame), None, dtype=object)
+        geoms[ok] = shapely.points(xs[ok], ys[ok])
     else:
         x, y = spec.x or _guess(frame, ("lon", "longitude", "x", "경도")), spec.y or _guess(
             frame, ("lat", "latitude", "y", "위도"))

@@ -50,6 +50,8 @@ def build_app(config: Config) -> Starlette:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
         notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1", f"udp-notify-{os.getpid()}")
         store.listeners.append(notifier)
+    if config.bridge:
+        deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started
     started = time.time()
 
     async def landing(request: Request) -> Response:

@@ -21,7 +21,7 @@ from sensorthings.service import ApiRequest, Service
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 ENTRY_KEYS = {"things", "name", "description", "properties", "datastreams", "access", "layer", "crs", "x", "y",
-              "wkt", "id", "encoding", "key"}
+              "wkt", "latlon", "id", "encoding", "key"}
 DATASTREAM_KEYS = {"name", "description", "observedProperty", "unit", "observationType", "sensor"}
 BASE = "http://udp.local/v1.1"  # links in the provisioning requests' answers are not shown to anyone
 
@@ -83,7 +83,7 @@ def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
             raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(ENTRY_KEYS))})")
         if "things" not in entry or "name" not in entry:
             raise SpecError(f"{where}: needs `things` (the table) and `name` (a template)")
-        source = {k: entry[k] for k in ("layer", "crs", "x", "y", "wkt", "id", "encoding") if k in entry}
+        source = {k: entry[k] for k in ("layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding") if k in entry}
         try:
             table = parse_collections({f"sensors-{i}": {"source": entry["things"], **source}}, base)[f"sensors-{i}"]
         except SpecError as exc:
