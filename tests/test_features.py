@@ -328,6 +328,16 @@ def test_bad_input_is_a_400_with_the_reason(api: httpx.Client, params: dict[str,
     assert reason in r.json()["description"]
 
 
+def test_links_follow_the_public_url(api: httpx.Client) -> None:
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "data.city.example", "X-Forwarded-Prefix": "/udp"}
+    landing = api.get("/", headers=proxy).json()
+    own = [ln for ln in landing["links"] if ln["rel"] in ("self", "data", "conformance", "service-desc")]
+    assert len(own) == 4 and all(ln["href"].startswith("https://data.city.example/udp/ogcapi") for ln in own)
+    page = api.get("/collections/bikes/items", params={"limit": 1}, headers=proxy).json()
+    assert {ln["rel"] for ln in page["links"]} >= {"self", "next", "collection"}
+    assert all(ln["href"].startswith("https://data.city.example/udp/ogcapi/") for ln in page["links"])
+
+
 def test_other_endpoints_refuse_unknown_parameters(api: httpx.Client) -> None:
     assert api.get("/collections", params={"nope": 1}).status_code == 400
     assert api.get("/collections/bikes", params={"nope": 1}).status_code == 400

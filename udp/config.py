@@ -70,6 +70,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     unknown = sorted(set(doc) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    for key, why in (("auth", "access control is not built yet: the platform would run open, so it refuses to start"),
+                     ("indicators", "district indicators are not built yet")):
+        if key in doc:
+            raise ConfigError(f"{key}: {why} (remove the key)")
     doc = _expand(doc, "")
     cfg = Config(path=p, raw=doc)
     if "title" in doc:
