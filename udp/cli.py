@@ -74,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
     print(f"  SensorThings  {base}/v1.1")
+    print(f"  OGC API       {base}/ogcapi")
     print(f"  health        {base}/health")
     print(f"  MQTT          {' '.join(mqtt.endpoints)}")
     print(f"  store         {store_url}")
@@ -181,6 +182,84 @@ def _provision(service: object, config: Config) -> None:
         print(f"  sensors problem: {problem}", file=sys.stderr)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """Build the demo city once (progress bar), then serve it with live replayed counts."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from sensorthings.store.base import Store
+    from udp.demo.build import CONFIG, DATA, build, is_built
+
+    started = time.perf_counter()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "udp"
+    cache.mkdir(parents=True, exist_ok=True)
+    store_url = args.store or f"sqlite:///{cache / 'demo.db'}"
+    if args.rebuild and store_url.startswith("sqlite:///"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(store_url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
+        (cache / "hamburg-map.json").unlink(missing_ok=True)
+    config = _config(str(CONFIG))
+    store = Store.open(store_url)
+    built = is_built(store)
+    store.close()
+    if not built:
+        bar = tqdm(total=4, desc="building the demo city", unit=" step", file=sys.stderr,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+
+        def step(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update(1 if bar.postfix else 0)
+
+        try:
+            build(store_url, cache, config.sensors, step)
+        except Exception as exc:
+            bar.close()
+            print(f"demo: building the demo city failed: {exc}", file=sys.stderr)
+            return 1
+        bar.update(bar.total - bar.n)
+        bar.close()
+    how = "reused" if built else "built"
+    if args.port is None:
+        bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
+        args.port = 8080 if _free(bind, 8080) else _any_port(bind)
+        if args.port != 8080:
+            print(f"  port 8080 is taken: the demo serves on {args.port}", file=sys.stderr)
+    serve_args = argparse.Namespace(
+        config=str(CONFIG), host=args.host, port=args.port, workers=1, store=store_url, public_url=None, mqtt=None,
+        mqtt_port=args.mqtt_port, mqtt_ws_port=args.mqtt_ws_port, log_level=args.log_level)
+
+    def live() -> None:
+        import httpx
+
+        from mqtt_bridge.replay import read, replay
+        from sensorthings.mqtt.client import BrokerAddress, connect
+
+        shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+        url = f"http://{shown}:{args.port}"
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        print(f"  ready         in {time.perf_counter() - started:.1f} s (demo store {how}: {store_url})", flush=True)
+        if args.no_live:
+            return
+        records = read(DATA / "pedestrian_per_minute_counts_2023-09-19.csv")
+        client = connect(BrokerAddress.parse(os.environ["UDP_MQTT_URL"]), f"udp-demo-{os.getpid()}", inflight=1000)
+        print(f"  live          Melbourne's per-minute pedestrian counts replayed over MQTT at {args.speed:g}x "
+              "(topics city/pedestrians/{sensor}/count)", flush=True)
+        while True:  # round and round: a demo runs as long as it is watched
+            replay(records, client, speed=args.speed)
+
+    threading.Thread(target=live, name="udp-demo-live", daemon=True).start()
+    return _serve(serve_args)
+
+
 def _dead_letters(args: argparse.Namespace) -> int:
     from mqtt_bridge import deadletters
     from mqtt_bridge.bridge import redrive
@@ -258,6 +337,21 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--rate", type=float, help="a fixed number of messages per second instead")
     rep.add_argument("--limit", type=int, help="publish at most this many readings")
     rep.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
+    demo = sub.add_parser("demo", help="serve the demo city (Seoul, Melbourne, Hamburg) with live device messages")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=None, help="HTTP port (default 8080, or a free one)")
+    demo.add_argument("--mqtt-port", type=int, default=None, help="embedded broker port (default 1883, or a free one)")
+    demo.add_argument("--mqtt-ws-port", type=int, default=None)
+    demo.add_argument("--store", help="where the demo city is built (default sqlite:///~/.cache/udp/demo.db)")
+    demo.add_argument("--rebuild", action="store_true", help="build the demo store again from the data")
+    demo.add_argument("--speed", type=float, default=1.0, help="replay speed-up of the live counts (default 1)")
+    demo.add_argument("--no-live", action="store_true", help="no replayed device messages")
+    demo.add_argument("--log-level", default="warning")
+    imp = sub.add_parser("import-sta", help="copy Things, Datastreams and Observations from another SensorThings "
+                                            "server (FROST-Server, iot.hamburg.de) or a saved JSON response")
+    from udp import import_sta
+
+    import_sta.add_arguments(imp)
     chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
     chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)
@@ -273,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         from udp.check import run as check
 
         return check(args.config)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "import-sta":
+        return import_sta.run(args)
     return 1
 
 
