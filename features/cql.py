@@ -1,5 +1,5 @@
-"""CQL2 filters (text and JSON) parsed with pygeofilter, checked against a collection's queryables,
-and evaluated over a loaded table as one vectorized mask."""
+"""CQL2 filters (text by features.cql2_text, JSON by pygeofilter) as pygeofilter trees, checked against a
+collection's queryables, and evaluated over a loaded table as one vectorized mask."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ def parse_filter(text: str, lang: str) -> ast.Node:
             from pygeofilter.parsers.cql2_json import parse as parse_json
 
             return parse_json(text)
-        from pygeofilter.parsers.cql2_text import parse as parse_text
+        from features.cql2_text import parse as parse_text
 
         return parse_text(text)
-    except Exception as exc:  # lark and json errors name the position; pass the reason on
+    except Exception as exc:  # CQL2SyntaxError and json errors name the position; pass the reason on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FilterError(f"invalid {lang} filter: {first}") from None
 

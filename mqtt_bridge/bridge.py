@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import update
@@ -121,12 +122,14 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
     return ok, still
 
 
-def run_process(config_path: str | None, store_url: str, broker_url: str, base: str) -> None:
+def run_process(config_path: str | None, store_url: str, broker_url: str, base: str, ready: Any = None,
+                parent: int | None = None) -> None:
     """The bridge in a process of its own (started by `udp serve`): its MQTT client, writer and
     notifications do not share an interpreter lock with the HTTP workers, the broker and the
     creator. Stops cleanly (queued messages written) on SIGTERM."""
     import os
     import signal
+    import socket
     import threading
 
     from sensorthings.mqtt.notify import Notifier
@@ -135,13 +138,16 @@ def run_process(config_path: str | None, store_url: str, broker_url: str, base: 
     config = load_config(config_path)
     store = Store.open(store_url)
     address = BrokerAddress.parse(broker_url)
-    notifier = Notifier(store, address, base, f"udp-notify-{os.getpid()}-bridge")
+    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge")
     store.listeners.append(notifier)
     bridge = Bridge(store, config.bridge, address)
+    if ready is not None:
+        ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    parent = os.getppid()
+    # the pid `udp serve` passed: read here, getppid() may already name init if serve died meanwhile
+    parent = parent or os.getppid()
     # a bridge whose `udp serve` died (even by SIGKILL) stops too
     while not stop.wait(1.0) and os.getppid() == parent:
         pass

@@ -4,6 +4,7 @@ real servers send, and a round trip from a live platform (paged by small nextLin
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -300,6 +301,39 @@ def test_round_trip_from_a_live_server(source: Server, tmp_path: Path, capsys: p
     sta.close()
 
 
+def test_saved_page_with_follow(source: Server, tmp_path: Path) -> None:
+    """A saved page without Locations, Sensors or ObservedProperties: --follow reads them, and the next pages,
+    from the server its links name; without it the page alone is imported, with stand-ins."""
+    sta = httpx.Client(base_url=source.sta + "/", timeout=60)
+    first = sta.get("Things", params={"$orderby": "id", "$top": "1"}).json()["value"][0]["@iot.id"]
+    mine = f"id le {first + 9}"  # ten Things, in pages of four
+    page = sta.get("Things", params={"$top": "4", "$filter": mine, "$expand": "Datastreams"}).json()
+    assert "@iot.nextLink" in page and "Sensor" not in page["value"][0]["Datastreams"][0]
+    saved = tmp_path / "things.json.gz"
+    saved.write_bytes(gzip.compress(orjson.dumps(page)))
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    assert import_sta_cli(str(saved), "--store", alone, "--map", str(tmp_path / "alone.json")) == 0
+    got = counts(alone)
+    assert (got["Things"], got["Locations"], got["Sensors"], got["ObservedProperties"], got["Observations"]) == \
+        (4, 0, 1, 1, 0)
+    followed = f"sqlite:///{tmp_path / 'followed.db'}"
+    assert import_sta_cli(str(saved), "--follow", "--store", followed, "--map", str(tmp_path / "followed.json")) == 0
+    streams = sta.get("Datastreams", params={"$filter": f"Thing/{mine}", "$expand": "Sensor,ObservedProperty",
+                                             "$top": "1000"}).json()["value"]
+    multi = sta.get("MultiDatastreams", params={"$filter": f"Thing/{mine}", "$expand": "ObservedProperties"}).json()
+    # two counts: the platform's `Datastream/… or MultiDatastream/…` finds nothing (the paths are joined, not outer)
+    observations = sum(sta.get("Observations", params={"$filter": f"{stream}/Thing/{mine}", "$count": "true",
+                                                       "$top": "0"}).json()["@iot.count"]
+                       for stream in ("Datastream", "MultiDatastream"))
+    got = counts(followed)
+    assert got == {"Things": 10, "Locations": 10, "Datastreams": len(streams), "MultiDatastreams": len(multi["value"]),
+                   "Sensors": len({d["Sensor"]["@iot.id"] for d in streams}),
+                   "ObservedProperties": len({d["ObservedProperty"]["@iot.id"] for d in streams})
+                   + sum(len(m["ObservedProperties"]) for m in multi["value"]),
+                   "FeaturesOfInterest": 10 + 3, "Observations": observations}  # a Location's each, and the bays
+    sta.close()
+
+
 def test_limits_per_datastream(source: Server, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'recent.db'}"
     url = f"{source.sta}/Things?$top=50"
@@ -356,21 +390,24 @@ def test_into_postgresql(source: Server, tmp_path: Path) -> None:
     gen = _pg_database()
     store = next(gen)
     try:
-        for _ in range(2):
-            for name in DOCUMENTS:
-                assert import_sta_cli(str(STA_DIR / name), "--store", store, "--map", str(tmp_path / "files.json")) == 0
+        for name in (*DOCUMENTS, DOCUMENTS[-1]):  # the last one twice: nothing is written twice
+            assert import_sta_cli(str(STA_DIR / name), "--store", store, "--map", str(tmp_path / "files.json")) == 0
             got = counts(store)
-            assert (got["Things"], got["Datastreams"], got["Observations"], got["Locations"]) == (289, 420, 412, 100)
+        assert (got["Things"], got["Datastreams"], got["Observations"], got["Locations"]) == (289, 420, 412, 100)
         sta = httpx.Client(base_url=source.sta + "/", timeout=60)
-        assert import_sta_cli(f"{source.sta}/Things?$top=40", "--store", store, "--map",
-                              str(tmp_path / "live.json")) == 0
-        assert import_sta_cli(f"{source.sta}/Things?$top=40", "--store", store, "--map",
-                              str(tmp_path / "live.json")) == 0
+        first = sta.get("Things", params={"$orderby": "id", "$top": "1"}).json()["value"][0]["@iot.id"]
+        mine = f"id le {first + 14}"
+        for _ in range(2):
+            assert import_sta_cli(f"{source.sta}/Things?$top=6&$filter={mine}", "--store", store, "--map",
+                                  str(tmp_path / "live.json")) == 0
         pg = Store.open(store)
         try:
             ours = Counter(_observations(_get(Service(pg), "Observations", OBS_QUERY)))
-            res = sta.get("Observations", params={"$top": "10000", **OBS_QUERY})
-            theirs = Counter(_observations(res.json()["value"]))
+            theirs: Counter[tuple[Any, ...]] = Counter()
+            for stream in ("Datastream", "MultiDatastream"):
+                params = {"$top": "10000", **OBS_QUERY, "$filter": f"{stream}/Thing/{mine}"}
+                res = sta.get("Observations", params=params)
+                theirs.update(_observations(res.json()["value"]))
             assert theirs <= ours and ours.total() == 412 + theirs.total()  # the files' and the server's
         finally:
             pg.close()

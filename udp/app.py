@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -48,7 +49,8 @@ def build_app(config: Config) -> Starlette:
     notifier = None
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
-        notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1", f"udp-notify-{os.getpid()}")
+        notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1",
+                            f"udp-notify-{socket.gethostname()}-{os.getpid()}")
         store.listeners.append(notifier)
     if config.bridge:
         deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started

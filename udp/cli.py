@@ -141,22 +141,28 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         url = f"mqtt://127.0.0.1:{port}"
         endpoints = [f"mqtt://{host}:{port}"] + ([f"ws://{host}:{ws_port}"] if ws_port else [])
     os.environ["UDP_MQTT_URL"] = url
+    # behind a proxy or in containers the broker's address inside is not the one clients reach
+    endpoints = config.mqtt_endpoints or endpoints
     os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
     address = BrokerAddress.parse(url)
     if broker is None:
         # one persistent session per store: a restart picks up what was published meanwhile
         creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
     # Observations created by publishing, and by the bridge, notify like any other write
-    notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{os.getpid()}-create")
+    notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create")
     store.listeners.append(notifier)
     if config.sensors:
         _provision(Service(store), config)  # here, so that what it makes is notified too
     bridge = None
     if config.bridge:
         ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
-                             args=(os.environ.get("UDP_CONFIG"), store_url, url, public + "/v1.1"))
+                             args=(os.environ.get("UDP_CONFIG"), store_url, url, public + "/v1.1", ready,
+                                   os.getpid()))
         bridge.start()
+        if not ready.wait(60):
+            print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)
     return _Mqtt(endpoints, broker, creator, notifier, bridge)
 
 

@@ -31,6 +31,7 @@ class Config:
     mqtt_url: str | None = None  # an external broker; None: the embedded one
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
+    mqtt_endpoints: list[str] = field(default_factory=list)  # the broker URLs clients are told (serverSettings)
     bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
     collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
     sensors: list[Any] = field(default_factory=list)  # udp.sensors.SensorsEntry
@@ -94,8 +95,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if not isinstance(mqtt, dict):
         raise ConfigError("mqtt: must be a mapping")
     for key in mqtt:
-        if key not in ("url", "port", "ws_port"):
-            raise ConfigError(f"mqtt.{key}: unknown key (known: url, port, ws_port)")
+        if key not in ("url", "port", "ws_port", "endpoints"):
+            raise ConfigError(f"mqtt.{key}: unknown key (known: url, port, ws_port, endpoints)")
     if "url" in mqtt:
         url = str(mqtt["url"])
         if not url.startswith(("mqtt://", "mqtts://", "ws://", "wss://", "tcp://")):
@@ -105,6 +106,12 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.mqtt_port = _int(mqtt["port"], "mqtt.port", 1, 65535)
     if "ws_port" in mqtt:
         cfg.mqtt_ws_port = _int(mqtt["ws_port"], "mqtt.ws_port", 0, 65535)
+    if "endpoints" in mqtt:
+        eps = mqtt["endpoints"]
+        if not isinstance(eps, list) or not all(isinstance(e, str) and e.startswith(("mqtt://", "mqtts://", "ws://",
+                                                                                        "wss://")) for e in eps):
+            raise ConfigError("mqtt.endpoints: a list of broker URLs clients reach (mqtt://…, wss://…)")
+        cfg.mqtt_endpoints = eps
     if "bridge" in doc:
         from mqtt_bridge.rules import RuleError, parse_rules
 

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"import-sta: --since: {exc}", file=err)
         return 2
-    if args.observations is not None and args.observations < 0 or args.page_size < 1:
+    if (args.observations is not None and args.observations < 0) or args.page_size < 1:
         print("import-sta: --observations and --page-size take a number ≥ 0 (≥ 1 for --page-size)", file=err)
         return 2
     store_url = args.store
@@ -566,9 +566,9 @@ class Importer:
         `path` says where the Thing is in the source (`page value[3]`), for messages.
         """
         where = _where(path, doc)
-        if self.online:
-            self._complete(doc, where)
         key = self.key(THING, doc, root)
+        if self.online:
+            self._complete(doc, key, root, where)
         streams: list[tuple[EntityType, int, dict[str, Any], str, str]] = []
         try:
             with self.store.write() as (conn, changes):
@@ -593,6 +593,7 @@ class Importer:
             self.fail(where, f"the Thing and what it carries were not written: {exc}")
             return
         self._commit(tx)
+        self._maybe_save()
         if not self.online or self.limit == 0:
             return
         for entity, sid, ds, ds_key, ds_path in streams:
@@ -688,16 +689,19 @@ class Importer:
         return self._insert(tx, self.draft(entity, body, where), key)
 
     # -- completing what a page lacks (online only) ------------------------------------------------
-    def _complete(self, thing: dict[str, Any], where: str) -> None:
+    def _complete(self, thing: dict[str, Any], key: str, root: str, where: str) -> None:
         self._complete_set(thing, "Locations", None, where, optional=False)
         self._complete_set(thing, "Datastreams", "Sensor,ObservedProperty", where, optional=False)
         self._complete_set(thing, "MultiDatastreams", "Sensor,ObservedProperties", where, optional=True)
+        # a (Multi)Datastream imported before needs only its Observations
         for ds in _items(thing, "Datastreams"):
-            for nav in ("Sensor", "ObservedProperty"):
-                self._complete_one(ds, nav)
+            if self.map.get(DATASTREAM, self.key(DATASTREAM, ds, root, key)) is None:
+                for nav in ("Sensor", "ObservedProperty"):
+                    self._complete_one(ds, nav)
         for md in _items(thing, "MultiDatastreams"):
-            self._complete_one(md, "Sensor")
-            self._complete_set(md, "ObservedProperties", None, where, optional=False)
+            if self.map.get(MULTI_DATASTREAM, self.key(MULTI_DATASTREAM, md, root, key)) is None:
+                self._complete_one(md, "Sensor")
+                self._complete_set(md, "ObservedProperties", None, where, optional=False)
 
     def _complete_set(self, doc: dict[str, Any], nav: str, expand: str | None, where: str, optional: bool) -> None:
         more = doc.get(f"{nav}@iot.nextLink")
