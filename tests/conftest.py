@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# the real open data the tests use, in the repository: the demo city's files and a few more in tests/data
+DEMO_DATA = ROOT / "udp" / "demo" / "data"
+TEST_DATA = ROOT / "tests" / "data"
 PG_URL = os.environ.get("UDP_TEST_PG")
 
 

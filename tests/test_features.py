@@ -16,15 +16,14 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from tests.conftest import PG_URL, ROOT, SHARED, Server, _pg_database, start_server, stop_server
+from tests.conftest import DEMO_DATA, PG_URL, ROOT, TEST_DATA, Server, _pg_database, start_server, stop_server
 
-DATA = SHARED / "data"
-SEOUL_SHP = DATA / "seoul/boundaries/kostat2013_municipalities_bessel_tm_shp/seoul_municipalities.shp"
-BIKES = DATA / "seoul/mobility/ttareungyi_bike_stations.csv"
-SUBWAY = DATA / "seoul/mobility/subway_station_master.csv"
-STADTTEILE = DATA / "hamburg/boundaries/cosi_two_stadtteile_epsg25832.json"
-POSTCODES = DATA / "hamburg/boundaries/hamburg_postcode_areas.geojson"
-DONGS = DATA / "seoul/boundaries/kostat_seoul_submunicipalities_geo_simple.json"
+SEOUL_SHP = DEMO_DATA / "seoul_municipalities.shp"
+BIKES = DEMO_DATA / "ttareungyi_bike_stations.csv"
+SUBWAY = DEMO_DATA / "subway_station_master.csv"
+STADTTEILE = TEST_DATA / "cosi_two_stadtteile_epsg25832.json"
+POSTCODES = DEMO_DATA / "hamburg_postcode_areas.geojson"
+DONGS = DEMO_DATA / "seoul_dongs.json"
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EPSG = "http://www.opengis.net/def/crs/EPSG/0/"
 

@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SHARED, Server, unique
+from tests.conftest import DEMO_DATA, Server, unique
 
 DOCUMENTS = ("HH_STA_HamburgerRadzaehlnetz.json", "traffic_status.json", "ev-charging-stations.json")
-STA_DIR = SHARED / "data" / "hamburg" / "sta"
+STA_DIR = DEMO_DATA
 
 
 @dataclass

@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
-from tests.conftest import PG_URL, SHARED, Server, _pg_database, free_port, start_server, stop_server
+from tests.conftest import DEMO_DATA, PG_URL, Server, _pg_database, free_port, start_server, stop_server
 from udp import import_sta
 
-STA_DIR = SHARED / "data" / "hamburg" / "sta"
+STA_DIR = DEMO_DATA
 DOCUMENTS = ("HH_STA_HamburgerRadzaehlnetz.json", "traffic_status.json", "ev-charging-stations.json")
 SETS = {"Things": "things", "Locations": "locations", "Datastreams": "datastreams",
         "MultiDatastreams": "multi_datastreams", "Sensors": "sensors", "ObservedProperties": "observed_properties",

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, SHARED, Server, start_server, stop_server
+from tests.conftest import DEMO_DATA, ROOT, Server, start_server, stop_server
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = ROOT / "tests" / "qgis_load_layer.py"
-BIKES = SHARED / "data" / "seoul/mobility/ttareungyi_bike_stations.csv"
+BIKES = DEMO_DATA / "ttareungyi_bike_stations.csv"
 
 
 def _qgis_missing() -> str | None:

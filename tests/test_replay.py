@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from mqtt_bridge.replay import read
-from tests.conftest import ROOT, SHARED, start_server, stop_server
+from tests.conftest import DEMO_DATA, ROOT, TEST_DATA, start_server, stop_server
 from tests.test_bridge import add_thing, results, wait_for
 
-MELBOURNE = SHARED / "data/melbourne/pedestrian_per_minute_counts_2023-09-19.csv"
-HAMBURG = SHARED / "data/hamburg/observations/iot_hamburg_multimodal_sample.jsonl.gz"
+MELBOURNE = DEMO_DATA / "pedestrian_per_minute_counts_2023-09-19.csv"
+HAMBURG = TEST_DATA / "iot_hamburg_multimodal_sample.jsonl.gz"
 CONFIG = """title: Replay test
 bridge:
   - topic: city/pedestrians/{sensor}/count

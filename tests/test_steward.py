@@ -14,12 +14,11 @@ import paho.mqtt.client as mqtt
 import pyogrio
 import pytest
 
-from tests.conftest import ROOT, SHARED, start_server, stop_server
+from tests.conftest import DEMO_DATA, ROOT, TEST_DATA, start_server, stop_server
 
-DATA = SHARED / "data"
-MELBOURNE = DATA / "melbourne/pedestrian_sensor_locations.csv"
-STADTTEILE = DATA / "hamburg/boundaries/cosi_two_stadtteile_epsg25832.json"
-BIKES = DATA / "seoul/mobility/ttareungyi_bike_stations.csv"
+MELBOURNE = DEMO_DATA / "pedestrian_sensor_locations.csv"
+STADTTEILE = TEST_DATA / "cosi_two_stadtteile_epsg25832.json"
+BIKES = DEMO_DATA / "ttareungyi_bike_stations.csv"
 
 
 def _counters(tmp: Path, rows: int, rename: str | None = None, move: bool = False) -> Path:
@@ -147,7 +146,7 @@ def test_udp_check_reports_every_source(tmp_path: Path) -> None:
   good:
     source: {BIKES}
   tm:
-    source: {DATA / 'seoul/boundaries/kostat2013_municipalities_bessel_tm_shp/seoul_municipalities.shp'}
+    source: {DEMO_DATA / 'seoul_municipalities.shp'}
   missing:
     source: nothere.gpkg
 """, encoding="utf-8")
