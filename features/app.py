@@ -57,13 +57,18 @@ CONFORMANCE = [
 ]
 
 
-def load_sources(specs: dict[str, CollectionSpec], store: Store | None) -> dict[str, FeatureSource]:
-    """Every declared collection opened (SourceError names the first that cannot be read), and the
-    SensorThings collections of the store."""
+def load_sources(specs: dict[str, CollectionSpec], store: Store | None,
+                 indicators: dict[str, Any] | None = None) -> dict[str, FeatureSource]:
+    """Every declared collection opened (SourceError names the first that cannot be read), the
+    SensorThings collections of the store and the indicators with areas."""
     out: dict[str, FeatureSource] = {}
     if store is not None:
         out.update(sensorthings_sources(store))
     out.update({cid: TableSource(spec) for cid, spec in specs.items()})
+    if store is not None and indicators:
+        from provider_plugins.indicators import IndicatorSource
+
+        out.update({iid: IndicatorSource(spec, store) for iid, spec in indicators.items() if spec.areas is not None})
     return out
 
 
@@ -156,10 +161,11 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
 
 
 def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None,
-                    store: Store | None = None) -> list[BaseRoute]:
-    """The /ogcapi routes for the declared collections and the store's SensorThings collections."""
+                    store: Store | None = None, indicators: dict[str, Any] | None = None) -> list[BaseRoute]:
+    """The /ogcapi routes for the declared collections, the store's SensorThings collections and the
+    indicators."""
     SOURCES.clear()
-    SOURCES.update(load_sources(specs, store))
+    SOURCES.update(load_sources(specs, store, indicators))
     workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     install(title, SOURCES, workdir)

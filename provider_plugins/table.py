@@ -132,18 +132,24 @@ def _build(spec: CollectionSpec) -> Table:
         time_column = next((c for c in frame.columns if frame[c].dtype.kind == "M"), None)
         if time_column is not None:
             frame[time_column] = pd.to_datetime(frame[time_column], utc=True)
+    digest = hashlib.sha1(spec.source.encode())
+    if not spec.is_postgis:
+        st = Path(spec.source).stat()
+        digest.update(f"{st.st_mtime_ns}:{st.st_size}".encode())
+    return assemble(spec, frame, ids, geoms, source_crs, time_column, digest.hexdigest()[:16])
+
+
+def assemble(spec: CollectionSpec, frame: pd.DataFrame, ids: np.ndarray, geoms: np.ndarray, source_crs: int | None,
+             time_column: str | None, etag: str) -> Table:
+    """A table from its rows (CRS84 geometries): features encoded, R-tree and extent made."""
     props = _json_ready(frame)
     geo_json = shapely.to_geojson(geoms)
     encoded = [encode_feature(fid, b"null" if g is None else g.encode(), row)
                for fid, g, row in zip(ids.tolist(), geo_json, props, strict=True)]
     valid = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
     bbox = tuple(float(v) for v in shapely.total_bounds(valid)) if len(valid) else None
-    digest = hashlib.sha1(spec.source.encode())
-    if not spec.is_postgis:
-        st = Path(spec.source).stat()
-        digest.update(f"{st.st_mtime_ns}:{st.st_size}".encode())
     return Table(spec, frame, ids, geoms, source_crs, encoded, shapely.STRtree(geoms), bbox,
-                 time_column, digest.hexdigest()[:16], {str(v): i for i, v in enumerate(ids.tolist())})
+                 time_column, etag, {str(v): i for i, v in enumerate(ids.tolist())})
 
 
 def _json_ready(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -100,7 +100,7 @@ def build_app(config: Config) -> Starlette:
         Route("/", landing),
         Route("/health", health),
         *sensorthings_routes(service, config.public_url),
-        *features_routes(config.collections, config.title, config.public_url, store),
+        *features_routes(config.collections, config.title, config.public_url, store, config.indicators),
     ], lifespan=lifespan)
     app.state.store = store
     app.state.service = service

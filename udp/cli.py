@@ -88,15 +88,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 class _Mqtt:
-    """The broker side of `udp serve`: the embedded broker (unless an external one is named) and the
-    one subscriber that creates Observations published by clients."""
+    """What the `udp serve` process runs besides the HTTP workers: the embedded broker (unless an external
+    one is named), the subscriber that creates Observations published by clients, the bridge process and
+    the indicator engine."""
 
     def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object,
-                 bridge: object | None) -> None:
+                 bridge: object | None, indicators: object | None = None) -> None:
         self.endpoints, self.broker, self.creator, self.notifier = endpoints, broker, creator, notifier
-        self.bridge = bridge
+        self.bridge, self.indicators = bridge, indicators
 
     def stop(self) -> None:
+        if self.indicators is not None:
+            self.indicators.stop()  # type: ignore[attr-defined]
         if self.bridge is not None:
             self.bridge.terminate()  # type: ignore[attr-defined]
             self.bridge.join(30)  # type: ignore[attr-defined]
@@ -153,6 +156,11 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     store.listeners.append(notifier)
     if config.sensors:
         _provision(Service(store), config)  # here, so that what it makes is notified too
+    indicators = None
+    if config.indicators:
+        from udp.indicators import IndicatorEngine
+
+        indicators = IndicatorEngine(store, config.indicators).start()
     bridge = None
     if config.bridge:
         ctx = multiprocessing.get_context("spawn")
@@ -163,7 +171,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)
-    return _Mqtt(endpoints, broker, creator, notifier, bridge)
+    return _Mqtt(endpoints, broker, creator, notifier, bridge, indicators)
 
 
 def _provision(service: object, config: Config) -> None:

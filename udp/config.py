@@ -35,6 +35,7 @@ class Config:
     bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
     collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
     sensors: list[Any] = field(default_factory=list)  # udp.sensors.SensorsEntry
+    indicators: dict[str, Any] = field(default_factory=dict)  # id → udp.indicators.IndicatorSpec
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -71,10 +72,9 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     unknown = sorted(set(doc) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    for key, why in (("auth", "access control is not built yet: the platform would run open, so it refuses to start"),
-                     ("indicators", "district indicators are not built yet")):
-        if key in doc:
-            raise ConfigError(f"{key}: {why} (remove the key)")
+    if "auth" in doc:
+        raise ConfigError("auth: access control is not built yet: the platform would run open, so it refuses to "
+                          "start (remove the key)")
     doc = _expand(doc, "")
     cfg = Config(path=p, raw=doc)
     if "title" in doc:
@@ -132,6 +132,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
         try:
             cfg.sensors = parse_sensors(doc["sensors"], p.parent)
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+    if "indicators" in doc:
+        from features.spec import SpecError
+        from udp.indicators import parse_indicators
+
+        try:
+            cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     server = doc.get("server") or {}

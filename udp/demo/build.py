@@ -34,7 +34,7 @@ from sensorthings.store.base import Store
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 CONFIG = HERE / "config.yml"
-VERSION = "1"
+VERSION = "2"
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 # the daily file's columns: (ObservedProperty, unit name, UCUM symbol)
 POLLUTANTS = {

@@ -1,0 +1,114 @@
+"""An indicator as a feature collection: one feature per area with its current value, read from the
+indicator's SensorThings Datastreams on every request (the engine in `udp serve` writes them)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from features.request import ItemsQuery
+from provider_plugins.base import Page
+from provider_plugins.table import Table, TableSource, assemble
+from sensorthings.service import ApiRequest, Service
+from sensorthings.store.base import Store
+from udp.indicators import CITY, IndicatorSpec, load_areas
+
+
+class IndicatorSource(TableSource):
+    """The areas of an indicator and their values; filters, sorting and CRSs as for any table."""
+
+    cache_control = "no-cache"  # values change as Observations arrive; revalidate with the ETag
+
+    def __init__(self, spec: IndicatorSpec, store: Store) -> None:
+        assert spec.areas is not None
+        self.indicator = spec
+        self.spec = spec.areas
+        self.id = spec.id
+        self.title = spec.title
+        self.description = spec.description or f"{spec.aggregate} of {spec.observed_property} over " \
+                                               f"{spec.window_text}, per area"
+        self.keywords = ("indicator", spec.observed_property)
+        self.service = Service(store)
+        self.areas = load_areas(spec)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._table: Table | None = None
+        self._version = ""
+
+    def _values(self) -> dict[str, dict[str, Any]]:
+        quoted = self.indicator.id.replace("'", "''")
+        res = self.service.handle(ApiRequest("GET", "Datastreams", {
+            "$filter": f"properties/indicator eq '{quoted}'", "$top": "10000",
+            "$expand": "Observations($orderby=phenomenonTime desc;$top=1)"}, None, "http://udp.local/v1.1"))
+        out = {}
+        for ds in (res.body or {}).get("value", []):
+            area = ds["properties"]["area"]
+            latest = (ds.get("Observations") or [None])[0]
+            out[area] = {"datastream": ds["@iot.selfLink"].replace("http://udp.local", ""), "unit":
+                         (ds.get("unitOfMeasurement") or {}).get("symbol"),
+                         "value": latest.get("result") if latest else None,
+                         "sensors": ((latest or {}).get("parameters") or {}).get("sensors", 0),
+                         "updated": latest.get("phenomenonTime") if latest else None}
+        return out
+
+    @property
+    def table(self) -> Table:  # type: ignore[override]
+        """The areas with their current values: the request's own snapshot while one is answered."""
+        pinned = getattr(self._local, "table", None)
+        return pinned if pinned is not None else self._current()
+
+    def search(self, q: ItemsQuery) -> Page:
+        """Filter, sort and page one snapshot of the values."""
+        self._local.table = self._current()
+        try:
+            return super().search(q)
+        finally:
+            self._local.table = None
+
+    def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
+        """One area by id, from one snapshot."""
+        self._local.table = self._current()
+        try:
+            return super().feature(fid, q)
+        finally:
+            self._local.table = None
+
+    def _current(self) -> Table:
+        values = self._values()
+        version = hashlib.sha1(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        with self._lock:
+            if self._table is None or version != self._version:
+                self._table, self._version = self._build(values, version), version
+            return self._table
+
+    def _build(self, values: dict[str, dict[str, Any]], version: str) -> Table:
+        spec, areas = self.indicator, self.areas
+        assert areas is not None
+        rows = []
+        for name in areas.names:
+            v = values.get(name, {})
+            rows.append({"area": name, "value": v.get("value"), "unit": v.get("unit"), "sensors": v.get("sensors", 0),
+                         "aggregate": spec.aggregate, "observedProperty": spec.observed_property,
+                         "window": spec.window_text, "updated": v.get("updated"),
+                         "datastream": v.get("datastream")})
+        frame = pd.DataFrame(rows).convert_dtypes(convert_boolean=False)
+        frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+        return assemble(self.spec, frame, np.arange(1, len(rows) + 1), areas.geoms, None, None, version)
+
+    @property
+    def storage_crs(self) -> int | None:
+        """Areas are held in CRS84."""
+        return None
+
+    def etag(self) -> str:
+        """Known only once the values are read: from the body."""
+        return ""
+
+    def city(self) -> dict[str, Any]:
+        """The city-wide value."""
+        return self._values().get(CITY, {})

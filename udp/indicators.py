@@ -1,0 +1,374 @@
+"""District indicators declared in config.yml, computed from live sensors and served like everything else.
+
+An indicator takes the Datastreams whose ObservedProperty has a name, finds each one's area by a
+spatial join of its Thing's Location with a polygon collection (districts), and aggregates their
+Observations in a time window (mean, sum, count, min, max, latest) per area and for the whole city.
+Every value is written as an Observation of a SensorThings Datastream per (indicator, area) — so
+clients chart the history with the SensorThings API — and each indicator is an OGC API Features
+collection with one feature per area and its current value.
+
+The engine runs in the `udp serve` process: it recomputes when sensor Observations arrived (checked
+every `interval` seconds) and writes a value when it changed or a minute has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import shapely
+from sqlalchemy import and_, func, select
+
+from features.spec import CollectionSpec, SpecError
+from sensorthings.results import encode_result
+from sensorthings.service import ApiRequest, Service
+from sensorthings.store.base import Store
+from sensorthings.store.schema import TABLES
+
+log = logging.getLogger("udp.indicators")
+AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
+KEYS = {"title", "description", "areas", "area_name", "observedProperty", "aggregate", "window", "unit"}
+CITY = "city"
+OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+BASE = "http://udp.local/v1.1"
+
+
+@dataclass(frozen=True)
+class IndicatorSpec:
+    """One `indicators:` entry."""
+
+    id: str
+    title: str
+    observed_property: str
+    aggregate: str
+    window: timedelta
+    window_text: str
+    areas: CollectionSpec | None = None  # the polygons; None: the whole city only
+    area_name: str | None = None  # the areas' column that names them
+    description: str = ""
+    unit: dict[str, str] | None = field(default=None, hash=False, compare=False)
+
+
+def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[str, IndicatorSpec]:
+    """The `indicators:` mapping as specs; SpecError names the key path."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SpecError("indicators: must be a mapping of indicator id to its declaration")
+    out = {}
+    for iid, body in doc.items():
+        where = f"indicators.{iid}"
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: must be a mapping")
+        unknown = sorted(set(body) - KEYS)
+        if unknown:
+            raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
+        for needed in ("observedProperty", "aggregate", "window"):
+            if needed not in body:
+                raise SpecError(f"{where}.{needed}: missing")
+        if body["aggregate"] not in AGGREGATES:
+            raise SpecError(f"{where}.aggregate: must be one of {', '.join(AGGREGATES)}, got {body['aggregate']!r}")
+        try:
+            window = pd.Timedelta(str(body["window"])).to_pytimedelta()
+        except ValueError:
+            raise SpecError(f"{where}.window: not an ISO 8601 duration such as PT1H: {body['window']!r}") from None
+        if window <= timedelta(0):
+            raise SpecError(f"{where}.window: must be longer than nothing")
+        areas = None
+        if body.get("areas") is not None:
+            if body["areas"] not in collections:
+                raise SpecError(f"{where}.areas: no collection {body['areas']!r} (collections: "
+                                f"{', '.join(sorted(collections)) or 'none'})")
+            areas = collections[body["areas"]]
+        unit = body.get("unit")
+        if unit is not None and (not isinstance(unit, dict) or not {"name", "symbol"} <= set(unit)):
+            raise SpecError(f"{where}.unit: needs name and symbol")
+        out[str(iid)] = IndicatorSpec(
+            str(iid), str(body.get("title", iid)), str(body["observedProperty"]), body["aggregate"], window,
+            str(body["window"]), areas, None if body.get("area_name") is None else str(body["area_name"]),
+            str(body.get("description", "")), None if unit is None else {k: str(v) for k, v in unit.items()})
+    return out
+
+
+# -- areas -----------------------------------------------------------------------------------------
+@dataclass
+class Areas:
+    """An indicator's polygons: names, CRS84 geometries and an R-tree."""
+
+    names: list[str]
+    geoms: np.ndarray
+    tree: shapely.STRtree
+
+    def of(self, point: shapely.Geometry) -> str | None:
+        """The area a point lies in."""
+        hits = self.tree.query(point, predicate="within")
+        return self.names[int(hits[0])] if len(hits) else None
+
+
+def load_areas(spec: IndicatorSpec) -> Areas | None:
+    """The areas of an indicator from its polygon collection (read once per process)."""
+    if spec.areas is None:
+        return None
+    from provider_plugins.table import load
+
+    table = load(spec.areas)
+    column = spec.area_name or next((c for c in ("name", "NAME", "name_eng", "area") if c in table.columns), None) \
+        or next((c for c in table.columns if table.columns[c].dtype.kind in "OSU"), None)
+    names = [str(v) for v in (table.columns[column] if column else table.ids)]
+    return Areas(names, table.geoms, shapely.STRtree(table.geoms))
+
+
+# -- the engine ------------------------------------------------------------------------------------
+def _call(service: Service, method: str, path: str, body: Any = None, **params: str) -> Any:
+    res = service.handle(ApiRequest(method, path, params, None if body is None else orjson.dumps(body), BASE,
+                                    "application/json"))
+    if res.status >= 400:
+        raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
+    return res.body
+
+
+@dataclass
+class Stream:
+    """The Datastream an indicator writes an area's values to."""
+
+    id: int
+    foi: int
+    last: float | None = None
+    written: float = 0.0
+
+
+class IndicatorEngine:
+    """Keeps every indicator's Datastreams current from the sensors' Observations."""
+
+    def __init__(self, store: Store, specs: dict[str, IndicatorSpec], interval: float = 2.0,
+                 heartbeat: float = 60.0) -> None:
+        self.store = store
+        self.specs = specs
+        self.interval = interval
+        self.heartbeat = heartbeat
+        self.service = Service(store)
+        self.areas = {iid: load_areas(spec) for iid, spec in specs.items()}
+        self.streams: dict[tuple[str, str], Stream] = {}
+        self.seen = -1
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.computed = 0
+
+    # -- entities ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """The indicators' Thing, ObservedProperties, FeaturesOfInterest and Datastreams, made once."""
+        things = _call(self.service, "GET", "Things", **{"$filter": "properties/kind eq 'indicators'", "$top": "1"})
+        if things["value"]:
+            thing = things["value"][0]["@iot.id"]
+        else:
+            thing = _call(self.service, "POST", "Things", {
+                "name": "District indicators", "description": "Indicators computed by the platform from live sensors",
+                "properties": {"kind": "indicators"}})["@iot.id"]
+        made = _call(self.service, "GET", "Datastreams", **{"$filter": "properties/indicator ne null", "$top": "10000"})
+        existing = {(ds["properties"]["indicator"], ds["properties"]["area"]): ds for ds in made["value"]}
+        sensor = None
+        for iid, spec in self.specs.items():
+            areas = self.areas[iid]
+            shapes = [] if areas is None else list(zip(areas.names, areas.geoms, strict=True))
+            city = shapely.unary_union([g for _, g in shapes]).convex_hull if shapes else None
+            for area, geom in [*shapes, (CITY, city)]:
+                found = existing.get((iid, area))
+                if found is not None:
+                    self.streams[(iid, area)] = Stream(found["@iot.id"], int(found["properties"]["foi"]))
+                    continue
+                if sensor is None:
+                    sensor = self._sensor()
+                foi = _call(self.service, "POST", "FeaturesOfInterest", {
+                    "name": f"{area}" if area != CITY else "the city", "description": f"indicator area {area}",
+                    "encodingType": "application/geo+json",
+                    "feature": shapely.geometry.mapping(geom) if geom is not None else {"type": "Point",
+                                                                                       "coordinates": [0, 0]},
+                    "properties": {"indicator": iid, "area": area}})["@iot.id"]
+                unit = spec.unit or self._unit_of(spec)
+                made = _call(self.service, "POST", "Datastreams", {
+                    "name": f"{spec.title} — {area}", "description": spec.description or spec.title,
+                    "observationType": OM, "unitOfMeasurement": {"definition": "", **unit},
+                    "properties": {"indicator": iid, "area": area, "aggregate": spec.aggregate,
+                                   "observedProperty": spec.observed_property, "window": spec.window_text,
+                                   "foi": foi},
+                    "Thing": {"@iot.id": thing}, "Sensor": {"@iot.id": sensor},
+                    "ObservedProperty": {"name": f"{spec.aggregate} {spec.observed_property} over {spec.window_text}",
+                                         "definition": f"urn:udp:indicator:{iid}", "description": spec.title}})
+                self.streams[(iid, area)] = Stream(made["@iot.id"], foi)
+
+    def _sensor(self) -> int:
+        found = _call(self.service, "GET", "Sensors", **{"$filter": "name eq 'udp indicator engine'", "$top": "1"})
+        if found["value"]:
+            return found["value"][0]["@iot.id"]
+        return _call(self.service, "POST", "Sensors", {
+            "name": "udp indicator engine", "description": "aggregates of live sensor Observations per area",
+            "encodingType": "text/plain", "metadata": "udp/indicators.py"})["@iot.id"]
+
+    def _unit_of(self, spec: IndicatorSpec) -> dict[str, str]:
+        if spec.aggregate == "count":
+            return {"name": "count", "symbol": "{count}"}
+        found = _call(self.service, "GET", "Datastreams", **{
+            "$filter": f"ObservedProperty/name eq '{spec.observed_property.replace(chr(39), chr(39) * 2)}'",
+            "$select": "unitOfMeasurement", "$top": "1"})["value"]
+        unit = found[0]["unitOfMeasurement"] if found else {}
+        return {"name": str(unit.get("name") or ""), "symbol": str(unit.get("symbol") or "")}
+
+    # -- computing ---------------------------------------------------------------------------------
+    def _sensors(self, conn: Any, spec: IndicatorSpec) -> dict[int, str | None]:
+        """The indicator's sensor Datastreams and the area each lies in."""
+        ds, op, tl, loc = (TABLES[n] for n in ("datastreams", "observed_properties", "thing_locations", "locations"))
+        rows = conn.execute(
+            select(ds.c.id, loc.c.location).select_from(ds)
+            .join(op, op.c.id == ds.c.observed_property_id)
+            .outerjoin(tl, tl.c.thing_id == ds.c.thing_id).outerjoin(loc, loc.c.id == tl.c.location_id)
+            .where(op.c.name == spec.observed_property)).all()
+        areas = self.areas[spec.id]
+        out: dict[int, str | None] = {}
+        for ds_id, location in rows:
+            geom = _point(location)
+            out[ds_id] = None if areas is None or geom is None else areas.of(geom)
+        return out
+
+    def compute(self, spec: IndicatorSpec, now: datetime | None = None) -> dict[str, tuple[float | None, int]]:
+        """(value, sensors with Observations in the window) per area and for the city."""
+        now = now or datetime.now(UTC)
+        obs = TABLES["observations"]
+        with self.store.read() as conn:
+            sensors = self._sensors(conn, spec)
+            if not sensors:
+                return {}
+            since = now - spec.window
+            ids = list(sensors)
+            num = obs.c.result_number
+            cond = and_(obs.c.datastream_id.in_(ids), obs.c.phenomenon_time_start >= since,
+                        obs.c.phenomenon_time_start <= now, num.is_not(None))
+            rows = conn.execute(select(obs.c.datastream_id, func.count(num), func.sum(num), func.min(num),
+                                       func.max(num), func.max(obs.c.phenomenon_time_start))
+                                .where(cond).group_by(obs.c.datastream_id)).all()
+            latest: dict[int, float] = {}
+            if spec.aggregate == "latest" and rows:
+                newest = {r[0]: r[5] for r in rows}
+                for ds_id, at in newest.items():
+                    value = conn.execute(select(num).where(obs.c.datastream_id == ds_id,
+                                                           obs.c.phenomenon_time_start == at, num.is_not(None))
+                                         .order_by(obs.c.id.desc()).limit(1)).scalar()
+                    if value is not None:
+                        latest[ds_id] = float(value)
+        groups: dict[str, list[tuple]] = {}
+        for row in rows:
+            area = sensors.get(row[0])
+            groups.setdefault(CITY, []).append(row)
+            if area is not None:
+                groups.setdefault(area, []).append(row)
+        out: dict[str, tuple[float | None, int]] = {}
+        for area, members in groups.items():
+            out[area] = (_aggregate(spec.aggregate, members, latest), len(members))
+        return out
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Recompute every indicator and write the values that changed (or are due); Observations written."""
+        now = now or datetime.now(UTC)
+        rows: list[dict[str, Any]] = []
+        wall = time.monotonic()
+        for iid, spec in self.specs.items():
+            values = self.compute(spec, now)
+            areas = self.areas[iid]
+            for area in [*(areas.names if areas else []), CITY]:
+                stream = self.streams.get((iid, area))
+                if stream is None:
+                    continue
+                value, count = values.get(area, (None, 0))
+                if value is None and stream.last is None:
+                    continue
+                if value == stream.last and wall - stream.written < self.heartbeat:
+                    continue
+                rows.append(_row(stream, now, value, count))
+                stream.last, stream.written = value, wall
+        if rows:
+            with self.store.write() as (conn, changes):
+                from sensorthings.model import OBSERVATION
+                from sensorthings.store.base import Change
+
+                ids = self.store.insert_observations(conn, rows)
+                self.store.cover_observations(conn, rows)
+                changes.extend(Change(OBSERVATION, i, "create", {**r, "id": i}) for i, r in zip(ids, rows, strict=True))
+        self.computed += 1
+        return len(rows)
+
+    def _sensor_watermark(self) -> int:
+        obs = TABLES["observations"]
+        mine = [s.id for s in self.streams.values()]
+        with self.store.read() as conn:
+            return int(conn.execute(select(func.max(obs.c.id)).where(obs.c.datastream_id.not_in(mine))).scalar() or 0)
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                mark = self._sensor_watermark()
+                due = any(time.monotonic() - s.written >= self.heartbeat for s in self.streams.values())
+                if mark != self.seen or due:
+                    self.run_once()
+                    self.seen = mark
+            except Exception:  # a failed round must not end the indicators; the next one tries again
+                log.exception("computing the indicators failed")
+            self.stop_event.wait(self.interval)
+
+    def start(self) -> IndicatorEngine:
+        """Make the entities and keep them current from a thread of their own."""
+        self.setup()
+        self.thread = threading.Thread(target=self._loop, name="udp-indicators", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop recomputing."""
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+
+def _point(location: Any) -> shapely.Geometry | None:
+    if isinstance(location, str):
+        location = orjson.loads(location)
+    if not isinstance(location, dict):
+        return None
+    if location.get("type") == "Feature":
+        location = location.get("geometry")
+    try:
+        geom = shapely.geometry.shape(location)
+    except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException):
+        return None
+    return geom if geom.geom_type == "Point" else geom.representative_point()
+
+
+def _aggregate(kind: str, rows: list[tuple], latest: dict[int, float]) -> float | None:
+    count = sum(int(r[1]) for r in rows)
+    if kind == "count":
+        return float(count)
+    if not count:
+        return None
+    if kind == "mean":
+        return float(sum(float(r[2]) for r in rows) / count)
+    if kind == "sum":
+        return float(sum(float(r[2]) for r in rows))
+    if kind == "min":
+        return float(min(float(r[3]) for r in rows))
+    if kind == "max":
+        return float(max(float(r[4]) for r in rows))
+    newest = max(rows, key=lambda r: r[5])
+    return latest.get(newest[0])
+
+
+def _row(stream: Stream, now: datetime, value: float | None, count: int) -> dict[str, Any]:
+    kind, number, text, json = encode_result(value)
+    return {"phenomenon_time_start": now, "phenomenon_time_end": None, "result_time": now, "result_type": kind,
+            "result_number": number, "result_string": text, "result_json": json, "result_quality": None,
+            "valid_time_start": None, "valid_time_end": None, "parameters": {"sensors": count},
+            "datastream_id": stream.id, "multi_datastream_id": None, "feature_of_interest_id": stream.foi}
