@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -101,11 +102,20 @@ def build_app(config: Config) -> Starlette:
         Route("/health", health),
         *sensorthings_routes(service, config.public_url),
         *features_routes(config.collections, config.title, config.public_url, store, config.indicators),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service
     app.state.config = config
     return app
+
+
+def _middleware(config: Config) -> list[Middleware]:
+    """Access control when `auth:` is declared."""
+    if config.auth is None:
+        return []
+    from udp.auth import Authenticator, AuthMiddleware
+
+    return [Middleware(AuthMiddleware, auth=Authenticator(config.auth))]
 
 
 def app_from_env() -> Starlette:

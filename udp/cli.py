@@ -57,6 +57,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = _config(args.config)
+    if config.auth is None:
+        print("WARNING: no `auth:` in the configuration: the platform runs open, anyone may create, change and "
+              "delete data (see README, Access control)", file=sys.stderr)
+    else:
+        import secrets
+
+        # the platform's own MQTT clients sign in to the embedded broker with this
+        os.environ["UDP_INTERNAL_SECRET"] = secrets.token_urlsafe(24)
     _open_sources(config, keep=args.workers <= 1)
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
@@ -136,12 +144,28 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
             port, ws_port = _any_port(bind), (_any_port(bind) if ws_port else 0)
             print(f"  MQTT port {taken} (or {config.mqtt_ws_port}) is taken: the embedded broker uses {port}"
                   + (f" and {ws_port}" if ws_port else ""), file=sys.stderr)
-        broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create)
+        gate = None
+        if config.auth is not None:
+            from udp.auth import Authenticator
+
+            auth = Authenticator(config.auth, os.environ["UDP_INTERNAL_SECRET"])
+
+            def gate(user: str | None, password: str | None) -> bool | None:
+                if user is None:
+                    return False  # anyone may subscribe; publishing takes a user with the write role
+                found = auth.password(user, password or "")
+                return None if found is None else found.can("write")
+
+        broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create, gate=gate)
         try:
             broker.start()
         except Exception as exc:
             raise SystemExit(f"the embedded MQTT broker cannot listen on {bind}:{port}/{ws_port}: {exc}") from None
         url = f"mqtt://127.0.0.1:{port}"
+        if config.auth is not None:
+            from udp.auth import INTERNAL_USER
+
+            url = f"mqtt://{INTERNAL_USER}:{os.environ['UDP_INTERNAL_SECRET']}@127.0.0.1:{port}"
         endpoints = [f"mqtt://{host}:{port}"] + ([f"ws://{host}:{ws_port}"] if ws_port else [])
     os.environ["UDP_MQTT_URL"] = url
     # behind a proxy or in containers the broker's address inside is not the one clients reach
@@ -366,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     from udp import import_sta
 
     import_sta.add_arguments(imp)
+    sub.add_parser("hash-password", help="a password hash for auth.users in config.yml (reads the password)")
     chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
     chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)
@@ -383,6 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "hash-password":
+        import getpass
+
+        from udp.auth import hash_password
+
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            print("hash-password: at least 8 characters", file=sys.stderr)
+            return 2
+        print(hash_password(password))
+        return 0
     if args.command == "import-sta":
         return import_sta.run(args)
     return 1

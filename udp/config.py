@@ -36,6 +36,7 @@ class Config:
     collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
     sensors: list[Any] = field(default_factory=list)  # udp.sensors.SensorsEntry
     indicators: dict[str, Any] = field(default_factory=dict)  # id → udp.indicators.IndicatorSpec
+    auth: Any = None  # udp.auth.AuthSpec; None: the platform runs open
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -72,9 +73,6 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     unknown = sorted(set(doc) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    if "auth" in doc:
-        raise ConfigError("auth: access control is not built yet: the platform would run open, so it refuses to "
-                          "start (remove the key)")
     doc = _expand(doc, "")
     cfg = Config(path=p, raw=doc)
     if "title" in doc:
@@ -140,6 +138,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
         try:
             cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+    if "auth" in doc:
+        from features.spec import SpecError
+        from udp.auth import parse_auth
+
+        try:
+            cfg.auth = parse_auth(doc["auth"])
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     server = doc.get("server") or {}

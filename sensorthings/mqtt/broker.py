@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from amqtt.broker import Broker
-from amqtt.plugins.base import BasePlugin
+from amqtt.broker import Action, Broker
+from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 
 log = logging.getLogger("udp.mqtt.broker")
 
@@ -47,7 +47,8 @@ class SubscriptionPlugin(BasePlugin):
 
         broker_id: int | None = None
 
-    async def on_broker_message_received(self, *, client_id: str, message: Any) -> None:
+    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
+        # "broadcast" comes after the broker's topic filtering: only publishes the client may make
         receiver = RECEIVERS.get(self.receiver_id) if self.receiver_id is not None else None
         if receiver is None or message is None or client_id.startswith(PLATFORM_CLIENTS):
             return
@@ -83,30 +84,69 @@ class SubscriptionPlugin(BasePlugin):
         await self._announce()
 
 
+# how a broker decides who may publish: (user name, password) → may the client publish? None: refused login
+GATEKEEPERS: dict[int, Callable[[str | None, str | None], bool | None]] = {}
+
+
+class GatePlugin(BaseAuthPlugin, BaseTopicPlugin):
+    """Logins and publishing rights on the embedded broker, from the platform's `auth:` users: anyone may
+    connect and subscribe (reading is public), a wrong password is refused, publishing takes `write`."""
+
+    @dataclass
+    class Config:
+        """Which broker this plugin serves (its id in GATEKEEPERS)."""
+
+        broker_id: int | None = None
+
+    def __init__(self, context: Any) -> None:
+        BaseAuthPlugin.__init__(self, context)
+        self.gate = GATEKEEPERS.get(self.config.broker_id)  # type: ignore[arg-type]
+        self.writers: dict[str, bool] = {}
+
+    async def authenticate(self, *, session: Any) -> bool | None:
+        if self.gate is None:
+            return None
+        may_write = self.gate(session.username, session.password)
+        if may_write is None:
+            return False
+        self.writers[session.client_id] = may_write
+        return True
+
+    async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
+                              action: Any = None) -> bool | None:
+        if self.gate is None or session is None:
+            return None
+        if action == Action.PUBLISH:
+            return self.writers.get(session.client_id, False)
+        return True
+
+
 class EmbeddedBroker:
     """An amqtt broker on its own event loop thread."""
 
     def __init__(self, host: str, port: int, ws_port: int | None,
-                 receiver: Callable[[str, bytes], None] | None = None) -> None:
+                 receiver: Callable[[str, bytes], None] | None = None,
+                 gate: Callable[[str | None, str | None], bool | None] | None = None) -> None:
         self.host, self.port, self.ws_port = host, port, ws_port
         if receiver is not None:
             RECEIVERS[id(self)] = receiver
+        if gate is not None:
+            GATEKEEPERS[id(self)] = gate
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
         self._broker: Broker | None = None
 
     def config(self) -> dict[str, Any]:
-        """The amqtt configuration: listeners, anonymous access, the subscription reporter."""
+        """The amqtt configuration: listeners, who may connect and publish, the subscription reporter."""
         listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
         if self.ws_port:
             listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}"}
-        return {
-            "listeners": listeners,
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-                "sensorthings.mqtt.broker.SubscriptionPlugin": {"broker_id": id(self)},
-            },
-        }
+        plugins: dict[str, Any] = {"sensorthings.mqtt.broker.SubscriptionPlugin": {"broker_id": id(self)}}
+        if id(self) in GATEKEEPERS:
+            plugins["sensorthings.mqtt.broker.GatePlugin"] = {"broker_id": id(self)}
+        else:
+            plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {"allow_anonymous": True}
+        return {"listeners": listeners, "plugins": plugins}
 
     def start(self, timeout: float = 15) -> None:
         """Start listening; raises when the ports cannot be bound."""
