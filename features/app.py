@@ -8,12 +8,14 @@ import atexit
 import hashlib
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,13 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features import crs as crsmod
 from features.pygeoapi_config import PLACEHOLDER, install
-from features.request import COMMON, ItemsQuery, ParamError, parse_item, parse_items
+from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
 from features.spec import CollectionSpec
 from provider_plugins.base import SOURCES, FeatureSource, Page
 from provider_plugins.sensorthings import sensorthings_sources
 from provider_plugins.table import TableSource
-from sensorthings.http.app import public_base
-from sensorthings.store.base import Store
+from sensorthings.http.app import public_base, sees_internal
+from sensorthings.service import database_unavailable
+from sensorthings.store.base import QueryTimeout, Store
 
 PREFIX = "/ogcapi"
 GEOJSON = "application/geo+json"
@@ -77,6 +80,16 @@ def _error(status: int, code: str, description: str) -> Response:
                     media_type="application/json")
 
 
+def _unavailable(exc: DBAPIError) -> Response:
+    """503 with Retry-After when the database cannot be reached (as the SensorThings API answers then);
+    any other database error is raised on."""
+    if not database_unavailable(exc):
+        raise exc
+    response = _error(503, "ServiceUnavailable", "the database is unavailable")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _wants_html(request: Request) -> bool:
     f = request.query_params.get("f")
     if f is not None:
@@ -89,9 +102,10 @@ class _Rebased:
     """pygeoapi behind the platform: links carry the request's public base, JSON is the default format,
     unknown query parameters are refused, conformance lists what works."""
 
-    def __init__(self, app: ASGIApp, public_url: str | None) -> None:
+    def __init__(self, app: ASGIApp, public_url: str | None, internal: set[str]) -> None:
         self.app = app
         self.public_url = public_url
+        self.internal = internal  # collections only the read role sees
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,6 +127,11 @@ class _Rebased:
                                                        f"(parameters: {', '.join(sorted(allowed))})")(
                 scope, receive, send)
             return
+        hidden = self.internal if not sees_internal(scope) else set()
+        parts = path.strip("/").split("/")
+        if hidden and len(parts) >= 2 and parts[0] == "collections" and parts[1] in hidden:
+            await _error(404, "NotFound", f"no collection {parts[1]!r}")(scope, receive, send)
+            return
         if path.rstrip("/") == "/conformance" and not _wants_html(request):
             await Response(orjson.dumps({"conformsTo": CONFORMANCE}), media_type="application/json")(
                 scope, receive, send)
@@ -127,6 +146,10 @@ class _Rebased:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body = b"".join(chunks).replace(PLACEHOLDER.encode(), base.encode())
+                    if hidden and parts == ["collections"] and body.startswith(b"{"):
+                        doc = orjson.loads(body)
+                        doc["collections"] = [c for c in doc.get("collections", []) if c.get("id") not in hidden]
+                        body = orjson.dumps(doc)
                     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                     headers.append((b"content-length", str(len(body)).encode()))
                     await send({**start, "headers": headers})
@@ -161,22 +184,26 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
 
 
 def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None,
-                    store: Store | None = None, indicators: dict[str, Any] | None = None) -> list[BaseRoute]:
+                    store: Store | None = None, indicators: dict[str, Any] | None = None,
+                    max_limit: int = MAX_LIMIT) -> list[BaseRoute]:
     """The /ogcapi routes for the declared collections, the store's SensorThings collections and the
-    indicators."""
+    indicators; `limit` at most `max_limit` (server.max_top)."""
     SOURCES.clear()
     SOURCES.update(load_sources(specs, store, indicators))
     workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    install(title, SOURCES, workdir)
+    install(title, SOURCES, workdir, max_limit)
     import pygeoapi.api.itemtypes as itemtypes
     from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
 
     itemtypes.CONFORMANCE_CLASSES_FEATURES[:] = [c for c in CONFORMANCE if "ogcapi-common" not in c]
-    rebased = _Rebased(PYGEOAPI, public_url)
+    rebased = _Rebased(PYGEOAPI, public_url, {cid for cid, src in SOURCES.items() if src.access == "internal"})
 
     def source_of(request: Request) -> FeatureSource | None:
-        return SOURCES.get(request.path_params["cid"])
+        found = SOURCES.get(request.path_params["cid"])
+        if found is not None and found.access == "internal" and not sees_internal(request.scope):
+            return None  # as if it did not exist
+        return found
 
     async def items(request: Request) -> Response:
         source = source_of(request)
@@ -184,20 +211,23 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
             return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
         params = dict(request.query_params)
         try:
-            q = parse_items(params, source.fields, source.offered_crs(), source.time_column is not None)
+            q = parse_items(params, source.fields, source.offered_crs(), source.time_column is not None, max_limit)
             if q.format not in (None, "json", "geojson", "html"):
                 raise ParamError(f"f: {q.format!r} is not offered here (json, html)")
         except ParamError as exc:
             return _error(400, "InvalidParameterValue", str(exc))
         if _wants_html(request):
             return _Delegate(rebased)
+        q = replace(q, sees_internal=sees_internal(request.scope))
         etag = _etag(source, request)
         if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
         try:
             page: Page = await run_in_threadpool(source.search, q)
-        except ParamError as exc:
+        except (ParamError, QueryTimeout) as exc:  # a filter too costly for the store is the client's to narrow
             return _error(400, "InvalidParameterValue", str(exc))
+        except DBAPIError as exc:
+            return _unavailable(exc)
         root = public_base(request, public_url)
         base = root + PREFIX
         url = f"{base}/collections/{source.id}/items"
@@ -232,10 +262,14 @@ def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: st
             return _error(400, "InvalidParameterValue", str(exc))
         if _wants_html(request):
             return _Delegate(rebased)
+        q = replace(q, sees_internal=sees_internal(request.scope))
         etag = _etag(source, request)
         if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
-        found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
+        try:
+            found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
+        except DBAPIError as exc:
+            return _unavailable(exc)
         if found is None:
             return _error(404, "NotFound", f"no feature {request.path_params['fid']!r} in {source.id!r}")
         root = public_base(request, public_url)

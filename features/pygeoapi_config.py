@@ -22,7 +22,7 @@ PLACEHOLDER = "http://udp-public-base.invalid/ogcapi"
 OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
 
 
-def pygeoapi_config(title: str, sources: dict[str, FeatureSource]) -> dict[str, Any]:
+def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: int = MAX_LIMIT) -> dict[str, Any]:
     """The pygeoapi configuration serving `sources` through the platform provider."""
     resources: dict[str, Any] = {}
     for cid, src in sources.items():
@@ -42,7 +42,7 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource]) -> dict[str, 
         "server": {
             "bind": {"host": "127.0.0.1", "port": 0}, "url": PLACEHOLDER, "mimetype": "application/json; charset=UTF-8",
             "encoding": "utf-8", "languages": ["en-US"], "pretty_print": False,
-            "limits": {"default_items": DEFAULT_LIMIT, "max_items": MAX_LIMIT, "on_exceed": "error"},
+            "limits": {"default_items": DEFAULT_LIMIT, "max_items": max_limit, "on_exceed": "error"},
             "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
                     "attribution": "&copy; OpenStreetMap contributors"},
         },
@@ -149,10 +149,11 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
 
     doc = localize_refs(get_oas(config, fail_on_invalid_collection=True))
     params = doc.setdefault("components", {}).setdefault("parameters", {})
+    max_limit = config["server"]["limits"]["max_items"]
     params["limit"] = {
         "name": "limit", "in": "query", "required": False, "style": "form", "explode": False,
-        "description": f"The number of features in a page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "description": f"The number of features in a page (default {DEFAULT_LIMIT}, at most {max_limit})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": max_limit, "default": DEFAULT_LIMIT},
     }
     params.update(_ITEMS_PARAMETERS)
     for path, ops in doc.get("paths", {}).items():
@@ -170,13 +171,13 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def install(title: str, sources: dict[str, FeatureSource], workdir: Path) -> None:
+def install(title: str, sources: dict[str, FeatureSource], workdir: Path, max_limit: int = MAX_LIMIT) -> None:
     """Write the generated configuration and OpenAPI document and point pygeoapi at them
     (pygeoapi reads both when its app module is first imported)."""
     import json
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config = pygeoapi_config(title, sources)
+    config = pygeoapi_config(title, sources, max_limit)
     cfg_path = workdir / "pygeoapi-config.yml"
     cfg_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     oas_path = workdir / "pygeoapi-openapi.json"

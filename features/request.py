@@ -49,9 +49,10 @@ class ItemsQuery:
     crs: int | None = None
     hits: bool = False
     format: str | None = None
+    sees_internal: bool = False  # the requester holds the read role (access: internal is shown)
 
 
-def _int(params: dict[str, str], name: str, default: int, low: int, high: int | None) -> int:
+def _int(params: dict[str, str], name: str, default: int, low: int, high: int | None, setting: str = "") -> int:
     text = params.get(name)
     if text is None:
         return default
@@ -61,6 +62,7 @@ def _int(params: dict[str, str], name: str, default: int, low: int, high: int | 
         raise ParamError(f"{name}: {text!r} is not a whole number") from None
     if value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        bound += f" ({setting})" if setting else ""
         raise ParamError(f"{name}: must be {bound}, got {value}")
     return value
 
@@ -137,8 +139,9 @@ def parse_datetime(text: str) -> tuple[pd.Timestamp | None, pd.Timestamp | None]
 
 
 def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[int | None],
-                has_time: bool) -> ItemsQuery:
-    """An items query from its parameters; `fields` are the queryables, `offered` the output CRSs."""
+                has_time: bool, max_limit: int = MAX_LIMIT) -> ItemsQuery:
+    """An items query from its parameters; `fields` are the queryables, `offered` the output CRSs, `limit` at
+    most `max_limit` (the platform's server.max_top)."""
     for name in params:
         if name not in ITEMS and name not in fields:
             raise ParamError(f"{name}: unknown query parameter (parameters: {', '.join(sorted(ITEMS))}, "
@@ -184,7 +187,8 @@ def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[in
         raise ParamError(f"resulttype: must be results or hits, got {resulttype!r}")
     equals = tuple((k, v) for k, v in params.items() if k not in ITEMS)
     return ItemsQuery(
-        limit=_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT), offset=_int(params, "offset", 0, 0, None),
+        limit=_int(params, "limit", DEFAULT_LIMIT, 1, max_limit, "server.max_top"),
+        offset=_int(params, "offset", 0, 0, None),
         bbox=bbox, time=time, equals=equals, filter=filt, filter_crs=filter_crs, sortby=tuple(sortby),
         properties=props, skip_geometry=_bool(params, "skipGeometry"), crs=_crs(params, "crs", offered),
         hits=resulttype == "hits", format=params.get("f"))

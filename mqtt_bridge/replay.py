@@ -109,9 +109,12 @@ class Progress:
 
 
 def replay(records: list[Record], client: mqtt.Client, *, speed: float = 60.0, rate: float | None = None,
-           qos: int = 1, limit: int | None = None, now: datetime | None = None, report: Any = None) -> Progress:
+           qos: int = 1, limit: int | None = None, now: datetime | None = None, report: Any = None,
+           live: bool = False) -> Progress:
     """Publish the records as if they happened now: paced by their own times divided by `speed`, or at a
-    fixed `rate` of messages per second. The last record's time is now: the replay catches up with it."""
+    fixed `rate` of messages per second. The last record's time is now: the replay catches up with it.
+    With `live`, each message carries the moment it is published instead (a demo's live feed, where a
+    speed-up must not put readings hours in the past)."""
     if limit is not None:
         records = records[:limit]
     progress = Progress()
@@ -127,7 +130,8 @@ def replay(records: list[Record], client: mqtt.Client, *, speed: float = 60.0, r
         wait = wall0 + due - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        client.publish(record.topic, message(record, offset), qos=qos)
+        shift = datetime.now(UTC) - record.at if live else offset
+        client.publish(record.topic, message(record, shift), qos=qos)
         progress.published += 1
         if report is not None and progress.published % 1000 == 0:
             report(progress.published, len(records))

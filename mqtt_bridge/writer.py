@@ -128,6 +128,10 @@ class Writer:
             except (DBAPIError, ForwardUnavailable) as exc:
                 # the database or the external server is down: hold the batch, unacknowledged, and try again
                 self.failures += 1
+                # ... but the connection may have dropped after the server committed it: check the next try's
+                # messages against the committed fingerprints, as the broker's redeliveries are
+                for message in batch:
+                    message.dup = True
                 log.warning("bridge write failed, retrying in %.1f s: %s", delay, getattr(exc, "orig", exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 10)

@@ -34,6 +34,7 @@ class FeatureSource(ABC):
     description: str = ""
     keywords: tuple[str, ...] = ()
     cache_control: str = "public, max-age=60"
+    access: str = "public"  # "internal": only for the read role
     # answers carry this where the public base URL goes (sources that write links to other APIs)
     placeholder: bytes | None = None
 

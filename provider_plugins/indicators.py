@@ -13,6 +13,7 @@ import pandas as pd
 
 from features.request import ItemsQuery
 from provider_plugins.base import Page
+from provider_plugins.sensorthings import PUBLIC_BASE
 from provider_plugins.table import Table, TableSource, assemble
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
@@ -23,6 +24,7 @@ class IndicatorSource(TableSource):
     """The areas of an indicator and their values; filters, sorting and CRSs as for any table."""
 
     cache_control = "no-cache"  # values change as Observations arrive; revalidate with the ETag
+    placeholder = PUBLIC_BASE.encode()  # the Datastream links are written under the request's base URL
 
     def __init__(self, spec: IndicatorSpec, store: Store) -> None:
         assert spec.areas is not None
@@ -49,7 +51,7 @@ class IndicatorSource(TableSource):
         for ds in (res.body or {}).get("value", []):
             area = ds["properties"]["area"]
             latest = (ds.get("Observations") or [None])[0]
-            out[area] = {"datastream": ds["@iot.selfLink"].replace("http://udp.local", ""), "unit":
+            out[area] = {"datastream": ds["@iot.selfLink"].replace("http://udp.local", PUBLIC_BASE), "unit":
                          (ds.get("unitOfMeasurement") or {}).get("symbol"),
                          "value": latest.get("result") if latest else None,
                          "sensors": ((latest or {}).get("parameters") or {}).get("sensors", 0),

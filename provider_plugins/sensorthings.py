@@ -101,7 +101,8 @@ class SensorThingsSource(FeatureSource):
         self.keywords = ("sensorthings",)
         self.store = store
         self.entity: EntityType = BY_NAME[view.entity]
-        self.reader = Reader(store, sta_base)
+        self.inner = Reader(store, sta_base)
+        self.outer = Reader(store, sta_base, hide_internal=True)
 
     @property
     def fields(self) -> dict[str, dict[str, str]]:
@@ -166,8 +167,9 @@ class SensorThingsSource(FeatureSource):
             options = QueryOptions(filter=options.filter, top=0, count=True)
         try:
             with self.store.read() as conn:
-                rows, _, count = self.reader.page(conn, self.entity, lambda t: None, options)
-                docs = self.reader.serialize_rows(conn, self.entity, rows, options) if rows else []
+                reader = self.inner if q.sees_internal else self.outer
+                rows, _, count = reader.page(conn, self.entity, lambda t: None, options)
+                docs = reader.serialize_rows(conn, self.entity, rows, options) if rows else []
         except QueryError as exc:
             raise ParamError(f"filter: {exc}") from None
         return Page(count or 0, self._encode(docs, q))
@@ -178,7 +180,8 @@ class SensorThingsSource(FeatureSource):
             return None
         options = QueryOptions(expand=self.view.expand)
         with self.store.read() as conn:
-            doc = self.reader.entity(conn, self.entity, lambda t: t.c.id == int(fid), options)
+            reader = self.inner if q.sees_internal else self.outer
+            doc = reader.entity(conn, self.entity, lambda t: t.c.id == int(fid), options)
         return None if doc is None else self._encode([doc], q)[0]
 
     def _properties(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +195,7 @@ class SensorThingsSource(FeatureSource):
             props["unit"] = (doc.get("unitOfMeasurement") or {}).get("symbol")
             latest = (doc.get("Observations") or [None])[0]
             props["result"] = latest.get("result") if latest else None
-            props["resultTime"] = latest.get("phenomenonTime") if latest else None
+            props["latestTime"] = latest.get("phenomenonTime") if latest else None
         return props
 
     def _geometry_of(self, doc: dict[str, Any]) -> dict[str, Any] | None:

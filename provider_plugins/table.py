@@ -271,6 +271,7 @@ class TableSource(FeatureSource):
         self.title = spec.title
         self.description = spec.description
         self.keywords = spec.keywords
+        self.access = spec.access
         self.table = load(spec)
 
     @property

@@ -231,7 +231,8 @@ def _one(service: Service, req: ApiRequest, item: dict[str, Any], locations: dic
     path, _, query = rel.partition("?")
     params = dict(parse_qsl(query, keep_blank_values=True))
     headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
-    sub = ApiRequest(method, path, params, item.get("raw"), req.base, headers.get("content-type", ""), query)
+    sub = ApiRequest(method, path, params, item.get("raw"), req.base, headers.get("content-type", ""), query,
+                     sees_internal=req.sees_internal)
     res = service.handle(sub, tx)
     out: dict[str, Any] = {"id": rid, "status": res.status}
     if res.headers:
@@ -240,6 +241,8 @@ def _one(service: Service, req: ApiRequest, item: dict[str, Any], locations: dic
         out["body"] = res.body
     elif res.text is not None:
         out["body"] = res.text
+    elif res.raw is not None:  # an answer from the response cache comes encoded
+        out["body"] = orjson.loads(res.raw)
     if "Location" in res.headers and rid is not None:
         locations[str(rid)] = res.headers["Location"]
     return out

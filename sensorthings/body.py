@@ -39,10 +39,16 @@ def parse_id(value: Any, where: str) -> int:
     """An entity id from JSON (integers, or digits as a string)."""
     if isinstance(value, bool):
         raise BodyError(f"{where}: @iot.id must be an integer")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
+        try:
+            value = int(value)
+        except ValueError:  # isdigit() holds for digits int() refuses, such as '²'
+            raise BodyError(f"{where}: @iot.id must be an integer, got {value!r}") from None
     if isinstance(value, int):
+        # ids are BIGINT columns: the database driver would refuse a larger number outright
+        if not -(2**63) <= value < 2**63:
+            raise BodyError(f"{where}: @iot.id {value} is out of range (64-bit integers)")
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
     raise BodyError(f"{where}: @iot.id must be an integer, got {value!r}")
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from sensorthings.access import visible
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.sql import Translator
 from sensorthings.query.tree import Call, Expand, QueryError, QueryOptions
@@ -54,6 +55,7 @@ class Reader:
     store: Store
     base: str
     default_top: int = DEFAULT_TOP
+    hide_internal: bool = False  # for a reader without the read role: see sensorthings.access
 
     def __post_init__(self) -> None:
         self.translator = Translator(self.store.dialect)
@@ -118,7 +120,8 @@ class Reader:
     ) -> dict[str, Any] | None:
         """One entity, or None."""
         table = TABLES[entity.table]
-        conds = [c for c in (where(table),) if c is not None]
+        shown = visible(entity, table, self.store.dialect) if self.hide_internal else None
+        conds = [c for c in (where(table), shown) if c is not None]
         row = conn.execute(select(*readable_columns(table)).where(*conds).limit(1)).mappings().first()
         if row is None:
             return None
@@ -135,9 +138,16 @@ class Reader:
 
     # -- pieces ----------------------------------------------------------------------------------
     def _filter(self, entity: EntityType, table: FromClause, options: QueryOptions) -> ColumnElement | None:
-        if options.filter is None:
+        conds = []
+        if options.filter is not None:
+            conds.append(self.translator.where(entity, table, options.filter))
+        if self.hide_internal:
+            shown = visible(entity, table, self.store.dialect)
+            if shown is not None:
+                conds.append(shown)
+        if not conds:
             return None
-        return self.translator.where(entity, table, options.filter)
+        return conds[0] if len(conds) == 1 else and_(*conds)
 
     def _keys(self, entity: EntityType, table: FromClause, options: QueryOptions) -> list[tuple[Any, bool]]:
         keys = self.translator.order(entity, table, options.orderby) if options.orderby else []

@@ -58,12 +58,19 @@ class Resource:
         return self.steps[-2] if len(self.steps) > 1 else None
 
 
+# ids are BIGINT columns: a number beyond them names nothing (and the database driver would refuse it)
+ID_RANGE = range(-(2**63), 2**63)
+
+
 def _parse_id(raw: str, segment: str) -> int:
     raw = raw.strip("'")
     try:
-        return int(raw)
+        id_ = int(raw)
     except ValueError:
         raise PathError(f"{segment}: ids are integers", 404) from None
+    if id_ not in ID_RANGE:
+        raise PathError(f"{segment}: no such entity (ids are 64-bit integers)", 404)
+    return id_
 
 
 def parse_path(path: str) -> Resource:

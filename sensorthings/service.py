@@ -26,7 +26,7 @@ from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
 from sensorthings.read import MAX_TOP, Reader, decode_token, encode_query, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
-from sensorthings.store.base import Change, NotFound, Store, StoreError
+from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.sensorthings")
@@ -41,6 +41,8 @@ CONFORMANCE = [
     SPEC + "multi-datastream",
     SPEC + "data-array/data-array",
 ]
+# how deep $expand may nest unless the platform says otherwise (server.max_expand_depth)
+MAX_EXPAND_DEPTH = 5
 DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
 
 
@@ -56,6 +58,7 @@ class ApiRequest:
     content_type: str = ""
     query_string: str = ""
     if_none_match: str = ""
+    sees_internal: bool = True  # False for a reader without the read role (sensorthings.access)
 
 
 @dataclass
@@ -96,12 +99,13 @@ class Service:
     """Handles SensorThings requests against one store."""
 
     def __init__(self, store: Store, *, default_top: int = 100, max_top: int = MAX_TOP,
-                 extensions: list[str] | None = None, settings: dict[str, Any] | None = None,
-                 cache: ResponseCache | None = None) -> None:
+                 max_expand_depth: int = MAX_EXPAND_DEPTH, extensions: list[str] | None = None,
+                 settings: dict[str, Any] | None = None, cache: ResponseCache | None = None) -> None:
         self.store = store
         self.cache = cache if store.dialect.name == "postgresql" else None
         self.default_top = default_top
         self.max_top = max_top
+        self.max_expand_depth = max_expand_depth
         self.extra_conformance = list(extensions or [])
         self.extra_settings = dict(settings or {})
 
@@ -120,6 +124,9 @@ class Service:
             return error(400, str(exc))
         except NotFound as exc:
             return error(404, str(exc))
+        except QueryTimeout as exc:
+            # the request asked for more work than a statement may take: the client's to narrow, not to retry
+            return error(400, str(exc))
         except IntegrityError as exc:
             return error(400, f"the write breaks a constraint: {exc.orig}")
         except DataError as exc:
@@ -139,7 +146,7 @@ class Service:
     def _cached_get(self, req: ApiRequest) -> ApiResponse:
         """A GET answered from the response cache when the database has not changed since."""
         assert self.cache is not None
-        key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base)
+        key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
         # now() makes an answer depend on the clock, not only on the data
         cacheable = not any("now(" in v.lower() for v in req.params.values())
         with self.store.read() as conn:
@@ -213,7 +220,8 @@ class Service:
     def options(self, req: ApiRequest) -> QueryOptions:
         """The request's query options, parsed."""
         params = {k: v for k, v in req.params.items() if k.lower() != "$skiptoken"}
-        return parse_query_options(params, default_top=self.default_top, max_top=self.max_top)
+        return parse_query_options(params, default_top=self.default_top, max_top=self.max_top,
+                                   max_expand_depth=self.max_expand_depth)
 
     def after(self, req: ApiRequest) -> tuple[Any, ...] | None:
         """The sort keys a `$skiptoken` continues from."""
@@ -226,7 +234,7 @@ class Service:
     def get(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
         """Read an entity, a set, a property, a `$value` or `$ref`s."""
         opts = self.options(req)
-        reader = Reader(self.store, req.base, self.default_top)
+        reader = Reader(self.store, req.base, self.default_top, hide_internal=not req.sees_internal)
         entity = resource.entity
         where = condition(resource)
         with self._reading(tx) as conn:
@@ -388,11 +396,14 @@ class Service:
                           ops: Any) -> dict[str, Any]:
         current = Reader(self.store, req.base).entity(conn, entity, lambda table: table.c.id == id_,
                                                       QueryOptions(select=tuple(p.name for p in entity.props)))
-        assert current is not None
+        if current is None:  # Things(n) with one step is taken at its word until here
+            raise NotFound(f"no such {entity.name}: {entity.set_name}({id_})")
         try:
             patched = jsonpatch.apply_patch(current, ops)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
             raise BodyError(f"JSON Patch: {exc}") from None
+        if not isinstance(patched, dict):  # a patch of the whole document ("path": "") may replace it by anything
+            raise BodyError(f"JSON Patch: the result must be a {entity.name} object, not {type(patched).__name__}")
         read_only = {p.name for p in entity.props if p.read_only}
         return {k: v for k, v in patched.items() if k not in read_only or v != current.get(k)}
 
@@ -442,6 +453,11 @@ def _is_unavailable(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return exc.connection_invalidated or any(w in text for w in (
         "connection", "server closed", "terminating", "could not connect", "the database system is"))
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """True when a database error means the database cannot be reached (a 503), not that the request is wrong."""
+    return exc.connection_invalidated or (isinstance(exc, OperationalError) and _is_unavailable(exc))
 
 
 def _json_body(req: ApiRequest) -> Any:

@@ -25,6 +25,7 @@ from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
 from sensorthings.store.base import Store
+from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
 
 log = logging.getLogger("udp")
@@ -41,12 +42,13 @@ class ORJSONResponse(JSONResponse):
 
 def build_app(config: Config) -> Starlette:
     """The platform's ASGI app for a configuration."""
-    store = Store.open(config.store)
+    store = Store.open(config.store, statement_timeout=config.statement_timeout_s)
     cache = ResponseCache(config.cache_mb * 1024 * 1024) if config.cache_mb > 0 else None
     mqtt_url = os.environ.get("UDP_MQTT_URL")
     endpoints = os.environ.get("UDP_MQTT_ENDPOINTS", "").split()
     extensions, settings = mqtt_conformance(endpoints) if mqtt_url else ([], {})
-    service = Service(store, cache=cache, extensions=extensions, settings=settings)
+    service = Service(store, cache=cache, extensions=extensions, settings=settings, max_top=config.max_top,
+                      max_expand_depth=config.max_expand_depth)
     notifier = None
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
@@ -65,6 +67,8 @@ def build_app(config: Config) -> Starlette:
              "title": "OGC SensorThings API v1.1"},
             {"href": f"{base}/ogcapi", "rel": "data", "type": "application/json",
              "title": "OGC API Features: the city's datasets"},
+            {"href": f"{base}/cockpit/", "rel": "cockpit", "type": "text/html",
+             "title": "The cockpit: the city at a glance"},
             {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
         ]
         want_html = request.query_params.get("f") == "html" or (
@@ -78,15 +82,23 @@ def build_app(config: Config) -> Starlette:
 
     async def health(request: Request) -> Response:
         db_ok = await run_in_threadpool(store.healthy)
-        body = {"status": "ok" if db_ok else "degraded", "uptime_s": round(time.time() - started, 1),
+        # what is down: the database (503: nothing can be read or written), the broker (200: HTTP still works)
+        down = [] if db_ok else ["store"]
+        body = {"status": "ok" if db_ok else "degraded", "down": down, "uptime_s": round(time.time() - started, 1),
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
         if notifier is not None:
             body["mqtt"] = notifier.stats()
+            if not body["mqtt"]["connected"]:
+                down.append("mqtt")
+                body["status"] = "degraded"
         if config.bridge:
-            body["bridge"] = {"dead_letters": await run_in_threadpool(deadletters.count, store)}
-        return ORJSONResponse(body, status_code=200 if db_ok else 503)
+            # the bridge holds device messages unacknowledged while the store is down: the broker keeps them
+            body["bridge"] = {"dead_letters": await run_in_threadpool(deadletters.count, store) if db_ok else None}
+        if not db_ok:
+            return ORJSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return ORJSONResponse(body)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,8 +112,10 @@ def build_app(config: Config) -> Starlette:
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
-        *sensorthings_routes(service, config.public_url),
-        *features_routes(config.collections, config.title, config.public_url, store, config.indicators),
+        *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
+        *cockpit_routes(),
+        *features_routes(config.collections, config.title, config.public_url, store, config.indicators,
+                         max_limit=config.max_top),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service

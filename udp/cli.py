@@ -128,7 +128,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
 
     url = args.mqtt or config.mqtt_url
     store = Store.open(store_url)  # in the parent, so the schema exists before the workers start
-    creator = Creator(Service(store), public + "/v1.1")
+    creator = Creator(Service(store), public + "/v1.1", config.mqtt_max_payload_kb * 1024)
     broker = None
     if url:
         endpoints = [url]
@@ -157,6 +157,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
                 return None if found is None else found.can("write")
 
         broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create, gate=gate)
+        broker.max_payload = config.mqtt_max_payload_kb * 1024
         try:
             broker.start()
         except Exception as exc:
@@ -292,7 +293,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  live          Melbourne's per-minute pedestrian counts replayed over MQTT at {args.speed:g}x "
               "(topics city/pedestrians/{sensor}/count)", flush=True)
         while True:  # round and round: a demo runs as long as it is watched
-            replay(records, client, speed=args.speed)
+            replay(records, client, speed=args.speed, live=True)
 
     threading.Thread(target=live, name="udp-demo-live", daemon=True).start()
     return _serve(serve_args)

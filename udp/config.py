@@ -13,6 +13,8 @@ import yaml
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
               "server"}
+SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s")
+MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb")
 
 
 class ConfigError(ValueError):
@@ -28,6 +30,12 @@ class Config:
     public_url: str | None = None
     threads: int = 4  # threads per worker for blocking database calls
     cache_mb: int = 64  # response cache per worker (PostgreSQL store); 0 turns it off
+    # limits on what one request may ask for: hostile or careless input must not take a worker down
+    max_body_mb: int = 64  # request bodies (POST, PATCH, PUT, $batch, CreateObservations)
+    max_top: int = 10_000  # $top and the OGC API `limit`
+    max_expand_depth: int = 5  # $expand levels, nested options and paths alike
+    statement_timeout_s: float = 30.0  # one SQL statement of a request; 0 turns it off
+    mqtt_max_payload_kb: int = 256  # a client's publish to the embedded broker, and an Observation published
     mqtt_url: str | None = None  # an external broker; None: the embedded one
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
@@ -93,8 +101,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if not isinstance(mqtt, dict):
         raise ConfigError("mqtt: must be a mapping")
     for key in mqtt:
-        if key not in ("url", "port", "ws_port", "endpoints"):
-            raise ConfigError(f"mqtt.{key}: unknown key (known: url, port, ws_port, endpoints)")
+        if key not in MQTT_KEYS:
+            raise ConfigError(f"mqtt.{key}: unknown key (known: {', '.join(MQTT_KEYS)})")
     if "url" in mqtt:
         url = str(mqtt["url"])
         if not url.startswith(("mqtt://", "mqtts://", "ws://", "wss://", "tcp://")):
@@ -110,6 +118,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
                                                                                         "wss://")) for e in eps):
             raise ConfigError("mqtt.endpoints: a list of broker URLs clients reach (mqtt://…, wss://…)")
         cfg.mqtt_endpoints = eps
+    if "max_payload_kb" in mqtt:
+        cfg.mqtt_max_payload_kb = _int(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
     if "bridge" in doc:
         from mqtt_bridge.rules import RuleError, parse_rules
 
@@ -152,13 +162,33 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if not isinstance(server, dict):
         raise ConfigError("server: must be a mapping")
     for key in server:
-        if key not in ("threads", "response_cache_mb"):
-            raise ConfigError(f"server.{key}: unknown key (known: threads, response_cache_mb)")
+        if key not in SERVER_KEYS:
+            raise ConfigError(f"server.{key}: unknown key (known: {', '.join(SERVER_KEYS)})")
     if "threads" in server:
         cfg.threads = _int(server["threads"], "server.threads", 1, 256)
     if "response_cache_mb" in server:
         cfg.cache_mb = _int(server["response_cache_mb"], "server.response_cache_mb", 0, 65536)
+    if "max_body_mb" in server:
+        cfg.max_body_mb = _int(server["max_body_mb"], "server.max_body_mb", 1, 4096)
+    if "max_top" in server:
+        cfg.max_top = _int(server["max_top"], "server.max_top", 1, 1_000_000)
+    if "max_expand_depth" in server:
+        # the query parser's own bound on nesting is 50
+        cfg.max_expand_depth = _int(server["max_expand_depth"], "server.max_expand_depth", 1, 50)
+    if "statement_timeout_s" in server:
+        cfg.statement_timeout_s = _seconds(server["statement_timeout_s"], "server.statement_timeout_s")
+    for rule in cfg.bridge:
+        if rule.max_payload > cfg.mqtt_max_payload_kb * 1024:
+            # the embedded broker drops larger publishes before the bridge could see them
+            raise ConfigError(f"bridge[{rule.index}].max_payload: {rule.max_payload} bytes is over "
+                              f"mqtt.max_payload_kb ({cfg.mqtt_max_payload_kb} KiB); raise that too")
     return cfg
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
+        raise ConfigError(f"{where}: must be a number of seconds from 0 (no limit) to 86400, got {value!r}")
+    return float(value)
 
 
 def _int(value: Any, where: str, low: int, high: int) -> int:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sensorthings.openapi import openapi_document
 from sensorthings.service import ApiRequest, Service
 
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY_MB = 64  # server.max_body_mb unless the platform says otherwise
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
 
 
@@ -25,19 +29,43 @@ def public_base(request: Request, public_url: str | None) -> str:
     return f"{proto}://{host}{prefix}"
 
 
-def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1") -> list[Route]:
+def sees_internal(scope: Any) -> bool:
+    """Whether the request's principal (set by the platform's access control) holds the read role."""
+    principal = scope.get("udp.principal")
+    return bool(principal is not None and principal.can("read"))
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past `limit` bytes (read no further: it may never end)."""
+    try:
+        if int(request.headers.get("content-length") or 0) > limit:
+            return None
+    except ValueError:
+        pass  # not a number: the server reads what comes, within the limit
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1",
+                        max_body_mb: int = MAX_BODY_MB) -> list[Route]:
     """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
-    with or without a trailing slash)."""
+    with or without a trailing slash) and its OpenAPI document at `prefix/openapi.json`."""
+    too_large = orjson.dumps({"code": 413, "type": "error", "message": f"the request body is over the limit of "
+                                                                       f"{max_body_mb} MiB (server.max_body_mb)"})
+    documents: dict[str, bytes] = {}
 
     async def endpoint(request: Request) -> Response:
-        length = int(request.headers.get("content-length") or 0)
-        if length > MAX_BODY:
-            return Response(b'{"code":413,"type":"error","message":"request body over the limit of 64 MiB"}',
-                            413, media_type="application/json")
-        body = await request.body() if request.method in ("POST", "PATCH", "PUT") else None
-        if body is not None and len(body) > MAX_BODY:
-            return Response(b'{"code":413,"type":"error","message":"request body over the limit of 64 MiB"}',
-                            413, media_type="application/json")
+        body = None
+        if request.method in ("POST", "PATCH", "PUT"):
+            body = await read_body(request, max_body_mb * 1024 * 1024)
+            if body is None:
+                return Response(too_large, 413, media_type="application/json")
         req = ApiRequest(
             method=request.method,
             path=request.path_params.get("path", ""),
@@ -47,6 +75,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             content_type=request.headers.get("content-type", ""),
             query_string=request.url.query,
             if_none_match=request.headers.get("if-none-match", ""),
+            sees_internal=sees_internal(request.scope),
         )
         res = await run_in_threadpool(service.handle, req)
         media = res.headers.pop("Content-Type", "application/json")
@@ -54,4 +83,15 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
 
-    return [Route(prefix, endpoint, methods=METHODS), Route(prefix + "/{path:path}", endpoint, methods=METHODS)]
+    async def openapi(request: Request) -> Response:
+        base = f"{public_base(request, public_url)}{prefix}"
+        if base not in documents:
+            doc = openapi_document(base, max_top=service.max_top, default_top=service.default_top,
+                                   max_expand_depth=service.max_expand_depth)
+            documents.clear()  # one base in practice; a client spoofing Host must not grow this
+            documents[base] = orjson.dumps(doc)
+        return Response(documents[base], media_type="application/vnd.oai.openapi+json;version=3.0")
+
+    # before the catch-all, which would read `openapi.json` as an entity set
+    return [Route(prefix, endpoint, methods=METHODS), Route(prefix + "/openapi.json", openapi, methods=["GET"]),
+            Route(prefix + "/{path:path}", endpoint, methods=METHODS)]

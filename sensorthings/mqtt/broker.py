@@ -40,6 +40,8 @@ class SubscriptionPlugin(BasePlugin):
         self.counts: dict[str, int] = {}
         self.by_client: dict[str, set[str]] = {}
         self.receiver_id = self.config.broker_id
+        self.pending: asyncio.Task | None = None
+        self.dirty = False
 
     @dataclass
     class Config:
@@ -58,9 +60,18 @@ class SubscriptionPlugin(BasePlugin):
         await asyncio.get_running_loop().run_in_executor(None, receiver, message.topic, bytes(message.data))
 
     async def _announce(self) -> None:
-        data = orjson.dumps(sorted(t for t, n in self.counts.items() if n > 0))
-        await self.context.retain_message(SUBSCRIPTIONS_TOPIC, data, 1)
-        await self.context.broadcast_message(SUBSCRIPTIONS_TOPIC, data, 1)
+        # a page subscribing to hundreds of topics would otherwise send the whole list hundreds of times
+        self.dirty = True
+        if self.pending is None or self.pending.done():
+            self.pending = asyncio.get_running_loop().create_task(self._announcer())
+
+    async def _announcer(self) -> None:
+        while self.dirty:
+            self.dirty = False
+            await asyncio.sleep(0.05)
+            data = orjson.dumps(sorted(t for t, n in self.counts.items() if n > 0))
+            await self.context.retain_message(SUBSCRIPTIONS_TOPIC, data, 1)
+            await self.context.broadcast_message(SUBSCRIPTIONS_TOPIC, data, 1)
 
     async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
         if not topic.startswith(STA_PREFIX):
@@ -121,8 +132,30 @@ class GatePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return True
 
 
+class _LimitedBroker(Broker):
+    """amqtt has no message size limit: publishes over `max_payload` bytes from clients are acknowledged
+    and dropped, neither delivered nor retained nor handed to the platform (as Mosquitto's
+    message_size_limit does for MQTT 3.1.1, which has no way to tell the client why)."""
+
+    max_payload = 256 * 1024
+    dropped = 0
+
+    async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
+        message = wait_deliver.result()
+        data = getattr(message, "data", None) or b""
+        client_id = str(getattr(client_session, "client_id", ""))
+        if len(data) > self.max_payload and not client_id.startswith(PLATFORM_CLIENTS):
+            self.dropped += 1
+            log.warning("dropped a publish of %d bytes from %s to %s: over the limit of %d KiB (mqtt.max_payload_kb)",
+                        len(data), client_id, getattr(message, "topic", "?"), self.max_payload // 1024)
+            return True  # the client stays connected
+        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+
+
 class EmbeddedBroker:
     """An amqtt broker on its own event loop thread."""
+
+    max_payload = 256 * 1024  # bytes a client may publish (mqtt.max_payload_kb); the platform's own clients may more
 
     def __init__(self, host: str, port: int, ws_port: int | None,
                  receiver: Callable[[str, bytes], None] | None = None,
@@ -155,7 +188,8 @@ class EmbeddedBroker:
         future.result(timeout)
 
     async def _start(self) -> None:
-        self._broker = Broker(self.config(), loop=self._loop)
+        self._broker = _LimitedBroker(self.config(), loop=self._loop)
+        self._broker.max_payload = self.max_payload
         await self._broker.start()
 
     def stop(self) -> None:

@@ -33,8 +33,9 @@ class Creator:
     external broker it subscribes (`subscribe`) and passes notifications over by their content.
     """
 
-    def __init__(self, service: Service, base: str) -> None:
+    def __init__(self, service: Service, base: str, max_payload: int = 256 * 1024) -> None:
         self.service = service
+        self.max_payload = max_payload  # mqtt.max_payload_kb, in bytes
         self.base = base.rstrip("/")
         self.created = 0
         self.rejected = 0
@@ -51,6 +52,10 @@ class Creator:
             return
         # notifications share these topics and always start with their selfLink: skip them unparsed
         if payload.startswith(b'{"@iot.selfLink"'):
+            return
+        if len(payload) > self.max_payload:
+            self._reject(topic, f"the payload of {len(payload)} bytes is over the limit of "
+                                f"{self.max_payload // 1024} KiB (mqtt.max_payload_kb)")
             return
         try:
             data = orjson.loads(payload)

@@ -26,6 +26,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from sqlalchemy import select
 
+from sensorthings.access import InternalIndex
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
 from sensorthings.mqtt.client import BrokerAddress, connect
@@ -100,6 +101,7 @@ class Notifier:
         self.queue: queue.Queue[list[Change] | None] = queue.Queue()
         self.subscribed: set[str] | None = None  # known only with the embedded broker
         self.published = 0
+        self.internal = InternalIndex(store)
         self.client = connect(address, client_id, on_message=self._on_message,
                               subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
@@ -158,11 +160,14 @@ class Notifier:
             groups[(change.entity.name, change.kind)].append(change.id)
             if change.row is not None:
                 written[(change.entity.name, change.kind)].append(change.row)
+        # internal entities (config.yml `access: internal`) are never announced on the broker, which anyone may read
+        self.internal.refresh(force=any(c.entity.name in ("Thing", "Datastream", "MultiDatastream", "Location")
+                                        for c in changes))
         subscribed = self.subscribed
         queries = [q for q in map(parse_topic, subscribed or ()) if q is not None]
         everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
         with self.store.read() as conn:
-            reader = Reader(self.store, self.base)
+            reader = Reader(self.store, self.base, hide_internal=True)
             for (name, kind), ids in groups.items():
                 entity = BY_NAME[name]
                 table = TABLES[entity.table]
@@ -173,6 +178,7 @@ class Notifier:
                 if not rows:
                     continue
                 write = serializer(entity, self.base, None)
+                rows = [r for r in rows if not self.internal.hidden(entity, r)]
                 for row in rows:
                     topics = standard_topics(entity, row, kind)
                     if not everything:

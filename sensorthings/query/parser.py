@@ -537,7 +537,7 @@ def _non_negative(ctx: _Ctx, start: int, end: int, limit: int, limit_message: st
 
 
 def _top(ctx: _Ctx, start: int, end: int, max_top: int) -> int:
-    return _non_negative(ctx, start, end, max_top, f"$top must not exceed the maximum of {max_top}")
+    return _non_negative(ctx, start, end, max_top, f"$top must not exceed the maximum of {max_top} (server.max_top)")
 
 
 def _skip(ctx: _Ctx, start: int, end: int) -> int:
@@ -721,10 +721,23 @@ def parse_expand(text: str, *, max_top: int = 10000) -> tuple[Expand, ...]:
     return _expand(_Ctx(text, "$expand"), 0, len(text), 0, max_top)
 
 
+def _expand_depth(items: tuple[Expand, ...]) -> tuple[int, int]:
+    """How many levels the deepest branch of an $expand nests, and where that branch's deepest name is."""
+    best = (0, 0)
+    for item in items:
+        below, pos = _expand_depth(item.options.expand)
+        best = max(best, (below + 1, pos if below else item.pos))
+    return best
+
+
 def parse_query_options(
-    params: Mapping[str, str], *, default_top: int | None = None, max_top: int = 10000
+    params: Mapping[str, str], *, default_top: int | None = None, max_top: int = 10000,
+    max_expand_depth: int = MAX_DEPTH,
 ) -> QueryOptions:
-    """Parse the `$`-prefixed query options of a request; other parameters are ignored."""
+    """Parse the `$`-prefixed query options of a request; other parameters are ignored.
+
+    `max_expand_depth` bounds how deep `$expand` may nest (`A/B` and `A($expand=B)` are two levels each).
+    """
     values: dict[str, Any] = {}
     seen: set[str] = set()
     for key, raw in params.items():
@@ -748,6 +761,10 @@ def parse_query_options(
             values["orderby"] = _orderby(ctx, 0, end)
         elif name == "$expand":
             values["expand"] = _expand(ctx, 0, end, 0, max_top)
+            depth, pos = _expand_depth(values["expand"])
+            if depth > max_expand_depth:
+                ctx.fail(f"$expand nests {depth} levels; the limit is {max_expand_depth} (server.max_expand_depth)",
+                         pos)
         elif name == "$top":
             values["top"] = _top(ctx, 0, end, max_top)
         elif name == "$skip":

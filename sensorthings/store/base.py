@@ -41,6 +41,14 @@ class NotFound(LookupError):
     """The entity addressed does not exist."""
 
 
+class QueryTimeout(Exception):
+    """A statement ran longer than the store's statement timeout: the request asked too much."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the query ran longer than {seconds:g} s (server.statement_timeout_s)")
+        self.seconds = seconds
+
+
 @dataclass
 class Change:
     """One entity created or updated in a transaction; listeners hear of it after commit."""
@@ -70,26 +78,41 @@ class Store:
         self.dialect = dialect
         self.url = url
         self.listeners: list[Callable[[list[Change]], None]] = []
+        self.statement_timeout: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str) -> Store:
-        """A store for `sqlite:///path.db` or `postgresql://…`; the schema is created if missing."""
+    def open(cls, url: str, statement_timeout: float | None = None) -> Store:
+        """A store for `sqlite:///path.db` or `postgresql://…`; the schema is created if missing.
+
+        With `statement_timeout` (seconds), a statement running longer is cancelled and raises QueryTimeout.
+        """
+        if statement_timeout and url not in ("sqlite://", "sqlite:///:memory:"):
+            # the schema first, without the limit: creating it (or waiting for another worker to) is no client's query
+            cls.open(url).close()
+            return cls._connect(url, statement_timeout)
+        store = cls._connect(url, statement_timeout)
+        store.create_schema()
+        return store
+
+    @classmethod
+    def _connect(cls, url: str, statement_timeout: float | None) -> Store:
         if url.startswith("sqlite"):
             from sensorthings.store import sqlite
 
-            engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads)
+            engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads, statement_timeout)
             store = cls(engine, sqlite.SqliteDialect(), url, sqlite.create_spatial_indexes,
                         sqlite.insert_observations)
         elif url.startswith(("postgresql", "postgres")):
             from sensorthings.store import postgres
 
-            engine = postgres.create_postgres_engine(url, _json_dumps, orjson.loads)
+            engine = postgres.create_postgres_engine(url, _json_dumps, orjson.loads,
+                                                     statement_timeout=statement_timeout)
             store = cls(engine, postgres.PostgresDialect(), url, postgres.create_spatial_indexes,
                         postgres.insert_observations)
         else:
             raise ValueError(f"unsupported store URL {url!r}: use sqlite:///file.db or postgresql://…")
-        store.create_schema()
+        store.statement_timeout = statement_timeout or None
         return store
 
     def create_schema(self) -> None:
@@ -120,12 +143,16 @@ class Store:
 
     def healthy(self) -> bool:
         """True when the database answers."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(select(literal(1))).scalar()
-            return True
-        except Exception:
-            return False
+        # twice: after a database restart the first try finds a pooled connection the server dropped (and
+        # makes the pool replace them all); only a second failure means the database is down
+        for _ in range(2):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(select(literal(1))).scalar()
+                return True
+            except Exception:
+                continue
+        return False
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -19,10 +19,13 @@ from sqlalchemy import (
     case,
     cast,
     create_engine,
+    event,
     func,
     literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB, array
+
+from sensorthings.store.base import QueryTimeout
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
 
@@ -92,16 +95,32 @@ def engine_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url}")
 
 
-def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: Any, pool_size: int = 10) -> Engine:
-    """An engine whose sessions run in UTC, with PostGIS made available."""
+def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: Any, pool_size: int = 10,
+                           statement_timeout: float | None = None) -> Engine:
+    """An engine whose sessions run in UTC, with PostGIS made available; statements running longer than
+    `statement_timeout` seconds are cancelled by the server (QueryTimeout)."""
+    options = "-c timezone=UTC"
+    if statement_timeout:
+        # set once per session as it connects: no round trip per request
+        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
     engine = create_engine(
         engine_url(url),
         json_serializer=json_serializer,
         json_deserializer=json_deserializer,
         pool_size=pool_size,
         max_overflow=pool_size,
-        connect_args={"options": "-c timezone=UTC"},
+        connect_args={"options": options},
     )
+    if statement_timeout:
+        seconds = statement_timeout
+
+        @event.listens_for(engine, "handle_error")
+        def _timed_out(ctx: Any) -> Exception | None:
+            # 57014 query_canceled: by statement_timeout here (nothing else in the platform cancels queries)
+            if getattr(ctx.original_exception, "sqlstate", None) == "57014":
+                return QueryTimeout(seconds)
+            return None
+
     return engine
 
 

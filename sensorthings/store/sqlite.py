@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from datetime import date, time
 from functools import lru_cache
+from time import monotonic
 from typing import Any
 
 import shapely
@@ -28,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
+from sensorthings.store.base import QueryTimeout
 from sensorthings.store.schema import TABLES
 
 _PARTS = {"year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S"}
@@ -196,8 +199,10 @@ def register_functions(conn: sqlite3.Connection) -> None:
         conn.create_function(f"udp_{name}", 1, _bound(i), deterministic=True)
 
 
-def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any) -> Engine:
-    """An engine with WAL, foreign keys (for the spec's cascades) and the spatial functions."""
+def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
+                         statement_timeout: float | None = None) -> Engine:
+    """An engine with WAL, foreign keys (for the spec's cascades) and the spatial functions; statements
+    running longer than `statement_timeout` seconds are interrupted (QueryTimeout)."""
     memory = url in ("sqlite://", "sqlite:///:memory:")
     kwargs: dict[str, Any] = {}
     if memory:
@@ -227,7 +232,52 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any)
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
+    if statement_timeout:
+        _limit_statements(engine, statement_timeout)
     return engine
+
+
+# how many virtual machine steps between looks at the clock: about a tenth of a millisecond of work
+_PROGRESS_STEPS = 10_000
+
+
+def _limit_statements(engine: Engine, seconds: float) -> None:
+    """SQLite has no statement timeout: a progress handler interrupts a statement once its time is up.
+
+    Each statement sets its connection's deadline as it starts (its rows are fetched under it too);
+    COMMIT and ROLLBACK clear it, so that finishing a transaction is never interrupted.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, record: Any) -> None:
+        deadline = [math.inf]
+        record.info["udp_deadline"] = deadline
+        # a true return value makes SQLite abandon the statement with "interrupted"
+        dbapi_conn.set_progress_handler(lambda: monotonic() > deadline[0], _PROGRESS_STEPS)
+
+    def _deadline(conn: Any) -> list[float] | None:
+        return conn.connection.info.get("udp_deadline")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn: Any, _cursor: Any, _statement: Any, _parameters: Any, _context: Any, _many: bool) -> None:
+        deadline = _deadline(conn)
+        if deadline is not None:
+            deadline[0] = monotonic() + seconds
+
+    def _clear(conn: Any) -> None:
+        deadline = _deadline(conn)
+        if deadline is not None:
+            deadline[0] = math.inf
+
+    event.listen(engine, "commit", _clear)
+    event.listen(engine, "rollback", _clear)
+
+    @event.listens_for(engine, "handle_error")
+    def _timed_out(ctx: Any) -> Exception | None:
+        exc = ctx.original_exception
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+            return QueryTimeout(seconds)
+        return None
 
 
 def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:

@@ -1,0 +1,134 @@
+"""`access: internal`: a collection and `sensors:` Things that only the read role sees, over HTTP (lists,
+single entities, `$expand`, `$batch`, feature collections) and never announced over MQTT."""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import DEMO_DATA, Server, serve_on
+
+VIEWER = ("viewer", "viewer-password")
+WRITER = ("ingest", "ingest-password")
+CONFIG = f"""title: Access test
+auth:
+  users:
+    - name: viewer
+      password: viewer-password
+      roles: [read]
+    - name: ingest
+      password: ingest-password
+      roles: [write]
+collections:
+  bikes:
+    source: {DEMO_DATA / 'ttareungyi_bike_stations.csv'}
+    x: longitude
+    y: latitude
+  cctv:
+    source: {DEMO_DATA / 'gangnam_cctv_locations.csv'}
+    x: longitude
+    y: latitude
+    access: internal
+sensors:
+  - things: public.csv
+    x: lon
+    y: lat
+    key: id
+    name: "public {{id}}"
+    datastreams:
+      - name: "count {{id}}"
+        observedProperty: count
+        unit: {{name: count, symbol: "{{count}}", definition: ucum}}
+        observationType: OM_CountObservation
+  - things: internal.csv
+    x: lon
+    y: lat
+    key: id
+    name: "internal {{id}}"
+    access: internal
+    datastreams:
+      - name: "count {{id}}"
+        observedProperty: count
+        unit: {{name: count, symbol: "{{count}}", definition: ucum}}
+        observationType: OM_CountObservation
+bridge:
+  - topic: city/{{sensor}}/count
+    datastream: "count {{sensor}}"
+    result: $.count
+"""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def city(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("access")
+    (tmp / "public.csv").write_text("id,lon,lat\npub1,127.03,37.50\n", encoding="utf-8")
+    (tmp / "internal.csv").write_text("id,lon,lat\nsec1,127.04,37.51\n", encoding="utf-8")
+    (tmp / "config.yml").write_text(CONFIG, encoding="utf-8")
+    yield from serve_on(request.param, tmp_path_factory, ["--config", str(tmp / "config.yml")])
+
+
+def names(r: httpx.Response) -> set[str]:
+    assert r.status_code == 200, r.text
+    return {e["name"] for e in r.json()["value"]}
+
+
+def test_internal_things_are_hidden_without_the_read_role(city: Server) -> None:
+    sta = httpx.Client(base_url=city.sta + "/", timeout=30)
+    got: queue.Queue = queue.Queue()
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"l-{uuid.uuid4().hex[:6]}")
+    listener.on_connect = lambda c, *_: c.subscribe("v1.1/Observations", 1)
+    listener.on_message = lambda _c, _u, m: got.put(orjson.loads(m.payload))
+    listener.connect("127.0.0.1", city.mqtt_port)  # type: ignore[arg-type]
+    listener.loop_start()
+    time.sleep(0.5)
+    streams = {s["name"]: s["@iot.selfLink"] for s in sta.get("Datastreams", auth=VIEWER).json()["value"]}
+    assert set(streams) == {"count pub1", "count sec1"}
+    for name, value in (("count sec1", 41), ("count pub1", 42)):
+        assert sta.post(streams[name] + "/Observations", json={"result": value}, auth=WRITER).status_code == 201
+    # only the public Observation is announced on the broker, which anyone may read
+    first = got.get(timeout=10)
+    assert first["result"] == 42
+    time.sleep(1.0)
+    assert got.empty()
+    listener.loop_stop()
+    # HTTP: lists, single entities, navigation, $expand, $batch
+    assert names(sta.get("Things")) == {"public pub1"}
+    assert names(sta.get("Things", auth=VIEWER)) == {"public pub1", "internal sec1"}
+    assert names(sta.get("Things", auth=WRITER)) == {"public pub1", "internal sec1"}  # write includes read
+    assert names(sta.get("Datastreams")) == {"count pub1"}
+    assert [o["result"] for o in sta.get("Observations").json()["value"]] == [42]
+    assert sorted(o["result"] for o in sta.get("Observations", auth=VIEWER).json()["value"]) == [41, 42]
+    inner = sta.get("Things", params={"$filter": "name eq 'internal sec1'"}, auth=VIEWER).json()["value"][0]
+    assert sta.get(inner["@iot.selfLink"]).status_code == 404
+    assert sta.get(inner["@iot.selfLink"], auth=VIEWER).status_code == 200
+    assert sta.get(inner["@iot.selfLink"] + "/Datastreams").json()["value"] == []
+    assert sta.get(streams["count sec1"] + "/Observations").json()["value"] == []
+    expanded = sta.get("Locations", params={"$expand": "Things"}).json()["value"]
+    assert [t["name"] for loc in expanded for t in loc["Things"]] == ["public pub1"]
+    things = sta.get("Things", params={"$expand": "Datastreams/Observations"}).json()["value"]
+    assert [o["result"] for t in things for d in t["Datastreams"] for o in d["Observations"]] == [42]
+    batch = {"requests": [{"id": "1", "method": "get", "url": "Things"}]}
+    assert sta.post("$batch", json=batch).status_code == 401  # $batch counts as a write, whatever it holds
+    got_batch = sta.post("$batch", json=batch, auth=WRITER).json()["responses"][0]["body"]["value"]
+    assert {t["name"] for t in got_batch} == {"public pub1", "internal sec1"}
+    # OGC API Features: the internal collection and the internal Things' features
+    ogc = httpx.Client(base_url=city.url + "/ogcapi", timeout=30)
+    public = {c["id"] for c in ogc.get("/collections").json()["collections"]}
+    assert "bikes" in public and "cctv" not in public
+    assert "cctv" in {c["id"] for c in ogc.get("/collections", auth=VIEWER).json()["collections"]}
+    assert ogc.get("/collections/cctv").status_code == 404
+    assert ogc.get("/collections/cctv/items").status_code == 404
+    assert ogc.get("/collections/cctv/items", params={"limit": 1}, auth=VIEWER).json()["numberMatched"] == 1763
+    things_fc = ogc.get("/collections/things/items").json()
+    assert {f["properties"]["name"] for f in things_fc["features"]} == {"public pub1"}
+    things_fc = ogc.get("/collections/things/items", auth=VIEWER).json()
+    assert {f["properties"]["name"] for f in things_fc["features"]} == {"public pub1", "internal sec1"}
+    latest = ogc.get("/collections/latest_values/items").json()
+    assert {f["properties"]["name"] for f in latest["features"]} == {"count pub1"}

@@ -1,0 +1,416 @@
+"""The cockpit at /cockpit/: its routes, its vendored libraries, and the page itself in headless Chromium on the
+demo city (no console errors, the layers, a device message shown live, a sensor's chart, the indicator tiles).
+
+The browser tests need Debian's `chromium` and `chromium-driver` and the `selenium` package; without them they
+skip with the reason. UDP_COCKPIT_SCREENSHOTS=1 also writes docs/cockpit-desktop.png and docs/cockpit-phone.png.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.conftest import ROOT, Server, free_port, start_server, stop_server
+from udp.cockpit.routes import STATIC
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+NOT_LAYERS = {"things", "locations", "features_of_interest", "latest_values"}
+VENDORED = ["leaflet-1.9.4/leaflet.js", "leaflet-1.9.4/leaflet.css", "uplot-1.6.32/uPlot.esm.js",
+            "uplot-1.6.32/uPlot.min.css", "mqtt-5.16.0/mqtt.esm.js"]
+
+
+# ---------------------------------------------------------------- routes and files, no browser needed
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An empty platform: the cockpit's routes need no data."""
+    server = start_server(f"sqlite:///{tmp_path_factory.mktemp('cockpit') / 'udp.db'}", "sqlite")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def _raw_get(server: Server, path: str) -> tuple[int, bytes]:
+    """GET a path exactly as written: no client-side normalising of dots or escapes."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_routes_redirect_serve_and_cache(platform: Server) -> None:
+    client = platform.client
+    landing = client.get("/", headers={"Accept": "application/json"}).json()
+    assert any(link["href"].endswith("/cockpit/") and link["type"] == "text/html" for link in landing["links"])
+    r = client.get("/cockpit", follow_redirects=False)
+    assert r.status_code == 308 and r.headers["location"] == "cockpit/"  # relative: holds behind a path prefix
+    r = client.get("/cockpit?x=1", follow_redirects=False)
+    assert r.headers["location"] == "cockpit/?x=1"
+    assert client.get("/cockpit", follow_redirects=True).url.path == "/cockpit/"
+    page = client.get("/cockpit/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<main" in page.text and 'src="app.js"' in page.text
+    assert page.headers["cache-control"] == "no-cache" and page.headers["etag"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/cockpit/", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
+    script = client.get("/cockpit/app.js")
+    assert "javascript" in script.headers["content-type"] and script.headers["cache-control"] == "no-cache"
+    lib = client.get("/cockpit/vendor/leaflet-1.9.4/leaflet.js", headers={"Accept-Encoding": "gzip"})
+    assert lib.status_code == 200 and "immutable" in lib.headers["cache-control"]
+    assert lib.headers["content-encoding"] == "gzip"
+    assert client.get("/cockpit/nothing-here.js").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/cockpit/../cockpit/routes.py", "/cockpit/%2e%2e/routes.py",
+                                  "/cockpit/..%2froutes.py", "/cockpit/vendor/%2e%2e/%2e%2e/routes.py",
+                                  "/cockpit/%2e%2e/%2e%2e/app.py", "/cockpit//etc/passwd",
+                                  "/cockpit/%2fetc%2fpasswd", "/cockpit/..\\routes.py"])
+def test_path_traversal_is_refused(platform: Server, path: str) -> None:
+    status, body = _raw_get(platform, path)
+    assert status in (400, 404), (path, status)
+    assert b"cockpit_routes" not in body and b"build_app" not in body and b"root:" not in body
+
+
+def test_libraries_are_vendored_with_licences() -> None:
+    vendor = STATIC / "vendor"
+    readme = (vendor / "README.md").read_text()
+    for rel in VENDORED:
+        assert (vendor / rel).stat().st_size > 1000, rel
+        assert rel.split("/")[1] in readme, rel
+    for lib in ("leaflet-1.9.4", "uplot-1.6.32", "mqtt-5.16.0"):
+        assert any(p.name.startswith("LICENSE") for p in (vendor / lib).iterdir()), lib
+    # offline: the page and the app load nothing from another host
+    html = (STATIC / "index.html").read_text()
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    app = (STATIC / "app.js").read_text()
+    assert not re.search(r"""(import|from)\s*\(?\s*['"](https?:)?//""", app)
+    assert not re.search(r"""fetch\(\s*['"`]https?:""", app)
+
+
+# ---------------------------------------------------------------- the page in headless Chromium on the demo city
+
+def _need_browser() -> None:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+
+
+def test_an_empty_platform_shows_empty_states(platform: Server) -> None:
+    """No collections of its own, no sensors, no indicators: the page says so, with no console errors."""
+    _need_browser()
+    driver = _chrome(1000, 700)
+    try:
+        _open(driver, {"url": platform.url})
+        assert driver.find_element("id", "tiles-empty").is_displayed()
+        assert "No indicators" in driver.find_element("id", "tiles-empty").text
+        assert driver.find_element("id", "areas-empty").is_displayed()
+        assert not driver.find_element("id", "indicator-select").is_enabled()
+        assert driver.find_elements("css selector", "#layer-list li")  # the sensors layer, empty
+        assert _severe(driver) == []
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`udp demo` on free ports, built into a temporary cache; no replay, so the test's own messages are the
+    only live ones."""
+    _need_browser()
+    cache = tmp_path_factory.mktemp("cockpit-cache")
+    port, mqtt_port, ws_port = free_port(), free_port(), free_port()
+    log = cache / "demo.log"
+    proc = subprocess.Popen([sys.executable, "-m", "udp.cli", "demo", "--port", str(port), "--mqtt-port",
+                             str(mqtt_port), "--mqtt-ws-port", str(ws_port), "--no-live"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the demo did not start: {log.read_text()}")
+        yield {"url": url, "mqtt_port": mqtt_port, "log": log}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _chrome(width: int, height: int, phone: bool = False) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-extensions", "--no-first-run", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    if phone:
+        options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height,
+                                                                              "pixelRatio": 2}})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(demo: dict[str, Any]) -> Iterator[Any]:
+    driver = _chrome(1280, 800)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(what: Callable[[], Any], timeout: float = 15, message: str = "") -> Any:
+    deadline = time.time() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(0.05)
+
+
+def _open(driver: Any, demo: dict[str, Any], live: bool = True) -> None:
+    """Load the cockpit and wait until it has read everything (and subscribed, when `live`)."""
+    driver.get(f"{demo['url']}/cockpit/")
+    _wait(lambda: driver.execute_script("return document.body.dataset.ready") == "true", 30, "the cockpit loads")
+    if live:
+        _wait(lambda: driver.execute_script("return document.querySelector('#live-status').dataset.state") == "live",
+              10, "MQTT over WebSockets connects")
+
+
+def _severe(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_cockpit_loads_without_console_errors(browser: Any, demo: dict[str, Any]) -> None:
+    _open(browser, demo)
+    assert _severe(browser) == []
+    status = browser.find_element("id", "live-status").text
+    assert "Live" in status and "MQTT" in status
+    # nothing came from another host: no CDN, no tiles
+    origins = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+    assert origins and set(origins) == {demo["url"]}
+    # the landmarks and labels a screen reader needs
+    assert browser.find_element("css selector", "main") and browser.find_element("css selector", "header")
+    assert browser.find_element("id", "map").get_attribute("aria-label")
+    for control in browser.find_elements("css selector", "select, input:not([type=hidden])"):
+        assert browser.find_elements("css selector", f"label[for='{control.get_attribute('id')}']"), \
+            control.get_attribute("id")
+
+
+def test_map_shows_the_collections(browser: Any, demo: dict[str, Any]) -> None:
+    _open(browser, demo, live=False)
+    collections = httpx.get(f"{demo['url']}/ogcapi/collections", params={"f": "json"}).json()["collections"]
+    layers = [c for c in collections if c["id"] not in NOT_LAYERS and "indicator" not in c.get("keywords", [])]
+    assert len(layers) >= 8
+    listed = browser.find_element("id", "layer-list").text
+    for c in layers:
+        assert c["title"] in listed, c["id"]
+    # the 25 Seoul districts are drawn (SVG paths), their layer toggles from the keyboard
+    paths = _wait(lambda: browser.find_elements("css selector", "path.layer-districts"), 15, "district polygons")
+    assert len(paths) == 25
+    box = browser.find_element("id", "layer-districts")
+    assert box.is_selected()
+    box.send_keys(" ")
+    _wait(lambda: not browser.find_elements("css selector", "path.layer-districts"), 5, "the layer goes off")
+    box.send_keys(" ")
+    _wait(lambda: len(browser.find_elements("css selector", "path.layer-districts")) == 25, 5, "and on again")
+    # sensors: one marker per place, coloured by the latest value
+    markers = browser.find_elements("css selector", "path.sensor-marker")
+    assert len(markers) >= 100
+    assert _severe(browser) == []
+
+
+def test_indicator_tiles_match_the_api(browser: Any, demo: dict[str, Any]) -> None:
+    query = {"$filter": "properties/area eq 'city'", "$expand": "Observations($orderby=phenomenonTime desc;$top=2)"}
+    streams = httpx.get(f"{demo['url']}/v1.1/Datastreams", params=query).json()["value"]
+    if not streams:
+        pytest.skip("the platform publishes no indicators")
+    _open(browser, demo, live=False)
+    _wait(lambda: len(browser.find_elements("css selector", "#tiles li.tile")) == len(streams), 10, "a tile each")
+    for _ in range(3):  # the indicator engine may write a new value between the two reads
+        streams = httpx.get(f"{demo['url']}/v1.1/Datastreams", params=query).json()["value"]
+        shown = {int(li.get_attribute("data-datastream")): li for li in
+                 browser.find_elements("css selector", "#tiles li.tile")}
+        mismatched = []
+        for ds in streams:
+            tile = shown[ds["@iot.id"]]
+            value = tile.find_element("css selector", ".number").get_attribute("data-value")
+            latest = ds["Observations"][0]["result"] if ds["Observations"] else None
+            if latest is None:
+                ok = value == ""
+            else:
+                ok = abs(float(value) - float(latest)) < 1e-9
+            name = ds["name"].removesuffix(" — city")
+            if not ok or name not in tile.text:
+                mismatched.append((ds["name"], value, latest, tile.text))
+            # the value is there as text, with a trend in words (not colour alone)
+            trend = tile.find_element("css selector", ".trend").text
+            assert re.search(r"up|down|unchanged|no earlier value", trend), trend
+        if not mismatched:
+            break
+        time.sleep(1)
+    assert not mismatched
+    assert _severe(browser) == []
+
+
+def test_district_choropleth_and_panel(browser: Any, demo: dict[str, Any]) -> None:
+    collections = httpx.get(f"{demo['url']}/ogcapi/collections", params={"f": "json"}).json()["collections"]
+    indicators = [c for c in collections if "indicator" in c.get("keywords", [])]
+    if not indicators:
+        pytest.skip("the platform publishes no indicator collections")
+    first = indicators[0]
+    items = httpx.get(f"{demo['url']}/ogcapi/collections/{first['id']}/items", params={"limit": 1000}).json()
+    _open(browser, demo, live=False)
+    options = [o.text for o in browser.find_elements("css selector", "#indicator-select option")]
+    assert options[1:] == [c["title"] for c in indicators]
+    areas = _wait(lambda: browser.find_elements("css selector", "path.indicator-area"), 10, "the choropleth")
+    assert len(areas) == len([f for f in items["features"] if f["geometry"]])
+    # the same areas as a list of buttons: the keyboard's way in
+    buttons = browser.find_elements("css selector", "#area-list button")
+    assert len(buttons) == len(areas)
+    buttons[0].click()
+    panel = _wait(lambda: browser.find_element("id", "details").is_displayed()
+                  and browser.find_element("id", "details"), 5, "the area's panel")
+    _wait(lambda: panel.find_elements("css selector", ".chart canvas"), 10, "the indicator's history chart")
+    assert panel.find_elements("css selector", "tbody tr")
+    assert _severe(browser) == []
+
+
+def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None:
+    counters = httpx.get(f"{demo['url']}/ogcapi/collections/latest_values/items",
+                         params={"filter": "name LIKE 'pedestrians %'", "limit": 1000}).json()["features"]
+    found = next(f for f in counters if f["properties"]["name"].endswith(" total") and f["geometry"])
+    ds_id = int(re.search(r"Datastreams\((\d+)\)", found["properties"]["selfLink"]).group(1))
+    location_id = found["properties"]["name"].split()[1]
+    _open(browser, demo)
+    # click the counter's marker on the map
+    lon, lat = found["geometry"]["coordinates"]
+    browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 17, {animate: false})",
+                           lat, lon)
+    marker = _wait(lambda: browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']"),
+                   5, "the counter's marker")[0]
+    marker.click()
+    cell = f"#details td[data-datastream='{ds_id}']"
+    _wait(lambda: browser.find_elements("css selector", cell), 10, "the counter's panel")
+    chart = f"#details .chart[data-datastream='{ds_id}']"
+    _wait(lambda: browser.find_elements("css selector", f"{chart} canvas"), 10, "its chart")
+    points = int(browser.find_element("css selector", chart).get_attribute("data-points"))
+
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cockpit-test-{os.getpid()}")
+    device.connect("127.0.0.1", demo["mqtt_port"])
+    device.loop_start()
+    try:
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        payload = {"time": now, "counts": {"direction_1": 1, "direction_2": 2, "total": 777}}
+        sent = time.perf_counter()
+        device.publish(f"city/pedestrians/{location_id}/count", orjson.dumps(payload), qos=1).wait_for_publish(5)
+
+        def shown() -> bool:
+            text = browser.find_element("css selector", cell).text
+            value = browser.find_element("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']") \
+                .get_attribute("data-value")
+            return "777" in text and value == "777"
+
+        _wait(shown, 5, "the panel and the marker show 777")
+        elapsed = time.perf_counter() - sent
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    print(f"device message shown after {elapsed:.3f} s")
+    assert elapsed < 2, f"shown after {elapsed:.2f} s"
+    # the chart grew by the new reading, without a reload
+    _wait(lambda: int(browser.find_element("css selector", chart).get_attribute("data-points")) == points + 1, 3,
+          "the chart takes the reading")
+    assert "777" in browser.find_element("css selector", "#details .chart-summary").text
+    assert _severe(browser) == []
+
+
+def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -> None:
+    stations = httpx.get(f"{demo['url']}/ogcapi/collections/latest_values/items",
+                         params={"filter": "name LIKE 'PM10 %'", "limit": 100}).json()["features"]
+    feature = next(f for f in stations if f["properties"]["observedProperty"] == "PM10" and f["geometry"])
+    ds_id = int(re.search(r"Datastreams\((\d+)\)", feature["properties"]["selfLink"]).group(1))
+    _open(browser, demo, live=False)
+    browser.find_element("id", "property-select").send_keys("PM10")
+    lon, lat = feature["geometry"]["coordinates"]
+    browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 15, {animate: false})",
+                           lat, lon)
+    marker = _wait(lambda: browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']"),
+                   5, "the station's marker")[0]
+    assert marker.get_attribute("data-property") == "PM10"
+    marker.click()
+    chart = _wait(lambda: browser.find_elements("css selector", f"#details .chart[data-datastream='{ds_id}']"), 10,
+                  "its chart")[0]
+    _wait(lambda: chart.find_elements("css selector", "canvas"), 10, "a canvas")
+    assert int(chart.get_attribute("data-points")) >= 2
+    assert "readings" in chart.get_attribute("aria-label")
+    # the panel lists the station's Datastreams (six pollutants) with their values in text
+    rows = browser.find_elements("css selector", "#details tbody tr")
+    assert len(rows) >= 6
+    assert _severe(browser) == []
+
+
+@pytest.mark.skipif(not os.environ.get("UDP_COCKPIT_SCREENSHOTS"), reason="UDP_COCKPIT_SCREENSHOTS is not set")
+def test_screenshots(browser: Any, demo: dict[str, Any]) -> None:
+    docs = ROOT / "docs"
+    browser.set_window_size(1280, 800)
+    _open(browser, demo)
+    # the districts by mean PM10, and one of Seoul's air-quality stations open with its history
+    stations = httpx.get(f"{demo['url']}/ogcapi/collections/latest_values/items",
+                         params={"filter": "name LIKE 'PM10 %'", "limit": 100}).json()["features"]
+    ids = [re.search(r"Datastreams\((\d+)\)", f["properties"]["selfLink"]).group(1) for f in stations]
+    for ds_id in ids:
+        marker = browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']")
+        if marker and marker[0].is_displayed():
+            marker[0].click()
+            _wait(lambda: browser.find_elements("css selector", "#details .chart canvas"), 10, "a chart")
+            break
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element("id", "details-heading")).perform()  # no tooltip
+    time.sleep(1)
+    size = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+    browser.set_window_size(1280 + 1280 - size[0], 800 + 800 - size[1])
+    time.sleep(0.5)
+    browser.save_screenshot(str(docs / "cockpit-desktop.png"))
+    phone = _chrome(390, 844, phone=True)
+    try:
+        _open(phone, demo)
+        time.sleep(1)
+        phone.save_screenshot(str(docs / "cockpit-phone.png"))
+    finally:
+        phone.quit()
+    for name in ("cockpit-desktop.png", "cockpit-phone.png"):
+        assert Path(docs / name).stat().st_size > 10000

@@ -1,0 +1,1365 @@
+// The cockpit: the city at a glance, live. Everything comes from the platform's open APIs: OGC API Features
+// (/ogcapi) for the map layers, the latest value per Datastream and the indicators per area; the SensorThings
+// API (/v1.1) for Things, Datastreams and time series; MQTT over WebSockets (the SensorThings MQTT extension)
+// for live Observations, with polling as the fallback. No build step; the libraries are vendored.
+import uPlot from './vendor/uplot-1.6.32/uPlot.esm.js';
+
+const L = window.L;
+const BASE = new URL('../', location.href); // the platform root, wherever it is mounted
+const STA = new URL('v1.1/', BASE).href;
+const OGC = new URL('ogcapi/', BASE).href;
+const NOT_LAYERS = new Set(['things', 'locations', 'features_of_interest', 'latest_values']);
+const MQTT_UPDATES = 'http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates';
+const PAGE = 1000; // features per request when loading a layer
+const FEATURE_CAP = 20000; // features drawn per layer at most
+const SMALL_AREA_LAYER = 150; // polygon layers up to this size are on at start
+const POLL_MS = 10000;
+const FLUSH_MS = 100;
+const LIVE_PAD = 0.3; // sensors this far beyond the map's view (a share of it) are followed live too
+const STALE_MS = 5000;
+const DAY_MS = 24 * 3600 * 1000;
+// colour-blind-safe sequential scales (viridis for sensors, yellow-red for indicator areas)
+const VIRIDIS = ['#440154', '#414487', '#2a788e', '#22a884', '#7ad151', '#fde725'];
+const HEAT = ['#fff1a8', '#fec44f', '#fb8b24', '#dd4b1a', '#9e1c1c'];
+const NO_VALUE = '#a3aab3';
+const LAYER_COLOURS = ['#1b7a5a', '#c2410c', '#6d28d9', '#be185d', '#4d7c0f', '#a16207', '#0e7490', '#57534e'];
+
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  map: null,
+  renderers: {},
+  collections: [],
+  layers: new Map(), // collection id -> layer record
+  sensors: new Map(), // Datastream id -> sensor record
+  groups: new Map(), // place + observed property -> marker group (one property shown)
+  places: new Map(), // place -> marker group (every property shown)
+  scales: new Map(), // observed property -> colour scale
+  sensorLayer: null,
+  property: '',
+  live: 'connecting',
+  client: null,
+  subscribed: new Set(),
+  pinned: new Set(), // Datastreams followed whatever the view: the open Thing's, the charted one
+  syncTimer: null,
+  pollTimer: null,
+  dirty: new Set(),
+  flushTimer: null,
+  tiles: new Map(), // Datastream id -> tile record
+  choropleth: null,
+  indicatorCollections: [],
+  selected: null,
+  chart: null,
+  ready: false,
+};
+
+// ---------------------------------------------------------------- helpers
+
+function escapeHtml(text) {
+  return String(text ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
+/** A SensorThings or OGC API URL with query options (values are encoded, `$` names kept readable). */
+function api(root, path, params = {}) {
+  const url = new URL(path, root);
+  for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
+  return url.href.replace(/%24/g, '$');
+}
+
+/** A link the server wrote, on this page's origin (the server may know itself under another host name). */
+function sameOrigin(href) {
+  const url = new URL(href, location.href);
+  if (url.origin === location.origin) return url.href;
+  return new URL(url.pathname + url.search, location.origin).href;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: 'application/json, application/geo+json;q=0.9' } });
+  if (!response.ok) {
+    let message = response.statusText;
+    try { message = (await response.json()).message || message; } catch { /* not JSON */ }
+    throw new Error(`${response.status} ${message}`);
+  }
+  return response.json();
+}
+
+function plural(n, word) {
+  return `${fmt(n)} ${word}${n === 1 ? '' : 's'}`;
+}
+
+function quote(text) {
+  return `'${String(text).replace(/'/g, "''")}'`;
+}
+
+function numeric(result) {
+  if (typeof result === 'number' && Number.isFinite(result)) return result;
+  if (typeof result === 'boolean') return result ? 1 : 0;
+  return null;
+}
+
+/** The end of an ISO 8601 interval, or the instant itself. */
+function endOf(time) {
+  if (!time) return null;
+  const text = String(time);
+  return text.includes('/') ? text.split('/').pop() : text;
+}
+
+function idFromLink(link) {
+  const match = /Datastreams\((\d+)\)/.exec(link || '');
+  return match ? Number(match[1]) : null;
+}
+
+function unitText(symbol) {
+  if (!symbol) return '';
+  // UCUM annotations such as {count} are read as the word
+  return String(symbol).replace(/^\{(.*)\}$/, '$1').replace(/^ug\/m3$/, 'µg/m³');
+}
+
+const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 3 });
+
+function fmt(value) {
+  if (value === null || value === undefined) return '–';
+  if (typeof value === 'number') {
+    const abs = Math.abs(value);
+    if (abs !== 0 && abs < 0.001) return value.toExponential(2);
+    return new Intl.NumberFormat(undefined, { maximumFractionDigits: abs >= 100 ? 0 : abs >= 1 ? 2 : 4 })
+      .format(value);
+  }
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+
+function fmtTime(iso) {
+  if (!iso) return '';
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso);
+  const sameDay = new Date().toDateString() === date.toDateString();
+  return sameDay
+    ? date.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : date.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit',
+      minute: '2-digit' });
+}
+
+function timeEl(iso) {
+  return iso ? el('time', { datetime: iso, text: fmtTime(iso) }) : el('span', { class: 'muted', text: '–' });
+}
+
+function note(text) {
+  $('#map-note').textContent = text || '';
+}
+
+/** Quantile class breaks over the values, at most `classes` classes. */
+function makeScale(values, palette) {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (!sorted.length) return null;
+  const classes = palette.length;
+  const breaks = [];
+  for (let i = 1; i < classes; i += 1) {
+    const value = sorted[Math.floor((i / classes) * (sorted.length - 1))];
+    if (value > sorted[0] && !breaks.includes(value)) breaks.push(value);
+  }
+  const step = breaks.length ? (palette.length - 1) / breaks.length : 0;
+  const colours = [];
+  for (let i = 0; i <= breaks.length; i += 1) colours.push(palette[Math.round(i * step)]);
+  return { breaks, colours, min: sorted[0], max: sorted[sorted.length - 1] };
+}
+
+function colourOf(scale, value) {
+  if (!scale || value === null || value === undefined || !Number.isFinite(value)) return NO_VALUE;
+  let i = 0;
+  while (i < scale.breaks.length && value >= scale.breaks[i]) i += 1;
+  return scale.colours[i];
+}
+
+function legend(container, title, scale, unit, round) {
+  container.replaceChildren();
+  if (!scale) return;
+  container.append(el('p', { class: 'title', text: title }));
+  const items = [];
+  const { breaks, colours } = scale;
+  const u = unit ? ` ${unit}` : '';
+  for (let i = 0; i < colours.length; i += 1) {
+    let label;
+    if (!breaks.length) label = `${fmt(scale.min)}${u}`;
+    else if (i === 0) label = `below ${fmt(breaks[0])}${u}`;
+    else if (i === breaks.length) label = `${fmt(breaks[i - 1])}${u} or more`;
+    else label = `${fmt(breaks[i - 1])} to ${fmt(breaks[i])}${u}`;
+    items.push(el('li', {}, el('span', { class: `swatch${round ? ' round' : ''}`, style: `background:${colours[i]}`,
+      'aria-hidden': 'true' }), label));
+  }
+  items.push(el('li', {}, el('span', { class: `swatch${round ? ' round' : ''}`, style: `background:${NO_VALUE}`,
+    'aria-hidden': 'true' }), 'no numeric value'));
+  container.append(el('ul', { 'aria-label': title }, items));
+}
+
+function featureName(props) {
+  const keys = Object.keys(props || {});
+  const pick = keys.find((k) => /^name_?eng$/i.test(k) || /_ENG_NM$/i.test(k))
+    || keys.find((k) => /^(name|title|label)$/i.test(k))
+    || keys.find((k) => /(name|_nm$|명)/i.test(k) && typeof props[k] === 'string' && props[k].trim());
+  return pick ? String(props[pick]).trim() : '';
+}
+
+function propertiesTable(props) {
+  const rows = Object.entries(props || {}).filter(([, v]) => v !== null && v !== '' && typeof v !== 'object')
+    .slice(0, 16)
+    .map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join('');
+  return `<table>${rows}</table>`;
+}
+
+// ---------------------------------------------------------------- the map and its layers
+
+function initMap() {
+  const map = L.map('map', { minZoom: 2, worldCopyJump: true, zoomSnap: 0.25 });
+  map.attributionControl.setPrefix('<a href="https://leafletjs.com">Leaflet</a>');
+  map.attributionControl.addAttribution('Layers: this platform\'s OGC API Features');
+  const panes = { areas: 350, choropleth: 380, points: 420, sensors: 450 };
+  for (const [name, z] of Object.entries(panes)) map.createPane(name).style.zIndex = String(z);
+  state.renderers = {
+    areas: L.svg({ pane: 'areas' }),
+    choropleth: L.svg({ pane: 'choropleth' }),
+    points: L.canvas({ pane: 'points', tolerance: 3 }),
+    sensors: L.svg({ pane: 'sensors' }),
+  };
+  map.setView([20, 0], 2);
+  state.map = map;
+  state.sensorLayer = L.layerGroup().addTo(map);
+  map.on('moveend', scheduleSync);
+}
+
+function geometryKind(type) {
+  if (!type) return 'none';
+  if (type.includes('Point')) return 'points';
+  if (type.includes('Line')) return 'lines';
+  return 'areas';
+}
+
+async function loadCollections() {
+  const doc = await getJSON(api(OGC, 'collections', { f: 'json' }));
+  state.collections = doc.collections || [];
+  state.indicatorCollections = state.collections.filter((c) => (c.keywords || [])
+    .some((k) => String(k).toLowerCase() === 'indicator'));
+  const layers = state.collections.filter((c) => !NOT_LAYERS.has(c.id) && !state.indicatorCollections.includes(c));
+  const list = $('#layer-list');
+  const sensorsItem = layerItem('latest_values', 'Sensors: the latest value of each Datastream', '#17202a', true);
+  list.append(sensorsItem.li);
+  sensorsItem.input.addEventListener('change', () => {
+    if (sensorsItem.input.checked) state.sensorLayer.addTo(state.map);
+    else state.sensorLayer.remove();
+    scheduleSync();
+  });
+  state.layers.set('latest_values', { id: 'latest_values', ...sensorsItem, kind: 'sensors' });
+  layers.forEach((collection, i) => {
+    const colour = LAYER_COLOURS[i % LAYER_COLOURS.length];
+    const item = layerItem(collection.id, collection.title || collection.id, colour, false);
+    const record = { id: collection.id, collection, colour, ...item, kind: null, group: null, loaded: false,
+      loading: null, total: null };
+    state.layers.set(collection.id, record);
+    list.append(item.li);
+    item.input.addEventListener('change', () => toggleLayer(record));
+  });
+  list.removeAttribute('aria-busy');
+  const goto = $('#goto-select');
+  for (const collection of state.collections) {
+    const bbox = collection.extent?.spatial?.bbox?.[0];
+    if (!bbox || NOT_LAYERS.has(collection.id) || bbox[2] - bbox[0] > 90) continue;
+    goto.append(el('option', { value: collection.id, text: collection.title || collection.id }));
+  }
+  goto.addEventListener('change', () => {
+    const collection = state.collections.find((c) => c.id === goto.value);
+    const bbox = collection?.extent?.spatial?.bbox?.[0];
+    if (bbox) state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
+  });
+  // what kind of geometry each layer has and how big it is: one feature each
+  await Promise.all([...state.layers.values()].filter((r) => r.kind === null).map(async (record) => {
+    try {
+      const page = await getJSON(api(OGC, `collections/${encodeURIComponent(record.id)}/items`, { limit: 1 }));
+      record.kind = geometryKind(page.features?.[0]?.geometry?.type);
+      record.total = page.numberMatched ?? null;
+      record.count.textContent = record.total === null ? '' : record.total.toLocaleString();
+      record.swatch.classList.toggle('outline', record.kind === 'areas' || record.kind === 'lines');
+      record.swatch.classList.toggle('round', record.kind === 'points');
+      if (record.kind === 'areas' && record.total !== null && record.total <= SMALL_AREA_LAYER) {
+        record.input.checked = true;
+        toggleLayer(record);
+      }
+    } catch (err) {
+      record.count.textContent = 'unavailable';
+      console.warn(`collection ${record.id}:`, err.message);
+    }
+  }));
+}
+
+function layerItem(id, title, colour, checked) {
+  const inputId = `layer-${id}`;
+  const input = el('input', { type: 'checkbox', id: inputId, name: 'layer', value: id, checked });
+  const swatch = el('span', { class: 'swatch', style: `background:${colour};border-color:${colour}`,
+    'aria-hidden': 'true' });
+  const count = el('span', { class: 'count' });
+  const label = el('label', { for: inputId }, input, swatch, el('span', { class: 'title', text: title }), count);
+  return { li: el('li', { 'data-collection': id }, label), input, swatch, count, title };
+}
+
+async function toggleLayer(record) {
+  if (!record.input.checked) {
+    if (record.group) record.group.remove();
+    return;
+  }
+  if (!record.loaded) {
+    if (!record.loading) record.loading = loadLayer(record);
+    await record.loading;
+  }
+  if (record.input.checked && record.group) record.group.addTo(state.map);
+}
+
+async function loadLayer(record) {
+  const features = [];
+  record.count.textContent = 'loading…';
+  record.li.setAttribute('aria-busy', 'true');
+  let url = api(OGC, `collections/${encodeURIComponent(record.id)}/items`, { limit: PAGE });
+  let matched = null;
+  try {
+    while (url && features.length < FEATURE_CAP) {
+      const page = await getJSON(url);
+      matched = page.numberMatched ?? matched;
+      features.push(...(page.features || []));
+      const next = (page.links || []).find((link) => link.rel === 'next');
+      url = next && page.features?.length ? sameOrigin(next.href) : null;
+    }
+  } catch (err) {
+    record.count.textContent = 'failed to load';
+    record.li.removeAttribute('aria-busy');
+    note(`${record.title}: ${err.message}`);
+    record.loading = null;
+    return;
+  }
+  const colour = record.colour;
+  const kind = record.kind || geometryKind(features[0]?.geometry?.type);
+  const className = `layer-${record.id}`;
+  const group = L.geoJSON({ type: 'FeatureCollection', features }, {
+    pane: kind === 'points' ? 'points' : 'areas',
+    renderer: kind === 'points' ? state.renderers.points : state.renderers.areas,
+    style: () => (kind === 'areas'
+      ? { color: colour, weight: 1.2, opacity: 0.9, fillColor: '#fbfaf6',
+        fillOpacity: 0.75, className }
+      : { color: colour, weight: 2, className }),
+    pointToLayer: (feature, latlng) => L.circleMarker(latlng, { renderer: state.renderers.points, radius: 3.5,
+      weight: 0.6, color: '#1f2933', fillColor: colour, fillOpacity: 0.9 }),
+    onEachFeature: (feature, layer) => {
+      const name = featureName(feature.properties);
+      if (kind === 'points') {
+        layer.bindPopup(() => `<strong>${escapeHtml(name || record.title)}</strong>${propertiesTable(feature.properties)}`);
+      } else if (name) {
+        layer.bindTooltip(escapeHtml(name), { sticky: true });
+      }
+    },
+  });
+  record.group = group;
+  record.kind = kind;
+  record.loaded = true;
+  record.li.removeAttribute('aria-busy');
+  const shown = features.length.toLocaleString();
+  record.count.textContent = matched !== null && matched > features.length
+    ? `${shown} of ${matched.toLocaleString()} shown` : shown;
+}
+
+// ---------------------------------------------------------------- sensors: latest value per Datastream
+
+function positionOf(feature) {
+  const geometry = feature.geometry || feature.properties?.observedArea;
+  if (!geometry) return null;
+  const coords = [];
+  const walk = (c) => {
+    if (typeof c[0] === 'number') coords.push(c);
+    else c.forEach(walk);
+  };
+  if (geometry.type === 'GeometryCollection') geometry.geometries.forEach((g) => walk(g.coordinates));
+  else if (geometry.coordinates) walk(geometry.coordinates);
+  if (!coords.length) return null;
+  const lng = coords.reduce((s, c) => s + c[0], 0) / coords.length;
+  const lat = coords.reduce((s, c) => s + c[1], 0) / coords.length;
+  return Number.isFinite(lat) && Number.isFinite(lng) ? L.latLng(lat, lng) : null;
+}
+
+async function loadLatestValues(params = {}) {
+  const features = [];
+  let url = api(OGC, 'collections/latest_values/items', { limit: 10000, ...params });
+  while (url) {
+    const page = await getJSON(url);
+    features.push(...(page.features || []));
+    const next = (page.links || []).find((link) => link.rel === 'next');
+    url = next && page.features?.length ? sameOrigin(next.href) : null;
+  }
+  return features;
+}
+
+async function loadSensors() {
+  const features = await loadLatestValues();
+  const byProperty = new Map();
+  for (const feature of features) {
+    const p = feature.properties || {};
+    if (p.properties?.indicator !== undefined) continue; // indicator Datastreams are the tiles and the areas
+    const id = idFromLink(p.selfLink) ?? Number(feature.id);
+    const sensor = {
+      id, name: p.name, thing: p.thing, property: p.observedProperty || 'unknown observed property',
+      unit: unitText(p.unit ?? p.unitOfMeasurement?.symbol), result: p.result,
+      time: endOf(p.phenomenonTime) || p.resultTime, latlng: positionOf(feature), group: null, since: Date.now(),
+    };
+    state.sensors.set(id, sensor);
+    if (!byProperty.has(sensor.property)) byProperty.set(sensor.property, []);
+    byProperty.get(sensor.property).push(sensor);
+  }
+  for (const [property, sensors] of byProperty) {
+    state.scales.set(property, makeScale(sensors.map((s) => numeric(s.result)).filter((v) => v !== null), VIRIDIS));
+  }
+  // one marker per place and observed property (a counter's two directions share one), and one per place
+  // when every property is shown, coloured by its lead property: the one with the fewest Datastreams there
+  // (a total before its parts), then the one more places observe
+  const order = [...byProperty.entries()].sort((a, b) => b[1].length - a[1].length).map(([property]) => property);
+  for (const sensor of state.sensors.values()) {
+    if (!sensor.latlng) continue;
+    const place = `${sensor.latlng.lat.toFixed(5)},${sensor.latlng.lng.toFixed(5)}`;
+    const key = `${place}|${sensor.property}`;
+    if (!state.groups.has(key)) {
+      state.groups.set(key, { key, latlng: sensor.latlng, property: sensor.property, ids: [], lead: [], marker: null });
+    }
+    if (!state.places.has(place)) {
+      state.places.set(place, { key: place, latlng: sensor.latlng, property: null, ids: [], lead: [], marker: null });
+    }
+    sensor.group = state.groups.get(key);
+    sensor.place = state.places.get(place);
+    sensor.group.ids.push(sensor.id);
+    sensor.group.lead.push(sensor.id);
+    sensor.place.ids.push(sensor.id);
+  }
+  for (const place of state.places.values()) {
+    const count = new Map();
+    for (const id of place.ids) {
+      const property = state.sensors.get(id).property;
+      count.set(property, (count.get(property) || 0) + 1);
+    }
+    const lead = [...count.keys()].sort((a, b) => count.get(a) - count.get(b) || order.indexOf(a) - order.indexOf(b))[0];
+    place.property = lead;
+    place.lead = place.ids.filter((id) => state.sensors.get(id).property === lead);
+  }
+  for (const group of [...state.groups.values(), ...state.places.values()]) makeMarker(group);
+  const located = [...state.sensors.values()].filter((s) => s.latlng).length;
+  const item = state.layers.get('latest_values');
+  item.count.textContent = `${located.toLocaleString()} Datastreams`;
+  const select = $('#property-select');
+  order.forEach((property) => {
+    select.append(el('option', { value: property, text: `${property} (${byProperty.get(property).length})` }));
+  });
+  select.addEventListener('change', () => showProperty(select.value));
+  const things = [...new Set([...state.sensors.values()].filter((s) => s.latlng && s.thing).map((s) => s.thing))];
+  things.sort((a, b) => a.localeCompare(b));
+  $('#find-list').replaceChildren(...things.map((t) => el('option', { value: t })));
+  showProperty('');
+}
+
+function groupValue(group) {
+  let best = null;
+  let bestId = group.lead[0];
+  for (const id of group.lead) {
+    const v = numeric(state.sensors.get(id).result);
+    if (v !== null && (best === null || v > best)) { best = v; bestId = id; }
+  }
+  return { value: best, id: bestId };
+}
+
+function makeMarker(group) {
+  const { value } = groupValue(group);
+  const marker = L.circleMarker(group.latlng, {
+    renderer: state.renderers.sensors, pane: 'sensors', radius: 7, weight: 1.5, color: '#111827',
+    fillColor: colourOf(state.scales.get(group.property), value), fillOpacity: 0.95,
+  });
+  marker.bindTooltip(() => tooltipOf(group), { direction: 'top', offset: [0, -6] });
+  marker.on('add', () => markElement(group));
+  marker.on('click', () => selectSensor(groupValue(group).id, { fly: false }));
+  group.marker = marker;
+}
+
+function markElement(group) {
+  const node = group.marker?.getElement();
+  if (!node) return;
+  const { value } = groupValue(group);
+  node.setAttribute('data-datastreams', group.ids.join(' '));
+  node.setAttribute('data-property', group.property);
+  node.setAttribute('data-value', value === null ? '' : String(value));
+  node.classList.add('sensor-marker');
+}
+
+function tooltipOf(group) {
+  const first = state.sensors.get(group.ids[0]);
+  const rows = group.ids.map((id) => {
+    const s = state.sensors.get(id);
+    return `${escapeHtml(s.name)}: <strong>${escapeHtml(fmt(s.result))}</strong> ${escapeHtml(s.unit)}`;
+  }).join('<br>');
+  const when = first.time ? `<br><span>${escapeHtml(fmtTime(first.time))}</span>` : '';
+  return `<strong>${escapeHtml(first.thing || first.name)}</strong><br>${rows}${when}`;
+}
+
+function showProperty(property) {
+  state.property = property;
+  state.sensorLayer.clearLayers();
+  if (!property) state.places.forEach((place) => state.sensorLayer.addLayer(place.marker));
+  else {
+    state.groups.forEach((group) => {
+      if (group.property === property) state.sensorLayer.addLayer(group.marker);
+    });
+  }
+  const selected = state.selected?.id !== undefined && state.sensors.get(state.selected.id);
+  if (selected && state.selected.kind === 'sensor') {
+    highlight(property ? selected.group : selected.place);
+    state.selected.group = property ? selected.group : selected.place;
+  }
+  const container = $('#sensor-legend');
+  if (property) {
+    const sample = [...state.sensors.values()].find((s) => s.property === property);
+    legend(container, `${property}, latest value`, state.scales.get(property), sample?.unit, true);
+  } else {
+    container.replaceChildren(el('p', { class: 'title',
+      text: 'One marker per place, coloured by its main observed property on that property\'s own scale, from '
+        + 'low (dark purple) to high (yellow); choose a property to see its legend. Hover a marker or open it '
+        + 'for the values in text.' }));
+  }
+}
+
+function refreshGroup(group) {
+  if (!group.marker) return;
+  const { value } = groupValue(group);
+  group.marker.setStyle({ fillColor: colourOf(state.scales.get(group.property), value) });
+  markElement(group);
+  if (group.marker.isTooltipOpen()) group.marker.setTooltipContent(tooltipOf(group));
+}
+
+// ---------------------------------------------------------------- live: MQTT over WebSockets, or polling
+
+function setLive(mode, text) {
+  state.live = mode;
+  const status = $('#live-status');
+  status.dataset.state = mode;
+  status.querySelector('.text').textContent = text;
+}
+
+function wsEndpoint(root) {
+  const endpoints = root?.serverSettings?.[MQTT_UPDATES]?.endpoints || [];
+  const found = endpoints.find((e) => /^wss?:\/\//i.test(e));
+  if (!found) return null;
+  const url = new URL(found);
+  const local = ['localhost', '127.0.0.1', '[::1]', '::1'];
+  if (local.includes(url.hostname) && !local.includes(location.hostname)) url.hostname = location.hostname;
+  if (location.protocol === 'https:' && url.protocol === 'ws:') return null; // the browser would refuse it
+  return url.href;
+}
+
+async function startLive() {
+  let root = null;
+  try {
+    root = await getJSON(STA);
+  } catch (err) {
+    console.warn('SensorThings service root:', err.message);
+  }
+  const endpoint = wsEndpoint(root);
+  if (!endpoint) {
+    startPolling('no MQTT WebSocket endpoint is advertised');
+    return;
+  }
+  let mqtt;
+  try {
+    ({ default: mqtt } = await import('./vendor/mqtt-5.16.0/mqtt.esm.js'));
+  } catch (err) {
+    startPolling(`MQTT.js did not load (${err.message})`);
+    return;
+  }
+  const client = mqtt.connect(endpoint, {
+    protocolVersion: 4, clean: true, keepalive: 30, reconnectPeriod: 5000, connectTimeout: 8000, resubscribe: false,
+    clientId: `udp-cockpit-${Math.random().toString(16).slice(2, 10)}`,
+  });
+  state.client = client;
+  client.on('connect', () => {
+    stopPolling();
+    state.subscribed.clear();
+    setLive('live', `Live: MQTT ${new URL(endpoint).host}`);
+    syncSubscriptions();
+  });
+  client.on('message', onMessage);
+  client.on('offline', () => startPolling('MQTT is offline; retrying'));
+  client.on('error', (err) => console.warn('MQTT:', err.message));
+}
+
+function topicOf(id) {
+  return `v1.1/Datastreams(${id})/Observations`;
+}
+
+/** The Datastreams to follow live: the tiles, the areas, the open panel's, and the sensors in and around the
+ * map's view (a city's thousands of sensors are not all followed at once; each subscription costs the broker). */
+function wantedIds() {
+  const ids = new Set([...state.tiles.keys(), ...(state.choropleth?.byDatastream.keys() || []), ...state.pinned]);
+  if (state.chart) ids.add(state.chart.id);
+  if (state.map && state.map.hasLayer(state.sensorLayer)) {
+    const bounds = state.map.getBounds().pad(LIVE_PAD);
+    for (const place of state.places.values()) {
+      if (bounds.contains(place.latlng)) place.ids.forEach((id) => ids.add(id));
+    }
+  }
+  return ids;
+}
+
+/** Subscribe to what is wanted and not yet followed, unsubscribe from what is no longer wanted. */
+function syncSubscriptions() {
+  clearTimeout(state.syncTimer);
+  state.syncTimer = null;
+  const client = state.client;
+  if (!client || !client.connected) return;
+  const wanted = wantedIds();
+  const add = [...wanted].filter((id) => id !== null && !state.subscribed.has(id));
+  const drop = [...state.subscribed].filter((id) => !wanted.has(id));
+  const now = Date.now();
+  if (drop.length) {
+    drop.forEach((id) => {
+      state.subscribed.delete(id);
+      const sensor = state.sensors.get(id);
+      if (sensor) sensor.since = now;
+    });
+    client.unsubscribe(drop.map(topicOf));
+  }
+  if (add.length) {
+    add.forEach((id) => state.subscribed.add(id));
+    client.subscribe(add.map(topicOf), { qos: 0 }, (err) => {
+      if (err) {
+        add.forEach((id) => state.subscribed.delete(id));
+        console.warn('MQTT subscribe:', err.message);
+      }
+    });
+    // sensors not followed for a while may have moved on meanwhile: read them again, for this view only
+    if (add.some((id) => now - (state.sensors.get(id)?.since ?? now) > STALE_MS)) refreshView();
+  }
+}
+
+function scheduleSync() {
+  clearTimeout(state.syncTimer);
+  state.syncTimer = setTimeout(syncSubscriptions, 300);
+}
+
+async function refreshView() {
+  const b = state.map.getBounds().pad(LIVE_PAD);
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const bbox = [clamp(b.getWest(), -180, 180), clamp(b.getSouth(), -90, 90), clamp(b.getEast(), -180, 180),
+    clamp(b.getNorth(), -90, 90)].map((v) => v.toFixed(6)).join(',');
+  try {
+    await applyLatest(await loadLatestValues({ bbox }));
+  } catch (err) {
+    console.warn('latest values:', err.message);
+  }
+}
+
+/** Latest values read over HTTP: what changed is shown as if it had arrived live. */
+function applyLatest(features) {
+  const now = Date.now();
+  for (const feature of features) {
+    const p = feature.properties || {};
+    const id = idFromLink(p.selfLink) ?? Number(feature.id);
+    const time = endOf(p.phenomenonTime) || p.resultTime;
+    const known = state.sensors.get(id);
+    if (!known) continue;
+    known.since = now;
+    if (known.time !== time || known.result !== p.result) applyObservation(id, p.result, time);
+  }
+}
+
+function onMessage(topic, payload) {
+  const match = /Datastreams\((\d+)\)\/Observations$/.exec(topic);
+  if (!match) return;
+  let obs;
+  try {
+    obs = JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return;
+  }
+  applyObservation(Number(match[1]), obs.result, endOf(obs.phenomenonTime) || obs.resultTime);
+}
+
+/** A new Observation of a Datastream, from MQTT or from polling: every view of it follows. The last one to
+ * arrive is shown, with its own time (a replay of recorded readings sends times from the past); the chart
+ * puts each reading at its time. */
+function applyObservation(id, result, time) {
+  const sensor = state.sensors.get(id);
+  if (sensor) {
+    sensor.result = result;
+    sensor.time = time;
+  }
+  const tile = state.tiles.get(id);
+  if (tile) {
+    if (!tile.latest || tile.latest.time !== time) tile.previous = tile.latest;
+    tile.latest = { result, time };
+  }
+  const area = state.choropleth?.byDatastream.get(id);
+  if (area) {
+    area.feature.properties.value = result;
+    area.feature.properties.updated = time;
+  }
+  if (state.chart && state.chart.id === id) chartAdd(state.chart, time, result);
+  state.dirty.add(id);
+  if (!state.flushTimer) state.flushTimer = setTimeout(flush, FLUSH_MS);
+}
+
+function flush() {
+  state.flushTimer = null;
+  const ids = [...state.dirty];
+  state.dirty.clear();
+  const groups = new Set();
+  for (const id of ids) {
+    const sensor = state.sensors.get(id);
+    if (sensor?.group) groups.add(sensor.group);
+    if (sensor?.place) groups.add(sensor.place);
+    if (state.tiles.has(id)) renderTile(state.tiles.get(id));
+    const area = state.choropleth?.byDatastream.get(id);
+    if (area) restyleArea(area);
+    document.querySelectorAll(`#details td[data-datastream="${id}"]`).forEach((cell) => renderValueCell(cell, id));
+  }
+  groups.forEach(refreshGroup);
+  if (state.chart?.dirty) chartRedraw(state.chart);
+}
+
+function startPolling(reason) {
+  if (state.pollTimer) return;
+  setLive('polling', `Updates every ${POLL_MS / 1000} s (${reason})`);
+  state.pollTimer = setInterval(poll, POLL_MS);
+}
+
+function stopPolling() {
+  if (state.pollTimer) clearInterval(state.pollTimer);
+  state.pollTimer = null;
+}
+
+async function poll() {
+  try {
+    applyLatest(await loadLatestValues());
+    if (state.tiles.size) await loadTiles(true);
+    if (state.choropleth) await showIndicator(state.choropleth.collection.id, true);
+  } catch (err) {
+    setLive('offline', `Updates failed: ${err.message}`);
+  }
+}
+
+// ---------------------------------------------------------------- city at a glance: indicator tiles
+
+function indicatorQuery(area) {
+  return api(STA, 'Datastreams', {
+    $filter: `properties/area eq ${quote(area)}`,
+    $expand: 'Observations($orderby=phenomenonTime desc;$top=2),ObservedProperty',
+    $top: 1000,
+  });
+}
+
+function shortName(ds, area) {
+  const name = ds.name || ds.ObservedProperty?.name || `Datastream ${ds['@iot.id']}`;
+  for (const sep of [' — ', ' - ', ': ']) {
+    if (area && name.endsWith(`${sep}${area}`)) return name.slice(0, -(sep.length + area.length));
+  }
+  return name;
+}
+
+function trendOf(latest, previous) {
+  const a = numeric(latest?.result);
+  const b = numeric(previous?.result);
+  if (a === null || b === null) return { trend: 'none', arrow: '', text: 'no earlier value' };
+  const diff = a - b;
+  if (Math.abs(diff) < 1e-12) return { trend: 'flat', arrow: '→', text: `unchanged from ${fmt(b)}` };
+  return diff > 0
+    ? { trend: 'up', arrow: '▲', text: `up ${fmt(diff)} from ${fmt(b)}` }
+    : { trend: 'down', arrow: '▼', text: `down ${fmt(-diff)} from ${fmt(b)}` };
+}
+
+function observationOf(o) {
+  return o ? { result: o.result, time: endOf(o.phenomenonTime) || o.resultTime } : null;
+}
+
+async function loadTiles(quiet = false) {
+  let doc;
+  try {
+    doc = await getJSON(indicatorQuery('city'));
+  } catch (err) {
+    if (!quiet) showTilesEmpty(`The indicators could not be read: ${err.message}`);
+    return;
+  }
+  const list = $('#tiles');
+  list.removeAttribute('aria-busy');
+  const streams = doc.value || [];
+  if (!streams.length) {
+    showTilesEmpty('No indicators are published yet. The platform computes them from the indicators: section of '
+      + 'its config.yml; they appear here as soon as there are any.');
+    return;
+  }
+  $('#tiles-empty').hidden = true;
+  const seen = new Set();
+  for (const ds of streams) {
+    const id = ds['@iot.id'];
+    seen.add(id);
+    const obs = ds.Observations || [];
+    let tile = state.tiles.get(id);
+    if (!tile) {
+      tile = { id, ds, node: null };
+      state.tiles.set(id, tile);
+    }
+    tile.ds = ds;
+    tile.latest = observationOf(obs[0]);
+    tile.previous = observationOf(obs[1]);
+    renderTile(tile);
+  }
+  for (const id of [...state.tiles.keys()]) {
+    if (!seen.has(id)) { state.tiles.get(id).node?.remove(); state.tiles.delete(id); }
+  }
+  syncSubscriptions();
+}
+
+function showTilesEmpty(text) {
+  $('#tiles').removeAttribute('aria-busy');
+  const empty = $('#tiles-empty');
+  empty.textContent = text;
+  empty.hidden = false;
+}
+
+function renderTile(tile) {
+  const { ds } = tile;
+  const unit = unitText(ds.unitOfMeasurement?.symbol);
+  const name = shortName(ds, 'city');
+  const trend = trendOf(tile.latest, tile.previous);
+  const value = tile.latest ? tile.latest.result : null;
+  const headingId = `tile-${tile.id}`;
+  const node = el('li', { class: 'tile', 'data-datastream': tile.id, 'data-indicator': ds.properties?.indicator,
+    'aria-labelledby': headingId },
+  el('h3', { class: 'name', id: headingId },
+    el('button', { type: 'button', class: 'ds-button', title: ds.description || '',
+      onclick: () => selectIndicator(tile.id, name) }, name)),
+  el('div', { class: 'line' },
+    el('p', { class: 'value' },
+      el('span', { class: 'number', 'data-value': value === null ? '' : String(value), text: fmt(value) }),
+      unit ? el('span', { class: 'unit', text: unit }) : null),
+    el('p', { class: 'trend', 'data-trend': trend.trend },
+      trend.arrow ? el('span', { 'aria-hidden': 'true', text: `${trend.arrow} ` }) : null, trend.text)),
+  el('p', { class: 'when' }, tile.latest?.time ? 'as of ' : 'no value yet', timeEl(tile.latest?.time)));
+  if (tile.node?.isConnected) tile.node.replaceWith(node);
+  else $('#tiles').append(node);
+  tile.node = node;
+}
+
+// ---------------------------------------------------------------- districts: indicator choropleth
+
+function initIndicators() {
+  const select = $('#indicator-select');
+  if (!state.indicatorCollections.length) {
+    const empty = $('#areas-empty');
+    empty.textContent = 'No indicator collections yet: each indicator the platform computes is a collection of '
+      + 'areas with their current value, shown here as a map.';
+    empty.hidden = false;
+    return;
+  }
+  for (const c of state.indicatorCollections) select.append(el('option', { value: c.id, text: c.title || c.id }));
+  select.disabled = false;
+  select.value = state.indicatorCollections[0].id;
+  select.addEventListener('change', () => showIndicator(select.value));
+  return showIndicator(select.value);
+}
+
+async function showIndicator(id, quiet = false) {
+  const previous = state.choropleth;
+  if (!id) {
+    previous?.layer.remove();
+    state.choropleth = null;
+    $('#choropleth-legend').replaceChildren();
+    $('#area-list').hidden = true;
+    return;
+  }
+  const collection = state.collections.find((c) => c.id === id);
+  const features = [];
+  try {
+    let url = api(OGC, `collections/${encodeURIComponent(id)}/items`, { limit: PAGE });
+    while (url && features.length < FEATURE_CAP) {
+      const page = await getJSON(url);
+      features.push(...(page.features || []));
+      const next = (page.links || []).find((link) => link.rel === 'next');
+      url = next && page.features?.length ? sameOrigin(next.href) : null;
+    }
+  } catch (err) {
+    if (!quiet) note(`${collection?.title || id}: ${err.message}`);
+    return;
+  }
+  if ($('#indicator-select').value !== id) return; // another one was chosen meanwhile
+  const values = features.map((f) => numeric(f.properties?.value)).filter((v) => v !== null);
+  const scale = quiet && previous?.collection.id === id ? previous.scale : makeScale(values, HEAT);
+  const unit = unitText(features.find((f) => f.properties?.unit)?.properties.unit || '');
+  const choropleth = { collection, scale, unit, byDatastream: new Map(), areas: [], layer: null };
+  const layer = L.geoJSON({ type: 'FeatureCollection', features }, {
+    pane: 'choropleth',
+    renderer: state.renderers.choropleth,
+    style: (feature) => areaStyle(scale, feature),
+    onEachFeature: (feature, shape) => {
+      const area = { feature, shape, choropleth };
+      choropleth.areas.push(area);
+      const dsId = idFromLink(feature.properties?.datastream);
+      if (dsId !== null) choropleth.byDatastream.set(dsId, area);
+      shape.bindTooltip(() => areaLabel(area), { sticky: true });
+      shape.on('click', () => selectArea(area));
+      shape.on('add', () => markArea(area));
+    },
+  });
+  choropleth.layer = layer;
+  previous?.layer.remove();
+  layer.addTo(state.map);
+  state.choropleth = choropleth;
+  if (!quiet) {
+    legend($('#choropleth-legend'), `${collection?.title || id}${unit ? ` (${unit})` : ''}`, scale, unit, false);
+  }
+  renderAreaList(choropleth);
+  syncSubscriptions();
+}
+
+function areaStyle(scale, feature) {
+  return { color: '#3b2f2f', weight: 1.2, opacity: 0.9,
+    fillColor: colourOf(scale, numeric(feature.properties?.value)), fillOpacity: 0.72, className: 'indicator-area' };
+}
+
+function markArea(area) {
+  const node = area.shape.getElement?.();
+  if (!node) return;
+  node.setAttribute('data-area', area.feature.properties?.area ?? '');
+  node.setAttribute('data-value', String(area.feature.properties?.value ?? ''));
+}
+
+function areaLabel(area) {
+  const p = area.feature.properties || {};
+  const unit = area.choropleth.unit ? ` ${area.choropleth.unit}` : '';
+  const sensors = p.sensors !== undefined ? `<br>${escapeHtml(plural(p.sensors, 'sensor'))}` : '';
+  return `<strong>${escapeHtml(p.area)}</strong><br>${escapeHtml(fmt(p.value))}${escapeHtml(unit)}${sensors}`;
+}
+
+function highlightArea(area) {
+  const previous = state.choropleth?.highlighted;
+  if (previous && previous !== area) previous.shape.setStyle(areaStyle(previous.choropleth.scale, previous.feature));
+  if (state.choropleth) state.choropleth.highlighted = area;
+  if (area) {
+    area.shape.setStyle({ weight: 3.5, color: '#c2410c' });
+    area.shape.bringToFront();
+  }
+}
+
+function restyleArea(area) {
+  area.shape.setStyle(areaStyle(area.choropleth.scale, area.feature));
+  if (state.choropleth?.highlighted === area) area.shape.setStyle({ weight: 3.5, color: '#c2410c' });
+  markArea(area);
+  const item = area.listItem;
+  if (item) item.textContent = `${area.feature.properties?.area}: ${fmt(area.feature.properties?.value)}`;
+}
+
+function renderAreaList(choropleth) {
+  const list = $('#area-list');
+  const sorted = [...choropleth.areas].sort((a, b) => String(a.feature.properties?.area)
+    .localeCompare(String(b.feature.properties?.area)));
+  list.replaceChildren(...sorted.map((area) => {
+    const button = el('button', { type: 'button', class: 'ds-button', onclick: () => selectArea(area, true) },
+      `${area.feature.properties?.area}: ${fmt(area.feature.properties?.value)}`);
+    area.listItem = button;
+    return el('li', {}, button);
+  }));
+  list.setAttribute('aria-label', `${choropleth.collection?.title || 'Indicator'} per area`);
+  list.hidden = !sorted.length;
+}
+
+// ---------------------------------------------------------------- details: a sensor, an area, an indicator
+
+function openDetails(title) {
+  const panel = $('#details');
+  $('#details-heading').textContent = title;
+  const body = $('#details-body');
+  body.replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+  state.pinned.clear();
+  panel.hidden = false;
+  panel.focus({ preventScroll: true });
+  if (matchMedia('(min-width: 701px)').matches) panel.scrollIntoView({ block: 'nearest' });
+  destroyChart();
+  return body;
+}
+
+function closeDetails() {
+  $('#details').hidden = true;
+  highlightArea(null);
+  destroyChart();
+  state.pinned.clear();
+  scheduleSync();
+  highlight(null);
+  state.selected = null;
+  $('#map').focus();
+}
+
+function highlight(group) {
+  if (state.selected?.group?.marker) state.selected.group.marker.setStyle({ weight: 1.5, color: '#111827', radius: 7 });
+  if (group?.marker) {
+    group.marker.setStyle({ weight: 3.5, color: '#c2410c', radius: 10 });
+    group.marker.bringToFront();
+  }
+}
+
+function renderValueCell(cell, id) {
+  const sensor = state.sensors.get(id);
+  if (!sensor) return;
+  cell.replaceChildren(el('span', { class: 'value', 'data-value': sensor.result ?? '', text: fmt(sensor.result) }),
+    sensor.unit ? ` ${sensor.unit}` : '');
+  const timeCell = cell.nextElementSibling;
+  if (timeCell) timeCell.replaceChildren(timeEl(sensor.time));
+}
+
+async function selectSensor(id, { fly = true } = {}) {
+  const sensor = state.sensors.get(id);
+  if (!sensor) return;
+  highlightArea(null);
+  if (sensor.group && state.property && sensor.group.property !== state.property) {
+    $('#property-select').value = '';
+    showProperty('');
+  }
+  const shown = state.property ? sensor.group : sensor.place;
+  highlight(shown);
+  state.selected = { kind: 'sensor', id, group: shown };
+  if (fly && sensor.latlng) state.map.setView(sensor.latlng, Math.max(state.map.getZoom(), 15));
+  const body = openDetails(sensor.thing || sensor.name);
+  let thing;
+  try {
+    thing = await getJSON(api(STA, `Datastreams(${id})/Thing`, {
+      $select: 'id,name,description',
+      $expand: 'Datastreams($select=id,name,description,unitOfMeasurement;$expand=ObservedProperty($select=name))',
+    }));
+  } catch (err) {
+    body.replaceChildren(el('p', { text: `The Thing could not be read: ${err.message}` }));
+    return;
+  }
+  if (state.selected?.id !== id) return;
+  const streams = thing.Datastreams || [];
+  streams.forEach((ds) => {
+    if (!state.sensors.has(ds['@iot.id'])) {
+      state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing: thing.name, result: null,
+        time: null, property: ds.ObservedProperty?.name, unit: unitText(ds.unitOfMeasurement?.symbol),
+        latlng: null, group: null });
+    }
+  });
+  state.pinned = new Set(streams.map((ds) => ds['@iot.id']));
+  syncSubscriptions();
+  const rows = streams.map((ds) => {
+    const dsId = ds['@iot.id'];
+    const valueCell = el('td', { class: 'num', 'data-datastream': dsId });
+    const row = el('tr', { 'data-row': dsId },
+      el('th', { scope: 'row' }, el('button', { type: 'button', class: 'ds-button', title: ds.description || '',
+        onclick: () => chartSensor(dsId, ds.name, body) }, ds.name)),
+      valueCell, el('td', {}));
+    renderValueCell(valueCell, dsId);
+    return row;
+  });
+  body.replaceChildren(
+    thing.description ? el('p', { class: 'muted small', text: thing.description }) : '',
+    el('table', {}, el('caption', { text: 'Datastreams of this Thing: latest values, live' }),
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Datastream' }),
+        el('th', { scope: 'col', class: 'num', text: 'Latest' }), el('th', { scope: 'col', text: 'Time' }))),
+      el('tbody', {}, rows)),
+    el('div', { id: 'chart-area' }),
+  );
+  await chartSensor(id, sensor.name, body);
+}
+
+async function chartSensor(id, name, body) {
+  body.querySelectorAll('tr[data-row]').forEach((tr) => {
+    if (Number(tr.dataset.row) === id) tr.setAttribute('aria-current', 'true');
+    else tr.removeAttribute('aria-current');
+  });
+  const since = new Date(Date.now() - DAY_MS).toISOString();
+  let series = await observations(id, {
+    $filter: `phenomenonTime ge ${since}`, $orderby: 'phenomenonTime', $top: 10000,
+  });
+  let span = 'the last 24 hours';
+  if (series && series.xs.length < 2) {
+    series = await observations(id, { $orderby: 'phenomenonTime desc', $top: 500 }, true);
+    span = series?.xs.length ? `its last ${plural(series.xs.length, 'reading')} (none in the last 24 hours)` : span;
+  }
+  const sensor = state.sensors.get(id);
+  showChart(id, `${name}: ${span}`, series, sensor?.unit || '');
+}
+
+async function observations(id, params, reverse = false) {
+  try {
+    const doc = await getJSON(api(STA, `Datastreams(${id})/Observations`, {
+      ...params, $resultFormat: 'dataArray', $select: 'phenomenonTime,result' }));
+    const block = doc.value?.[0];
+    const rows = block?.dataArray || [];
+    const t = block?.components?.indexOf('phenomenonTime') ?? 0;
+    const r = block?.components?.indexOf('result') ?? 1;
+    if (reverse) rows.reverse();
+    const xs = [];
+    const ys = [];
+    for (const row of rows) {
+      const when = Date.parse(endOf(row[t]));
+      if (Number.isNaN(when)) continue;
+      xs.push(when / 1000);
+      ys.push(numeric(row[r]));
+    }
+    return { xs, ys };
+  } catch (err) {
+    note(`Observations of Datastream ${id}: ${err.message}`);
+    return null;
+  }
+}
+
+function destroyChart() {
+  if (state.chart) {
+    state.chart.observer?.disconnect();
+    state.chart.plot?.destroy();
+  }
+  state.chart = null;
+}
+
+function showChart(id, title, series, unit) {
+  destroyChart();
+  const area = $('#chart-area');
+  if (!area) return;
+  const box = el('div', { class: 'chart', role: 'img', 'data-datastream': id, 'data-points': '0' });
+  const summary = el('p', { class: 'chart-summary' });
+  const link = el('p', { class: 'small' }, el('a', { href: new URL(`v1.1/Datastreams(${id})`, BASE).href,
+    text: 'This Datastream in the SensorThings API' }));
+  area.replaceChildren(el('h3', { text: title }), box, summary, link);
+  const chart = { id, box, summary, unit, title, xs: series?.xs || [], ys: series?.ys || [], plot: null,
+    dirty: false, observer: null };
+  state.chart = chart;
+  if (!chart.xs.length) {
+    summary.textContent = series ? 'No readings yet.' : 'The readings could not be read.';
+    box.setAttribute('aria-label', `${title}: no readings`);
+    return;
+  }
+  const width = Math.max(260, box.clientWidth || area.clientWidth || 320);
+  chart.plot = new uPlot({
+    width, height: 190,
+    scales: {
+      // one reading alone: an hour either side of it, not uPlot's years
+      x: { time: true, range: (u, min, max) => (min === max ? [min - 3600, max + 3600] : [min, max]) },
+    },
+    series: [
+      {},
+      { label: unit || 'value', stroke: '#1f3a5f', width: 1.6, fill: 'rgba(31,58,95,0.08)', spanGaps: true,
+        points: { show: chart.xs.length < 80, size: 5 }, value: (u, v) => (v === null ? '–' : fmt(v)) },
+    ],
+    axes: [{ stroke: '#4a5563' }, { stroke: '#4a5563', size: 54 }],
+    legend: { live: true },
+    cursor: { drag: { x: true, y: false } },
+  }, [chart.xs, chart.ys], box);
+  chart.observer = new ResizeObserver(() => {
+    const w = Math.max(260, box.clientWidth);
+    if (chart.plot && Math.abs(chart.plot.width - w) > 4) chart.plot.setSize({ width: w, height: 190 });
+  });
+  chart.observer.observe(box);
+  describeChart(chart);
+}
+
+function describeChart(chart) {
+  const values = chart.ys.filter((v) => v !== null);
+  const n = chart.xs.length;
+  const u = chart.unit ? ` ${chart.unit}` : '';
+  const from = fmtTime(new Date(chart.xs[0] * 1000).toISOString());
+  const to = fmtTime(new Date(chart.xs[n - 1] * 1000).toISOString());
+  const text = values.length
+    ? `${plural(n, 'reading')} from ${from} to ${to}; lowest ${fmt(Math.min(...values))}${u}, highest `
+      + `${fmt(Math.max(...values))}${u}, latest ${fmt(chart.ys[n - 1])}${u}.`
+    : `${plural(n, 'reading')} from ${from} to ${to}, none numeric.`;
+  chart.summary.textContent = text;
+  chart.box.setAttribute('aria-label', `Chart of ${chart.title}. ${text}`);
+  chart.box.setAttribute('data-points', String(n));
+}
+
+function chartAdd(chart, time, result) {
+  const when = Date.parse(time);
+  if (Number.isNaN(when)) return;
+  const x = when / 1000;
+  let i = chart.xs.length;
+  while (i > 0 && chart.xs[i - 1] > x) i -= 1;
+  if (i > 0 && chart.xs[i - 1] === x) chart.ys[i - 1] = numeric(result);
+  else {
+    chart.xs.splice(i, 0, x);
+    chart.ys.splice(i, 0, numeric(result));
+  }
+  chart.dirty = true;
+}
+
+function chartRedraw(chart) {
+  chart.dirty = false;
+  if (!chart.plot) {
+    if (chart.xs.length) {
+      const series = { xs: chart.xs, ys: chart.ys };
+      showChart(chart.id, chart.title, series, chart.unit);
+    }
+    return;
+  }
+  chart.plot.setData([chart.xs, chart.ys]);
+  describeChart(chart);
+}
+
+async function selectArea(area, fly = false) {
+  const p = area.feature.properties || {};
+  highlight(null);
+  state.selected = { kind: 'area', area };
+  highlightArea(area);
+  const bounds = area.shape.getBounds();
+  if (fly && !state.map.getBounds().contains(bounds)) state.map.fitBounds(bounds.pad(1), { maxZoom: 12 });
+  const body = openDetails(String(p.area));
+  let doc;
+  try {
+    doc = await getJSON(indicatorQuery(p.area));
+  } catch (err) {
+    body.replaceChildren(el('p', { text: `The indicators could not be read: ${err.message}` }));
+    return;
+  }
+  if (state.selected?.area !== area) return;
+  const streams = doc.value || [];
+  const current = idFromLink(p.datastream);
+  const rows = streams.map((ds) => {
+    const id = ds['@iot.id'];
+    const obs = ds.Observations || [];
+    const latest = observationOf(obs[0]);
+    const trend = trendOf(latest, observationOf(obs[1]));
+    const unit = unitText(ds.unitOfMeasurement?.symbol);
+    const name = shortName(ds, p.area);
+    return el('tr', { 'data-row': id, 'aria-current': id === current ? 'true' : null },
+      el('th', { scope: 'row' }, el('button', { type: 'button', class: 'ds-button', title: ds.description || '',
+        onclick: () => chartIndicator(id, name, body, unit) }, name)),
+      el('td', { class: 'num', 'data-indicator-value': id },
+        el('span', { 'data-value': latest?.result ?? '', text: fmt(latest?.result) }), unit ? ` ${unit}` : ''),
+      el('td', { 'data-trend': trend.trend }, trend.arrow ? el('span', { 'aria-hidden': 'true',
+        text: `${trend.arrow} ` }) : null, trend.text));
+  });
+  const facts = [];
+  if (p.sensors !== undefined) facts.push(plural(p.sensors, 'sensor'));
+  if (p.aggregate) facts.push(`${p.aggregate} over ${p.window || 'the window'}`);
+  if (p.updated) facts.push(`updated ${fmtTime(p.updated)}`);
+  body.replaceChildren(
+    facts.length ? el('p', { class: 'muted small', text: `${area.choropleth.collection?.title || ''}: ${facts.join(', ')}` }) : '',
+    streams.length
+      ? el('table', {}, el('caption', { text: 'Indicators of this area' }),
+        el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Indicator' }),
+          el('th', { scope: 'col', class: 'num', text: 'Value' }), el('th', { scope: 'col', text: 'Trend' }))),
+        el('tbody', {}, rows))
+      : el('p', { class: 'muted', text: 'No indicator Datastreams for this area.' }),
+    el('div', { id: 'chart-area' }),
+  );
+  const chosen = streams.find((ds) => ds['@iot.id'] === current) || streams[0];
+  if (chosen) {
+    await chartIndicator(chosen['@iot.id'], shortName(chosen, p.area), body,
+      unitText(chosen.unitOfMeasurement?.symbol));
+  }
+}
+
+async function chartIndicator(id, name, body, unit) {
+  body.querySelectorAll('tr[data-row]').forEach((tr) => {
+    if (Number(tr.dataset.row) === id) tr.setAttribute('aria-current', 'true');
+    else tr.removeAttribute('aria-current');
+  });
+  state.pinned.add(id);
+  syncSubscriptions();
+  const series = await observations(id, { $orderby: 'phenomenonTime desc', $top: 1000 }, true);
+  showChart(id, `${name}: history`, series, unit);
+}
+
+async function selectIndicator(id, name) {
+  const tile = state.tiles.get(id);
+  highlight(null);
+  highlightArea(null);
+  state.selected = { kind: 'indicator', id };
+  const body = openDetails(name);
+  const unit = unitText(tile?.ds.unitOfMeasurement?.symbol);
+  body.replaceChildren(
+    tile?.ds.description ? el('p', { class: 'muted small', text: tile.ds.description }) : '',
+    el('div', { id: 'chart-area' }),
+  );
+  await chartIndicator(id, name, body, unit);
+}
+
+// ---------------------------------------------------------------- start
+
+function wireControls() {
+  $('#details-close').addEventListener('click', closeDetails);
+  $('#details').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') closeDetails();
+  });
+  $('#find-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = $('#find').value.trim().toLowerCase();
+    if (!text) return;
+    const sensors = [...state.sensors.values()].filter((s) => s.latlng);
+    const found = sensors.find((s) => (s.thing || '').toLowerCase() === text)
+      || sensors.find((s) => (s.thing || '').toLowerCase().includes(text))
+      || sensors.find((s) => (s.name || '').toLowerCase().includes(text));
+    if (found) {
+      const group = state.property ? found.group : found.place;
+      selectSensor(group && group.property === found.property ? groupValue(group).id : found.id, { fly: true });
+    } else {
+      note(`No sensor is named like “${$('#find').value.trim()}”.`);
+    }
+  });
+}
+
+function initialView() {
+  const candidates = [...state.indicatorCollections,
+    ...[...state.layers.values()].filter((r) => r.input.checked && r.collection).map((r) => r.collection)];
+  for (const collection of candidates) {
+    const bbox = collection.extent?.spatial?.bbox?.[0];
+    if (bbox && bbox[2] - bbox[0] < 90) {
+      state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
+      return;
+    }
+  }
+  const located = [...state.places.values()].map((g) => g.latlng);
+  if (located.length) state.map.fitBounds(L.latLngBounds(located), { maxZoom: 12 });
+}
+
+async function main() {
+  initMap();
+  wireControls();
+  getJSON(BASE.href).then((doc) => {
+    if (doc.title) {
+      $('#city-title').textContent = doc.title;
+      document.title = `${doc.title} · the cockpit`;
+    }
+  }).catch((err) => console.warn('landing page:', err.message));
+  // the tiles first: they take their room above the map before the map chooses its view
+  await Promise.all([
+    loadCollections().catch((err) => note(`The collections could not be read: ${err.message}`)),
+    loadTiles(),
+  ]);
+  state.map.invalidateSize({ pan: false });
+  initialView();
+  new ResizeObserver(() => state.map.invalidateSize({ pan: false })).observe($('#map'));
+  await Promise.all([
+    loadSensors().catch((err) => note(`The sensors could not be read: ${err.message}`)),
+    initIndicators(),
+  ]);
+  if (!state.places.size && ![...state.layers.values()].some((r) => r.collection)) {
+    note('Nothing to map yet: declare collections in config.yml, or create Things with a Location.');
+  }
+  await startLive();
+  state.ready = true;
+  document.body.dataset.ready = 'true';
+}
+
+// for tests and the curious: the map and the state, read-only by convention
+window.cockpit = { state, selectSensor, selectArea, showIndicator };
+
+main();
