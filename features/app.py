@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from sqlalchemy.exc import DBAPIError
@@ -179,8 +179,10 @@ def _answer(request: Request, source: FeatureSource, body: bytes, etag: str, q: 
 
 
 def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
-    return {"ETag": etag, "Cache-Control": source.cache_control, "Content-Crs": f"<{crsmod.uri(q.crs)}>",
-            "Vary": "Accept"}
+    # what a request is shown depends on who signs it: shared caches must tell requesters apart
+    control = "private, no-cache" if source.access == "internal" else source.cache_control
+    return {"ETag": etag, "Cache-Control": control, "Content-Crs": f"<{crsmod.uri(q.crs)}>",
+            "Vary": "Accept, Authorization"}
 
 
 def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None,
@@ -303,5 +305,15 @@ class _Delegate(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         root = scope.get("root_path", "")
-        inner = {**scope, "root_path": root + PREFIX, "path": scope["path"], "udp.checked": True}
+        inner = {**scope, "root_path": root + PREFIX, "path": scope["path"], "udp.checked": True,
+                 "query_string": _without_blank_sort_keys(scope.get("query_string", b""))}
         await self.app(inner, receive, send)
+
+
+def _without_blank_sort_keys(query: bytes) -> bytes:
+    """The query with blank `sortby` keys left out: they sort by nothing here, pygeoapi 0.21 fails on them (500)."""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    if not any(k == "sortby" for k, _ in pairs):
+        return query
+    kept = [(k, ",".join(key for key in v.split(",") if key.strip()) if k == "sortby" else v) for k, v in pairs]
+    return urlencode([(k, v) for k, v in kept if k != "sortby" or v], encoding="latin-1").encode("latin-1")

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from features import crs as crsmod
-from features.request import DEFAULT_LIMIT, MAX_LIMIT
+from features.request import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from provider_plugins.base import FeatureSource
 
 # every link pygeoapi writes starts with this; the platform's ASGI wrapper puts the request's own base in
@@ -95,7 +95,7 @@ _ITEMS_PARAMETERS: dict[str, dict[str, Any]] = {
     "skipGeometry": {"name": "skipGeometry", "in": "query", "required": False,
                      "schema": {"type": "boolean", "default": False}},
     "offset": {"name": "offset", "in": "query", "required": False,
-               "schema": {"type": "integer", "minimum": 0, "default": 0}},
+               "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
     "resulttype": {"name": "resulttype", "in": "query", "required": False,
                    "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}},
 }

@@ -14,6 +14,7 @@ from features.cql import FilterError, check_attributes, parse_filter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+MAX_OFFSET = 2**63 - 1  # SQL's OFFSET is a BIGINT: the SensorThings collections pass it on
 COMMON = {"f", "lang"}
 ITEMS = COMMON | {"bbox", "bbox-crs", "datetime", "limit", "offset", "filter", "filter-lang", "filter-crs",
                   "sortby", "properties", "skipGeometry", "crs", "resulttype"}
@@ -188,7 +189,7 @@ def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[in
     equals = tuple((k, v) for k, v in params.items() if k not in ITEMS)
     return ItemsQuery(
         limit=_int(params, "limit", DEFAULT_LIMIT, 1, max_limit, "server.max_top"),
-        offset=_int(params, "offset", 0, 0, None),
+        offset=_int(params, "offset", 0, 0, MAX_OFFSET),
         bbox=bbox, time=time, equals=equals, filter=filt, filter_crs=filter_crs, sortby=tuple(sortby),
         properties=props, skip_geometry=_bool(params, "skipGeometry"), crs=_crs(params, "crs", offered),
         hits=resulttype == "hits", format=params.get("f"))

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
-from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError, ProviderQueryError
+from pygeoapi.provider.base import BaseProvider, ProviderInvalidQueryError, ProviderItemNotFoundError
 
 from features import crs as crsmod
 from features.request import ItemsQuery, ParamError, Sort
+from sensorthings.store.base import QueryTimeout
 
 
 @dataclass
@@ -121,8 +122,8 @@ class PlatformProvider(BaseProvider):
                 properties=tuple(select_properties) if select_properties else None,
                 skip_geometry=skip_geometry, hits=resulttype == "hits")
             page = self.source.search(query)
-        except ParamError as exc:
-            raise ProviderQueryError(str(exc)) from None
+        except (ParamError, QueryTimeout) as exc:  # the client's to change: pygeoapi answers 400, not 500
+            raise ProviderInvalidQueryError(str(exc)) from None
         features = [orjson.loads(f) for f in page.features]
         return {"type": "FeatureCollection", "features": features, "numberMatched": page.number_matched,
                 "numberReturned": len(features)}

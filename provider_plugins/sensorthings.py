@@ -176,7 +176,8 @@ class SensorThingsSource(FeatureSource):
 
     def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
         """One entity by id."""
-        if not fid.isdigit():
+        # ids are BIGINT: anything else, or a larger number, names nothing (and the driver would refuse it)
+        if not (fid.isascii() and fid.isdigit()) or len(fid) > 19 or int(fid) >= 2**63:
             return None
         options = QueryOptions(expand=self.view.expand)
         with self.store.read() as conn:

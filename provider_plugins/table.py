@@ -326,7 +326,8 @@ class TableSource(FeatureSource):
                     value: Any = float(text)
                 except ValueError:
                     raise ParamError(f"{name}: {text!r} is not a number") from None
-                both((col == value).to_numpy(dtype=bool))
+                # nullable integer columns compare to <NA> where a value is missing: no match there
+                both((col == value).fillna(False).to_numpy(dtype=bool))
             else:
                 both((col.astype("string") == text).fillna(False).to_numpy(dtype=bool))
         if q.filter is not None:

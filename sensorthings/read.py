@@ -231,6 +231,8 @@ class Reader:
         Filters that call now() are built afresh, since a kept statement would freeze the time."""
         if opts.filter is not None and _calls_now(opts.filter):
             return build()
+        # what a reader may see is built into the statement: a statement for one must never serve the other
+        key = (self.hide_internal, *key)
         found = _STATEMENTS.get(key)
         if found is None:
             found = build()

@@ -132,3 +132,18 @@ def test_internal_things_are_hidden_without_the_read_role(city: Server) -> None:
     assert {f["properties"]["name"] for f in things_fc["features"]} == {"public pub1", "internal sec1"}
     latest = ogc.get("/collections/latest_values/items").json()
     assert {f["properties"]["name"] for f in latest["features"]} == {"count pub1"}
+
+
+def test_a_query_shape_seen_first_by_one_reader_does_not_leak_to_another(city: Server) -> None:
+    sta = httpx.Client(base_url=city.sta + "/", timeout=30)
+    for first, second in ((VIEWER, None), (None, VIEWER)):
+        shape = {"$expand": f"Datastreams($top={7 if first else 8};$select=name)", "$select": "name"}
+        a = sta.get("ObservedProperties", params=shape, auth=first).json()["value"]
+        b = sta.get("ObservedProperties", params=shape, auth=second).json()["value"]
+        seen = {d["name"] for op in (a if first else b) for d in op["Datastreams"]}
+        anonymous = {d["name"] for op in (b if first else a) for d in op["Datastreams"]}
+        assert seen == {"count pub1", "count sec1"} and anonymous == {"count pub1"}
+    r = sta.get("Things")
+    assert "Authorization" in r.headers["vary"]
+    r = httpx.get(f"{city.url}/ogcapi/collections/cctv/items", params={"limit": 1}, auth=VIEWER)
+    assert r.headers["cache-control"].startswith("private") and "Authorization" in r.headers["vary"]

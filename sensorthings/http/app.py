@@ -78,6 +78,8 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             sees_internal=sees_internal(request.scope),
         )
         res = await run_in_threadpool(service.handle, req)
+        # internal entities are shown by who signs the request: shared caches must tell requesters apart
+        res.headers.setdefault("Vary", "Authorization")
         media = res.headers.pop("Content-Type", "application/json")
         if res.status in (204, 304):
             return Response(status_code=res.status, headers=res.headers)

@@ -2,6 +2,8 @@
 // (/ogcapi) for the map layers, the latest value per Datastream and the indicators per area; the SensorThings
 // API (/v1.1) for Things, Datastreams and time series; MQTT over WebSockets (the SensorThings MQTT extension)
 // for live Observations, with polling as the fallback. No build step; the libraries are vendored.
+// Signing in (HTTP Basic, kept in sessionStorage for this tab only) makes every request carry the user's
+// credentials, so what the city keeps internal (collections, sensors) is shown; signing out shows the public data.
 import uPlot from './vendor/uplot-1.6.32/uPlot.esm.js';
 
 const L = window.L;
@@ -23,6 +25,8 @@ const VIRIDIS = ['#440154', '#414487', '#2a788e', '#22a884', '#7ad151', '#fde725
 const HEAT = ['#fff1a8', '#fec44f', '#fb8b24', '#dd4b1a', '#9e1c1c'];
 const NO_VALUE = '#a3aab3';
 const LAYER_COLOURS = ['#1b7a5a', '#c2410c', '#6d28d9', '#be185d', '#4d7c0f', '#a16207', '#0e7490', '#57534e'];
+const AUTH_KEY = 'udp.cockpit.signIn'; // sessionStorage only: the sign-in ends with the tab, never in localStorage
+const INTERNAL_THINGS = "Thing/properties/udpAccess eq 'internal'"; // how `access: internal` marks a table's Things
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -51,6 +55,11 @@ const state = {
   selected: null,
   chart: null,
   ready: false,
+  auth: null, // { name, basic }: the signed-in user and their Basic credentials, null when anonymous
+  started: null, // the first load (a promise)
+  reloading: Promise.resolve(), // reloads after signing in or out, one after the other
+  internalTimer: null,
+  internalBusy: false,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -88,8 +97,22 @@ function sameOrigin(href) {
   return new URL(url.pathname + url.search, location.origin).href;
 }
 
+/** fetch() options for a request to the platform: with the signed-in user's credentials, when there is one. */
+function requestInit(url, accept) {
+  const init = { headers: { Accept: accept } };
+  if (state.auth && new URL(url, location.href).origin === location.origin) {
+    // the credentials go to this platform only; `omit` keeps the browser from asking for a password itself on a
+    // 401, and `no-store` keeps signed-in answers out of the HTTP cache, which keys on the URL and not on who
+    // asked: nothing internal is served from it after signing out, nothing public in place of the internal
+    init.headers.Authorization = `Basic ${state.auth.basic}`;
+    init.credentials = 'omit';
+    init.cache = 'no-store';
+  }
+  return init;
+}
+
 async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: 'application/json, application/geo+json;q=0.9' } });
+  const response = await fetch(url, requestInit(url, 'application/json, application/geo+json;q=0.9'));
   if (!response.ok) {
     let message = response.statusText;
     try { message = (await response.json()).message || message; } catch { /* not JSON */ }
@@ -249,14 +272,17 @@ function geometryKind(type) {
   return 'areas';
 }
 
-async function loadCollections() {
+/** The layer list from the collections. `shown` (after signing in or out) holds the layers' on/off states from
+ * before, kept for the collections still there; a new one is on when it is a small polygon layer, as at the start. */
+async function loadCollections(shown = new Map()) {
   const doc = await getJSON(api(OGC, 'collections', { f: 'json' }));
   state.collections = doc.collections || [];
   state.indicatorCollections = state.collections.filter((c) => (c.keywords || [])
     .some((k) => String(k).toLowerCase() === 'indicator'));
   const layers = state.collections.filter((c) => !NOT_LAYERS.has(c.id) && !state.indicatorCollections.includes(c));
   const list = $('#layer-list');
-  const sensorsItem = layerItem('latest_values', 'Sensors: the latest value of each Datastream', '#17202a', true);
+  const sensorsItem = layerItem('latest_values', 'Sensors: the latest value of each Datastream', '#17202a',
+    shown.get('latest_values') ?? true);
   list.append(sensorsItem.li);
   sensorsItem.input.addEventListener('change', () => {
     if (sensorsItem.input.checked) state.sensorLayer.addTo(state.map);
@@ -280,11 +306,6 @@ async function loadCollections() {
     if (!bbox || NOT_LAYERS.has(collection.id) || bbox[2] - bbox[0] > 90) continue;
     goto.append(el('option', { value: collection.id, text: collection.title || collection.id }));
   }
-  goto.addEventListener('change', () => {
-    const collection = state.collections.find((c) => c.id === goto.value);
-    const bbox = collection?.extent?.spatial?.bbox?.[0];
-    if (bbox) state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
-  });
   // what kind of geometry each layer has and how big it is: one feature each
   await Promise.all([...state.layers.values()].filter((r) => r.kind === null).map(async (record) => {
     try {
@@ -294,7 +315,8 @@ async function loadCollections() {
       record.count.textContent = record.total === null ? '' : record.total.toLocaleString();
       record.swatch.classList.toggle('outline', record.kind === 'areas' || record.kind === 'lines');
       record.swatch.classList.toggle('round', record.kind === 'points');
-      if (record.kind === 'areas' && record.total !== null && record.total <= SMALL_AREA_LAYER) {
+      const small = record.kind === 'areas' && record.total !== null && record.total <= SMALL_AREA_LAYER;
+      if (shown.get(record.id) ?? small) {
         record.input.checked = true;
         toggleLayer(record);
       }
@@ -315,7 +337,13 @@ function layerItem(id, title, colour, checked) {
   return { li: el('li', { 'data-collection': id }, label), input, swatch, count, title };
 }
 
+/** Whether a layer record is the current one (not one from before signing in or out). */
+function isCurrent(record) {
+  return state.layers.get(record.id) === record;
+}
+
 async function toggleLayer(record) {
+  if (!isCurrent(record)) return;
   if (!record.input.checked) {
     if (record.group) record.group.remove();
     return;
@@ -324,7 +352,7 @@ async function toggleLayer(record) {
     if (!record.loading) record.loading = loadLayer(record);
     await record.loading;
   }
-  if (record.input.checked && record.group) record.group.addTo(state.map);
+  if (record.input.checked && record.group && isCurrent(record)) record.group.addTo(state.map);
 }
 
 async function loadLayer(record) {
@@ -408,7 +436,9 @@ async function loadLatestValues(params = {}) {
   return features;
 }
 
-async function loadSensors() {
+/** The sensors from the latest values; `property` is the observed property to show (after signing in or out, the
+ * one chosen before, when it is still there). */
+async function loadSensors(property = '') {
   const features = await loadLatestValues();
   const byProperty = new Map();
   for (const feature of features) {
@@ -465,11 +495,23 @@ async function loadSensors() {
   order.forEach((property) => {
     select.append(el('option', { value: property, text: `${property} (${byProperty.get(property).length})` }));
   });
-  select.addEventListener('change', () => showProperty(select.value));
   const things = [...new Set([...state.sensors.values()].filter((s) => s.latlng && s.thing).map((s) => s.thing))];
   things.sort((a, b) => a.localeCompare(b));
   $('#find-list').replaceChildren(...things.map((t) => el('option', { value: t })));
-  showProperty('');
+  select.value = byProperty.has(property) ? property : '';
+  showProperty(select.value);
+}
+
+/** Forget the sensors and their markers (before reading them again as someone else). */
+function clearSensors() {
+  state.sensorLayer.clearLayers();
+  state.sensors.clear();
+  state.groups.clear();
+  state.places.clear();
+  state.scales.clear();
+  $('#property-select').replaceChildren(el('option', { value: '', text: 'every observed property' }));
+  $('#find-list').replaceChildren();
+  $('#sensor-legend').replaceChildren();
 }
 
 function groupValue(group) {
@@ -862,19 +904,24 @@ function renderTile(tile) {
 
 // ---------------------------------------------------------------- districts: indicator choropleth
 
-function initIndicators() {
+/** The indicator choice and the choropleth; `keep` (after signing in or out) is the choice from before, kept when
+ * it is still offered ('' for none); without it, the first indicator. */
+function initIndicators(keep) {
   const select = $('#indicator-select');
+  const empty = $('#areas-empty');
+  select.replaceChildren(el('option', { value: '', text: 'none' }));
   if (!state.indicatorCollections.length) {
-    const empty = $('#areas-empty');
     empty.textContent = 'No indicator collections yet: each indicator the platform computes is a collection of '
       + 'areas with their current value, shown here as a map.';
     empty.hidden = false;
-    return;
+    select.disabled = true;
+    return state.choropleth ? showIndicator('') : undefined;
   }
+  empty.hidden = true;
   for (const c of state.indicatorCollections) select.append(el('option', { value: c.id, text: c.title || c.id }));
   select.disabled = false;
-  select.value = state.indicatorCollections[0].id;
-  select.addEventListener('change', () => showIndicator(select.value));
+  const offered = keep === '' || state.indicatorCollections.some((c) => c.id === keep);
+  select.value = keep !== undefined && offered ? keep : state.indicatorCollections[0].id;
   return showIndicator(select.value);
 }
 
@@ -921,7 +968,7 @@ async function showIndicator(id, quiet = false) {
     },
   });
   choropleth.layer = layer;
-  previous?.layer.remove();
+  state.choropleth?.layer.remove(); // the one shown now: another read may have finished meanwhile
   layer.addTo(state.map);
   state.choropleth = choropleth;
   if (!quiet) {
@@ -997,7 +1044,7 @@ function openDetails(title) {
   return body;
 }
 
-function closeDetails() {
+function closeDetails({ focus = true } = {}) {
   $('#details').hidden = true;
   highlightArea(null);
   destroyChart();
@@ -1005,7 +1052,7 @@ function closeDetails() {
   scheduleSync();
   highlight(null);
   state.selected = null;
-  $('#map').focus();
+  if (focus) $('#map').focus();
 }
 
 function highlight(group) {
@@ -1292,12 +1339,235 @@ async function selectIndicator(id, name) {
   await chartIndicator(id, name, body, unit);
 }
 
+// ---------------------------------------------------------------- signing in: HTTP Basic, for this tab only
+
+function basicOf(name, password) {
+  const bytes = new TextEncoder().encode(`${name}:${password}`);
+  let binary = '';
+  bytes.forEach((b) => { binary += String.fromCharCode(b); });
+  return btoa(binary);
+}
+
+function storedAuth() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(AUTH_KEY) || 'null');
+    return saved && typeof saved.name === 'string' && typeof saved.basic === 'string' ? saved : null;
+  } catch {
+    return null;
+  }
+}
+
+function storeAuth(auth) {
+  try {
+    if (auth) sessionStorage.setItem(AUTH_KEY, JSON.stringify({ name: auth.name, basic: auth.basic }));
+    else sessionStorage.removeItem(AUTH_KEY);
+  } catch {
+    // storage refused (a browser setting): the sign-in lasts until the page is left
+  }
+}
+
+/** Whether the platform accepts Basic credentials: { ok, status, message } (its own message when it refuses). */
+async function checkCredentials(basic) {
+  let response;
+  try {
+    response = await fetch(STA, { headers: { Accept: 'application/json', Authorization: `Basic ${basic}` },
+      credentials: 'omit', cache: 'no-store' });
+  } catch (err) {
+    return { ok: false, status: 0, message: `the platform cannot be reached (${err.message})` };
+  }
+  if (response.ok) return { ok: true, status: response.status, message: '' };
+  let message = response.statusText || 'refused';
+  try { message = (await response.json()).message || message; } catch { /* not JSON */ }
+  return { ok: false, status: response.status, message: `${message} (HTTP ${response.status})` };
+}
+
+function renderAccount() {
+  const auth = state.auth;
+  $('#account-status').textContent = auth ? `Signed in as ${auth.name}` : '';
+  $('#account-sep').hidden = !auth;
+  $('#sign-out').hidden = !auth;
+  $('#sign-in-toggle').hidden = Boolean(auth);
+  if (auth) document.body.dataset.user = auth.name;
+  else delete document.body.dataset.user;
+}
+
+function showSignIn(open, { focus = true } = {}) {
+  const form = $('#sign-in-form');
+  form.hidden = !open;
+  $('#sign-in-toggle').setAttribute('aria-expanded', String(open));
+  if (open) {
+    $('#sign-in-error').textContent = '';
+    if (focus) $('#sign-in-name').focus();
+  } else {
+    $('#sign-in-password').value = '';
+    if (focus) $('#sign-in-toggle').focus();
+  }
+}
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const form = $('#sign-in-form');
+  const error = $('#sign-in-error');
+  const nameInput = $('#sign-in-name');
+  const passwordInput = $('#sign-in-password');
+  const name = nameInput.value.trim();
+  const password = passwordInput.value;
+  error.textContent = '';
+  nameInput.removeAttribute('aria-invalid');
+  passwordInput.removeAttribute('aria-invalid');
+  if (!name || name.includes(':') || !password) {
+    const input = !name || name.includes(':') ? nameInput : passwordInput;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    error.textContent = !name ? 'Enter your user name.' : name.includes(':')
+      ? 'A user name cannot hold a colon (:).' : 'Enter your password.';
+    return;
+  }
+  const submit = $('#sign-in-submit');
+  submit.disabled = true;
+  form.setAttribute('aria-busy', 'true');
+  const basic = basicOf(name, password);
+  const answer = await checkCredentials(basic);
+  submit.disabled = false;
+  form.removeAttribute('aria-busy');
+  if (!answer.ok) {
+    error.textContent = `Not signed in: ${answer.message}`;
+    passwordInput.setAttribute('aria-invalid', 'true');
+    passwordInput.select();
+    passwordInput.focus();
+    return;
+  }
+  state.auth = { name, basic };
+  storeAuth(state.auth);
+  showSignIn(false, { focus: false });
+  renderAccount();
+  $('#sign-out').focus();
+  await reloadData();
+}
+
+async function signOut() {
+  state.auth = null;
+  storeAuth(null);
+  renderAccount();
+  $('#sign-in-toggle').focus();
+  await reloadData();
+}
+
+function wireAccount() {
+  const toggle = $('#sign-in-toggle');
+  toggle.addEventListener('click', () => showSignIn($('#sign-in-form').hidden));
+  $('#sign-in-cancel').addEventListener('click', () => showSignIn(false));
+  $('#sign-in-form').addEventListener('submit', onSignIn);
+  $('#sign-in-form').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') showSignIn(false);
+  });
+  $('#sign-out').addEventListener('click', signOut);
+}
+
+/** A sign-in kept from before a reload of the page, if the platform still accepts it. */
+async function restoreSignIn() {
+  const saved = storedAuth();
+  if (saved) {
+    const answer = await checkCredentials(saved.basic);
+    if (answer.ok || (answer.status !== 401 && answer.status !== 403)) state.auth = saved;
+    else {
+      storeAuth(null);
+      note(`Signed out: the platform no longer accepts ${saved.name}'s sign-in (${answer.message}).`);
+    }
+  }
+  renderAccount();
+}
+
+/** After signing in or out: everything read again as the new user, so internal collections and sensors appear or
+ * go without reloading the page. The view, the layers' on/off states and the chosen property and indicator stay;
+ * an open panel closes (it may show what the new user may not see). */
+function reloadData() {
+  state.reloading = state.reloading.then(reload).catch((err) => console.warn('reload:', err.message));
+  return state.reloading;
+}
+
+async function reload() {
+  await state.started;
+  document.body.dataset.ready = 'false';
+  if (!$('#details').hidden) closeDetails({ focus: false });
+  note('');
+  const shown = new Map([...state.layers].map(([id, record]) => [id, record.input.checked]));
+  const property = $('#property-select').value;
+  const indicator = $('#indicator-select').value;
+  for (const record of state.layers.values()) record.group?.remove();
+  state.layers.clear();
+  $('#layer-list').replaceChildren();
+  $('#layer-list').setAttribute('aria-busy', 'true');
+  $('#goto-select').replaceChildren(el('option', { value: '', text: 'choose a place…' }));
+  clearSensors();
+  await Promise.all([
+    loadCollections(shown).catch((err) => note(`The collections could not be read: ${err.message}`)),
+    loadTiles(),
+  ]);
+  await Promise.all([
+    loadSensors(property).catch((err) => note(`The sensors could not be read: ${err.message}`)),
+    initIndicators(indicator),
+  ]);
+  syncSubscriptions();
+  followInternal();
+  document.body.dataset.ready = 'true';
+}
+
+/** Observations of internal Things are never announced over MQTT: while signed in, their latest values are read
+ * every 10 s (one request: the Datastreams of the Things marked internal, each with its latest Observation). When
+ * the cockpit polls anyway (no broker), that reads them too. */
+function followInternal() {
+  clearInterval(state.internalTimer);
+  state.internalTimer = state.auth ? setInterval(pollInternal, POLL_MS) : null;
+}
+
+async function pollInternal() {
+  if (!state.auth || state.pollTimer || state.internalBusy) return;
+  state.internalBusy = true;
+  let url = api(STA, 'Datastreams', {
+    $filter: INTERNAL_THINGS,
+    $select: 'id',
+    $expand: 'Observations($select=result,phenomenonTime,resultTime;$orderby=phenomenonTime desc;$top=1)',
+    $top: 1000,
+  });
+  try {
+    while (url) {
+      const doc = await getJSON(url);
+      const now = Date.now();
+      for (const ds of doc.value || []) {
+        const id = ds['@iot.id'];
+        const known = state.sensors.get(id);
+        const obs = ds.Observations?.[0];
+        if (!known || !obs) continue;
+        known.since = now;
+        const time = endOf(obs.phenomenonTime) || obs.resultTime;
+        if (known.time !== time || known.result !== obs.result) applyObservation(id, obs.result, time);
+      }
+      url = doc['@iot.nextLink'] ? sameOrigin(doc['@iot.nextLink']) : null;
+    }
+  } catch (err) {
+    console.warn('internal sensors:', err.message);
+  } finally {
+    state.internalBusy = false;
+  }
+}
+
 // ---------------------------------------------------------------- start
 
 function wireControls() {
-  $('#details-close').addEventListener('click', closeDetails);
+  $('#details-close').addEventListener('click', () => closeDetails());
   $('#details').addEventListener('keydown', (event) => {
     if (event.key === 'Escape') closeDetails();
+  });
+  const property = $('#property-select');
+  property.addEventListener('change', () => showProperty(property.value));
+  const indicator = $('#indicator-select');
+  indicator.addEventListener('change', () => showIndicator(indicator.value));
+  const goto = $('#goto-select');
+  goto.addEventListener('change', () => {
+    const collection = state.collections.find((c) => c.id === goto.value);
+    const bbox = collection?.extent?.spatial?.bbox?.[0];
+    if (bbox) state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
   });
   $('#find-form').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -1333,6 +1603,8 @@ function initialView() {
 async function main() {
   initMap();
   wireControls();
+  wireAccount();
+  await restoreSignIn(); // before the first read, so that it is read as the signed-in user
   getJSON(BASE.href).then((doc) => {
     if (doc.title) {
       $('#city-title').textContent = doc.title;
@@ -1355,6 +1627,7 @@ async function main() {
     note('Nothing to map yet: declare collections in config.yml, or create Things with a Location.');
   }
   await startLive();
+  followInternal();
   state.ready = true;
   document.body.dataset.ready = 'true';
 }
@@ -1362,4 +1635,4 @@ async function main() {
 // for tests and the curious: the map and the state, read-only by convention
 window.cockpit = { state, selectSensor, selectArea, showIndicator };
 
-main();
+state.started = main();
