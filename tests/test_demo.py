@@ -79,7 +79,7 @@ def test_demo_is_live(demo: dict) -> None:
     client.loop_start()
     try:
         topic, note = got.get(timeout=30)
-        assert topic == "v1.1/Observations" and isinstance(note["result"], int)
+        assert topic == "v1.1/Observations" and isinstance(note["result"], int | float)
     finally:
         client.loop_stop()
     latest = httpx.get(f"{demo['url']}/ogcapi/collections/latest_values/items",

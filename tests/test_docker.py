@@ -457,3 +457,51 @@ def test_platform_service_runs_as_compose_runs_it(compose: dict[str, Any], mosqu
         _stop(proc)
     assert proc.returncode is not None
     log.unlink(missing_ok=True)  # kept for reading only when the test failed
+
+
+@pytest.mark.skipif(not (shutil.which("mosquitto") and shutil.which("mosquitto_passwd")),
+                    reason="mosquitto and mosquitto_passwd (Debian package mosquitto) are not installed")
+def test_mosquitto_acl_matches_the_platform_roles(tmp_path: Path) -> None:
+    """docker/mosquitto/acl with a password file: anyone reads notifications, only write users publish."""
+    work = Path(tempfile.mkdtemp(prefix="udp-acl-"))
+    work.chmod(0o777)  # mosquitto drops to its own user
+    try:
+        passwd = work / "passwd"
+        for user, password in (("platform", "platform-pw"), ("ingest", "ingest-pw")):
+            subprocess.run(["mosquitto_passwd", *([] if passwd.exists() else ["-c"]), "-b", str(passwd), user,
+                            password], check=True, capture_output=True)
+        shutil.copy(ROOT / "docker" / "mosquitto" / "acl", work / "acl")
+        for f in work.iterdir():
+            f.chmod(0o644)
+        port = free_port()
+        (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                                     f"password_file {passwd}\nacl_file {work / 'acl'}\n", encoding="utf-8")
+        broker = subprocess.Popen(["mosquitto", "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            seen: list[tuple[str, bytes]] = []
+            platform = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="acl-platform")
+            platform.username_pw_set("platform", "platform-pw")
+            platform.on_message = lambda _c, _u, m: seen.append((m.topic, m.payload))
+            platform.connect("127.0.0.1", port)
+            platform.subscribe("#", 1)
+            platform.loop_start()
+            time.sleep(0.3)
+            for user, password, payload in ((None, None, b"anonymous"), ("ingest", "ingest-pw", b"writer")):
+                device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"acl-{payload.decode()}")
+                if user:
+                    device.username_pw_set(user, password)
+                device.connect("127.0.0.1", port)
+                device.loop_start()
+                device.publish("city/pedestrians/1/count", payload, qos=1).wait_for_publish(5)
+                device.loop_stop()
+                device.disconnect()
+            time.sleep(0.5)
+            platform.loop_stop()
+            assert [p for t, p in seen if t.startswith("city/")] == [b"writer"]
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
