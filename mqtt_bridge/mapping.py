@@ -56,7 +56,11 @@ def _looks_like_image(payload: bytes) -> bool:
 
 
 def _first(path: Any, doc: Any, what: str) -> Any:
-    found = path.find(doc)
+    try:
+        found = path.find(doc)
+    # jsonpath-ng indexes whatever it meets: $.counts[0] on an object is a KeyError, on a number a TypeError
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise Unmappable(f"missing field: {what} ({path}) does not fit the message's shape") from None
     if not found:
         raise Unmappable(f"missing field: {what} ({path}) is not in the message")
     return found[0].value

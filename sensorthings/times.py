@@ -15,7 +15,10 @@ def parse_instant(text: str) -> datetime:
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant Python holds
+        raise ValueError(f"time out of range: {text!r}") from None
 
 
 def parse_interval(text: str) -> tuple[datetime, datetime]:

@@ -180,7 +180,12 @@ def _datetime(ctx: _Ctx, s: str, pos: int) -> datetime:
     except ValueError:
         ctx.fail(f"invalid date-time {_quote(s)}", pos)
     # The tree promises aware datetimes; SensorThings times without an offset are UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)  # 0001-01-01T00:00+01:00 is no instant Python (or SQLite's text column) can hold
+    except OverflowError:
+        ctx.fail(f"date-time out of range {_quote(s)}", pos)
+    return value
 
 
 def _duration(ctx: _Ctx, s: str, pos: int) -> timedelta:

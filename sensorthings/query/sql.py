@@ -507,7 +507,10 @@ def _cmp(op: str, a: Any, b: Any) -> ColumnElement:
 def _fold(op: str, a: Any, b: Any) -> tuple[Any, str] | None:
     """Constant arithmetic: numbers, and times with durations (now() sub duration'P1D')."""
     if isinstance(a, datetime) and isinstance(b, timedelta) and op in ("add", "sub"):
-        return (a + b if op == "add" else a - b), DATETIME
+        try:
+            return (a + b if op == "add" else a - b), DATETIME
+        except OverflowError:
+            raise QueryError("date-time out of range (years 1 to 9999)", "$filter") from None
     if isinstance(a, datetime) and isinstance(b, datetime) and op == "sub":
         return None
     numeric = (int, float)
@@ -518,7 +521,9 @@ def _fold(op: str, a: Any, b: Any) -> tuple[Any, str] | None:
             if op == "sub":
                 return a - b, NUMBER
             if op == "mul":
-                return a * b, NUMBER
+                product = a * b
+                # beyond Int64 a product is a decimal, as a literal that large is (and no driver binds it)
+                return (float(product) if isinstance(product, int) and abs(product) >= 2**63 else product), NUMBER
             if op == "div":
                 return (a // b if isinstance(a, int) and isinstance(b, int) else a / b), NUMBER
             if op == "mod":

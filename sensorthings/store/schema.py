@@ -43,7 +43,10 @@ class UtcDateTime(types.TypeDecorator):
             return value
         if isinstance(value, str):
             return value
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        v = value.astimezone(UTC)
+        # not strftime: its %Y writes year 999 as "999", which breaks both the fixed width and reading back
+        return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}."
+                f"{v.microsecond:06d}Z")
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None or isinstance(value, datetime):

@@ -207,10 +207,14 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
     kwargs: dict[str, Any] = {}
     if memory:
         kwargs["poolclass"] = StaticPool
+    def decode_json(value: Any) -> Any:
+        # a column declared JSON has NUMERIC affinity in SQLite: a bare number (metadata: 5) comes back a number
+        return value if isinstance(value, int | float) else json_deserializer(value)
+
     engine = create_engine(
         url,
         json_serializer=json_serializer,
-        json_deserializer=json_deserializer,
+        json_deserializer=decode_json,
         connect_args={"check_same_thread": False, "timeout": 30},
         **kwargs,
     )
