@@ -110,6 +110,15 @@ class Service:
         self.extra_settings = dict(settings or {})
 
     # -- entry point ----------------------------------------------------------------------------
+    def call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
+        """An in-process request by the platform itself (provisioning, indicators, the demo): the answer's
+        JSON, RuntimeError with the status and message when it fails. Its links are not shown to anyone."""
+        res = self.handle(ApiRequest(method, path, params, None if body is None else orjson.dumps(body),
+                                     "http://udp.local/v1.1", "application/json"))
+        if res.status >= 400:
+            raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
+        return res.body
+
     def handle(self, req: ApiRequest, tx: Tx | None = None) -> ApiResponse:
         """Answer one request; never raises for bad input."""
         try:

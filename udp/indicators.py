@@ -28,7 +28,7 @@ from sqlalchemy import and_, func, select
 
 from features.spec import CollectionSpec, SpecError
 from sensorthings.results import encode_result
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
 
@@ -37,7 +37,6 @@ AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
 KEYS = {"title", "description", "areas", "area_name", "observedProperty", "aggregate", "window", "unit"}
 CITY = "city"
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
-BASE = "http://udp.local/v1.1"
 
 
 @dataclass(frozen=True)
@@ -126,14 +125,6 @@ def load_areas(spec: IndicatorSpec) -> Areas | None:
 
 
 # -- the engine ------------------------------------------------------------------------------------
-def _call(service: Service, method: str, path: str, body: Any = None, **params: str) -> Any:
-    res = service.handle(ApiRequest(method, path, params, None if body is None else orjson.dumps(body), BASE,
-                                    "application/json"))
-    if res.status >= 400:
-        raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
-    return res.body
-
-
 @dataclass
 class Stream:
     """The Datastream an indicator writes an area's values to."""
@@ -164,14 +155,14 @@ class IndicatorEngine:
     # -- entities ----------------------------------------------------------------------------------
     def setup(self) -> None:
         """The indicators' Thing, ObservedProperties, FeaturesOfInterest and Datastreams, made once."""
-        things = _call(self.service, "GET", "Things", **{"$filter": "properties/kind eq 'indicators'", "$top": "1"})
+        things = self.service.call("GET", "Things", **{"$filter": "properties/kind eq 'indicators'", "$top": "1"})
         if things["value"]:
             thing = things["value"][0]["@iot.id"]
         else:
-            thing = _call(self.service, "POST", "Things", {
+            thing = self.service.call("POST", "Things", {
                 "name": "District indicators", "description": "Indicators computed by the platform from live sensors",
                 "properties": {"kind": "indicators"}})["@iot.id"]
-        made = _call(self.service, "GET", "Datastreams", **{"$filter": "properties/indicator ne null", "$top": "10000"})
+        made = self.service.call("GET", "Datastreams", **{"$filter": "properties/indicator ne null", "$top": "10000"})
         existing = {(ds["properties"]["indicator"], ds["properties"]["area"]): ds for ds in made["value"]}
         sensor = None
         for iid, spec in self.specs.items():
@@ -185,14 +176,14 @@ class IndicatorEngine:
                     continue
                 if sensor is None:
                     sensor = self._sensor()
-                foi = _call(self.service, "POST", "FeaturesOfInterest", {
+                foi = self.service.call("POST", "FeaturesOfInterest", {
                     "name": f"{area}" if area != CITY else "the city", "description": f"indicator area {area}",
                     "encodingType": "application/geo+json",
                     "feature": shapely.geometry.mapping(geom) if geom is not None else {"type": "Point",
                                                                                        "coordinates": [0, 0]},
                     "properties": {"indicator": iid, "area": area}})["@iot.id"]
                 unit = spec.unit or self._unit_of(spec)
-                made = _call(self.service, "POST", "Datastreams", {
+                made = self.service.call("POST", "Datastreams", {
                     "name": f"{spec.title} — {area}", "description": spec.description or spec.title,
                     "observationType": OM, "unitOfMeasurement": {"definition": "", **unit},
                     "properties": {"indicator": iid, "area": area, "aggregate": spec.aggregate,
@@ -204,17 +195,17 @@ class IndicatorEngine:
                 self.streams[(iid, area)] = Stream(made["@iot.id"], foi)
 
     def _sensor(self) -> int:
-        found = _call(self.service, "GET", "Sensors", **{"$filter": "name eq 'udp indicator engine'", "$top": "1"})
+        found = self.service.call("GET", "Sensors", **{"$filter": "name eq 'udp indicator engine'", "$top": "1"})
         if found["value"]:
             return found["value"][0]["@iot.id"]
-        return _call(self.service, "POST", "Sensors", {
+        return self.service.call("POST", "Sensors", {
             "name": "udp indicator engine", "description": "aggregates of live sensor Observations per area",
             "encodingType": "text/plain", "metadata": "udp/indicators.py"})["@iot.id"]
 
     def _unit_of(self, spec: IndicatorSpec) -> dict[str, str]:
         if spec.aggregate == "count":
             return {"name": "count", "symbol": "{count}"}
-        found = _call(self.service, "GET", "Datastreams", **{
+        found = self.service.call("GET", "Datastreams", **{
             "$filter": f"ObservedProperty/name eq '{spec.observed_property.replace(chr(39), chr(39) * 2)}'",
             "$select": "unitOfMeasurement", "$top": "1"})["value"]
         unit = found[0]["unitOfMeasurement"] if found else {}

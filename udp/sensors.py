@@ -17,13 +17,12 @@ import orjson
 import shapely
 
 from features.spec import CollectionSpec, SpecError, parse_collections
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import Service
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 ENTRY_KEYS = {"things", "name", "description", "properties", "datastreams", "access", "layer", "crs", "x", "y",
               "wkt", "latlon", "id", "encoding", "key"}
 DATASTREAM_KEYS = {"name", "description", "observedProperty", "unit", "observationType", "sensor"}
-BASE = "http://udp.local/v1.1"  # links in the provisioning requests' answers are not shown to anyone
 
 
 class _Keep(dict):
@@ -132,14 +131,6 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def _call(service: Service, method: str, path: str, body: Any = None, **params: str) -> Any:
-    res = service.handle(ApiRequest(method, path, params, None if body is None else orjson.dumps(body), BASE,
-                                    "application/json"))
-    if res.status >= 400:
-        raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
-    return res.body
-
-
 def provision(service: Service, entries: list[SensorsEntry], progress: Any = None) -> Outcome:
     """Make or update the entities of every entry (progress(done, total) after each row)."""
     from provider_plugins.table import load
@@ -165,7 +156,7 @@ def _existing(service: Service, entry: SensorsEntry) -> dict[str, dict[str, Any]
     found: dict[str, dict[str, Any]] = {}
     skip = 0
     while True:
-        page = _call(service, "GET", "Things", **{
+        page = service.call("GET", "Things", **{
             "$filter": f"startswith(properties/udpKey, '{entry.index}:')", "$top": "10000", "$skip": str(skip),
             "$expand": "Locations($top=1),Datastreams($select=id,name;$top=10000)"})
         for thing in page["value"]:
@@ -179,7 +170,7 @@ def _names(service: Service) -> dict[str, dict[str, int]]:
     """Ids of ObservedProperties and Sensors by name (reused, never duplicated)."""
     out: dict[str, dict[str, int]] = {"ObservedProperties": {}, "Sensors": {}}
     for kind in out:
-        for e in _call(service, "GET", kind, **{"$select": "id,name", "$top": "10000"})["value"]:
+        for e in service.call("GET", kind, **{"$select": "id,name", "$top": "10000"})["value"]:
             out[kind].setdefault(e["name"], e["@iot.id"])
     return out
 
@@ -197,7 +188,7 @@ def _ensure(service: Service, ops: dict[str, dict[str, int]], kind: str, name: s
     if name not in ops[kind]:
         body = {"name": name, "description": name, "definition": name} if kind == "ObservedProperties" else {
             "name": name, "description": name, "encodingType": "text/plain", "metadata": name}
-        ops[kind][name] = _call(service, "POST", kind, body)["@iot.id"]
+        ops[kind][name] = service.call("POST", kind, body)["@iot.id"]
     return ops[kind][name]
 
 
@@ -225,27 +216,27 @@ def _one(service: Service, entry: SensorsEntry, row: dict[str, Any], geom: Any, 
                                 "Datastreams": [_datastream(service, t, row, name, ops) for t in entry.datastreams]}
         if location is not None:
             body["Locations"] = [location]
-        _call(service, "POST", "Things", body)
+        service.call("POST", "Things", body)
         out.created += 1
         out.datastreams += len(entry.datastreams)
         return
     tid = thing["@iot.id"]
     changed = False
     if thing.get("name") != name or thing.get("description") != desc or thing.get("properties") != props:
-        _call(service, "PATCH", f"Things({tid})", {"name": name, "description": desc, "properties": props})
+        service.call("PATCH", f"Things({tid})", {"name": name, "description": desc, "properties": props})
         changed = True
     locs = thing.get("Locations") or []
     if location is not None and not locs:
-        _call(service, "POST", f"Things({tid})/Locations", location)
+        service.call("POST", f"Things({tid})/Locations", location)
         changed = True
     elif location is not None and locs[0].get("location") != location["location"]:
-        _call(service, "PATCH", f"Locations({locs[0]['@iot.id']})", {"location": location["location"]})
+        service.call("PATCH", f"Locations({locs[0]['@iot.id']})", {"location": location["location"]})
         changed = True
     have = {ds["name"] for ds in thing.get("Datastreams") or []}
     for tpl in entry.datastreams:
         if fill(tpl.name, row) not in have:
             ds = _datastream(service, tpl, row, name, ops)
-            _call(service, "POST", "Datastreams", {**ds, "Thing": {"@iot.id": tid}})
+            service.call("POST", "Datastreams", {**ds, "Thing": {"@iot.id": tid}})
             out.datastreams += 1
             changed = True
     if changed:

@@ -22,13 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pandas as pd
 import shapely
 from sqlalchemy import Column, MetaData, String, Table, inspect, select
 
 from sensorthings.results import encode_result
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import Service
 from sensorthings.store.base import Store
 
 HERE = Path(__file__).resolve().parent
@@ -59,14 +58,6 @@ def is_built(store: Store) -> bool:
         return conn.execute(select(_marker.c.version).where(_marker.c.version == VERSION)).first() is not None
 
 
-def _call(service: Service, method: str, path: str, body: Any = None, **params: str) -> Any:
-    res = service.handle(ApiRequest(method, path, params, None if body is None else orjson.dumps(body),
-                                    "http://udp.local/v1.1", "application/json"))
-    if res.status >= 400:
-        raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
-    return res.body
-
-
 def _districts() -> dict[str, shapely.Geometry]:
     from features.spec import parse_collections
     from provider_plugins.table import load
@@ -90,15 +81,15 @@ def air_quality(store: Store, days: int = 120) -> int:
     shift = yesterday - last
     ops: dict[str, int] = {}
     for column, (prop, _, _) in POLLUTANTS.items():
-        ops[column] = _call(service, "POST", "ObservedProperties", {
+        ops[column] = service.call("POST", "ObservedProperties", {
             "name": prop, "description": f"{prop} concentration, daily mean", "definition": prop})["@iot.id"]
-    sensor = _call(service, "POST", "Sensors", {
+    sensor = service.call("POST", "Sensors", {
         "name": "Seoul air quality monitoring station", "description": "Seoul Metropolitan Government station",
         "encodingType": "text/html", "metadata": "https://cleanair.seoul.go.kr"})["@iot.id"]
     streams: dict[tuple[str, str], int] = {}
     for gu in sorted(frame["측정소명"].unique()):
         point = places[gu]
-        thing = _call(service, "POST", "Things", {
+        thing = service.call("POST", "Things", {
             "name": f"Air quality {gu}", "description": f"Seoul air quality station of {gu}",
             "properties": {"city": "Seoul", "district": gu, "kind": "air quality",
                            "placement": "the district's interior point (the open data gives no coordinates)"},
@@ -111,7 +102,7 @@ def air_quality(store: Store, days: int = 120) -> int:
                                                    "definition": "http://unitsofmeasure.org/ucum.html"},
                              "ObservedProperty": {"@iot.id": ops[column]}, "Sensor": {"@iot.id": sensor}}
                             for column, (prop, unit, symbol) in POLLUTANTS.items()]})
-        for ds in _call(service, "GET", f"Things({thing['@iot.id']})/Datastreams", **{"$select": "id,name"})["value"]:
+        for ds in service.call("GET", f"Things({thing['@iot.id']})/Datastreams", **{"$select": "id,name"})["value"]:
             streams[(gu, ds["name"].split(" ", 1)[0])] = ds["@iot.id"]
     rows: list[dict[str, Any]] = []
     for record in frame.to_dict("records"):
@@ -158,7 +149,7 @@ def melbourne_history(store: Store, hours: float = 8.0) -> int:
     first = frame["at"].min()
     frame = frame[frame["at"] < first + pd.Timedelta(hours=hours)]
     shift = pd.Timestamp(datetime.now(UTC)) - frame["at"].max()
-    names = {ds["name"]: ds["@iot.id"] for ds in _call(service, "GET", "Datastreams", **{
+    names = {ds["name"]: ds["@iot.id"] for ds in service.call("GET", "Datastreams", **{
         "$filter": "startswith(name, 'pedestrians ')", "$select": "id,name", "$top": "10000"})["value"]}
     rows = []
     for rec in frame.itertuples(index=False):
