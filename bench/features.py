@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 import orjson
 import yaml
-from harness import free_port, say, wait_healthy  # bench/ is the script's own directory
+from harness import free_port, process_tree, say, wait_healthy  # bench/ is the script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 SEOUL = Path("/work/shared/data/seoul")
@@ -164,24 +164,6 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def process_tree(root: int) -> list[int]:
-    """A process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -70,3 +70,21 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: floa
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"the server did not answer within {timeout}s:\n{log()}")
+
+
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants (a serve process's workers and bridge)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out

@@ -49,7 +49,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import Database, create_pg, free_port, say, wait_healthy  # bench/ is the script's own directory
+from harness import (  # bench/ is the script's own directory
+    Database,
+    create_pg,
+    free_port,
+    process_tree,
+    say,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
@@ -204,24 +211,6 @@ def postgres_pids() -> list[int]:
                     out.append(int(entry.name))
             except OSError:
                 pass
-    return out
-
-
-def process_tree(root: int) -> list[int]:
-    """A process and all its descendants (the serve process's workers and bridge)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
     return out
 
 
