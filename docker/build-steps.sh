@@ -29,7 +29,7 @@ sed -e '/^#/d' -e '/^[[:space:]]*$/d' -e 's|^\*\*/||' "$REPO/docker/Dockerfile.d
 tar -C "$REPO" --exclude-from="$DIR/excludes" -cf - . | tar -C "$SRC" -xf -
 
 python -m venv "$VENV"                                                  # RUN
-"$VENV/bin/pip" install --no-cache-dir "$SRC"                           # RUN
+"$VENV/bin/pip" install --no-cache-dir -c "$SRC/constraints.txt" "$SRC"  # RUN
 "$VENV/bin/udp" --help                                                  # RUN
 "$VENV/bin/python" "$SRC/docker/check_libs.py" "$VENV"                  # RUN
 

@@ -50,7 +50,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def test_demo_serves_the_city(demo: dict) -> None:
     url = demo["url"]
     text = Path(demo["log"]).read_text()
-    for line in ("landing page", "SensorThings", "OGC API", "MQTT"):
+    for line in ("landing page", "SensorThings", "OGC API", "cockpit", "MQTT"):
         assert line in text, text
     collections = httpx.get(f"{url}/ogcapi/collections").json()["collections"]
     files = [c["id"] for c in collections if c["id"] not in ("things", "locations", "features_of_interest",

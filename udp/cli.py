@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  landing page  {base}/")
     print(f"  SensorThings  {base}/v1.1")
     print(f"  OGC API       {base}/ogcapi")
+    print(f"  cockpit       {base}/cockpit/")
     print(f"  health        {base}/health")
     print(f"  MQTT          {' '.join(mqtt.endpoints)}")
     print(f"  store         {store_url}")
