@@ -28,7 +28,8 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.sql.expression import Exists
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.expression import ColumnClause, Exists
 
 from sensorthings import results
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
@@ -136,7 +137,8 @@ class Translator:
                     select(c).select_from(*scope.froms).where(and_(*scope.conds)).limit(1).scalar_subquery()
                     for c in cols
                 ]
-            keys.extend((c, item.descending) for c in cols)
+            # a key without a column orders nothing, and PostgreSQL refuses a bare constant in ORDER BY
+            keys.extend((c, item.descending) for c in cols if _references_a_column(c))
         return keys
 
     # -- expressions ----------------------------------------------------------------------------
@@ -546,3 +548,8 @@ def _is_many_path(entity: EntityType, expr: Expr) -> list[bool]:
         out.append(nav.many)
         current = target_of(nav)
     return out
+
+
+def _references_a_column(expr: ColumnElement) -> bool:
+    """Whether an SQL expression reads any column (else it is a constant)."""
+    return any(isinstance(node, ColumnClause) for node in visitors.iterate(expr))
