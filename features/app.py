@@ -8,6 +8,7 @@ import atexit
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,16 +23,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apicommon.request import public_base, sees_internal
+from apicommon.unavailable import database_unavailable
 from features import crs as crsmod
 from features.pygeoapi_config import PLACEHOLDER, install
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
-from features.spec import CollectionSpec
-from provider_plugins.base import SOURCES, FeatureSource, Page
-from provider_plugins.sensorthings import sensorthings_sources
-from provider_plugins.table import TableSource
-from sensorthings.http.app import public_base, sees_internal
-from sensorthings.service import database_unavailable
-from sensorthings.store.base import QueryTimeout, Store
+from features.source import SOURCES, FeatureSource, Page
+from sensorthings.store.base import QueryTimeout
 
 PREFIX = "/ogcapi"
 GEOJSON = "application/geo+json"
@@ -58,21 +56,6 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
     "http://www.opengis.net/spec/cql2/1.0/conf/arithmetic",
 ]
-
-
-def load_sources(specs: dict[str, CollectionSpec], store: Store | None,
-                 indicators: dict[str, Any] | None = None) -> dict[str, FeatureSource]:
-    """Every declared collection opened (SourceError names the first that cannot be read), the
-    SensorThings collections of the store and the indicators with areas."""
-    out: dict[str, FeatureSource] = {}
-    if store is not None:
-        out.update(sensorthings_sources(store))
-    out.update({cid: TableSource(spec) for cid, spec in specs.items()})
-    if store is not None and indicators:
-        from provider_plugins.indicators import IndicatorSource
-
-        out.update({iid: IndicatorSource(spec, store) for iid, spec in indicators.items() if spec.areas is not None})
-    return out
 
 
 def _error(status: int, code: str, description: str) -> Response:
@@ -185,13 +168,12 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
             "Vary": "Accept, Authorization"}
 
 
-def features_routes(specs: dict[str, CollectionSpec], title: str, public_url: str | None,
-                    store: Store | None = None, indicators: dict[str, Any] | None = None,
+def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url: str | None,
                     max_limit: int = MAX_LIMIT) -> list[BaseRoute]:
-    """The /ogcapi routes for the declared collections, the store's SensorThings collections and the
-    indicators; `limit` at most `max_limit` (server.max_top)."""
+    """The /ogcapi routes serving `sources` (collection id → source, built by the shell), which become the
+    registry pygeoapi's provider reads too; `limit` at most `max_limit` (server.max_top)."""
     SOURCES.clear()
-    SOURCES.update(load_sources(specs, store, indicators))
+    SOURCES.update(sources)
     workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     install(title, SOURCES, workdir, max_limit)

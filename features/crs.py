@@ -103,9 +103,3 @@ def label(code: int | None) -> str:
     """A human name: `EPSG:25832` or `CRS84`."""
     return "CRS84" if code is None else f"EPSG:{code}"
 
-
-def axis_swapped(code: int | None) -> bool:
-    """Whether the CRS's first axis is northing/latitude (so bbox values come in that order)."""
-    if code is None:
-        return False
-    return _crs(code).axis_info[0].direction.lower() in ("north", "south")

@@ -15,11 +15,10 @@ import yaml
 
 from features import crs as crsmod
 from features.request import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
-from provider_plugins.base import FeatureSource
+from features.source import FeatureSource
 
 # every link pygeoapi writes starts with this; the platform's ASGI wrapper puts the request's own base in
 PLACEHOLDER = "http://udp-public-base.invalid/ogcapi"
-OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
 
 
 def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: int = MAX_LIMIT) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: in
             "keywords": list(src.keywords) or [cid], "links": [],
             "extents": {"spatial": {"bbox": bbox, "crs": crsmod.CRS84}},
             "providers": [{
-                "type": "feature", "name": "provider_plugins.base.PlatformProvider", "data": cid, "id_field": "id",
+                "type": "feature", "name": "features.source.PlatformProvider", "data": cid, "id_field": "id",
                 "crs": [crsmod.uri(c) for c in src.offered_crs()],
                 "storage_crs": crsmod.uri(src.storage_crs),
                 **({"time_field": src.time_column} if src.time_column else {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ class CollectionSpec:
         return self.source.startswith(("postgresql://", "postgres://"))
 
 
-def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
-    """The `collections:` mapping as specs; SpecError names the key path and the reason."""
+def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict[str, CollectionSpec]:
+    """The `collections:` mapping as specs (`taken`: ids other collections already have); SpecError names the
+    key path and the reason."""
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -56,9 +58,7 @@ def parse_collections(doc: Any, base: Path) -> dict[str, CollectionSpec]:
         where = f"collections.{cid}"
         if not isinstance(cid, str) or not _ID.match(cid):
             raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
-        from provider_plugins.sensorthings import VIEWS
-
-        if cid in {v.id for v in VIEWS}:
+        if cid in taken:
             raise SpecError(f"{where}: the id is taken by a SensorThings collection; choose another")
         if not isinstance(body, dict):
             raise SpecError(f"{where}: must be a mapping with at least `source`")

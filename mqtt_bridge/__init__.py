@@ -1,1 +1,1 @@
-"""Turns device MQTT messages into SensorThings Observations."""
+"""Turns device MQTT messages into SensorThings Observations; the shell hands it its rules and broker."""

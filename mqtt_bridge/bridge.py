@@ -122,25 +122,22 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
     return ok, still
 
 
-def run_process(config_path: str | None, store_url: str, broker_url: str, base: str, ready: Any = None,
+def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, ready: Any = None,
                 parent: int | None = None) -> None:
-    """The bridge in a process of its own (started by `udp serve`): its MQTT client, writer and
-    notifications do not share an interpreter lock with the HTTP workers, the broker and the
-    creator. Stops cleanly (queued messages written) on SIGTERM."""
+    """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
+    rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
+    workers, the broker and the creator. Stops cleanly (queued messages written) on SIGTERM."""
     import os
     import signal
     import socket
     import threading
 
     from sensorthings.mqtt.notify import Notifier
-    from udp.config import load_config
 
-    config = load_config(config_path)
     store = Store.open(store_url)
-    address = BrokerAddress.parse(broker_url)
     notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge")
     store.listeners.append(notifier)
-    bridge = Bridge(store, config.bridge, address)
+    bridge = Bridge(store, rules, address)
     if ready is not None:
         ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     stop = threading.Event()

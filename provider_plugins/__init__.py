@@ -1,1 +1,1 @@
-"""pygeoapi providers for departmental sources and live SensorThings state."""
+"""The OGC API's sources (departmental tables, live SensorThings state, indicators), implementing `features.source`."""

@@ -5,19 +5,47 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from features.request import ItemsQuery
-from provider_plugins.base import Page
+from features.source import Page
+from provider_plugins.areas import AreaDeclaration, load_areas
 from provider_plugins.sensorthings import PUBLIC_BASE
 from provider_plugins.table import Table, TableSource, assemble
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
-from udp.indicators import CITY, IndicatorSpec, load_areas
+
+
+class Indicator(AreaDeclaration, Protocol):
+    """What the source shows of an indicator's declaration (the shell's `indicators:` entry has these)."""
+
+    @property
+    def id(self) -> str:
+        """The collection id; the indicator's Datastreams carry it as `properties/indicator`."""
+
+    @property
+    def title(self) -> str:
+        """The collection title."""
+
+    @property
+    def description(self) -> str:
+        """The collection description ("" for one made of the rest)."""
+
+    @property
+    def observed_property(self) -> str:
+        """The name of the ObservedProperty aggregated."""
+
+    @property
+    def aggregate(self) -> str:
+        """mean, sum, count, min, max or latest."""
+
+    @property
+    def window_text(self) -> str:
+        """The time window as declared (an ISO 8601 duration)."""
 
 
 class IndicatorSource(TableSource):
@@ -26,7 +54,7 @@ class IndicatorSource(TableSource):
     cache_control = "no-cache"  # values change as Observations arrive; revalidate with the ETag
     placeholder = PUBLIC_BASE.encode()  # the Datastream links are written under the request's base URL
 
-    def __init__(self, spec: IndicatorSpec, store: Store) -> None:
+    def __init__(self, spec: Indicator, store: Store) -> None:
         assert spec.areas is not None
         self.indicator = spec
         self.spec = spec.areas
@@ -110,7 +138,3 @@ class IndicatorSource(TableSource):
     def etag(self) -> str:
         """Known only once the values are read: from the body."""
         return ""
-
-    def city(self) -> dict[str, Any]:
-        """The city-wide value."""
-        return self._values().get(CITY, {})

@@ -17,7 +17,7 @@ from features import crs as crsmod
 from features.cql import FilterError
 from features.cql_sta import Converter, both, geometry_literal
 from features.request import ItemsQuery, ParamError
-from provider_plugins.base import FeatureSource, Page, encode_feature
+from features.source import FeatureSource, Page, encode_feature
 from sensorthings.model import BY_NAME, EntityType
 from sensorthings.query.tree import (
     BinaryOp,

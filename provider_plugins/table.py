@@ -21,8 +21,8 @@ from pyproj import CRS
 from features import crs as crsmod
 from features.cql import FilterError, evaluate
 from features.request import ItemsQuery, ParamError, Sort
+from features.source import FeatureSource, Page, encode_feature
 from features.spec import CollectionSpec
-from provider_plugins.base import FeatureSource, Page, encode_feature
 
 
 class SourceError(Exception):

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 import jsonpatch
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from apicommon.unavailable import database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import ResponseCache
 from sensorthings.dataarray import create_observations
@@ -140,14 +141,9 @@ class Service:
             return error(400, f"the write breaks a constraint: {exc.orig}")
         except DataError as exc:
             return error(400, f"the database cannot evaluate the request: {exc.orig}")
-        except OperationalError as exc:
-            if _is_unavailable(exc):
-                log.warning("database unavailable: %s", exc)
-                return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
-                                   {"Retry-After": "5"})
-            raise
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if database_unavailable(exc):
+                log.warning("database unavailable: %s", exc)
                 return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
                                    {"Retry-After": "5"})
             raise
@@ -456,17 +452,6 @@ class Service:
             id_ = self._resolve_id(t.conn, resource)
             self.store.delete(t.conn, resource.entity, id_)
         return ApiResponse(200)
-
-
-def _is_unavailable(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
-    return exc.connection_invalidated or any(w in text for w in (
-        "connection", "server closed", "terminating", "could not connect", "the database system is"))
-
-
-def database_unavailable(exc: DBAPIError) -> bool:
-    """True when a database error means the database cannot be reached (a 503), not that the request is wrong."""
-    return exc.connection_invalidated or (isinstance(exc, OperationalError) and _is_unavailable(exc))
 
 
 def _json_body(req: ApiRequest) -> Any:

@@ -17,16 +17,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from apicommon.request import public_base
 from features.app import features_routes
 from mqtt_bridge import deadletters
 from sensorthings.cache import ResponseCache
-from sensorthings.http.app import public_base, sensorthings_routes
+from sensorthings.http.app import sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
+from udp.sources import load_sources
 
 log = logging.getLogger("udp")
 
@@ -114,8 +116,8 @@ def build_app(config: Config) -> Starlette:
         Route("/health", health),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
-        *features_routes(config.collections, config.title, config.public_url, store, config.indicators,
-                         max_limit=config.max_top),
+        *features_routes(load_sources(config.collections, store, config.indicators), config.title,
+                         config.public_url, max_limit=config.max_top),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service

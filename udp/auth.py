@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from features.spec import SpecError
+from udp.errors import ConfigError
 
 ROLES = ("read", "write", "admin")
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
@@ -75,43 +75,43 @@ class AuthSpec:
 
 
 def parse_auth(doc: Any) -> AuthSpec:
-    """The `auth:` mapping; SpecError names the key path."""
+    """The `auth:` mapping; ConfigError names the key path."""
     if not isinstance(doc, dict):
-        raise SpecError("auth: must be a mapping with `users` and/or `oidc`")
+        raise ConfigError("auth: must be a mapping with `users` and/or `oidc`")
     unknown = sorted(set(doc) - {"users", "oidc"})
     if unknown:
-        raise SpecError(f"auth.{unknown[0]}: unknown key (known: oidc, users)")
+        raise ConfigError(f"auth.{unknown[0]}: unknown key (known: oidc, users)")
     users: dict[str, User] = {}
     for i, entry in enumerate(doc.get("users") or []):
         where = f"auth.users[{i}]"
         if not isinstance(entry, dict):
-            raise SpecError(f"{where}: must be a mapping with name, password and roles")
+            raise ConfigError(f"{where}: must be a mapping with name, password and roles")
         bad = sorted(set(entry) - {"name", "password", "roles"})
         if bad:
-            raise SpecError(f"{where}.{bad[0]}: unknown key (known: name, password, roles)")
+            raise ConfigError(f"{where}.{bad[0]}: unknown key (known: name, password, roles)")
         name, password, roles = entry.get("name"), entry.get("password"), entry.get("roles", ["read"])
         if not isinstance(name, str) or not name or name == INTERNAL_USER:
-            raise SpecError(f"{where}.name: a user name is required (and {INTERNAL_USER!r} is the platform's own)")
+            raise ConfigError(f"{where}.name: a user name is required (and {INTERNAL_USER!r} is the platform's own)")
         if not isinstance(password, str) or len(password) < 8:
-            raise SpecError(f"{where}.password: at least 8 characters, or a hash from `udp hash-password` "
+            raise ConfigError(f"{where}.password: at least 8 characters, or a hash from `udp hash-password` "
                             "(use ${VAR} to keep it out of the file)")
         if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
-            raise SpecError(f"{where}.roles: a list of {', '.join(ROLES)}")
+            raise ConfigError(f"{where}.roles: a list of {', '.join(ROLES)}")
         if name in users:
-            raise SpecError(f"{where}.name: {name!r} is declared twice")
+            raise ConfigError(f"{where}.name: {name!r} is declared twice")
         users[name] = User(name, password, frozenset(roles))
     oidc = None
     if doc.get("oidc") is not None:
         o = doc["oidc"]
         if not isinstance(o, dict) or not isinstance(o.get("issuer"), str):
-            raise SpecError("auth.oidc.issuer: the issuer URL is required (https://id.example.org/realms/city)")
+            raise ConfigError("auth.oidc.issuer: the issuer URL is required (https://id.example.org/realms/city)")
         bad = sorted(set(o) - {"issuer", "audience", "roles_claim", "jwks_uri"})
         if bad:
-            raise SpecError(f"auth.oidc.{bad[0]}: unknown key (known: audience, issuer, jwks_uri, roles_claim)")
+            raise ConfigError(f"auth.oidc.{bad[0]}: unknown key (known: audience, issuer, jwks_uri, roles_claim)")
         oidc = Oidc(o["issuer"].rstrip("/"), o.get("audience"), o.get("roles_claim", "realm_access.roles"),
                     o.get("jwks_uri"))
     if not users and oidc is None:
-        raise SpecError("auth: declare `users` or `oidc` (without `auth:` the platform runs open)")
+        raise ConfigError("auth: declare `users` or `oidc` (without `auth:` the platform runs open)")
     return AuthSpec(users, oidc)
 
 

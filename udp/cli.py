@@ -192,8 +192,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
-                             args=(os.environ.get("UDP_CONFIG"), store_url, url, public + "/v1.1", ready,
-                                   os.getpid()))
+                             args=(config.bridge, store_url, address, public + "/v1.1", ready, os.getpid()))
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)

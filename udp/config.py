@@ -6,19 +6,24 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from udp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from features.spec import CollectionSpec
+    from mqtt_bridge.rules import Rule
+    from udp.auth import AuthSpec
+    from udp.indicators import IndicatorSpec
+    from udp.sensors import SensorsEntry
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
               "server"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s")
 MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, named by its key path."""
 
 
 @dataclass
@@ -40,11 +45,11 @@ class Config:
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
     mqtt_endpoints: list[str] = field(default_factory=list)  # the broker URLs clients are told (serverSettings)
-    bridge: list[Any] = field(default_factory=list)  # parsed bridge rules (mqtt_bridge.rules.Rule)
-    collections: dict[str, Any] = field(default_factory=dict)  # id → features.spec.CollectionSpec
-    sensors: list[Any] = field(default_factory=list)  # udp.sensors.SensorsEntry
-    indicators: dict[str, Any] = field(default_factory=dict)  # id → udp.indicators.IndicatorSpec
-    auth: Any = None  # udp.auth.AuthSpec; None: the platform runs open
+    bridge: list[Rule] = field(default_factory=list)
+    collections: dict[str, CollectionSpec] = field(default_factory=dict)
+    sensors: list[SensorsEntry] = field(default_factory=list)
+    indicators: dict[str, IndicatorSpec] = field(default_factory=dict)
+    auth: AuthSpec | None = None  # None: the platform runs open
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -129,35 +134,25 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError(str(exc)) from None
     if "collections" in doc:
         from features.spec import SpecError, parse_collections
+        from provider_plugins.sensorthings import VIEWS
 
         try:
-            cfg.collections = parse_collections(doc["collections"], p.parent)
+            # the SensorThings collections are served beside the declared ones: their ids are taken
+            cfg.collections = parse_collections(doc["collections"], p.parent, taken={v.id for v in VIEWS})
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     if "sensors" in doc:
-        from features.spec import SpecError
         from udp.sensors import parse_sensors
 
-        try:
-            cfg.sensors = parse_sensors(doc["sensors"], p.parent)
-        except SpecError as exc:
-            raise ConfigError(str(exc)) from None
+        cfg.sensors = parse_sensors(doc["sensors"], p.parent)
     if "indicators" in doc:
-        from features.spec import SpecError
         from udp.indicators import parse_indicators
 
-        try:
-            cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
-        except SpecError as exc:
-            raise ConfigError(str(exc)) from None
+        cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
     if "auth" in doc:
-        from features.spec import SpecError
         from udp.auth import parse_auth
 
-        try:
-            cfg.auth = parse_auth(doc["auth"])
-        except SpecError as exc:
-            raise ConfigError(str(exc)) from None
+        cfg.auth = parse_auth(doc["auth"])
     server = doc.get("server") or {}
     if not isinstance(server, dict):
         raise ConfigError("server: must be a mapping")

@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import orjson
 import pandas as pd
 import shapely
 from sqlalchemy import and_, func, select
 
-from features.spec import CollectionSpec, SpecError
+from features.spec import CollectionSpec
+from provider_plugins.areas import load_areas
 from sensorthings.results import encode_result
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
+from udp.errors import ConfigError
 
 log = logging.getLogger("udp.indicators")
 AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
@@ -56,72 +57,44 @@ class IndicatorSpec:
 
 
 def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[str, IndicatorSpec]:
-    """The `indicators:` mapping as specs; SpecError names the key path."""
+    """The `indicators:` mapping as specs; ConfigError names the key path."""
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise SpecError("indicators: must be a mapping of indicator id to its declaration")
+        raise ConfigError("indicators: must be a mapping of indicator id to its declaration")
     out = {}
     for iid, body in doc.items():
         where = f"indicators.{iid}"
         if not isinstance(body, dict):
-            raise SpecError(f"{where}: must be a mapping")
+            raise ConfigError(f"{where}: must be a mapping")
         unknown = sorted(set(body) - KEYS)
         if unknown:
-            raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
         for needed in ("observedProperty", "aggregate", "window"):
             if needed not in body:
-                raise SpecError(f"{where}.{needed}: missing")
+                raise ConfigError(f"{where}.{needed}: missing")
         if body["aggregate"] not in AGGREGATES:
-            raise SpecError(f"{where}.aggregate: must be one of {', '.join(AGGREGATES)}, got {body['aggregate']!r}")
+            raise ConfigError(f"{where}.aggregate: must be one of {', '.join(AGGREGATES)}, got {body['aggregate']!r}")
         try:
             window = pd.Timedelta(str(body["window"])).to_pytimedelta()
         except ValueError:
-            raise SpecError(f"{where}.window: not an ISO 8601 duration such as PT1H: {body['window']!r}") from None
+            raise ConfigError(f"{where}.window: not an ISO 8601 duration such as PT1H: {body['window']!r}") from None
         if window <= timedelta(0):
-            raise SpecError(f"{where}.window: must be longer than nothing")
+            raise ConfigError(f"{where}.window: must be longer than nothing")
         areas = None
         if body.get("areas") is not None:
             if body["areas"] not in collections:
-                raise SpecError(f"{where}.areas: no collection {body['areas']!r} (collections: "
+                raise ConfigError(f"{where}.areas: no collection {body['areas']!r} (collections: "
                                 f"{', '.join(sorted(collections)) or 'none'})")
             areas = collections[body["areas"]]
         unit = body.get("unit")
         if unit is not None and (not isinstance(unit, dict) or not {"name", "symbol"} <= set(unit)):
-            raise SpecError(f"{where}.unit: needs name and symbol")
+            raise ConfigError(f"{where}.unit: needs name and symbol")
         out[str(iid)] = IndicatorSpec(
             str(iid), str(body.get("title", iid)), str(body["observedProperty"]), body["aggregate"], window,
             str(body["window"]), areas, None if body.get("area_name") is None else str(body["area_name"]),
             str(body.get("description", "")), None if unit is None else {k: str(v) for k, v in unit.items()})
     return out
-
-
-# -- areas -----------------------------------------------------------------------------------------
-@dataclass
-class Areas:
-    """An indicator's polygons: names, CRS84 geometries and an R-tree."""
-
-    names: list[str]
-    geoms: np.ndarray
-    tree: shapely.STRtree
-
-    def of(self, point: shapely.Geometry) -> str | None:
-        """The area a point lies in."""
-        hits = self.tree.query(point, predicate="within")
-        return self.names[int(hits[0])] if len(hits) else None
-
-
-def load_areas(spec: IndicatorSpec) -> Areas | None:
-    """The areas of an indicator from its polygon collection (read once per process)."""
-    if spec.areas is None:
-        return None
-    from provider_plugins.table import load
-
-    table = load(spec.areas)
-    column = spec.area_name or next((c for c in ("name", "NAME", "name_eng", "area") if c in table.columns), None) \
-        or next((c for c in table.columns if table.columns[c].dtype.kind in "OSU"), None)
-    names = [str(v) for v in (table.columns[column] if column else table.ids)]
-    return Areas(names, table.geoms, shapely.STRtree(table.geoms))
 
 
 # -- the engine ------------------------------------------------------------------------------------

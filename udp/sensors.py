@@ -18,6 +18,7 @@ import shapely
 
 from features.spec import CollectionSpec, SpecError, parse_collections
 from sensorthings.service import Service
+from udp.errors import ConfigError
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 ENTRY_KEYS = {"things", "name", "description", "properties", "datastreams", "access", "layer", "crs", "x", "y",
@@ -67,53 +68,53 @@ class SensorsEntry:
 
 
 def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
-    """The `sensors:` list as entries; SpecError names the key path."""
+    """The `sensors:` list as entries; ConfigError names the key path."""
     if doc is None:
         return []
     if not isinstance(doc, list):
-        raise SpecError("sensors: must be a list of entries, each with `things:` (a table) and `name:`")
+        raise ConfigError("sensors: must be a list of entries, each with `things:` (a table) and `name:`")
     out = []
     for i, entry in enumerate(doc):
         where = f"sensors[{i}]"
         if not isinstance(entry, dict):
-            raise SpecError(f"{where}: must be a mapping")
+            raise ConfigError(f"{where}: must be a mapping")
         unknown = sorted(set(entry) - ENTRY_KEYS)
         if unknown:
-            raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(ENTRY_KEYS))})")
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(ENTRY_KEYS))})")
         if "things" not in entry or "name" not in entry:
-            raise SpecError(f"{where}: needs `things` (the table) and `name` (a template)")
+            raise ConfigError(f"{where}: needs `things` (the table) and `name` (a template)")
         source = {k: entry[k] for k in ("layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding") if k in entry}
         try:
             table = parse_collections({f"sensors-{i}": {"source": entry["things"], **source}}, base)[f"sensors-{i}"]
         except SpecError as exc:
-            raise SpecError(str(exc).replace(f"collections.sensors-{i}", where)) from None
+            raise ConfigError(str(exc).replace(f"collections.sensors-{i}", where)) from None
         streams = []
         for j, ds in enumerate(entry.get("datastreams") or []):
             dw = f"{where}.datastreams[{j}]"
             if not isinstance(ds, dict):
-                raise SpecError(f"{dw}: must be a mapping")
+                raise ConfigError(f"{dw}: must be a mapping")
             bad = sorted(set(ds) - DATASTREAM_KEYS)
             if bad:
-                raise SpecError(f"{dw}.{bad[0]}: unknown key (known: {', '.join(sorted(DATASTREAM_KEYS))})")
+                raise ConfigError(f"{dw}.{bad[0]}: unknown key (known: {', '.join(sorted(DATASTREAM_KEYS))})")
             for needed in ("name", "observedProperty", "unit"):
                 if needed not in ds:
-                    raise SpecError(f"{dw}.{needed}: missing")
+                    raise ConfigError(f"{dw}.{needed}: missing")
             unit = ds["unit"]
             if not isinstance(unit, dict) or not {"name", "symbol", "definition"} <= set(unit):
-                raise SpecError(f"{dw}.unit: needs name, symbol and definition")
+                raise ConfigError(f"{dw}.unit: needs name, symbol and definition")
             kind = str(ds.get("observationType", "OM_Measurement"))
             if kind.rsplit("/", 1)[-1] not in ("OM_Measurement", "OM_CountObservation", "OM_CategoryObservation",
                                                "OM_TruthObservation", "OM_Observation"):
-                raise SpecError(f"{dw}.observationType: unknown {kind!r}")
+                raise ConfigError(f"{dw}.observationType: unknown {kind!r}")
             streams.append(DatastreamTemplate(str(ds["name"]), str(ds["observedProperty"]),
                                               {k: str(v) for k, v in unit.items()}, str(ds.get("description", "")),
                                               kind.rsplit("/", 1)[-1], str(ds.get("sensor", "{name} sensor"))))
         props = entry.get("properties") or {}
         if not isinstance(props, dict):
-            raise SpecError(f"{where}.properties: must be a mapping of name to template")
+            raise ConfigError(f"{where}.properties: must be a mapping of name to template")
         access = entry.get("access", "public")
         if access not in ("public", "internal"):
-            raise SpecError(f"{where}.access: must be public or internal")
+            raise ConfigError(f"{where}.access: must be public or internal")
         out.append(SensorsEntry(i, table, str(entry["name"]), str(entry.get("description", "")),
                                 {str(k): str(v) for k, v in props.items()}, tuple(streams),
                                 None if entry.get("key") is None else str(entry["key"]), access))

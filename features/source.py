@@ -1,8 +1,11 @@
-"""What every platform feature source does, and the pygeoapi provider that wraps any of them.
+"""The one contract for the OGC API's sources (as pygeoapi keeps it in `pygeoapi/provider/base.py`): what
+every feature source does, the registry the OGC API finds them in, and the pygeoapi provider that wraps any of them.
 
 The platform's own items route calls `FeatureSource.search` with a parsed `ItemsQuery`; pygeoapi (its
 HTML pages, queryables, the collection documents) reaches the same source through `PlatformProvider`,
-a pygeoapi `BaseProvider` named by dotted path in the generated pygeoapi configuration.
+a pygeoapi `BaseProvider` named by dotted path in the generated pygeoapi configuration. Concrete sources
+(`provider_plugins/`) implement `FeatureSource`; the shell (`udp/`) builds them and hands them to
+`features.app.features_routes`, which puts them in `SOURCES`: the OGC API never imports a concrete source.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import orjson
 from pygeoapi.provider.base import BaseProvider, ProviderInvalidQueryError, ProviderItemNotFoundError
 
 from features import crs as crsmod
-from features.request import ItemsQuery, ParamError, Sort
+from features.request import ItemsQuery, ParamError, Sort, parse_datetime
 from sensorthings.store.base import QueryTimeout
 
 
@@ -88,7 +91,7 @@ def encode_feature(fid: Any, geometry: Any, properties: dict[str, Any]) -> bytes
 
 
 # -- pygeoapi --------------------------------------------------------------------------------------
-SOURCES: dict[str, FeatureSource] = {}  # collection id → source, filled at start-up
+SOURCES: dict[str, FeatureSource] = {}  # collection id → source, filled by features_routes at start-up
 
 
 class PlatformProvider(BaseProvider):
@@ -111,8 +114,6 @@ class PlatformProvider(BaseProvider):
               select_properties: list | None = None, skip_geometry: bool = False, q: str | None = None,
               filterq: Any = None, **kwargs: Any) -> dict[str, Any]:
         """pygeoapi's query (its HTML pages) answered by the source."""
-        from features.request import parse_datetime
-
         try:
             query = ItemsQuery(
                 limit=limit, offset=offset, bbox=tuple(bbox) if bbox else None,  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+"""The OGC API's sources for a configuration: the shell builds them and hands them to `features`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from features.source import FeatureSource
+from features.spec import CollectionSpec
+from provider_plugins.sensorthings import sensorthings_sources
+from provider_plugins.table import TableSource
+from sensorthings.store.base import Store
+from udp.indicators import IndicatorSpec
+
+
+def load_sources(specs: Mapping[str, CollectionSpec], store: Store | None,
+                 indicators: Mapping[str, IndicatorSpec] | None = None) -> dict[str, FeatureSource]:
+    """Every declared collection opened (SourceError names the first that cannot be read), the
+    SensorThings collections of the store and the indicators with areas."""
+    out: dict[str, FeatureSource] = {}
+    if store is not None:
+        out.update(sensorthings_sources(store))
+    out.update({cid: TableSource(spec) for cid, spec in specs.items()})
+    if store is not None and indicators:
+        from provider_plugins.indicators import IndicatorSource
+
+        out.update({iid: IndicatorSource(spec, store) for iid, spec in indicators.items() if spec.areas is not None})
+    return out
