@@ -138,7 +138,8 @@ def run_process(config_path: str | None, store_url: str, broker_url: str, base: 
     config = load_config(config_path)
     store = Store.open(store_url)
     address = BrokerAddress.parse(broker_url)
-    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge")
+    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
+                        limits=config.limits())
     store.listeners.append(notifier)
     bridge = Bridge(store, config.bridge, address)
     if ready is not None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from sensorthings.query.limits import Limits
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
               "server"}
@@ -47,6 +49,10 @@ class Config:
     auth: Any = None  # udp.auth.AuthSpec; None: the platform runs open
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def limits(self) -> Limits:
+        """The `server:` limits on queries, for every way a query comes in (HTTP, `$batch`, MQTT topics)."""
+        return Limits(max_top=self.max_top, max_expand_depth=self.max_expand_depth)
 
 
 def _expand(value: Any, where: str) -> Any:
