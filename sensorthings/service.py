@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import ResponseCache
+from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
 from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.query.limits import Limits
@@ -33,16 +34,7 @@ from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.sensorthings")
 
-SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
-CONFORMANCE = [
-    SPEC + "datamodel",
-    SPEC + "resource-path/resource-path-to-entities",
-    SPEC + "request-data",
-    SPEC + "create-update-delete",
-    SPEC + "batch-request/batch-request",
-    SPEC + "multi-datastream",
-    SPEC + "data-array/data-array",
-]
+CONFORMANCE = conformance()
 DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
 
 

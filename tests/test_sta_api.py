@@ -78,6 +78,45 @@ def test_service_root_lists_sets_and_conformance(server: Any, sta: httpx.Client)
     assert all(v["url"].startswith(server.sta) for v in doc["value"])
 
 
+REQ = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+# OGC 18-088 Annex A: the requirement classes of SensorThings API 1.1 that the HTTP API implements
+ANNEX_A = [
+    *(f"datamodel/{e}/{part}" for e in ("thing", "location", "historical-location", "datastream", "sensor",
+                                         "observed-property", "observation", "feature-of-interest")
+      for part in ("properties", "relations")),
+    "datamodel/entity-control-information/common-control-information",
+    "resource-path/resource-path-to-entities",
+    *(f"request-data/{c}" for c in ("status-code", "query-status-code", "order", "expand", "select", "orderby", "top",
+                                    "skip", "count", "filter", "built-in-filter-operations", "built-in-query-functions",
+                                    "pagination")),
+    *(f"create-update-delete/{c}" for c in ("create-entity", "link-to-existing-entities", "deep-insert",
+                                            "deep-insert-status-code", "update-entity", "delete-entity",
+                                            "historical-location-auto-creation", "historical-location-manual-creation",
+                                            "update-entity-put", "update-entity-jsonpatch")),
+    "batch-request/batch-request",
+    *(f"multi-datastream/{c}" for c in ("properties", "relations", "constraints")),
+    "data-array/data-array",
+]
+# a request using each query option, for the request-data class named after it
+OPTION_USES = {"filter": "id ge 0", "select": "name", "orderby": "name desc", "top": "1", "skip": "1",
+               "count": "true", "expand": "Locations($top=1)"}
+
+
+def test_conformance_lists_each_requirement_class(server: Any, sta: httpx.Client) -> None:
+    conf = one(sta, "")["serverSettings"]["conformance"]
+    assert len(conf) == len(set(conf))
+    assert not {REQ + c for c in ANNEX_A} - set(conf)
+    assert REQ + "datamodel" in conf  # the whole data model, as clients look for it
+    assert all(c.startswith(REQ) for c in conf)
+    # what is listed works: each query option with a request-data class of its own is answered
+    options = [c.removeprefix(REQ + "request-data/") for c in conf if c.removeprefix(REQ + "request-data/") in
+               OPTION_USES]
+    assert sorted(options) == sorted(OPTION_USES)
+    for option in options:
+        r = sta.get("Things", params={f"${option}": OPTION_USES[option]})
+        assert r.status_code == 200, (option, r.text)
+
+
 def test_links_follow_forwarded_headers(sta: httpx.Client, thing: dict) -> None:
     tid = thing["thing"]["@iot.id"]
     r = sta.get(f"Things({tid})", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "city.example.org"})

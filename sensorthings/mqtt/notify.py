@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import select
 
 from sensorthings.access import InternalIndex
+from sensorthings.conformance import MQTT_CREATE, MQTT_RECEIVE
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
 from sensorthings.mqtt.client import BrokerAddress, connect
@@ -35,16 +36,11 @@ from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
 from sensorthings.read import Reader, readable_columns, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
-from sensorthings.service import SPEC
 from sensorthings.store.base import Change, Store
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.mqtt.notify")
 VERSION = "v1.1"
-
-
-MQTT_CREATE = SPEC + "create-observations-via-mqtt/observations-creation"
-MQTT_RECEIVE = SPEC + "receive-updates-via-mqtt/receive-updates"
 
 
 def mqtt_conformance(endpoints: list[str]) -> tuple[list[str], dict[str, Any]]:

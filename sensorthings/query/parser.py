@@ -100,7 +100,9 @@ _OPTION_FIELDS = {
     "result_format": "$resultFormat",
 }
 _DEFAULTS = QueryOptions()
-_CANONICAL_NAMES = {option.lower(): option for option in (*_EXPAND_OPTIONS, "$resultFormat")}
+# every query option a request may carry, as the standard spells it
+QUERY_OPTIONS = (*_EXPAND_OPTIONS, "$resultFormat")
+_CANONICAL_NAMES = {option.lower(): option for option in QUERY_OPTIONS}
 
 
 class _Ctx:
