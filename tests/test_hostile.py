@@ -124,6 +124,14 @@ def test_top_and_limit_maxima_name_the_setting(city: Server) -> None:
     for params in ({"$top": "501"}, {"$expand": "Datastreams($top=501)"}):
         message = _error(city.client.get("/v1.1/Things", params=params), 400)
         assert "maximum of 500 (server.max_top)" in message
+    # a $batch part is held to the same limits
+    parts = [{"id": str(i), "method": "get", "url": url} for i, url in enumerate(
+        ("Things?$top=500", "Things?$top=501", "Things?$expand=Datastreams($top=501)",
+         "Things?$expand=Datastreams/Observations/FeatureOfInterest/Observations"))]
+    answers = city.client.post("/v1.1/$batch", json={"requests": parts}).json()["responses"]
+    assert [a["status"] for a in answers] == [200, 400, 400, 400]
+    assert ["server.max_top" in a["body"]["message"] for a in answers[1:]] == [True, True, False]
+    assert "server.max_expand_depth" in answers[3]["body"]["message"]
     assert city.client.get("/ogcapi/collections/bikes/items", params={"limit": "500"}).status_code == 200
     message = _error(city.client.get("/ogcapi/collections/bikes/items", params={"limit": "501"}), 400)
     assert message == "limit: must be from 1 to 500 (server.max_top), got 501"
@@ -144,38 +152,6 @@ def test_expand_depth_names_the_setting(city: Server) -> None:
         r = city.client.get("/v1.1/Things", params={"$expand": deep})
         assert f"$expand nests {levels} levels; the limit is 3 (server.max_expand_depth)" in _error(r, 400), deep
         assert r.json()["option"] == "$expand"
-
-
-def test_mqtt_topic_queries_meet_the_same_limits(city: Server) -> None:
-    """A subscription's query options are held to server.max_top and server.max_expand_depth like a GET's:
-    topics within them are answered, topics beyond them never (they used to be parsed with the parser's
-    own defaults: 10,000 and 50 levels)."""
-    from tests.test_mqtt import Listener, wait_subscribed
-
-    within = ["v1.1/Observations?$expand=Datastream/Thing/Locations",
-              "v1.1/Observations?$expand=Datastream($expand=Observations($top=500;$select=result))"]
-    beyond = ["v1.1/Observations?$expand=Datastream/Thing/Datastreams/Thing",
-              "v1.1/Observations?$expand=Datastream($expand=Observations($top=501))"]
-    for topic in beyond:  # what the same query gets over HTTP
-        path, _, query = topic.partition("?")
-        r = city.client.get(f"/{path}", params=dict([query.split("=", 1)]))
-        assert r.status_code == 400 and "server.max_" in r.json()["message"], r.text
-    listener = Listener("127.0.0.1", city.mqtt_port, within + beyond)  # type: ignore[arg-type]
-    try:
-        wait_subscribed(city, len(within + beyond))
-        ds = city.client.get("/v1.1/Datastreams", params={"$top": "1"}).json()["value"][0]["@iot.id"]
-        r = city.client.post(f"/v1.1/Datastreams({ds})/Observations",
-                             json={"result": 7, "phenomenonTime": "2024-05-02T00:00:00Z"})
-        assert r.status_code == 201, r.text
-        first = listener.wait(within[0])
-        assert first["result"] == 7 and first["Datastream"]["Thing"]["Locations"][0]["name"] == "here"
-        assert listener.wait(within[1])["Datastream"]["Observations"]
-        # one publish pass answers every topic: what has not come with the answered ones does not come later
-        time.sleep(1)
-        got = {t for t, _ in listener.backlog} | {listener.messages.get()[0] for _ in range(listener.messages.qsize())}
-        assert not got & set(beyond), got
-    finally:
-        listener.close()
 
 
 def _heavy_store(url: str) -> None:
