@@ -311,7 +311,7 @@ def test_expanded_next_link_keeps_durations(sta: httpx.Client) -> None:
     assert [o["result"] for o in ds["Observations"]] == [2, 3]
     link = ds["Observations@iot.nextLink"]
     assert "duration'-PT1H'" in httpx.URL(link).params["$filter"]
-    page = httpx.get(link)
+    page = sta.get(link)
     assert page.status_code == 200, page.text
     assert [o["result"] for o in page.json()["value"]] == [4]
     assert "@iot.nextLink" not in page.json()
@@ -320,7 +320,7 @@ def test_expanded_next_link_keeps_durations(sta: httpx.Client) -> None:
               **{"$filter": flt, "$orderby": "result desc", "$top": "1", "$select": "result"})
     seen = [o["result"] for o in top["value"]]
     while "@iot.nextLink" in top:
-        top = httpx.get(top["@iot.nextLink"]).json()
+        top = sta.get(top["@iot.nextLink"]).json()
         seen += [o["result"] for o in top["value"]]
     assert seen == [4, 3, 2]
 
