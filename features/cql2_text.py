@@ -30,10 +30,11 @@ MAX_HEIGHT = 128
 
 
 class CQL2SyntaxError(ValueError):
-    """A CQL2 text filter that does not parse: `position` is the 1-based character the reason is about."""
+    """A CQL2 text filter that does not parse: `position` is the 0-based offset of the character the reason is
+    about, as the SensorThings query parser reports it (one way of counting for both APIs' errors)."""
 
     def __init__(self, position: int, reason: str) -> None:
-        super().__init__(f"at character {position}: {reason}")
+        super().__init__(f"{reason} at position {position}")
         self.position = position
         self.reason = reason
 
@@ -86,7 +87,7 @@ def _string(text: str, start: int) -> tuple[str, int]:
             continue
         out.append(c)
         i += 1
-    raise CQL2SyntaxError(start + 1, "this text has no closing quote (a quote inside a text is written '')")
+    raise CQL2SyntaxError(start, "this text has no closing quote (a quote inside a text is written '')")
 
 
 def _quoted_name(text: str, start: int) -> tuple[str, int]:
@@ -101,20 +102,20 @@ def _quoted_name(text: str, start: int) -> tuple[str, int]:
                 i += 2
                 continue
             if not out:
-                raise CQL2SyntaxError(start + 1, 'a quoted property name cannot be empty ("")')
+                raise CQL2SyntaxError(start, 'a quoted property name cannot be empty ("")')
             return "".join(out), i + 1
         out.append(c)
         i += 1
-    raise CQL2SyntaxError(start + 1, "this quoted property name has no closing '\"'")
+    raise CQL2SyntaxError(start, "this quoted property name has no closing '\"'")
 
 
 def _number(literal: str, pos: int) -> int | float:
     try:
         value: int | float = float(literal) if any(c in literal for c in ".eE") else int(literal)
     except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
-        raise CQL2SyntaxError(pos + 1, "this number has too many digits") from None
+        raise CQL2SyntaxError(pos, "this number has too many digits") from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise CQL2SyntaxError(pos + 1, "this number is too large")
+        raise CQL2SyntaxError(pos, "this number is too large")
     return value
 
 
@@ -147,7 +148,7 @@ def tokenize(text: str) -> list[Token]:
         else:
             hint = next((h for bad, h in _NOT_CQL2.items() if text.startswith(bad, i)), None)
             shown = f"'{c}'" if c.isprintable() else f"U+{ord(c):04X}"
-            raise CQL2SyntaxError(i + 1, hint or f"unexpected character {shown}")
+            raise CQL2SyntaxError(i, hint or f"unexpected character {shown}")
     tokens.append(Token(END, "", None, n))
     return tokens
 
@@ -227,7 +228,7 @@ def _date(tok: Token) -> date | None:
     try:
         return date(int(m[1]), int(m[2]), int(m[3]))
     except ValueError:
-        raise CQL2SyntaxError(tok.pos + 1, f"'{tok.value}' is not a calendar date") from None
+        raise CQL2SyntaxError(tok.pos, f"'{tok.value}' is not a calendar date") from None
 
 
 def _timestamp(tok: Token) -> datetime | None:
@@ -240,14 +241,14 @@ def _timestamp(tok: Token) -> datetime | None:
     if zone is not None and zone not in ("Z", "z"):
         hours, minutes = int(zone[1:3]), int(zone[4:6])
         if hours > 23 or minutes > 59:
-            raise CQL2SyntaxError(tok.pos + 1, f"'{zone}' is not a time zone offset")
+            raise CQL2SyntaxError(tok.pos, f"'{zone}' is not a time zone offset")
         offset = timedelta(hours=hours, minutes=minutes)
         tz = timezone(offset if zone[0] == "+" else -offset)
     micro = int((m[7] or "")[:6].ljust(6, "0"))  # Python keeps microseconds; finer digits are dropped
     try:
         return datetime(int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]), micro, tzinfo=tz)
     except ValueError:
-        raise CQL2SyntaxError(tok.pos + 1, f"'{tok.value}' is not a valid timestamp") from None
+        raise CQL2SyntaxError(tok.pos, f"'{tok.value}' is not a valid timestamp") from None
 
 
 @dataclass(slots=True)
@@ -299,8 +300,8 @@ class _Parser:
         prev = self.tokens[self.i - 1] if self.i > 0 else None
         after = f" after {_show(prev)}" if prev is not None else ""
         if tok.kind == END:
-            raise CQL2SyntaxError(prev.pos + 1 if prev else 1, f"expected {wanted}{after} but the filter ended{hint}")
-        raise CQL2SyntaxError(tok.pos + 1, f"expected {wanted}{after} but found {_show(tok)}{hint}")
+            raise CQL2SyntaxError(prev.pos if prev else 0, f"expected {wanted}{after} but the filter ended{hint}")
+        raise CQL2SyntaxError(tok.pos, f"expected {wanted}{after} but found {_show(tok)}{hint}")
 
     def expect_op(self, op: str, wanted: str = "") -> Token:
         if not self.at_op(op):
@@ -310,7 +311,7 @@ class _Parser:
     @staticmethod
     def need(item: _Item, kinds: set[str], role: str, wanted: str) -> None:
         if item.kind not in kinds:
-            raise CQL2SyntaxError(item.start.pos + 1, f"{role} must be {wanted}, not {_NOUN[item.kind]}")
+            raise CQL2SyntaxError(item.start.pos, f"{role} must be {wanted}, not {_NOUN[item.kind]}")
 
     def condition(self, item: _Item) -> None:
         """A value where a condition belongs: name the operator that should have followed it."""
@@ -327,7 +328,7 @@ class _Parser:
         """A node over `parts`, a level above the highest of them (CQL2SyntaxError at `at` past MAX_HEIGHT)."""
         height = 1 + max((p.height for p in parts), default=0)
         if height > MAX_HEIGHT:
-            raise CQL2SyntaxError(at.pos + 1, f"the filter nests more than {MAX_HEIGHT} operators deep here "
+            raise CQL2SyntaxError(at.pos, f"the filter nests more than {MAX_HEIGHT} operators deep here "
                                               "(a long OR of values is written x IN (...))")
         return _Item(node, kind, start, height=height)
 
@@ -336,7 +337,7 @@ class _Parser:
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise CQL2SyntaxError(tok.pos + 1, f"the filter nests more than {MAX_DEPTH} levels deep")
+                raise CQL2SyntaxError(tok.pos, f"the filter nests more than {MAX_DEPTH} levels deep")
             yield
         finally:
             self.depth -= 1
@@ -344,7 +345,7 @@ class _Parser:
     # -- boolean levels ----------------------------------------------------------------------------
     def filter(self) -> Any:
         if self.peek().kind == END:
-            raise CQL2SyntaxError(1, "the filter is empty")
+            raise CQL2SyntaxError(0, "the filter is empty")
         item = self.or_()
         self.condition(item)
         if self.peek().kind != END:
@@ -444,7 +445,7 @@ class _Parser:
             tok = self.advance()
             if self.keyword(tok) == "ACCENTI":
                 # a Like node has no accent flag, and the evaluators take the pattern as a plain text
-                raise CQL2SyntaxError(tok.pos + 1, "ACCENTI(...) around a LIKE pattern is not supported")
+                raise CQL2SyntaxError(tok.pos, "ACCENTI(...) around a LIKE pattern is not supported")
             self.advance()
             opened += 1
         tok = self.peek()
@@ -602,7 +603,7 @@ class _Parser:
     @staticmethod
     def count(tok: Token, word: str, args: list[_Item], n: int) -> None:
         if len(args) != n:
-            raise CQL2SyntaxError(tok.pos + 1, f"{word} takes {n} argument{'s' if n > 1 else ''}, not {len(args)}")
+            raise CQL2SyntaxError(tok.pos, f"{word} takes {n} argument{'s' if n > 1 else ''}, not {len(args)}")
 
     def arguments(self) -> list[_Item]:
         """The name, '(', the comma-separated arguments and ')' of a call."""
@@ -631,7 +632,7 @@ class _Parser:
                 and all(a.kind == NUMBER for a in args[1:5]) and (len(args) == 5 or args[5].kind == TEXT)):
             return self.built(ast.BBox(v[0], v[1], v[2], v[3], v[4], v[5] if len(v) == 6 else None), COND, tok,
                               args, tok)
-        raise CQL2SyntaxError(tok.pos + 1, f"{word} takes 4 or 6 numbers: west, south, [min height,] "
+        raise CQL2SyntaxError(tok.pos, f"{word} takes 4 or 6 numbers: west, south, [min height,] "
                                            "east, north[, max height]")
 
     def instant(self, word: str) -> _Item:
@@ -644,7 +645,7 @@ class _Parser:
         self.advance()
         value = _date(arg) if word == "DATE" else _timestamp(arg)
         if value is None:
-            raise CQL2SyntaxError(arg.pos + 1, f"{word} takes a {word.lower()} written as {example}, "
+            raise CQL2SyntaxError(arg.pos, f"{word} takes a {word.lower()} written as {example}, "
                                                f"not '{arg.value[:40]}'")
         self.expect_op(")")
         return _Item(value, INSTANT, tok)
@@ -668,7 +669,7 @@ class _Parser:
                 return _Item(None, INSTANT, tok)
             value = _date(tok) or _timestamp(tok)
             if value is None:
-                raise CQL2SyntaxError(tok.pos + 1, "an interval's ends are dates ('2020-01-31'), timestamps "
+                raise CQL2SyntaxError(tok.pos, "an interval's ends are dates ('2020-01-31'), timestamps "
                                                    f"('2020-01-31T12:00:00Z') or '..', not '{tok.value[:40]}'")
             return _Item(value, INSTANT, tok)
         item = self.additive()
@@ -745,7 +746,7 @@ class _Parser:
             out.append(self.point(dims))
         self.expect_op(")", "',' or ')'")
         if len(out) < least:
-            raise CQL2SyntaxError(open_.pos + 1, f"{what} needs at least {least} points, not {len(out)}")
+            raise CQL2SyntaxError(open_.pos, f"{what} needs at least {least} points, not {len(out)}")
         return out
 
     def point(self, dims: list[int | None]) -> list[int | float]:
@@ -762,7 +763,7 @@ class _Parser:
         if dims[0] is None:
             dims[0] = len(coords)
         elif len(coords) != dims[0]:
-            raise CQL2SyntaxError(start.pos + 1, f"expected {dims[0]} coordinates in this point, as in the "
+            raise CQL2SyntaxError(start.pos, f"expected {dims[0]} coordinates in this point, as in the "
                                                  f"geometry's others (or its Z), not {len(coords)}")
         return coords
 
@@ -770,5 +771,5 @@ class _Parser:
 def parse(text: str) -> Any:
     """A CQL2 text filter as the pygeofilter tree cql2-json gives for it; CQL2SyntaxError names where it fails."""
     if not isinstance(text, str):
-        raise CQL2SyntaxError(1, f"a filter is text, not {type(text).__name__}")
+        raise CQL2SyntaxError(0, f"a filter is text, not {type(text).__name__}")
     return _Parser(text).filter()

@@ -19,6 +19,7 @@ from mqtt_bridge.mapping import Unmappable, map_message, match
 from mqtt_bridge.rules import Rule
 from mqtt_bridge.writer import Message, Writer
 from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.query.limits import Limits
 from sensorthings.store.base import Store
 from sensorthings.times import now
 
@@ -122,8 +123,8 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
     return ok, still
 
 
-def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, ready: Any = None,
-                parent: int | None = None) -> None:
+def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, limits: Limits,
+                ready: Any = None, parent: int | None = None) -> None:
     """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
     rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
     workers, the broker and the creator. Stops cleanly (queued messages written) on SIGTERM."""
@@ -135,7 +136,8 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     from sensorthings.mqtt.notify import Notifier
 
     store = Store.open(store_url)
-    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge")
+    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
+                        limits=limits)
     store.listeners.append(notifier)
     bridge = Bridge(store, rules, address)
     if ready is not None:

@@ -21,29 +21,21 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from apicommon.unavailable import database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import ResponseCache
+from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
 from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
-from sensorthings.query.parser import parse_query_options
+from sensorthings.query.limits import Limits
+from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
-from sensorthings.read import MAX_TOP, Reader, decode_token, encode_query, serializer
+from sensorthings.query.unparse import next_link
+from sensorthings.read import Reader, decode_token, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.sensorthings")
 
-SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
-CONFORMANCE = [
-    SPEC + "datamodel",
-    SPEC + "resource-path/resource-path-to-entities",
-    SPEC + "request-data",
-    SPEC + "create-update-delete",
-    SPEC + "batch-request/batch-request",
-    SPEC + "multi-datastream",
-    SPEC + "data-array/data-array",
-]
-# how deep $expand may nest unless the platform says otherwise (server.max_expand_depth)
-MAX_EXPAND_DEPTH = 5
+CONFORMANCE = conformance()
 DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
 
 
@@ -99,14 +91,11 @@ class Tx:
 class Service:
     """Handles SensorThings requests against one store."""
 
-    def __init__(self, store: Store, *, default_top: int = 100, max_top: int = MAX_TOP,
-                 max_expand_depth: int = MAX_EXPAND_DEPTH, extensions: list[str] | None = None,
+    def __init__(self, store: Store, *, limits: Limits = Limits(), extensions: list[str] | None = None,
                  settings: dict[str, Any] | None = None, cache: ResponseCache | None = None) -> None:
         self.store = store
         self.cache = cache if store.dialect.name == "postgresql" else None
-        self.default_top = default_top
-        self.max_top = max_top
-        self.max_expand_depth = max_expand_depth
+        self.limits = limits
         self.extra_conformance = list(extensions or [])
         self.extra_settings = dict(settings or {})
 
@@ -222,11 +211,10 @@ class Service:
             with self.store.write() as (conn, changes):
                 yield Tx(conn, changes)
 
-    def options(self, req: ApiRequest) -> QueryOptions:
-        """The request's query options, parsed."""
+    def options(self, req: ApiRequest, entity: EntityType) -> QueryOptions:
+        """The request's query options, parsed within the limits and checked against `entity`."""
         params = {k: v for k, v in req.params.items() if k.lower() != "$skiptoken"}
-        return parse_query_options(params, default_top=self.default_top, max_top=self.max_top,
-                                   max_expand_depth=self.max_expand_depth)
+        return query_options(params, entity, self.limits)
 
     def after(self, req: ApiRequest) -> tuple[Any, ...] | None:
         """The sort keys a `$skiptoken` continues from."""
@@ -238,9 +226,9 @@ class Service:
     # -- GET --------------------------------------------------------------------------------------
     def get(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
         """Read an entity, a set, a property, a `$value` or `$ref`s."""
-        opts = self.options(req)
-        reader = Reader(self.store, req.base, self.default_top, hide_internal=not req.sees_internal)
         entity = resource.entity
+        opts = parsed = self.options(req, entity)
+        reader = Reader(self.store, req.base, self.limits.default_top, hide_internal=not req.sees_internal)
         where = condition(resource)
         with self._reading(tx) as conn:
             if resource.single:
@@ -272,13 +260,18 @@ class Service:
                 out = self._data_array(conn, reader, resource, opts, req)
             else:
                 def next_url(token: str | None) -> str:
-                    return _next_url(req, opts, token, self.default_top)
+                    return self._next_url(req, parsed, token)
 
                 out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
             if not out["value"]:
                 # an empty set of a missing parent is a 404; looked up only then, to spare the common case
                 self._check_parent(conn, resource)
             return ApiResponse(200, out)
+
+    def _next_url(self, req: ApiRequest, opts: QueryOptions, token: str | None) -> str:
+        """The next page: by skiptoken where the order allows seeking, by $skip otherwise."""
+        top = opts.top if opts.top is not None else self.limits.default_top
+        return next_link(f"{req.base}/{req.path.strip('/')}", opts, top=top, skip=opts.skip + top, skiptoken=token)
 
     def _check_parent(self, conn: Connection, resource: Resource) -> None:
         parent = resource.parent
@@ -311,7 +304,7 @@ class Service:
             out["value"].append({key: link, "components": components, "dataArray@iot.count": len(items),
                                  "dataArray": items})
         if token is not None:
-            out["@iot.nextLink"] = _next_url(req, opts, token or None, self.default_top)
+            out["@iot.nextLink"] = self._next_url(req, opts, token or None)
         return out
 
     # -- POST -------------------------------------------------------------------------------------
@@ -358,7 +351,7 @@ class Service:
             if extra_link is not None:
                 draft.links.setdefault(extra_link[0], []).append(extra_link[1])
             new_id = self.store.insert(t.conn, draft, implied, t.changes)
-            doc = Reader(self.store, req.base, self.default_top).entity(
+            doc = Reader(self.store, req.base, self.limits.default_top).entity(
                 t.conn, entity, lambda table: table.c.id == new_id, QueryOptions())
         link = f"{req.base}/{entity.set_name}({new_id})"
         return ApiResponse(201, doc, {"Location": link})
@@ -393,7 +386,7 @@ class Service:
             draft = parse_entity(entity, data, mode=mode)
             assert isinstance(draft, Draft)
             self.store.update(t.conn, draft, id_, t.changes)
-            doc = Reader(self.store, req.base, self.default_top).entity(
+            doc = Reader(self.store, req.base, self.limits.default_top).entity(
                 t.conn, entity, lambda table: table.c.id == id_, QueryOptions())
         return ApiResponse(200, doc)
 
@@ -461,19 +454,6 @@ def _json_body(req: ApiRequest) -> Any:
         return orjson.loads(req.body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(f"the body is not JSON: {exc}") from None
-
-
-def _next_url(req: ApiRequest, opts: QueryOptions, token: str | None, default_top: int) -> str:
-    """The next page: by skiptoken where the order allows seeking, by $skip otherwise."""
-    drop = ("$skip", "$top", "$skiptoken")
-    pairs = [(k, v) for k, v in req.params.items() if k.lower() not in drop]
-    top = opts.top if opts.top is not None else default_top
-    pairs.append(("$top", str(top)))
-    if token:
-        pairs.append(("$skiptoken", token))
-    else:
-        pairs.append(("$skip", str(opts.skip + top)))
-    return f"{req.base}/{req.path.strip('/')}?{encode_query(pairs)}"
 
 
 def relative_path(url: str, base: str) -> str:

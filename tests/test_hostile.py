@@ -124,6 +124,14 @@ def test_top_and_limit_maxima_name_the_setting(city: Server) -> None:
     for params in ({"$top": "501"}, {"$expand": "Datastreams($top=501)"}):
         message = _error(city.client.get("/v1.1/Things", params=params), 400)
         assert "maximum of 500 (server.max_top)" in message
+    # a $batch part is held to the same limits
+    parts = [{"id": str(i), "method": "get", "url": url} for i, url in enumerate(
+        ("Things?$top=500", "Things?$top=501", "Things?$expand=Datastreams($top=501)",
+         "Things?$expand=Datastreams/Observations/FeatureOfInterest/Observations"))]
+    answers = city.client.post("/v1.1/$batch", json={"requests": parts}).json()["responses"]
+    assert [a["status"] for a in answers] == [200, 400, 400, 400]
+    assert ["server.max_top" in a["body"]["message"] for a in answers[1:]] == [True, True, False]
+    assert "server.max_expand_depth" in answers[3]["body"]["message"]
     assert city.client.get("/ogcapi/collections/bikes/items", params={"limit": "500"}).status_code == 200
     message = _error(city.client.get("/ogcapi/collections/bikes/items", params={"limit": "501"}), 400)
     assert message == "limit: must be from 1 to 500 (server.max_top), got 501"

@@ -85,6 +85,9 @@ def test_server_settings_list_mqtt(server: Server) -> None:
     assert create_cls in conf
     endpoints = doc["serverSettings"][create_cls]["endpoints"]
     assert f"mqtt://127.0.0.1:{server.mqtt_port}" in endpoints and f"ws://127.0.0.1:{server.ws_port}" in endpoints
+    # the cockpit finds the WebSocket endpoint under the receive-updates class
+    receive_cls = "http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates"
+    assert receive_cls in conf and doc["serverSettings"][receive_cls]["endpoints"] == endpoints
 
 
 def test_notifications_for_sets_navigation_and_entities(server: Server, setup: dict) -> None:

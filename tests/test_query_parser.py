@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensorthings.query.limits import Limits
 from sensorthings.query.parser import (
     MAX_DEPTH,
     parse_expand,
@@ -575,7 +576,8 @@ def test_query_options() -> None:
             "$resultFormat": "dataArray",
             "id": "ignored",
             "f": "json",
-        }
+        },
+        Limits(),
     )
     assert options == QueryOptions(
         filter=B("eq", P("name"), L("x", "string")),
@@ -589,14 +591,19 @@ def test_query_options() -> None:
     )
 
 
+def _options(params: dict[str, str]) -> QueryOptions:
+    return parse_query_options(params, Limits())
+
+
 def test_query_options_defaults() -> None:
-    assert parse_query_options({}) == QueryOptions()
-    assert parse_query_options({}, default_top=100).top == 100
-    assert parse_query_options({"$top": "0"}, default_top=100).top == 0
-    assert parse_query_options({"$Top": "5", "$COUNT": "FALSE"}) == QueryOptions(top=5, count=False)
-    assert parse_query_options({"$resultformat": "DATAARRAY"}).result_format == "dataArray"
-    assert parse_query_options({"$top": " 7 "}).top == 7
-    assert parse_query_options({"$skip": "9223372036854775807"}).skip == 2**63 - 1
+    assert _options({}) == QueryOptions(top=100)
+    assert parse_query_options({}, Limits(default_top=7)).top == 7
+    assert parse_query_options({}, Limits(max_top=5)).top == 5  # the page size never exceeds max_top
+    assert _options({"$top": "0"}).top == 0
+    assert _options({"$Top": "5", "$COUNT": "FALSE"}) == QueryOptions(top=5, count=False)
+    assert _options({"$resultformat": "DATAARRAY"}).result_format == "dataArray"
+    assert _options({"$top": " 7 "}).top == 7
+    assert _options({"$skip": "9223372036854775807"}).skip == 2**63 - 1
 
 
 @pytest.mark.parametrize(
@@ -620,15 +627,15 @@ def test_query_options_defaults() -> None:
     ],
 )
 def test_query_option_errors(params: dict[str, str], option: str, position: int, fragment: str) -> None:
-    err = error(parse_query_options, params)
+    err = error(_options, params)
     assert err.option == option
     assert err.position == position
     assert fragment in err.message
 
 
 def test_max_top_applies_inside_expand() -> None:
-    assert parse_query_options({"$top": "50"}, max_top=50).top == 50
-    err = error(lambda p: parse_query_options(p, max_top=50), {"$expand": "Datastreams($top=51)"})
+    assert parse_query_options({"$top": "50"}, Limits(max_top=50)).top == 50
+    err = error(lambda p: parse_query_options(p, Limits(max_top=50)), {"$expand": "Datastreams($top=51)"})
     assert "maximum of 50" in err.message
     assert err.position == 17
 
@@ -730,4 +737,4 @@ def test_fuzz_expand(text: str) -> None:
     )
 )
 def test_fuzz_query_options(params: dict[str, str]) -> None:
-    _only_query_errors(parse_query_options, params)
+    _only_query_errors(_options, params)

@@ -78,6 +78,45 @@ def test_service_root_lists_sets_and_conformance(server: Any, sta: httpx.Client)
     assert all(v["url"].startswith(server.sta) for v in doc["value"])
 
 
+REQ = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+# OGC 18-088 Annex A: the requirement classes of SensorThings API 1.1 that the HTTP API implements
+ANNEX_A = [
+    *(f"datamodel/{e}/{part}" for e in ("thing", "location", "historical-location", "datastream", "sensor",
+                                         "observed-property", "observation", "feature-of-interest")
+      for part in ("properties", "relations")),
+    "datamodel/entity-control-information/common-control-information",
+    "resource-path/resource-path-to-entities",
+    *(f"request-data/{c}" for c in ("status-code", "query-status-code", "order", "expand", "select", "orderby", "top",
+                                    "skip", "count", "filter", "built-in-filter-operations", "built-in-query-functions",
+                                    "pagination")),
+    *(f"create-update-delete/{c}" for c in ("create-entity", "link-to-existing-entities", "deep-insert",
+                                            "deep-insert-status-code", "update-entity", "delete-entity",
+                                            "historical-location-auto-creation", "historical-location-manual-creation",
+                                            "update-entity-put", "update-entity-jsonpatch")),
+    "batch-request/batch-request",
+    *(f"multi-datastream/{c}" for c in ("properties", "relations", "constraints")),
+    "data-array/data-array",
+]
+# a request using each query option, for the request-data class named after it
+OPTION_USES = {"filter": "id ge 0", "select": "name", "orderby": "name desc", "top": "1", "skip": "1",
+               "count": "true", "expand": "Locations($top=1)"}
+
+
+def test_conformance_lists_each_requirement_class(server: Any, sta: httpx.Client) -> None:
+    conf = one(sta, "")["serverSettings"]["conformance"]
+    assert len(conf) == len(set(conf))
+    assert not {REQ + c for c in ANNEX_A} - set(conf)
+    assert REQ + "datamodel" in conf  # the whole data model, as clients look for it
+    assert all(c.startswith(REQ) for c in conf)
+    # what is listed works: each query option with a request-data class of its own is answered
+    options = [c.removeprefix(REQ + "request-data/") for c in conf if c.removeprefix(REQ + "request-data/") in
+               OPTION_USES]
+    assert sorted(options) == sorted(OPTION_USES)
+    for option in options:
+        r = sta.get("Things", params={f"${option}": OPTION_USES[option]})
+        assert r.status_code == 200, (option, r.text)
+
+
 def test_links_follow_forwarded_headers(sta: httpx.Client, thing: dict) -> None:
     tid = thing["thing"]["@iot.id"]
     r = sta.get(f"Things({tid})", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "city.example.org"})
@@ -233,6 +272,57 @@ def test_malformed_options_get_400_with_position(sta: httpx.Client, option: str,
     assert body["option"] == option
     if position is not None:
         assert body["position"] == position
+
+
+@pytest.mark.parametrize("params,option,position,name", [
+    ({"$select": "name,colour"}, "$select", 5, "colour"),
+    ({"$expand": "Datastreams,Colours"}, "$expand", 12, "Colours"),
+    ({"$expand": "Datastreams($select=name,hue)"}, "$expand", 25, "hue"),
+    ({"$expand": "Datastreams/Observations($expand=Colour)"}, "$expand", 33, "Colour"),
+    ({"$expand": "Locations($select=location;$expand=Things($select=owner))"}, "$expand", 50, "owner"),
+])
+def test_select_and_expand_names_are_checked_before_reading(sta: httpx.Client, params: dict[str, str], option: str,
+                                                            position: int, name: str) -> None:
+    """A name the entity model lacks is a 400 naming the option and where the name is, even when no row would be
+    read (the set here is empty, so a check made while reading would never see it)."""
+    for path in ("Things", "Locations(999999999)/Things"):
+        r = sta.get(path, params={"$filter": "id eq -1", **params} if path == "Things" else params)
+        assert r.status_code == 400, (path, r.text)
+        body = r.json()
+        assert (body["option"], body["position"]) == (option, position), body
+        assert repr(name) in body["message"]
+    # in a $batch part the same
+    url = "Things?" + "&".join(f"{k}={v}" for k, v in params.items())
+    batch = {"requests": [{"id": "1", "method": "get", "url": url}]}
+    part = sta.post("$batch", json=batch).json()["responses"][0]
+    assert part["status"] == 400 and (part["body"]["option"], part["body"]["position"]) == (option, position)
+
+
+def test_expanded_next_link_keeps_durations(sta: httpx.Client) -> None:
+    """An expanded nextLink carries the filter's durations as the parser reads them: minus one hour and 1.5 s
+    (once written `P-1DT23H0M0S`, which is refused, and `1S`, which selects another row)."""
+    obs = [{"phenomenonTime": f"2024-03-01T00:00:0{i}Z", "result": i} for i in range(10)]
+    doc = create(sta, "Things", thing_body(unique("dur"), observations=obs))
+    flt = ("phenomenonTime ge 2024-03-01T01:00:02Z add duration'-PT1H' and "
+           "phenomenonTime lt 2024-03-01T00:00:06.2Z sub duration'PT1.5S'")
+    got = one(sta, f"Things({doc['@iot.id']})", **{
+        "$expand": f"Datastreams($expand=Observations($filter={flt};$orderby=phenomenonTime;$top=2;$select=result))"})
+    ds = got["Datastreams"][0]
+    assert [o["result"] for o in ds["Observations"]] == [2, 3]
+    link = ds["Observations@iot.nextLink"]
+    assert "duration'-PT1H'" in httpx.URL(link).params["$filter"]
+    page = sta.get(link)
+    assert page.status_code == 200, page.text
+    assert [o["result"] for o in page.json()["value"]] == [4]
+    assert "@iot.nextLink" not in page.json()
+    # the top-level nextLink is written from the same tree
+    top = one(sta, f"Datastreams({ds['@iot.id']})/Observations",
+              **{"$filter": flt, "$orderby": "result desc", "$top": "1", "$select": "result"})
+    seen = [o["result"] for o in top["value"]]
+    while "@iot.nextLink" in top:
+        top = sta.get(top["@iot.nextLink"]).json()
+        seen += [o["result"] for o in top["value"]]
+    assert seen == [4, 3, 2]
 
 
 def test_sql_injection_is_just_a_string(sta: httpx.Client, thing: dict) -> None:

@@ -49,13 +49,12 @@ def build_app(config: Config) -> Starlette:
     mqtt_url = os.environ.get("UDP_MQTT_URL")
     endpoints = os.environ.get("UDP_MQTT_ENDPOINTS", "").split()
     extensions, settings = mqtt_conformance(endpoints) if mqtt_url else ([], {})
-    service = Service(store, cache=cache, extensions=extensions, settings=settings, max_top=config.max_top,
-                      max_expand_depth=config.max_expand_depth)
+    service = Service(store, cache=cache, extensions=extensions, settings=settings, limits=config.limits())
     notifier = None
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
         notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1",
-                            f"udp-notify-{socket.gethostname()}-{os.getpid()}")
+                            f"udp-notify-{socket.gethostname()}-{os.getpid()}", limits=config.limits())
         store.listeners.append(notifier)
     if config.bridge:
         deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started

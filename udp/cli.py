@@ -128,7 +128,9 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     from sensorthings.store.base import Store
 
     url = args.mqtt or config.mqtt_url
-    store = Store.open(store_url)  # in the parent, so the schema exists before the workers start
+    # in the parent, so the schema exists before the workers start; MQTT creates and topic queries are requests
+    # like HTTP ones, so their statements meet server.statement_timeout_s too
+    store = Store.open(store_url, statement_timeout=config.statement_timeout_s)
     creator = Creator(Service(store), public + "/v1.1", config.mqtt_max_payload_kb * 1024)
     broker = None
     if url:
@@ -178,7 +180,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         # one persistent session per store: a restart picks up what was published meanwhile
         creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
     # Observations created by publishing, and by the bridge, notify like any other write
-    notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create")
+    notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create",
+                        limits=config.limits())
     store.listeners.append(notifier)
     if config.sensors:
         _provision(Service(store), config)  # here, so that what it makes is notified too
@@ -192,7 +195,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
-                             args=(config.bridge, store_url, address, public + "/v1.1", ready, os.getpid()))
+                             args=(config.bridge, store_url, address, public + "/v1.1", config.limits(), ready,
+                                   os.getpid()))
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)

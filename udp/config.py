@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sensorthings.query.limits import Limits
 from udp.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class Config:
     auth: AuthSpec | None = None  # None: the platform runs open
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def limits(self) -> Limits:
+        """The `server:` limits on queries, for every way a query comes in (HTTP, `$batch`, MQTT topics)."""
+        return Limits(max_top=self.max_top, max_expand_depth=self.max_expand_depth)
 
 
 def _expand(value: Any, where: str) -> Any:

@@ -69,8 +69,9 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"
         if base not in documents:
-            doc = openapi_document(base, max_top=service.max_top, default_top=service.default_top,
-                                   max_expand_depth=service.max_expand_depth)
+            limits = service.limits
+            doc = openapi_document(base, max_top=limits.max_top, default_top=limits.default_top,
+                                   max_expand_depth=limits.max_expand_depth)
             documents.clear()  # one base in practice; a client spoofing Host must not grow this
             documents[base] = orjson.dumps(doc)
         return Response(documents[base], media_type="application/vnd.oai.openapi+json;version=3.0")

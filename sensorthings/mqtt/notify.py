@@ -27,23 +27,20 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import select
 
 from sensorthings.access import InternalIndex
+from sensorthings.conformance import MQTT_CREATE, MQTT_RECEIVE
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
 from sensorthings.mqtt.client import BrokerAddress, connect
-from sensorthings.query.parser import parse_query_options
+from sensorthings.query.limits import Limits
+from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
 from sensorthings.read import Reader, readable_columns, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
-from sensorthings.service import SPEC
 from sensorthings.store.base import Change, Store
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.mqtt.notify")
 VERSION = "v1.1"
-
-
-MQTT_CREATE = SPEC + "create-observations-via-mqtt/observations-creation"
-MQTT_RECEIVE = SPEC + "receive-updates-via-mqtt/receive-updates"
 
 
 def mqtt_conformance(endpoints: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -63,8 +60,9 @@ class TopicQuery:
 
 
 @lru_cache(maxsize=4096)
-def parse_topic(topic: str) -> TopicQuery | None:
-    """A SensorThings topic as a request; None when it is not one (or not a valid one)."""
+def parse_topic(topic: str, limits: Limits) -> TopicQuery | None:
+    """A SensorThings topic as a request, its query options parsed and checked like an HTTP GET's, within
+    the same `limits`; None when it is not one (or not a valid one: it is never answered)."""
     if "#" in topic or "+" in topic:
         return None
     if not topic.startswith(VERSION + "/"):
@@ -72,8 +70,11 @@ def parse_topic(topic: str) -> TopicQuery | None:
     path, _, query = topic[len(VERSION) + 1:].partition("?")
     try:
         resource = parse_path(path)
-        options = parse_query_options(dict(parse_qsl(query, keep_blank_values=True))) if query else QueryOptions()
-    except (PathError, QueryError):
+        options = query_options(dict(parse_qsl(query, keep_blank_values=True)), resource.entity, limits) \
+            if query else QueryOptions()
+    except (PathError, QueryError) as exc:
+        if query:
+            log.info("not answering the subscription %r: %s", topic, exc)
         return None
     return TopicQuery(topic, resource, options)
 
@@ -95,8 +96,10 @@ def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[
 class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
-    def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str) -> None:
+    def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str,
+                 limits: Limits = Limits()) -> None:
         self.store = store
+        self.limits = limits  # server.*: a topic's query options meet the limits an HTTP GET meets
         self.base = base.rstrip("/")
         self.queue: queue.Queue[list[Change] | None] = queue.Queue()
         self.subscribed: set[str] | None = None  # known only with the embedded broker
@@ -164,7 +167,7 @@ class Notifier:
         self.internal.refresh(force=any(c.entity.name in ("Thing", "Datastream", "MultiDatastream", "Location")
                                         for c in changes))
         subscribed = self.subscribed
-        queries = [q for q in map(parse_topic, subscribed or ()) if q is not None]
+        queries = [q for q in (parse_topic(t, self.limits) for t in subscribed or ()) if q is not None]
         everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
         with self.store.read() as conn:
             reader = Reader(self.store, self.base, hide_internal=True)

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from shapely import wkt as shapely_wkt
 
+from .limits import Limits
 from .tree import (
     FUNCTIONS,
     BinaryOp,
@@ -99,7 +100,9 @@ _OPTION_FIELDS = {
     "result_format": "$resultFormat",
 }
 _DEFAULTS = QueryOptions()
-_CANONICAL_NAMES = {option.lower(): option for option in (*_EXPAND_OPTIONS, "$resultFormat")}
+# every query option a request may carry, as the standard spells it
+QUERY_OPTIONS = (*_EXPAND_OPTIONS, "$resultFormat")
+_CANONICAL_NAMES = {option.lower(): option for option in QUERY_OPTIONS}
 
 
 class _Ctx:
@@ -503,19 +506,21 @@ def _orderby(ctx: _Ctx, start: int, end: int) -> tuple[OrderBy, ...]:
         parser._lex(parser.stop)
 
 
-def _select(ctx: _Ctx, start: int, end: int) -> tuple[str, ...]:
+def _select(ctx: _Ctx, start: int, end: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The selected names, and where each starts (for the checks against the model after parsing)."""
     text = ctx.text
-    names: dict[str, None] = {}  # ordered set: duplicates select nothing more
+    names: dict[str, int] = {}  # ordered set: duplicates select nothing more
     pos = _skip_ws(text, start, end)
     while True:
         m = _SEGMENT_RE.match(text, pos, end)
         if m is None:
             ctx.fail(f"expected a property name but found {ctx.found_at(pos, end)}", pos)
         segments = [_normalise_segment(m.group())]
+        start_pos = pos
         pos = _skip_ws(text, _continue_path(ctx, m.end(), end, segments), end)
-        names["/".join(segments)] = None
+        names.setdefault("/".join(segments), start_pos)
         if pos >= end:
-            return tuple(names)
+            return tuple(names), tuple(names.values())
         if text[pos] != ",":
             ctx.fail(f"expected ',' or end of input but found {ctx.found_at(pos, end)}", pos)
         pos = _skip_ws(text, pos + 1, end)
@@ -616,7 +621,7 @@ def _expand_options(ctx: _Ctx, start: int, end: int, depth: int, max_top: int, w
         if name == "$filter":
             values[field_name] = _filter(inner, vs, part_end)
         elif name == "$select":
-            values[field_name] = _select(inner, vs, part_end)
+            values["select"], values["select_pos"] = _select(inner, vs, part_end)
         elif name == "$orderby":
             values[field_name] = _orderby(inner, vs, part_end)
         elif name == "$top":
@@ -688,6 +693,7 @@ def _merge_two(ctx: _Ctx, a: Expand, b: Expand) -> Expand:
             values[field_name] = theirs
         else:
             ctx.fail(f"conflicting {option} for expanded {a.name}", b.pos)
+    values["select_pos"] = (a if values["select"] is a.options.select else b).options.select_pos
     values["expand"] = _merge(ctx, a.options.expand + b.options.expand)
     return Expand(a.name, QueryOptions(**values), a.pos)
 
@@ -717,10 +723,10 @@ def parse_orderby(text: str) -> tuple[OrderBy, ...]:
 def parse_select(text: str) -> tuple[str, ...]:
     """Parse a $select list into property names (`@iot.id` becomes `id`, paths keep their '/')."""
     text = _check_text(text, "$select")
-    return _select(_Ctx(text, "$select"), 0, len(text))
+    return _select(_Ctx(text, "$select"), 0, len(text))[0]
 
 
-def parse_expand(text: str, *, max_top: int = 10000) -> tuple[Expand, ...]:
+def parse_expand(text: str, *, max_top: int = Limits.max_top) -> tuple[Expand, ...]:
     """Parse a $expand list, nesting `A/B` paths and merging items that share a leading name."""
     text = _check_text(text, "$expand")
     return _expand(_Ctx(text, "$expand"), 0, len(text), 0, max_top)
@@ -735,14 +741,14 @@ def _expand_depth(items: tuple[Expand, ...]) -> tuple[int, int]:
     return best
 
 
-def parse_query_options(
-    params: Mapping[str, str], *, default_top: int | None = None, max_top: int = 10000,
-    max_expand_depth: int = MAX_DEPTH,
-) -> QueryOptions:
-    """Parse the `$`-prefixed query options of a request; other parameters are ignored.
+def parse_query_options(params: Mapping[str, str], limits: Limits) -> QueryOptions:
+    """Parse the `$`-prefixed query options of a request within `limits`; other parameters are ignored.
 
-    `max_expand_depth` bounds how deep `$expand` may nest (`A/B` and `A($expand=B)` are two levels each).
+    `$top` (top-level and inside `$expand`) is at most `limits.max_top` and defaults to `limits.default_top`;
+    `$expand` nests at most `limits.max_expand_depth` levels (`A/B` and `A($expand=B)` are two levels each).
+    Every way in (HTTP GET, `$batch`, MQTT topics) parses with the platform's limits: they are not optional.
     """
+    max_top, max_expand_depth = limits.max_top, limits.max_expand_depth
     values: dict[str, Any] = {}
     seen: set[str] = set()
     for key, raw in params.items():
@@ -761,7 +767,7 @@ def parse_query_options(
         if name == "$filter":
             values["filter"] = _filter(ctx, 0, end)
         elif name == "$select":
-            values["select"] = _select(ctx, 0, end)
+            values["select"], values["select_pos"] = _select(ctx, 0, end)
         elif name == "$orderby":
             values["orderby"] = _orderby(ctx, 0, end)
         elif name == "$expand":
@@ -780,5 +786,5 @@ def parse_query_options(
             if text.strip().lower() != "dataarray":
                 ctx.fail(f"unsupported $resultFormat {_quote(text)}; only dataArray is supported", 0)
             values["result_format"] = "dataArray"
-    values.setdefault("top", default_top)
+    values.setdefault("top", limits.default_top)
     return QueryOptions(**values)

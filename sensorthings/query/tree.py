@@ -115,6 +115,8 @@ class QueryOptions:
     count: bool | None = None
     expand: tuple[Expand, ...] = ()
     result_format: str | None = None
+    # where each `select` name starts in the option's text, for the checks against the model after parsing
+    select_pos: tuple[int, ...] = field(default=(), compare=False)
 
 
 # The functions $filter accepts, with their arity (min, max).
