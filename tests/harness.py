@@ -258,15 +258,16 @@ MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sb
 
 
 class Mosquitto:
-    """A private Mosquitto in its own directory (mode 0o777: run as root, mosquitto drops to its own user and must
-    write its database there) on reserved ports. `conf` is more settings after `listener` and `allow_anonymous`,
-    or a function of (ports, directory) that writes the whole file."""
+    """A private Mosquitto in its own directory or `workdir` (mode 0o777: run as root, mosquitto drops to its own
+    user and must write its database there) on reserved ports. `conf` is more settings after `listener` and
+    `allow_anonymous`, or a function of (ports, directory) that writes the whole file."""
 
     def __init__(self, conf: str | Callable[[list[int], Path], str] = "", *, listeners: int = 1,
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, workdir: Path | None = None) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed (Debian package mosquitto)")
-        self.dir = Path(tempfile.mkdtemp(prefix="udp-mosquitto-"))
+        self._own_dir = workdir is None  # a directory given stays for its owner to remove
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="udp-mosquitto-"))
         self.dir.chmod(0o777)
         reserved = Ports(listeners)
         self.ports = list(reserved)
@@ -305,9 +306,10 @@ class Mosquitto:
             stop_process(self.proc, False, 10)
 
     def close(self) -> None:
-        """Stop it and remove its directory."""
+        """Stop it and remove its directory (unless it was given one)."""
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------------------------
