@@ -6,24 +6,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import (  # noqa: E402
-    ROOT,
-    Database,
-    Mosquitto,
-    Ports,
-    Process,
-    Udp,
-    create_pg,
-    free_port,
-    process_tree,
-    say,
-    stop_process,
-    tail,
-    wait_healthy,
-    wait_http,
-    wait_port,
-    wait_until,
-)
+from tests.harness import Database, Mosquitto, Ports, Process, Udp, create_pg, process_tree, say, tail  # noqa: E402
 
-__all__ = ["ROOT", "Database", "Mosquitto", "Ports", "Process", "Udp", "create_pg", "free_port", "process_tree", "say",
-           "stop_process", "tail", "wait_healthy", "wait_http", "wait_port", "wait_until"]
+__all__ = ["Database", "Mosquitto", "Ports", "Process", "Udp", "create_pg", "process_tree", "say", "tail"]

@@ -27,9 +27,7 @@ DEMO_DATA = ROOT / "udp" / "demo" / "data"
 TEST_DATA = ROOT / "tests" / "data"
 
 
-def _pg_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test session, dropped afterwards."""
-    yield from pg_database(PG_URL)
+_pg_database = pg_database  # the name the tests know: a fresh PostgreSQL database while the generator lives
 
 
 def _on_store(kind: str, tmp_path_factory: pytest.TempPathFactory,

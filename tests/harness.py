@@ -150,11 +150,6 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, what: str = "the s
         wait_until(ready, timeout, f"{what} to answer {url}", 0.05, detail=lambda: tail(log))
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, log: Path | None = None, timeout: float = 90) -> None:
-    """Until the platform at `url` answers /health with 200."""
-    wait_http(f"{url}/health", proc, "the platform", log, timeout)
-
-
 # -- processes -----------------------------------------------------------------------------------------------
 def stop_process(proc: subprocess.Popen, group: bool = True, timeout: float = 15) -> int | None:
     """SIGTERM (to its whole process group when `group`: workers, bridge), SIGKILL when it lingers; the exit code."""
