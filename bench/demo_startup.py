@@ -10,61 +10,37 @@ a cache directory is cold, the next ones warm. It prints the figures and asserts
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import paho.mqtt.client as mqtt
-from harness import free_port, say  # bench/ is the script's own directory
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness import Udp, say  # bench/ is the script's own directory
 
 
 def start(cache: Path) -> tuple[float, float | None]:
     """Seconds until /health answers, and until the first live notification (None if none in 60 s)."""
-    port, mqtt_port = free_port(), free_port()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "udp.cli", "demo", "--port", str(port), "--mqtt-port",
-                             str(mqtt_port), "--mqtt-ws-port", str(free_port()), "--speed", "60"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-                            env={**os.environ, "XDG_CACHE_HOME": str(cache)}, start_new_session=True)
+    demo = Udp("demo", "--speed", "60", log=cache / "demo.log", env={"XDG_CACHE_HOME": str(cache)})
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("udp demo exited")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        ready = time.perf_counter() - t0
+        demo.wait(300)
+        ready = time.perf_counter() - demo.started
         got: queue.Queue = queue.Queue()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-demo-{port}")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-demo-{demo.port}")
         client.on_connect = lambda c, *_: c.subscribe("v1.1/Observations", 0)
         client.on_message = lambda *_: got.put(time.perf_counter())
-        client.connect("127.0.0.1", mqtt_port)
+        client.connect("127.0.0.1", demo.mqtt_port)  # type: ignore[arg-type]
         client.loop_start()
         try:
-            live: float | None = got.get(timeout=60) - t0
+            live: float | None = got.get(timeout=60) - demo.started
         except queue.Empty:
             live = None
         client.loop_stop()
         return ready, live
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        demo.stop(20)
 
 
 def main() -> None:

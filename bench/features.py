@@ -49,9 +49,8 @@ from typing import Any
 import httpx
 import orjson
 import yaml
-from harness import free_port, process_tree, say, wait_healthy  # bench/ is the script's own directory
+from harness import Ports, Process, Udp, say, tail  # bench/ is the script's own directory
 
-ROOT = Path(__file__).resolve().parent.parent
 SEOUL = Path("/work/shared/data/seoul")
 BIKES = SEOUL / "mobility" / "ttareungyi_bike_stations.csv"
 CCTV = SEOUL / "sensors" / "gangnam_cctv_locations.csv"
@@ -158,14 +157,6 @@ def one_percent_bbox(points: list[Point]) -> tuple[list[float], int]:
 
 
 # -- the servers -----------------------------------------------------------------------------------
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def vm_hwm_mb(pid: int) -> float:
     """A process's peak resident set size (VmHWM) in MB; nan when it is gone."""
     try:
@@ -178,62 +169,30 @@ def vm_hwm_mb(pid: int) -> float:
 
 
 class Server:
-    """A server subprocess in its own process group, its log in a file."""
+    """A server process (its own process group, its log in a file) and where its OGC API is."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, base: str, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name, self.port, self.log_path = name, port, log_path
+    def __init__(self, process: Process, port: int, base: str) -> None:
+        self.process, self.name, self.proc, self.log_path = process, process.name, process.proc, process.log_path
         self.url = f"http://127.0.0.1:{port}"
         self.base = self.url + base  # where the OGC API Features landing page is
-        self.log = open(log_path, "w")  # noqa: SIM115
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                     start_new_session=True)
         self.startup = float("nan")
-        say(f"{name}: {' '.join(cmd)} (pid {self.proc.pid}, log {log_path})")
+        say(f"{self.name}: {' '.join(process.cmd)} (pid {process.pid}, log {process.log_path})")
 
-    def ready(self, seconds: float) -> None:
-        """Note the time from start to ready."""
-        self.startup = seconds
-        say(f"{self.name}: ready after {seconds:.1f}s")
+    def ready(self, url: str, timeout: float) -> None:
+        """Until `url` answers 200; note the time from start to ready."""
+        self.process.wait_http(url, timeout)
+        self.startup = time.perf_counter() - self.process.started
+        say(f"{self.name}: ready after {self.startup:.1f}s")
 
     def peak_rss(self) -> tuple[float, float, int]:
         """VmHWM of the main process and summed over its process tree (MB), and the tree's size."""
-        pids = process_tree(self.proc.pid)
+        pids = self.process.tree()
         peaks = [vm_hwm_mb(p) for p in pids]
         return peaks[0], sum(x for x in peaks if x == x), len(pids)
 
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL after 15 s."""
-        if self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self.log.close()
-        say(f"{self.name} stopped (exit {self.proc.returncode})")
-
-
-def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    """Until GET `url` answers 200; the server's log when it exits or never answers."""
-    deadline = time.time() + timeout
-    with httpx.Client(timeout=30) as client:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}):\n{tail(log_path)}")
-            try:
-                if client.get(url, headers={"Accept": "application/json"}).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{tail(log_path)}")
+        say(f"{self.name} stopped (exit {self.process.stop()})")
 
 
 def start_ours(work: Path, csv_path: Path, geojson_path: Path, log_level: str) -> Server:
@@ -246,15 +205,11 @@ def start_ours(work: Path, csv_path: Path, geojson_path: Path, log_level: str) -
             "points_geojson": {"title": "Points (GeoJSON)", "source": str(geojson_path), "id": "fid"},
         },
     }, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    port = free_port()
-    udp = shutil.which("udp")
-    cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
-    cmd += ["serve", "--config", str(config), "--store", f"sqlite:///{work / 'udp.db'}", "--port", str(port),
-            "--mqtt-port", str(free_port()), "--mqtt-ws-port", str(free_port()), "--workers", "1",
-            "--log-level", log_level]
-    server = Server("ours", cmd, port, "/ogcapi", work / "udp-serve.log")
-    wait_healthy(server.url, server.proc, server.log_path, timeout=300)
-    server.ready(time.perf_counter() - server.started)
+    udp = Udp("serve", "--config", str(config), "--store", f"sqlite:///{work / 'udp.db'}", "--workers", "1",
+              "--log-level", log_level, log=work / "udp-serve.log")
+    udp.name = "ours"
+    server = Server(udp, udp.port, "/ogcapi")
+    server.ready(f"{udp.url}/health", 300)
     return server
 
 
@@ -298,7 +253,8 @@ def pygeoapi_config(port: int, csv_path: Path, geojson_path: Path, bbox: list[fl
 
 def start_stock(work: Path, csv_path: Path, geojson_path: Path, bbox: list[float]) -> Server:
     """Stock pygeoapi (its CSV and GeoJSON providers) under uvicorn, one process."""
-    port = free_port()
+    ports = Ports(1)
+    port = ports[0]
     config = work / "pygeoapi-config.yml"
     config.write_text(yaml.safe_dump(pygeoapi_config(port, csv_path, geojson_path, bbox), sort_keys=False),
                       encoding="utf-8")
@@ -317,9 +273,8 @@ def start_stock(work: Path, csv_path: Path, geojson_path: Path, bbox: list[float
         openapi.write_text(generate_openapi_document(config, "yaml"), encoding="utf-8")
     cmd = [sys.executable, "-m", "uvicorn", "pygeoapi.starlette_app:APP", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    server = Server("stock", cmd, port, "", work / "pygeoapi.log", env)
-    wait_http(f"{server.url}/collections", server.proc, server.log_path)
-    server.ready(time.perf_counter() - server.started)
+    server = Server(Process(cmd, work / "pygeoapi.log", env, "stock", ports), port, "")
+    server.ready(f"{server.url}/collections", 120)
     return server
 
 

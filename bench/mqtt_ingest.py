@@ -37,7 +37,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,14 +50,14 @@ from pathlib import Path
 
 from harness import (  # bench/ is the script's own directory
     Database,
+    Mosquitto,
+    Udp,
     create_pg,
-    free_port,
     process_tree,
     say,
-    wait_healthy,
+    tail,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 SEQ_BLOCK = 10**9  # seq = publisher * SEQ_BLOCK + i: (publisher, seq) unique
 WARMUP_PUBLISHER = 900  # seq blocks of the phases that are not the sustained ingest
@@ -96,98 +95,23 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+def broker_for_bench(workdir: Path, inflight: int) -> Mosquitto:
+    """A private Mosquitto for benchmarks: persistence off, neither queued nor in-flight QoS 1 messages limited
+    (the default of 1000 queued drops QoS 1 messages to slow clients)."""
+    b = Mosquitto("max_queued_messages 0\nmax_queued_bytes 0\n"
+                  f"max_inflight_messages {inflight}\n"  # 0: no limit (the default is 20)
+                  "max_inflight_bytes 0\nset_tcp_nodelay true", workdir=workdir)
+    say(f"mosquitto: {b.conf} (pid {b.proc.pid if b.proc else '-'}, port {b.port})")
+    return b
 
 
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 10) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{tail(log)}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} does not listen on {port} after {timeout}s:\n{tail(log)}")
-
-
-def stop_process(proc: subprocess.Popen, group: bool, what: str) -> None:
-    """SIGTERM (to its own process group when `group`), SIGKILL after 15 s."""
-    if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    say(f"{what} stopped (exit {proc.returncode})")
-
-
-class Mosquitto:
-    """A private Mosquitto on a free port. Run as root it drops to user `mosquitto`, so its directory is
-    world-writable; persistence is off, and neither queued nor in-flight QoS 1 messages are limited."""
-
-    def __init__(self, workdir: Path, inflight: int) -> None:
-        self.port = free_port()
-        self.dir = workdir
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 0\n"  # 0: no limit (the default of 1000 drops QoS 1 messages to slow clients)
-            "max_queued_bytes 0\n"
-            f"max_inflight_messages {inflight}\n"  # 0: no limit (the default is 20)
-            "max_inflight_bytes 0\n"
-            "set_tcp_nodelay true\n"
-            "log_dest stdout\n"
-            "log_type error\nlog_type warning\nlog_type notice\n")
-        self.log_path = workdir / "mosquitto.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_port(self.port, self.proc, "mosquitto", self.log_path)
-        say(f"mosquitto: {exe} -c {conf} (pid {self.proc.pid}, port {self.port})")
-
-    def stop(self) -> None:
-        stop_process(self.proc, False, "mosquitto")
-        self.log.close()
-
-
-class Server:
-    """`udp serve --workers 1` with the bridge, in its own process group."""
-
-    def __init__(self, store: str, config: Path, mqtt_port: int, log_path: Path, log_level: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        udp = shutil.which("udp")
-        cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
-        cmd += ["serve", "--config", str(config), "--store", store, "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
-                "--port", str(self.port), "--workers", "1", "--log-level", log_level]
-        self.log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
-        say(f"server: {' '.join(cmd)} (pid {self.proc.pid})")
-
-    def wait(self, timeout: float = 90) -> None:
-        wait_healthy(self.url, self.proc, Path(self.log_path), timeout)
-
-    def stop(self) -> None:
-        stop_process(self.proc, True, "server")
-        self.log.close()
+def start_server(store: str, config: Path, mqtt_port: int, log_path: Path, log_level: str = "info",
+                 workers: int = 1) -> Udp:
+    """`udp serve --workers N` with the bridge, in its own process group."""
+    server = Udp("serve", "--config", str(config), "--store", store, "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
+                 "--workers", str(workers), "--log-level", log_level, log=log_path)
+    say(f"server: {' '.join(server.cmd)} (pid {server.pid})")
+    return server
 
 
 # -- CPU accounting (from /proc) -------------------------------------------------------------------
@@ -614,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     workdir = Path(tempfile.mkdtemp(prefix="udp-bench-mqtt-", dir="/tmp"))
     workdir.chmod(0o777)  # mosquitto, started as root, runs as user mosquitto
     broker: Mosquitto | None = None
-    server: Server | None = None
+    server: Udp | None = None
     db: Database | None = None
     counter: RowCounter | None = None
     spy: subprocess.Popen | None = None
@@ -622,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     sensors = [f"s{k:03d}" for k in range(args.sensors)]
     failed = False
     try:
-        broker = Mosquitto(workdir, args.broker_inflight)
+        broker = broker_for_bench(workdir, args.broker_inflight)
 
         # -- 1. baseline: Mosquitto alone ------------------------------------------------------
         base_rate = float("nan")
@@ -635,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say(f"store: {db.url}")
         config = workdir / "config.yml"
         config.write_text(RULES)
-        server = Server(db.url, config, broker.port, workdir / "server.log", args.server_log_level)
+        server = start_server(db.url, config, broker.port, workdir / "server.log", args.server_log_level)
         server.wait()
         sta = f"{server.url}/v1.1"
         t = time.perf_counter()
@@ -850,9 +774,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if counter is not None:
             counter.close()
         if server is not None:
-            server.stop()
+            say(f"server stopped (exit {server.stop()})")
         if broker is not None:
-            broker.stop()
+            broker.close()
         if db is not None:
             try:
                 db.drop()

@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,10 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import Database, create_pg, free_port, say, wait_healthy  # bench/ is the script's own directory
-from mqtt_ingest import CpuMeter, Mosquitto, pct, postgres_pids, process_tree, stop_process, tail
+from harness import Database, Mosquitto, Udp, create_pg, process_tree, say, tail  # bench/: the script's directory
+from mqtt_ingest import CpuMeter, broker_for_bench, pct, postgres_pids, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 RULES = """title: Soak
 bridge:
@@ -106,31 +104,6 @@ def split(rss: dict[str, int]) -> str:
 
 
 # -- the platform ----------------------------------------------------------------------------------
-class Server:
-    """`udp serve --workers N --mqtt … --config …` in its own process group."""
-
-    def __init__(self, store: str, config: Path, mqtt_port: int, workers: int, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        udp = shutil.which("udp")
-        cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
-        cmd += ["serve", "--config", str(config), "--store", store, "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
-                "--port", str(self.port), "--workers", str(workers)]
-        self.log = open(log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        say(f"server: {' '.join(cmd)} (pid {self.proc.pid})")
-
-    def wait(self) -> None:
-        """Until /health answers 200."""
-        wait_healthy(self.url, self.proc, self.log_path, 120)
-
-    def stop(self) -> None:
-        """SIGTERM to its process group (SIGKILL after 15 s)."""
-        stop_process(self.proc, True, "server")
-        self.log.close()
-
-
 def create_sensors(sta: str, sensors: list[str]) -> list[int]:
     """One Thing per sensor with a Location and a Datastream "soak <sensor>"; the Datastream ids."""
     import httpx
@@ -386,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     workdir = Path(tempfile.mkdtemp(prefix="udp-soak-", dir="/tmp"))
     workdir.chmod(0o777)  # mosquitto, started as root, runs as user mosquitto
     broker: Mosquitto | None = None
-    server: Server | None = None
+    server: Udp | None = None
     db: Database | None = None
     counter: StoreCounter | None = None
     pub: Any = None
@@ -395,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     threads: list[threading.Thread] = []
     failed = False
     try:
-        broker = Mosquitto(workdir, 0)
+        broker = broker_for_bench(workdir, 0)
         if args.store == "pg":
             db = create_pg(args.pg, "udp_soak")
             store = db.url
@@ -404,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say(f"store: {store}")
         config = workdir / "config.yml"
         config.write_text(RULES)
-        server = Server(store, config, broker.port, args.workers, workdir / "server.log")
+        server = start_server(store, config, broker.port, workdir / "server.log", workers=args.workers)
         server.wait()
         sensors = [f"s{k:03d}" for k in range(args.sensors)]
         t = time.perf_counter()
@@ -559,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if counter is not None:
             counter.close()
         if server is not None:
-            server.stop()
+            say(f"server stopped (exit {server.stop()})")
         if broker is not None:
-            broker.stop()
+            broker.close()
         if db is not None:
             try:
                 db.drop()

@@ -15,17 +15,16 @@ only; it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,9 +33,8 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from harness import Database, create_pg, free_port, say, wait_healthy  # bench/ is the script's own directory
+from harness import Database, Udp, create_pg, say  # bench/ is the script's own directory
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
 ROWS_PER_REQUEST = 1000
@@ -70,24 +68,13 @@ def create_sqlite() -> Database:
     return Database(f"sqlite:///{path}", drop)
 
 
-class Server:
+class Server(Udp):
     """`udp serve` as a subprocess in its own process group (uvicorn forks its workers into it)."""
 
     def __init__(self, store: str, workers: int, log_dir: Path, log_level: str = "warning") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"udp-bench-{self.port}.log"
-        udp = shutil.which("udp")
-        cmd = [udp] if udp else [sys.executable, "-m", "udp.cli"]
-        cmd += ["serve", "--store", store, "--workers", str(workers), "--port", str(self.port),
-                "--log-level", log_level]
-        self.log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
-        say(f"server: {' '.join(cmd)} (pid {self.proc.pid}, log {self.log_path})")
-
-    def wait(self, timeout: float = 90) -> None:
-        wait_healthy(self.url, self.proc, Path(self.log_path), timeout)
+        log = log_dir / f"udp-bench-{uuid.uuid4().hex[:8]}.log"
+        super().__init__("serve", "--store", store, "--workers", str(workers), "--log-level", log_level, log=log)
+        say(f"server: {' '.join(self.cmd)} (pid {self.pid}, log {self.log_path})")
 
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (children of the `udp serve` process)."""
@@ -112,22 +99,11 @@ class Server:
                 break
         return counts
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        self.log.close()
-        say(f"server stopped (exit {self.proc.returncode})")
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM to the process group, SIGKILL after `timeout` s; the exit code."""
+        code = super().stop(timeout)
+        say(f"server stopped (exit {code})")
+        return code
 
 
 # -- loading ---------------------------------------------------------------------------------------

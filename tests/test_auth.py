@@ -22,7 +22,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ROOT, Server, free_port, start_server, stop_server
+from tests.conftest import ROOT, Server, free_port, start_server, stop_server, wait_until
+from tests.harness import Udp
 from udp.auth import Principal, hash_password, verify_password
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_CountObservation"
@@ -179,14 +180,8 @@ def test_mqtt_publishing_takes_the_write_role(secured: Server) -> None:
     publish(2, "viewer", "viewer-password")  # a reader may not publish either
     assert publish(3, "ingest", "wrong") == -1  # a wrong password is refused at login
     publish(4, "ingest", "ingest-secret")
-    deadline = time.time() + 10
-    results: list = []
-    while time.time() < deadline:
-        results = [o["result"] for o in sta.get("Observations", params={
-            "$filter": f"Datastream/name eq 'counter {name}'"}).json()["value"]]
-        if results:
-            break
-        time.sleep(0.2)
+    wait_until(lambda: sta.get("Observations", params={"$filter": f"Datastream/name eq 'counter {name}'"}).json()[
+        "value"], 10, "the bridge to store the allowed message")
     time.sleep(1)
     results = [o["result"] for o in sta.get("Observations", params={
         "$filter": f"Datastream/name eq 'counter {name}'"}).json()["value"]]
@@ -194,23 +189,14 @@ def test_mqtt_publishing_takes_the_write_role(secured: Server) -> None:
 
 
 def _serve_briefly(config: Path) -> str:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "udp.cli", "serve", "--config", str(config), "--store",
-                             f"sqlite:///{config.parent / 'u.db'}", "--port", str(port), "--mqtt-port",
-                             str(free_port()), "--mqtt-ws-port", str(free_port())],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    """What `udp serve --config` prints until it answers."""
+    udp = Udp("serve", "--config", str(config), "--store", f"sqlite:///{config.parent / 'u.db'}",
+              log=config.parent / "serve.log")
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        udp.wait(60)
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    return err
+        udp.stop(30)
+    return udp.log_path.read_text()
 
 
 def test_open_platform_warns(tmp_path: Path) -> None:

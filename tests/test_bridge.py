@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,7 +16,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import ROOT, Server, serve_on, start_server, stop_server
+from tests.conftest import ROOT, Server, serve_on, start_server, stop_server, wait_until
+from tests.harness import MOSQUITTO, Mosquitto
 from tests.test_mqtt import Listener
 from tests.test_sta_api import OM, UNIT
 
@@ -61,13 +62,9 @@ def health(server: Server) -> dict:
     return httpx.get(f"{server.url}/health").json()
 
 
-def wait_for(predicate, timeout: float = 20) -> None:  # noqa: ANN001
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
+def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
+    """Until `predicate()` holds (the bridge writes on its own schedule)."""
+    wait_until(predicate, timeout, "the bridge")
 
 
 def publisher(host: str, port: int) -> mqtt.Client:
@@ -225,38 +222,12 @@ def sta_store_thing(store: object) -> None:
     assert Service(store).handle(ApiRequest("POST", "Things", body=orjson.dumps(body), base="x")).status == 201
 
 
-def start_mosquitto(data: Path, port: int) -> subprocess.Popen:
-    """A private Mosquitto with persistence in `data`, as production runs it."""
-    conf = data / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {data}/\nmax_queued_messages 0\nautosave_interval 1\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            import socket
-
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
-
-
 def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
-    import shutil
-
-    from tests.conftest import free_port
-
-    if shutil.which("mosquitto") is None:
+    if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
-    import tempfile
-
-    port = free_port()
-    # run as root, mosquitto drops to its own user: its persistence file must be where that user can write
-    data = Path(tempfile.mkdtemp(prefix="udp-mosquitto-"))
-    data.chmod(0o777)
-    broker = start_mosquitto(data, port)
+    # persistence on, as production runs it
+    broker = Mosquitto("max_queued_messages 0", persistence=True)
+    port = broker.port
     srv = start_server(f"sqlite:///{tmp_path / 'r.db'}", "sqlite",
                        ["--config", str(make_config(tmp_path)), "--mqtt", f"mqtt://127.0.0.1:{port}"])
     try:
@@ -271,9 +242,8 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
         sent = []
         for i in range(1500):
             if i == 500:
-                broker.terminate()
-                broker.wait(10)
-                broker = start_mosquitto(data, port)
+                broker.stop()
+                broker.start()
             sent.append(device.publish(f"city/pedestrians/{sensor}/count",
                                        orjson.dumps({"count": i, "time": "2026-05-01T00:00:00Z"}), qos=1))
             if i % 100 == 0:
@@ -299,9 +269,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
         device.loop_stop()
     finally:
         stop_server(srv)
-        broker.terminate()
-        broker.wait(10)
-        shutil.rmtree(data, ignore_errors=True)
+        broker.close()
 
 
 def test_forward_to_an_external_sensorthings_server(tmp_path: Path) -> None:

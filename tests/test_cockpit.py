@@ -12,10 +12,8 @@ import http.client
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import ROOT, Server, free_port, start_server, stop_server
+from tests.conftest import ROOT, Server, start_server, stop_server, wait_until
+from tests.harness import Udp
 from udp.cockpit.routes import STATIC
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,29 +137,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     only live ones."""
     _need_browser()
     cache = tmp_path_factory.mktemp("cockpit-cache")
-    port, mqtt_port, ws_port = free_port(), free_port(), free_port()
-    log = cache / "demo.log"
-    proc = subprocess.Popen([sys.executable, "-m", "udp.cli", "demo", "--port", str(port), "--mqtt-port",
-                             str(mqtt_port), "--mqtt-ws-port", str(ws_port), "--no-live"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "XDG_CACHE_HOME": str(cache)})
-    url = f"http://127.0.0.1:{port}"
+    demo = Udp("demo", "--no-live", log=cache / "demo.log", env={"XDG_CACHE_HOME": str(cache)})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the demo did not start: {log.read_text()}")
-        yield {"url": url, "mqtt_port": mqtt_port, "log": log}
+        demo.wait(120)
+        yield {"url": demo.url, "mqtt_port": demo.mqtt_port, "log": demo.log_path}
     finally:
-        proc.terminate()
-        proc.wait(20)
+        demo.stop(20)
 
 
 def _chrome(width: int, height: int, phone: bool = False) -> Any:
@@ -188,24 +170,13 @@ def browser(demo: dict[str, Any]) -> Iterator[Any]:
         driver.quit()
 
 
-def _wait(what: Callable[[], Any], timeout: float = 15, message: str = "") -> Any:
-    deadline = time.time() + timeout
-    while True:
-        got = what()
-        if got:
-            return got
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(0.05)
-
-
 def _open(driver: Any, demo: dict[str, Any], live: bool = True) -> None:
     """Load the cockpit and wait until it has read everything (and subscribed, when `live`)."""
     driver.get(f"{demo['url']}/cockpit/")
-    _wait(lambda: driver.execute_script("return document.body.dataset.ready") == "true", 30, "the cockpit loads")
+    wait_until(lambda: driver.execute_script("return document.body.dataset.ready") == "true", 30, "the cockpit loads")
     if live:
-        _wait(lambda: driver.execute_script("return document.querySelector('#live-status').dataset.state") == "live",
-              10, "MQTT over WebSockets connects")
+        wait_until(lambda: driver.execute_script("return document.querySelector('#live-status').dataset.state")
+                   == "live", 10, "MQTT over WebSockets connects")
 
 
 def _severe(driver: Any) -> list[str]:
@@ -238,14 +209,14 @@ def test_map_shows_the_collections(browser: Any, demo: dict[str, Any]) -> None:
     for c in layers:
         assert c["title"] in listed, c["id"]
     # the 25 Seoul districts are drawn (SVG paths), their layer toggles from the keyboard
-    paths = _wait(lambda: browser.find_elements("css selector", "path.layer-districts"), 15, "district polygons")
+    paths = wait_until(lambda: browser.find_elements("css selector", "path.layer-districts"), 15, "district polygons")
     assert len(paths) == 25
     box = browser.find_element("id", "layer-districts")
     assert box.is_selected()
     box.send_keys(" ")
-    _wait(lambda: not browser.find_elements("css selector", "path.layer-districts"), 5, "the layer goes off")
+    wait_until(lambda: not browser.find_elements("css selector", "path.layer-districts"), 5, "the layer goes off")
     box.send_keys(" ")
-    _wait(lambda: len(browser.find_elements("css selector", "path.layer-districts")) == 25, 5, "and on again")
+    wait_until(lambda: len(browser.find_elements("css selector", "path.layer-districts")) == 25, 5, "and on again")
     # sensors: one marker per place, coloured by the latest value
     markers = browser.find_elements("css selector", "path.sensor-marker")
     assert len(markers) >= 100
@@ -258,7 +229,7 @@ def test_indicator_tiles_match_the_api(browser: Any, demo: dict[str, Any]) -> No
     if not streams:
         pytest.skip("the platform publishes no indicators")
     _open(browser, demo, live=False)
-    _wait(lambda: len(browser.find_elements("css selector", "#tiles li.tile")) == len(streams), 10, "a tile each")
+    wait_until(lambda: len(browser.find_elements("css selector", "#tiles li.tile")) == len(streams), 10, "a tile each")
     for _ in range(3):  # the indicator engine may write a new value between the two reads
         streams = httpx.get(f"{demo['url']}/v1.1/Datastreams", params=query).json()["value"]
         shown = {int(li.get_attribute("data-datastream")): li for li in
@@ -295,15 +266,15 @@ def test_district_choropleth_and_panel(browser: Any, demo: dict[str, Any]) -> No
     _open(browser, demo, live=False)
     options = [o.text for o in browser.find_elements("css selector", "#indicator-select option")]
     assert options[1:] == [c["title"] for c in indicators]
-    areas = _wait(lambda: browser.find_elements("css selector", "path.indicator-area"), 10, "the choropleth")
+    areas = wait_until(lambda: browser.find_elements("css selector", "path.indicator-area"), 10, "the choropleth")
     assert len(areas) == len([f for f in items["features"] if f["geometry"]])
     # the same areas as a list of buttons: the keyboard's way in
     buttons = browser.find_elements("css selector", "#area-list button")
     assert len(buttons) == len(areas)
     buttons[0].click()
-    panel = _wait(lambda: browser.find_element("id", "details").is_displayed()
-                  and browser.find_element("id", "details"), 5, "the area's panel")
-    _wait(lambda: panel.find_elements("css selector", ".chart canvas"), 10, "the indicator's history chart")
+    panel = wait_until(lambda: browser.find_element("id", "details").is_displayed()
+                       and browser.find_element("id", "details"), 5, "the area's panel")
+    wait_until(lambda: panel.find_elements("css selector", ".chart canvas"), 10, "the indicator's history chart")
     assert panel.find_elements("css selector", "tbody tr")
     assert _severe(browser) == []
 
@@ -319,13 +290,14 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
     lon, lat = found["geometry"]["coordinates"]
     browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 17, {animate: false})",
                            lat, lon)
-    marker = _wait(lambda: browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']"),
-                   5, "the counter's marker")[0]
+    marker = wait_until(lambda: browser.find_elements("css selector",
+                                                      f"path.sensor-marker[data-datastreams~='{ds_id}']"),
+                        5, "the counter's marker")[0]
     marker.click()
     cell = f"#details td[data-datastream='{ds_id}']"
-    _wait(lambda: browser.find_elements("css selector", cell), 10, "the counter's panel")
+    wait_until(lambda: browser.find_elements("css selector", cell), 10, "the counter's panel")
     chart = f"#details .chart[data-datastream='{ds_id}']"
-    _wait(lambda: browser.find_elements("css selector", f"{chart} canvas"), 10, "its chart")
+    wait_until(lambda: browser.find_elements("css selector", f"{chart} canvas"), 10, "its chart")
     points = int(browser.find_element("css selector", chart).get_attribute("data-points"))
 
     device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cockpit-test-{os.getpid()}")
@@ -343,7 +315,7 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
                 .get_attribute("data-value")
             return "777" in text and value == "777"
 
-        _wait(shown, 5, "the panel and the marker show 777")
+        wait_until(shown, 5, "the panel and the marker show 777")
         elapsed = time.perf_counter() - sent
     finally:
         device.loop_stop()
@@ -351,7 +323,7 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
     print(f"device message shown after {elapsed:.3f} s")
     assert elapsed < 2, f"shown after {elapsed:.2f} s"
     # the chart grew by the new reading, without a reload
-    _wait(lambda: int(browser.find_element("css selector", chart).get_attribute("data-points")) == points + 1, 3,
+    wait_until(lambda: int(browser.find_element("css selector", chart).get_attribute("data-points")) == points + 1, 3,
           "the chart takes the reading")
     assert "777" in browser.find_element("css selector", "#details .chart-summary").text
     assert _severe(browser) == []
@@ -367,13 +339,14 @@ def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -
     lon, lat = feature["geometry"]["coordinates"]
     browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 15, {animate: false})",
                            lat, lon)
-    marker = _wait(lambda: browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']"),
-                   5, "the station's marker")[0]
+    marker = wait_until(lambda: browser.find_elements("css selector",
+                                                      f"path.sensor-marker[data-datastreams~='{ds_id}']"),
+                        5, "the station's marker")[0]
     assert marker.get_attribute("data-property") == "PM10"
     marker.click()
-    chart = _wait(lambda: browser.find_elements("css selector", f"#details .chart[data-datastream='{ds_id}']"), 10,
+    chart = wait_until(lambda: browser.find_elements("css selector", f"#details .chart[data-datastream='{ds_id}']"), 10,
                   "its chart")[0]
-    _wait(lambda: chart.find_elements("css selector", "canvas"), 10, "a canvas")
+    wait_until(lambda: chart.find_elements("css selector", "canvas"), 10, "a canvas")
     assert int(chart.get_attribute("data-points")) >= 2
     assert "readings" in chart.get_attribute("aria-label")
     # the panel lists the station's Datastreams (six pollutants) with their values in text
@@ -395,7 +368,7 @@ def test_screenshots(browser: Any, demo: dict[str, Any]) -> None:
         marker = browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']")
         if marker and marker[0].is_displayed():
             marker[0].click()
-            _wait(lambda: browser.find_elements("css selector", "#details .chart canvas"), 10, "a chart")
+            wait_until(lambda: browser.find_elements("css selector", "#details .chart canvas"), 10, "a chart")
             break
     from selenium.webdriver.common.action_chains import ActionChains
 

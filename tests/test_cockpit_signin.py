@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DEMO_DATA, Server, start_server, stop_server
-from tests.test_cockpit import _chrome, _need_browser, _wait
+from tests.conftest import DEMO_DATA, Server, start_server, stop_server, wait_until
+from tests.test_cockpit import _chrome, _need_browser
 
 READER = ("reader", "reader-password-1")
 WRITER = ("ingest", "ingest-password-1")
@@ -81,7 +81,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def _ready(driver: Any) -> None:
-    _wait(lambda: driver.execute_script("return document.body.dataset.ready") == "true", 30, "the cockpit loads")
+    wait_until(lambda: driver.execute_script("return document.body.dataset.ready") == "true", 30, "the cockpit loads")
 
 
 def _layers(driver: Any) -> set[str]:
@@ -140,13 +140,13 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         assert _severe_but_401(driver) == []
         search = driver.find_element("id", "find")
         search.send_keys("internal sec1\n")
-        _wait(lambda: "No sensor is named like" in driver.find_element("id", "map-note").text, 5, "not found")
+        wait_until(lambda: "No sensor is named like" in driver.find_element("id", "map-note").text, 5, "not found")
         assert not driver.find_element("id", "details").is_displayed()
 
         # a wrong password: the platform's 401 message, in a live region; nothing kept
         _sign_in(driver, READER[0], "not-the-password")
         error = driver.find_element("id", "sign-in-error")
-        _wait(lambda: "wrong password" in error.text, 10, "the error is shown")
+        wait_until(lambda: "wrong password" in error.text, 10, "the error is shown")
         assert "401" in error.text and error.get_attribute("aria-live") == "assertive"
         assert driver.find_element("id", "sign-in-password").get_attribute("aria-invalid") == "true"
         assert driver.execute_script("return document.body.dataset.user") is None
@@ -156,8 +156,8 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         # the right one: the internal collection and sensor appear, without a page reload
         driver.execute_script("window.sameDocument = true")
         _sign_in(driver, *READER)
-        _wait(lambda: driver.execute_script("return document.body.dataset.user") == READER[0], 10, "signed in")
-        _wait(lambda: "cctv" in _layers(driver) and internal in _marked(driver), 15, "the internal data appears")
+        wait_until(lambda: driver.execute_script("return document.body.dataset.user") == READER[0], 10, "signed in")
+        wait_until(lambda: "cctv" in _layers(driver) and internal in _marked(driver), 15, "the internal data appears")
         _ready(driver)
         assert driver.execute_script("return window.sameDocument") is True
         assert not driver.find_element("id", "sign-in-form").is_displayed()
@@ -170,24 +170,24 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         assert stored["local"] == 0 and list(stored["session"]) == ["udp.cockpit.signIn"]
         # the internal layer loads its features with the credentials
         driver.find_element("id", "layer-cctv").click()
-        _wait(lambda: driver.execute_script(
+        wait_until(lambda: driver.execute_script(
             "const r = window.cockpit.state.layers.get('cctv'); return r.loaded && r.group.getLayers().length"
         ) == 1763, 15, "the internal layer's features")
         # and the search finds the internal sensor
         search = driver.find_element("id", "find")
         search.clear()
         search.send_keys("internal sec1\n")
-        _wait(lambda: driver.find_element("id", "details").is_displayed()
-              and driver.find_element("id", "details-heading").text == "internal sec1", 10, "its panel")
-        _wait(lambda: driver.find_elements("css selector", f"#details td[data-datastream='{internal}']"), 10,
-              "its Datastreams")
+        wait_until(lambda: driver.find_element("id", "details").is_displayed()
+                   and driver.find_element("id", "details-heading").text == "internal sec1", 10, "its panel")
+        wait_until(lambda: driver.find_elements("css selector", f"#details td[data-datastream='{internal}']"), 10,
+                   "its Datastreams")
 
         # internal Observations are not announced over MQTT: the cockpit polls them while signed in (every 10 s)
         r = httpx.post(f"{city.sta}/Datastreams({internal})/Observations", json={"result": 4321}, auth=WRITER)
         assert r.status_code == 201, r.text
         cell = f"#details td[data-datastream='{internal}'] .value"
-        _wait(lambda: driver.find_element("css selector", cell).get_attribute("data-value") == "4321", 15,
-              "the internal reading shown by polling")
+        wait_until(lambda: driver.find_element("css selector", cell).get_attribute("data-value") == "4321", 15,
+                   "the internal reading shown by polling")
         marker = f"path.sensor-marker[data-datastreams~='{internal}']"
         assert driver.find_element("css selector", marker).get_attribute("data-value") == "4321"
 
@@ -199,8 +199,9 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
 
         # signing out: they go again, and nothing is kept
         driver.find_element("id", "sign-out").click()
-        _wait(lambda: driver.execute_script("return document.body.dataset.user") is None, 5, "signed out")
-        _wait(lambda: "cctv" not in _layers(driver) and internal not in _marked(driver), 15, "the internal data goes")
+        wait_until(lambda: driver.execute_script("return document.body.dataset.user") is None, 5, "signed out")
+        wait_until(lambda: "cctv" not in _layers(driver) and internal not in _marked(driver), 15,
+                   "the internal data goes")
         _ready(driver)
         assert "bikes" in _layers(driver) and public in _marked(driver)
         assert _searchable(driver) == {"public pub1"}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import queue
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,36 +12,19 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.harness import Udp
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     cache = tmp_path_factory.mktemp("demo-cache")
-    port, mqtt_port, ws_port = free_port(), free_port(), free_port()
-    log = cache / "demo.log"
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "udp.cli", "demo", "--port", str(port), "--mqtt-port",
-                             str(mqtt_port), "--mqtt-ws-port", str(ws_port), "--speed", "120"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "XDG_CACHE_HOME": str(cache)})
-    url = f"http://127.0.0.1:{port}"
+    demo = Udp("demo", "--speed", "120", log=cache / "demo.log", env={"XDG_CACHE_HOME": str(cache)})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the demo did not start: {log.read_text()}")
-        yield {"url": url, "mqtt_port": mqtt_port, "log": log, "cold_s": time.perf_counter() - started}
+        demo.wait(120)
+        yield {"url": demo.url, "mqtt_port": demo.mqtt_port, "log": demo.log_path,
+               "cold_s": time.perf_counter() - demo.started}
     finally:
-        proc.terminate()
-        proc.wait(20)
+        demo.stop(20)
 
 
 def test_demo_serves_the_city(demo: dict) -> None:

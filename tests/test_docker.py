@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.conftest import PG_URL, ROOT, free_port
+from tests.conftest import PG_URL, ROOT
+from tests.harness import MOSQUITTO, Mosquitto, Ports, Process, tail
 from tests.test_bridge import add_thing
 from tests.test_mqtt import Listener
 
@@ -260,68 +260,33 @@ def test_build_steps_script_runs() -> None:
 
 # -- the platform service run as compose runs it -------------------------------------------------------------
 
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 10) -> None:
-    import socket
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited: {log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}: {log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM to the process group (udp serve, its workers and bridge), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def mosquitto_from_conf() -> Iterator[tuple[int, int, Path]]:
-    """docker/mosquitto/mosquitto.conf with its listeners on free loopback ports and its persistence in a temp
-    dir (mode 0o777: run as root, mosquitto drops to its own user); (mqtt port, websocket port, log)."""
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if exe is None:
+    """docker/mosquitto/mosquitto.conf with its listeners on reserved loopback ports and its persistence in the
+    broker's own directory; (mqtt port, websocket port, log)."""
+    if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
-    data = Path(tempfile.mkdtemp(prefix="udp-docker-mosquitto-"))
-    data.chmod(0o777)
-    ports = {"1883": free_port(), "9001": free_port()}
-    lines = []
-    for line in MOSQUITTO_CONF.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == "listener":
-            line = f"listener {ports[value.strip()]} 127.0.0.1"
-        elif key == "persistence_location":
-            line = f"persistence_location {data}/"
-        lines.append(line)
-    conf = data / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    log = data / "mosquitto.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def conf(ports: list[int], data: Path) -> str:
+        by_listener = {"1883": ports[0], "9001": ports[1]}
+        lines = []
+        for line in MOSQUITTO_CONF.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "listener":
+                line = f"listener {by_listener[value.strip()]} 127.0.0.1"
+            elif key == "persistence_location":
+                line = f"persistence_location {data}/"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    broker = Mosquitto(conf, listeners=2)
     try:
-        _wait_port(ports["1883"], proc, log)
-        _wait_port(ports["9001"], proc, log)
-        yield ports["1883"], ports["9001"], log
-        _stop(proc)
+        yield broker.ports[0], broker.ports[1], broker.log_path
+        broker.stop()
         # persistence is on: a clean stop writes the broker's database (the platform's persistent sessions)
-        assert (data / "mosquitto.db").exists(), log.read_text()
+        assert (broker.dir / "mosquitto.db").exists(), tail(broker.log_path)
     finally:
-        _stop(proc)
-        shutil.rmtree(data, ignore_errors=True)
+        broker.close()
 
 
 @pytest.fixture
@@ -396,31 +361,19 @@ def test_platform_service_runs_as_compose_runs_it(compose: dict[str, Any], mosqu
     for volume in platform["volumes"]:
         host, container = volume.split(":")[:2]
         line = line.replace(container, str((DOCKER / host).resolve()))
-    port = free_port()
+    ports = Ports(1)
+    port = ports[0]
     assert "--port 8080" in line
     line = line.replace("--port 8080", f"--port {port}")
     line = line.replace("exec udp ", f"exec {shlex.quote(sys.executable)} -m udp.cli ", 1)
     log = Path(tempfile.gettempdir()) / f"udp-docker-test-{port}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(["sh", "-c", line], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **env}, start_new_session=True)
+    proc = Process(["sh", "-c", line], log, env, "udp serve", ports)
     url = f"http://127.0.0.1:{port}"
     device = None
     listener = None
     try:
-        deadline = time.time() + 50
-        health = None
-        while time.time() < deadline:
-            assert proc.poll() is None, f"udp serve exited: {log.read_text()}"
-            try:
-                health = httpx.get(f"{url}/health", timeout=5)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert health is not None and health.status_code == 200, log.read_text()
-        body = health.json()
+        proc.wait_http(f"{url}/health", 50)
+        body = httpx.get(f"{url}/health", timeout=5).json()
         assert body["store"] == {"kind": "postgresql", "ok": True}
         assert body["bridge"]["dead_letters"] == 0
         sta = httpx.Client(base_url=f"{url}/v1.1/", timeout=30)
@@ -454,8 +407,8 @@ def test_platform_service_runs_as_compose_runs_it(compose: dict[str, Any], mosqu
             device.disconnect()
         if listener is not None:
             listener.close()
-        _stop(proc)
-    assert proc.returncode is not None
+        proc.stop(20)
+    assert proc.proc.returncode is not None
     log.unlink(missing_ok=True)  # kept for reading only when the test failed
 
 
@@ -473,13 +426,9 @@ def test_mosquitto_acl_matches_the_platform_roles(tmp_path: Path) -> None:
         shutil.copy(ROOT / "docker" / "mosquitto" / "acl", work / "acl")
         for f in work.iterdir():
             f.chmod(0o644)
-        port = free_port()
-        (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                     f"password_file {passwd}\nacl_file {work / 'acl'}\n", encoding="utf-8")
-        broker = subprocess.Popen(["mosquitto", "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = Mosquitto(f"password_file {passwd}\nacl_file {work / 'acl'}")
+        port = broker.port
         try:
-            time.sleep(0.5)
             seen: list[tuple[str, bytes]] = []
             platform = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="acl-platform")
             platform.username_pw_set("platform", "platform-pw")
@@ -501,7 +450,6 @@ def test_mosquitto_acl_matches_the_platform_roles(tmp_path: Path) -> None:
             platform.loop_stop()
             assert [p for t, p in seen if t.startswith("city/")] == [b"writer"]
         finally:
-            broker.terminate()
-            broker.wait(10)
+            broker.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -30,6 +28,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import Server, free_port, start_server, stop_server
+from tests.harness import MOSQUITTO, Mosquitto, listening, tail
 from tests.test_bridge import add_thing, sta_store_thing
 
 
@@ -54,7 +53,6 @@ def _postgis_installed(bin_dir: Path) -> bool:
 
 
 PG_BIN = _pg_bin()
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 _ROOT = os.geteuid() == 0
 
 
@@ -91,26 +89,6 @@ bridge:
 """
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _wait_port(port: int, proc: subprocess.Popen | None, what: str, timeout: float = 15) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} does not listen on {port} after {timeout} s")
-
-
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster on a free port (socket and data in a temp dir), stoppable at will."""
 
@@ -132,7 +110,7 @@ class PrivatePostgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stdout}{out.stderr}\n{_tail(self.log)}")
+            raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stdout}{out.stderr}\n{tail(self.log)}")
 
     def url(self, db: str = "postgres") -> str:
         """A connection URL for database `db`."""
@@ -149,11 +127,7 @@ class PrivatePostgres:
 
     def running(self) -> bool:
         """True when the server accepts TCP connections."""
-        try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        return listening(self.port)
 
     def close(self) -> None:
         """Stop the server and remove its files."""
@@ -164,53 +138,12 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PrivateMosquitto:
-    """Mosquitto on a free port with persistence on (saved every second), no limit on queued or in-flight
-    QoS 1 messages; killed with SIGKILL and started again on the same port with the same persistence file."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="udp-faults-mosquitto-"))
-        self.dir.chmod(0o777)  # run as root, mosquitto drops to its own user: it must write its database here
-        self.port = free_port()
-        self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {self.dir}/\nautosave_interval 1\n"
-            "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\nmax_inflight_bytes 0\n"
-            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n")
-        self.log_path = self.dir / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        """Start it and wait until it listens."""
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        _wait_port(self.port, self.proc, "mosquitto")
-
-    def kill(self) -> None:
-        """SIGKILL: what it had not saved yet is gone, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        """Stop it and remove its files."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @dataclass
 class Rig:
     """The platform on a private PostgreSQL and Mosquitto."""
 
     pg: PrivatePostgres
-    broker: PrivateMosquitto
+    broker: Mosquitto
     server: Server
     store: str
     log: Path
@@ -242,8 +175,8 @@ class Rig:
             health = httpx.get(f"{self.server.url}/health", timeout=5).text
         except httpx.HTTPError as exc:
             health = repr(exc)
-        return (f"\n/health: {health}\n-- server log --\n{_tail(self.log)}\n-- mosquitto log --\n"
-                f"{_tail(self.broker.log_path)}\n-- postgres log --\n{_tail(self.pg.log)}")
+        return (f"\n/health: {health}\n-- server log --\n{tail(self.log)}\n-- mosquitto log --\n"
+                f"{tail(self.broker.log_path)}\n-- postgres log --\n{tail(self.pg.log)}")
 
 
 @pytest.fixture(scope="module")
@@ -252,17 +185,21 @@ def rig() -> Iterator[Rig]:
     import psycopg
 
     pg = PrivatePostgres()
-    broker: PrivateMosquitto | None = None
+    broker: Mosquitto | None = None
     srv: Server | None = None
     config = Path(tempfile.mkdtemp(prefix="udp-faults-config-")) / "city.yml"
     try:
         with psycopg.connect(pg.url(), autocommit=True) as conn:
             conn.execute('CREATE DATABASE "udp"')
         store = pg.url("udp")
-        broker = PrivateMosquitto()
+        # persistence on (saved every second), no limit on queued or in-flight QoS 1 messages; killed with
+        # SIGKILL and started again on the same port with the same persistence file
+        broker = Mosquitto("max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
+                           "max_inflight_bytes 0", persistence=True)
         config.write_text(RULES)
         srv = start_server(store, "postgresql", ["--config", str(config), "--mqtt", f"mqtt://127.0.0.1:{broker.port}"])
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"udp-test-{srv.url.rsplit(':', 1)[1]}.log"
+        assert srv.log_path is not None
+        log = srv.log_path
         sta = httpx.Client(base_url=srv.sta + "/", timeout=30)
         for s in SENSORS:
             add_thing(sta, f"fault device {s}", [f"soak {s}"], "OM_Measurement")

@@ -170,8 +170,9 @@ def expected(docs: dict[str, dict[str, Any]]) -> Expected:
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.sta + "/", timeout=120) as c:
+def client(app_server: Server) -> Iterator[httpx.Client]:
+    """The platform in-process on each store: the migration is HTTP only."""
+    with app_server.http("/v1.1/", timeout=120) as c:
         yield c
 
 

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from mqtt_bridge.mapping import Reading, Unmappable, map_message
 from mqtt_bridge.rules import parse_rules
-from tests.conftest import DEMO_DATA, PG_URL, Server, _pg_database, start_server, stop_server
+from tests.conftest import DEMO_DATA, PG_URL, Server, _pg_database, serve_on, start_server, stop_server, wait_until
 from tests.test_cql2_text import mutated as mutated_cql2
 from tests.test_fuzz_service import entity_like, json_values
 
@@ -70,26 +70,13 @@ def city(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     each store, with one Thing, its Location, Datastream and Observations."""
     tmp = tmp_path_factory.mktemp("hostile")
     extra = ["--config", str(_config(tmp / "config.yml", LIMITS, MQTT_MAX_KB))]
-    if request.param == "sqlite":
-        srv = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", extra)
-        try:
-            _seed(srv.client)
-            yield srv
-        finally:
-            stop_server(srv)
-        return
-    if not PG_URL:
-        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
-    gen = _pg_database()
+    servers = serve_on(request.param, tmp_path_factory, extra)
     try:
-        srv = start_server(next(gen), "postgresql", extra)
-        try:
-            _seed(srv.client)
-            yield srv
-        finally:
-            stop_server(srv)
+        srv = next(servers)
+        _seed(srv.client)
+        yield srv
     finally:
-        gen.close()
+        servers.close()
 
 
 def _error(r: httpx.Response, status: int) -> str:
@@ -237,18 +224,14 @@ def test_mqtt_payload_limit(city: Server) -> None:
     client.loop_start()
     try:
         client.subscribe("devices/#", 1)
-        deadline = time.time() + 10
-        while not subscribed and time.time() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: subscribed, 10, "the subscription", 0.01)
         before = city.client.get("/v1.1/Datastreams(1)/Observations", params={"$count": "true"}).json()["@iot.count"]
         big = orjson.dumps({"result": 1, "parameters": {"pad": "x" * 2000}})
         small = orjson.dumps({"result": 2})
         for payload in (big, small):
             client.publish("devices/a", payload, qos=1).wait_for_publish(10)
             client.publish("v1.1/Datastreams(1)/Observations", payload, qos=1).wait_for_publish(10)
-        deadline = time.time() + 10
-        while len(received) < 1 and time.time() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: received, 10, "a message", 0.05)
         time.sleep(0.3)
         assert received == [small]  # the 2 KiB message was dropped by the broker, the connection kept
         after = city.client.get("/v1.1/Datastreams(1)/Observations", params={"$count": "true"}).json()["@iot.count"]

@@ -4,7 +4,7 @@ and the aggregates the feature collections and the SensorThings Datastreams give
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import DEMO_DATA, Server, serve_on
+from tests.conftest import DEMO_DATA, Server, serve_on, wait_until
 
 GANGNAM = [(127.0473, 37.5172), (127.0495, 37.5045)]  # two sensors in Gangnam-gu
 JONGNO = (126.9790, 37.5900)  # one in Jongno-gu
@@ -90,17 +90,9 @@ def _areas(url: str, cid: str) -> dict[str, dict]:
     return {f["properties"]["area"]: f["properties"] for f in r.json()["features"]}
 
 
-def _wait(check, timeout: float = 30) -> None:  # noqa: ANN001
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            if check():
-                return
-        except (AssertionError, KeyError, IndexError) as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"indicators never got there: {last}")
+def _wait(check: Callable[[], object], timeout: float = 30) -> None:
+    """Until `check()` holds (the indicators engine runs on its own schedule)."""
+    wait_until(check, timeout, "the indicators", 0.3, ignore=(AssertionError, KeyError, IndexError))
 
 
 def test_indicators_with_known_inputs(city: Server) -> None:

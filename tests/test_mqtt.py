@@ -15,7 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_until
 from tests.test_sta_api import create, thing_body, values
 
 MQTT_URL = os.environ.get("UDP_TEST_MQTT")
@@ -61,13 +61,11 @@ class Listener:
 
 def wait_subscribed(server: Server, count: int) -> None:
     """Until the platform knows `count` subscribed SensorThings topics (embedded broker only)."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        known = httpx.get(f"{server.url}/health").json().get("mqtt", {}).get("subscribed_topics")
-        if known is not None and known >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the platform never heard of the subscriptions")
+    def known() -> bool:
+        topics = httpx.get(f"{server.url}/health").json().get("mqtt", {}).get("subscribed_topics")
+        return topics is not None and topics >= count
+
+    wait_until(known, 10, "the platform to hear of the subscriptions", 0.05)
 
 
 @pytest.fixture

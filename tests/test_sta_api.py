@@ -1,4 +1,5 @@
-"""The SensorThings API over real HTTP on both stores: create, read, query, update, delete, errors."""
+"""The SensorThings API over HTTP on both stores: create, read, query, update, delete, errors. In-process (the
+ASGI app behind an ASGI client): nothing here needs a broker; tests/test_serve.py runs the same app as `udp serve`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import unique
+from tests.conftest import Server, unique
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 UNIT = {"name": "degree Celsius", "symbol": "degC", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
@@ -54,6 +55,12 @@ def one(sta: httpx.Client, path: str, **params: Any) -> Any:
 
 def values(sta: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:
     return one(sta, path, **params)["value"]
+
+
+@pytest.fixture(scope="module")
+def server(app_server: Server) -> Server:
+    """The platform in-process on each store (the conftest's `sta` reaches it)."""
+    return app_server
 
 
 @pytest.fixture
@@ -440,7 +447,7 @@ def test_expand_nested_with_options(sta: httpx.Client, thing: dict) -> None:
     assert ds["Observations"][0] == {"result": 40}
     assert ds["Observations@iot.count"] == 5
     assert ds["Observations@iot.nextLink"].endswith("$top=2&$skip=2") or "$skip=2" in ds["Observations@iot.nextLink"]
-    nxt = httpx.get(ds["Observations@iot.nextLink"]).json()
+    nxt = sta.get(ds["Observations@iot.nextLink"]).json()
     assert [o["result"] for o in nxt["value"]] == [20, 10]
     assert ds["ObservedProperty"] == {"name": thing["name"] + " temp"}
     # slash form and the Masterportal request
@@ -469,7 +476,7 @@ def test_select_orderby_top_skip_count_nextlink(sta: httpx.Client) -> None:
     seen = [t["@iot.id"] for t in page["value"]]
     nxt = page["@iot.nextLink"]
     while nxt:
-        doc = httpx.get(nxt).json()
+        doc = sta.get(nxt).json()
         seen += [t["@iot.id"] for t in doc["value"]]
         nxt = doc.get("@iot.nextLink")
     assert len(seen) == 6 and seen == sorted(seen)
@@ -531,7 +538,7 @@ def test_create_observations_data_array(sta: httpx.Client, thing: dict, server: 
     links = r.json()
     assert links[1] == "error" and links[3] == "error"
     assert links[0].startswith(f"{server.sta}/Observations(") and links[2].startswith(f"{server.sta}/Observations(")
-    got = httpx.get(links[2]).json()
+    got = sta.get(links[2]).json()
     assert got["result"] == 3 and got["phenomenonTime"] == "2024-02-29T23:02:00.000Z" and got["parameters"] == {"q": 1}
     r = sta.post("CreateObservations", json=[{"Datastream": {"@iot.id": 987654321}, "components": ["result"],
                                               "dataArray": [[1]]}])
@@ -635,7 +642,7 @@ def test_deep_pages_continue_by_skiptoken(sta: httpx.Client, thing: dict) -> Non
         seen = [o["result"] for o in page["value"]]
         while "@iot.nextLink" in page:
             assert ("$skiptoken=" in page["@iot.nextLink"]) == (order != "result desc,id")
-            page = httpx.get(page["@iot.nextLink"]).json()
+            page = sta.get(page["@iot.nextLink"]).json()
             seen += [o["result"] for o in page["value"]]
         expected = list(range(250))
         assert seen == (expected[::-1] if order and "desc" in order else expected), order
@@ -656,7 +663,7 @@ def test_response_cache_is_never_stale(server: Any, sta: httpx.Client, thing: di
     third = sta.get(f"Things({tid})/Datastreams", headers={"If-None-Match": etag})
     assert third.status_code == 200 and third.json()["value"][0]["name"] == "renamed"
     assert third.headers["etag"] != etag
-    assert httpx.get(f"{server.url}/health").json()["response_cache"]["hits"] >= 1
+    assert server.client.get("/health").json()["response_cache"]["hits"] >= 1
 
 
 def test_multipart_batch(sta: httpx.Client, server: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pyogrio
 import pytest
 
-from tests.conftest import DEMO_DATA, ROOT, TEST_DATA, start_server, stop_server
+from tests.conftest import DEMO_DATA, ROOT, TEST_DATA, start_server, stop_server, wait_until
 
 MELBOURNE = DEMO_DATA / "pedestrian_sensor_locations.csv"
 STADTTEILE = TEST_DATA / "cosi_two_stadtteile_epsg25832.json"
@@ -95,13 +94,9 @@ def test_a_city_in_config_works_end_to_end(tmp_path: Path) -> None:
         device.publish("city/pedestrians/24/count", orjson.dumps({"count": 57, "time": "2026-11-27T08:00:00Z"}),
                        qos=1).wait_for_publish(10)
         device.loop_stop()
-        deadline = time.time() + 20
-        obs: list = []
-        while time.time() < deadline and not obs:
-            obs = httpx.get(f"{srv.url}/v1.1/Datastreams", params={
-                "$filter": "name eq 'pedestrians 24 total'", "$expand": "Observations"}).json()["value"][0][
-                "Observations"]
-            time.sleep(0.2)
+        obs = wait_until(lambda: httpx.get(f"{srv.url}/v1.1/Datastreams", params={
+            "$filter": "name eq 'pedestrians 24 total'", "$expand": "Observations"}).json()["value"][0][
+            "Observations"], 20, "the device message stored")
         assert [o["result"] for o in obs] == [57]
         latest = httpx.get(f"{srv.url}/ogcapi/collections/latest_values/items",
                            params={"filter": "name = 'pedestrians 24 total'"}).json()["features"][0]
