@@ -162,6 +162,8 @@ def test_indicator_config_errors(tmp_path: Path) -> None:
          "indicators.x.window: not an ISO 8601 duration"),
         ("indicators:\n  x:\n    observedProperty: PM10\n    aggregate: mean\n    window: PT1H\n    areas: nope\n",
          "indicators.x.areas: no collection 'nope'"),
+        ("indicators:\n  x:\n    observedProperty: PM10\n    aggregate: mean\n    window: PT1H\n    min_sensors: 0\n",
+         "indicators.x.min_sensors: must be a whole number from 1"),
     ):
         (tmp_path / "c.yml").write_text(body, encoding="utf-8")
         out = subprocess.run([sys.executable, "-m", "udp.cli", "check", "--config", str(tmp_path / "c.yml")],
