@@ -17,14 +17,15 @@ from tests.conftest import DEMO_DATA, Server, serve_on
 
 GANGNAM = [(127.0473, 37.5172), (127.0495, 37.5045)]  # two sensors in Gangnam-gu
 JONGNO = (126.9790, 37.5900)  # one in Jongno-gu
-CONFIG = f"""title: Indicators test
-collections:
+DISTRICTS = f"""collections:
   districts:
     source: {DEMO_DATA / 'seoul_municipalities.shp'}
     encoding: cp949
     crs: EPSG:5174
     id: code
-sensors:
+"""  # Seoul's 25 districts
+CONFIG = f"""title: Indicators test
+{DISTRICTS}sensors:
   - things: sensors.csv
     x: lon
     y: lat

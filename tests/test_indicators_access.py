@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DEMO_DATA, Server, serve_on
-from tests.test_indicators import _wait
+from tests.conftest import Server, serve_on
+from tests.test_indicators import DISTRICTS, _wait
 from udp.auth import hash_password
 
 PUBLIC_SENSORS = [("g1", 127.0473, 37.5172), ("g2", 127.0495, 37.5045), ("j1", 126.9790, 37.5900)]  # 강남구 ×2, 종로구
@@ -44,13 +44,7 @@ auth:
     - name: {WRITER[0]}
       password: "{hash_password(WRITER[1], iterations=1000)}"
       roles: [write]
-collections:
-  districts:
-    source: {DEMO_DATA / 'seoul_municipalities.shp'}
-    encoding: cp949
-    crs: EPSG:5174
-    id: code
-sensors:
+{DISTRICTS}sensors:
   - things: public.csv
 {SENSORS}  - things: internal.csv
     access: internal
