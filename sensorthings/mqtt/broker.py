@@ -202,7 +202,9 @@ class _LimitedBroker(Broker):
 
 
 class EmbeddedBroker:
-    """An amqtt broker on its own event loop thread."""
+    """An amqtt broker on its own event loop thread. `gate` decides other clients' logins (None: anyone may
+    connect and publish); `internal` is the (user name, secret) the platform's own clients sign in with,
+    without which no client receives the `udp-internal/` topics."""
 
     max_payload = 256 * 1024  # bytes a client may publish (mqtt.max_payload_kb); the platform's own clients may more
 
