@@ -139,7 +139,6 @@ def parse_auth(doc: Any) -> AuthSpec:
     return AuthSpec(users, oidc, trusted_proxies=tuple(networks), **limits)
 
 
-
 def hash_password(password: str, iterations: int = _ITERATIONS) -> str:
     """A PBKDF2-SHA256 hash to put in config.yml instead of the password."""
     salt = secrets.token_bytes(16)
