@@ -1,5 +1,6 @@
 """An indicator as a feature collection: one feature per area with its current value, read from the
-indicator's SensorThings Datastreams on every request (the engine in `udp serve` writes them)."""
+indicator's SensorThings Datastreams on every request (the engine in `udp serve` writes them): the public
+values for everyone, the full ones (every sensor, internal ones too) where there are any for the read role."""
 
 from __future__ import annotations
 
@@ -67,16 +68,19 @@ class IndicatorSource(TableSource):
         self.areas = load_areas(spec)
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._table: Table | None = None
-        self._version = ""
+        self._tables: dict[bool, tuple[str, Table]] = {}  # sees internal → (version, table)
 
-    def _values(self) -> dict[str, dict[str, Any]]:
+    def _values(self, full: bool = False) -> dict[str, dict[str, Any]]:
+        """Per area: the public value, or with `full` the value of every sensor where the indicator has one."""
         quoted = self.indicator.id.replace("'", "''")
         res = self.service.handle(ApiRequest("GET", "Datastreams", {
             "$filter": f"properties/indicator eq '{quoted}'", "$top": "10000",
-            "$expand": "Observations($orderby=phenomenonTime desc;$top=1)"}, None, "http://udp.local/v1.1"))
-        out = {}
-        for ds in (res.body or {}).get("value", []):
+            "$expand": "Observations($orderby=phenomenonTime desc;$top=1)"}, None, "http://udp.local/v1.1",
+            sees_internal=full))
+        out: dict[str, dict[str, Any]] = {}
+        streams = (res.body or {}).get("value", [])
+        # the public Datastreams first: a full one for the same area replaces its value
+        for ds in sorted(streams, key=lambda d: (d.get("properties") or {}).get("scope") == "full"):
             area = ds["properties"]["area"]
             latest = (ds.get("Observations") or [None])[0]
             out[area] = {"datastream": ds["@iot.selfLink"].replace("http://udp.local", PUBLIC_BASE), "unit":
@@ -90,31 +94,32 @@ class IndicatorSource(TableSource):
     def table(self) -> Table:  # type: ignore[override]
         """The areas with their current values: the request's own snapshot while one is answered."""
         pinned = getattr(self._local, "table", None)
-        return pinned if pinned is not None else self._current()
+        return pinned if pinned is not None else self._current(False)
 
     def search(self, q: ItemsQuery) -> Page:
-        """Filter, sort and page one snapshot of the values."""
-        self._local.table = self._current()
+        """Filter, sort and page one snapshot of the values (the full ones for the read role)."""
+        self._local.table = self._current(q.sees_internal)
         try:
             return super().search(q)
         finally:
             self._local.table = None
 
     def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
-        """One area by id, from one snapshot."""
-        self._local.table = self._current()
+        """One area by id, from one snapshot (the full values for the read role)."""
+        self._local.table = self._current(q.sees_internal)
         try:
             return super().feature(fid, q)
         finally:
             self._local.table = None
 
-    def _current(self) -> Table:
-        values = self._values()
+    def _current(self, full: bool) -> Table:
+        values = self._values(full)
         version = hashlib.sha1(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
         with self._lock:
-            if self._table is None or version != self._version:
-                self._table, self._version = self._build(values, version), version
-            return self._table
+            known = self._tables.get(full)
+            if known is None or known[0] != version:
+                known = self._tables[full] = (version, self._build(values, version))
+            return known[1]
 
     def _build(self, values: dict[str, dict[str, Any]], version: str) -> Table:
         spec, areas = self.indicator, self.areas

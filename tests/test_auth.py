@@ -209,6 +209,10 @@ def test_open_platform_warns(tmp_path: Path) -> None:
     ("auth:\n  users:\n    - name: a\n      password: short\n      roles: [write]\n", "at least 8 characters"),
     ("auth:\n  users:\n    - name: a\n      password: long-enough\n      roles: [owner]\n", "roles: a list of"),
     ("auth:\n  oidc: {audience: udp}\n", "auth.oidc.issuer"),
+    ("auth:\n  oidc: {issuer: https://id.example.org}\n  max_failures: 0\n", "auth.max_failures: must be a whole"),
+    ("auth:\n  oidc: {issuer: https://id.example.org}\n  lockout_s: soon\n", "auth.lockout_s: must be a whole"),
+    ("auth:\n  oidc: {issuer: https://id.example.org}\n  trusted_proxies: [proxy.local]\n",
+     "auth.trusted_proxies[0]: 'proxy.local' is not an address"),
 ])
 def test_bad_auth_configs(tmp_path: Path, body: str, message: str) -> None:
     (tmp_path / "config.yml").write_text(body, encoding="utf-8")

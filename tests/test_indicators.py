@@ -17,14 +17,15 @@ from tests.conftest import DEMO_DATA, Server, serve_on, wait_until
 
 GANGNAM = [(127.0473, 37.5172), (127.0495, 37.5045)]  # two sensors in Gangnam-gu
 JONGNO = (126.9790, 37.5900)  # one in Jongno-gu
-CONFIG = f"""title: Indicators test
-collections:
+DISTRICTS = f"""collections:
   districts:
     source: {DEMO_DATA / 'seoul_municipalities.shp'}
     encoding: cp949
     crs: EPSG:5174
     id: code
-sensors:
+"""  # Seoul's 25 districts
+CONFIG = f"""title: Indicators test
+{DISTRICTS}sensors:
   - things: sensors.csv
     x: lon
     y: lat
@@ -154,6 +155,8 @@ def test_indicator_config_errors(tmp_path: Path) -> None:
          "indicators.x.window: not an ISO 8601 duration"),
         ("indicators:\n  x:\n    observedProperty: PM10\n    aggregate: mean\n    window: PT1H\n    areas: nope\n",
          "indicators.x.areas: no collection 'nope'"),
+        ("indicators:\n  x:\n    observedProperty: PM10\n    aggregate: mean\n    window: PT1H\n    min_sensors: 0\n",
+         "indicators.x.min_sensors: must be a whole number from 1"),
     ):
         (tmp_path / "c.yml").write_text(body, encoding="utf-8")
         out = subprocess.run([sys.executable, "-m", "udp.cli", "check", "--config", str(tmp_path / "c.yml")],

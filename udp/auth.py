@@ -4,6 +4,8 @@ Users come from the file (a PBKDF2 hash, or a `${VAR}` secret taken from the env
 `read`, `write` and `admin` (each includes the ones before it); JWTs of an OpenID Connect issuer
 (Keycloak, as Hamburg and FROST-Server use) are accepted as Bearer tokens, their roles read from a
 claim. Reading is public; writing takes `write`; `read` also sees what is declared `access: internal`.
+Failed password sign-ins are throttled per client address and per user name (udp.throttle: 429 with
+Retry-After on HTTP, a refused CONNECT on the embedded broker), before any PBKDF2 run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -19,16 +22,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from udp.errors import ConfigError
+from udp.errors import ConfigError, whole_number
+from udp.throttle import SignInThrottle, Throttled
 
 ROLES = ("read", "write", "admin")
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 _PBKDF2 = "pbkdf2_sha256"
 _ITERATIONS = 600_000
 INTERNAL_USER = "udp-internal"  # the platform's own MQTT clients on the embedded broker
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+AUTH_KEYS = ("users", "oidc", "max_failures", "lockout_s", "trusted_proxies")
 
 
 @dataclass(frozen=True)
@@ -72,15 +80,19 @@ class AuthSpec:
 
     users: dict[str, User]
     oidc: Oidc | None = None
+    max_failures: int = 10  # wrong passwords per client address, and per user name, before a lock (udp.throttle)
+    lockout_s: int = 60  # the window failures are counted in, and how long a lock lasts
+    # peers whose X-Forwarded-For names the client (reverse proxies); others are the client themselves
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
 
 
 def parse_auth(doc: Any) -> AuthSpec:
     """The `auth:` mapping; ConfigError names the key path."""
     if not isinstance(doc, dict):
         raise ConfigError("auth: must be a mapping with `users` and/or `oidc`")
-    unknown = sorted(set(doc) - {"users", "oidc"})
+    unknown = sorted(set(doc) - set(AUTH_KEYS))
     if unknown:
-        raise ConfigError(f"auth.{unknown[0]}: unknown key (known: oidc, users)")
+        raise ConfigError(f"auth.{unknown[0]}: unknown key (known: {', '.join(sorted(AUTH_KEYS))})")
     users: dict[str, User] = {}
     for i, entry in enumerate(doc.get("users") or []):
         where = f"auth.users[{i}]"
@@ -112,7 +124,18 @@ def parse_auth(doc: Any) -> AuthSpec:
                     o.get("jwks_uri"))
     if not users and oidc is None:
         raise ConfigError("auth: declare `users` or `oidc` (without `auth:` the platform runs open)")
-    return AuthSpec(users, oidc)
+    limits = {key: whole_number(doc[key], f"auth.{key}", 1, high) for key, high in (("max_failures", 10_000),
+                                                                             ("lockout_s", 86_400)) if key in doc}
+    proxies = doc.get("trusted_proxies", [str(n) for n in LOOPBACK])
+    if not isinstance(proxies, list):
+        raise ConfigError("auth.trusted_proxies: a list of addresses or networks (127.0.0.1, 10.0.0.0/8)")
+    networks = []
+    for i, entry in enumerate(proxies):
+        try:
+            networks.append(ipaddress.ip_network(str(entry), strict=False))
+        except ValueError:
+            raise ConfigError(f"auth.trusted_proxies[{i}]: {entry!r} is not an address or network") from None
+    return AuthSpec(users, oidc, trusted_proxies=tuple(networks), **limits)
 
 
 def hash_password(password: str, iterations: int = _ITERATIONS) -> str:
@@ -139,33 +162,88 @@ class AuthError(Exception):
     """Credentials that are not accepted; the message says why."""
 
 
+VERIFIED_S = 300  # how long a verified password is remembered
+
+
+def _remember_key(name: str, password: str) -> tuple[str, str]:
+    return name, hashlib.sha256(password.encode()).hexdigest()
+
+
+def _basic(value: str) -> tuple[str, str]:
+    """The user name and password of Basic credentials."""
+    try:
+        name, _, password = base64.b64decode(value.strip()).decode().partition(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials") from None
+    return name, password
+
+
+def client_address(scope: Scope, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """Who sent a request: the peer, or for a peer that is a trusted proxy the last address in
+    X-Forwarded-For that is not one (the client as the nearest trusted proxy saw it)."""
+    peer = (scope.get("client") or ("", 0))[0]
+    chain = [a.strip() for key, value in scope.get("headers", []) if key.lower() == b"x-forwarded-for"
+             for a in value.decode("latin-1").split(",") if a.strip()] + [peer]
+    for address in reversed(chain):
+        if not _trusted(address, trusted):
+            return address
+    return chain[0]  # every hop is a trusted proxy: the farthest one
+
+
+def _trusted(address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
 class Authenticator:
-    """Turns credentials into principals; remembers verified passwords briefly (PBKDF2 is slow on purpose)."""
+    """Turns credentials into principals; remembers verified passwords briefly (PBKDF2 is slow on purpose,
+    and a device sending Basic with every request must not cost one each time); refuses sign-ins from a
+    client or for a user name after too many failures (udp.throttle) before any PBKDF2 run."""
 
     def __init__(self, spec: AuthSpec, internal_secret: str | None = None) -> None:
         self.spec = spec
         self.internal_secret = internal_secret or os.environ.get("UDP_INTERNAL_SECRET") or secrets.token_urlsafe(24)
+        self.throttle = SignInThrottle(spec.max_failures, spec.lockout_s)
         self._jwks: Any = None
         self._verified: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def password(self, name: str, password: str) -> Principal | None:
-        """The principal of a user name and password, None when they do not match."""
+    def password(self, name: str, password: str, client: str = "") -> Principal | None:
+        """The principal of a user name and password from a client address, None when they do not match;
+        Throttled when the client or the user name has failed too often."""
         if name == INTERNAL_USER:
+            # a random 192-bit secret compared in constant time: nothing to guess, and never locked out
             ok = hmac.compare_digest(self.internal_secret.encode(), password.encode())
             return Principal(INTERNAL_USER, frozenset({"admin"})) if ok else None
+        found = self.remembered(name, password, client)
+        if found is not None:
+            return found  # verified a moment ago: no PBKDF2 run
+        user = self.spec.users.get(name)
+        attempt = self.throttle.attempt(client, None if user is None else name)
+        if user is None or not verify_password(user.secret, password):
+            return None
+        self.throttle.succeeded(attempt)
+        with self._lock:
+            now = time.monotonic()
+            if len(self._verified) > 10_000:
+                self._verified = {k: t for k, t in self._verified.items() if t > now}
+            self._verified[_remember_key(name, password)] = now + VERIFIED_S
+        return Principal(name, user.roles)
+
+    def remembered(self, name: str, password: str, client: str) -> Principal | None:
+        """The principal of a user name and password verified within the last VERIFIED_S seconds;
+        Throttled when the client may not sign in now."""
         user = self.spec.users.get(name)
         if user is None:
             return None
-        key = (name, hashlib.sha256(password.encode()).hexdigest())
+        self.throttle.check(client, name)
         with self._lock:
-            if self._verified.get(key, 0) > time.monotonic():
+            if self._verified.get(_remember_key(name, password), 0) > time.monotonic():
                 return Principal(name, user.roles)
-        if not verify_password(user.secret, password):
-            return None
-        with self._lock:
-            self._verified[key] = time.monotonic() + 300
-        return Principal(name, user.roles)
+        return None
 
     def token(self, token: str) -> Principal:
         """The principal of an OpenID Connect access token (AuthError with the reason)."""
@@ -206,23 +284,34 @@ class Authenticator:
                 self._jwks = jwt.PyJWKClient(uri, cache_keys=True, lifespan=300)
             return self._jwks
 
-    def headers(self, authorization: str | None) -> Principal:
-        """The principal of an Authorization header (anonymous without one)."""
+    def headers(self, authorization: str | None, client: str = "") -> Principal:
+        """The principal of an Authorization header from a client address (anonymous without one)."""
         if not authorization:
             return ANONYMOUS
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "basic":
-            try:
-                name, _, password = base64.b64decode(value.strip()).decode().partition(":")
-            except (ValueError, binascii.Error, UnicodeDecodeError):
-                raise AuthError("malformed Basic credentials") from None
-            found = self.password(name, password)
+            name, password = _basic(value)
+            found = self.password(name, password, client)
             if found is None:
                 raise AuthError("unknown user or wrong password")
             return found
         if scheme.lower() == "bearer":
             return self.token(value.strip())
         raise AuthError(f"unsupported authorization scheme {scheme!r} (Basic or Bearer)")
+
+    def quick(self, authorization: str | None, client: str) -> Principal | None:
+        """The principal when it is known without slow work (none, or a remembered password), else None;
+        Throttled when the client may not sign in now."""
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            name, password = _basic(value)
+        except AuthError:
+            return None
+        return None if name == INTERNAL_USER else self.remembered(name, password, client)
 
     def challenge(self) -> str:
         """The WWW-Authenticate header value."""
@@ -231,19 +320,29 @@ class Authenticator:
 
 class AuthMiddleware:
     """Every request gets its principal (`scope["udp.principal"]`); writes to the SensorThings API take
-    the `write` role: 401 without credentials, 403 with too few rights."""
+    the `write` role: 401 without credentials, 403 with too few rights, 429 with Retry-After after too many
+    failed sign-ins (udp.throttle)."""
 
     def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
         self.app = app
         self.auth = auth
+        # password checks run off the event loop, two at a time: the database's threads stay free for reads
+        self.limiter = anyio.CapacityLimiter(2)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        authorization = headers.get("authorization")
+        client = client_address(scope, self.auth.spec.trusted_proxies) if authorization else ""
         try:
-            principal = self.auth.headers(headers.get("authorization"))
+            principal = self.auth.quick(authorization, client) or await anyio.to_thread.run_sync(
+                self.auth.headers, authorization, client, limiter=self.limiter)
+        except Throttled as exc:
+            await self._refuse(send, 429, f"{exc}: try again in {exc.retry_after} s",
+                               [(b"retry-after", str(exc.retry_after).encode())])
+            return
         except AuthError as exc:
             await self._refuse(send, 401, str(exc))
             return
@@ -257,9 +356,11 @@ class AuthMiddleware:
             return
         await self.app({**scope, "udp.principal": principal}, receive, send)
 
-    async def _refuse(self, send: Send, status: int, message: str) -> None:
+    async def _refuse(self, send: Send, status: int, message: str,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = orjson.dumps({"code": status, "type": "error", "message": message})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *(extra or [])]
         if status == 401:
             headers.append((b"www-authenticate", self.auth.challenge().encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -60,11 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     if config.auth is None:
         print("WARNING: no `auth:` in the configuration: the platform runs open, anyone may create, change and "
               "delete data (see README, Access control)", file=sys.stderr)
-    else:
-        import secrets
+    import secrets
 
-        # the platform's own MQTT clients sign in to the embedded broker with this
-        os.environ["UDP_INTERNAL_SECRET"] = secrets.token_urlsafe(24)
+    # the platform's own MQTT clients sign in to the embedded broker with this (its internal topics are theirs)
+    os.environ["UDP_INTERNAL_SECRET"] = secrets.token_urlsafe(24)
     _open_sources(config, keep=args.workers <= 1)
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
@@ -147,29 +146,33 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
             port, ws_port = _any_port(bind), (_any_port(bind) if ws_port else 0)
             print(f"  MQTT port {taken} (or {config.mqtt_ws_port}) is taken: the embedded broker uses {port}"
                   + (f" and {ws_port}" if ws_port else ""), file=sys.stderr)
+        from udp.auth import INTERNAL_USER
+
+        secret = os.environ["UDP_INTERNAL_SECRET"]
         gate = None
         if config.auth is not None:
             from udp.auth import Authenticator
+            from udp.throttle import Throttled
 
-            auth = Authenticator(config.auth, os.environ["UDP_INTERNAL_SECRET"])
+            auth = Authenticator(config.auth, secret)
 
-            def gate(user: str | None, password: str | None) -> bool | None:
+            def gate(user: str | None, password: str | None, address: str) -> bool | None:
                 if user is None:
                     return False  # anyone may subscribe; publishing takes a user with the write role
-                found = auth.password(user, password or "")
+                try:
+                    found = auth.password(user, password or "", address)
+                except Throttled:
+                    return None  # too many failed sign-ins: refused like a wrong password (MQTT 3.1.1 has no 429)
                 return None if found is None else found.can("write")
 
-        broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create, gate=gate)
+        broker = EmbeddedBroker(bind, port, ws_port or None, receiver=creator.create, gate=gate,
+                                internal=(INTERNAL_USER, secret))
         broker.max_payload = config.mqtt_max_payload_kb * 1024
         try:
             broker.start()
         except Exception as exc:
             raise SystemExit(f"the embedded MQTT broker cannot listen on {bind}:{port}/{ws_port}: {exc}") from None
-        url = f"mqtt://127.0.0.1:{port}"
-        if config.auth is not None:
-            from udp.auth import INTERNAL_USER
-
-            url = f"mqtt://{INTERNAL_USER}:{os.environ['UDP_INTERNAL_SECRET']}@127.0.0.1:{port}"
+        url = f"mqtt://{INTERNAL_USER}:{secret}@127.0.0.1:{port}"
         endpoints = [f"mqtt://{host}:{port}"] + ([f"ws://{host}:{ws_port}"] if ws_port else [])
     os.environ["UDP_MQTT_URL"] = url
     # behind a proxy or in containers the broker's address inside is not the one clients reach

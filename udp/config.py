@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sensorthings.query.limits import Limits
-from udp.errors import ConfigError
+from udp.errors import ConfigError, whole_number
 
 if TYPE_CHECKING:
     from features.spec import CollectionSpec
@@ -119,9 +119,9 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError(f"mqtt.url: {url!r} is not a broker URL (mqtt://host:port)")
         cfg.mqtt_url = url
     if "port" in mqtt:
-        cfg.mqtt_port = _int(mqtt["port"], "mqtt.port", 1, 65535)
+        cfg.mqtt_port = whole_number(mqtt["port"], "mqtt.port", 1, 65535)
     if "ws_port" in mqtt:
-        cfg.mqtt_ws_port = _int(mqtt["ws_port"], "mqtt.ws_port", 0, 65535)
+        cfg.mqtt_ws_port = whole_number(mqtt["ws_port"], "mqtt.ws_port", 0, 65535)
     if "endpoints" in mqtt:
         eps = mqtt["endpoints"]
         if not isinstance(eps, list) or not all(isinstance(e, str) and e.startswith(("mqtt://", "mqtts://", "ws://",
@@ -129,7 +129,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError("mqtt.endpoints: a list of broker URLs clients reach (mqtt://…, wss://…)")
         cfg.mqtt_endpoints = eps
     if "max_payload_kb" in mqtt:
-        cfg.mqtt_max_payload_kb = _int(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
+        cfg.mqtt_max_payload_kb = whole_number(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
     if "bridge" in doc:
         from mqtt_bridge.rules import RuleError, parse_rules
 
@@ -165,16 +165,16 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         if key not in SERVER_KEYS:
             raise ConfigError(f"server.{key}: unknown key (known: {', '.join(SERVER_KEYS)})")
     if "threads" in server:
-        cfg.threads = _int(server["threads"], "server.threads", 1, 256)
+        cfg.threads = whole_number(server["threads"], "server.threads", 1, 256)
     if "response_cache_mb" in server:
-        cfg.cache_mb = _int(server["response_cache_mb"], "server.response_cache_mb", 0, 65536)
+        cfg.cache_mb = whole_number(server["response_cache_mb"], "server.response_cache_mb", 0, 65536)
     if "max_body_mb" in server:
-        cfg.max_body_mb = _int(server["max_body_mb"], "server.max_body_mb", 1, 4096)
+        cfg.max_body_mb = whole_number(server["max_body_mb"], "server.max_body_mb", 1, 4096)
     if "max_top" in server:
-        cfg.max_top = _int(server["max_top"], "server.max_top", 1, 1_000_000)
+        cfg.max_top = whole_number(server["max_top"], "server.max_top", 1, 1_000_000)
     if "max_expand_depth" in server:
         # the query parser's own bound on nesting is 50
-        cfg.max_expand_depth = _int(server["max_expand_depth"], "server.max_expand_depth", 1, 50)
+        cfg.max_expand_depth = whole_number(server["max_expand_depth"], "server.max_expand_depth", 1, 50)
     if "statement_timeout_s" in server:
         cfg.statement_timeout_s = _seconds(server["statement_timeout_s"], "server.statement_timeout_s")
     for rule in cfg.bridge:
@@ -190,8 +190,3 @@ def _seconds(value: Any, where: str) -> float:
         raise ConfigError(f"{where}: must be a number of seconds from 0 (no limit) to 86400, got {value!r}")
     return float(value)
 
-
-def _int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{where}: must be a whole number from {low} to {high}, got {value!r}")
-    return value

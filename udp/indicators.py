@@ -9,10 +9,18 @@ collection with one feature per area and its current value.
 
 The engine runs in the `udp serve` process: it recomputes when sensor Observations arrived (checked
 every `interval` seconds) and writes a value when it changed or a minute has passed.
+
+What the public sees aggregates only what the public may see: sensors of internal Things (`access:
+internal`, `properties.udpAccess`) are left out, and an area with fewer than `min_sensors` reporting sensors
+has no public value (null), so one sensor's reading is not published as its area's. The full version, with
+every sensor and no minimum, is for the read role: when an indicator has internal sensors or a minimum, it
+also gets "full" Datastreams (`properties.scope: full`) on a Thing of its own marked internal, which only the
+read role sees in the SensorThings API, and its OGC API collection answers the read role with their values.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -27,16 +35,19 @@ from sqlalchemy import and_, func, select
 
 from features.spec import CollectionSpec
 from provider_plugins.areas import load_areas
+from sensorthings.access import INTERNAL, internal_things
 from sensorthings.results import encode_result
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
-from udp.errors import ConfigError
+from udp.errors import ConfigError, whole_number
 
 log = logging.getLogger("udp.indicators")
 AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
-KEYS = {"title", "description", "areas", "area_name", "observedProperty", "aggregate", "window", "unit"}
+KEYS = {"title", "description", "areas", "area_name", "observedProperty", "aggregate", "window", "unit",
+        "min_sensors"}
 CITY = "city"
+PUBLIC, FULL = "public", "full"  # what the public may see; every sensor, for the read role
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 
 
@@ -54,6 +65,7 @@ class IndicatorSpec:
     area_name: str | None = None  # the areas' column that names them
     description: str = ""
     unit: dict[str, str] | None = field(default=None, hash=False, compare=False)
+    min_sensors: int = 1  # fewer reporting public sensors in an area: no public value there
 
 
 def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[str, IndicatorSpec]:
@@ -90,10 +102,12 @@ def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[s
         unit = body.get("unit")
         if unit is not None and (not isinstance(unit, dict) or not {"name", "symbol"} <= set(unit)):
             raise ConfigError(f"{where}.unit: needs name and symbol")
+        least = whole_number(body.get("min_sensors", 1), f"{where}.min_sensors", 1, 10_000)
         out[str(iid)] = IndicatorSpec(
             str(iid), str(body.get("title", iid)), str(body["observedProperty"]), body["aggregate"], window,
             str(body["window"]), areas, None if body.get("area_name") is None else str(body["area_name"]),
-            str(body.get("description", "")), None if unit is None else {k: str(v) for k, v in unit.items()})
+            str(body.get("description", "")), None if unit is None else {k: str(v) for k, v in unit.items()},
+            least)
     return out
 
 
@@ -119,7 +133,9 @@ class IndicatorEngine:
         self.heartbeat = heartbeat
         self.service = Service(store)
         self.areas = {iid: load_areas(spec) for iid, spec in specs.items()}
-        self.streams: dict[tuple[str, str], Stream] = {}
+        self.streams: dict[tuple[str, str, str], Stream] = {}  # (indicator, area, PUBLIC or FULL)
+        self.things: dict[str, int] = {}  # PUBLIC or FULL → the Thing their Datastreams belong to
+        self.sensor: int | None = None
         self.seen = -1
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
@@ -127,53 +143,74 @@ class IndicatorEngine:
 
     # -- entities ----------------------------------------------------------------------------------
     def setup(self) -> None:
-        """The indicators' Thing, ObservedProperties, FeaturesOfInterest and Datastreams, made once."""
-        things = self.service.call("GET", "Things", **{"$filter": "properties/kind eq 'indicators'", "$top": "1"})
-        if things["value"]:
-            thing = things["value"][0]["@iot.id"]
-        else:
-            thing = self.service.call("POST", "Things", {
-                "name": "District indicators", "description": "Indicators computed by the platform from live sensors",
-                "properties": {"kind": "indicators"}})["@iot.id"]
+        """The indicators' Things, ObservedProperties, FeaturesOfInterest and public Datastreams, made once
+        (the full Datastreams are made when first needed: `_full_streams`)."""
+        things = self.service.call("GET", "Things", **{"$filter": "properties/kind eq 'indicators'", "$top": "10"})
+        self.things = {_scope(t["properties"]): t["@iot.id"] for t in things["value"]}
         made = self.service.call("GET", "Datastreams", **{"$filter": "properties/indicator ne null", "$top": "10000"})
-        existing = {(ds["properties"]["indicator"], ds["properties"]["area"]): ds for ds in made["value"]}
-        sensor = None
-        for iid, spec in self.specs.items():
+        existing = {(ds["properties"]["indicator"], ds["properties"]["area"], _scope(ds["properties"])): ds
+                    for ds in made["value"]}
+        for key, ds in existing.items():
+            if key[0] in self.specs:
+                self.streams[key] = Stream(ds["@iot.id"], int(ds["properties"]["foi"]))
+        for iid in self.specs:
             areas = self.areas[iid]
             shapes = [] if areas is None else list(zip(areas.names, areas.geoms, strict=True))
             city = shapely.unary_union([g for _, g in shapes]).convex_hull if shapes else None
             for area, geom in [*shapes, (CITY, city)]:
-                found = existing.get((iid, area))
-                if found is not None:
-                    self.streams[(iid, area)] = Stream(found["@iot.id"], int(found["properties"]["foi"]))
+                if (iid, area, PUBLIC) in self.streams:
                     continue
-                if sensor is None:
-                    sensor = self._sensor()
                 foi = self.service.call("POST", "FeaturesOfInterest", {
                     "name": f"{area}" if area != CITY else "the city", "description": f"indicator area {area}",
                     "encodingType": "application/geo+json",
                     "feature": shapely.geometry.mapping(geom) if geom is not None else {"type": "Point",
                                                                                        "coordinates": [0, 0]},
                     "properties": {"indicator": iid, "area": area}})["@iot.id"]
-                unit = spec.unit or self._unit_of(spec)
-                made = self.service.call("POST", "Datastreams", {
-                    "name": f"{spec.title} — {area}", "description": spec.description or spec.title,
-                    "observationType": OM, "unitOfMeasurement": {"definition": "", **unit},
-                    "properties": {"indicator": iid, "area": area, "aggregate": spec.aggregate,
-                                   "observedProperty": spec.observed_property, "window": spec.window_text,
-                                   "foi": foi},
-                    "Thing": {"@iot.id": thing}, "Sensor": {"@iot.id": sensor},
-                    "ObservedProperty": {"name": f"{spec.aggregate} {spec.observed_property} over {spec.window_text}",
-                                         "definition": f"urn:udp:indicator:{iid}", "description": spec.title}})
-                self.streams[(iid, area)] = Stream(made["@iot.id"], foi)
+                self.streams[(iid, area, PUBLIC)] = self._datastream(iid, area, foi, PUBLIC)
+
+    def _full_streams(self, iid: str) -> None:
+        """The indicator's full Datastreams (every sensor, for the read role), on the internal Thing."""
+        for (stream_iid, area, scope), stream in list(self.streams.items()):
+            if stream_iid == iid and scope == PUBLIC and (iid, area, FULL) not in self.streams:
+                self.streams[(iid, area, FULL)] = self._datastream(iid, area, stream.foi, FULL)
+
+    def _datastream(self, iid: str, area: str, foi: int, scope: str) -> Stream:
+        spec = self.specs[iid]
+        unit = spec.unit or self._unit_of(spec)
+        made = self.service.call("POST", "Datastreams", {
+            "name": f"{spec.title}{' (all sensors)' if scope == FULL else ''} — {area}",
+            "description": spec.description or spec.title,
+            "observationType": OM, "unitOfMeasurement": {"definition": "", **unit},
+            "properties": {"indicator": iid, "area": area, "scope": scope, "aggregate": spec.aggregate,
+                           "observedProperty": spec.observed_property, "window": spec.window_text, "foi": foi,
+                           "min_sensors": spec.min_sensors if scope == PUBLIC else 1},
+            "Thing": {"@iot.id": self._thing(scope)}, "Sensor": {"@iot.id": self._sensor()},
+            "ObservedProperty": {"name": f"{spec.aggregate} {spec.observed_property} over {spec.window_text}",
+                                 "definition": f"urn:udp:indicator:{iid}", "description": spec.title}})
+        return Stream(made["@iot.id"], foi)
+
+    def _thing(self, scope: str) -> int:
+        if scope not in self.things:
+            full = scope == FULL
+            self.things[scope] = self.service.call("POST", "Things", {
+                "name": "District indicators" + (" (all sensors)" if full else ""),
+                "description": "Indicators computed by the platform from live sensors"
+                               + (", internal ones included" if full else ""),
+                "properties": {"kind": "indicators", **({"scope": FULL, "udpAccess": INTERNAL} if full else {})}
+            })["@iot.id"]
+        return self.things[scope]
 
     def _sensor(self) -> int:
+        if self.sensor is not None:
+            return self.sensor
         found = self.service.call("GET", "Sensors", **{"$filter": "name eq 'udp indicator engine'", "$top": "1"})
         if found["value"]:
-            return found["value"][0]["@iot.id"]
-        return self.service.call("POST", "Sensors", {
-            "name": "udp indicator engine", "description": "aggregates of live sensor Observations per area",
-            "encodingType": "text/plain", "metadata": "udp/indicators.py"})["@iot.id"]
+            self.sensor = found["value"][0]["@iot.id"]
+        else:
+            self.sensor = self.service.call("POST", "Sensors", {
+                "name": "udp indicator engine", "description": "aggregates of live sensor Observations per area",
+                "encodingType": "text/plain", "metadata": "udp/indicators.py"})["@iot.id"]
+        return self.sensor
 
     def _unit_of(self, spec: IndicatorSpec) -> dict[str, str]:
         if spec.aggregate == "count":
@@ -185,23 +222,26 @@ class IndicatorEngine:
         return {"name": str(unit.get("name") or ""), "symbol": str(unit.get("symbol") or "")}
 
     # -- computing ---------------------------------------------------------------------------------
-    def _sensors(self, conn: Any, spec: IndicatorSpec) -> dict[int, str | None]:
-        """The indicator's sensor Datastreams and the area each lies in."""
+    def _sensors(self, conn: Any, spec: IndicatorSpec) -> dict[int, tuple[str | None, bool]]:
+        """The indicator's sensor Datastreams: the area each lies in, and whether it is internal."""
         ds, op, tl, loc = (TABLES[n] for n in ("datastreams", "observed_properties", "thing_locations", "locations"))
+        internal = ds.c.thing_id.in_(internal_things(self.store.dialect))
         rows = conn.execute(
-            select(ds.c.id, loc.c.location).select_from(ds)
+            select(ds.c.id, loc.c.location, internal).select_from(ds)
             .join(op, op.c.id == ds.c.observed_property_id)
             .outerjoin(tl, tl.c.thing_id == ds.c.thing_id).outerjoin(loc, loc.c.id == tl.c.location_id)
             .where(op.c.name == spec.observed_property)).all()
         areas = self.areas[spec.id]
-        out: dict[int, str | None] = {}
-        for ds_id, location in rows:
+        out: dict[int, tuple[str | None, bool]] = {}
+        for ds_id, location, hidden in rows:
             geom = _point(location)
-            out[ds_id] = None if areas is None or geom is None else areas.of(geom)
+            out[ds_id] = (None if areas is None or geom is None else areas.of(geom), bool(hidden))
         return out
 
-    def compute(self, spec: IndicatorSpec, now: datetime | None = None) -> dict[str, tuple[float | None, int]]:
-        """(value, sensors with Observations in the window) per area and for the city."""
+    def compute(self, spec: IndicatorSpec, now: datetime | None = None) -> dict[str, dict[str, tuple[float | None,
+                                                                                                     int]]]:
+        """(value, sensors with Observations in the window) per area and for the city: PUBLIC of the
+        public sensors (null below `min_sensors`), FULL of every sensor."""
         now = now or datetime.now(UTC)
         obs = TABLES["observations"]
         with self.store.read() as conn:
@@ -225,30 +265,36 @@ class IndicatorEngine:
                                          .order_by(obs.c.id.desc()).limit(1)).scalar()
                     if value is not None:
                         latest[ds_id] = float(value)
-        groups: dict[str, list[tuple]] = {}
+        groups: dict[str, dict[str, list[tuple]]] = {PUBLIC: {}, FULL: {}}
         for row in rows:
-            area = sensors.get(row[0])
-            groups.setdefault(CITY, []).append(row)
-            if area is not None:
-                groups.setdefault(area, []).append(row)
-        out: dict[str, tuple[float | None, int]] = {}
-        for area, members in groups.items():
-            out[area] = (_aggregate(spec.aggregate, members, latest), len(members))
+            area, internal = sensors[row[0]]
+            for scope in (FULL,) if internal else (PUBLIC, FULL):
+                groups[scope].setdefault(CITY, []).append(row)
+                if area is not None:
+                    groups[scope].setdefault(area, []).append(row)
+        out = {scope: {area: (_aggregate(spec.aggregate, members, latest), len(members))
+                       for area, members in found.items()} for scope, found in groups.items()}
+        for area, (_, count) in out[PUBLIC].items():
+            if count < spec.min_sensors:
+                out[PUBLIC][area] = (None, count)  # too few sensors: the value would tell what one of them read
         return out
 
     def run_once(self, now: datetime | None = None) -> int:
-        """Recompute every indicator and write the values that changed (or are due); Observations written."""
+        """Recompute every indicator and write the values that changed (or are due); Observations written.
+        An indicator gets its full Datastreams the first time its full values differ from the public ones."""
         now = now or datetime.now(UTC)
         rows: list[dict[str, Any]] = []
         wall = time.monotonic()
         for iid, spec in self.specs.items():
-            values = self.compute(spec, now)
+            computed = self.compute(spec, now)
+            if computed and computed[FULL] != computed[PUBLIC]:
+                self._full_streams(iid)
             areas = self.areas[iid]
-            for area in [*(areas.names if areas else []), CITY]:
-                stream = self.streams.get((iid, area))
+            for scope, area in itertools.product((PUBLIC, FULL), [*(areas.names if areas else []), CITY]):
+                stream = self.streams.get((iid, area, scope))
                 if stream is None:
                     continue
-                value, count = values.get(area, (None, 0))
+                value, count = computed.get(scope, {}).get(area, (None, 0))
                 if value is None and stream.last is None:
                     continue
                 if value == stream.last and wall - stream.written < self.heartbeat:
@@ -296,6 +342,11 @@ class IndicatorEngine:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(10)
+
+
+def _scope(properties: dict[str, Any] | None) -> str:
+    """PUBLIC or FULL: which version of the indicators a Thing or Datastream holds (PUBLIC before scopes)."""
+    return FULL if (properties or {}).get("scope") == FULL else PUBLIC
 
 
 def _point(location: Any) -> shapely.Geometry | None:

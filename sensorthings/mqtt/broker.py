@@ -3,12 +3,15 @@ the `udp serve` process so that every worker shares it.
 
 It also tells the platform which SensorThings topics clients subscribe to, so that notifications
 can go to query topics (`v1.1/Observations?$select=result`) and property topics, which only
-a broker that reports its subscriptions makes possible.
+a broker that reports its subscriptions makes possible. That report, on `udp-internal/subscriptions`, is
+the platform's own: the topics under `udp-internal/` reach, and take publishes from, only the platform's
+clients (signed in as its internal user with the secret made at start-up), never a client subscribing to `#`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 from collections.abc import Callable
@@ -22,13 +25,23 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 log = logging.getLogger("udp.mqtt.broker")
 
 # retained: the SensorThings topics that have subscribers now, as a JSON array
-SUBSCRIPTIONS_TOPIC = "udp-internal/subscriptions"
+INTERNAL_PREFIX = "udp-internal/"  # the platform's own topics: only its internal clients see and publish them
+SUBSCRIPTIONS_TOPIC = INTERNAL_PREFIX + "subscriptions"
 STA_PREFIX = "v1.1/"
+_PLATFORM = "udp_platform"  # the mark on a session signed in as the platform's internal user
+
+
+def is_platform(session: Any) -> bool:
+    """Whether a broker session is one of the platform's own clients (signed in with the internal secret)."""
+    return bool(getattr(session, _PLATFORM, False))
+
+
+def _internal_topic(topic: str) -> bool:
+    return topic.startswith(INTERNAL_PREFIX) or topic == INTERNAL_PREFIX.rstrip("/")
 
 
 # what a broker hands every client publish to (keyed by the broker's id in the plugin config)
 RECEIVERS: dict[int, Callable[[str, bytes], None]] = {}
-PLATFORM_CLIENTS = "udp-"  # the platform's own clients: their publishes are notifications, not creates
 
 
 class SubscriptionPlugin(BasePlugin):
@@ -52,8 +65,8 @@ class SubscriptionPlugin(BasePlugin):
     async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
         # "broadcast" comes after the broker's topic filtering: only publishes the client may make
         receiver = RECEIVERS.get(self.receiver_id) if self.receiver_id is not None else None
-        if receiver is None or message is None or client_id.startswith(PLATFORM_CLIENTS):
-            return
+        if receiver is None or message is None or is_platform(self.context.get_session(client_id)):
+            return  # the platform's own publishes are notifications, not creates
         if not str(message.topic).startswith(STA_PREFIX):
             return
         # the database work runs off the broker's event loop
@@ -95,29 +108,47 @@ class SubscriptionPlugin(BasePlugin):
         await self._announce()
 
 
-# how a broker decides who may publish: (user name, password) → may the client publish? None: refused login
-GATEKEEPERS: dict[int, Callable[[str | None, str | None], bool | None]] = {}
+# how a broker decides who may publish: (user name, password, client address) → may the client publish?
+# None: refused login (a wrong password, or too many failed ones)
+GATEKEEPERS: dict[int, Callable[[str | None, str | None, str], bool | None]] = {}
+# the platform's own clients sign in with (user name, secret)
+INTERNALS: dict[int, tuple[str, str]] = {}
 
 
 class GatePlugin(BaseAuthPlugin, BaseTopicPlugin):
-    """Logins and publishing rights on the embedded broker, from the platform's `auth:` users: anyone may
-    connect and subscribe (reading is public), a wrong password is refused, publishing takes `write`."""
+    """Logins and rights on the embedded broker: the platform's internal user (with its secret) may do
+    anything; other clients, from the platform's `auth:` users when there is a gate: anyone may connect and
+    subscribe (reading is public), a wrong password is refused, publishing takes `write` (without a gate,
+    the platform runs open and anyone may publish). Nobody but the platform sees or publishes `udp-internal/`."""
 
     @dataclass
     class Config:
-        """Which broker this plugin serves (its id in GATEKEEPERS)."""
+        """Which broker this plugin serves (its id in GATEKEEPERS and INTERNALS)."""
 
         broker_id: int | None = None
 
     def __init__(self, context: Any) -> None:
         BaseAuthPlugin.__init__(self, context)
         self.gate = GATEKEEPERS.get(self.config.broker_id)  # type: ignore[arg-type]
+        self.internal = INTERNALS.get(self.config.broker_id)  # type: ignore[arg-type]
         self.writers: dict[str, bool] = {}
 
     async def authenticate(self, *, session: Any) -> bool | None:
+        user = session.username
+        platform = self.internal is not None and user == self.internal[0] and \
+            hmac.compare_digest(self.internal[1].encode(), (session.password or "").encode())
+        setattr(session, _PLATFORM, platform)
+        if platform:
+            self.writers[session.client_id] = True
+            return True
+        if self.internal is not None and user == self.internal[0]:
+            return False
         if self.gate is None:
-            return None
-        may_write = self.gate(session.username, session.password)
+            self.writers[session.client_id] = True
+            return True
+        # a password check may take a PBKDF2 run: not on the broker's event loop
+        may_write = await asyncio.get_running_loop().run_in_executor(
+            None, self.gate, user, session.password, str(session.remote_address or ""))
         if may_write is None:
             return False
         self.writers[session.client_id] = may_write
@@ -125,8 +156,12 @@ class GatePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
                               action: Any = None) -> bool | None:
-        if self.gate is None or session is None:
+        if session is None:
             return None
+        if is_platform(session):
+            return True
+        if topic is not None and _internal_topic(topic):
+            return False  # a filter such as `#` may subscribe, but receives none of these
         if action == Action.PUBLISH:
             return self.writers.get(session.client_id, False)
         return True
@@ -143,28 +178,47 @@ class _LimitedBroker(Broker):
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         message = wait_deliver.result()
         data = getattr(message, "data", None) or b""
-        client_id = str(getattr(client_session, "client_id", ""))
-        if len(data) > self.max_payload and not client_id.startswith(PLATFORM_CLIENTS):
+        if len(data) > self.max_payload and not is_platform(client_session):
             self.dropped += 1
             log.warning("dropped a publish of %d bytes from %s to %s: over the limit of %d KiB (mqtt.max_payload_kb)",
-                        len(data), client_id, getattr(message, "topic", "?"), self.max_payload // 1024)
+                        len(data), getattr(client_session, "client_id", ""), getattr(message, "topic", "?"),
+                        self.max_payload // 1024)
             return True  # the client stays connected
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
 
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
+        # amqtt sends retained messages to a new subscription without asking the topic filter whether the
+        # client may receive them (it asks for live ones): `#` would get `udp-internal/subscriptions`
+        topic_filter, qos = subscription
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = [asyncio.ensure_future(handler.mqtt_publish(retained.topic, retained.data,
+                                                            min(qos, retained.qos or qos), retain=True))
+                 for topic, retained in list(self._retained_messages.items())
+                 if self._matches(topic, topic_filter) and await self._topic_filtering(session, topic, Action.RECEIVE)]
+        if tasks:
+            await asyncio.wait(tasks)
+
 
 class EmbeddedBroker:
-    """An amqtt broker on its own event loop thread."""
+    """An amqtt broker on its own event loop thread. `gate` decides other clients' logins (None: anyone may
+    connect and publish); `internal` is the (user name, secret) the platform's own clients sign in with,
+    without which no client receives the `udp-internal/` topics."""
 
     max_payload = 256 * 1024  # bytes a client may publish (mqtt.max_payload_kb); the platform's own clients may more
 
     def __init__(self, host: str, port: int, ws_port: int | None,
                  receiver: Callable[[str, bytes], None] | None = None,
-                 gate: Callable[[str | None, str | None], bool | None] | None = None) -> None:
+                 gate: Callable[[str | None, str | None, str], bool | None] | None = None,
+                 internal: tuple[str, str] | None = None) -> None:
         self.host, self.port, self.ws_port = host, port, ws_port
         if receiver is not None:
             RECEIVERS[id(self)] = receiver
         if gate is not None:
             GATEKEEPERS[id(self)] = gate
+        if internal is not None:
+            INTERNALS[id(self)] = internal
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
         self._broker: Broker | None = None
@@ -174,11 +228,8 @@ class EmbeddedBroker:
         listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
         if self.ws_port:
             listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}"}
-        plugins: dict[str, Any] = {"sensorthings.mqtt.broker.SubscriptionPlugin": {"broker_id": id(self)}}
-        if id(self) in GATEKEEPERS:
-            plugins["sensorthings.mqtt.broker.GatePlugin"] = {"broker_id": id(self)}
-        else:
-            plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {"allow_anonymous": True}
+        plugins: dict[str, Any] = {"sensorthings.mqtt.broker.SubscriptionPlugin": {"broker_id": id(self)},
+                                   "sensorthings.mqtt.broker.GatePlugin": {"broker_id": id(self)}}
         return {"listeners": listeners, "plugins": plugins}
 
     def start(self, timeout: float = 15) -> None:

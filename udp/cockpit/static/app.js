@@ -810,6 +810,13 @@ function indicatorQuery(area) {
   });
 }
 
+/** One Datastream per indicator: where the read role also sees the full one (every sensor, internal ones
+ * too: properties.scope 'full'), that one instead of the public one. */
+function preferFull(streams) {
+  const full = new Set(streams.filter((ds) => ds.properties?.scope === 'full').map((ds) => ds.properties.indicator));
+  return streams.filter((ds) => ds.properties?.scope === 'full' || !full.has(ds.properties?.indicator));
+}
+
 function shortName(ds, area) {
   const name = ds.name || ds.ObservedProperty?.name || `Datastream ${ds['@iot.id']}`;
   for (const sep of [' — ', ' - ', ': ']) {
@@ -843,7 +850,7 @@ async function loadTiles(quiet = false) {
   }
   const list = $('#tiles');
   list.removeAttribute('aria-busy');
-  const streams = doc.value || [];
+  const streams = preferFull(doc.value || []);
   if (!streams.length) {
     showTilesEmpty('No indicators are published yet. The platform computes them from the indicators: section of '
       + 'its config.yml; they appear here as soon as there are any.');
@@ -1276,7 +1283,7 @@ async function selectArea(area, fly = false) {
     return;
   }
   if (state.selected?.area !== area) return;
-  const streams = doc.value || [];
+  const streams = preferFull(doc.value || []);
   const current = idFromLink(p.datastream);
   const rows = streams.map((ds) => {
     const id = ds['@iot.id'];
