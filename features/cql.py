@@ -28,13 +28,27 @@ def parse_filter(text: str, lang: str) -> ast.Node:
         if lang == "cql2-json":
             from pygeofilter.parsers.cql2_json import parse as parse_json
 
-            return parse_json(text)
+            return _well_formed(parse_json(text))
         from features.cql2_text import parse as parse_text
 
         return parse_text(text)
     except Exception as exc:  # CQL2SyntaxError and json errors name the position; pass the reason on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FilterError(f"invalid {lang} filter: {first}") from None
+
+
+def _well_formed(node: Any) -> Any:
+    """The tree itself when every node has the shape its operator needs (pygeofilter's JSON parser takes
+    `{"op": "in", "args": [[], {"property": "p"}]}` as it comes); ValueError names what is wrong."""
+    if isinstance(node, ast.In) and (isinstance(node.lhs, list) or not isinstance(node.sub_nodes, list)):
+        raise ValueError("IN takes a value first and a list of values second")
+    if isinstance(node, ast.Node):
+        for child in node.get_sub_nodes():
+            _well_formed(child)
+    elif isinstance(node, list | tuple):
+        for child in node:
+            _well_formed(child)
+    return node
 
 
 def attributes(node: Any) -> Iterable[str]:

@@ -358,6 +358,13 @@ def test_a_constant_sort_key_orders_nothing(city: Server) -> None:
         expected = sorted(plain, key=lambda t: -t["@iot.id"]) if key.endswith("desc") else plain
         assert r.json()["value"] == expected, key
 
+
+def test_an_in_of_the_wrong_shape_is_a_400(city: Server) -> None:
+    # found by the fuzzer: pygeofilter reads `{"op": "in", "args": [[], {"property": …}]}` as it comes, a 500
+    for text in ('{"op":"in","args":[[],{"property":"name"}]}', '{"op":"in","args":[["a"],["b"]]}'):
+        r = city.client.get("/ogcapi/collections/bikes/items", params={"filter": text, "filter-lang": "cql2-json"})
+        assert "IN takes a value first and a list of values second" in _error(r, 400), text
+
 _PATCH_OPS = st.fixed_dictionaries(
     {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "x"]),
      "path": st.sampled_from(["", "/", "/name", "/properties/a", "/-", "/~1", "/0"]) | st.text(max_size=6)},
