@@ -27,9 +27,9 @@ import shapely
 from sqlalchemy import and_, func, select
 
 from features.spec import CollectionSpec, SpecError
-from sensorthings.results import encode_result
 from sensorthings.service import Service
 from sensorthings.store.base import Store
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.indicators")
@@ -266,7 +266,7 @@ class IndicatorEngine:
     def run_once(self, now: datetime | None = None) -> int:
         """Recompute every indicator and write the values that changed (or are due); Observations written."""
         now = now or datetime.now(UTC)
-        rows: list[dict[str, Any]] = []
+        rows: list[ObservationRow] = []
         wall = time.monotonic()
         for iid, spec in self.specs.items():
             values = self.compute(spec, now)
@@ -284,12 +284,7 @@ class IndicatorEngine:
                 stream.last, stream.written = value, wall
         if rows:
             with self.store.write() as (conn, changes):
-                from sensorthings.model import OBSERVATION
-                from sensorthings.store.base import Change
-
-                ids = self.store.insert_observations(conn, rows)
-                self.store.cover_observations(conn, rows)
-                changes.extend(Change(OBSERVATION, i, "create", {**r, "id": i}) for i, r in zip(ids, rows, strict=True))
+                self.store.write_observations(conn, rows, changes)
         self.computed += 1
         return len(rows)
 
@@ -357,9 +352,6 @@ def _aggregate(kind: str, rows: list[tuple], latest: dict[int, float]) -> float 
     return latest.get(newest[0])
 
 
-def _row(stream: Stream, now: datetime, value: float | None, count: int) -> dict[str, Any]:
-    kind, number, text, json = encode_result(value)
-    return {"phenomenon_time_start": now, "phenomenon_time_end": None, "result_time": now, "result_type": kind,
-            "result_number": number, "result_string": text, "result_json": json, "result_quality": None,
-            "valid_time_start": None, "valid_time_end": None, "parameters": {"sensors": count},
-            "datastream_id": stream.id, "multi_datastream_id": None, "feature_of_interest_id": stream.foi}
+def _row(stream: Stream, now: datetime, value: float | None, count: int) -> ObservationRow:
+    return ObservationRow.of(value, phenomenon_time_start=now, result_time=now, parameters={"sensors": count},
+                             datastream_id=stream.id, feature_of_interest_id=stream.foi)
