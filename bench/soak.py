@@ -191,23 +191,22 @@ class StoreCounter:
         """Rows in the Observations table."""
         return self.scalar("SELECT count(*) FROM observations")
 
-    def dead_letters(self) -> int:
-        """Rows in the dead-letter table (0 before the bridge made it)."""
+    def optional_count(self, table: str) -> int:
+        """Rows in a table the bridge makes when it starts (0 before it exists)."""
         try:
-            return self.scalar("SELECT count(*) FROM dead_letters")
+            return self.scalar(f"SELECT count(*) FROM {table}")
         except Exception:  # noqa: BLE001
             if self.pg:
                 self.conn.rollback()
             return 0
 
+    def dead_letters(self) -> int:
+        """Rows in the dead-letter table."""
+        return self.optional_count("dead_letters")
+
     def fingerprints(self) -> int:
-        """Rows in the bridge's table of committed messages' fingerprints (0 before the bridge made it)."""
-        try:
-            return self.scalar("SELECT count(*) FROM bridge_seen_messages")
-        except Exception:  # noqa: BLE001
-            if self.pg:
-                self.conn.rollback()
-            return 0
+        """Rows in the bridge's table of committed messages' fingerprints."""
+        return self.optional_count("bridge_seen_messages")
 
     def seqs(self, below: int) -> tuple[int, int]:
         """(rows, distinct seq) of the Observations with seq in [0, below)."""
