@@ -103,16 +103,25 @@ def _what(value: Any) -> str:
     return f"the {kind} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def result_misfit(observation_type: str | None, result: Any, where: str) -> str | None:
-    """Why `result` does not fit `observation_type` (named in the reason as `where`); None when it fits."""
-    if result is None or not observation_type:
+def _rule(observation_type: Any) -> tuple[str, str, Callable[[Any], bool]] | None:
+    """(type name, what its results are, the test) for an observationType that limits its results."""
+    if not isinstance(observation_type, str):
         return None
     name = observation_type.rsplit("/", 1)[-1]
     rule = RESULT_TYPES.get(name)
-    if rule is None or rule[1](result):
+    return None if rule is None else (name, *rule)
+
+
+def _misfit(rule: tuple[str, str, Callable[[Any], bool]] | None, result: Any, where: str) -> str | None:
+    if rule is None or result is None or rule[2](result):
         return None
-    return (f"wrong result type: {where} is {name}, whose results are {rule[0]} (OGC 18-088: results have the type "
-            f"the observationType names); got {_what(result)}")
+    return (f"wrong result type: {where} is {rule[0]}, whose results are {rule[1]} (OGC 18-088: results have the "
+            f"type the observationType names); got {_what(result)}")
+
+
+def result_misfit(observation_type: str | None, result: Any, where: str) -> str | None:
+    """Why `result` does not fit `observation_type` (named in the reason as `where`); None when it fits."""
+    return _misfit(_rule(observation_type), result, where)
 
 
 def multi_result_misfit(types: list[Any] | None, result: Any, multi_id: int) -> str | None:
@@ -122,8 +131,7 @@ def multi_result_misfit(types: list[Any] | None, result: Any, multi_id: int) -> 
         return (f"wrong result type: an Observation of MultiDatastream {multi_id} has an array of {len(types)} "
                 f"values as its result, one per ObservedProperty; got {_what(result)}")
     for k, (kind, value) in enumerate(zip(types, result, strict=True)):
-        reason = result_misfit(kind if isinstance(kind, str) else None, value,
-                               f"MultiDatastream {multi_id}'s multiObservationDataTypes[{k}]")
+        reason = result_misfit(kind, value, f"MultiDatastream {multi_id}'s multiObservationDataTypes[{k}]")
         if reason is not None:
             return reason
     return None
@@ -134,6 +142,7 @@ def multi_result_misfit(types: list[Any] | None, result: Any, multi_id: int) -> 
 class _Stream:
     types: Any  # Datastream: its observationType; MultiDatastream: its multiObservationDataTypes
     location: int | None  # the newest Location of its Thing, which its generated FeatureOfInterest comes from
+    rule: tuple[str, str, Callable[[Any], bool]] | None = None  # a Datastream's, looked up once
 
 
 BulkInsert = Callable[[Connection, list[dict[str, Any]]], list[int]]
@@ -214,7 +223,10 @@ def _check(row: ObservationRow, streams: dict[tuple[bool, int], _Stream], known:
         return f"FeatureOfInterest {row.feature_of_interest_id} does not exist"
     if multi:
         return multi_result_misfit(stream.types, row.result, id_)
-    return result_misfit(stream.types, row.result, f"the observationType of Datastream {id_}")
+    value = row.result
+    if stream.rule is None or value is None or stream.rule[2](value):  # the common case: no reason to write
+        return None
+    return _misfit(stream.rule, value, f"the observationType of Datastream {id_}")
 
 
 def _by_group(rows: list[ObservationRow], reasons: dict[int, str]) -> dict[int, str]:
@@ -253,7 +265,7 @@ def _streams(conn: Connection, ids: dict[bool, set[int]]) -> dict[tuple[bool, in
                .order_by(tl.c.location_id.desc()).limit(1).scalar_subquery())
         types = table.c.multi_observation_data_types if multi else table.c.observation_type
         for id_, kind, location in conn.execute(select(table.c.id, types, loc).where(table.c.id.in_(wanted))):
-            out[(multi, id_)] = _Stream(kind, location)
+            out[(multi, id_)] = _Stream(kind, location, None if multi else _rule(kind))
     return out
 
 
