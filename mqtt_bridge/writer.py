@@ -189,7 +189,10 @@ class Writer:
         self.stored += sum(1 for i in ids if i is not None)
         self.dead += len(dead)
         if time.monotonic() - self.pruned_at >= self.prune_every:
-            self.prune()
+            try:
+                self.prune()
+            except DBAPIError as exc:  # the batch is committed: pruning can wait for the next one
+                log.warning("pruning the bridge's fingerprints failed: %s", exc.orig)
 
     def prune(self) -> int:
         """Forget the fingerprints no redelivery can need any more; how many were dropped."""
