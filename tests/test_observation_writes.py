@@ -241,3 +241,29 @@ def test_import_sta_writes_through_the_same_rules(store_url: str, tmp_path: Path
         assert all(c.kind == "create" and c.row is not None and c.row["id"] == c.id for c in notes)
     finally:
         store.close()
+
+
+def test_multidatastream_results_follow_each_observation_type(sta: httpx.Client) -> None:
+    name = f"multi {uuid.uuid4().hex[:6]}"
+    thing = create(sta, "Things", {"name": name, "description": "d", "Locations": [{
+        "name": name, "description": "", "encodingType": "application/geo+json",
+        "location": {"type": "Point", "coordinates": [9.99, 53.55]}}]})
+    md = create(sta, "MultiDatastreams", {
+        "name": name, "description": "d", "observationType": OM + "OM_ComplexObservation",
+        "multiObservationDataTypes": [OM + "OM_TruthObservation", OM + "OM_CountObservation"],
+        "unitOfMeasurements": [UNIT, UNIT], "Thing": {"@iot.id": thing["@iot.id"]},
+        "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+        "ObservedProperties": [{"name": "open", "definition": "d", "description": "d"},
+                               {"name": "cars", "definition": "d", "description": "d"}]})["@iot.id"]
+    path = f"MultiDatastreams({md})/Observations"
+    assert create(sta, path, {"result": [True, 12], "phenomenonTime": "2020-01-01T00:00:00Z"})["result"] == [True, 12]
+    assert create(sta, path, {"result": [None, 3.0]})["result"] == [None, 3.0]  # null fits, 3.0 is an integer
+    for bad, says in (([1, 12], "multiObservationDataTypes[0] is OM_TruthObservation"),
+                      ([True, 1.5], "multiObservationDataTypes[1] is OM_CountObservation"),
+                      ([True], "an array of 2 values")):
+        r = sta.post(path, json={"result": bad})
+        assert r.status_code == 400 and says in r.json()["message"], r.text
+    r = sta.post("CreateObservations", json=[{"MultiDatastream": {"@iot.id": md}, "components": ["result"],
+                                              "dataArray": [[[False, 0]], [["no", 0]]]}])
+    assert r.status_code == 201 and r.json()[1] == "error" and r.json()[0] != "error"
+    assert sta.get(f"MultiDatastreams({md})").json()["phenomenonTime"].startswith("2020-01-01T00:00:00Z/")
