@@ -180,8 +180,7 @@ def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
     if not good:
         return [None] * len(rows), []
     if len(good) == 1:  # one statement where the bulk way takes two
-        table = TABLES["observations"]
-        ids = [conn.execute(insert(table).values(**good[0]).returning(table.c.id)).scalar_one()]
+        ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()]
     else:
         ids = bulk_insert(conn, good)
     cover(conn, good)
@@ -255,33 +254,25 @@ def _stream_ids(rows: list[ObservationRow]) -> dict[bool, set[int]]:
 
 def _streams(conn: Connection, ids: dict[bool, set[int]]) -> dict[tuple[bool, int], _Stream]:
     """The (Multi)Datastreams that exist: their types and their Thing's newest Location, one query a kind."""
-    tl = TABLES["thing_locations"]
     out: dict[tuple[bool, int], _Stream] = {}
     for multi, wanted in ids.items():
         if not wanted:
             continue
-        table = TABLES["multi_datastreams" if multi else "datastreams"]
-        loc = (select(tl.c.location_id).where(tl.c.thing_id == table.c.thing_id)
-               .order_by(tl.c.location_id.desc()).limit(1).scalar_subquery())
-        types = table.c.multi_observation_data_types if multi else table.c.observation_type
-        for id_, kind, location in conn.execute(select(table.c.id, types, loc).where(table.c.id.in_(wanted))):
+        for id_, kind, location in conn.execute(_STREAMS[multi], {"ids": list(wanted)}):
             out[(multi, id_)] = _Stream(kind, location, None if multi else _rule(kind))
     return out
 
 
 def _existing_features(conn: Connection, ids: set[int]) -> set[int]:
-    foi = TABLES["features_of_interest"]
-    return set(conn.execute(select(foi.c.id).where(foi.c.id.in_(ids))).scalars())
+    return set(conn.execute(_EXISTING_FEATURES, {"ids": list(ids)}).scalars())
 
 
 def generated_features(conn: Connection, locations: set[int]) -> dict[int, int]:
     """The FeatureOfInterest generated from each Location, made once and reused."""
-    foi = TABLES["features_of_interest"]
-    found = dict(conn.execute(select(foi.c.generated_from, func.min(foi.c.id))
-                              .where(foi.c.generated_from.in_(locations)).group_by(foi.c.generated_from)).all())
+    found = dict(conn.execute(_GENERATED_FEATURES, {"locs": list(locations)}).all())
     missing = locations - found.keys()
     if missing:
-        loc = TABLES["locations"]
+        foi, loc = TABLES["features_of_interest"], TABLES["locations"]
         for row in conn.execute(select(loc).where(loc.c.id.in_(missing)).order_by(loc.c.id)).mappings():
             found[row["id"]] = conn.execute(
                 insert(foi).values(name=row["name"], description=row["description"],
@@ -322,6 +313,20 @@ def cover(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def _widen(conn: Connection, multi: bool, spans: list[dict[str, Any]]) -> None:
     """One statement, executed for many (Multi)Datastreams at once."""
+    conn.execute(_WIDEN[multi], spans)
+
+
+# -- the statements, built once: building one costs more than running it on a small write ------------
+def _streams_statement(multi: bool) -> Any:
+    table = TABLES["multi_datastreams" if multi else "datastreams"]
+    tl = TABLES["thing_locations"]
+    loc = (select(tl.c.location_id).where(tl.c.thing_id == table.c.thing_id)
+           .order_by(tl.c.location_id.desc()).limit(1).scalar_subquery())
+    types = table.c.multi_observation_data_types if multi else table.c.observation_type
+    return select(table.c.id, types, loc).where(table.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _widen_statement(multi: bool) -> Any:
     table = TABLES["multi_datastreams" if multi else "datastreams"]
     c = table.c
     t = UtcDateTime()
@@ -331,10 +336,19 @@ def _widen(conn: Connection, multi: bool, spans: list[dict[str, Any]]) -> None:
         beyond = col > v if earlier else col < v
         return case((v.is_(None), col), (col.is_(None), v), (beyond, v), else_=col)
 
-    stmt = update(table).where(c.id == bindparam("b_id")).values(
+    return update(table).where(c.id == bindparam("b_id")).values(
         phenomenon_time_start=widen(c.phenomenon_time_start, "b_ps", True),
         phenomenon_time_end=widen(c.phenomenon_time_end, "b_pe", False),
         result_time_start=widen(c.result_time_start, "b_rs", True),
         result_time_end=widen(c.result_time_end, "b_re", False),
     )
-    conn.execute(stmt, spans)
+
+
+_FOI = TABLES["features_of_interest"]
+_STREAMS = {multi: _streams_statement(multi) for multi in (False, True)}
+_WIDEN = {multi: _widen_statement(multi) for multi in (False, True)}
+_EXISTING_FEATURES = select(_FOI.c.id).where(_FOI.c.id.in_(bindparam("ids", expanding=True)))
+_GENERATED_FEATURES = (select(_FOI.c.generated_from, func.min(_FOI.c.id))
+                       .where(_FOI.c.generated_from.in_(bindparam("locs", expanding=True)))
+                       .group_by(_FOI.c.generated_from))
+_INSERT_ONE = insert(TABLES["observations"]).returning(TABLES["observations"].c.id)
