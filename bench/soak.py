@@ -18,9 +18,10 @@ at the end; SQLite: a file in a temp dir), and `udp serve --mqtt … --config �
 
 Every --interval seconds it prints: elapsed, messages published and acknowledged by Mosquitto, Observations
 stored and the backlog (acknowledged, not stored yet), reader requests/s with p50/p99 latency, errors
-(HTTP >= 500, other HTTP errors, timeouts, connection errors, paho refusals, dead letters), the RSS of the
-serve process tree (serve + workers + bridge) and of Mosquitto, the response cache's size and the load
-average. At the end it waits for the backlog to drain and prints a summary: RSS growth first → last,
+(HTTP >= 500, other HTTP errors, timeouts, connection errors, paho refusals, dead letters), the rows in
+the bridge's table of message fingerprints (bridge_seen_messages: it must stay flat), the RSS of the serve
+process tree (serve + workers + bridge) and of Mosquitto, the response cache's size and the load average.
+At the end it waits for the backlog to drain and prints a summary: RSS growth first → last,
 totals, latency per query, CPU per component, and messages lost or duplicated (by seq). It asserts
 nothing. It cleans up (server, Mosquitto, database, temp dir) on exit, on an error and on Ctrl-C.
 """
@@ -44,6 +45,8 @@ from typing import Any
 
 from harness import Database, Mosquitto, Udp, create_pg, process_tree, say, tail  # bench/: the script's directory
 from mqtt_ingest import CpuMeter, broker_for_bench, pct, postgres_pids, start_server
+
+from mqtt_bridge.deadletters import KEEP_SEEN
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 RULES = """title: Soak
@@ -161,14 +164,22 @@ class StoreCounter:
         """Rows in the Observations table."""
         return self.scalar("SELECT count(*) FROM observations")
 
-    def dead_letters(self) -> int:
-        """Rows in the dead-letter table (0 before the bridge made it)."""
+    def optional_count(self, table: str) -> int:
+        """Rows in a table the bridge makes when it starts (0 before it exists)."""
         try:
-            return self.scalar("SELECT count(*) FROM dead_letters")
+            return self.scalar(f"SELECT count(*) FROM {table}")
         except Exception:  # noqa: BLE001
             if self.pg:
                 self.conn.rollback()
             return 0
+
+    def dead_letters(self) -> int:
+        """Rows in the dead-letter table."""
+        return self.optional_count("dead_letters")
+
+    def fingerprints(self) -> int:
+        """Rows in the bridge's table of committed messages' fingerprints."""
+        return self.optional_count("bridge_seen_messages")
 
     def seqs(self, below: int) -> tuple[int, int]:
         """(rows, distinct seq) of the Observations with seq in [0, below)."""
@@ -408,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             f"({', '.join(f'{k} {mb(v)}' for k, v in rss_first.items())}), mosquitto {mb(mosq_first)} MB")
         head = (f"{'t s':>5} {'published':>10} {'acked':>10} {'stored':>10} {'backlog':>8} {'reads/s':>8} "
                 f"{'p50 ms':>7} {'p99 ms':>7} {'5xx':>4} {'4xx':>4} {'tmo':>4} {'conn':>4} {'refus':>5} "
-                f"{'dead':>4} {'serve tree MB':>15} {'mosq MB':>8} {'cache MB':>8} {'load':>5}")
+                f"{'dead':>4} {'prints':>7} {'serve tree MB':>15} {'mosq MB':>8} {'cache MB':>8} {'load':>5}")
         pub.start()
         if not ready.wait(30):
             raise RuntimeError("the publisher did not connect")
@@ -434,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             h = health(server.url)
             row = {"t": now - t0, "published": sent.value, "acked": acked.value, "stored": stored,
                    "backlog": acked.value - stored, "reads": len(lat) / (now - last_t), "p50": fmt_ms(lat, 0.5),
-                   "p99": fmt_ms(lat, 0.99), "dead": counter.dead_letters(), "rss": rss,
+                   "p99": fmt_ms(lat, 0.99), "dead": counter.dead_letters(), "prints": counter.fingerprints(),
+                   "rss": rss,
                    "mosq": rss_kb(mosq_pid), "errors": dict(stats.errors), "refused": refused.value,
                    "cache": (h.get("response_cache") or {}).get("bytes", 0) / 1048576,
                    "load": os.getloadavg()[0]}
@@ -443,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             say(f"{row['t']:>5.0f} {row['published']:>10,} {row['acked']:>10,} {stored:>10,} {row['backlog']:>8,} "
                 f"{row['reads']:>8.1f} {row['p50']:>7} {row['p99']:>7} {e.get('5xx', 0):>4} {e.get('4xx', 0):>4} "
                 f"{e.get('timeout', 0):>4} {e.get('connection', 0):>4} {row['refused']:>5} {row['dead']:>4} "
-                f"{split(rss):>15} {mb(row['mosq']):>8} {row['cache']:>8.1f} {row['load']:>5.2f}")
+                f"{row['prints']:>7,} {split(rss):>15} {mb(row['mosq']):>8} {row['cache']:>8.1f} {row['load']:>5.2f}")
             last_t = now
             if now >= end - 0.01:
                 break
@@ -506,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say(f"  mosquitto        {mb(mosq_first):>7} → {mb(after['mosq']):>7} → {mb(half['mosq']):>7} → "
             f"{mb(mosq_last):>7} MB")
         say(f"  response cache   {rows_log[-1]['cache']:.1f} MB at the end (server.response_cache_mb per worker)")
+        prints = [r["prints"] for r in rows_log]
+        say(f"fingerprints of committed messages (bridge_seen_messages): {after['prints']:,} at t={after['t']:.0f} s → "
+            f"{half['prints']:,} at t={half['t']:.0f} s → {prints[-1]:,} at the end (max {max(prints):,}) after "
+            f"{rows:,} messages stored: the bridge keeps the newest {KEEP_SEEN:,} and prunes every few seconds")
         say("CPU        " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
             + f" (cores busy on average; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} now)")
         return 0

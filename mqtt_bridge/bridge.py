@@ -109,7 +109,6 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
             continue
         before = writer.dead
         writer.streams.clear()
-        writer.features.clear()
         with store.write() as (conn, _):
             conn.execute(update(deadletters.dead_letters).where(deadletters.dead_letters.c.id == row["id"])
                          .values(redriven_at=now(), attempts=row["attempts"] + 1))

@@ -4,14 +4,13 @@ committed messages that let a redelivered message be recognised."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, Integer, LargeBinary, MetaData, String, Table, Text, delete, func, select
 
 from sensorthings.store.base import Store
 from sensorthings.store.schema import ID, UtcDateTime
-from sensorthings.times import now
 
 metadata = MetaData()
 
@@ -27,14 +26,18 @@ dead_letters = Table(
 )
 
 # QoS 1 means at least once: a message committed but not yet acknowledged comes again after a
-# crash or reconnect (flagged DUP); its fingerprint says it is already stored
+# crash or reconnect (flagged DUP); its fingerprint says it is already stored. Only the newest
+# fingerprints are kept (see forget_old).
 seen_messages = Table(
     "bridge_seen_messages", metadata,
     Column("fingerprint", String(40), primary_key=True),
     Column("at", UtcDateTime(), nullable=False, index=True),
 )
 
-KEEP_SEEN = timedelta(hours=6)
+# fingerprints kept at least: a redelivery is of a message committed but not acknowledged when the
+# connection or the process was lost, which the broker sends first when the session resumes, so it is
+# never more than what the writer queues and writes at once (5,000 messages by default) behind the newest
+KEEP_SEEN = 100_000
 
 
 def create_tables(store: Store) -> None:
@@ -62,9 +65,15 @@ def remember(conn: Connection, prints: list[str], at: datetime) -> None:
         conn.execute(seen_messages.insert(), [{"fingerprint": p, "at": at} for p in fresh])
 
 
-def forget_old(conn: Connection) -> None:
-    """Drop fingerprints older than any redelivery could be."""
-    conn.execute(delete(seen_messages).where(seen_messages.c.at < now() - KEEP_SEEN))
+def forget_old(conn: Connection, keep: int = KEEP_SEEN) -> int:
+    """Drop the fingerprints of all but about the newest `keep` messages (a batch shares its time, and
+    is kept or dropped whole); how many were dropped. Counted, not timed: a bridge that was down for a
+    week still recognises the redeliveries it meets when it comes back."""
+    cutoff = conn.execute(select(seen_messages.c.at).order_by(seen_messages.c.at.desc())
+                          .offset(keep).limit(1)).scalar()
+    if cutoff is None:
+        return 0
+    return conn.execute(delete(seen_messages).where(seen_messages.c.at < cutoff)).rowcount
 
 
 def add(conn: Connection, items: list[tuple[str, bytes, str, datetime]]) -> None:

@@ -23,20 +23,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from mqtt_bridge import deadletters
 from mqtt_bridge.forward import Forwarder, ForwardUnavailable
 from mqtt_bridge.mapping import Reading
-from sensorthings.model import OBSERVATION
-from sensorthings.results import encode_result
-from sensorthings.store.base import Change, Store, StoreError
+from sensorthings.store.base import Store, StoreError
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.bridge")
-
-# observationType → the JSON types a result may have
-_TYPES: dict[str, tuple[type, ...]] = {
-    "OM_Measurement": (int, float),
-    "OM_CountObservation": (int,),
-    "OM_CategoryObservation": (str,),
-    "OM_TruthObservation": (bool,),
-}
 
 
 @dataclass
@@ -52,27 +43,29 @@ class Message:
     ack: Callable[[], None] | None = None
 
 
-@dataclass(frozen=True)
-class Stream:
-    """A resolved (Multi)Datastream."""
-
-    id: int
-    multi: bool
-    kinds: tuple[type, ...] | None  # allowed result types, None: any
-    arity: int | None  # MultiDatastream: how many values a result has
-
-
 class Writer:
-    """Collects messages and writes them in batches from a thread of its own."""
+    """Collects messages and writes them in batches from a thread of its own.
 
-    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.002) -> None:
+    It keeps the fingerprints of the newest `keep_seen` committed messages (by default twenty times what
+    can be queued and written at once, at least `deadletters.KEEP_SEEN`) and drops older ones every
+    `prune_every` seconds.
+    """
+
+    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.002,
+                 keep_seen: int | None = None, prune_every: float = 10.0) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_wait = max_wait
         # bounded: when writing falls behind, the MQTT callback waits and the broker keeps the backlog
         self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=4 * batch_size)
-        self.streams: dict[tuple[str, bool, bool], Stream] = {}
-        self.features: dict[tuple[int, bool], int] = {}
+        # only a message committed but not acknowledged can come again, and the broker sends those first
+        # when the session resumes: never more than the queue and a batch behind the newest
+        self.keep_seen = keep_seen if keep_seen is not None else max(deadletters.KEEP_SEEN, 20 * 5 * batch_size)
+        self.prune_every = prune_every
+        self.pruned_at = time.monotonic()
+        self.forgotten = 0
+        # (name or id, by id, multi) → the (Multi)Datastream's id
+        self.streams: dict[tuple[str, bool, bool], int] = {}
         self.stored = 0
         self.dead = 0
         self.duplicates = 0
@@ -122,7 +115,6 @@ class Writer:
                 # a Datastream deleted since it was looked up: look again, one message at a time
                 log.warning("bridge batch refused (%s): writing its messages one by one", exc.orig)
                 self.streams.clear()
-                self.features.clear()
                 self._write_singly(batch)
                 break
             except (DBAPIError, ForwardUnavailable) as exc:
@@ -161,7 +153,8 @@ class Writer:
         with self.store.write() as (conn, changes):
             prints = [deadletters.fingerprint(m.topic, m.payload) for m in batch]
             seen = deadletters.already_seen(conn, [p for p, m in zip(prints, batch, strict=True) if m.dup])
-            rows: list[dict[str, Any]] = []
+            rows: list[ObservationRow] = []
+            owners: list[Message] = []  # the message of each group of rows
             dead: list[tuple[str, bytes, str, datetime]] = []
             committed: list[str] = []
             for message, fp in zip(batch, prints, strict=True):
@@ -173,50 +166,54 @@ class Writer:
                     dead.append((message.topic, message.payload, message.error, message.received))
                     continue
                 try:
-                    rows.extend(self._rows(conn, message))
+                    mine = self._rows(conn, message, len(owners))
                 except StoreError as exc:
                     dead.append((message.topic, message.payload, str(exc), message.received))
-            ids = self.store.insert_observations(conn, rows)
-            self.store.cover_observations(conn, rows)
+                    continue
+                rows.extend(mine)
+                owners.append(message)
+            refused: set[int] = set()
+
+            def refuse(i: int, reason: str) -> None:
+                group = rows[i].group
+                if group not in refused:  # a message's rows are refused together: one dead letter
+                    refused.add(group)  # type: ignore[arg-type]
+                    m = owners[group]  # type: ignore[index]
+                    dead.append((m.topic, m.payload, reason, m.received))
+
+            ids = self.store.write_observations(conn, rows, changes, refused=refuse)
+            if refused:
+                self.streams.clear()  # one may have been deleted: look them up again
             deadletters.add(conn, dead)
             deadletters.remember(conn, committed, batch[-1].received)
-            changes.extend(Change(OBSERVATION, id_, "create", {**row, "id": id_})
-                           for id_, row in zip(ids, rows, strict=True))
-        self.stored += len(ids)
+        self.stored += sum(1 for i in ids if i is not None)
         self.dead += len(dead)
+        if time.monotonic() - self.pruned_at >= self.prune_every:
+            try:
+                self.prune()
+            except DBAPIError as exc:  # the batch is committed: pruning can wait for the next one
+                log.warning("pruning the bridge's fingerprints failed: %s", exc.orig)
 
-    def _rows(self, conn: Any, message: Message) -> list[dict]:
+    def prune(self) -> int:
+        """Forget the fingerprints no redelivery can need any more; how many were dropped."""
+        with self.store.write() as (conn, _):
+            dropped = deadletters.forget_old(conn, self.keep_seen)
+        self.pruned_at = time.monotonic()
+        self.forgotten += dropped
+        return dropped
+
+    def _rows(self, conn: Any, message: Message, group: int) -> list[ObservationRow]:
         out = []
         for reading in message.readings:
             stream = self._stream(conn, reading)
-            result = reading.result
-            if stream.arity is not None and (not isinstance(result, list) or len(result) != stream.arity):
-                raise StoreError(f"wrong type: the MultiDatastream takes {stream.arity} values, got {result!r}")
-            if stream.kinds is not None and (not isinstance(result, stream.kinds)
-                                             or (isinstance(result, bool) and bool not in stream.kinds)):
-                raise StoreError(f"wrong type: {type(result).__name__} result {result!r} for a Datastream of "
-                                 f"{'/'.join(k.__name__ for k in stream.kinds)}")
-            key = (stream.id, stream.multi)
-            if key not in self.features:
-                # kept across batches (cleared with the streams when the database refuses a batch)
-                try:
-                    self.features[key] = self.store.feature_for(conn, None if stream.multi else stream.id,
-                                                                stream.id if stream.multi else None)
-                except StoreError:
-                    raise StoreError("no FeatureOfInterest: the Datastream's Thing has no Location") from None
-            kind, number, string, json = encode_result(result)
-            out.append({
-                "phenomenon_time_start": reading.phenomenon_start, "phenomenon_time_end": reading.phenomenon_end,
-                "result_time": reading.result_time, "result_type": kind, "result_number": number,
-                "result_string": string, "result_json": json, "result_quality": None, "valid_time_start": None,
-                "valid_time_end": None, "parameters": reading.parameters,
-                "datastream_id": None if stream.multi else stream.id,
-                "multi_datastream_id": stream.id if stream.multi else None,
-                "feature_of_interest_id": self.features[key],
-            })
+            out.append(ObservationRow.of(
+                reading.result, phenomenon_time_start=reading.phenomenon_start,
+                phenomenon_time_end=reading.phenomenon_end, result_time=reading.result_time,
+                parameters=reading.parameters, datastream_id=None if reading.multi else stream,
+                multi_datastream_id=stream if reading.multi else None, group=group))
         return out
 
-    def _stream(self, conn: Any, reading: Reading) -> Stream:
+    def _stream(self, conn: Any, reading: Reading) -> int:
         key = (reading.stream, reading.by_id, reading.multi)
         found = self.streams.get(key)
         if found is not None:
@@ -229,13 +226,8 @@ class Writer:
             cond = table.c.id == int(reading.stream)
         else:
             cond = table.c.name == reading.stream
-        cols = [table.c.id, table.c.observation_type]
-        if reading.multi:
-            cols.append(table.c.multi_observation_data_types)
-        row = conn.execute(select(*cols).where(cond).order_by(table.c.id).limit(1)).first()
-        if row is None:
+        stream = conn.execute(select(table.c.id).where(cond).order_by(table.c.id).limit(1)).scalar()
+        if stream is None:
             raise StoreError(f"unknown {what} {reading.stream!r}")
-        kinds = None if reading.multi else _TYPES.get(str(row[1]).rsplit("/", 1)[-1])
-        stream = Stream(row[0], reading.multi, kinds, len(row[2] or []) if reading.multi else None)
         self.streams[key] = stream
         return stream

@@ -41,14 +41,19 @@ def parse_time_or_interval(text: str) -> tuple[datetime, datetime | None]:
 
 
 def format_instant(value: datetime) -> str:
-    """ISO 8601 in UTC with a `Z`, milliseconds unless finer precision is stored."""
+    """ISO 8601 in UTC with a `Z`, fractional seconds only as far as they are not zero.
+
+    `2015-03-03T00:00:00Z` comes back as it was sent, `…00.5Z` as `…00.5Z`, as FROST-Server and
+    istSOS4 write them (and PostgreSQL, whose text form of a timestamp drops trailing zeros too).
+    The store keeps microseconds; a client that sent `…00.500Z` gets the same instant as `…00.5Z`.
+    """
     if value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
     us = value.microsecond
     # an f-string is several times faster than isoformat() + replace on this hot path
-    frac = f"{us // 1000:03d}" if us % 1000 == 0 else f"{us:06d}"
+    frac = f".{us:06d}".rstrip("0") if us else ""
     return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}.{frac}Z")
+            f"{value.second:02d}{frac}Z")
 
 
 def format_time(start: datetime | None, end: datetime | None) -> str | None:

@@ -122,7 +122,7 @@ def test_good_and_garbage_in_one_burst(bridged: Server) -> None:
                           str(bridged.config), "--store", bridged.store],  # type: ignore[attr-defined]
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0
-    for reason in ("not JSON", "missing field", "wrong type", "unknown Datastream", "looks like an image",
+    for reason in ("not JSON", "missing field", "wrong result type", "unknown Datastream", "looks like an image",
                    "unknown topic"):
         assert reason in out.stdout, reason
 

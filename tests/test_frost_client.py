@@ -134,18 +134,18 @@ def test_create_observation_with_embedded_datastream(service: fsc.SensorThingsSe
     service.create(interval)
 
     doc = api.get(f"Observations({obs.id})").json()
-    assert doc["phenomenonTime"] == "2024-03-01T12:00:00.000Z"
-    assert doc["resultTime"] == "2024-03-01T12:00:05.000Z"
+    assert doc["phenomenonTime"] == "2024-03-01T12:00:00Z"
+    assert doc["resultTime"] == "2024-03-01T12:00:05Z"
     assert doc["result"] == 21.5
     assert doc["parameters"] == {"quality": "checked"}
     assert api.get(f"Observations({interval.id})").json()["phenomenonTime"] == \
-        "2024-03-01T11:00:00.000Z/2024-03-01T11:15:00.000Z"
+        "2024-03-01T11:00:00Z/2024-03-01T11:15:00Z"
     assert api.get(f"Observations({obs.id})/Datastream").json()["@iot.id"] == temp.id
     # the embedded Datastream was a link: it was not changed, and no second one was made
     assert api.get(f"Things({thing.id})/Datastreams", params={"$count": "true"}).json()["@iot.count"] == 2
     stream = api.get(f"Datastreams({temp.id})").json()
     assert stream["name"] == temp.name
-    assert stream["phenomenonTime"] == "2024-03-01T11:00:00.000Z/2024-03-01T12:00:00.000Z"
+    assert stream["phenomenonTime"] == "2024-03-01T11:00:00Z/2024-03-01T12:00:00Z"
     # a FeatureOfInterest came from the Thing's Location
     foi = api.get(f"Observations({obs.id})/FeatureOfInterest").json()
     assert foi["feature"] == {"type": "Point", "coordinates": [9.9937, 53.5511]}
@@ -153,7 +153,7 @@ def test_create_observation_with_embedded_datastream(service: fsc.SensorThingsSe
     # read back through the client, which parses the Z times
     back = service.observations().find(obs.id)
     assert back.result == 21.5
-    assert back.phenomenon_time == "2024-03-01T12:00:00.000Z"
+    assert back.phenomenon_time == "2024-03-01T12:00:00Z"
 
 
 def test_query_filter_expand_orderby(service: fsc.SensorThingsService) -> None:
@@ -167,8 +167,8 @@ def test_query_filter_expand_orderby(service: fsc.SensorThingsService) -> None:
     query = temp.get_observations().query().filter("result gt 2 and phenomenonTime lt 2024-05-01T04:00:00Z")
     found = query.orderby("phenomenonTime").list()
     assert [o.result for o in found] == [9, 8, 3]
-    assert [o.phenomenon_time for o in found] == ["2024-05-01T03:00:00.000Z", "2024-05-01T01:00:00.000Z",
-                                                  "2024-05-01T00:00:00.000Z"]
+    assert [o.phenomenon_time for o in found] == ["2024-05-01T03:00:00Z", "2024-05-01T01:00:00Z",
+                                                  "2024-05-01T00:00:00Z"]
     ascending = temp.get_observations().query().orderby("result", "ASC").select("result", "id").list()
     assert [o.result for o in ascending] == [1, 3, 4, 8, 9]
     assert all(o.phenomenon_time is None for o in ascending)
@@ -254,7 +254,7 @@ def test_patch_sends_json_patch(service: fsc.SensorThingsService, api: httpx.Cli
     assert stream["unitOfMeasurement"] == {"name": "kelvin", "symbol": "K",
                                            "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
     # the server-kept time range survives a JSON Patch that does not touch it
-    assert stream["phenomenonTime"] == "2024-06-01T00:00:00.000Z/2024-06-01T00:00:00.000Z"
+    assert stream["phenomenonTime"] == "2024-06-01T00:00:00Z/2024-06-01T00:00:00Z"
     assert stream["description"] == temp.description
 
     # a failing `test` operation changes nothing and is a 400
@@ -288,13 +288,13 @@ def test_update_puts_the_entity(service: fsc.SensorThingsService, api: httpx.Cli
     service.update(again)
     doc = api.get(f"Observations({obs.id})", params={"$expand": "Datastream($select=id)"}).json()
     assert doc["result"] == 6
-    assert doc["phenomenonTime"] == "2024-07-01T10:00:00.000Z"
-    assert doc["resultTime"] == "2024-07-01T10:00:30.000Z"
+    assert doc["phenomenonTime"] == "2024-07-01T10:00:00Z"
+    assert doc["resultTime"] == "2024-07-01T10:00:30Z"
     assert doc["Datastream"] == {"@iot.id": temp.id}
 
     # a Datastream read back (with its server-kept phenomenonTime and resultTime) can be PUT again
     stream = service.datastreams().find(temp.id)
-    assert stream.phenomenon_time == "2024-07-01T10:00:00.000Z/2024-07-01T10:00:00.000Z"
+    assert stream.phenomenon_time == "2024-07-01T10:00:00Z/2024-07-01T10:00:00Z"
     stream.description = "calibrated"
     service.update(stream)
     doc = api.get(f"Datastreams({temp.id})", params={"$expand": "Thing($select=id)"}).json()
@@ -302,7 +302,7 @@ def test_update_puts_the_entity(service: fsc.SensorThingsService, api: httpx.Cli
     assert doc["name"] == temp.name
     assert doc["unitOfMeasurement"]["symbol"] == "°C"
     assert doc["Thing"] == {"@iot.id": thing.id}
-    assert doc["resultTime"] == "2024-07-01T10:00:30.000Z/2024-07-01T10:00:30.000Z"
+    assert doc["resultTime"] == "2024-07-01T10:00:30Z/2024-07-01T10:00:30Z"
 
 
 def test_update_of_the_created_object(service: fsc.SensorThingsService, api: httpx.Client) -> None:
@@ -373,7 +373,7 @@ def test_create_observations_data_array(service: fsc.SensorThingsService, api: h
     temp, humidity = streams["air_temperature"], streams["humidity"]
 
     doc = _data_array(temp, [("2024-09-01T00:00:00Z", 10.5), ("2024-09-01T00:10:00Z", 11),
-                             ("2024-09-01T00:20:00+02:00", "n/a")])
+                             ("2024-09-01T00:20:00+02:00", 12.5)])
     dav2 = _data_array(humidity, [("2024-09-01T00:00:00Z", 80)]).value[0]
     doc.add_data_array_value(dav2)
     assert transform_entity_to_json_dict(doc.value[0])["components"] == ["phenomenonTime", "result", "resultTime"]
@@ -384,14 +384,14 @@ def test_create_observations_data_array(service: fsc.SensorThingsService, api: h
 
     rows = [api.get(link).json() for link in links]
     assert [(r["phenomenonTime"], r["result"], r["resultTime"]) for r in rows] == [
-        ("2024-09-01T00:00:00.000Z", 10.5, "2024-09-01T00:00:00.000Z"),
-        ("2024-09-01T00:10:00.000Z", 11, "2024-09-01T00:10:00.000Z"),
-        ("2024-08-31T22:20:00.000Z", "n/a", "2024-08-31T22:20:00.000Z"),
-        ("2024-09-01T00:00:00.000Z", 80, "2024-09-01T00:00:00.000Z"),
+        ("2024-09-01T00:00:00Z", 10.5, "2024-09-01T00:00:00Z"),
+        ("2024-09-01T00:10:00Z", 11, "2024-09-01T00:10:00Z"),
+        ("2024-08-31T22:20:00Z", 12.5, "2024-08-31T22:20:00Z"),
+        ("2024-09-01T00:00:00Z", 80, "2024-09-01T00:00:00Z"),
     ]
     assert [api.get(link + "/Datastream").json()["@iot.id"] for link in links] == [temp.id] * 3 + [humidity.id]
     assert api.get(f"Datastreams({temp.id})").json()["phenomenonTime"] == \
-        "2024-08-31T22:20:00.000Z/2024-09-01T00:10:00.000Z"
+        "2024-08-31T22:20:00Z/2024-09-01T00:10:00Z"
 
     # the same body as the client sends it, checked for the status and shape the client relies on
     body = [transform_entity_to_json_dict(_data_array(humidity, [("2024-09-02T00:00:00Z", 81)]).value[0])]
@@ -405,7 +405,7 @@ def test_create_observations_data_array(service: fsc.SensorThingsService, api: h
                    params={"$resultFormat": "dataArray", "$select": "result,phenomenonTime",
                            "$orderby": "phenomenonTime"}).json()
     assert read["value"][0]["components"] == ["result", "phenomenonTime"]
-    assert read["value"][0]["dataArray"] == [[80, "2024-09-01T00:00:00.000Z"], [81, "2024-09-02T00:00:00.000Z"]]
+    assert read["value"][0]["dataArray"] == [[80, "2024-09-01T00:00:00Z"], [81, "2024-09-02T00:00:00Z"]]
 
 
 def test_list_follows_next_links(service: fsc.SensorThingsService, api: httpx.Client) -> None:

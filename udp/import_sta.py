@@ -3,7 +3,7 @@
 The source is a SensorThings URL of Things (FROST-Server, istSOS, iot.hamburg.de; nextLinks are followed,
 related entities come by `$expand`, Observations per (Multi)Datastream in pages) or a saved JSON page of
 Things with expanded entities. Entities are written through the store's deep-insert machinery
-(`Store.insert` with drafts from `sensorthings.body`), Observations through `Store.insert_observations`.
+(`Store.insert` with drafts from `sensorthings.body`), Observations through `Store.write_observations`.
 
 A map file of source entity → new id makes a re-run create nothing twice; Observations are recognised
 by (Datastream, phenomenonTime, result) in the store, so they are never copied twice and the map stays
@@ -44,6 +44,7 @@ from sensorthings.model import (
     EntityType,
 )
 from sensorthings.store.base import COMPLEX_OBSERVATION, Change, Store, StoreError
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 from sensorthings.times import format_instant, parse_instant
 
@@ -806,7 +807,7 @@ class Importer:
         except ValueError:
             return True  # the row reports its own bad time
 
-    def _observation_row(self, obs: dict[str, Any], arity: int | None, where: str) -> dict[str, Any] | None:
+    def _observation_row(self, obs: dict[str, Any], where: str) -> dict[str, Any] | None:
         if "result" not in obs:
             self.fail(where, "the Observation has no result")
             return None
@@ -823,21 +824,16 @@ class Importer:
                 self.fail(where, "the Observation has neither phenomenonTime nor resultTime")
                 return None
             values["phenomenon_time_start"] = values["result_time"]
-        if arity is not None and (not isinstance(values["result_json"], list) or len(values["result_json"]) != arity):
-            self.fail(where, f"a MultiDatastream Observation needs a result array of {arity} values")
-            return None
         return values
 
     def _observation_page(self, entity: EntityType, stream_id: int, doc: dict[str, Any], key: str, root: str,
                           items: list[dict[str, Any]], path: str, tx: Tx | None = None) -> None:
         """Write a page of a (Multi)Datastream's Observations, in `tx` or in a transaction of their own."""
         column = "datastream_id" if entity is DATASTREAM else "multi_datastream_id"
-        types = doc.get("multiObservationDataTypes")
-        arity = len(types) if entity is MULTI_DATASTREAM and isinstance(types, list) else None
         rows: list[tuple[dict[str, Any], Any, str]] = []
         for k, obs in enumerate(items):
             obs_where = _where(f"{path}.Observations[{k}]", obs)
-            row = self._observation_row(obs, arity, obs_where)
+            row = self._observation_row(obs, obs_where)
             if row is not None:
                 row[column] = stream_id
                 rows.append((row, obs.get("FeatureOfInterest"), obs_where))
@@ -865,7 +861,8 @@ class Importer:
         fresh = self._new_only(tx.conn, column, stream_id, [r for r, _, _ in rows])
         self.tally.duplicates += len(rows) - len(fresh)
         default: list[int | None] = []
-        good: list[dict[str, Any]] = []
+        good: list[ObservationRow] = []
+        places: list[str] = []
         for row, foi, obs_where in rows:
             if id(row) not in fresh:
                 continue
@@ -879,12 +876,11 @@ class Importer:
                                      "and the Datastream no observedArea")
                 continue
             row["feature_of_interest_id"] = foi_id
-            good.append(row)
-        if good:
-            new_ids = self.store.insert_observations(tx.conn, good)
-            self.store.cover_observations(tx.conn, good)
-            tx.changes.extend(Change(OBSERVATION, id_, "create") for id_ in new_ids)
-        return len(good)
+            good.append(ObservationRow(**row))
+            places.append(obs_where)
+        ids = self.store.write_observations(tx.conn, good, tx.changes,
+                                            refused=lambda i, reason: self.fail(places[i], reason))
+        return sum(1 for i in ids if i is not None)
 
     def _new_only(self, conn: Connection, column: str, stream_id: int, rows: list[dict[str, Any]]) -> set[int]:
         """The rows (by id()) whose (phenomenonTime, result) the (Multi)Datastream does not have yet."""

@@ -36,9 +36,9 @@ from sqlalchemy import and_, func, select
 from features.spec import CollectionSpec
 from provider_plugins.areas import load_areas
 from sensorthings.access import INTERNAL, internal_things
-from sensorthings.results import encode_result
 from sensorthings.service import Service
 from sensorthings.store.base import Store
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 from udp.errors import ConfigError, whole_number
 
@@ -283,7 +283,7 @@ class IndicatorEngine:
         """Recompute every indicator and write the values that changed (or are due); Observations written.
         An indicator gets its full Datastreams the first time its full values differ from the public ones."""
         now = now or datetime.now(UTC)
-        rows: list[dict[str, Any]] = []
+        rows: list[ObservationRow] = []
         wall = time.monotonic()
         for iid, spec in self.specs.items():
             computed = self.compute(spec, now)
@@ -303,12 +303,7 @@ class IndicatorEngine:
                 stream.last, stream.written = value, wall
         if rows:
             with self.store.write() as (conn, changes):
-                from sensorthings.model import OBSERVATION
-                from sensorthings.store.base import Change
-
-                ids = self.store.insert_observations(conn, rows)
-                self.store.cover_observations(conn, rows)
-                changes.extend(Change(OBSERVATION, i, "create", {**r, "id": i}) for i, r in zip(ids, rows, strict=True))
+                self.store.write_observations(conn, rows, changes)
         self.computed += 1
         return len(rows)
 
@@ -381,9 +376,6 @@ def _aggregate(kind: str, rows: list[tuple], latest: dict[int, float]) -> float 
     return latest.get(newest[0])
 
 
-def _row(stream: Stream, now: datetime, value: float | None, count: int) -> dict[str, Any]:
-    kind, number, text, json = encode_result(value)
-    return {"phenomenon_time_start": now, "phenomenon_time_end": None, "result_time": now, "result_type": kind,
-            "result_number": number, "result_string": text, "result_json": json, "result_quality": None,
-            "valid_time_start": None, "valid_time_end": None, "parameters": {"sensors": count},
-            "datastream_id": stream.id, "multi_datastream_id": None, "feature_of_interest_id": stream.foi}
+def _row(stream: Stream, now: datetime, value: float | None, count: int) -> ObservationRow:
+    return ObservationRow.of(value, phenomenon_time_start=now, result_time=now, parameters={"sensors": count},
+                             datastream_id=stream.id, feature_of_interest_id=stream.foi)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, case, delete, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, literal, select, update
 
 from sensorthings.body import Draft, Ref
 from sensorthings.model import (
@@ -27,7 +27,9 @@ from sensorthings.model import (
     target_of,
 )
 from sensorthings.query.sql import SqlDialect
-from sensorthings.store.schema import TABLES, UtcDateTime, metadata
+from sensorthings.store import observations
+from sensorthings.store.observations import ObservationRow
+from sensorthings.store.schema import TABLES, metadata
 from sensorthings.times import now
 
 COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
@@ -58,6 +60,15 @@ class Change:
     kind: str  # "create" or "update"
     # the row as written, every readable column, when the writer has it: notifying then needs no read-back
     row: dict[str, Any] | None = None
+
+
+def _refuse(_index: int, reason: str) -> None:
+    raise StoreError(reason)
+
+
+# an Observation's columns that the rules of a new one apply to again when they change
+OBSERVATION_CHECKED = ("phenomenon_time_start", "phenomenon_time_end", "result_time", "result_type", "result_number",
+                       "result_string", "result_json", "datastream_id", "multi_datastream_id", "feature_of_interest_id")
 
 
 def _json_dumps(value: Any) -> str:
@@ -203,8 +214,12 @@ class Store:
             if nav.kind is NavKind.FK:
                 values[nav.column] = self._resolve(conn, items[0], {}, changes)
         if entity is OBSERVATION:
-            self._prepare_observation(conn, values)
-        elif entity is MULTI_DATASTREAM:
+            # every Observation goes in one way (an Observation links nothing else: nothing below applies)
+            new_id = self.write_observations(conn, [ObservationRow(**values)], changes)[0]
+            assert new_id is not None, "a refused row raises"
+            draft.id = new_id
+            return new_id
+        if entity is MULTI_DATASTREAM:
             self._check_multi_datastream(draft, values)
         table = TABLES[entity.table]
         new_id = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
@@ -232,8 +247,6 @@ class Store:
         elif entity is LOCATION and draft.links.get("Things"):
             for item in draft.links["Things"]:
                 self._historical_location(conn, _id_of(item), changes)
-        if entity is OBSERVATION:
-            self._extend_times(conn, values)
         return new_id
 
     def _relink(self, conn: Connection, target: EntityType, target_id: int, column: str, new_id: int) -> None:
@@ -266,99 +279,28 @@ class Store:
             )
 
     # -- observations --------------------------------------------------------------------------
-    def _prepare_observation(self, conn: Connection, values: dict[str, Any]) -> None:
-        """Defaults and checks for an Observation row: time, FeatureOfInterest, MultiDatastream arity."""
-        if values.get("phenomenon_time_start") is None:
-            values["phenomenon_time_start"] = now()
-            values.setdefault("phenomenon_time_end", None)
-        if values.get("multi_datastream_id") is not None:
-            md = TABLES["multi_datastreams"]
-            types = conn.execute(select(md.c.multi_observation_data_types)
-                                 .where(md.c.id == values["multi_datastream_id"])).scalar()
-            result = values.get("result_json")
-            if not isinstance(result, list) or types is None or len(result) != len(types):
-                raise StoreError("an Observation of a MultiDatastream needs a result array with one value "
-                                 "per ObservedProperty")
-        if values.get("feature_of_interest_id") is None:
-            values["feature_of_interest_id"] = self.feature_for(conn, values.get("datastream_id"),
-                                                                values.get("multi_datastream_id"))
+    def write_observations(self, conn: Connection, rows: list[ObservationRow], changes: list[Change],
+                           refused: Callable[[int, str], None] | None = None) -> list[int | None]:
+        """Write Observations, however they came in: the one way into the observations table.
+
+        Each row's result must fit its Datastream's observationType (or its MultiDatastream's
+        multiObservationDataTypes); a row without a FeatureOfInterest gets the one generated from its
+        Thing's Location; rows without a phenomenonTime get now. The (Multi)Datastreams' phenomenonTime
+        and resultTime are widened over the rows, and each row is recorded in `changes` (notifications).
+        A row the rules refuse raises StoreError with the reason (nothing is written), or, with
+        `refused`, is reported to it as (index, reason) and skipped. Returns the new ids in row order
+        (None for a refused row).
+        """
+        ids, written = observations.write(conn, self.bulk_insert, rows, refused or _refuse)
+        changes.extend(Change(OBSERVATION, values["id"], "create", values) for values in written)
+        return ids
 
     def feature_for(self, conn: Connection, datastream_id: int | None, multi_datastream_id: int | None) -> int:
         """The FeatureOfInterest generated from the Thing's Location, made once and reused."""
-        tl = TABLES["thing_locations"]
-        ds = TABLES["datastreams" if datastream_id is not None else "multi_datastreams"]
-        ds_id = datastream_id if datastream_id is not None else multi_datastream_id
-        loc_id = conn.execute(
-            select(tl.c.location_id).join(ds, ds.c.thing_id == tl.c.thing_id).where(ds.c.id == ds_id)
-            .order_by(tl.c.location_id.desc()).limit(1)
-        ).scalar()
-        if loc_id is None:
-            raise StoreError("the Observation has no FeatureOfInterest and its Thing has no Location to make one from")
-        foi = TABLES["features_of_interest"]
-        found = conn.execute(select(foi.c.id).where(foi.c.generated_from == loc_id).limit(1)).scalar()
-        if found is not None:
-            return found
-        loc = TABLES["locations"]
-        row = conn.execute(select(loc).where(loc.c.id == loc_id)).mappings().one()
-        return conn.execute(
-            insert(foi).values(name=row["name"], description=row["description"], encoding_type=row["encoding_type"],
-                               feature=row["location"], geom=row["geom"], properties=row["properties"],
-                               generated_from=loc_id).returning(foi.c.id)
-        ).scalar_one()
-
-    def _extend_times(self, conn: Connection, values: dict[str, Any]) -> None:
-        start = values["phenomenon_time_start"]
-        end = values.get("phenomenon_time_end") or start
-        self.extend_datastream_times(conn, values.get("datastream_id"), values.get("multi_datastream_id"),
-                                     start, end, values.get("result_time"), values.get("result_time"))
-
-    def extend_datastream_times(self, conn: Connection, datastream_id: int | None, multi_id: int | None,
-                                start: Any, end: Any, rstart: Any, rend: Any) -> None:
-        """Widen a (Multi)Datastream's phenomenonTime and resultTime to cover new Observations."""
-        multi = datastream_id is None
-        self._widen(conn, multi, [{"b_id": multi_id if multi else datastream_id, "b_ps": start, "b_pe": end,
-                                   "b_rs": rstart, "b_re": rend}])
-
-    def _widen(self, conn: Connection, multi: bool, spans: list[dict[str, Any]]) -> None:
-        """One statement, executed for many (Multi)Datastreams at once."""
-        table = TABLES["multi_datastreams" if multi else "datastreams"]
-        c = table.c
-        t = UtcDateTime()
-
-        def widen(col: Any, name: str, earlier: bool) -> Any:
-            v = bindparam(name, type_=t)
-            beyond = col > v if earlier else col < v
-            return case((v.is_(None), col), (col.is_(None), v), (beyond, v), else_=col)
-
-        stmt = update(table).where(c.id == bindparam("b_id")).values(
-            phenomenon_time_start=widen(c.phenomenon_time_start, "b_ps", True),
-            phenomenon_time_end=widen(c.phenomenon_time_end, "b_pe", False),
-            result_time_start=widen(c.result_time_start, "b_rs", True),
-            result_time_end=widen(c.result_time_end, "b_re", False),
-        )
-        conn.execute(stmt, spans)
-
-    def cover_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Widen each (Multi)Datastream's time ranges over newly inserted Observation rows."""
-        groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault((row.get("datastream_id"), row.get("multi_datastream_id")), []).append(row)
-        spans: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-        for (ds, md), group in groups.items():
-            results = [r["result_time"] for r in group if r.get("result_time") is not None]
-            spans[ds is None].append({
-                "b_id": md if ds is None else ds,
-                "b_ps": min(r["phenomenon_time_start"] for r in group),
-                "b_pe": max(r.get("phenomenon_time_end") or r["phenomenon_time_start"] for r in group),
-                "b_rs": min(results) if results else None, "b_re": max(results) if results else None,
-            })
-        for multi, items in spans.items():
-            if items:
-                self._widen(conn, multi, items)
-
-    def insert_observations(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert many prepared Observation rows at once (each store's fastest way); ids in order."""
-        return self.bulk_insert(conn, rows) if rows else []
+        found = observations.feature_for(conn, datastream_id, multi_datastream_id)
+        if found is None:
+            raise StoreError(observations.NO_FEATURE)
+        return found
 
     # -- update and delete ---------------------------------------------------------------------
     def update(self, conn: Connection, draft: Draft, id_: int, changes: list[Change]) -> None:
@@ -374,14 +316,15 @@ class Store:
                 values[nav.column] = self._resolve(conn, items[0], {}, changes)
         if values:
             conn.execute(update(table).where(table.c.id == id_).values(**values))
-        if entity is OBSERVATION and values.keys() & {"phenomenon_time_start", "result_time", "datastream_id",
-                                                      "multi_datastream_id"}:
-            # the (Multi)Datastream's time ranges cover the Observation's new times, as on insert
-            c = table.c
-            row = conn.execute(select(c.phenomenon_time_start, c.phenomenon_time_end, c.result_time, c.datastream_id,
-                                      c.multi_datastream_id).where(c.id == id_)).mappings().one()
+        if entity is OBSERVATION and values.keys() & OBSERVATION_CHECKED:
+            # the changed Observation meets the rules of a new one, and its (Multi)Datastream's times cover it
+            cols = [table.c[k] for k in OBSERVATION_CHECKED]
+            row = conn.execute(select(*cols).where(table.c.id == id_)).mappings().one()
+            reason = observations.misfit(conn, ObservationRow(**row))
+            if reason is not None:
+                raise StoreError(reason)
             if row["phenomenon_time_start"] is not None:
-                self._extend_times(conn, dict(row))
+                observations.cover(conn, [dict(row)])
         for name, items in draft.links.items():
             nav = entity.nav_by_name[name]
             if nav.kind is NavKind.REVERSE:
@@ -435,11 +378,6 @@ class Store:
             hl = TABLES["historical_locations"]
             lhl = TABLES["location_historical_locations"]
             conn.execute(delete(hl).where(~exists().where(lhl.c.historical_location_id == hl.c.id)))
-
-    def delete_where(self, conn: Connection, entity: EntityType, ids: list[int]) -> int:
-        """Delete many entities of one type by id; returns how many were deleted."""
-        table = TABLES[entity.table]
-        return conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
 
 
 def _id_of(item: Draft | Ref) -> int:

@@ -26,9 +26,9 @@ import pandas as pd
 import shapely
 from sqlalchemy import Column, MetaData, String, Table, inspect, select
 
-from sensorthings.results import encode_result
 from sensorthings.service import Service
 from sensorthings.store.base import Store
+from sensorthings.store.observations import ObservationRow
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -104,7 +104,7 @@ def air_quality(store: Store, days: int = 120) -> int:
                             for column, (prop, unit, symbol) in POLLUTANTS.items()]})
         for ds in service.call("GET", f"Things({thing['@iot.id']})/Datastreams", **{"$select": "id,name"})["value"]:
             streams[(gu, ds["name"].split(" ", 1)[0])] = ds["@iot.id"]
-    rows: list[dict[str, Any]] = []
+    rows: list[ObservationRow] = []
     for record in frame.to_dict("records"):
         gu = record["측정소명"]
         at = (record["day"] + shift).to_pydatetime()
@@ -116,29 +116,16 @@ def air_quality(store: Store, days: int = 120) -> int:
     return len(rows)
 
 
-def _observation(stream: int, at: datetime, result: Any, end: datetime | None = None) -> dict[str, Any]:
-    kind, number, text, json = encode_result(result)
-    return {"phenomenon_time_start": at, "phenomenon_time_end": end, "result_time": end or at, "result_type": kind,
-            "result_number": number, "result_string": text, "result_json": json, "result_quality": None,
-            "valid_time_start": None, "valid_time_end": None, "parameters": None, "datastream_id": stream,
-            "multi_datastream_id": None, "feature_of_interest_id": None}
+def _observation(stream: int, at: datetime, result: Any, end: datetime | None = None) -> ObservationRow:
+    return ObservationRow.of(result, phenomenon_time_start=at, phenomenon_time_end=end, result_time=end or at,
+                             datastream_id=stream)
 
 
-def _insert(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Observations in bulk, each with its Datastream's FeatureOfInterest, the Datastreams' times widened."""
-    if not rows:
-        return
-    with store.write() as (conn, _):
-        features: dict[int, int] = {}
-        for row in rows:
-            ds = row["datastream_id"]
-            if ds not in features:
-                features[ds] = store.feature_for(conn, ds, None)
-            row["feature_of_interest_id"] = features[ds]
+def _insert(store: Store, rows: list[ObservationRow]) -> None:
+    """Observations in bulk, in one transaction (the history is built before anyone listens)."""
+    with store.write() as (conn, changes):
         for start in range(0, len(rows), 5000):
-            chunk = rows[start:start + 5000]
-            store.insert_observations(conn, chunk)
-            store.cover_observations(conn, chunk)
+            store.write_observations(conn, rows[start:start + 5000], changes)
 
 
 def melbourne_history(store: Store, hours: float = 8.0) -> int:

@@ -1,0 +1,269 @@
+"""One way to write an Observation: the same rules, time cover and notifications on every way in.
+
+HTTP POST, CreateObservations, `$batch`, creating by MQTT publish and the device bridge run through a
+real `udp serve` with a bridge rule; `udp import-sta` and the bridge's writer run in-process on real
+stores. Also: instants come back with the precision they were sent in, and the bridge's fingerprints
+of committed messages are pruned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import PG_URL, Server, _pg_database, serve_on
+from tests.test_bridge import publisher, wait_for
+from tests.test_mqtt import Listener, wait_subscribed
+from tests.test_sta_api import OM, UNIT, create
+
+RULES = """title: Writes test
+bridge:
+  - topic: writes/{sensor}
+    datastream: "writes {sensor}"
+    result: $.v
+    phenomenonTime: $.t
+"""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def bridged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = tmp_path_factory.mktemp("writes") / "city.yml"
+    config.write_text(RULES)
+    yield from serve_on(request.param, tmp_path_factory, ["--config", str(config)])
+
+
+def measurement_stream(sta: httpx.Client, name: str) -> int:
+    """A Thing with a Location and one OM_Measurement Datastream named `name`; the Datastream's id."""
+    doc = create(sta, "Things", {
+        "name": name, "description": "d", "Locations": [{
+            "name": name, "description": "", "encodingType": "application/geo+json",
+            "location": {"type": "Point", "coordinates": [9.99, 53.55]}}],
+        "Datastreams": [{"name": name, "description": "d", "observationType": OM + "OM_Measurement",
+                         "unitOfMeasurement": UNIT,
+                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                         "ObservedProperty": {"name": "t", "definition": "d", "description": "d"}}]})
+    return sta.get(f"Things({doc['@iot.id']})/Datastreams").json()["value"][0]["@iot.id"]
+
+
+def observations(sta: httpx.Client, ds: int) -> list[dict[str, Any]]:
+    r = sta.get(f"Datastreams({ds})/Observations", params={"$orderby": "phenomenonTime", "$top": "1000",
+                                                            "$expand": "FeatureOfInterest($select=id)"})
+    assert r.status_code == 200, r.text
+    return r.json()["value"]
+
+
+def dead_letter_reasons(server: Server, topic: str) -> list[str]:
+    from mqtt_bridge import deadletters
+    from sensorthings.store.base import Store
+
+    store = Store.open(server.store)
+    try:
+        return [d["reason"] for d in deadletters.pending(store) if d["topic"] == topic]
+    finally:
+        store.close()
+
+
+def test_every_way_in_keeps_the_same_rules_covers_times_and_notifies(bridged: Server) -> None:
+    sta = httpx.Client(base_url=bridged.sta + "/", timeout=30)
+    sensor = uuid.uuid4().hex[:6]
+    ds = measurement_stream(sta, f"writes {sensor}")
+    topic = f"v1.1/Datastreams({ds})/Observations"
+    listener = Listener("127.0.0.1", bridged.mqtt_port, [topic])  # type: ignore[arg-type]
+    device = publisher("127.0.0.1", bridged.mqtt_port)  # type: ignore[arg-type]
+    try:
+        wait_subscribed(bridged, 1)
+        # a string result for an OM_Measurement Datastream: refused the same way everywhere
+        r = sta.post(f"Datastreams({ds})/Observations",
+                     json={"result": "warm", "phenomenonTime": "2001-01-01T00:00:00Z"})
+        assert r.status_code == 400 and "wrong result type" in r.json()["message"]
+        assert "OM_Measurement" in r.json()["message"]
+        r = sta.post("CreateObservations", json=[{
+            "Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"],
+            "dataArray": [["2002-01-01T00:00:00Z", "warm"], ["2002-01-01T00:00:00Z", 2]]}])
+        assert r.status_code == 201 and r.json()[0] == "error" and r.json()[1].endswith(")")
+        r = sta.post("$batch", json={"requests": [{
+            "id": "1", "method": "post", "url": f"Datastreams({ds})/Observations", "body": {"result": "warm"}}]})
+        assert r.json()["responses"][0]["status"] == 400
+        device.publish(topic, orjson.dumps({"result": "warm", "phenomenonTime": "2003-01-01T00:00:00Z"}), qos=1)
+        device.publish(f"writes/{sensor}", orjson.dumps({"v": "warm", "t": "2004-01-01T00:00:00Z"}), qos=1)
+
+        # and a number is stored the same way everywhere, each way notifying and covering the times
+        create(sta, f"Datastreams({ds})/Observations", {"result": 1, "phenomenonTime": "2001-01-01T00:00:00Z"})
+        sta.post("$batch", json={"requests": [{"id": "1", "method": "post", "url": f"Datastreams({ds})/Observations",
+                                               "body": {"result": 3, "phenomenonTime": "2005-01-01T00:00:00Z"}}]})
+        device.publish(topic, orjson.dumps({"result": 4, "phenomenonTime": "2003-01-01T00:00:00Z"}), qos=1)
+        device.publish(f"writes/{sensor}", orjson.dumps({"v": 5, "t": "2004-01-01T00:00:00Z"}), qos=1)
+        wait_for(lambda: len(observations(sta, ds)) == 5)
+        got = observations(sta, ds)
+        assert [(o["result"], o["phenomenonTime"][:4]) for o in got] == [
+            (1, "2001"), (2, "2002"), (4, "2003"), (5, "2004"), (3, "2005")]
+        # each got its FeatureOfInterest from the Thing's Location, the same one
+        assert len({o["FeatureOfInterest"]["@iot.id"] for o in got}) == 1
+        assert sta.get(f"Datastreams({ds})").json()["phenomenonTime"] == "2001-01-01T00:00:00Z/2005-01-01T00:00:00Z"
+        for o in got:
+            note = listener.wait(topic, where=lambda p, i=o["@iot.id"]: p.get("@iot.id") == i)  # not the creates
+            assert note == sta.get(f"Observations({o['@iot.id']})").json()
+        # the bridge dead-letters the string with the rule's reason
+        wait_for(lambda: dead_letter_reasons(bridged, f"writes/{sensor}") != [])
+        reason = dead_letter_reasons(bridged, f"writes/{sensor}")
+        assert len(reason) == 1 and "wrong result type" in reason[0] and "OM_Measurement" in reason[0]
+    finally:
+        device.loop_stop()
+        listener.close()
+
+
+@pytest.mark.parametrize(("sent", "back"), [
+    ("2015-03-03T00:00:00Z", "2015-03-03T00:00:00Z"),
+    ("2015-03-03T00:00:00.5Z", "2015-03-03T00:00:00.5Z"),
+    ("2015-03-03T00:00:00.120Z", "2015-03-03T00:00:00.12Z"),
+    ("2015-03-03T01:00:00+01:00", "2015-03-03T00:00:00Z"),
+    ("2015-03-03T01:00:00.123456+01:00/2015-03-03T02:00:00Z", "2015-03-03T00:00:00.123456Z/2015-03-03T02:00:00Z"),
+])
+def test_instants_come_back_as_precise_as_they_were_sent(sta: httpx.Client, sent: str, back: str) -> None:
+    ds = measurement_stream(sta, f"precision {uuid.uuid4().hex[:6]}")
+    made = create(sta, f"Datastreams({ds})/Observations",
+                  {"result": 1, "phenomenonTime": sent, "resultTime": "2015-03-03T00:00:00Z"})
+    got = sta.get(f"Observations({made['@iot.id']})").json()
+    assert got["phenomenonTime"] == back and got["resultTime"] == "2015-03-03T00:00:00Z"
+    assert made["phenomenonTime"] == back
+    # and a filter on the start as written back finds it
+    start = back.split("/")[0]
+    hit = sta.get(f"Datastreams({ds})/Observations", params={"$filter": f"phenomenonTime ge {start}"})
+    assert [o["@iot.id"] for o in hit.json()["value"]] == [made["@iot.id"]]
+    miss = sta.get(f"Datastreams({ds})/Observations", params={"$filter": f"phenomenonTime lt {start}"})
+    assert miss.json()["value"] == []
+
+
+# -- in-process ways in, on real stores ---------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'writes.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
+    yield from _pg_database()
+
+
+def test_bridge_forgets_old_fingerprints_but_knows_recent_ones(store_url: str) -> None:
+    from sqlalchemy import func, select
+
+    from mqtt_bridge import deadletters
+    from mqtt_bridge.mapping import map_message, match
+    from mqtt_bridge.rules import parse_rules
+    from mqtt_bridge.writer import Message, Writer
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+    from sensorthings.times import now
+
+    store = Store.open(store_url)
+    try:
+        sta = Service(store)
+        sta.call("POST", "Things", {
+            "name": "t", "description": "d", "Locations": [{"name": "l", "description": "d",
+            "encodingType": "application/geo+json", "location": {"type": "Point", "coordinates": [1, 2]}}],
+            "Datastreams": [{"name": "ds 1", "description": "d", "observationType": OM + "OM_Measurement",
+                             "unitOfMeasurement": UNIT, "Sensor": {"name": "s", "description": "d",
+                                                                   "encodingType": "t", "metadata": "m"},
+                             "ObservedProperty": {"name": "o", "definition": "d", "description": "d"}}]})
+        rules = parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}])
+        rule, captures = match(rules, "d/1")
+        writer = Writer(store, batch_size=20, keep_seen=50, prune_every=0)
+
+        def message(i: int, dup: bool = False) -> Message:
+            payload = orjson.dumps({"v": i})
+            return Message("d/1", payload, now(), map_message(rule, captures, payload, now()), dup=dup)
+
+        def kept() -> int:
+            with store.read() as conn:
+                return conn.execute(select(func.count()).select_from(deadletters.seen_messages)).scalar_one()
+
+        sizes = []
+        for batch in range(10):
+            writer.write([message(batch * 20 + k) for k in range(20)])
+            sizes.append(kept())
+        # the table stays within what is kept plus one batch, however many messages go through
+        assert max(sizes) <= 50 + 20 and sizes[-1] == sizes[-3], sizes
+        assert writer.forgotten == 200 - sizes[-1] and writer.stored == 200
+        writer.write([message(199, dup=True)])  # the redelivery of a recent message is still recognised
+        writer.write([message(0, dup=True)])  # one older than any redelivery can be is a new message again
+        writer.close()
+        assert (writer.duplicates, writer.stored) == (1, 201)
+    finally:
+        store.close()
+
+
+def test_import_sta_writes_through_the_same_rules(store_url: str, tmp_path: Path) -> None:
+    import io
+
+    from sensorthings.service import Service
+    from sensorthings.store.base import Change, Store
+    from udp.import_sta import Fetcher, IdMap, Importer
+
+    page = {"value": [{
+        "@iot.id": 1, "name": "station", "description": "d",
+        "Locations": [{"@iot.id": 1, "name": "here", "description": "d", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [9.9, 53.5]}}],
+        "Datastreams": [{"@iot.id": 7, "name": "air", "description": "d", "observationType": OM + "OM_Measurement",
+                         "unitOfMeasurement": UNIT,
+                         "Sensor": {"@iot.id": 1, "name": "s", "description": "d", "encodingType": "t",
+                                    "metadata": "m"},
+                         "ObservedProperty": {"@iot.id": 1, "name": "t", "definition": "d", "description": "d"},
+                         "Observations": [
+                             {"@iot.id": 1, "phenomenonTime": "2024-05-01T08:00:00Z", "result": 21.5},
+                             {"@iot.id": 2, "phenomenonTime": "2024-05-01T09:00:00Z", "result": "warm"},
+                             {"@iot.id": 3, "phenomenonTime": "2024-05-01T10:00:00Z", "result": 23}]}]}]}
+    source = tmp_path / "page.json"
+    source.write_bytes(orjson.dumps(page))
+    heard: list[Change] = []
+    store = Store.open(store_url)
+    store.listeners.append(heard.extend)
+    err = io.StringIO()
+    try:
+        importer = Importer(store, IdMap(tmp_path / "map.json", store_url), Fetcher(0, 0.01, 10, err), err)
+        importer.run(str(source))
+        assert importer.failures == 1
+        assert "Observations[1]: wrong result type: the observationType of Datastream" in err.getvalue()
+        svc = Service(store)
+        ds = svc.call("GET", "Datastreams", **{"$filter": "name eq 'air'"})["value"][0]
+        assert ds["phenomenonTime"] == "2024-05-01T08:00:00Z/2024-05-01T10:00:00Z"
+        got = svc.call("GET", f"Datastreams({ds['@iot.id']})/Observations", **{"$orderby": "phenomenonTime"})["value"]
+        assert [o["result"] for o in got] == [21.5, 23]
+        # the changes listeners hear carry the rows as written: notifications need no read-back
+        notes = [c for c in heard if c.entity.name == "Observation"]
+        assert sorted(c.id for c in notes) == sorted(o["@iot.id"] for o in got)
+        assert all(c.kind == "create" and c.row is not None and c.row["id"] == c.id for c in notes)
+    finally:
+        store.close()
+
+
+def test_multidatastream_results_follow_each_observation_type(sta: httpx.Client) -> None:
+    name = f"multi {uuid.uuid4().hex[:6]}"
+    thing = create(sta, "Things", {"name": name, "description": "d", "Locations": [{
+        "name": name, "description": "", "encodingType": "application/geo+json",
+        "location": {"type": "Point", "coordinates": [9.99, 53.55]}}]})
+    md = create(sta, "MultiDatastreams", {
+        "name": name, "description": "d", "observationType": OM + "OM_ComplexObservation",
+        "multiObservationDataTypes": [OM + "OM_TruthObservation", OM + "OM_CountObservation"],
+        "unitOfMeasurements": [UNIT, UNIT], "Thing": {"@iot.id": thing["@iot.id"]},
+        "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+        "ObservedProperties": [{"name": "open", "definition": "d", "description": "d"},
+                               {"name": "cars", "definition": "d", "description": "d"}]})["@iot.id"]
+    path = f"MultiDatastreams({md})/Observations"
+    assert create(sta, path, {"result": [True, 12], "phenomenonTime": "2020-01-01T00:00:00Z"})["result"] == [True, 12]
+    assert create(sta, path, {"result": [None, 3.0]})["result"] == [None, 3.0]  # null fits, 3.0 is an integer
+    for bad, says in (([1, 12], "multiObservationDataTypes[0] is OM_TruthObservation"),
+                      ([True, 1.5], "multiObservationDataTypes[1] is OM_CountObservation"),
+                      ([True], "an array of 2 values")):
+        r = sta.post(path, json={"result": bad})
+        assert r.status_code == 400 and says in r.json()["message"], r.text
+    r = sta.post("CreateObservations", json=[{"MultiDatastream": {"@iot.id": md}, "components": ["result"],
+                                              "dataArray": [[[False, 0]], [["no", 0]]]}])
+    assert r.status_code == 201 and r.json()[1] == "error" and r.json()[0] != "error"
+    assert sta.get(f"MultiDatastreams({md})").json()["phenomenonTime"].startswith("2020-01-01T00:00:00Z/")
