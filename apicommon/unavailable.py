@@ -1,8 +1,9 @@
-"""A database that cannot be reached: both APIs answer 503 with Retry-After, never 500."""
+"""Database errors as answers: a database that cannot be reached is a 503 with Retry-After, a value the database
+cannot evaluate (a NUL byte in a PostgreSQL text) the client's 400; both APIs answer alike, never 500."""
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 # the drivers' words for a connection that is gone or a server that is not (yet) there
 _DOWN = ("connection", "server closed", "terminating", "could not connect", "the database system is")
@@ -13,3 +14,10 @@ def database_unavailable(exc: DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError) and any(w in str(exc.orig).lower() for w in _DOWN)
+
+
+def client_fault(exc: DBAPIError) -> str | None:
+    """The reason to give the client when a database error is the request's fault (a 400), else None."""
+    if isinstance(exc, DataError):
+        return f"the database cannot evaluate the request: {exc.orig}"
+    return None

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apicommon.request import public_base, sees_internal
-from apicommon.unavailable import database_unavailable
+from apicommon.unavailable import client_fault, database_unavailable
 from features import crs as crsmod
 from features.pygeoapi_config import PLACEHOLDER, install
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
@@ -64,8 +64,10 @@ def _error(status: int, code: str, description: str) -> Response:
 
 
 def _unavailable(exc: DBAPIError) -> Response:
-    """503 with Retry-After when the database cannot be reached (as the SensorThings API answers then);
-    any other database error is raised on."""
+    """503 with Retry-After when the database cannot be reached, 400 when it cannot evaluate what the client
+    sent (as the SensorThings API answers then); any other database error is raised on."""
+    if (reason := client_fault(exc)) is not None:
+        return _error(400, "InvalidParameterValue", reason)
     if not database_unavailable(exc):
         raise exc
     response = _error(503, "ServiceUnavailable", "the database is unavailable")

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import jsonpatch
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from apicommon.unavailable import database_unavailable
+from apicommon.unavailable import client_fault, database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import ResponseCache
 from sensorthings.conformance import conformance
@@ -128,9 +128,9 @@ class Service:
             return error(400, str(exc))
         except IntegrityError as exc:
             return error(400, f"the write breaks a constraint: {exc.orig}")
-        except DataError as exc:
-            return error(400, f"the database cannot evaluate the request: {exc.orig}")
         except DBAPIError as exc:
+            if (reason := client_fault(exc)) is not None:
+                return error(400, reason)
             if database_unavailable(exc):
                 log.warning("database unavailable: %s", exc)
                 return ApiResponse(503, {"code": 503, "type": "error", "message": "the database is unavailable"},
