@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apicommon.declaration import declared
 from features.crs import CrsError, parse_crs
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,11 +61,7 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
             raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
         if cid in taken:
             raise SpecError(f"{where}: the id is taken by a SensorThings collection; choose another")
-        if not isinstance(body, dict):
-            raise SpecError(f"{where}: must be a mapping with at least `source`")
-        unknown = sorted(set(body) - KEYS)
-        if unknown:
-            raise SpecError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
+        declared(body, where, KEYS, SpecError, shape="must be a mapping with at least `source`")
         if "source" not in body:
             raise SpecError(f"{where}.source: missing (a vector file or postgresql://…#schema.table)")
         source = _text(body["source"], f"{where}.source")

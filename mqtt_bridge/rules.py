@@ -33,6 +33,8 @@ from typing import Any
 from jsonpath_ng.exceptions import JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 
+from apicommon.declaration import declared
+
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KEYS = {"topic", "datastream", "datastream_id", "multidatastream", "multidatastream_id", "result", "each",
         "phenomenonTime", "resultTime", "parameters", "csv", "qos", "max_payload", "forward"}
@@ -130,11 +132,7 @@ def _template(value: Any, where: str, known: set[str]) -> Template:
 def parse_rule(raw: Any, index: int) -> Rule:
     """One rule from its config mapping."""
     where = f"bridge[{index}]"
-    if not isinstance(raw, dict):
-        raise RuleError(f"{where}: must be a mapping")
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise RuleError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
+    declared(raw, where, KEYS, RuleError)
     topic = raw.get("topic")
     if not isinstance(topic, str) or not topic or "#" in topic:
         raise RuleError(f"{where}.topic: a topic pattern such as city/{{sensor}}/count is required")

@@ -27,6 +27,7 @@ import anyio.to_thread
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from apicommon.declaration import declared
 from udp.errors import ConfigError, whole_number
 from udp.throttle import SignInThrottle, Throttled
 
@@ -88,19 +89,12 @@ class AuthSpec:
 
 def parse_auth(doc: Any) -> AuthSpec:
     """The `auth:` mapping; ConfigError names the key path."""
-    if not isinstance(doc, dict):
-        raise ConfigError("auth: must be a mapping with `users` and/or `oidc`")
-    unknown = sorted(set(doc) - set(AUTH_KEYS))
-    if unknown:
-        raise ConfigError(f"auth.{unknown[0]}: unknown key (known: {', '.join(sorted(AUTH_KEYS))})")
+    declared(doc, "auth", AUTH_KEYS, ConfigError, shape="must be a mapping with `users` and/or `oidc`")
     users: dict[str, User] = {}
     for i, entry in enumerate(doc.get("users") or []):
         where = f"auth.users[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: must be a mapping with name, password and roles")
-        bad = sorted(set(entry) - {"name", "password", "roles"})
-        if bad:
-            raise ConfigError(f"{where}.{bad[0]}: unknown key (known: name, password, roles)")
+        declared(entry, where, ("name", "password", "roles"), ConfigError,
+                 shape="must be a mapping with name, password and roles")
         name, password, roles = entry.get("name"), entry.get("password"), entry.get("roles", ["read"])
         if not isinstance(name, str) or not name or name == INTERNAL_USER:
             raise ConfigError(f"{where}.name: a user name is required (and {INTERNAL_USER!r} is the platform's own)")
@@ -117,9 +111,7 @@ def parse_auth(doc: Any) -> AuthSpec:
         o = doc["oidc"]
         if not isinstance(o, dict) or not isinstance(o.get("issuer"), str):
             raise ConfigError("auth.oidc.issuer: the issuer URL is required (https://id.example.org/realms/city)")
-        bad = sorted(set(o) - {"issuer", "audience", "roles_claim", "jwks_uri"})
-        if bad:
-            raise ConfigError(f"auth.oidc.{bad[0]}: unknown key (known: audience, issuer, jwks_uri, roles_claim)")
+        declared(o, "auth.oidc", ("issuer", "audience", "roles_claim", "jwks_uri"), ConfigError)
         oidc = Oidc(o["issuer"].rstrip("/"), o.get("audience"), o.get("roles_claim", "realm_access.roles"),
                     o.get("jwks_uri"))
     if not users and oidc is None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from apicommon.declaration import declared
 from sensorthings.query.limits import Limits
 from udp.errors import ConfigError, whole_number
 
@@ -88,9 +89,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
-    unknown = sorted(set(doc) - KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    declared(doc, "", KNOWN_KEYS, ConfigError)
     doc = _expand(doc, "")
     cfg = Config(path=p, raw=doc)
     if "title" in doc:
@@ -108,11 +107,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if "public_url" in doc:
         cfg.public_url = str(doc["public_url"])
     mqtt = doc.get("mqtt") or {}
-    if not isinstance(mqtt, dict):
-        raise ConfigError("mqtt: must be a mapping")
-    for key in mqtt:
-        if key not in MQTT_KEYS:
-            raise ConfigError(f"mqtt.{key}: unknown key (known: {', '.join(MQTT_KEYS)})")
+    declared(mqtt, "mqtt", MQTT_KEYS, ConfigError)
     if "url" in mqtt:
         url = str(mqtt["url"])
         if not url.startswith(("mqtt://", "mqtts://", "ws://", "wss://", "tcp://")):
@@ -159,11 +154,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
         cfg.auth = parse_auth(doc["auth"])
     server = doc.get("server") or {}
-    if not isinstance(server, dict):
-        raise ConfigError("server: must be a mapping")
-    for key in server:
-        if key not in SERVER_KEYS:
-            raise ConfigError(f"server.{key}: unknown key (known: {', '.join(SERVER_KEYS)})")
+    declared(server, "server", SERVER_KEYS, ConfigError)
     if "threads" in server:
         cfg.threads = whole_number(server["threads"], "server.threads", 1, 256)
     if "response_cache_mb" in server:

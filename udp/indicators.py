@@ -33,6 +33,7 @@ import pandas as pd
 import shapely
 from sqlalchemy import and_, func, select
 
+from apicommon.declaration import declared
 from features.spec import CollectionSpec
 from provider_plugins.areas import load_areas
 from sensorthings.access import INTERNAL, internal_things
@@ -77,14 +78,7 @@ def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[s
     out = {}
     for iid, body in doc.items():
         where = f"indicators.{iid}"
-        if not isinstance(body, dict):
-            raise ConfigError(f"{where}: must be a mapping")
-        unknown = sorted(set(body) - KEYS)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(KEYS))})")
-        for needed in ("observedProperty", "aggregate", "window"):
-            if needed not in body:
-                raise ConfigError(f"{where}.{needed}: missing")
+        declared(body, where, KEYS, ConfigError, required=("observedProperty", "aggregate", "window"))
         if body["aggregate"] not in AGGREGATES:
             raise ConfigError(f"{where}.aggregate: must be one of {', '.join(AGGREGATES)}, got {body['aggregate']!r}")
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import shapely
 
+from apicommon.declaration import declared
 from features.spec import CollectionSpec, SpecError, parse_collections
 from sensorthings.service import Service
 from udp.errors import ConfigError
@@ -76,11 +77,7 @@ def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
     out = []
     for i, entry in enumerate(doc):
         where = f"sensors[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: must be a mapping")
-        unknown = sorted(set(entry) - ENTRY_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(ENTRY_KEYS))})")
+        declared(entry, where, ENTRY_KEYS, ConfigError)
         if "things" not in entry or "name" not in entry:
             raise ConfigError(f"{where}: needs `things` (the table) and `name` (a template)")
         source = {k: entry[k] for k in ("layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding") if k in entry}
@@ -91,14 +88,7 @@ def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
         streams = []
         for j, ds in enumerate(entry.get("datastreams") or []):
             dw = f"{where}.datastreams[{j}]"
-            if not isinstance(ds, dict):
-                raise ConfigError(f"{dw}: must be a mapping")
-            bad = sorted(set(ds) - DATASTREAM_KEYS)
-            if bad:
-                raise ConfigError(f"{dw}.{bad[0]}: unknown key (known: {', '.join(sorted(DATASTREAM_KEYS))})")
-            for needed in ("name", "observedProperty", "unit"):
-                if needed not in ds:
-                    raise ConfigError(f"{dw}.{needed}: missing")
+            declared(ds, dw, DATASTREAM_KEYS, ConfigError, required=("name", "observedProperty", "unit"))
             unit = ds["unit"]
             if not isinstance(unit, dict) or not {"name", "symbol", "definition"} <= set(unit):
                 raise ConfigError(f"{dw}.unit: needs name, symbol and definition")
