@@ -8,7 +8,7 @@ import atexit
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,15 +191,15 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
             return None  # as if it did not exist
         return found
 
-    async def items(request: Request) -> Response:
+    def prepared(request: Request, parse: Callable[[FeatureSource, dict[str, str]], ItemsQuery]
+                 ) -> tuple[FeatureSource, ItemsQuery, str | None] | Response:
+        """The stages both routes run first: the collection (404), the parsed query (400), HTML handed to
+        pygeoapi, who may see internal data, and a 304 for a current ETag; or the response that ends there."""
         source = source_of(request)
         if source is None:
             return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
-        params = dict(request.query_params)
         try:
-            q = parse_items(params, source.fields, source.offered_crs(), source.time_column is not None, max_limit)
-            if q.format not in (None, "json", "geojson", "html"):
-                raise ParamError(f"f: {q.format!r} is not offered here (json, html)")
+            q = parse(source, dict(request.query_params))
         except ParamError as exc:
             return _error(400, "InvalidParameterValue", str(exc))
         if _wants_html(request):
@@ -208,6 +208,19 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         etag = _etag(source, request)
         if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
+        return source, q, etag
+
+    def parse_page(source: FeatureSource, params: dict[str, str]) -> ItemsQuery:
+        q = parse_items(params, source.fields, source.offered_crs(), source.time_column is not None, max_limit)
+        if q.format not in (None, "json", "geojson", "html"):
+            raise ParamError(f"f: {q.format!r} is not offered here (json, html)")
+        return q
+
+    async def items(request: Request) -> Response:
+        ready = prepared(request, parse_page)
+        if isinstance(ready, Response):
+            return ready
+        source, q, etag = ready
         try:
             page: Page = await run_in_threadpool(source.search, q)
         except (ParamError, QueryTimeout) as exc:  # a filter too costly for the store is the client's to narrow
@@ -239,19 +252,10 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         return _answer(request, source, body, etag, q, root)
 
     async def item(request: Request) -> Response:
-        source = source_of(request)
-        if source is None:
-            return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
-        try:
-            q = parse_item(dict(request.query_params), source.fields, source.offered_crs())
-        except ParamError as exc:
-            return _error(400, "InvalidParameterValue", str(exc))
-        if _wants_html(request):
-            return _Delegate(rebased)
-        q = replace(q, sees_internal=sees_internal(request.scope))
-        etag = _etag(source, request)
-        if etag and request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=_headers(source, etag, q))
+        ready = prepared(request, lambda source, params: parse_item(params, source.fields, source.offered_crs()))
+        if isinstance(ready, Response):
+            return ready
+        source, q, etag = ready
         try:
             found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
         except DBAPIError as exc:

@@ -177,12 +177,7 @@ def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[in
         if name not in fields:
             raise ParamError(f"sortby: unknown property {name!r}")
         sortby.append(Sort(name, desc))
-    props = None
-    if "properties" in params:
-        props = tuple(p.strip() for p in params["properties"].split(",") if p.strip())
-        for p in props:
-            if p not in fields:
-                raise ParamError(f"properties: unknown property {p!r}")
+    props = _properties(params, fields)
     resulttype = params.get("resulttype", "results")
     if resulttype not in ("results", "hits"):
         raise ParamError(f"resulttype: must be results or hits, got {resulttype!r}")
@@ -200,11 +195,17 @@ def parse_item(params: dict[str, str], fields: dict[str, Any], offered: list[int
     for name in params:
         if name not in ITEM:
             raise ParamError(f"{name}: unknown query parameter (parameters: {', '.join(sorted(ITEM))})")
-    props = None
-    if "properties" in params:
-        props = tuple(p.strip() for p in params["properties"].split(",") if p.strip())
-        for p in props:
-            if p not in fields:
-                raise ParamError(f"properties: unknown property {p!r}")
+    props = _properties(params, fields)
     return ItemsQuery(properties=props, skip_geometry=_bool(params, "skipGeometry"),
                       crs=_crs(params, "crs", offered), format=params.get("f"))
+
+
+def _properties(params: dict[str, str], fields: dict[str, Any]) -> tuple[str, ...] | None:
+    """`properties=a,b`: the names to keep, each a queryable; None when not asked."""
+    if "properties" not in params:
+        return None
+    props = tuple(p.strip() for p in params["properties"].split(",") if p.strip())
+    for p in props:
+        if p not in fields:
+            raise ParamError(f"properties: unknown property {p!r}")
+    return props
