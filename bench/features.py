@@ -2,6 +2,8 @@
 
     python bench/features.py [--features 100000] [--requests 60] [--stock-requests 5] [--clients 1]
                              [--skip-ours] [--skip-stock] [--keep-files]
+    python bench/features.py --scale city [--points 1000000] [--polygons 300000] [--requests 60] [--clients 1]
+                             [--workers 2] [--skip pg|gpkg|tipg] [--cache-dir …]   (bench/city_bench.py)
 
 It builds a point dataset from real Seoul locations (the Ttareungyi bike stations, Gangnam's CCTV
 cameras and the S-DoT sensors, 4,154 points), repeated with small coordinate offsets (copy k is
@@ -39,25 +41,33 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import city_bench
 import httpx
 import orjson
 import yaml
 from harness import Ports, Process, Udp, say, tail  # bench/ is the script's own directory
+from ogc_timing import (
+    HEADERS,
+    PAGE,
+    Query,
+    Result,
+    Server,
+    describe_error,
+    features_of,
+    fmt_ms,
+    line_for,
+    print_table,
+    run_query,
+)
+from seoul_places import BIKES, CCTV, SDOT, real_points
 
-SEOUL = Path("/work/shared/data/seoul")
-BIKES = SEOUL / "mobility" / "ttareungyi_bike_stations.csv"
-CCTV = SEOUL / "sensors" / "gangnam_cctv_locations.csv"
-SDOT = SEOUL / "sensors" / "sdot_sensor_locations.csv"
 COLLECTIONS = ("points_csv", "points_geojson")
-HEADERS = {"Accept": "application/geo+json"}
-PAGE = 1000
 FILTER = "units > 20"
 OFFSET_STEP = 0.001  # degrees between copies of the real points
 
@@ -76,41 +86,6 @@ class Point:
     units: int
     lon: float
     lat: float
-
-
-def _district(address: str) -> str:
-    """The gu of a Seoul address ("서울특별시 강남구 …" → "강남구"); "" when there is none."""
-    parts = address.split()
-    return parts[1] if len(parts) > 1 and parts[1].endswith("구") else ""
-
-
-def real_points() -> list[tuple[str, str, int, float, float]]:
-    """(name, district, units, lon, lat) of every real point that has coordinates."""
-    out: list[tuple[str, str, int, float, float]] = []
-    with BIKES.open(encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["place"] == "합계" or not row["latitude"] or not row["longitude"]:
-                continue
-            out.append((row["name"].strip() or f"station {row['id']}", row["place"].strip(),
-                        int(row["numOfUnits"] or 0), float(row["longitude"]), float(row["latitude"])))
-    with CCTV.open(encoding="utf-8-sig", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if not row["latitude"] or not row["longitude"]:
-                continue
-            address = (row["new_address"] or row["old_address"]).strip()
-            out.append((f"CCTV {address}" if address else "CCTV", _district(address) or "강남구",
-                        int(row["count"] or 0), float(row["longitude"]), float(row["latitude"])))
-    if SDOT.exists():
-        bikes = [(p[3], p[4], p[1]) for p in out]  # a sensor's district: its nearest bike station's
-        with SDOT.open(encoding="utf-8-sig", newline="") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    lat, lon = float(row["위도"]), float(row["경도"])
-                except (KeyError, ValueError):
-                    continue
-                near = min(bikes, key=lambda b: (b[0] - lon) ** 2 + (b[1] - lat) ** 2)[2] if bikes else ""
-                out.append((f"S-DoT {row['시리얼']}", near, 1, lon, lat))
-    return out
 
 
 def build_points(n: int) -> tuple[list[Point], int]:
@@ -157,44 +132,6 @@ def one_percent_bbox(points: list[Point]) -> tuple[list[float], int]:
 
 
 # -- the servers -----------------------------------------------------------------------------------
-def vm_hwm_mb(pid: int) -> float:
-    """A process's peak resident set size (VmHWM) in MB; nan when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return float("nan")
-
-
-class Server:
-    """A server process (its own process group, its log in a file) and where its OGC API is."""
-
-    def __init__(self, process: Process, port: int, base: str) -> None:
-        self.process, self.name, self.proc, self.log_path = process, process.name, process.proc, process.log_path
-        self.url = f"http://127.0.0.1:{port}"
-        self.base = self.url + base  # where the OGC API Features landing page is
-        self.startup = float("nan")
-        say(f"{self.name}: {' '.join(process.cmd)} (pid {process.pid}, log {process.log_path})")
-
-    def ready(self, url: str, timeout: float) -> None:
-        """Until `url` answers 200; note the time from start to ready."""
-        self.process.wait_http(url, timeout)
-        self.startup = time.perf_counter() - self.process.started
-        say(f"{self.name}: ready after {self.startup:.1f}s")
-
-    def peak_rss(self) -> tuple[float, float, int]:
-        """VmHWM of the main process and summed over its process tree (MB), and the tree's size."""
-        pids = self.process.tree()
-        peaks = [vm_hwm_mb(p) for p in pids]
-        return peaks[0], sum(x for x in peaks if x == x), len(pids)
-
-    def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after 15 s."""
-        say(f"{self.name} stopped (exit {self.process.stop()})")
-
-
 def start_ours(work: Path, csv_path: Path, geojson_path: Path, log_level: str) -> Server:
     """`udp serve --workers 1` with both files as collections, on a SQLite store in `work`."""
     config = work / "udp-config.yml"
@@ -279,58 +216,6 @@ def start_stock(work: Path, csv_path: Path, geojson_path: Path, bbox: list[float
 
 
 # -- the queries -----------------------------------------------------------------------------------
-@dataclass
-class Query:
-    """One kind of request, the same for every collection."""
-
-    key: str
-    label: str
-    path: str  # below /collections/{id}
-    params: dict[str, str]
-    expected: int | None  # numberMatched in the dataset (None: a single Feature)
-    check: Callable[[dict[str, Any]], str]  # what is wrong with a response's features ("": nothing)
-
-
-@dataclass
-class Result:
-    """What one query measured on one server and collection."""
-
-    status: str = ""  # "ok", or what went wrong
-    returned: int | None = None
-    matched: int | None = None
-    size: int = 0
-    problems: str = ""
-    lat_ms: list[float] = field(default_factory=list)
-    failed: int = 0
-    first_error: str = ""
-    seconds: float = 0.0
-
-    @property
-    def p50(self) -> float:
-        """Median latency in ms."""
-        return pct(self.lat_ms, 0.5)
-
-    @property
-    def p99(self) -> float:
-        """99th percentile latency in ms."""
-        return pct(self.lat_ms, 0.99)
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (nearest rank); nan without values."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * q))]
-
-
-def features_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The features of a FeatureCollection, or the one Feature."""
-    if doc.get("type") == "Feature":
-        return [doc]
-    return list(doc.get("features") or [])
-
-
 def prop(feature: dict[str, Any], name: str) -> Any:
     """A property of a feature (the id from `id` when it is not a property)."""
     props = feature.get("properties") or {}
@@ -385,119 +270,6 @@ def make_queries(points: list[Point], bbox: list[float], bbox_count: int) -> lis
     ]
 
 
-def fetch(client: httpx.Client, url: str, params: dict[str, str]) -> tuple[float, httpx.Response]:
-    """One GET, timed (ms) until the body is read."""
-    t = time.perf_counter()
-    r = client.get(url, params=params, headers=HEADERS)
-    return (time.perf_counter() - t) * 1000, r
-
-
-def describe_error(r: httpx.Response) -> str:
-    """A short description of a failed response (the OGC exception's description when there is one)."""
-    try:
-        doc = r.json()
-        text = doc.get("description") or doc.get("detail") or doc.get("message") or r.text
-    except (ValueError, AttributeError):
-        text = r.text
-    return f"{r.status_code} {' '.join(str(text).split())[:200]}"
-
-
-def run_query(url: str, params: dict[str, str], query: Query, requests: int, clients: int,
-              timeout: float) -> Result:
-    """A warm-up request (checked in full), then `requests` timed requests from `clients` threads."""
-    res = Result()
-    with httpx.Client(timeout=timeout) as client:
-        try:
-            _, r = fetch(client, url, params)
-        except httpx.HTTPError as exc:
-            res.status = f"{type(exc).__name__}: {exc}"
-            return res
-        if r.status_code != 200:
-            res.status = describe_error(r)
-            return res
-        try:
-            doc = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
-            res.status = f"200 but not JSON ({r.headers.get('content-type')}): {r.text[:120]!r}"
-            return res
-        res.status, res.size = "ok", len(r.content)
-        res.returned = len(features_of(doc))
-        res.matched = doc.get("numberMatched") if doc.get("type") != "Feature" else None
-        problems = [query.check(doc)]
-        if query.expected is not None and res.matched != query.expected:
-            problems.append(f"numberMatched {res.matched}, the dataset has {query.expected:,}")
-        want = 1 if query.expected is None else min(PAGE, max(0, query.expected - int(params.get("offset", 0))))
-        if res.returned != want:
-            problems.append(f"{res.returned} features returned, expected {want}")
-        res.problems = "; ".join(p for p in problems if p)
-
-    lock = threading.Lock()
-    todo = [requests]
-    stop = threading.Event()
-
-    def worker() -> None:
-        with httpx.Client(timeout=timeout) as c:
-            while not stop.is_set():
-                with lock:
-                    if todo[0] <= 0:
-                        return
-                    todo[0] -= 1
-                try:
-                    ms, resp = fetch(c, url, params)
-                    if resp.status_code != 200:
-                        err = describe_error(resp)
-                    else:
-                        got = len(features_of(orjson.loads(resp.content)))
-                        err = "" if got == res.returned else f"{got} features, the warm-up had {res.returned}"
-                except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
-                    ms, err = float("nan"), f"{type(exc).__name__}: {exc}"
-                with lock:
-                    if err:
-                        res.failed += 1
-                        res.first_error = res.first_error or err
-                    else:
-                        res.lat_ms.append(ms)
-
-    threads = [threading.Thread(target=worker, daemon=True, name=f"client-{i}") for i in range(max(1, clients))]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-    finally:
-        stop.set()
-    res.seconds = time.perf_counter() - started
-    return res
-
-
-def fmt_ms(v: float) -> str:
-    """Milliseconds for the table."""
-    if v != v:
-        return "-"
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def line_for(server: str, coll: str, query: Query, res: Result, clients: int) -> str:
-    """One progress line."""
-    head = f"  {server:5} {coll:14} {query.label:34}"
-    if res.status != "ok":
-        return f"{head} FAILED: {res.status}"
-    done = len(res.lat_ms)
-    rate = done / res.seconds if res.seconds else float("nan")
-    plural = "" if res.returned == 1 else "s"
-    number = "-" if res.matched is None else res.matched
-    text = (f"{head} {res.returned:>5} feature{plural}, numberMatched {number}, "
-            f"{res.size / 1024:,.0f} KiB: p50 {fmt_ms(res.p50)} ms, p99 {fmt_ms(res.p99)} ms "
-            f"({done} requests, {clients} client{'s' if clients > 1 else ''}, {rate:,.1f} req/s)")
-    if res.failed:
-        text += f"; {res.failed} FAILED, e.g. {res.first_error}"
-    if res.problems:
-        text += f"; CHECK: {res.problems}"
-    return text
-
-
 def bench_server(server: Server, name: str, queries: list[Query], requests: int, clients: int,
                  timeout: float) -> dict[tuple[str, str], Result]:
     """Every query on every collection of one server."""
@@ -527,16 +299,6 @@ def probe_stock_cql2(server: Server, timeout: float) -> str:
 
 
 # -- the table -------------------------------------------------------------------------------------
-def print_table(rows: list[list[str]], head: list[str]) -> None:
-    """Columns padded to their widest cell."""
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    say(line)
-    say("-" * len(line))
-    for r in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-
-
 def figure(res: Result | None, ran: bool) -> str:
     """p50/p99 of a result, or what went wrong."""
     if res is None:
@@ -604,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--skip-stock", action="store_true", help="do not run stock pygeoapi")
     ap.add_argument("--server-log-level", default="warning", help="`udp serve --log-level`")
     ap.add_argument("--keep-files", action="store_true", help="keep the temp dir (dataset, configs, server logs)")
+    ap.add_argument("--scale", choices=["demo", "city"], default="demo",
+                    help="demo: --features points against stock pygeoapi; city: the platform against tipg with "
+                         "--points and --polygons from PostGIS and GeoPackage (see bench/city_bench.py)")
+    city_bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.scale == "city":
+        return city_bench.run_city(args)
     if args.features < 1:
         ap.error("--features must be at least 1")
 
