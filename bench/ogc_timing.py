@@ -37,6 +37,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.base = self.url + base  # where the OGC API Features landing page is
         self.startup = float("nan")
+        self.check = float("nan")  # seconds of the `udp check` before it started (the platform)
         say(f"{self.name}: {' '.join(process.cmd)} (pid {process.pid}, log {process.log_path})")
 
     def ready(self, url: str, timeout: float) -> None:
