@@ -313,7 +313,7 @@ def start_tipg(work: Path, cache: Path, db_url: str, tables: list[str], workers:
 
 def memory(server: Server) -> list[str]:
     """The RSS and peak RSS of every process of a server, and their sums."""
-    lines, rss_sum, hwm_sum = [], 0.0, 0.0
+    lines, rss_sum, hwm_sum, largest = [], 0.0, 0.0, 0.0
     for pid in server.process.tree():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -321,8 +321,10 @@ def memory(server: Server) -> list[str]:
             continue
         rss, hwm = status_mb(pid, "VmRSS"), status_mb(pid, "VmHWM")
         rss_sum, hwm_sum = rss_sum + (rss if rss == rss else 0), hwm_sum + (hwm if hwm == hwm else 0)
+        largest = max(largest, rss if rss == rss else 0)
         lines.append(f"    pid {pid:>7}: RSS {rss:7,.0f} MB, peak {hwm:7,.0f} MB  {cmd[:100]}")
-    lines.append(f"    sum: RSS {rss_sum:,.0f} MB, peak {hwm_sum:,.0f} MB over {len(lines)} processes")
+    lines.append(f"    sum: RSS {rss_sum:,.0f} MB, peak {hwm_sum:,.0f} MB over {len(lines)} processes; "
+                 f"the largest holds {largest:,.0f} MB")
     return lines
 
 
