@@ -311,18 +311,26 @@ def start_tipg(work: Path, cache: Path, db_url: str, tables: list[str], workers:
     return server
 
 
+def started_s(pid: int) -> float:
+    """When a process started, in seconds since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def memory(server: Server) -> list[str]:
-    """The RSS and peak RSS of every process of a server, and their sums."""
+    """The RSS and peak RSS of every process of a server, when it started (a late worker is a restarted one:
+    uvicorn kills a worker that does not answer its ping for 5 s), and the sums."""
     lines, rss_sum, hwm_sum, largest = [], 0.0, 0.0, 0.0
     for pid in server.process.tree():
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            after = started_s(pid) - started_s(server.process.pid)
+        except (OSError, IndexError, ValueError):
             continue
         rss, hwm = status_mb(pid, "VmRSS"), status_mb(pid, "VmHWM")
         rss_sum, hwm_sum = rss_sum + (rss if rss == rss else 0), hwm_sum + (hwm if hwm == hwm else 0)
         largest = max(largest, rss if rss == rss else 0)
-        lines.append(f"    pid {pid:>7}: RSS {rss:7,.0f} MB, peak {hwm:7,.0f} MB  {cmd[:100]}")
+        lines.append(f"    pid {pid:>7}: RSS {rss:7,.0f} MB, peak {hwm:7,.0f} MB, started at +{after:5.1f}s  "
+                     f"{cmd[:90]}")
     lines.append(f"    sum: RSS {rss_sum:,.0f} MB, peak {hwm_sum:,.0f} MB over {len(lines)} processes; "
                  f"the largest holds {largest:,.0f} MB")
     return lines
