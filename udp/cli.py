@@ -88,8 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  store         {store_url}")
     sys.stdout.flush()
     try:
+        # a worker reading large sources at start-up holds the GIL for seconds at a time, so it can miss uvicorn's
+        # 5 s health ping and be killed and restarted over and over (seen in bench/features.py --scale city)
         uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=args.log_level, access_log=False, proxy_headers=False)
+                    log_level=args.log_level, access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
     finally:
         mqtt.stop()
     return 0
