@@ -28,6 +28,12 @@ class Page:
 
     number_matched: int
     features: list[bytes]
+    exact: bool = True  # False: number_matched is an estimate (an unfiltered page of a large table)
+
+
+class SourceUnavailable(Exception):
+    """The source's data cannot be reached now (a table dropped, its database down); the message names the
+    collection. The OGC API answers 503."""
 
 
 class FeatureSource(ABC):
