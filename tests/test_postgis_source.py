@@ -58,6 +58,22 @@ def _table(url: str, name: str, rows: list[dict[str, Any]], key: bool = True, ge
     return f"{url}#public.{name}"
 
 
+def _big_table(url: str) -> str:
+    """More rows than provider_plugins.postgis counts on every unfiltered page."""
+    import psycopg
+
+    from provider_plugins.postgis import ESTIMATE_ABOVE
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        conn.execute("CREATE TABLE big AS SELECT g AS id, g % 7 AS weekday, "
+                     "ST_SetSRID(ST_MakePoint(126.9 + (g % 1000) / 10000.0, 37.5 + (g / 1000) / 10000.0), 4326) "
+                     f"AS geom FROM generate_series(1, {ESTIMATE_ABOVE + 20_000}) g")
+        conn.execute("ALTER TABLE big ADD PRIMARY KEY (id)")
+        conn.execute("ANALYZE big")
+    return f"{url}#public.big"
+
+
 @pytest.fixture(scope="module")
 def db() -> Iterator[str]:
     pg = _pg_database()
@@ -82,6 +98,7 @@ def ogc(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "bikes_file": {"source": str(tmp / "bikes.csv"), "x": "longitude", "y": "latitude", "id": "id",
                        "time": "startDate"},
         "scratch": {"source": _table(db, "scratch", rows[:20])},
+        "big": {"source": _big_table(db)},
     }
     (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Live", "collections": collections},
                                                    allow_unicode=True), encoding="utf-8")
@@ -306,3 +323,19 @@ def test_gdal_reads_the_live_collection(ogc: Server) -> None:
     gdf = pyogrio.read_dataframe(f"OAPIF:{ogc.url}/ogcapi", layer="bikes_pg")
     assert len(gdf) == ROWS
     assert {"name", "numOfUnits"} <= set(gdf.columns)
+
+
+def test_large_unfiltered_table_says_its_count_is_an_estimate(api: httpx.Client) -> None:
+    from provider_plugins.postgis import ESTIMATE_ABOVE
+
+    rows = ESTIMATE_ABOVE + 20_000
+    page = _page(api, "big", {"limit": "500", "offset": str(rows - 700)})
+    assert "numberMatched" not in page
+    assert abs(page["numberMatchedEstimate"] - rows) < rows * 0.1
+    assert [f["id"] for f in page["features"]] == list(range(rows - 699, rows - 199))
+    assert any(link["rel"] == "next" for link in page["links"])  # a full page: there may be more
+    last = _page(api, "big", {"limit": "500", "offset": str(rows - 200)})
+    assert len(last["features"]) == 200 and not any(link["rel"] == "next" for link in last["links"])
+    # counted exactly when asked for, or when filtered
+    assert _page(api, "big", {"resulttype": "hits"})["numberMatched"] == rows
+    assert _page(api, "big", {"filter": "weekday = 3", "limit": "1"})["numberMatched"] == rows // 7 + (rows % 7 >= 3)
