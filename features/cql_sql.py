@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 import shapely
-from pygeofilter import ast, values
-from pygeofilter.backends.evaluator import Evaluator, handle
+from pygeofilter import ast
+from pygeofilter.backends.evaluator import handle
 from sqlalchemy import (
     Boolean,
     ColumnElement,
@@ -40,8 +39,7 @@ from sqlalchemy import (
     true,
 )
 
-from features import crs as crsmod
-from features.cql import GEOMETRY, FilterError
+from features.cql import GEOMETRY, FilterError, LiteralEvaluator
 
 NUMBER, TEXT, TIME, BOOL, GEOM, OTHER = "number", "text", "time", "bool", "geometry", "other"
 
@@ -98,7 +96,7 @@ class Operand:
 _SPATIAL = {"INTERSECTS", "DISJOINT", "CONTAINS", "WITHIN", "TOUCHES", "CROSSES", "OVERLAPS", "EQUALS"}
 
 
-class _SqlRenderer(Evaluator):
+class _SqlRenderer(LiteralEvaluator):
     """A filter tree as a boolean SQL condition; nulls select nothing, NOT included (as features.cql does)."""
 
     def __init__(self, columns: Mapping[str, Any], geometry: Any, spatial: SpatialSql,
@@ -192,16 +190,8 @@ class _SqlRenderer(Evaluator):
 
     @handle(ast.BBox)
     def bbox(self, node: Any, lhs: Any) -> Any:
-        box = self._geometry(shapely.box(node.minx, node.miny, node.maxx, node.maxy))
+        box = self._geometry(self.crs84(shapely.box(node.minx, node.miny, node.maxx, node.maxy)))
         return self.spatial.predicate("INTERSECTS", self._operand(lhs).sql, box.sql)
-
-    @handle(values.Geometry)
-    def geometry(self, node: Any) -> Any:
-        return self._geometry(shapely.geometry.shape(node.geometry))
-
-    @handle(values.Envelope)
-    def envelope(self, node: Any) -> Any:
-        return self._geometry(shapely.box(node.x1, node.y1, node.x2, node.y2))
 
     # -- leaves ------------------------------------------------------------------------------------
     @handle(ast.Attribute)
@@ -232,9 +222,7 @@ class _SqlRenderer(Evaluator):
     def function(self, node: Any, *args: Any) -> Any:
         name = node.name.lower()
         if name == "bbox" and len(args) in (4, 6):
-            vals = [float(a) for a in args]
-            box = shapely.box(vals[0], vals[1], vals[3], vals[4]) if len(vals) == 6 else shapely.box(*vals)
-            return self._geometry(box)
+            return self.bbox_of(args)
         if name in ("lower", "casei", "upper") and len(args) == 1:
             arg = args[0]
             fn = func.upper if name == "upper" else func.lower
@@ -243,18 +231,8 @@ class _SqlRenderer(Evaluator):
             return str(arg).upper() if name == "upper" else str(arg).lower()
         raise FilterError(f"unknown function {node.name!r} (known: casei, lower, upper, bbox)")
 
-    @handle(*values.LITERALS)
-    def literal_(self, node: Any) -> Any:
-        return node
-
-    @handle(values.Interval)
-    def interval(self, node: Any, start: Any, end: Any) -> Any:
-        return (start, end)
-
     # -- helpers -----------------------------------------------------------------------------------
     def _geometry(self, geom: shapely.Geometry) -> Operand:
-        if self.filter_crs is not None:  # filter-crs in its own axis order, as the evaluator reads it
-            geom = crsmod.transform(np.array([geom], dtype=object), self.filter_crs, None)[0]
         return Operand(self.spatial.geometry(geom), GEOM)
 
     def _operand(self, value: Any) -> Operand:

@@ -19,6 +19,7 @@ from pygeoapi.provider.base import BaseProvider, ProviderInvalidQueryError, Prov
 
 from features import crs as crsmod
 from features.request import ItemsQuery, ParamError, Sort, parse_datetime
+from features.spec import CollectionSpec
 from sensorthings.store.base import QueryTimeout
 
 
@@ -47,6 +48,11 @@ class FeatureSource(ABC):
     access: str = "public"  # "internal": only for the read role
     # answers carry this where the public base URL goes (sources that write links to other APIs)
     placeholder: bytes | None = None
+
+    def describe(self, spec: CollectionSpec) -> None:
+        """The collection's id, title, description, keywords and access as declared in config.yml."""
+        self.id, self.title, self.description = spec.id, spec.title, spec.description
+        self.keywords, self.access = spec.keywords, spec.access
 
     @property
     @abstractmethod

@@ -92,11 +92,7 @@ class PostgisSource(FeatureSource):
 
     def __init__(self, spec: CollectionSpec, statement_timeout: float | None = None) -> None:
         self.spec = spec
-        self.id = spec.id
-        self.title = spec.title
-        self.description = spec.description
-        self.keywords = spec.keywords
-        self.access = spec.access
+        self.describe(spec)
         url, _, qualified = spec.source.partition("#")
         schema, _, name = qualified.rpartition(".")
         self.schema, self.name = schema or "public", name

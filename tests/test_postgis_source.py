@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DEMO_DATA, PG_URL, ROOT, Server, _pg_database, start_server, stop_server
+from tests.conftest import DEMO_DATA, PG_URL, ROOT, Server, _pg_database, serve_config, stop_server
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="UDP_TEST_PG is not set: PostGIS sources need PostgreSQL")
 
@@ -85,8 +85,6 @@ def db() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ogc(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    import yaml
-
     tmp = tmp_path_factory.mktemp("postgis")
     rows = _stations()
     with open(tmp / "bikes.csv", "w", newline="", encoding="utf-8") as fh:
@@ -100,9 +98,7 @@ def ogc(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "scratch": {"source": _table(db, "scratch", rows[:20])},
         "big": {"source": _big_table(db)},
     }
-    (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Live", "collections": collections},
-                                                   allow_unicode=True), encoding="utf-8")
-    srv = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
+    srv = serve_config(tmp, {"title": "Live", "collections": collections})
     try:
         yield srv
     finally:
