@@ -109,6 +109,7 @@ class PostgisSource(FeatureSource):
     def _reflect(self) -> None:
         spec = self.spec
         with self.engine.connect() as conn:
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")  # start-up is no client's query
             try:
                 self.table = Table(self.name, MetaData(), schema=self.schema, autoload_with=conn)
             except NoSuchTableError:

@@ -335,3 +335,16 @@ def test_large_unfiltered_table_says_its_count_is_an_estimate(api: httpx.Client)
     # counted exactly when asked for, or when filtered
     assert _page(api, "big", {"resulttype": "hits"})["numberMatched"] == rows
     assert _page(api, "big", {"filter": "weekday = 3", "limit": "1"})["numberMatched"] == rows // 7 + (rows % 7 >= 3)
+
+
+def test_statement_timeout_is_400(ogc: Server, db: str, tmp_path: Path) -> None:
+    """(`ogc` made the table `big`.)"""
+    srv = serve_config(tmp_path, {"collections": {"big": {"source": f"{db}#public.big"}},
+                                  "server": {"statement_timeout_s": 0.001}})
+    try:
+        res = srv.http("/ogcapi").get("/collections/big/items",
+                                      params={"filter": "weekday * 3 + id / 7 > 5 AND NOT (weekday = 2)"})
+        assert res.status_code == 400, res.text
+        assert "statement_timeout_s" in res.json()["description"]
+    finally:
+        stop_server(srv)
