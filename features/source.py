@@ -12,10 +12,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
-from pygeoapi.provider.base import BaseProvider, ProviderInvalidQueryError, ProviderItemNotFoundError
+from pygeoapi.provider.base import (
+    BaseProvider,
+    ProviderConnectionError,
+    ProviderInvalidQueryError,
+    ProviderItemNotFoundError,
+)
 
 from features import crs as crsmod
 from features.request import ItemsQuery, ParamError, Sort, parse_datetime
@@ -35,6 +41,12 @@ class Page:
 class SourceUnavailable(Exception):
     """The source's data cannot be reached now (a table dropped, its database down); the message names the
     collection. The OGC API answers 503."""
+
+
+class _Unavailable(ProviderConnectionError):
+    """SourceUnavailable as pygeoapi answers it (its HTML pages): 503, not its default 500."""
+
+    http_status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 class FeatureSource(ABC):
@@ -137,13 +149,18 @@ class PlatformProvider(BaseProvider):
             page = self.source.search(query)
         except (ParamError, QueryTimeout) as exc:  # the client's to change: pygeoapi answers 400, not 500
             raise ProviderInvalidQueryError(str(exc)) from None
+        except SourceUnavailable as exc:
+            raise _Unavailable(user_msg=str(exc)) from None
         features = [orjson.loads(f) for f in page.features]
         return {"type": "FeatureCollection", "features": features, "numberMatched": page.number_matched,
                 "numberReturned": len(features)}
 
     def get(self, identifier: Any, **kwargs: Any) -> dict[str, Any]:
         """One feature for pygeoapi."""
-        found = self.source.feature(str(identifier), ItemsQuery())
+        try:
+            found = self.source.feature(str(identifier), ItemsQuery())
+        except SourceUnavailable as exc:
+            raise _Unavailable(user_msg=str(exc)) from None
         if found is None:
             raise ProviderItemNotFoundError(f"no feature {identifier!r}")
         return orjson.loads(found)

@@ -281,6 +281,7 @@ def test_dropped_table_is_503_naming_the_collection(api: httpx.Client, db: str) 
         res = api.get(path)
         assert res.status_code == 503, res.text
         assert "scratch" in res.json()["description"] and res.headers["retry-after"]
+    assert api.get("/collections/scratch/items", params={"f": "html"}).status_code == 503  # pygeoapi's page
     assert api.get("/collections/bikes_pg/items", params={"limit": "1"}).status_code == 200
 
 
