@@ -28,7 +28,7 @@ from apicommon.unavailable import client_fault, database_unavailable
 from features import crs as crsmod
 from features.pygeoapi_config import PLACEHOLDER, install
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
-from features.source import SOURCES, FeatureSource, Page
+from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
 from sensorthings.store.base import QueryTimeout
 
 PREFIX = "/ogcapi"
@@ -70,7 +70,11 @@ def _unavailable(exc: DBAPIError) -> Response:
         return _error(400, "InvalidParameterValue", reason)
     if not database_unavailable(exc):
         raise exc
-    response = _error(503, "ServiceUnavailable", "the database is unavailable")
+    return _gone("the database is unavailable")
+
+
+def _gone(reason: str) -> Response:
+    response = _error(503, "ServiceUnavailable", reason)
     response.headers["Retry-After"] = "5"
     return response
 
@@ -225,6 +229,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
             page: Page = await run_in_threadpool(source.search, q)
         except (ParamError, QueryTimeout) as exc:  # a filter too costly for the store is the client's to narrow
             return _error(400, "InvalidParameterValue", str(exc))
+        except SourceUnavailable as exc:
+            return _gone(str(exc))
         except DBAPIError as exc:
             return _unavailable(exc)
         root = public_base(request, public_url)
@@ -239,14 +245,17 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
             {"href": f"{base}/collections/{source.id}", "rel": "collection", "type": "application/json",
              "title": source.title},
         ]
-        if not q.hits and q.offset + q.limit < page.number_matched:
+        more = q.offset + q.limit < page.number_matched if page.exact else len(page.features) == q.limit
+        if not q.hits and more:
             links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(q.offset + q.limit))])}",
                           "rel": "next", "type": GEOJSON, "title": "next page"})
         if q.offset > 0 and not q.hits:
             links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(max(0, q.offset - q.limit)))])}",
                           "rel": "prev", "type": GEOJSON, "title": "previous page"})
-        head = orjson.dumps({"type": "FeatureCollection", "numberMatched": page.number_matched,
-                             "numberReturned": len(page.features),
+        # an estimated count is no numberMatched (optional in OGC API Features): a member of its own says it
+        counted = {"numberMatched": page.number_matched} if page.exact else {
+            "numberMatchedEstimate": page.number_matched}
+        head = orjson.dumps({"type": "FeatureCollection", **counted, "numberReturned": len(page.features),
                              "timeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "links": links})
         body = head[:-1] + b',"features":[' + b",".join(page.features) + b"]}"
         return _answer(request, source, body, etag, q, root)
@@ -258,6 +267,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         source, q, etag = ready
         try:
             found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
+        except SourceUnavailable as exc:
+            return _gone(str(exc))
         except DBAPIError as exc:
             return _unavailable(exc)
         if found is None:

@@ -71,7 +71,46 @@ def check_attributes(node: ast.Node, known: Iterable[str]) -> None:
             raise FilterError(f"unknown property {name!r} in filter (queryables: {', '.join(sorted(names))})")
 
 
-class _TableEvaluator(Evaluator):
+class LiteralEvaluator(Evaluator):
+    """What every filter evaluator shares: literals as they are, intervals as pairs, geometry literals read in
+    the filter-crs (its own axis order) and handed to `_geometry` in CRS84."""
+
+    filter_crs: int | None = None
+
+    @handle(values.Geometry)
+    def geometry(self, node: Any) -> Any:
+        return self._geometry(self.crs84(shapely.geometry.shape(node.geometry)))
+
+    @handle(values.Envelope)
+    def envelope(self, node: Any) -> Any:
+        return self._geometry(self.crs84(shapely.box(node.x1, node.y1, node.x2, node.y2)))
+
+    @handle(*values.LITERALS)
+    def literal(self, node: Any) -> Any:
+        return node
+
+    @handle(values.Interval)
+    def interval(self, node: Any, start: Any, end: Any) -> Any:
+        return (start, end)
+
+    def bbox_of(self, args: tuple[Any, ...]) -> Any:
+        """The function `bbox(x1, y1, x2, y2)` (or its 6-number form) as `_geometry` gives a CRS84 box."""
+        vals = [float(a) for a in args]
+        box = shapely.box(vals[0], vals[1], vals[3], vals[4]) if len(vals) == 6 else shapely.box(*vals)
+        return self._geometry(self.crs84(box))
+
+    def crs84(self, geom: shapely.Geometry) -> shapely.Geometry:
+        """A geometry literal of the filter in CRS84."""
+        if self.filter_crs is None:
+            return geom
+        return crsmod.transform(np.array([geom], dtype=object), self.filter_crs, None)[0]
+
+    def _geometry(self, geom: shapely.Geometry) -> Any:
+        """A CRS84 geometry literal as the evaluator compares it."""
+        return geom
+
+
+class _TableEvaluator(LiteralEvaluator):
     """A filter tree as a boolean mask over a table's rows."""
 
     def __init__(self, frame: pd.DataFrame, geoms: np.ndarray, tree: shapely.STRtree,
@@ -183,18 +222,10 @@ class _TableEvaluator(Evaluator):
 
     @handle(ast.BBox)
     def bbox(self, node: Any, lhs: Any) -> Any:
-        box = self._geometry(shapely.box(node.minx, node.miny, node.maxx, node.maxy))
+        box = self.crs84(shapely.box(node.minx, node.miny, node.maxx, node.maxy))
         mask = np.zeros(self.n, dtype=bool)
         mask[self.tree.query(box, predicate="intersects")] = True
         return mask
-
-    @handle(values.Geometry)
-    def geometry(self, node: Any) -> Any:
-        return self._geometry(shapely.geometry.shape(node.geometry))
-
-    @handle(values.Envelope)
-    def envelope(self, node: Any) -> Any:
-        return self._geometry(shapely.box(node.x1, node.y1, node.x2, node.y2))
 
     # -- leaves ------------------------------------------------------------------------------------
     @handle(ast.Attribute)
@@ -215,9 +246,7 @@ class _TableEvaluator(Evaluator):
     def function(self, node: Any, *args: Any) -> Any:
         name = node.name.lower()
         if name == "bbox" and len(args) in (4, 6):
-            vals = [float(a) for a in args]
-            box = shapely.box(vals[0], vals[1], vals[3], vals[4]) if len(vals) == 6 else shapely.box(*vals)
-            return self._geometry(box)
+            return self.bbox_of(args)
         if name in ("lower", "casei") and len(args) == 1:
             return self._series(args[0]).astype("string").str.lower() if isinstance(args[0], pd.Series) \
                 else str(args[0]).lower()
@@ -225,20 +254,7 @@ class _TableEvaluator(Evaluator):
             return self._series(args[0]).astype("string").str.upper()
         raise FilterError(f"unknown function {node.name!r} (known: casei, lower, upper, bbox)")
 
-    @handle(*values.LITERALS)
-    def literal(self, node: Any) -> Any:
-        return node
-
-    @handle(values.Interval)
-    def interval(self, node: Any, start: Any, end: Any) -> Any:
-        return (start, end)
-
     # -- helpers -----------------------------------------------------------------------------------
-    def _geometry(self, geom: shapely.Geometry) -> shapely.Geometry:
-        if self.filter_crs is None:
-            return geom
-        return crsmod.transform(np.array([geom], dtype=object), self.filter_crs, None)[0]
-
     def _series(self, value: Any) -> pd.Series:
         if isinstance(value, pd.Series):
             return value

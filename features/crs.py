@@ -91,6 +91,11 @@ def transform(geoms: np.ndarray, source: int | None, target: int | None, *, xy: 
     return shapely.transform(geoms, fn)
 
 
+def northing_first(code: int | None) -> bool:
+    """True when the CRS lists latitude or northing first (EPSG:4326, the Korean TM systems)."""
+    return _crs(code).axis_info[0].direction.lower() in ("north", "south")
+
+
 def transform_bbox(box: tuple[float, float, float, float], source: int | None) -> tuple[float, ...]:
     """A bbox in `source` (its axis order) as a CRS84 bbox that covers it."""
     if source is None:

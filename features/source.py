@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
-from pygeoapi.provider.base import BaseProvider, ProviderInvalidQueryError, ProviderItemNotFoundError
+from pygeoapi.provider.base import (
+    BaseProvider,
+    ProviderConnectionError,
+    ProviderInvalidQueryError,
+    ProviderItemNotFoundError,
+)
 
 from features import crs as crsmod
 from features.request import ItemsQuery, ParamError, Sort, parse_datetime
+from features.spec import CollectionSpec
 from sensorthings.store.base import QueryTimeout
 
 
@@ -28,6 +35,18 @@ class Page:
 
     number_matched: int
     features: list[bytes]
+    exact: bool = True  # False: number_matched is an estimate (an unfiltered page of a large table)
+
+
+class SourceUnavailable(Exception):
+    """The source's data cannot be reached now (a table dropped, its database down); the message names the
+    collection. The OGC API answers 503."""
+
+
+class _Unavailable(ProviderConnectionError):
+    """SourceUnavailable as pygeoapi answers it (its HTML pages): 503, not its default 500."""
+
+    http_status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 class FeatureSource(ABC):
@@ -41,6 +60,11 @@ class FeatureSource(ABC):
     access: str = "public"  # "internal": only for the read role
     # answers carry this where the public base URL goes (sources that write links to other APIs)
     placeholder: bytes | None = None
+
+    def describe(self, spec: CollectionSpec) -> None:
+        """The collection's id, title, description, keywords and access as declared in config.yml."""
+        self.id, self.title, self.description = spec.id, spec.title, spec.description
+        self.keywords, self.access = spec.keywords, spec.access
 
     @property
     @abstractmethod
@@ -125,13 +149,18 @@ class PlatformProvider(BaseProvider):
             page = self.source.search(query)
         except (ParamError, QueryTimeout) as exc:  # the client's to change: pygeoapi answers 400, not 500
             raise ProviderInvalidQueryError(str(exc)) from None
+        except SourceUnavailable as exc:
+            raise _Unavailable(user_msg=str(exc)) from None
         features = [orjson.loads(f) for f in page.features]
         return {"type": "FeatureCollection", "features": features, "numberMatched": page.number_matched,
                 "numberReturned": len(features)}
 
     def get(self, identifier: Any, **kwargs: Any) -> dict[str, Any]:
         """One feature for pygeoapi."""
-        found = self.source.feature(str(identifier), ItemsQuery())
+        try:
+            found = self.source.feature(str(identifier), ItemsQuery())
+        except SourceUnavailable as exc:
+            raise _Unavailable(user_msg=str(exc)) from None
         if found is None:
             raise ProviderItemNotFoundError(f"no feature {identifier!r}")
         return orjson.loads(found)

@@ -267,11 +267,7 @@ class TableSource(FeatureSource):
 
     def __init__(self, spec: CollectionSpec) -> None:
         self.spec = spec
-        self.id = spec.id
-        self.title = spec.title
-        self.description = spec.description
-        self.keywords = spec.keywords
-        self.access = spec.access
+        self.describe(spec)
         self.table = load(spec)
 
     @property

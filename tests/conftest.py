@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,3 +95,11 @@ def sta(server: Server) -> httpx.Client:
 def unique(prefix: str = "t") -> str:
     """A name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def serve_config(tmp: Path, doc: dict[str, Any]) -> Server:
+    """`udp serve` of the config.yml `doc` written into `tmp`, on a fresh SQLite store there."""
+    import yaml
+
+    (tmp / "config.yml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])

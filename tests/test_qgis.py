@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DEMO_DATA, ROOT, Server, start_server, stop_server
+from tests.conftest import DEMO_DATA, ROOT, Server, serve_config, stop_server
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = ROOT / "tests" / "qgis_load_layer.py"
@@ -42,15 +42,11 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    import yaml
-
     tmp = tmp_path_factory.mktemp("qgis")
     bikes = {"title": "Bike-share stations", "source": str(BIKES), "x": "longitude", "y": "latitude"}
     timed = {**bikes, "title": "Bike-share stations by start date", "time": "startDate"}
     collections = {"bikes": bikes, "bikes_timed": timed}
-    (tmp / "config.yml").write_text(yaml.safe_dump({"title": "QGIS test", "collections": collections},
-                                                   allow_unicode=True), encoding="utf-8")
-    srv = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
+    srv = serve_config(tmp, {"title": "QGIS test", "collections": collections})
     try:
         yield srv
     finally:

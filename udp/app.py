@@ -115,7 +115,8 @@ def build_app(config: Config) -> Starlette:
         Route("/health", health),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
-        *features_routes(load_sources(config.collections, store, config.indicators), config.title,
+        *features_routes(load_sources(config.collections, store, config.indicators,
+                                      config.statement_timeout_s), config.title,
                          config.public_url, max_limit=config.max_top),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store

@@ -30,6 +30,8 @@ def _try(name: str, spec: CollectionSpec) -> Report:
     from provider_plugins.table import SourceError, load
 
     started = time.perf_counter()
+    if spec.is_postgis:
+        return _try_postgis(name, spec, started)
     try:
         table = load(spec)
     except SourceError as exc:
@@ -45,6 +47,20 @@ def _try(name: str, spec: CollectionSpec) -> Report:
     return Report(name, spec.source, True, len(table.ids), crsmod.label(table.source_crs),
                   "" if box is None else ", ".join(f"{v:.5f}" for v in box), "; ".join(problems),
                   time.perf_counter() - started)
+
+
+def _try_postgis(name: str, spec: CollectionSpec, started: float) -> Report:
+    from provider_plugins.postgis import check_table, dispose_engines
+    from provider_plugins.table import SourceError
+
+    try:
+        count, crs, box = check_table(spec)
+    except SourceError as exc:
+        return Report(name, spec.source, False, problem=exc.reason, seconds=time.perf_counter() - started)
+    finally:
+        dispose_engines()
+    return Report(name, spec.source, True, count, crsmod.label(crs),
+                  "" if box is None else ", ".join(f"{v:.5f}" for v in box), "", time.perf_counter() - started)
 
 
 def check(config: Config) -> list[Report]:

@@ -41,14 +41,19 @@ def _config(path: str | None) -> Config:
 def _open_sources(config: Config, keep: bool) -> None:
     """Read every declared collection before serving, or exit naming the collection and the reason;
     `keep` holds them for a single in-process worker, else each worker reads its own."""
-    from provider_plugins import table
+    from provider_plugins import postgis, table
 
     try:
         for spec in config.collections.values():
-            table.load(spec)
+            if spec.is_postgis:  # served live: reflecting the table is the check
+                postgis.PostgisSource(spec)
+            else:
+                table.load(spec)
     except table.SourceError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        postgis.dispose_engines()  # each worker opens its own pool
     if not keep:
         table.forget()
 

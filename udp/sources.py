@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from features.source import FeatureSource
 from features.spec import CollectionSpec
+from provider_plugins.postgis import PostgisSource
 from provider_plugins.sensorthings import sensorthings_sources
 from provider_plugins.table import TableSource
 from sensorthings.store.base import Store
@@ -13,13 +14,16 @@ from udp.indicators import IndicatorSpec
 
 
 def load_sources(specs: Mapping[str, CollectionSpec], store: Store | None,
-                 indicators: Mapping[str, IndicatorSpec] | None = None) -> dict[str, FeatureSource]:
-    """Every declared collection opened (SourceError names the first that cannot be read), the
-    SensorThings collections of the store and the indicators with areas."""
+                 indicators: Mapping[str, IndicatorSpec] | None = None,
+                 statement_timeout: float | None = None) -> dict[str, FeatureSource]:
+    """Every declared collection opened (SourceError names the first that cannot be read): PostGIS tables
+    served live in SQL (with the statement timeout), files loaded; the SensorThings collections of the store
+    and the indicators with areas."""
     out: dict[str, FeatureSource] = {}
     if store is not None:
         out.update(sensorthings_sources(store))
-    out.update({cid: TableSource(spec) for cid, spec in specs.items()})
+    out.update({cid: PostgisSource(spec, statement_timeout) if spec.is_postgis else TableSource(spec)
+                for cid, spec in specs.items()})
     if store is not None and indicators:
         from provider_plugins.indicators import IndicatorSource
 
