@@ -225,6 +225,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         if isinstance(ready, Response):
             return ready
         source, q, etag = ready
+        if q.after is not None and not source.pages_by_key:
+            return _error(400, "InvalidParameterValue", f"cursor: collection {source.id!r} pages by offset")
         try:
             page: Page = await run_in_threadpool(source.search, q)
         except (ParamError, QueryTimeout) as exc:  # a filter too costly for the store is the client's to narrow
@@ -245,10 +247,14 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
             {"href": f"{base}/collections/{source.id}", "rel": "collection", "type": "application/json",
              "title": source.title},
         ]
-        more = q.offset + q.limit < page.number_matched if page.exact else len(page.features) == q.limit
-        if not q.hits and more:
-            links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(q.offset + q.limit))])}",
-                          "rel": "next", "type": GEOJSON, "title": "next page"})
+        if source.pages_by_key and not q.offset:  # keyset paging: the next page starts after this one's last row
+            after = [(k, v) for k, v in keep if k != "cursor"]
+            nxt = urlencode([*after, ("cursor", page.next_cursor)]) if page.next_cursor else None
+        else:
+            more = q.offset + q.limit < page.number_matched if page.exact else len(page.features) == q.limit
+            nxt = urlencode([*keep, ("offset", str(q.offset + q.limit))]) if more else None
+        if not q.hits and nxt:
+            links.append({"href": f"{url}?{nxt}", "rel": "next", "type": GEOJSON, "title": "next page"})
         if q.offset > 0 and not q.hits:
             links.append({"href": f"{url}?{urlencode([*keep, ('offset', str(max(0, q.offset - q.limit)))])}",
                           "rel": "prev", "type": GEOJSON, "title": "previous page"})

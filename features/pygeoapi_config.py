@@ -95,11 +95,13 @@ _ITEMS_PARAMETERS: dict[str, dict[str, Any]] = {
                      "schema": {"type": "boolean", "default": False}},
     "offset": {"name": "offset", "in": "query", "required": False,
                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
+    "cursor": {"name": "cursor", "in": "query", "required": False, "schema": _TEXT,
+               "description": "Where a `next` link's page starts (opaque; collections paging by key)"},
     "resulttype": {"name": "resulttype", "in": "query", "required": False,
                    "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}},
 }
-_ITEMS_ORDER = ("fItems", "lang", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "filter", "filter-lang",
-                "filter-crs", "sortby", "properties", "skipGeometry", "resulttype")
+_ITEMS_ORDER = ("fItems", "lang", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "cursor", "filter",
+                "filter-lang", "filter-crs", "sortby", "properties", "skipGeometry", "resulttype")
 _RESPONSE_TYPES = {"Features": "application/geo+json", "Feature": "application/geo+json"}
 
 

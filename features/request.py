@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pandas as pd
 from pygeofilter import ast
 
@@ -17,7 +20,7 @@ MAX_LIMIT = 10_000
 MAX_OFFSET = 2**63 - 1  # SQL's OFFSET is a BIGINT: the SensorThings collections pass it on
 COMMON = {"f", "lang"}
 ITEMS = COMMON | {"bbox", "bbox-crs", "datetime", "limit", "offset", "filter", "filter-lang", "filter-crs",
-                  "sortby", "properties", "skipGeometry", "crs", "resulttype"}
+                  "sortby", "properties", "skipGeometry", "crs", "resulttype", "cursor"}
 ITEM = COMMON | {"crs", "properties", "skipGeometry"}
 
 
@@ -51,6 +54,38 @@ class ItemsQuery:
     hits: bool = False
     format: str | None = None
     sees_internal: bool = False  # the requester holds the read role (access: internal is shown)
+    # keyset paging: the previous page's last row, its sort-key values then its key, as the source's text
+    after: tuple[str | None, ...] | None = None
+
+
+def _sort_names(sortby: tuple[Sort, ...] | list[Sort]) -> list[str]:
+    return [("-" if s.descending else "") + s.property for s in sortby]
+
+
+def encode_cursor(sortby: tuple[Sort, ...], values: tuple[str | None, ...]) -> str:
+    """The opaque `cursor` of the page after the row holding `values` (its sort keys, then its key)."""
+    raw = orjson.dumps({"s": _sort_names(sortby), "v": list(values)})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _cursor(params: dict[str, str], sortby: list[Sort]) -> tuple[str | None, ...] | None:
+    """`cursor=`, checked against the request's sortby: the row the page starts after."""
+    text = params.get("cursor")
+    if text is None:
+        return None
+    if "offset" in params:
+        raise ParamError("cursor: cannot be combined with offset")
+    try:
+        doc = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        raise ParamError("cursor: not a cursor from a next link of this collection") from None
+    values = doc.get("v") if isinstance(doc, dict) else None
+    if (not isinstance(values, list) or len(values) != len(sortby) + 1 or values[-1] is None
+            or not all(v is None or isinstance(v, str) for v in values)):
+        raise ParamError("cursor: not a cursor from a next link of this collection")
+    if doc.get("s") != _sort_names(sortby):
+        raise ParamError("cursor: made for another sortby; keep the next link's parameters as they are")
+    return tuple(values)
 
 
 def _int(params: dict[str, str], name: str, default: int, low: int, high: int | None, setting: str = "") -> int:
@@ -178,6 +213,7 @@ def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[in
             raise ParamError(f"sortby: unknown property {name!r}")
         sortby.append(Sort(name, desc))
     props = _properties(params, fields)
+    after = _cursor(params, sortby)
     resulttype = params.get("resulttype", "results")
     if resulttype not in ("results", "hits"):
         raise ParamError(f"resulttype: must be results or hits, got {resulttype!r}")
@@ -187,7 +223,7 @@ def parse_items(params: dict[str, str], fields: dict[str, Any], offered: list[in
         offset=_int(params, "offset", 0, 0, MAX_OFFSET),
         bbox=bbox, time=time, equals=equals, filter=filt, filter_crs=filter_crs, sortby=tuple(sortby),
         properties=props, skip_geometry=_bool(params, "skipGeometry"), crs=_crs(params, "crs", offered),
-        hits=resulttype == "hits", format=params.get("f"))
+        hits=resulttype == "hits", format=params.get("f"), after=after)
 
 
 def parse_item(params: dict[str, str], fields: dict[str, Any], offered: list[int | None]) -> ItemsQuery:

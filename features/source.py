@@ -36,6 +36,7 @@ class Page:
     number_matched: int
     features: list[bytes]
     exact: bool = True  # False: number_matched is an estimate (an unfiltered page of a large table)
+    next_cursor: str | None = None  # a source paging by key: the `cursor` of the next page, None on the last
 
 
 class SourceUnavailable(Exception):
@@ -60,6 +61,9 @@ class FeatureSource(ABC):
     access: str = "public"  # "internal": only for the read role
     # answers carry this where the public base URL goes (sources that write links to other APIs)
     placeholder: bytes | None = None
+    # True: search honours ItemsQuery.after and sets Page.next_cursor (keyset paging); the OGC API's next links
+    # then carry `cursor` instead of `offset`
+    pages_by_key: bool = False
 
     def describe(self, spec: CollectionSpec) -> None:
         """The collection's id, title, description, keywords and access as declared in config.yml."""

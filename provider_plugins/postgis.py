@@ -8,6 +8,14 @@ counting would scan the whole table on every page (pygeoapi #1969, FROST-Server 
 carries no `numberMatched` (OGC API Features makes it optional; clients page by the `next` link) and
 `numberMatchedEstimate` with the planner's estimate instead, so that no client takes a guess for a count.
 
+Next links page by key (keyset paging), so a deep page costs what the first does: each page is ordered by the
+sort keys then the table's key, and its `next` link carries a `cursor` holding the last row's sort-key values
+and key (as PostgreSQL's text of each); the next page is the rows after that one in the same order, nulls last
+as the ORDER BY puts them, ascending and descending keys mixed as asked. Without sortby that is `key > last`,
+an index range; with sortby it is the expanded comparison (a > x OR a = x AND (b > y OR …)), which the planner
+may not serve from an index. A key column that may hold NULL (a declared `id:`) pages by `offset` instead.
+`offset` still works when a client sends it; its pages' next links carry `offset` on.
+
 No ETag is computed in advance (`etag()` is ""): the OGC API derives it from the body, so it changes exactly
 when the answer does, and `Cache-Control: no-cache` makes every client ask again.
 """
@@ -34,6 +42,7 @@ from sqlalchemy import (
     func,
     literal,
     null,
+    or_,
     select,
     text,
     true,
@@ -44,7 +53,7 @@ from sqlalchemy.exc import DataError, DBAPIError, NoSuchTableError
 from features import crs as crsmod
 from features.cql import FilterError
 from features.cql_sql import BOOL, NUMBER, TEXT, TIME, PostgisSql, kind_of, render
-from features.request import ItemsQuery, ParamError
+from features.request import ItemsQuery, ParamError, encode_cursor
 from features.source import FeatureSource, Page, SourceUnavailable
 from features.spec import CollectionSpec
 from provider_plugins.table import SourceError
@@ -134,6 +143,7 @@ class PostgisSource(FeatureSource):
             # plain str: SQLAlchemy hands names out as its own str subclass, which YAML (pygeoapi) cannot write
             self.columns: dict[str, Column] = {str(c.name): c for c in self.table.columns if c.name != self.geom.name}
             self.key = self._key()
+            self.pages_by_key = not self.key.nullable
             self._time = spec.time
             if self._time is not None and self._time not in self.columns:
                 raise SourceError(spec.id, f"time column {self._time!r} not in {self.where}")
@@ -202,16 +212,27 @@ class PostgisSource(FeatureSource):
                     return Page(matched, [])
                 order = [(self.columns[s.property].desc() if s.descending else self.columns[s.property].asc())
                          .nulls_last() for s in q.sortby]
+                sort_cols = [self.columns[s.property] for s in q.sortby]
+                if q.after is not None:
+                    cond = and_(cond, self._after(q, q.after))
                 # the page's keys first, the JSON only for them: PostgreSQL computes the select list of the
-                # rows an OFFSET skips too
-                page = (select(self.key.label("k")).where(cond).order_by(*order, self.key)
-                        .limit(q.limit).offset(q.offset).subquery())
-                stmt = (select(self._feature(q)).select_from(self.table.join(page, self.key == page.c.k))
-                        .order_by(*order, self.key))
-                rows = conn.execute(stmt).scalars().all()
+                # rows an OFFSET skips too. One row more than the page tells whether a next page exists.
+                marks = [cast(c, Text).label(f"m{i}") for i, c in enumerate([*sort_cols, self.key])]
+                keyset = self.pages_by_key and not q.offset
+                page = (select(self.key.label("k"), *marks).where(cond).order_by(*order, self.key)
+                        .limit(q.limit + keyset).offset(q.offset).subquery())
+                stmt = (select(self._feature(q), *(page.c[m.name] for m in marks))
+                        .select_from(self.table.join(page, self.key == page.c.k)).order_by(*order, self.key))
+                rows = conn.execute(stmt).all()
         except DBAPIError as exc:
+            if isinstance(exc, DataError) and q.after is not None:  # a cursor made by hand, not by a next link
+                raise ParamError("cursor: its values do not fit this collection's columns") from None
             raise self._unavailable(exc) from None
-        return Page(matched, [r.encode() for r in rows], exact=estimate is None)
+        cursor = None
+        if keyset and len(rows) > q.limit:
+            rows = rows[:q.limit]
+            cursor = encode_cursor(q.sortby, tuple(rows[-1][1:]))
+        return Page(matched, [r[0].encode() for r in rows], exact=estimate is None, next_cursor=cursor)
 
     def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
         """One feature by its key."""
@@ -235,6 +256,22 @@ class PostgisSource(FeatureSource):
             return exc  # the request's fault: the OGC API answers 400
         return SourceUnavailable(f"collection {self.id!r}: {self.where} cannot be read now "
                                  f"({str(exc.orig).strip().splitlines()[0]})")
+
+    def _after(self, q: ItemsQuery, after: tuple[str | None, ...]) -> ColumnElement:
+        """The rows after the cursor's row in the page order (sort keys nulls last, then the key ascending)."""
+        *marks, key_mark = after
+        cond: ColumnElement = self.key > cast(literal(key_mark, Text), self.key.type)
+        if not q.sortby:
+            return cond  # an index range on the key
+        for s, mark in zip(reversed(q.sortby), reversed(marks), strict=True):
+            col = self.columns[s.property]
+            if mark is None:  # a null sorts last: only the nulls that follow by the later keys come after it
+                cond = and_(col.is_(None), cond)
+                continue
+            value = cast(literal(mark, Text), col.type)
+            beyond = col < value if s.descending else col > value
+            cond = or_(beyond, col.is_(None), and_(col == value, cond))
+        return cond
 
     def _estimate(self, conn: Any) -> int | None:
         """The planner's row count when the table is big enough to estimate, else None (count it)."""

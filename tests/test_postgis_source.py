@@ -4,6 +4,7 @@ seen on the next request, a dropped table a 503, and tables the platform cannot 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -228,6 +230,72 @@ def test_paging_follows_next_links(api: httpx.Client) -> None:
         seen += [f["id"] for f in doc["features"]]
         url = next((link["href"] for link in doc["links"] if link["rel"] == "next"), None)
     assert len(seen) == ROWS and len(set(seen)) == ROWS
+
+
+def _follow(api: httpx.Client, cid: str, params: dict[str, str]) -> tuple[list[int], list[str]]:
+    """Every id, in order, following the next links from the first page; and those links."""
+    seen: list[int] = []
+    hrefs: list[str] = []
+    url: str | None = f"/collections/{cid}/items?{urlencode(params)}"
+    while url and len(hrefs) < 50:  # a cursor not honoured would loop on the first page
+        res = api.get(url)
+        assert res.status_code == 200, (url, res.text)
+        seen += [f["id"] for f in res.json()["features"]]
+        url = next((ln["href"] for ln in res.json()["links"] if ln["rel"] == "next"), None)
+        hrefs += [url] if url else []
+    return seen, hrefs
+
+
+@pytest.mark.parametrize("params", [
+    {"limit": "70"},
+    {"limit": "80", "sortby": "-numOfUnits"},  # ties and nulls: the key breaks them
+    {"limit": "45", "sortby": "numOfUnits,-latitude"},
+    {"limit": "33", "sortby": "-startDate,numOfUnits", "filter": "numOfUnits > 5 OR address IS NULL"},
+    {"limit": "25", "bbox": "126.9,37.5,127.0,37.6", "sortby": "-latitude"},
+])
+def test_keyset_next_links_give_the_files_order(api: httpx.Client, params: dict[str, str]) -> None:
+    live, live_links = _follow(api, "bikes_pg", params)
+    loaded, loaded_links = _follow(api, "bikes_file", params)
+    assert live == loaded and len(set(live)) == len(live)
+    assert len(live) > 2 * int(params["limit"])  # several pages were followed
+    for href in live_links:
+        query = dict(parse_qsl(urlsplit(href).query))
+        assert "cursor" in query and "offset" not in query, href
+    assert all("offset" in dict(parse_qsl(urlsplit(h).query)) for h in loaded_links)  # the file pages by offset
+    assert len(live_links) == len(loaded_links)  # no empty page at the end
+
+
+def test_explicit_offset_still_pages_by_offset(api: httpx.Client) -> None:
+    doc = _page(api, "bikes_pg", {"limit": "50", "offset": "120", "sortby": "-numOfUnits"})
+    nxt = dict(parse_qsl(urlsplit(next(ln["href"] for ln in doc["links"] if ln["rel"] == "next")).query))
+    assert nxt["offset"] == "170" and "cursor" not in nxt
+    all_ids = [f["id"] for f in _page(api, "bikes_file", {"limit": "400", "sortby": "-numOfUnits"})["features"]]
+    assert [f["id"] for f in doc["features"]] == all_ids[120:170]
+
+
+def _b64(doc: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    "!!not base64!!", _b64([1, 2]), _b64({"s": [], "v": []}), _b64({"s": [], "v": [None]}),
+    _b64({"s": ["numOfUnits"], "v": ["3", "17"]}),  # made for another sortby
+    _b64({"s": [], "v": ["not-a-number"]}),  # the key is an integer
+])
+def test_malformed_cursor_is_400(api: httpx.Client, cursor: str) -> None:
+    res = api.get("/collections/bikes_pg/items", params={"cursor": cursor})
+    assert res.status_code == 400, res.text
+    assert res.json()["description"].startswith("cursor: "), res.text
+
+
+def test_cursor_needs_a_collection_paging_by_key(api: httpx.Client) -> None:
+    first = _page(api, "bikes_pg", {"limit": "10"})
+    href = next(ln["href"] for ln in first["links"] if ln["rel"] == "next")
+    cursor = dict(parse_qsl(urlsplit(href).query))["cursor"]
+    assert api.get("/collections/bikes_pg/items", params={"cursor": cursor, "limit": "10"}).status_code == 200
+    for cid, params in (("bikes_file", {"cursor": cursor}), ("bikes_pg", {"cursor": cursor, "offset": "10"})):
+        res = api.get(f"/collections/{cid}/items", params=params)
+        assert res.status_code == 400 and "cursor" in res.json()["description"], res.text
 
 
 def test_queryables_come_from_the_columns(api: httpx.Client) -> None:
