@@ -12,8 +12,10 @@ Next links page by key (keyset paging), so a deep page costs what the first does
 sort keys then the table's key, and its `next` link carries a `cursor` holding the last row's sort-key values
 and key (as PostgreSQL's text of each); the next page is the rows after that one in the same order, nulls last
 as the ORDER BY puts them, ascending and descending keys mixed as asked. Without sortby that is `key > last`,
-an index range; with sortby it is the expanded comparison (a > x OR a = x AND (b > y OR …)), which the planner
-may not serve from an index. A key column that may hold NULL (a declared `id:`) pages by `offset` instead.
+an index range; with ascending sort keys that are NOT NULL columns it is one row comparison
+`(a, b, key) > (x, y, last)`, an index range on an index over them; otherwise (descending keys, nullable
+columns) it is the expanded comparison (a > x OR a IS NULL OR a = x AND (…)), which the planner may not serve
+from an index. A key column that may hold NULL (a declared `id:`) pages by `offset` instead.
 `offset` still works when a client sends it; its pages' next links carry `offset` on.
 
 No ETag is computed in advance (`etag()` is ""): the OGC API derives it from the body, so it changes exactly
@@ -46,6 +48,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.exc import DataError, DBAPIError, NoSuchTableError
@@ -263,6 +266,11 @@ class PostgisSource(FeatureSource):
         cond: ColumnElement = self.key > cast(literal(key_mark, Text), self.key.type)
         if not q.sortby:
             return cond  # an index range on the key
+        cols = [self.columns[s.property] for s in q.sortby]
+        if not any(s.descending for s in q.sortby) and not any(c.nullable for c in cols) and None not in marks:
+            # one row comparison, an index range on an index over (sort keys…, key)
+            return tuple_(*cols, self.key) > tuple_(*(cast(literal(m, Text), c.type) for m, c in
+                                                     zip(after, [*cols, self.key], strict=True)))
         for s, mark in zip(reversed(q.sortby), reversed(marks), strict=True):
             col = self.columns[s.property]
             if mark is None:  # a null sorts last: only the nulls that follow by the later keys come after it
