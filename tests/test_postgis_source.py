@@ -18,7 +18,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import DEMO_DATA, PG_URL, ROOT, Server, _pg_database, serve_config, stop_server
+from tests.conftest import (
+    DEMO_DATA,
+    PG_URL,
+    ROOT,
+    Server,
+    _pg_database,
+    create_pg,
+    serve_config,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="UDP_TEST_PG is not set: PostGIS sources need PostgreSQL")
 
@@ -365,6 +375,36 @@ def test_dropped_table_is_503_naming_the_collection(api: httpx.Client, db: str) 
         assert "scratch" in res.json()["description"] and res.headers["retry-after"]
     assert api.get("/collections/scratch/items", params={"f": "html"}).status_code == 503  # pygeoapi's page
     assert api.get("/collections/bikes_pg/items", params={"limit": "1"}).status_code == 200
+
+
+def test_unreachable_database_is_503_naming_the_collection(ogc: Server, db: str, tmp_path: Path) -> None:
+    """A department's whole database gone while serving (dropped, its connections cut): that collection answers
+    503 naming it; the other collections (`ogc` made their table) and the SensorThings API on the main store go on."""
+    import yaml
+
+    gone, store = create_pg(PG_URL, "udp_gone"), create_pg(PG_URL)
+    try:
+        collections = {"doomed": {"source": _table(gone.url, "trees", _stations()[:30])},
+                       "bikes_pg": {"source": f"{db}#public.bikes"}}
+        (tmp_path / "config.yml").write_text(yaml.safe_dump({"title": "Gone", "collections": collections}))
+        srv = start_server(store.url, "postgresql", ["--config", str(tmp_path / "config.yml")])
+        try:
+            api, sta = srv.http("/ogcapi"), srv.http("/v1.1")
+            assert api.get("/collections/doomed/items").status_code == 200
+            gone.drop()  # DROP DATABASE … WITH (FORCE): the pool's connections are terminated too
+            for path in ("/collections/doomed/items", "/collections/doomed/items/1",
+                         "/collections/doomed/items?limit=5&sortby=numOfUnits"):
+                res = api.get(path)
+                assert res.status_code == 503, res.text
+                assert "doomed" in res.json()["description"] and res.headers["retry-after"]
+            assert api.get("/collections/bikes_pg/items", params={"limit": "1"}).status_code == 200
+            things = sta.get("/Things")
+            assert things.status_code == 200 and "value" in things.json()
+        finally:
+            stop_server(srv)
+    finally:
+        gone.drop()
+        store.drop()
 
 
 def _serve_fails(tmp_path: Path, source: str) -> str:
