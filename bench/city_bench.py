@@ -32,7 +32,18 @@ from typing import Any
 import numpy as np
 import yaml
 from harness import Database, Ports, Process, Udp, create_pg, say
-from ogc_timing import Query, Result, Server, features_of, fmt_ms, line_for, print_table, run_query, status_mb
+from ogc_timing import (
+    Query,
+    Result,
+    Server,
+    features_of,
+    fmt_ms,
+    line_for,
+    matched_text,
+    print_table,
+    run_query,
+    status_mb,
+)
 from seoul_places import real_points
 
 SEED = 13
@@ -385,7 +396,7 @@ def table(layer: Layer, queries: list[Query], names: list[str], results: dict[tu
         row += [cell(r) for r in got]
         row += [ratio(results.get((p, layer.name, key)), results.get((tipg, layer.name, key))) for p in platforms
                 if tipg]
-        row.append(" ".join("-" if r is None or r.matched is None else f"{r.matched:,}" for r in got))
+        row.append(" ".join(matched_text(r) for r in got))
         rows.append(row)
     head = ["request", "matches", *[f"{n} p50/p99 ms" for n in names],
             *[f"tipg/{p}" for p in platforms if tipg], "numberMatched " + " ".join(names)]

@@ -62,6 +62,7 @@ from ogc_timing import (
     features_of,
     fmt_ms,
     line_for,
+    matched_text,
     print_table,
     run_query,
 )
@@ -310,12 +311,6 @@ def figure(res: Result | None, ran: bool) -> str:
     return f"{fmt_ms(res.p50)} / {fmt_ms(res.p99)}" + ("  CHECK" if res.problems or res.failed else "")
 
 
-def matched(res: Result | None) -> str:
-    """numberMatched of a result."""
-    if res is None or res.status != "ok":
-        return "-"
-    return "-" if res.matched is None else f"{res.matched:,}"
-
 
 def report(queries: list[Query], ours: dict[tuple[str, str], Result] | None,
            stock: dict[tuple[str, str], Result] | None) -> None:
@@ -342,7 +337,7 @@ def report(queries: list[Query], ours: dict[tuple[str, str], Result] | None,
             if ratio == ratio and o.matched != s.matched:  # stock ignored the filter: not the same work
                 shown += " (not like for like)"
             rows.append([q.label, coll, figure(o, ours is not None), figure(s, stock is not None), shown,
-                         matched(o), matched(s), expected, target, meets])
+                         matched_text(o), matched_text(s), expected, target, meets])
     print_table(rows, ["query", "collection", "ours p50/p99 ms", "stock p50/p99 ms", "stock/ours",
                        "matched ours", "matched stock", "dataset", "target", "meets"])
 

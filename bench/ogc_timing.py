@@ -76,6 +76,7 @@ class Result:
     status: str = ""  # "ok", or what went wrong
     returned: int | None = None
     matched: int | None = None
+    estimated: bool = False  # `matched` is the server's numberMatchedEstimate (a large unfiltered table)
     size: int = 0
     problems: str = ""
     lat_ms: list[float] = field(default_factory=list)
@@ -147,8 +148,13 @@ def run_query(url: str, params: dict[str, str], query: Query, requests: int, cli
         res.status, res.size = "ok", len(r.content)
         res.returned = len(features_of(doc))
         res.matched = doc.get("numberMatched") if doc.get("type") != "Feature" else None
+        if res.matched is None and "numberMatchedEstimate" in doc:
+            res.matched, res.estimated = doc["numberMatchedEstimate"], True
         problems = [query.check(doc)]
-        if query.expected is not None and res.matched != query.expected:
+        if query.expected is not None and res.estimated:
+            if abs(res.matched - query.expected) > query.expected / 10:
+                problems.append(f"numberMatchedEstimate {res.matched}, the dataset has {query.expected:,}")
+        elif query.expected is not None and res.matched != query.expected:
             problems.append(f"numberMatched {res.matched}, the dataset has {query.expected:,}")
         limit = int(params.get("limit", PAGE))
         want = 1 if query.expected is None else min(limit, max(0, query.expected - int(params.get("offset", 0))))
@@ -212,7 +218,7 @@ def line_for(server: str, coll: str, query: Query, res: Result, clients: int) ->
     done = len(res.lat_ms)
     rate = done / res.seconds if res.seconds else float("nan")
     plural = "" if res.returned == 1 else "s"
-    number = "-" if res.matched is None else res.matched
+    number = matched_text(res)
     text = (f"{head} {res.returned:>5} feature{plural}, numberMatched {number}, "
             f"{res.size / 1024:,.0f} KiB: p50 {fmt_ms(res.p50)} ms, p99 {fmt_ms(res.p99)} ms "
             f"({done} requests, {clients} client{'s' if clients > 1 else ''}, {rate:,.1f} req/s)")
@@ -231,3 +237,10 @@ def print_table(rows: list[list[str]], head: list[str]) -> None:
     say("-" * len(line))
     for r in rows:
         say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def matched_text(res: Result | None) -> str:
+    """numberMatched of a result as printed: `~` before an estimate, `-` when there is none."""
+    if res is None or res.status != "ok" or res.matched is None:
+        return "-"
+    return f"{'~' * res.estimated}{res.matched:,}"
