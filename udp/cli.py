@@ -42,13 +42,11 @@ def _open_sources(config: Config, keep: bool) -> None:
     """Read every declared collection before serving, or exit naming the collection and the reason;
     `keep` holds them for a single in-process worker, else each worker reads its own."""
     from provider_plugins import postgis, table
+    from udp.sources import open_source
 
     try:
         for spec in config.collections.values():
-            if spec.is_postgis:  # served live: reflecting the table is the check
-                postgis.PostgisSource(spec)
-            else:
-                table.load(spec)
+            open_source(spec)  # a PostGIS table is only reflected: it is served live
     except table.SourceError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -22,10 +22,15 @@ def load_sources(specs: Mapping[str, CollectionSpec], store: Store | None,
     out: dict[str, FeatureSource] = {}
     if store is not None:
         out.update(sensorthings_sources(store))
-    out.update({cid: PostgisSource(spec, statement_timeout) if spec.is_postgis else TableSource(spec)
-                for cid, spec in specs.items()})
+    out.update({cid: open_source(spec, statement_timeout) for cid, spec in specs.items()})
     if store is not None and indicators:
         from provider_plugins.indicators import IndicatorSource
 
         out.update({iid: IndicatorSource(spec, store) for iid, spec in indicators.items() if spec.areas is not None})
     return out
+
+
+def open_source(spec: CollectionSpec, statement_timeout: float | None = None) -> FeatureSource:
+    """A declared collection's source: a PostGIS table served live in SQL, any other source loaded (SourceError
+    names the collection when it cannot be opened)."""
+    return PostgisSource(spec, statement_timeout) if spec.is_postgis else TableSource(spec)
