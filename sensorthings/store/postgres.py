@@ -99,20 +99,26 @@ def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: An
                            statement_timeout: float | None = None) -> Engine:
     """An engine whose sessions run in UTC, with PostGIS made available; statements running longer than
     `statement_timeout` seconds are cancelled by the server (QueryTimeout)."""
-    options = "-c timezone=UTC"
-    if statement_timeout:
-        # set once per session as it connects: no round trip per request
-        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
     engine = create_engine(
         engine_url(url),
         json_serializer=json_serializer,
         json_deserializer=json_deserializer,
         pool_size=pool_size,
         max_overflow=pool_size,
-        connect_args={"options": options},
+        connect_args={"options": "-c timezone=UTC"},
     )
     if statement_timeout:
         seconds = statement_timeout
+        ms = max(1, round(statement_timeout * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _limit(dbapi_conn: Any, _record: Any) -> None:
+            # once per session as it connects (no round trip per request), and after SQLAlchemy's own
+            # first-connect queries (type lookups), which are no client's request: under a tight limit they
+            # failed the platform's start-up
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET statement_timeout = {ms}")
+            dbapi_conn.commit()
 
         @event.listens_for(engine, "handle_error")
         def _timed_out(ctx: Any) -> Exception | None:
