@@ -299,6 +299,11 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
     chart = f"#details .chart[data-datastream='{ds_id}']"
     wait_until(lambda: browser.find_elements("css selector", f"{chart} canvas"), 10, "its chart")
     points = int(browser.find_element("css selector", chart).get_attribute("data-points"))
+    # the cockpit follows the open panel's Datastream once its (debounced) subscriptions catch up: publishing
+    # before that would test the race, not the live path
+    wait_until(lambda: browser.execute_script(
+        "const s = window.cockpit.state; return s.live === 'live' && s.subscribed.has(arguments[0])", ds_id),
+        10, "the cockpit following the Datastream over MQTT")
 
     device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cockpit-test-{os.getpid()}")
     device.connect("127.0.0.1", demo["mqtt_port"])
