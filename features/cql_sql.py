@@ -1,12 +1,12 @@
 """CQL2 filters (the pygeofilter trees features.cql parses from cql2-text and cql2-json) rendered as one
-SQLAlchemy Core condition over a table's reflected columns, as sensorthings/query/sql.py renders the
-SensorThings tree: one visitor, literals bound as parameters, property names only ever as Column objects.
+SQLAlchemy Core condition over a table's columns, as sensorthings/query/sql.py renders the SensorThings tree:
+one visitor, literals bound as parameters, property names only ever as Column objects.
 
-What differs between databases is behind `SpatialSql` (PostGIS here). A SQLite dialect would need: a
-`SpatialSql` over SpatiaLite (`ST_Transform`/`ST_GeomFromText` as `Transform`/`GeomFromText`, predicates
-through the R-tree's `SpatialIndex` virtual table for index use), timestamps stored as ISO text or Julian
-numbers (the TIME comparisons below then compare text), and `ilike` works there already (SQLAlchemy
-renders `lower() LIKE lower()`).
+What differs between databases is behind `SpatialSql`: PostGIS (`ST_*` with the GiST index) and SQLite
+(the R-tree over each row's bounding box, then the store's shapely-backed `udp_st_*` functions on the rows the
+box admits). Times compare natively on both: timestamptz on PostgreSQL, ISO text on SQLite (SQLAlchemy binds
+UTC datetimes in the text's own format). LIKE is case-sensitive on both (the SQLite store's connections set
+`case_sensitive_like`); `ilike` renders `lower() LIKE lower()` there.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    LargeBinary,
     Numeric,
     String,
+    TableClause,
     and_,
     cast,
     false,
@@ -36,12 +38,15 @@ from sqlalchemy import (
     literal,
     not_,
     or_,
+    select,
     true,
 )
 
 from features.cql import GEOMETRY, FilterError, LiteralEvaluator
+from sensorthings.store.sqlite import BBOX_PREDICATES
 
 NUMBER, TEXT, TIME, BOOL, GEOM, OTHER = "number", "text", "time", "bool", "geometry", "other"
+GEOM_LITERAL = "geometry literal"  # an Operand whose `sql` is a CRS84 shapely geometry, bound by SpatialSql
 
 
 def kind_of(sql_type: Any) -> str:
@@ -58,14 +63,11 @@ def kind_of(sql_type: Any) -> str:
 
 
 class SpatialSql(Protocol):
-    """What a database spells its own way: geometry literals and spatial predicates."""
+    """What a database spells its own way: spatial predicates between the geometry column and a literal."""
 
-    def geometry(self, geom: shapely.Geometry) -> ColumnElement:
-        """A CRS84 geometry as a value comparable with the table's geometry column."""
-        ...
-
-    def predicate(self, name: str, a: ColumnElement, b: ColumnElement) -> ColumnElement:
-        """A CQL2 spatial predicate (INTERSECTS, DISJOINT, CONTAINS, …) between two geometries."""
+    def predicate(self, name: str, column: ColumnElement, geom: shapely.Geometry) -> ColumnElement:
+        """`name(column, geom)` for a CQL2 spatial predicate (INTERSECTS, DISJOINT, CONTAINS, …), the
+        literal in CRS84."""
         ...
 
 
@@ -75,14 +77,37 @@ class PostgisSql:
 
     srid: int
 
-    def geometry(self, geom: shapely.Geometry) -> ColumnElement:
-        """A CRS84 geometry in the table's SRID."""
+    def predicate(self, name: str, column: ColumnElement, geom: shapely.Geometry) -> ColumnElement:
+        """`ST_<name>(column, geom)`, the literal transformed to the table's SRID."""
         lit = func.ST_GeomFromText(literal(geom.wkt, String), 4326)
-        return lit if self.srid == 4326 else func.ST_Transform(lit, self.srid)
+        return getattr(func, "ST_" + name.capitalize())(
+            column, lit if self.srid == 4326 else func.ST_Transform(lit, self.srid))
 
-    def predicate(self, name: str, a: ColumnElement, b: ColumnElement) -> ColumnElement:
-        """`ST_<name>(a, b)`."""
-        return getattr(func, "ST_" + name.capitalize())(a, b)
+
+@dataclass(frozen=True)
+class SqliteSql:
+    """SQLite: the R-tree beside the table (`id` = the table's `rowid` column) admits the rows whose boxes meet
+    the literal's; the exact bounds columns settle points; the shapely-backed `udp_st_*` functions the rest."""
+
+    rtree: TableClause
+    rowid: ColumnElement
+    bounds: tuple[ColumnElement, ColumnElement, ColumnElement, ColumnElement]  # minx, miny, maxx, maxy
+    points: bool  # every geometry is a point: a box test is exact
+
+    def predicate(self, name: str, column: ColumnElement, geom: shapely.Geometry) -> ColumnElement:
+        """The R-tree's candidates, then the exact test."""
+        exact = getattr(func, "udp_st_" + name.lower())(column, literal(shapely.to_wkb(geom), LargeBinary))
+        if name.lower() not in BBOX_PREDICATES:
+            return exact
+        x0, y0, x1, y1 = (float(v) for v in geom.bounds)
+        r = self.rtree.c
+        near = self.rowid.in_(select(r.id).where(r.minx <= x1, r.maxx >= x0, r.miny <= y1, r.maxy >= y0))
+        minx, miny, maxx, maxy = self.bounds
+        # the R-tree keeps 32-bit bounds rounded outwards: the row's own bounds are exact
+        boxed = and_(near, minx <= x1, maxx >= x0, miny <= y1, maxy >= y0)
+        if self.points and name == "INTERSECTS" and shapely.equals(geom, shapely.box(x0, y0, x1, y1)):
+            return boxed
+        return and_(boxed, exact)
 
 
 @dataclass(frozen=True)
@@ -184,14 +209,19 @@ class _SqlRenderer(LiteralEvaluator):
     def spatial_(self, node: Any, lhs: Any, rhs: Any) -> Any:
         name = node.op.name
         a, b = self._operand(lhs), self._operand(rhs)
-        if a.kind != GEOM or b.kind != GEOM or name not in _SPATIAL:
+        if a.kind == GEOM_LITERAL and b.kind == GEOM:  # the literal first: the converse predicate
+            a, b, name = b, a, {"CONTAINS": "WITHIN", "WITHIN": "CONTAINS"}.get(name, name)
+        if a.kind != GEOM or b.kind != GEOM_LITERAL or name not in _SPATIAL:
             raise FilterError("spatial operators compare the `geometry` property with a geometry literal")
         return self.spatial.predicate(name, a.sql, b.sql)
 
     @handle(ast.BBox)
     def bbox(self, node: Any, lhs: Any) -> Any:
-        box = self._geometry(self.crs84(shapely.box(node.minx, node.miny, node.maxx, node.maxy)))
-        return self.spatial.predicate("INTERSECTS", self._operand(lhs).sql, box.sql)
+        box = self.crs84(shapely.box(node.minx, node.miny, node.maxx, node.maxy))
+        col = self._operand(lhs)
+        if col.kind != GEOM:
+            raise FilterError("BBOX takes the `geometry` property")
+        return self.spatial.predicate("INTERSECTS", col.sql, box)
 
     # -- leaves ------------------------------------------------------------------------------------
     @handle(ast.Attribute)
@@ -233,7 +263,7 @@ class _SqlRenderer(LiteralEvaluator):
 
     # -- helpers -----------------------------------------------------------------------------------
     def _geometry(self, geom: shapely.Geometry) -> Operand:
-        return Operand(self.spatial.geometry(geom), GEOM)
+        return Operand(geom, GEOM_LITERAL)
 
     def _operand(self, value: Any) -> Operand:
         if isinstance(value, Operand):
@@ -247,6 +277,8 @@ class _SqlRenderer(LiteralEvaluator):
 
     def _pair(self, lhs: Any, rhs: Any) -> tuple[Any, Any]:
         """Both sides as SQL, a literal bound as the column's type (numbers, text, times)."""
+        if any(isinstance(side, Operand) and side.kind in (GEOM, GEOM_LITERAL) for side in (lhs, rhs)):
+            raise FilterError("geometries are compared with the spatial operators (S_INTERSECTS, …)")
         if isinstance(lhs, Operand) and isinstance(rhs, Operand):
             return lhs.sql, rhs.sql
         if isinstance(lhs, Operand):

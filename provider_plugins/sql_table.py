@@ -1,0 +1,318 @@
+"""A feature table in a SQL database served by rendering each request to SQL: the base of the live PostGIS
+sources and of the departmental files imported into the platform's store.
+
+Every request is one `Layout` (the table's columns, key, geometry and what the database can do with them)
+turned into a count and a page query. `numberMatched` is exact whenever the request filters; an unfiltered
+count is the subclass's to give (the row count an import recorded, or the planner's estimate of a big live
+table: counting it on every page is the classic slow query, pygeoapi #1969, FROST-Server #2096).
+
+Next links page by key (keyset paging), so a deep page costs what the first does: each page is ordered by the
+sort keys then the table's key, and its `next` link carries a `cursor` holding the last row's sort-key values
+and key (as the database's text of each); the next page is the rows after that one in the same order, nulls
+last as the ORDER BY puts them, ascending and descending keys mixed as asked. Without sortby that is
+`key > last`, an index range; with ascending sort keys that are NOT NULL columns it is one row comparison
+`(a, b, key) > (x, y, last)`; otherwise (descending keys, nullable columns) it is the expanded comparison
+(a > x OR a IS NULL OR a = x AND (…)). A key column that may hold NULL pages by `offset` instead. `offset` still
+works when a client sends it; its pages' next links carry `offset` on.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import shapely
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Date,
+    DateTime,
+    String,
+    Table,
+    Text,
+    and_,
+    cast,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.exc import DataError, DBAPIError
+
+from features import crs as crsmod
+from features.cql import FilterError
+from features.cql_sql import BOOL, NUMBER, TEXT, TIME, SpatialSql, kind_of, render
+from features.request import ItemsQuery, ParamError, encode_cursor
+from features.source import FeatureSource, Page, SourceUnavailable
+
+_JSON_TYPES = {NUMBER: "number", TEXT: "string", TIME: "string", BOOL: "boolean"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a request needs of the table: its columns by property name, key, geometry and spatial dialect."""
+
+    table: Table
+    columns: dict[str, Column]  # property name → column (names never reach SQL as text)
+    key: Column
+    geom: Column
+    srid: int  # of the geometry column
+    time: str | None  # the property `datetime=` filters on
+    spatial: SpatialSql
+    encoded: Column | None = None  # each row's Feature pre-encoded in CRS84 with every property
+    integer: frozenset[str] = frozenset()  # number properties that hold integers (JSON Schema "integer")
+
+    @property
+    def fields(self) -> dict[str, dict[str, str]]:
+        """The queryables and their JSON Schema types."""
+        return {n: {"type": "integer" if n in self.integer else _JSON_TYPES.get(kind_of(c.type), "string")} | (
+            {"format": "date-time"} if n == self.time else {}) for n, c in self.columns.items()}
+
+
+class SqlTableSource(FeatureSource):
+    """Search and features for a `Layout` in SQL; subclasses say where the layout comes from."""
+
+    postgis = True  # the database composes GeoJSON (PostGIS); False: SQLite, composed here from the stored rows
+
+    @abstractmethod
+    def layout(self) -> Layout:
+        """The table as it is now."""
+
+    @abstractmethod
+    def connect(self) -> Any:
+        """A context manager giving a read connection."""
+
+    @abstractmethod
+    def unfiltered_count(self, conn: Connection, layout: Layout) -> tuple[int, bool] | None:
+        """The row count of the whole table and whether it is exact; None: count the rows."""
+
+    @abstractmethod
+    def unavailable(self, exc: DBAPIError) -> Exception:
+        """What a database error means for the client (SourceUnavailable: 503 naming the collection)."""
+
+    # -- what the OGC API asks ---------------------------------------------------------------------------
+    @property
+    def fields(self) -> dict[str, dict[str, str]]:
+        """The table's columns and their JSON Schema types."""
+        return self.layout().fields
+
+    @property
+    def time_column(self) -> str | None:
+        """The time property."""
+        return self.layout().time
+
+    def search(self, q: ItemsQuery) -> Page:
+        """One page, counted exactly or as the subclass says for an unfiltered table."""
+        return self._retry(lambda layout: self._search(layout, q))
+
+    def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
+        """One feature by its key."""
+        return self._retry(lambda layout: self._feature(layout, fid, q))
+
+    def _retry(self, run: Callable[[Layout], Any]) -> Any:
+        """Run against the current layout; once more if the table moved under the request (a re-import)."""
+        layout = self.layout()
+        try:
+            return run(layout)
+        except DBAPIError as exc:
+            fresh = self.layout()
+            if fresh is layout:
+                raise self.unavailable(exc) from None
+            try:
+                return run(fresh)
+            except DBAPIError as again:
+                raise self.unavailable(again) from None
+
+    def _search(self, t: Layout, q: ItemsQuery) -> Page:
+        where = self._where(t, q)
+        keyset = self.pages_by_key and not q.offset and not t.key.nullable
+        with self.connect() as conn:
+            filtered = where is not True
+            cond = where if filtered else true()
+            known = None if filtered else self.unfiltered_count(conn, t)
+            if known is None or (q.hits and not known[1]):  # resulttype=hits asks for the exact count
+                matched, exact = int(conn.execute(select(func.count()).select_from(t.table).where(cond))
+                                     .scalar_one()), True
+            else:
+                matched, exact = known
+            if q.hits:
+                return Page(matched, [], exact=exact)
+            order = [(t.columns[s.property].desc() if s.descending else t.columns[s.property].asc())
+                     .nulls_last() for s in q.sortby]
+            sort_cols = [t.columns[s.property] for s in q.sortby]
+            if q.after is not None:
+                try:
+                    cond = and_(cond, self._after(t, q, q.after))
+                except ValueError:
+                    raise ParamError("cursor: its values do not fit this collection's columns") from None
+            # the page's keys first, the JSON only for them: the database computes the select list of the
+            # rows an OFFSET skips too. One row more than the page tells whether a next page exists.
+            marks = [cast(c, Text).label(f"m{i}") for i, c in enumerate([*sort_cols, t.key])]
+            page = (select(t.key.label("k"), *marks).where(cond).order_by(*order, t.key)
+                    .limit(q.limit + keyset).offset(q.offset).subquery())
+            shown, encode = self._rendering(t, q)
+            stmt = (select(*shown, *(page.c[m.name] for m in marks))
+                    .select_from(t.table.join(page, t.key == page.c.k)).order_by(*order, t.key))
+            try:
+                rows = conn.execute(stmt).all()
+            except DataError:
+                if q.after is not None:  # a cursor made by hand, not by a next link
+                    raise ParamError("cursor: its values do not fit this collection's columns") from None
+                raise
+        cursor = None
+        if keyset and len(rows) > q.limit:
+            rows = rows[:q.limit]
+            cursor = encode_cursor(q.sortby, tuple(rows[-1][len(shown):]))
+        return Page(matched, encode(rows), exact=exact, next_cursor=cursor)
+
+    def _feature(self, t: Layout, fid: str, q: ItemsQuery) -> bytes | None:
+        value: Any = fid
+        if kind_of(t.key.type) == NUMBER:
+            try:
+                value = int(fid)
+            except ValueError:
+                return None
+        shown, encode = self._rendering(t, q)
+        with self.connect() as conn:
+            rows = conn.execute(select(*shown).select_from(t.table).where(t.key == value)).all()
+        return encode(rows)[0] if rows else None
+
+    # -- SQL -------------------------------------------------------------------------------------------
+    def _after(self, t: Layout, q: ItemsQuery, after: tuple[str | None, ...]) -> ColumnElement:
+        """The rows after the cursor's row in the page order (sort keys nulls last, then the key ascending)."""
+        *marks, key_mark = after
+        cond: ColumnElement = t.key > self._mark(key_mark, t.key)
+        if not q.sortby:
+            return cond  # an index range on the key
+        cols = [t.columns[s.property] for s in q.sortby]
+        if not any(s.descending for s in q.sortby) and not any(c.nullable for c in cols) and None not in marks:
+            # one row comparison, an index range on an index over (sort keys…, key)
+            return tuple_(*cols, t.key) > tuple_(*(self._mark(m, c) for m, c in
+                                                  zip(after, [*cols, t.key], strict=True)))
+        for s, mark in zip(reversed(q.sortby), reversed(marks), strict=True):
+            col = t.columns[s.property]
+            if mark is None:  # a null sorts last: only the nulls that follow by the later keys come after it
+                cond = and_(col.is_(None), cond)
+                continue
+            value = self._mark(mark, col)
+            beyond = col < value if s.descending else col > value
+            cond = or_(beyond, col.is_(None), and_(col == value, cond))
+        return cond
+
+    def _mark(self, mark: str | None, col: Column) -> ColumnElement:
+        """A cursor value (the database's text of a column's value) as that column's value."""
+        if self.postgis:
+            return cast(literal(mark, Text), col.type)
+        # SQLite: an untyped text parameter takes the column's affinity as it is compared (numbers convert,
+        # time text compares as text), exactly as the text came out
+        if kind_of(col.type) == NUMBER:
+            float(mark or "")  # a cursor made by hand: ValueError, a 400
+        return literal(mark)
+
+    def _where(self, t: Layout, q: ItemsQuery) -> Any:
+        """The query's conditions as one SQL condition; True when it has none."""
+        parts: list[ColumnElement] = []
+        if q.bbox is not None:
+            parts.append(t.spatial.predicate("INTERSECTS", t.geom, shapely.box(*q.bbox)))
+        if q.time is not None and t.time is not None:
+            col = t.columns[t.time]
+            lo, hi = q.time
+            parts.append(col.is_not(None))
+            if lo is not None:
+                parts.append(col >= lo.to_pydatetime())
+            if hi is not None:
+                parts.append(col <= hi.to_pydatetime())
+        for name, value in q.equals:
+            col = t.columns[name]
+            if kind_of(col.type) == NUMBER:
+                try:
+                    parts.append(col == float(value))
+                except ValueError:
+                    raise ParamError(f"{name}: {value!r} is not a number") from None
+            elif kind_of(col.type) == BOOL:
+                parts.append(col == (value.lower() == "true") if value.lower() in ("true", "false") else false())
+            else:
+                parts.append((col if kind_of(col.type) == TEXT else cast(col, String)) == value)
+        if q.filter is not None:
+            try:
+                parts.append(render(q.filter, t.columns, t.geom, t.spatial, q.filter_crs))
+            except FilterError as exc:
+                raise ParamError(f"filter: {exc}") from None
+        return and_(*parts) if parts else True
+
+    # -- GeoJSON ---------------------------------------------------------------------------------------
+    def _rendering(self, t: Layout, q: ItemsQuery) -> tuple[Sequence[Any], Callable[[Sequence[Any]], list[bytes]]]:
+        """What to select for each feature and how the rows become encoded Features."""
+        if t.encoded is not None and q.crs is None and q.properties is None and not q.skip_geometry:
+            return [t.encoded], _first_encoded
+        if self.postgis:
+            return [_composed(t, q)], _first_encoded
+        return self.compose(t, q)
+
+    def compose(self, t: Layout, q: ItemsQuery) -> tuple[Sequence[Any], Callable[[Sequence[Any]], list[bytes]]]:
+        """A database that cannot compose GeoJSON: the columns to select and the encoder (SQLite sources)."""
+        raise NotImplementedError
+
+
+def _first_encoded(rows: Sequence[Any]) -> list[bytes]:
+    return [r[0].encode() for r in rows]
+
+
+def _composed(t: Layout, q: ItemsQuery) -> ColumnElement:
+    """Each row's GeoJSON Feature as text, composed by PostgreSQL (`json_build_object`, `ST_AsGeoJSON`)."""
+    names = list(q.properties) if q.properties is not None else list(t.columns)
+    pairs: list[Any] = []
+    for n in names:
+        pairs += [cast(literal(n), Text), _json_value(t.columns[n])]
+    # json_build_object takes at most 100 arguments: wider rows join objects (jsonb, keys then sorted)
+    chunks = [func.json_build_object(*pairs[i:i + 100]) for i in range(0, len(pairs), 100)] or [
+        func.json_build_object()]
+    props = chunks[0] if len(chunks) == 1 else _jsonb_merge(chunks)
+    geometry: Any = null()
+    if not q.skip_geometry:
+        g: Any = t.geom
+        target = q.crs or 4326
+        if target != t.srid:
+            g = func.ST_Transform(g, target)
+        if crsmod.northing_first(q.crs):  # the output CRS's own axis order (OGC API Features Part 2)
+            g = func.ST_FlipCoordinates(g)
+        geometry = cast(func.ST_AsGeoJSON(g), JSON)
+    return cast(func.json_build_object(
+        cast(literal("type"), Text), cast(literal("Feature"), Text),
+        cast(literal("id"), Text), t.key,
+        cast(literal("geometry"), Text), geometry,
+        cast(literal("properties"), Text), props), Text)
+
+
+def _jsonb_merge(chunks: list[Any]) -> Any:
+    out = cast(chunks[0], JSONB)
+    for c in chunks[1:]:
+        out = out.op("||")(cast(c, JSONB))
+    return out
+
+
+def _json_value(col: Column) -> Any:
+    """A column as its GeoJSON property: times as RFC 3339 UTC text, as the imported features hold them."""
+    if isinstance(col.type, DateTime):
+        utc = func.timezone("UTC", col) if col.type.timezone else col
+        return func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    if isinstance(col.type, Date):
+        return func.to_char(col, 'YYYY-MM-DD"T00:00:00Z"')
+    return col
+
+
+def unavailable(collection: str, where: str, exc: DBAPIError) -> Exception:
+    """A database error as the OGC API answers it: the request's own fault (bad data for a column) as it is
+    (400), anything else a 503 naming the collection and what cannot be read."""
+    if isinstance(exc, DataError):
+        return exc
+    return SourceUnavailable(f"collection {collection!r}: {where} cannot be read now "
+                             f"({str(exc.orig).strip().splitlines()[0]})")
