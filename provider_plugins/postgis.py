@@ -153,7 +153,7 @@ class PostgisSource(SqlTableSource):
         """None in advance: the body's hash is the ETag (the table changes under us)."""
         return ""
 
-    def layout(self) -> Layout:
+    def layout(self, fresh: bool = False) -> Layout:
         """The table as reflected at start-up."""
         return self._layout
 

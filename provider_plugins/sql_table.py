@@ -69,6 +69,7 @@ class Layout:
     spatial: SpatialSql
     encoded: Column | None = None  # each row's Feature pre-encoded in CRS84 with every property
     integer: frozenset[str] = frozenset()  # number properties that hold integers (JSON Schema "integer")
+    rows: int | None = None  # the row count of a table that cannot change (an import)
 
     @property
     def fields(self) -> dict[str, dict[str, str]]:
@@ -83,8 +84,8 @@ class SqlTableSource(FeatureSource):
     postgis = True  # the database composes GeoJSON (PostGIS); False: SQLite, composed here from the stored rows
 
     @abstractmethod
-    def layout(self) -> Layout:
-        """The table as it is now."""
+    def layout(self, fresh: bool = False) -> Layout:
+        """The table as it is now (`fresh`: look again, a request on the one known failed)."""
 
     @abstractmethod
     def connect(self) -> Any:
@@ -123,7 +124,7 @@ class SqlTableSource(FeatureSource):
         try:
             return run(layout)
         except DBAPIError as exc:
-            fresh = self.layout()
+            fresh = self.layout(fresh=True)
             if fresh is layout:
                 raise self.unavailable(exc) from None
             try:

@@ -33,6 +33,10 @@ class SourceError(Exception):
         self.collection = collection
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # raised in an import process, re-raised in the one that started it
+        return (SourceError, (self.collection, self.reason))
+
 
 @dataclass
 class Table:
@@ -92,7 +96,25 @@ def forget() -> None:
         _LOADED.clear()
 
 
+@dataclass
+class Rows:
+    """A source as read: typed columns, ids, CRS84 geometries."""
+
+    frame: pd.DataFrame  # the properties, in source order, times as UTC
+    ids: np.ndarray  # feature ids (int or str), unique
+    geoms: np.ndarray  # shapely geometries in CRS84 (None for rows without one)
+    source_crs: int | None
+    time_column: str | None
+    etag: str
+
+
 def _read(spec: CollectionSpec) -> Table:
+    rows = read_rows(spec)
+    return assemble(spec, rows.frame, rows.ids, rows.geoms, rows.source_crs, rows.time_column, rows.etag)
+
+
+def read_rows(spec: CollectionSpec) -> Rows:
+    """A source's rows (SourceError naming the collection when it cannot be read)."""
     try:
         return _build(spec)
     except SourceError:
@@ -105,7 +127,7 @@ def _read(spec: CollectionSpec) -> Table:
         raise SourceError(spec.id, f"cannot read {spec.source}: {type(exc).__name__}: {exc}") from None
 
 
-def _build(spec: CollectionSpec) -> Table:
+def _build(spec: CollectionSpec) -> Rows:
     frame, geoms, source_crs = _read_frame(spec)
     # integers stay integers where a cell is empty, text is text; column names are text
     frame = frame.convert_dtypes(convert_boolean=False, convert_floating=False)
@@ -136,20 +158,24 @@ def _build(spec: CollectionSpec) -> Table:
     if not spec.is_postgis:
         st = Path(spec.source).stat()
         digest.update(f"{st.st_mtime_ns}:{st.st_size}".encode())
-    return assemble(spec, frame, ids, geoms, source_crs, time_column, digest.hexdigest()[:16])
+    return Rows(frame, ids, geoms, source_crs, time_column, digest.hexdigest()[:16])
 
 
 def assemble(spec: CollectionSpec, frame: pd.DataFrame, ids: np.ndarray, geoms: np.ndarray, source_crs: int | None,
              time_column: str | None, etag: str) -> Table:
     """A table from its rows (CRS84 geometries): features encoded, R-tree and extent made."""
-    props = _json_ready(frame)
-    geo_json = shapely.to_geojson(geoms)
-    encoded = [encode_feature(fid, b"null" if g is None else g.encode(), row)
-               for fid, g, row in zip(ids.tolist(), geo_json, props, strict=True)]
+    encoded = encode_rows(frame, ids, geoms)
     valid = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
     bbox = tuple(float(v) for v in shapely.total_bounds(valid)) if len(valid) else None
     return Table(spec, frame, ids, geoms, source_crs, encoded, shapely.STRtree(geoms), bbox,
                  time_column, etag, {str(v): i for i, v in enumerate(ids.tolist())})
+
+
+def encode_rows(frame: pd.DataFrame, ids: np.ndarray, geoms: np.ndarray) -> list[bytes]:
+    """Each row as a GeoJSON Feature (CRS84 geometries)."""
+    geo_json = shapely.to_geojson(geoms)
+    return [encode_feature(fid, b"null" if g is None else g.encode(), row)
+            for fid, g, row in zip(ids.tolist(), geo_json, _json_ready(frame), strict=True)]
 
 
 def _json_ready(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from sensorthings.service import Service
 from sensorthings.store.base import Store
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
+from udp.load import bring_in
 from udp.sources import load_sources
 
 log = logging.getLogger("udp")
@@ -45,6 +46,7 @@ class ORJSONResponse(JSONResponse):
 def build_app(config: Config) -> Starlette:
     """The platform's ASGI app for a configuration."""
     store = Store.open(config.store, statement_timeout=config.statement_timeout_s)
+    bring_in(store, config.collections, show=False)  # `udp serve` did already; an app built directly not
     cache = ResponseCache(config.cache_mb * 1024 * 1024) if config.cache_mb > 0 else None
     mqtt_url = os.environ.get("UDP_MQTT_URL")
     endpoints = os.environ.get("UDP_MQTT_ENDPOINTS", "").split()

@@ -38,22 +38,61 @@ def _config(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
-def _open_sources(config: Config, keep: bool) -> None:
-    """Read every declared collection before serving, or exit naming the collection and the reason;
-    `keep` holds them for a single in-process worker, else each worker reads its own."""
-    from provider_plugins import postgis, table
+def _prepare_sources(config: Config, store_url: str) -> None:
+    """Import the file sources that are new or changed, then open every declared collection once, or exit
+    naming the collection and the reason."""
+    from provider_plugins import postgis
+    from provider_plugins.table import SourceError
+    from sensorthings.store.base import Store
+    from udp.load import bring_in
     from udp.sources import open_source
 
+    store = None
     try:
+        store = Store.open(store_url)
+        for cid in bring_in(store, config.collections):
+            print(f"  imported      {cid}", file=sys.stderr)
         for spec in config.collections.values():
-            open_source(spec)  # a PostGIS table is only reflected: it is served live
-    except table.SourceError as exc:
+            open_source(spec, store)  # a PostGIS table is only reflected, an import only looked up
+    except SourceError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         postgis.dispose_engines()  # each worker opens its own pool
-    if not keep:
-        table.forget()
+        if store is not None:
+            store.close()
+
+
+def _load(args: argparse.Namespace) -> int:
+    """`udp load`: import the config's file sources into the store now (all of them with --all)."""
+    import time
+
+    from provider_plugins.imports import stale
+    from provider_plugins.table import SourceError
+    from sensorthings.store.base import Store
+    from udp.load import import_files
+
+    config = _config(args.config)
+    store_url = args.store or config.store
+    files = {cid: spec for cid, spec in config.collections.items() if not spec.is_postgis}
+    if args.collection:
+        unknown = [c for c in args.collection if c not in files]
+        if unknown:
+            print(f"load: no file collection {', '.join(unknown)} in {args.config}", file=sys.stderr)
+            return 2
+        files = {cid: files[cid] for cid in args.collection}
+    store = Store.open(store_url)
+    todo = list(files.values()) if args.all else stale(store, files.values())
+    store.close()
+    started = time.perf_counter()
+    try:
+        done = import_files(store_url, todo)
+    except SourceError as exc:
+        print(f"load: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {len(done)} of {len(files)} file sources into {store_url} in {time.perf_counter() - started:.1f} s"
+          + (f": {', '.join(done)}" if done else " (the others are current)"))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -67,10 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     # the platform's own MQTT clients sign in to the embedded broker with this (its internal topics are theirs)
     os.environ["UDP_INTERNAL_SECRET"] = secrets.token_urlsafe(24)
-    _open_sources(config, keep=args.workers <= 1)
+    store_url = os.environ["UDP_STORE"] = args.store or config.store
+    _prepare_sources(config, store_url)
     if args.config:
         os.environ["UDP_CONFIG"] = os.path.abspath(args.config)
-    store_url = os.environ["UDP_STORE"] = args.store or config.store
     if args.public_url:
         os.environ["UDP_PUBLIC_URL"] = args.public_url
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
@@ -81,6 +120,9 @@ def _serve(args: argparse.Namespace) -> int:
     # more often, or a database round trip waits long for the GIL after each reply
     sys.setswitchinterval(0.0005)
     mqtt = _start_mqtt(args, config, store_url, public, shown)
+    from udp.load import Watcher
+
+    watcher = Watcher(store_url, config.collections).start()
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
     print(f"  SensorThings  {base}/v1.1")
@@ -96,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level=args.log_level, access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
     finally:
+        watcher.stop()
         mqtt.stop()
     return 0
 
@@ -404,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import_sta.add_arguments(imp)
     sub.add_parser("hash-password", help="a password hash for auth.users in config.yml (reads the password)")
+    load = sub.add_parser("load", help="import the config's file sources into the store (the new or changed ones)")
+    load.add_argument("--config", default="config.yml", help="the config.yml (default ./config.yml)")
+    load.add_argument("--store", help="overrides the config's store")
+    load.add_argument("--all", action="store_true", help="import every file source again, changed or not")
+    load.add_argument("collection", nargs="*", help="only these collections")
     chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
     chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)
@@ -421,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "load":
+        return _load(args)
     if args.command == "hash-password":
         import getpass
 

@@ -93,7 +93,7 @@ class SqliteDialect:
             wkb = getattr(lit, "value", None)
             if rtree is not None and isinstance(wkb, bytes):
                 minx, miny, maxx, maxy = _geom(wkb).bounds
-                r = _rtree_table(rtree)
+                r = rtree_table(rtree)
                 near = select(r.c.id).where(r.c.maxx >= minx, r.c.minx <= maxx, r.c.maxy >= miny, r.c.miny <= maxy)
                 return and_(col.table.c.id.in_(near), test)
         return test
@@ -147,7 +147,8 @@ SPATIAL_TABLES = ("locations", "features_of_interest", "datastreams", "multi_dat
 BBOX_PREDICATES = ("equals", "touches", "within", "overlaps", "crosses", "intersects", "contains")
 
 
-def _rtree_table(name: str) -> Any:
+def rtree_table(name: str) -> Any:
+    """An R-tree virtual table (id, minx, maxx, miny, maxy) for queries."""
     return table(name, column("id"), column("minx"), column("maxx"), column("miny"), column("maxy"))
 
 
@@ -229,6 +230,7 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA case_sensitive_like=ON")  # CQL2's LIKE is (ILIKE is lower() LIKE lower())
         cur.close()
         register_functions(dbapi_conn)
 
