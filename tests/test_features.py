@@ -16,7 +16,17 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from tests.conftest import DEMO_DATA, PG_URL, ROOT, TEST_DATA, Server, _pg_database, start_server, stop_server
+from tests.conftest import (
+    DEMO_DATA,
+    PG_URL,
+    ROOT,
+    TEST_DATA,
+    Server,
+    _pg_database,
+    create_pg,
+    start_server,
+    stop_server,
+)
 
 SEOUL_SHP = DEMO_DATA / "seoul_municipalities.shp"
 BIKES = DEMO_DATA / "ttareungyi_bike_stations.csv"
@@ -74,10 +84,13 @@ def _postgis_table(url: str) -> str:
     return f"{url}#public.gu"
 
 
-@pytest.fixture(scope="module")
-def ogc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ogc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The platform serving every source format, imported into each store (SQLite; PostGIS with UDP_TEST_PG)."""
     import yaml
 
+    if request.param == "postgresql" and not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: the files imported into PostGIS are not tested")
     tmp = tmp_path_factory.mktemp("features")
     collections = _sources(tmp)
     pg = None
@@ -87,14 +100,20 @@ def ogc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                                      "id": "gid"}
     (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Test city", "collections": collections},
                                                    allow_unicode=True), encoding="utf-8")
-    srv = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
-    srv.collections = collections  # type: ignore[attr-defined]
+    store = None if request.param == "sqlite" else create_pg(PG_URL)
     try:
-        yield srv
+        srv = start_server(f"sqlite:///{tmp / 'udp.db'}" if store is None else store.url, request.param,
+                           ["--config", str(tmp / "config.yml")])
+        srv.collections = collections  # type: ignore[attr-defined]
+        try:
+            yield srv
+        finally:
+            stop_server(srv)
     finally:
-        stop_server(srv)
         if pg is not None:
             pg.close()
+        if store is not None:
+            store.drop()
 
 
 @pytest.fixture
