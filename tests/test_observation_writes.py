@@ -77,7 +77,7 @@ def test_every_way_in_keeps_the_same_rules_covers_times_and_notifies(bridged: Se
     listener = Listener("127.0.0.1", bridged.mqtt_port, [topic])  # type: ignore[arg-type]
     device = publisher("127.0.0.1", bridged.mqtt_port)  # type: ignore[arg-type]
     try:
-        wait_subscribed(bridged, 1)
+        wait_subscribed(bridged, [topic])
         # a string result for an OM_Measurement Datastream: refused the same way everywhere
         r = sta.post(f"Datastreams({ds})/Observations",
                      json={"result": "warm", "phenomenonTime": "2001-01-01T00:00:00Z"})
