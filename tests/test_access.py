@@ -84,6 +84,9 @@ def test_internal_things_are_hidden_without_the_read_role(city: Server) -> None:
     sta = httpx.Client(base_url=city.sta + "/", timeout=30)
     listener = Listener("127.0.0.1", city.mqtt_port, ["v1.1/Observations"])  # type: ignore[arg-type]
     wait_subscribed(city.url, ["v1.1/Observations"], ADMIN)
+    # who subscribes to what is the operator's to see
+    assert httpx.get(f"{city.url}/health", params={"subscribed": "v1.1/Observations"}).status_code == 403
+    assert httpx.get(f"{city.url}/health", params={"subscribed": "v1.1/Observations"}, auth=VIEWER).status_code == 403
     streams = {s["name"]: s["@iot.selfLink"] for s in sta.get("Datastreams", auth=VIEWER).json()["value"]}
     assert set(streams) == {"count pub1", "count sec1"}
     for name, value in (("count sec1", 41), ("count pub1", 42)):
