@@ -155,13 +155,18 @@ def _etag(source: FeatureSource, request: Request) -> str:
     return '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
 
 
-def _answer(request: Request, source: FeatureSource, body: bytes, etag: str, q: ItemsQuery, root: str) -> Response:
-    """The GeoJSON response: links under the public base, an ETag (from the body when the source cannot
-    tell its version in advance), 304 when the client has it."""
+def _answer(request: Request, source: FeatureSource, body: bytes, etag: str, q: ItemsQuery, root: str,
+            basis: tuple[bytes, ...] = ()) -> Response:
+    """The GeoJSON response: links under the public base, an ETag (when the source cannot tell its version in
+    advance, from `basis`: the body without what differs on every request, or else the body), 304 when the
+    client has it."""
     if source.placeholder is not None:
         body = body.replace(source.placeholder, root.encode())
     if not etag:
-        etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+        digest = hashlib.sha1()
+        for part in basis or (body,):
+            digest.update(part)
+        etag = '"' + digest.hexdigest()[:20] + '"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
     return Response(body, media_type=GEOJSON, headers=_headers(source, etag, q))
@@ -261,10 +266,13 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         # an estimated count is no numberMatched (optional in OGC API Features): a member of its own says it
         counted = {"numberMatched": page.number_matched} if page.exact else {
             "numberMatchedEstimate": page.number_matched}
-        head = orjson.dumps({"type": "FeatureCollection", **counted, "numberReturned": len(page.features),
-                             "timeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "links": links})
-        body = head[:-1] + b',"features":[' + b",".join(page.features) + b"]}"
-        return _answer(request, source, body, etag, q, root)
+        counts = {"type": "FeatureCollection", **counted, "numberReturned": len(page.features)}
+        head = orjson.dumps({**counts, "timeStamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "links": links})
+        features = b",".join(page.features)
+        body = head[:-1] + b',"features":[' + features + b"]}"
+        # the timeStamp changes every second: an ETag taken from it told a client its unchanged copy was stale
+        # (the links carry the public base, which the features' placeholder stands for)
+        return _answer(request, source, body, etag, q, root, (orjson.dumps({**counts, "links": links}), features))
 
     async def item(request: Request) -> Response:
         ready = prepared(request, lambda source, params: parse_item(params, source.fields, source.offered_crs()))

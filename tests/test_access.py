@@ -3,20 +3,18 @@ single entities, `$expand`, `$batch`, feature collections) and never announced o
 
 from __future__ import annotations
 
-import queue
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import DEMO_DATA, Server, serve_on
+from tests.test_mqtt import Listener, wait_subscribed
 
 VIEWER = ("viewer", "viewer-password")
 WRITER = ("ingest", "ingest-password")
+ADMIN = ("operator", "operator-password")  # sees which topics have subscribers (/health?subscribed=)
 CONFIG = f"""title: Access test
 auth:
   users:
@@ -26,6 +24,9 @@ auth:
     - name: ingest
       password: ingest-password
       roles: [write]
+    - name: operator
+      password: operator-password
+      roles: [admin]
 collections:
   bikes:
     source: {DEMO_DATA / 'ttareungyi_bike_stations.csv'}
@@ -81,23 +82,21 @@ def names(r: httpx.Response) -> set[str]:
 
 def test_internal_things_are_hidden_without_the_read_role(city: Server) -> None:
     sta = httpx.Client(base_url=city.sta + "/", timeout=30)
-    got: queue.Queue = queue.Queue()
-    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"l-{uuid.uuid4().hex[:6]}")
-    listener.on_connect = lambda c, *_: c.subscribe("v1.1/Observations", 1)
-    listener.on_message = lambda _c, _u, m: got.put(orjson.loads(m.payload))
-    listener.connect("127.0.0.1", city.mqtt_port)  # type: ignore[arg-type]
-    listener.loop_start()
-    time.sleep(0.5)
+    listener = Listener("127.0.0.1", city.mqtt_port, ["v1.1/Observations"])  # type: ignore[arg-type]
+    wait_subscribed(city.url, ["v1.1/Observations"], ADMIN)
+    # who subscribes to what is the operator's to see
+    assert httpx.get(f"{city.url}/health", params={"subscribed": "v1.1/Observations"}).status_code == 403
+    assert httpx.get(f"{city.url}/health", params={"subscribed": "v1.1/Observations"}, auth=VIEWER).status_code == 403
     streams = {s["name"]: s["@iot.selfLink"] for s in sta.get("Datastreams", auth=VIEWER).json()["value"]}
     assert set(streams) == {"count pub1", "count sec1"}
     for name, value in (("count sec1", 41), ("count pub1", 42)):
         assert sta.post(streams[name] + "/Observations", json={"result": value}, auth=WRITER).status_code == 201
     # only the public Observation is announced on the broker, which anyone may read
-    first = got.get(timeout=10)
+    first = listener.wait("v1.1/Observations")
     assert first["result"] == 42
-    time.sleep(1.0)
-    assert got.empty()
-    listener.loop_stop()
+    time.sleep(1.0)  # what has not come with the public one does not come later
+    assert listener.messages.empty() and not listener.backlog
+    listener.close()
     # HTTP: lists, single entities, navigation, $expand, $batch
     assert names(sta.get("Things")) == {"public pub1"}
     assert names(sta.get("Things", auth=VIEWER)) == {"public pub1", "internal sec1"}

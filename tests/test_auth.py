@@ -5,6 +5,7 @@ embedded MQTT broker's logins and publishing rights, and the warning when the pl
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -166,12 +167,13 @@ def test_mqtt_publishing_takes_the_write_role(secured: Server) -> None:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:6]}")
         if user:
             client.username_pw_set(user, password)
+        answered: queue.Queue = queue.Queue()  # the CONNACK's verdict, accepted or refused
+        client.on_connect = lambda _c, _u, _f, reason, _p: answered.put(not reason.is_failure)
         code = client.connect("127.0.0.1", secured.mqtt_port)  # type: ignore[arg-type]
         client.loop_start()
-        time.sleep(0.3)
-        if client.is_connected():
+        connected = answered.get(timeout=10)
+        if connected:
             client.publish(f"city/{name}/count", orjson.dumps({"count": value}), qos=1).wait_for_publish(5)
-        connected = client.is_connected()
         client.loop_stop()
         client.disconnect()
         return code if connected else -1

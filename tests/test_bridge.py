@@ -67,6 +67,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
     wait_until(predicate, timeout, "the bridge")
 
 
+def dead_letter_reasons(server: Server, topic: str) -> list[str]:
+    """The reasons of the pending dead letters of `topic`, read from the store."""
+    from mqtt_bridge import deadletters
+    from sensorthings.store.base import Store
+
+    store = Store.open(server.store)
+    try:
+        return [d["reason"] for d in deadletters.pending(store) if d["topic"] == topic]
+    finally:
+        store.close()
+
+
 def publisher(host: str, port: int) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:6]}")
     client.connect(host, port)
@@ -133,7 +145,7 @@ def test_redrive_after_the_datastream_exists(bridged: Server) -> None:
     device = publisher("127.0.0.1", bridged.mqtt_port)
     try:
         device.publish(f"city/pedestrians/{sensor}/count", b'{"count": 5, "time": "2026-02-01T00:00:00Z"}', qos=1)
-        time.sleep(1.0)
+        wait_for(lambda: dead_letter_reasons(bridged, f"city/pedestrians/{sensor}/count"))  # not 1 s and hope
     finally:
         device.loop_stop()
     add_thing(sta, f"late {sensor}", [f"pedestrians {sensor} total"])

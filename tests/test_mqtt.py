@@ -59,13 +59,15 @@ class Listener:
         self.client.disconnect()
 
 
-def wait_subscribed(server: Server, count: int) -> None:
-    """Until the platform knows `count` subscribed SensorThings topics (embedded broker only)."""
+def wait_subscribed(url: str, topics: list[str], auth: tuple[str, str] | None = None) -> None:
+    """Until the platform at `url` knows that each of `topics` has a subscriber (embedded broker only): a client's
+    SUBACK says the broker routes to it, this that the platform publishes there. Other tests' subscriptions to
+    other topics never count, as a count of subscribed topics did. With accounts, `auth` is an admin's."""
     def known() -> bool:
-        topics = httpx.get(f"{server.url}/health").json().get("mqtt", {}).get("subscribed_topics")
-        return topics is not None and topics >= count
+        health = httpx.get(f"{url}/health", params=[("subscribed", t) for t in topics], auth=auth).json()
+        return all(health.get("mqtt", {}).get("subscribed", {}).get(t) for t in topics)
 
-    wait_until(known, 10, "the platform to hear of the subscriptions", 0.05)
+    wait_until(known, 10, f"the platform to hear of the subscriptions to {topics}", 0.05)
 
 
 @pytest.fixture
@@ -95,7 +97,7 @@ def test_notifications_for_sets_navigation_and_entities(server: Server, setup: d
               f"v1.1/Datastreams({ds})/Observations?$filter=result gt 10"]
     listener = Listener("127.0.0.1", server.mqtt_port, topics)
     try:
-        wait_subscribed(server, len(topics))
+        wait_subscribed(server.url, topics)
         created = create(sta, f"Datastreams({ds})/Observations",
                          {"result": 5, "phenomenonTime": "2024-06-01T00:00:00Z"})
         get = sta.get(f"Observations({created['@iot.id']})").json()
@@ -123,9 +125,10 @@ def test_notifications_for_sets_navigation_and_entities(server: Server, setup: d
 
 def test_websocket_subscription(server: Server, setup: dict) -> None:
     ds = setup["ds"]
-    listener = Listener("127.0.0.1", server.ws_port, [f"v1.1/Datastreams({ds})/Observations"], transport="websockets")
+    topic = f"v1.1/Datastreams({ds})/Observations"
+    listener = Listener("127.0.0.1", server.ws_port, [topic], transport="websockets")
     try:
-        wait_subscribed(server, 1)
+        wait_subscribed(server.url, [topic])
         create(setup["sta"], f"Datastreams({ds})/Observations", {"result": 7})
         assert listener.wait(f"v1.1/Datastreams({ds})/Observations")["result"] == 7
     finally:
@@ -136,7 +139,7 @@ def test_create_by_publish(server: Server, setup: dict) -> None:
     sta, ds = setup["sta"], setup["ds"]
     listener = Listener("127.0.0.1", server.mqtt_port, [f"v1.1/Datastreams({ds})/Observations"])
     try:
-        wait_subscribed(server, 1)
+        wait_subscribed(server.url, [f"v1.1/Datastreams({ds})/Observations"])
         listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 21.5}), qos=1)
         body = orjson.dumps({"result": 22.5, "Datastream": {"@iot.id": ds}})
         listener.client.publish("v1.1/Observations", body, qos=1)

@@ -52,7 +52,7 @@ def test_internal_topics_reach_only_the_platform(server: Server, setup: dict[str
     listener = Listener("127.0.0.1", server.mqtt_port, [query])  # type: ignore[arg-type]
     forger, _ = _client(server)
     try:
-        wait_subscribed(server, 1)  # the platform heard of the query topic on its internal topic
+        wait_subscribed(server.url, [query])  # the platform heard of the query topic on its internal topic
         # a forged report that nobody subscribes to anything must not reach the platform
         forger.publish("udp-internal/subscriptions", b"[]", qos=1, retain=True).wait_for_publish(10)
         time.sleep(0.5)  # the time a forged report would take to arrive

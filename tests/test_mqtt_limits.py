@@ -25,7 +25,7 @@ def test_mqtt_topic_queries_meet_the_same_limits(city: Server) -> None:  # noqa:
         assert r.status_code == 400 and "server.max_" in r.json()["message"], r.text
     listener = Listener("127.0.0.1", city.mqtt_port, within + beyond)  # type: ignore[arg-type]
     try:
-        wait_subscribed(city, len(within + beyond))
+        wait_subscribed(city.url, within + beyond)
         ds = city.client.get("/v1.1/Datastreams", params={"$top": "1"}).json()["value"][0]["@iot.id"]
         r = city.client.post(f"/v1.1/Datastreams({ds})/Observations",
                              json={"result": 7, "phenomenonTime": "2024-05-02T00:00:00Z"})

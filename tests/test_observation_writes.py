@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import PG_URL, Server, _pg_database, serve_on
-from tests.test_bridge import publisher, wait_for
+from tests.test_bridge import dead_letter_reasons, publisher, wait_for
 from tests.test_mqtt import Listener, wait_subscribed
 from tests.test_sta_api import OM, UNIT, create
 
@@ -58,17 +58,6 @@ def observations(sta: httpx.Client, ds: int) -> list[dict[str, Any]]:
     return r.json()["value"]
 
 
-def dead_letter_reasons(server: Server, topic: str) -> list[str]:
-    from mqtt_bridge import deadletters
-    from sensorthings.store.base import Store
-
-    store = Store.open(server.store)
-    try:
-        return [d["reason"] for d in deadletters.pending(store) if d["topic"] == topic]
-    finally:
-        store.close()
-
-
 def test_every_way_in_keeps_the_same_rules_covers_times_and_notifies(bridged: Server) -> None:
     sta = httpx.Client(base_url=bridged.sta + "/", timeout=30)
     sensor = uuid.uuid4().hex[:6]
@@ -77,7 +66,7 @@ def test_every_way_in_keeps_the_same_rules_covers_times_and_notifies(bridged: Se
     listener = Listener("127.0.0.1", bridged.mqtt_port, [topic])  # type: ignore[arg-type]
     device = publisher("127.0.0.1", bridged.mqtt_port)  # type: ignore[arg-type]
     try:
-        wait_subscribed(bridged, 1)
+        wait_subscribed(bridged.url, [topic])
         # a string result for an OM_Measurement Datastream: refused the same way everywhere
         r = sta.post(f"Datastreams({ds})/Observations",
                      json={"result": "warm", "phenomenonTime": "2001-01-01T00:00:00Z"})

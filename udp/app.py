@@ -84,6 +84,13 @@ def build_app(config: Config) -> Starlette:
         return ORJSONResponse({"title": config.title, "description": "Urban data platform", "links": links})
 
     async def health(request: Request) -> Response:
+        # ?subscribed=TOPIC (repeatable): whether the platform has heard of subscribers to it, so that a client can
+        # tell when its subscription takes notifications; the operator's to see once the platform has accounts
+        asked = request.query_params.getlist("subscribed")
+        if asked and not (config.auth is None or _is_admin(request)):
+            return ORJSONResponse({"code": 403, "type": "error",
+                                   "message": "subscribed=: which topics have subscribers takes the admin role"},
+                                  status_code=403)
         db_ok = await run_in_threadpool(store.healthy)
         # what is down: the database (503: nothing can be read or written), the broker (200: HTTP still works)
         down = [] if db_ok else ["store"]
@@ -93,6 +100,8 @@ def build_app(config: Config) -> Starlette:
             body["response_cache"] = service.cache.stats()
         if notifier is not None:
             body["mqtt"] = notifier.stats()
+            if asked:
+                body["mqtt"]["subscribed"] = notifier.knows(asked)
             if not body["mqtt"]["connected"]:
                 down.append("mqtt")
                 body["status"] = "degraded"
@@ -125,6 +134,12 @@ def build_app(config: Config) -> Starlette:
     app.state.service = service
     app.state.config = config
     return app
+
+
+def _is_admin(request: Request) -> bool:
+    """Whether the request's principal (set by the access control) holds the admin role."""
+    principal = request.scope.get("udp.principal")
+    return bool(principal is not None and principal.can("admin"))
 
 
 def _middleware(config: Config) -> list[Middleware]:

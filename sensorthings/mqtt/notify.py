@@ -120,6 +120,12 @@ class Notifier:
                 "queued": self.queue.qsize(),
                 "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
 
+    def knows(self, topics: list[str]) -> dict[str, bool | None]:
+        """Whether this notifier has heard that each topic has subscribers (None: it cannot know, with an
+        external broker it publishes to every standard topic); who subscribes to what is the operator's to see."""
+        subscribed = self.subscribed
+        return {t: None if subscribed is None else t in subscribed for t in topics}
+
     def close(self) -> None:
         """Publish what is queued, then disconnect."""
         self.queue.put(None)

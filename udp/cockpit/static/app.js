@@ -43,7 +43,8 @@ const state = {
   property: '',
   live: 'connecting',
   client: null,
-  subscribed: new Set(),
+  subscribed: new Set(), // Datastreams whose subscription the broker acknowledged (SUBACK)
+  subscribing: new Map(), // Datastream id -> the subscribe request not yet acknowledged
   pinned: new Set(), // Datastreams followed whatever the view: the open Thing's, the charted one
   syncTimer: null,
   pollTimer: null,
@@ -637,6 +638,7 @@ async function startLive() {
   client.on('connect', () => {
     stopPolling();
     state.subscribed.clear();
+    state.subscribing.clear();
     setLive('live', `Live: MQTT ${new URL(endpoint).host}`);
     syncSubscriptions();
   });
@@ -670,24 +672,30 @@ function syncSubscriptions() {
   const client = state.client;
   if (!client || !client.connected) return;
   const wanted = wantedIds();
-  const add = [...wanted].filter((id) => id !== null && !state.subscribed.has(id));
-  const drop = [...state.subscribed].filter((id) => !wanted.has(id));
+  const add = [...wanted].filter((id) => id !== null && !state.subscribed.has(id) && !state.subscribing.has(id));
+  const drop = [...state.subscribed, ...state.subscribing.keys()].filter((id) => !wanted.has(id));
   const now = Date.now();
   if (drop.length) {
     drop.forEach((id) => {
       state.subscribed.delete(id);
+      state.subscribing.delete(id);
       const sensor = state.sensors.get(id);
       if (sensor) sensor.since = now;
     });
     client.unsubscribe(drop.map(topicOf));
   }
   if (add.length) {
-    add.forEach((id) => state.subscribed.add(id));
-    client.subscribe(add.map(topicOf), { qos: 0 }, (err) => {
-      if (err) {
-        add.forEach((id) => state.subscribed.delete(id));
-        console.warn('MQTT subscribe:', err.message);
-      }
+    // followed only once the broker acknowledges: until then a message may still pass by unseen
+    const request = {};
+    add.forEach((id) => state.subscribing.set(id, request));
+    client.subscribe(add.map(topicOf), { qos: 0 }, (err, granted) => {
+      const refused = new Set((granted || []).filter((g) => g.qos & 0x80).map((g) => g.topic));
+      add.forEach((id) => {
+        if (state.subscribing.get(id) !== request) return; // dropped or reconnected meanwhile
+        state.subscribing.delete(id);
+        if (!err && !refused.has(topicOf(id))) state.subscribed.add(id);
+      });
+      if (err || refused.size) console.warn('MQTT subscribe:', err ? err.message : `refused ${[...refused]}`);
     });
     // sensors not followed for a while may have moved on meanwhile: read them again, for this view only
     if (add.some((id) => now - (state.sensors.get(id)?.since ?? now) > STALE_MS)) refreshView();
@@ -721,6 +729,8 @@ function applyLatest(features) {
     const known = state.sensors.get(id);
     if (!known) continue;
     known.since = now;
+    // a read that left before a live message arrived must not put the older value back
+    if (known.time && time && Date.parse(time) < Date.parse(known.time)) continue;
     if (known.time !== time || known.result !== p.result) applyObservation(id, p.result, time);
   }
 }
