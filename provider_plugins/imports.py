@@ -53,7 +53,7 @@ from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
 
-FORMAT = 1  # bump when the imported tables' layout changes: every file is imported again
+FORMAT = 2  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
 INDEXED_TEXT = 200  # characters: longer text columns are not indexed (descriptions, not codes)
 MAX_INDEXES = 32
@@ -129,14 +129,13 @@ def stale(store: Store, specs: Iterable[CollectionSpec]) -> list[CollectionSpec]
 
 def table_of(name: str, meta: dict[str, Any], postgis: bool) -> Table:
     """The SQLAlchemy table of an import (its columns as the registry describes them)."""
-    cols: list[Column] = []
+    # rid numbers the rows in the file's order (SQLite: INTEGER PRIMARY KEY, the rowid the R-tree refers to)
+    cols: list[Column] = [Column("rid", BigInteger().with_variant(Integer, "sqlite"), primary_key=True)]
+    if meta["key"] == "k":
+        cols.append(Column("k", _SQL_TYPES[meta["key_kind"]](), nullable=False, unique=True))
     if postgis:
-        cols.append(Column("k", _SQL_TYPES[meta["key_kind"]](), primary_key=True))
         cols.append(Column("g", _PostgisGeometry()))
     else:
-        cols.append(Column("rid", Integer, primary_key=True))
-        if meta["key"] == "k":
-            cols.append(Column("k", _SQL_TYPES[meta["key_kind"]](), nullable=False, unique=True))
         cols.append(Column("g", LargeBinary))
         cols += [Column(b, Float) for b in ("x0", "y0", "x1", "y1")]
     cols.append(Column("f", Text, nullable=False))
@@ -147,12 +146,12 @@ def table_of(name: str, meta: dict[str, Any], postgis: bool) -> Table:
 # -- the import ----------------------------------------------------------------------------------------
 def import_source(store: Store, spec: CollectionSpec, progress: Callable[[int, int], None] | None = None) -> Imported:
     """Read a file and switch its collection to a new table holding it (SourceError names the collection)."""
-    rows = read_rows(spec)
+    rows = _by_key(spec, read_rows(spec))
     postgis = store.dialect.name == "postgresql"
     create_registry(store)
     slot = hashlib.sha1(spec.id.encode()).hexdigest()[:8]
     name = f"udp_src_{slot}_{secrets.token_hex(4)}"
-    meta = _describe(spec, rows, postgis)
+    meta = _describe(spec, rows)
     table = table_of(name, meta, postgis)
     with store.write() as (conn, _):
         table.create(conn)
@@ -166,7 +165,16 @@ def import_source(store: Store, spec: CollectionSpec, progress: Callable[[int, i
         raise
 
 
-def _describe(spec: CollectionSpec, rows: Rows, postgis: bool) -> dict[str, Any]:
+def _by_key(spec: CollectionSpec, rows: Rows) -> Rows:
+    """Rows with a declared key in its order, as a table with that primary key pages them; else the file's."""
+    if spec.id_column is None:
+        return rows
+    order = pd.Series(rows.ids).sort_values(kind="stable").index.to_numpy()
+    return Rows(rows.frame.iloc[order].reset_index(drop=True), rows.ids[order], rows.geoms[order], rows.source_crs,
+                rows.time_column, rows.etag)
+
+
+def _describe(spec: CollectionSpec, rows: Rows) -> dict[str, Any]:
     frame = rows.frame
     columns = [[str(n), f"p{i}", _kind(frame[n])] for i, n in enumerate(frame.columns)]
     indexed = [phys for n, phys, kind in columns if kind != STRING or _short(frame[n])][:MAX_INDEXES]
@@ -175,7 +183,7 @@ def _describe(spec: CollectionSpec, rows: Rows, postgis: bool) -> dict[str, Any]
     bbox = [float(v) for v in shapely.total_bounds(present)] if len(present) else None
     points = bool(len(present)) and bool(np.all(shapely.get_type_id(present) == 0))
     key_kind = INTEGER if rows.ids.dtype.kind in "iu" else STRING
-    return {"columns": columns, "indexed": indexed, "key": "k" if postgis or spec.id_column is not None else "rid",
+    return {"columns": columns, "indexed": indexed, "key": "k" if spec.id_column is not None else "rid",
             "key_kind": key_kind, "time": rows.time_column, "source_crs": rows.source_crs, "bbox": bbox,
             "rows": len(rows.ids), "points": points}
 
@@ -235,16 +243,16 @@ def _fill(store: Store, table: Table, rows: Rows, meta: dict[str, Any], postgis:
         cells = [_values(frame[name], kind, postgis) for name, _phys, kind in meta["columns"]]
         features = [f.decode() for f in encode_rows(frame, ids, geoms)]
         keys = ids.tolist() if meta["key_kind"] == INTEGER else [str(v) for v in ids.tolist()]
+        head = [np.arange(part.start + 1, part.stop + 1).tolist()] + ([keys] if meta["key"] == "k" else [])
         if postgis:
             ewkb = shapely.to_wkb(shapely.set_srid(geoms, 4326), hex=True, include_srid=True)
-            records = zip(keys, ewkb.tolist(), features, *cells, strict=True)
+            records = zip(*head, ewkb.tolist(), features, *cells, strict=True)
             with store.write() as (conn, _):
                 _copy(conn, table, records)
         else:
             wkb = shapely.to_wkb(geoms).tolist()
             bounds = shapely.bounds(geoms)
             bounds = np.where(np.isnan(bounds), None, bounds.astype(object))
-            head = [np.arange(part.start + 1, part.stop + 1).tolist()] + ([keys] if meta["key"] == "k" else [])
             names = [c.name for c in table.columns]
             batch = [dict(zip(names, r, strict=True)) for r in zip(
                 *head, wkb, *bounds.T.tolist(), features, *cells, strict=True)]

@@ -70,6 +70,15 @@ class Layout:
     encoded: Column | None = None  # each row's Feature pre-encoded in CRS84 with every property
     integer: frozenset[str] = frozenset()  # number properties that hold integers (JSON Schema "integer")
     rows: int | None = None  # the row count of a table that cannot change (an import)
+    # the page order's last column (the key when None); `dense`: it numbers the rows 1…rows, so that an
+    # unfiltered page at `offset` is the rows after that number, an index range instead of a walk past them
+    order: Column | None = None
+    dense: bool = False
+
+    @property
+    def sequence(self) -> Column:
+        """The column that orders rows after the sort keys (and pages by key)."""
+        return self.key if self.order is None else self.order
 
     @property
     def fields(self) -> dict[str, dict[str, str]]:
@@ -134,10 +143,14 @@ class SqlTableSource(FeatureSource):
 
     def _search(self, t: Layout, q: ItemsQuery) -> Page:
         where = self._where(t, q)
-        keyset = self.pages_by_key and not q.offset and not t.key.nullable
+        seq = t.sequence
+        keyset = self.pages_by_key and not q.offset and not seq.nullable
         with self.connect() as conn:
             filtered = where is not True
             cond = where if filtered else true()
+            offset = q.offset
+            if t.dense and not filtered and not q.sortby and q.after is None and offset:
+                cond, offset = seq > offset, 0
             known = None if filtered else self.unfiltered_count(conn, t)
             if known is None or (q.hits and not known[1]):  # resulttype=hits asks for the exact count
                 matched, exact = int(conn.execute(select(func.count()).select_from(t.table).where(cond))
@@ -156,12 +169,12 @@ class SqlTableSource(FeatureSource):
                     raise ParamError("cursor: its values do not fit this collection's columns") from None
             # the page's keys first, the JSON only for them: the database computes the select list of the
             # rows an OFFSET skips too. One row more than the page tells whether a next page exists.
-            marks = [cast(c, Text).label(f"m{i}") for i, c in enumerate([*sort_cols, t.key])]
-            page = (select(t.key.label("k"), *marks).where(cond).order_by(*order, t.key)
-                    .limit(q.limit + keyset).offset(q.offset).subquery())
+            marks = [cast(c, Text).label(f"m{i}") for i, c in enumerate([*sort_cols, seq])]
+            page = (select(seq.label("k"), *marks).where(cond).order_by(*order, seq)
+                    .limit(q.limit + keyset).offset(offset).subquery())
             shown, encode = self._rendering(t, q)
             stmt = (select(*shown, *(page.c[m.name] for m in marks))
-                    .select_from(t.table.join(page, t.key == page.c.k)).order_by(*order, t.key))
+                    .select_from(t.table.join(page, seq == page.c.k)).order_by(*order, seq))
             try:
                 rows = conn.execute(stmt).all()
             except DataError:
@@ -188,16 +201,17 @@ class SqlTableSource(FeatureSource):
 
     # -- SQL -------------------------------------------------------------------------------------------
     def _after(self, t: Layout, q: ItemsQuery, after: tuple[str | None, ...]) -> ColumnElement:
-        """The rows after the cursor's row in the page order (sort keys nulls last, then the key ascending)."""
+        """The rows after the cursor's row in the page order (sort keys nulls last, then the sequence ascending)."""
         *marks, key_mark = after
-        cond: ColumnElement = t.key > self._mark(key_mark, t.key)
+        seq = t.sequence
+        cond: ColumnElement = seq > self._mark(key_mark, seq)
         if not q.sortby:
             return cond  # an index range on the key
         cols = [t.columns[s.property] for s in q.sortby]
         if not any(s.descending for s in q.sortby) and not any(c.nullable for c in cols) and None not in marks:
             # one row comparison, an index range on an index over (sort keys…, key)
-            return tuple_(*cols, t.key) > tuple_(*(self._mark(m, c) for m, c in
-                                                  zip(after, [*cols, t.key], strict=True)))
+            return tuple_(*cols, seq) > tuple_(*(self._mark(m, c) for m, c in
+                                                zip(after, [*cols, seq], strict=True)))
         for s, mark in zip(reversed(q.sortby), reversed(marks), strict=True):
             col = t.columns[s.property]
             if mark is None:  # a null sorts last: only the nulls that follow by the later keys come after it

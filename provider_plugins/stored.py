@@ -78,7 +78,7 @@ class StoredSource(SqlTableSource):
             rtree_table(f"{found.table_name}_rtree"), c.rid, (c.x0, c.y0, c.x1, c.y1), bool(meta["points"]))
         return Layout(table, columns, c[meta["key"]], c.g, 4326, meta["time"], spatial, encoded=c.f,
                       integer=frozenset(n for n, _p, kind in meta["columns"] if kind == INTEGER),
-                      rows=found.rows)
+                      rows=found.rows, order=c.rid, dense=True)
 
     # -- what SqlTableSource asks ------------------------------------------------------------------------
     def layout(self, fresh: bool = False) -> Layout:
