@@ -31,7 +31,7 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: in
             "keywords": list(src.keywords) or [cid], "links": [],
             "extents": {"spatial": {"bbox": bbox, "crs": crsmod.CRS84}},
             "providers": [{
-                "type": "feature", "name": "features.source.PlatformProvider", "data": cid, "id_field": "id",
+                "type": src.item_type, "name": "features.source.PlatformProvider", "data": cid, "id_field": "id",
                 "crs": [crsmod.uri(c) for c in src.offered_crs()],
                 "storage_crs": crsmod.uri(src.storage_crs),
                 **({"time_field": src.time_column} if src.time_column else {}),

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from apicommon.request import public_base
 from features.app import features_routes
 from mqtt_bridge import deadletters
+from provider_plugins.catalogue import PlatformCatalogue
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
@@ -110,14 +111,15 @@ def build_app(config: Config) -> Starlette:
             notifier.close()
         store.close()
 
+    sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
+    catalogue = PlatformCatalogue(store, sources, config.collections, config.sensors, config.indicators,
+                                  config.catalogue, config.title, endpoints or config.mqtt_endpoints)
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
-        *features_routes(load_sources(config.collections, store, config.indicators,
-                                      config.statement_timeout_s), config.title,
-                         config.public_url, max_limit=config.max_top),
+        *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service

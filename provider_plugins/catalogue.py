@@ -1,0 +1,358 @@
+"""The platform's catalogue records, computed from its sources: one per collection (departmental data, indicators,
+the SensorThings collections), per `sensors:` table, per ObservedProperty, and per service (OGC API, SensorThings
+API, MQTT broker). Extents come from the data: a collection's geometries and time column, the Datastreams'
+phenomenonTime and their Things' Locations. What a requester without the read role sees leaves out internal data."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+import pandas as pd
+import shapely
+from pygeofilter import ast
+
+from features.metadata import CatalogueMetadata, DatasetMetadata, parse_frequency
+from features.record import DATASET, SERVICE, Access, Catalogue, Record
+from features.request import ItemsQuery, Sort
+from features.source import FeatureSource
+from features.spec import CollectionSpec
+from sensorthings.service import ApiRequest, Service
+from sensorthings.store.base import Store
+
+log = logging.getLogger("udp.catalogue")
+GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
+OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
+OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
+MAX_TOPICS = 100  # MQTT topic links per record: the Datastreams beyond are reached through the SensorThings links
+_PAGE = 10_000
+
+
+class SensorTable(Protocol):
+    """What the catalogue reads of a `sensors:` entry (the shell's SensorsEntry has these)."""
+
+    @property
+    def index(self) -> int:
+        """The entry's position: its Things carry `properties.udpKey` "<index>:<row key>"."""
+
+    @property
+    def table(self) -> CollectionSpec:
+        """The table the Things are made from."""
+
+    @property
+    def title(self) -> str:
+        """The record title ("" when not declared)."""
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """Keywords."""
+
+    @property
+    def access(self) -> str:
+        """public or internal."""
+
+    @property
+    def metadata(self) -> DatasetMetadata:
+        """Themes, licence, update frequency."""
+
+
+class IndicatorDeclaration(Protocol):
+    """What the catalogue reads of an indicator (the shell's IndicatorSpec has these)."""
+
+    @property
+    def id(self) -> str:
+        """The indicator id (its Datastreams carry it as `properties/indicator`)."""
+
+    @property
+    def title(self) -> str:
+        """Title."""
+
+    @property
+    def description(self) -> str:
+        """Description."""
+
+    @property
+    def observed_property(self) -> str:
+        """The ObservedProperty aggregated."""
+
+    @property
+    def metadata(self) -> DatasetMetadata:
+        """Themes, licence, update frequency."""
+
+
+@dataclass
+class _Stream:
+    """A Datastream as the catalogue needs it."""
+
+    id: int
+    name: str
+    start: datetime | None
+    end: datetime | None
+    point: Any  # its Thing's Location (shapely), or None
+    property_id: int
+    property_name: str
+    property_description: str
+    entry: int | None  # the `sensors:` entry its Thing was made by
+    indicator: str | None
+
+
+@dataclass
+class PlatformCatalogue(Catalogue):
+    """The records of one platform."""
+
+    store: Store | None
+    sources: Mapping[str, FeatureSource]
+    specs: Mapping[str, CollectionSpec]
+    sensors: Sequence[SensorTable] = ()
+    indicators: Mapping[str, IndicatorDeclaration] = field(default_factory=dict)
+    metadata: CatalogueMetadata = CatalogueMetadata()
+    platform_title: str = "Urban Data Platform"
+    mqtt_endpoints: Sequence[str] = ()
+    id: str = "catalogue"
+
+    def __post_init__(self) -> None:
+        self.title = self.metadata.title or f"{self.platform_title}: catalogue"
+        self.description = self.metadata.description or (
+            f"The datasets and services of {self.platform_title}: every collection, the sensor data and the indicators")
+        self.service = Service(self.store) if self.store is not None else None
+
+    # -- the records -------------------------------------------------------------------------------
+    def records(self, sees_internal: bool) -> tuple[str, list[Record]]:
+        """Every record a requester sees, with a version."""
+        streams = self._streams(sees_internal)
+        out = [r for cid, src in self.sources.items() if (r := self._collection(cid, src, streams)) is not None
+               and (sees_internal or r.access == "public")]
+        out += [r for e in self.sensors if (sees_internal or e.access == "public")
+                and (r := self._sensors(e, streams)) is not None]
+        out += self._observed_properties(streams)
+        out += self._services(out)
+        version = hashlib.sha1(orjson.dumps([_key(r) for r in out], default=str)).hexdigest()[:16]
+        return version, out
+
+    def _meta(self, declared: DatasetMetadata) -> dict[str, Any]:
+        cat = self.metadata
+        return {"themes": declared.themes, "license": declared.license or cat.license, "publisher": cat.publisher,
+                "contacts": (cat.contact,) if cat.contact else (), "updated": declared.updated,
+                "geocoding": declared.political_geocoding or cat.political_geocoding}
+
+    def _collection(self, cid: str, src: FeatureSource, streams: list[_Stream]) -> Record | None:
+        if src.item_type != "feature":
+            return None
+        spec = self.specs.get(cid)
+        indicator = self.indicators.get(cid)
+        declared = spec.metadata if spec is not None else (indicator.metadata if indicator else DatasetMetadata())
+        kind = "indicator" if indicator is not None else ("collection" if spec is not None else "sensorthings")
+        start, end = _time_extent(src)
+        bbox = src.bbox
+        links = [Access(f"/ogcapi/collections/{cid}/items?f=json", "items", GEOJSON, f"{src.title} as GeoJSON",
+                        "GEOJSON", OGCAPI),
+                 Access(f"/ogcapi/collections/{cid}", "collection", JSON, "the collection", None, OGCAPI),
+                 Access(f"/ogcapi/collections/{cid}/items?f=html", "alternate", HTML, f"{src.title} as HTML",
+                        "HTML", OGCAPI)]
+        if indicator is not None:
+            mine = [s for s in streams if s.indicator == cid]
+            start, end = _span(mine)
+            quoted = quote(f"properties/indicator eq '{cid}'", safe="")
+            links.append(Access(f"/v1.1/Datastreams?$filter={quoted}", "related", JSON,
+                                "the indicator's Datastreams (history per area)", "JSON", STA))
+            links += _topics(mine, self.mqtt_endpoints)
+        elif kind == "sensorthings":
+            bbox = _bbox([s.point for s in streams])
+            start, end = (_span(streams) if src.time_column else (None, None))
+        return Record(cid, DATASET, kind, src.title, src.description or src.title,
+                      tuple(dict.fromkeys((*src.keywords, *(("indicator",) if indicator else ())))),
+                      bbox=bbox, start=start, end=end, access=src.access, links=tuple(links),
+                      **self._meta(declared))
+
+    def _sensors(self, entry: SensorTable, streams: list[_Stream]) -> Record | None:
+        mine = [s for s in streams if s.entry == entry.index]
+        props = sorted({s.property_name for s in mine})
+        name = entry.table.source.rsplit("/", 1)[-1]
+        title = entry.title or f"Sensors from {name}"
+        things = quote(f"startswith(properties/udpKey, '{entry.index}:')", safe="")
+        links = [Access(f"/v1.1/Things?$filter={things}&$expand=Locations,Datastreams", "items", JSON,
+                        "the Things with their Locations and Datastreams", "JSON", STA),
+                 *_topics(mine, self.mqtt_endpoints)]
+        start, end = _span(mine)
+        return Record(f"sensors-{entry.index}", DATASET, "sensors", title,
+                      f"Sensors made from {name}: {len({s.point for s in mine if s.point is not None})} places, "
+                      f"{len(mine)} Datastreams ({', '.join(props) or 'none yet'}), live over MQTT.",
+                      tuple(dict.fromkeys((*entry.keywords, "sensors", *props))),
+                      bbox=_bbox([s.point for s in mine]), start=start, end=end, access=entry.access,
+                      links=tuple(links), **self._meta(_continuous(entry.metadata)))
+
+    def _observed_properties(self, streams: list[_Stream]) -> list[Record]:
+        by_property: dict[int, list[_Stream]] = {}
+        for s in streams:
+            if s.indicator is None:
+                by_property.setdefault(s.property_id, []).append(s)
+        entries = {e.index: e for e in self.sensors}
+        out = []
+        for pid, mine in sorted(by_property.items()):
+            first = mine[0]
+            # what the tables its Datastreams come from declare
+            declared = [entries[s.entry].metadata for s in mine if s.entry in entries]
+            themes = tuple(dict.fromkeys(t for d in declared for t in d.themes))
+            licence = next((d.license for d in declared if d.license), None)
+            meta = DatasetMetadata(themes, licence, next((d.updated for d in declared if d.updated), None))
+            quoted = quote(f"latest_values/items?observedProperty={first.property_name}", safe="/?=")
+            links = [Access(f"/v1.1/ObservedProperties({pid})/Datastreams", "items", JSON,
+                            "the Datastreams (each with its Observations)", "JSON", STA),
+                     Access(f"/ogcapi/collections/{quoted}&f=json", "related", GEOJSON,
+                            "the latest value of each Datastream, as GeoJSON", "GEOJSON", OGCAPI),
+                     *_topics(mine, self.mqtt_endpoints)]
+            start, end = _span(mine)
+            out.append(Record(f"observed-property-{pid}", DATASET, "observed-property", first.property_name,
+                              first.property_description or f"Observations of {first.property_name}",
+                              ("sensors", "observations", first.property_name),
+                              bbox=_bbox([s.point for s in mine]), start=start, end=end, links=tuple(links),
+                              **self._meta(_continuous(meta))))
+        return out
+
+    def _services(self, datasets: list[Record]) -> list[Record]:
+        title = self.platform_title
+        by_service = {sid: tuple(r.id for r in datasets if any(a.service == sid for a in r.links))
+                      for sid in (OGCAPI, STA, MQTT)}
+        ogc = Record(OGCAPI, SERVICE, "service", f"{title}: OGC API",
+                     "OGC API Features, Records and the city's collections as GeoJSON", ("OGC API", "features"),
+                     endpoint="/ogcapi", conforms_to=("http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",),
+                     serves=by_service[OGCAPI], links=(
+                         Access("/ogcapi/openapi?f=json", "service-desc", OPENAPI, "the OpenAPI document"),
+                         Access("/ogcapi", "service", JSON, "landing page")), **self._meta(DatasetMetadata()))
+        sta = Record(STA, SERVICE, "service", f"{title}: OGC SensorThings API",
+                     "OGC SensorThings API v1.1: Things, Datastreams and Observations, live",
+                     ("SensorThings", "sensors", "IoT"), endpoint="/v1.1", serves=by_service[STA],
+                     conforms_to=("http://www.opengis.net/spec/iot_sensing/1.1/req/core",),
+                     links=(Access("/v1.1/openapi.json", "service-desc", OPENAPI, "the OpenAPI document"),
+                            Access("/v1.1", "service", JSON, "service root")), **self._meta(DatasetMetadata()))
+        out = [ogc, sta]
+        if self.mqtt_endpoints:
+            out.append(Record(MQTT, SERVICE, "service", f"{title}: MQTT broker",
+                              "The SensorThings MQTT extension: every new Observation and update as it happens",
+                              ("MQTT", "real-time"), endpoint=self.mqtt_endpoints[0], serves=by_service[MQTT],
+                              conforms_to=("http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt",),
+                              links=tuple(Access(e, "service", "application/json", "broker endpoint")
+                                          for e in self.mqtt_endpoints), **self._meta(DatasetMetadata())))
+        return out
+
+    # -- the SensorThings data ---------------------------------------------------------------------
+    def _streams(self, sees_internal: bool) -> list[_Stream]:
+        if self.service is None:
+            return []
+        out: list[_Stream] = []
+        skip = 0
+        while True:
+            res = self.service.handle(ApiRequest("GET", "Datastreams", {
+                "$select": "id,name,phenomenonTime,properties", "$top": str(_PAGE), "$skip": str(skip),
+                "$orderby": "id",
+                "$expand": "ObservedProperty($select=id,name,description),"
+                           "Thing($select=id,properties;$expand=Locations($select=location;$top=1))"},
+                None, "http://udp.local/v1.1", sees_internal=sees_internal))
+            if res.status >= 400:
+                log.warning("catalogue: the Datastreams could not be read: %s", res.content()[:200])
+                return out
+            page = (res.body or {}).get("value", [])
+            out += [_stream(d) for d in page]
+            if "@iot.nextLink" not in (res.body or {}) or not page:
+                return out
+            skip += len(page)
+
+
+def _stream(doc: dict[str, Any]) -> _Stream:
+    start, end = _interval(doc.get("phenomenonTime"))
+    thing = doc.get("Thing") or {}
+    locs = thing.get("Locations") or []
+    point = None
+    if locs:
+        loc = locs[0].get("location")
+        geom = loc.get("geometry") if isinstance(loc, dict) and loc.get("type") == "Feature" else loc
+        try:
+            point = shapely.geometry.shape(geom) if isinstance(geom, dict) else None
+        except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException):
+            point = None
+    props = doc.get("properties") or {}
+    key = str((thing.get("properties") or {}).get("udpKey", ""))
+    entry = int(key.split(":", 1)[0]) if ":" in key and key.split(":", 1)[0].isdigit() else None
+    op = doc.get("ObservedProperty") or {}
+    return _Stream(doc["@iot.id"], doc.get("name", ""), start, end, point, op.get("@iot.id", 0), op.get("name", ""),
+                   op.get("description", ""), entry, props.get("indicator") if isinstance(props, dict) else None)
+
+
+def _interval(text: Any) -> tuple[datetime | None, datetime | None]:
+    if not isinstance(text, str) or not text:
+        return None, None
+    a, _, b = text.partition("/")
+    return _utc(a), _utc(b or a)
+
+
+def _utc(text: Any) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        return None
+    if pd.isna(ts):
+        return None
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def _span(streams: Iterable[_Stream]) -> tuple[datetime | None, datetime | None]:
+    starts = [s.start for s in streams if s.start is not None]
+    ends = [s.end for s in streams if s.end is not None]
+    return (min(starts) if starts else None), (max(ends) if ends else None)
+
+
+def _bbox(points: Iterable[Any]) -> tuple[float, float, float, float] | None:
+    geoms = [p for p in points if p is not None and not shapely.is_empty(p)]
+    if not geoms:
+        return None
+    x0, y0, x1, y1 = (float(v) for v in shapely.total_bounds(geoms))
+    return (x0, y0, x1, y1)
+
+
+def _topics(streams: list[_Stream], endpoints: Sequence[str]) -> list[Access]:
+    """The MQTT topics of the Datastreams' new Observations, on the broker clients reach."""
+    if not endpoints:
+        return []
+    broker = endpoints[0].rstrip("/")
+    return [Access(f"{broker}/v1.1/Datastreams({s.id})/Observations", "related", "application/json",
+                   f"MQTT topic v1.1/Datastreams({s.id})/Observations: {s.name}", None, MQTT)
+            for s in streams[:MAX_TOPICS]]
+
+
+def _continuous(declared: DatasetMetadata) -> DatasetMetadata:
+    """Sensor data changes all the time unless declared otherwise."""
+    if declared.updated is not None:
+        return declared
+    return DatasetMetadata(declared.themes, declared.license, parse_frequency("continuous", "updated"),
+                           declared.political_geocoding)
+
+
+def _time_extent(src: FeatureSource) -> tuple[datetime | None, datetime | None]:
+    """The first and last value of the source's time column, asked of the source itself (its own index)."""
+    column = src.time_column
+    if column is None:
+        return None, None
+    present = ast.Not(ast.IsNull(ast.Attribute(column), False))
+    ends: list[datetime | None] = []
+    for descending in (False, True):
+        try:
+            page = src.search(ItemsQuery(limit=1, sortby=(Sort(column, descending),), filter=present,
+                                         properties=(column,), skip_geometry=True))
+        except Exception as exc:  # a source that cannot answer leaves the extent open, never the catalogue broken
+            log.warning("catalogue: no time extent for %s: %s", src.id, exc)
+            return None, None
+        ends.append(_utc(orjson.loads(page.features[0])["properties"].get(column)) if page.features else None)
+    return ends[0], ends[1]
+
+
+def _key(record: Record) -> tuple[Any, ...]:
+    return (record.id, record.title, record.bbox, record.start, record.end, record.access, len(record.links))
+
