@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from apicommon.request import public_base, sees_internal
 from apicommon.unavailable import client_fault, database_unavailable
 from features import crs as crsmod
+from features.dcat import dcat_routes
 from features.pygeoapi_config import PLACEHOLDER, install
 from features.record import Catalogue
 from features.records_app import CONFORMANCE as RECORDS
@@ -301,7 +302,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
     async def options(request: Request) -> Response:
         return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
 
-    records = records_routes(indexes, public_url, lambda: _Delegate(rebased), max_limit) if indexes else []
+    records = [*records_routes(indexes, public_url, lambda: _Delegate(rebased), max_limit),
+               *dcat_routes(indexes, public_url)] if indexes else []
     return [
         *records,
         Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),

@@ -76,7 +76,7 @@ _LEVELS = {"stateKey": "state", "districtKey": "administrativeDistrict", "munici
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _URL = re.compile(r"^https?://[^\s/]+\S*$")
 DATASET_KEYS = ("themes", "license", "updated", "political_geocoding")
-CATALOGUE_KEYS = ("title", "description", "contributor_id", "political_geocoding", "homepage", "language")
+CATALOGUE_KEYS = ("title", "description", "contributor_id", "political_geocoding", "homepage", "language", "themes")
 
 
 class MetadataError(ValueError):
@@ -177,6 +177,7 @@ class CatalogueMetadata:
     political_geocoding: Geocoding | None = None  # the area the city's datasets cover
     homepage: str | None = None
     language: str = "en"
+    themes: tuple[Theme, ...] = ()  # the themes of a dataset that declares none
 
 
 def parse_license(value: Any, where: str) -> License:
@@ -273,4 +274,5 @@ def parse_catalogue_metadata(doc: dict[str, Any]) -> CatalogueMetadata:
         contributor_id=contributor,
         political_geocoding=parse_geocoding(cat["political_geocoding"], "catalogue.political_geocoding")
         if "political_geocoding" in cat else None,
-        homepage=homepage, language=language)
+        homepage=homepage, language=language,
+        themes=parse_themes(cat["themes"], "catalogue.themes") if "themes" in cat else ())

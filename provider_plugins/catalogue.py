@@ -137,9 +137,9 @@ class PlatformCatalogue(Catalogue):
 
     def _meta(self, declared: DatasetMetadata) -> dict[str, Any]:
         cat = self.metadata
-        return {"themes": declared.themes, "license": declared.license or cat.license, "publisher": cat.publisher,
-                "contacts": (cat.contact,) if cat.contact else (), "updated": declared.updated,
-                "geocoding": declared.political_geocoding or cat.political_geocoding}
+        return {"themes": declared.themes or cat.themes, "license": declared.license or cat.license,
+                "publisher": cat.publisher, "contacts": (cat.contact,) if cat.contact else (),
+                "updated": declared.updated, "geocoding": declared.political_geocoding or cat.political_geocoding}
 
     def _collection(self, cid: str, src: FeatureSource, streams: list[_Stream]) -> Record | None:
         if src.item_type != "feature":

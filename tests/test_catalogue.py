@@ -5,6 +5,7 @@ its searches, what the public never sees, and the config contract's errors."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ publisher: {{name: Free and Hanseatic City of Hamburg, url: https://www.hamburg.
 contact: {{name: Urban data team, email: data@example.org}}
 license: https://www.govdata.de/dl-de/by-2-0
 catalogue:
+  themes: [REGI]
   contributor_id: http://dcat-ap.de/def/contributors/transparenzportalHamburg
   political_geocoding: http://dcat-ap.de/def/politicalGeocoding/stateKey/02
 auth:
@@ -324,3 +326,100 @@ def test_good_metadata_is_typed(tmp_path: Path) -> None:
     meta = cfg.collections["a"].metadata
     assert [t.code for t in meta.themes] == ["ENVI", "TRAN"]
     assert meta.updated is not None and meta.updated.code == "HOURLY"
+
+
+SHAPES = Path(__file__).parent / "data" / "dcat_ap_de_shapes.ttl"
+DCAT_NS = "http://www.w3.org/ns/dcat#"
+
+
+def _graph(body: bytes, fmt: str) -> Any:
+    from rdflib import Graph
+
+    return Graph().parse(data=body, format=fmt)
+
+
+def _valid(graph: Any) -> None:
+    from pyshacl import validate
+    from rdflib import Graph
+
+    conforms, _, report = validate(graph, shacl_graph=Graph().parse(SHAPES, format="turtle"))
+    assert conforms, report
+
+
+@pytest.mark.parametrize(("how", "media", "fmt"), [
+    ({"suffix": ".ttl"}, "text/turtle", "turtle"), ({"suffix": ".jsonld"}, "application/ld+json", "json-ld"),
+    ({"suffix": ".rdf"}, "application/rdf+xml", "xml"), ({"accept": "text/turtle"}, "text/turtle", "turtle"),
+    ({"accept": "application/ld+json"}, "application/ld+json", "json-ld"),
+    ({"accept": "application/rdf+xml;q=0.9, text/plain;q=0.1"}, "application/rdf+xml", "xml"),
+])
+def test_dcat_in_every_format_is_valid_dcat_ap(city: Server, how: dict[str, str], media: str, fmt: str) -> None:
+    from rdflib import URIRef
+    from rdflib.namespace import DCAT, DCTERMS, RDF
+
+    path = "/dcat" + how.get("suffix", "")
+    r = city.client.get(path, params={"limit": 1000}, headers={"Accept": how.get("accept", "*/*")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith(media)
+    graph = _graph(r.content, fmt)
+    _valid(graph)
+    datasets = {str(s).rsplit("/", 1)[-1] for s in graph.subjects(RDF.type, DCAT.Dataset)}
+    assert {"street_trees", "districts", "sensors-0", "pedestrians-by-district"} <= datasets
+    assert "parking_secret" not in datasets and "sensors-1" not in datasets
+    services = {str(s) for s in graph.subjects(RDF.type, DCAT.DataService)}
+    assert {city.url + "/ogcapi", city.url + "/v1.1"} <= services
+    trees = URIRef(f"{city.url}/ogcapi/collections/catalogue/items/street_trees")
+    assert str(graph.value(trees, DCTERMS.title)) == "Street trees"
+    assert {str(t) for t in graph.objects(trees, DCAT.theme)} == {
+        "http://publications.europa.eu/resource/authority/data-theme/ENVI"}
+    assert str(graph.value(trees, URIRef("http://dcat-ap.de/def/dcatde/contributorID"))) == \
+        "http://dcat-ap.de/def/contributors/transparenzportalHamburg"
+    assert str(graph.value(trees, URIRef("http://dcat-ap.de/def/dcatde/politicalGeocodingURI"))) == \
+        "http://dcat-ap.de/def/politicalGeocoding/stateKey/02"
+    geojson = [d for d in graph.objects(trees, DCAT.distribution) if str(graph.value(d, DCTERMS.format)).endswith(
+        "/file-type/GEOJSON")]
+    assert len(geojson) == 1
+    assert str(graph.value(geojson[0], DCTERMS.license)) == "http://dcat-ap.de/def/licenses/cc-by/4.0"
+    download = str(graph.value(geojson[0], DCAT.downloadURL))
+    assert city.client.get(download).json()["numberMatched"] == 3
+    period = graph.value(trees, DCTERMS.temporal)
+    assert graph.value(period, DCAT.startDate).toPython() == datetime(2024, 3, 1, 8, tzinfo=UTC)
+
+
+def test_dcat_pages_with_hydra(city: Server) -> None:
+    from rdflib import Namespace
+    from rdflib.namespace import DCAT, RDF
+
+    hydra = Namespace("http://www.w3.org/ns/hydra/core#")
+    seen: set[str] = set()
+    url: str | None = f"{city.url}/dcat.ttl?page=1&limit=2"
+    pages = 0
+    while url:
+        r = city.client.get(url)
+        assert r.status_code == 200, r.text
+        graph = _graph(r.content, "turtle")
+        _valid(graph)
+        got = {str(s) for s in graph.subjects(RDF.type, DCAT.Dataset)}
+        assert len(got) <= 2 and not got & seen
+        seen |= got
+        view = next(graph.subjects(RDF.type, hydra.PagedCollection))
+        total = int(graph.value(view, hydra.totalItems))
+        nxt = graph.value(view, hydra.nextPage)
+        url = str(nxt).replace("/dcat?", "/dcat.ttl?") if nxt else None
+        pages += 1
+    assert len(seen) == total and pages == -(-total // 2)
+
+
+def test_dcat_for_the_read_role_has_the_internal_data(city: Server) -> None:
+    from rdflib.namespace import DCAT, RDF
+
+    graph = _graph(city.client.get("/dcat.ttl", params={"limit": 1000}, auth=VIEWER).content, "turtle")
+    datasets = {str(s).rsplit("/", 1)[-1] for s in graph.subjects(RDF.type, DCAT.Dataset)}
+    assert {"parking_secret", "sensors-1"} <= datasets
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/dcat?page=0", {}, 400), ("/dcat?limit=5000", {}, 400), ("/dcat?colour=red", {}, 400),
+    ("/dcat", {"Accept": "image/png"}, 406), ("/dcat.csv", {}, 404),
+])
+def test_dcat_bad_requests(city: Server, path: str, headers: dict[str, str], status: int) -> None:
+    assert city.client.get(path, headers=headers).status_code == status
