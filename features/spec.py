@@ -62,7 +62,8 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
         if not isinstance(cid, str) or not _ID.match(cid):
             raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
         if cid in taken:
-            raise SpecError(f"{where}: the id is taken by a SensorThings collection; choose another")
+            raise SpecError(f"{where}: the id is taken by one of the platform's own collections "
+                            f"({', '.join(sorted(taken))}); choose another")
         declared(body, where, KEYS, SpecError, shape="must be a mapping with at least `source`")
         if "source" not in body:
             raise SpecError(f"{where}.source: missing (a vector file or postgresql://…#schema.table)")

@@ -30,6 +30,7 @@ log = logging.getLogger("udp.catalogue")
 GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
 OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
+CATALOGUE_ID = "catalogue"  # the records collection's id, taken for declared collections
 MAX_TOPICS = 100  # MQTT topic links per record: the Datastreams beyond are reached through the SensorThings links
 _PAGE = 10_000
 
@@ -114,7 +115,7 @@ class PlatformCatalogue(Catalogue):
     metadata: CatalogueMetadata = CatalogueMetadata()
     platform_title: str = "Urban Data Platform"
     mqtt_endpoints: Sequence[str] = ()
-    id: str = "catalogue"
+    id: str = CATALOGUE_ID
 
     def __post_init__(self) -> None:
         self.title = self.metadata.title or f"{self.platform_title}: catalogue"

@@ -140,11 +140,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError(str(exc)) from None
     if "collections" in doc:
         from features.spec import SpecError, parse_collections
+        from provider_plugins.catalogue import CATALOGUE_ID
         from provider_plugins.sensorthings import VIEWS
 
         try:
-            # the SensorThings collections are served beside the declared ones: their ids are taken
-            cfg.collections = parse_collections(doc["collections"], p.parent, taken={v.id for v in VIEWS})
+            # the SensorThings collections and the catalogue are served beside the declared ones: their ids are taken
+            cfg.collections = parse_collections(doc["collections"], p.parent,
+                                                taken={v.id for v in VIEWS} | {CATALOGUE_ID})
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     if "sensors" in doc:
