@@ -423,3 +423,19 @@ def test_dcat_for_the_read_role_has_the_internal_data(city: Server) -> None:
 ])
 def test_dcat_bad_requests(city: Server, path: str, headers: dict[str, str], status: int) -> None:
     assert city.client.get(path, headers=headers).status_code == status
+
+
+def test_udp_check_reports_what_metadata_lacks(tmp_path: Path) -> None:
+    from udp.check import metadata_gaps
+    from udp.config import load_config
+
+    (tmp_path / "config.yml").write_text(
+        "catalogue: {political_geocoding: 'http://dcat-ap.de/def/politicalGeocoding/stateKey/02'}\n"
+        "collections:\n  a:\n    source: a.csv\n  b:\n    source: b.csv\n    description: B\n    themes: [ENVI]\n"
+        "    license: http://dcat-ap.de/def/licenses/cc-zero\n  c:\n    source: c.csv\n    access: internal\n",
+        encoding="utf-8")
+    gaps = metadata_gaps(load_config(tmp_path / "config.yml"))
+    assert {where for where, _ in gaps} == {"catalogue", "publisher", "contact", "collections.a"}
+    assert sum(1 for where, _ in gaps if where == "collections.a") == 3  # description, themes, licence
+    demo = Path(__file__).resolve().parent.parent / "udp" / "demo" / "config.yml"
+    assert metadata_gaps(load_config(demo)) == []

@@ -69,6 +69,11 @@ def build_app(config: Config) -> Starlette:
              "title": "OGC SensorThings API v1.1"},
             {"href": f"{base}/ogcapi", "rel": "data", "type": "application/json",
              "title": "OGC API Features: the city's datasets"},
+            {"href": f"{base}/ogcapi/collections/{catalogue.id}", "rel":
+             "http://www.opengis.net/def/rel/ogc/1.0/ogc-catalog", "type": "application/json",
+             "title": "The catalogue of datasets and services (OGC API Records)"},
+            {"href": f"{base}/dcat", "rel": "describedby", "type": "text/turtle",
+             "title": "The catalogue as DCAT-AP for harvesting (Turtle, JSON-LD, RDF/XML)"},
             {"href": f"{base}/cockpit/", "rel": "cockpit", "type": "text/html",
              "title": "The cockpit: the city at a glance"},
             {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
