@@ -32,6 +32,8 @@ from features.record import Catalogue
 from features.records_app import CONFORMANCE as RECORDS
 from features.records_app import Indexes, RecordsSource, records_routes
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
+from features.responses import error as _error
+from features.responses import wants_html as _wants_html
 from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
 from sensorthings.store.base import QueryTimeout
 
@@ -62,11 +64,6 @@ CONFORMANCE = [
 ]
 
 
-def _error(status: int, code: str, description: str) -> Response:
-    return Response(orjson.dumps({"code": code, "description": description}), status,
-                    media_type="application/json")
-
-
 def _unavailable(exc: DBAPIError) -> Response:
     """503 with Retry-After when the database cannot be reached, 400 when it cannot evaluate what the client
     sent (as the SensorThings API answers then); any other database error is raised on."""
@@ -81,14 +78,6 @@ def _gone(reason: str) -> Response:
     response = _error(503, "ServiceUnavailable", reason)
     response.headers["Retry-After"] = "5"
     return response
-
-
-def _wants_html(request: Request) -> bool:
-    f = request.query_params.get("f")
-    if f is not None:
-        return f == "html"
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "json" not in accept
 
 
 class _Rebased:

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, XSD
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +23,7 @@ from features.record import DATASET, SERVICE, Record, absolute
 from features.record_index import RecordIndex
 from features.records_app import Indexes
 from features.request import ParamError
+from features.responses import error as _error
 
 DCATDE = Namespace("http://dcat-ap.de/def/dcatde/")
 HYDRA = Namespace("http://www.w3.org/ns/hydra/core#")
@@ -339,6 +339,3 @@ def dcat_routes(indexes: Indexes, public_url: str | None) -> list[BaseRoute]:
     return [Route("/dcat", answer, methods=["GET", "HEAD"]),
             Route("/dcat.{suffix}", answer, methods=["GET", "HEAD"])]
 
-
-def _error(status: int, code: str, description: str) -> Response:
-    return Response(orjson.dumps({"code": code, "description": description}), status, media_type="application/json")

@@ -22,6 +22,8 @@ from features.record import Catalogue, Record, record_document
 from features.record_index import RecordIndex
 from features.records_query import FIELDS, RecordsQuery, parse_records
 from features.request import MAX_LIMIT, ItemsQuery, ParamError
+from features.responses import error as _error
+from features.responses import wants_html as _wants_html
 from features.source import FeatureSource, Page
 
 PREFIX = "/ogcapi"
@@ -103,19 +105,6 @@ class RecordsSource(FeatureSource):
     def etag(self) -> str:
         """From the body."""
         return ""
-
-
-def _error(status: int, code: str, description: str) -> Response:
-    return Response(orjson.dumps({"code": code, "description": description}), status,
-                    media_type="application/json")
-
-
-def _wants_html(request: Request) -> bool:
-    f = request.query_params.get("f")
-    if f is not None:
-        return f == "html"
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "json" not in accept
 
 
 def records_routes(indexes: Indexes, public_url: str | None, html: Callable[[], Response],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +25,7 @@ from features.record import DATASET, SERVICE, Access, Catalogue, Record
 from features.request import ItemsQuery, Sort
 from features.source import FeatureSource
 from features.spec import CollectionSpec
+from provider_plugins.indicators import Indicator
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
 
@@ -31,6 +34,7 @@ GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
 OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
 CATALOGUE_ID = "catalogue"  # the records collection's id, taken for declared collections
+EXTENT_REFRESH_S = 60.0  # a live table's time extent is asked again after this
 MAX_TOPICS = 100  # MQTT topic links per record: the Datastreams beyond are reached through the SensorThings links
 _PAGE = 10_000
 
@@ -63,24 +67,8 @@ class SensorTable(Protocol):
         """Themes, licence, update frequency."""
 
 
-class IndicatorDeclaration(Protocol):
+class IndicatorDeclaration(Indicator, Protocol):
     """What the catalogue reads of an indicator (the shell's IndicatorSpec has these)."""
-
-    @property
-    def id(self) -> str:
-        """The indicator id (its Datastreams carry it as `properties/indicator`)."""
-
-    @property
-    def title(self) -> str:
-        """Title."""
-
-    @property
-    def description(self) -> str:
-        """Description."""
-
-    @property
-    def observed_property(self) -> str:
-        """The ObservedProperty aggregated."""
 
     @property
     def metadata(self) -> DatasetMetadata:
@@ -122,6 +110,22 @@ class PlatformCatalogue(Catalogue):
         self.description = self.metadata.description or (
             f"The datasets and services of {self.platform_title}: every collection, the sensor data and the indicators")
         self.service = Service(self.store) if self.store is not None else None
+        self._extents: dict[str, tuple[float, str, tuple[datetime | None, datetime | None]]] = {}
+        self._extents_lock = threading.Lock()
+
+    def _time_extent(self, src: FeatureSource) -> tuple[datetime | None, datetime | None]:
+        """A collection's time extent, asked again when its data changed (its ETag) or, for a source that cannot
+        tell (a live PostGIS table), after EXTENT_REFRESH_S: two ordered queries on a large table are not free."""
+        version = src.etag()
+        with self._extents_lock:
+            known = self._extents.get(src.id)
+        if known is not None and (version and known[1] == version or
+                                  not version and time.monotonic() - known[0] < EXTENT_REFRESH_S):
+            return known[2]
+        extent = _time_extent(src)
+        with self._extents_lock:
+            self._extents[src.id] = (time.monotonic(), version, extent)
+        return extent
 
     # -- the records -------------------------------------------------------------------------------
     def records(self, sees_internal: bool) -> tuple[str, list[Record]]:
@@ -149,7 +153,7 @@ class PlatformCatalogue(Catalogue):
         indicator = self.indicators.get(cid)
         declared = spec.metadata if spec is not None else (indicator.metadata if indicator else DatasetMetadata())
         kind = "indicator" if indicator is not None else ("collection" if spec is not None else "sensorthings")
-        start, end = _time_extent(src)
+        start, end = self._time_extent(src) if indicator is None and kind != "sensorthings" else (None, None)
         bbox = src.bbox
         links = [Access(f"/ogcapi/collections/{cid}/items?f=json", "items", GEOJSON, f"{src.title} as GeoJSON",
                         "GEOJSON", OGCAPI),
