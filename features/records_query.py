@@ -50,6 +50,8 @@ def parse_records(params: dict[str, str], max_limit: int = MAX_LIMIT) -> Records
     """A records search from its query parameters."""
     rest = {k: v for k, v in params.items() if k not in RECORDS_PARAMS}
     items = parse_items(rest, FIELDS, [None], False, max_limit)
+    if items.after is not None:
+        raise ParamError("cursor: the catalogue pages by offset")
     terms = _list(params, "q")
     for t in terms:
         if len(t) > 200 or not any(c.isalnum() for c in t):
