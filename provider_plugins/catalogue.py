@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -19,6 +19,7 @@ import orjson
 import pandas as pd
 import shapely
 from pygeofilter import ast
+from sqlalchemy import func, select
 
 from features.metadata import CatalogueMetadata, DatasetMetadata, parse_frequency
 from features.record import DATASET, SERVICE, Access, Catalogue, Record
@@ -26,8 +27,9 @@ from features.request import ItemsQuery, Sort
 from features.source import FeatureSource
 from features.spec import CollectionSpec
 from provider_plugins.indicators import Indicator
-from sensorthings.service import ApiRequest, Service
+from sensorthings.access import internal_things
 from sensorthings.store.base import Store
+from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.catalogue")
 GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
@@ -36,7 +38,6 @@ OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
 CATALOGUE_ID = "catalogue"  # the records collection's id, taken for declared collections
 EXTENT_REFRESH_S = 60.0  # a live table's time extent is asked again after this
 MAX_TOPICS = 100  # MQTT topic links per record: the Datastreams beyond are reached through the SensorThings links
-_PAGE = 10_000
 
 
 class SensorTable(Protocol):
@@ -109,7 +110,6 @@ class PlatformCatalogue(Catalogue):
         self.title = self.metadata.title or f"{self.platform_title}: catalogue"
         self.description = self.metadata.description or (
             f"The datasets and services of {self.platform_title}: every collection, the sensor data and the indicators")
-        self.service = Service(self.store) if self.store is not None else None
         self._extents: dict[str, tuple[float, str, tuple[datetime | None, datetime | None]]] = {}
         self._extents_lock = threading.Lock()
 
@@ -154,13 +154,16 @@ class PlatformCatalogue(Catalogue):
         declared = spec.metadata if spec is not None else (indicator.metadata if indicator else DatasetMetadata())
         kind = "indicator" if indicator is not None else ("collection" if spec is not None else "sensorthings")
         start, end = self._time_extent(src) if indicator is None and kind != "sensorthings" else (None, None)
-        bbox = src.bbox
+        bbox = src.bbox if indicator is None else None
         links = [Access(f"/ogcapi/collections/{cid}/items?f=json", "items", GEOJSON, f"{src.title} as GeoJSON",
                         "GEOJSON", OGCAPI),
                  Access(f"/ogcapi/collections/{cid}", "collection", JSON, "the collection", None, OGCAPI),
                  Access(f"/ogcapi/collections/{cid}/items?f=html", "alternate", HTML, f"{src.title} as HTML",
                         "HTML", OGCAPI)]
         if indicator is not None:
+            # the areas' extent (the indicator source's own would compute every area's value first)
+            areas = self.sources.get(indicator.areas.id) if indicator.areas is not None else None
+            bbox = areas.bbox if areas is not None else None
             mine = [s for s in streams if s.indicator == cid]
             start, end = _span(mine)
             quoted = quote(f"properties/indicator eq '{cid}'", safe="")
@@ -248,57 +251,42 @@ class PlatformCatalogue(Catalogue):
 
     # -- the SensorThings data ---------------------------------------------------------------------
     def _streams(self, sees_internal: bool) -> list[_Stream]:
-        if self.service is None:
+        """Every Datastream (without the read role: not those of internal Things) with its ObservedProperty, its
+        Thing's key and first Location, in one query: the SensorThings reader's $expand costs a query per parent."""
+        if self.store is None:
             return []
-        out: list[_Stream] = []
-        skip = 0
-        while True:
-            res = self.service.handle(ApiRequest("GET", "Datastreams", {
-                "$select": "id,name,phenomenonTime,properties", "$top": str(_PAGE), "$skip": str(skip),
-                "$orderby": "id",
-                "$expand": "ObservedProperty($select=id,name,description),"
-                           "Thing($select=id,properties;$expand=Locations($select=location;$top=1))"},
-                None, "http://udp.local/v1.1", sees_internal=sees_internal))
-            if res.status >= 400:
-                log.warning("catalogue: the Datastreams could not be read: %s", res.content()[:200])
-                return out
-            page = (res.body or {}).get("value", [])
-            out += [_stream(d) for d in page]
-            if "@iot.nextLink" not in (res.body or {}) or not page:
-                return out
-            skip += len(page)
+        ds, op, th, tl, loc = (TABLES[n] for n in ("datastreams", "observed_properties", "things", "thing_locations",
+                                                   "locations"))
+        first = select(func.min(tl.c.location_id)).where(tl.c.thing_id == th.c.id).correlate(th).scalar_subquery()
+        query = (select(ds.c.id, ds.c.name, ds.c.phenomenon_time_start, ds.c.phenomenon_time_end, ds.c.properties,
+                        op.c.id, op.c.name, op.c.description, th.c.properties, loc.c.location)
+                 .join(op, ds.c.observed_property_id == op.c.id).join(th, ds.c.thing_id == th.c.id)
+                 .outerjoin(loc, loc.c.id == first).order_by(ds.c.id))
+        if not sees_internal:
+            query = query.where(ds.c.thing_id.not_in(internal_things(self.store.dialect)))
+        with self.store.read() as conn:
+            return [_stream(*row) for row in conn.execute(query)]
 
 
-def _stream(doc: dict[str, Any]) -> _Stream:
-    start, end = _interval(doc.get("phenomenonTime"))
-    thing = doc.get("Thing") or {}
-    locs = thing.get("Locations") or []
-    point = None
-    if locs:
-        loc = locs[0].get("location")
-        geom = loc.get("geometry") if isinstance(loc, dict) and loc.get("type") == "Feature" else loc
-        try:
-            point = shapely.geometry.shape(geom) if isinstance(geom, dict) else None
-        except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException):
-            point = None
-    props = doc.get("properties") or {}
-    key = str((thing.get("properties") or {}).get("udpKey", ""))
-    entry = int(key.split(":", 1)[0]) if ":" in key and key.split(":", 1)[0].isdigit() else None
-    op = doc.get("ObservedProperty") or {}
-    return _Stream(doc["@iot.id"], doc.get("name", ""), start, end, point, op.get("@iot.id", 0), op.get("name", ""),
-                   op.get("description", ""), entry, props.get("indicator") if isinstance(props, dict) else None)
-
-
-def _interval(text: Any) -> tuple[datetime | None, datetime | None]:
-    if not isinstance(text, str) or not text:
-        return None, None
-    a, _, b = text.partition("/")
-    return _utc(a), _utc(b or a)
+def _stream(sid: int, name: str, start: datetime | None, end: datetime | None, props: Any, pid: int, pname: str,
+            pdescription: str, thing_props: Any, location: Any) -> _Stream:
+    geom = location.get("geometry") if isinstance(location, dict) and location.get("type") == "Feature" else location
+    try:
+        point = shapely.geometry.shape(geom) if isinstance(geom, dict) else None
+    except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException):
+        point = None
+    key = str((thing_props or {}).get("udpKey", "")) if isinstance(thing_props, dict) else ""
+    entry, _, _ = key.partition(":")
+    indicator = props.get("indicator") if isinstance(props, dict) else None
+    return _Stream(sid, name, _utc(start), _utc(end), point, pid, pname, pdescription,
+                   int(entry) if ":" in key and entry.isdigit() else None, indicator)
 
 
 def _utc(text: Any) -> datetime | None:
     if text is None or text == "":
         return None
+    if isinstance(text, datetime):  # the store's: aware, or naive UTC
+        return text.astimezone(UTC) if text.tzinfo else text.replace(tzinfo=UTC)
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError):
