@@ -16,6 +16,8 @@ from tests.harness import PG_URL, create_pg
 
 VIEWER = ("viewer", "viewer-password")
 WRITER = ("ingest", "ingest-password")
+AUTH = "auth:\n  users:\n" + "".join(f"    - {{name: {name}, password: {password}, roles: [{role}]}}\n"
+                                     for (name, password), role in ((VIEWER, "read"), (WRITER, "write")))
 TREES = [("t1", 9.95, 53.55, "2024-03-01T08:00:00Z"), ("t2", 10.05, 53.60, "2024-05-20T12:30:00Z"),
          ("t3", 10.00, 53.50, "2024-04-11T00:00:00Z")]
 CONFIG = f"""title: Catalogue test
@@ -26,15 +28,7 @@ catalogue:
   themes: [REGI]
   contributor_id: http://dcat-ap.de/def/contributors/transparenzportalHamburg
   political_geocoding: http://dcat-ap.de/def/politicalGeocoding/stateKey/02
-auth:
-  users:
-    - name: viewer
-      password: viewer-password
-      roles: [read]
-    - name: ingest
-      password: ingest-password
-      roles: [write]
-collections:
+{AUTH}collections:
   street_trees:
     title: Street trees
     description: Every tree in the city's streets, with the day it was planted
