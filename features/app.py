@@ -26,8 +26,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from apicommon.request import public_base, sees_internal
 from apicommon.unavailable import client_fault, database_unavailable
 from features import crs as crsmod
+from features.dcat import dcat_routes
 from features.pygeoapi_config import PLACEHOLDER, install
+from features.record import Catalogue
+from features.records_app import CONFORMANCE as RECORDS
+from features.records_app import Indexes, RecordsSource, records_routes
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
+from features.responses import error as _error
+from features.responses import wants_html as _wants_html
 from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
 from sensorthings.store.base import QueryTimeout
 
@@ -58,11 +64,6 @@ CONFORMANCE = [
 ]
 
 
-def _error(status: int, code: str, description: str) -> Response:
-    return Response(orjson.dumps({"code": code, "description": description}), status,
-                    media_type="application/json")
-
-
 def _unavailable(exc: DBAPIError) -> Response:
     """503 with Retry-After when the database cannot be reached, 400 when it cannot evaluate what the client
     sent (as the SensorThings API answers then); any other database error is raised on."""
@@ -79,22 +80,15 @@ def _gone(reason: str) -> Response:
     return response
 
 
-def _wants_html(request: Request) -> bool:
-    f = request.query_params.get("f")
-    if f is not None:
-        return f == "html"
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "json" not in accept
-
-
 class _Rebased:
     """pygeoapi behind the platform: links carry the request's public base, JSON is the default format,
     unknown query parameters are refused, conformance lists what works."""
 
-    def __init__(self, app: ASGIApp, public_url: str | None, internal: set[str]) -> None:
+    def __init__(self, app: ASGIApp, public_url: str | None, internal: set[str], conformance: list[str]) -> None:
         self.app = app
         self.public_url = public_url
         self.internal = internal  # collections only the read role sees
+        self.conformance = conformance
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,7 +116,7 @@ class _Rebased:
             await _error(404, "NotFound", f"no collection {parts[1]!r}")(scope, receive, send)
             return
         if path.rstrip("/") == "/conformance" and not _wants_html(request):
-            await Response(orjson.dumps({"conformsTo": CONFORMANCE}), media_type="application/json")(
+            await Response(orjson.dumps({"conformsTo": self.conformance}), media_type="application/json")(
                 scope, receive, send)
             return
         start: dict[str, Any] = {}
@@ -180,11 +174,15 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
 
 
 def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url: str | None,
-                    max_limit: int = MAX_LIMIT) -> list[BaseRoute]:
+                    max_limit: int = MAX_LIMIT, catalogue: Catalogue | None = None) -> list[BaseRoute]:
     """The /ogcapi routes serving `sources` (collection id → source, built by the shell), which become the
-    registry pygeoapi's provider reads too; `limit` at most `max_limit` (server.max_top)."""
+    registry pygeoapi's provider reads too; `limit` at most `max_limit` (server.max_top); with a `catalogue`, its
+    records as one more collection (OGC API Records)."""
     SOURCES.clear()
     SOURCES.update(sources)
+    indexes = Indexes(catalogue) if catalogue is not None else None
+    if indexes is not None:
+        SOURCES[indexes.catalogue.id] = RecordsSource(indexes)
     workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     install(title, SOURCES, workdir, max_limit)
@@ -192,7 +190,9 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
     from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
 
     itemtypes.CONFORMANCE_CLASSES_FEATURES[:] = [c for c in CONFORMANCE if "ogcapi-common" not in c]
-    rebased = _Rebased(PYGEOAPI, public_url, {cid for cid, src in SOURCES.items() if src.access == "internal"})
+    itemtypes.CONFORMANCE_CLASSES_RECORDS[:] = RECORDS
+    rebased = _Rebased(PYGEOAPI, public_url, {cid for cid, src in SOURCES.items() if src.access == "internal"},
+                       CONFORMANCE + (RECORDS if indexes is not None else []))
 
     def source_of(request: Request) -> FeatureSource | None:
         found = SOURCES.get(request.path_params["cid"])
@@ -299,7 +299,10 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
     async def options(request: Request) -> Response:
         return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
 
+    records = [*records_routes(indexes, public_url, lambda: _Delegate(rebased), max_limit),
+               *dcat_routes(indexes, public_url)] if indexes else []
     return [
+        *records,
         Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/{fid}", item, methods=["GET", "HEAD"]),

@@ -31,7 +31,7 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: in
             "keywords": list(src.keywords) or [cid], "links": [],
             "extents": {"spatial": {"bbox": bbox, "crs": crsmod.CRS84}},
             "providers": [{
-                "type": "feature", "name": "features.source.PlatformProvider", "data": cid, "id_field": "id",
+                "type": src.item_type, "name": "features.source.PlatformProvider", "data": cid, "id_field": "id",
                 "crs": [crsmod.uri(c) for c in src.offered_crs()],
                 "storage_crs": crsmod.uri(src.storage_crs),
                 **({"time_field": src.time_column} if src.time_column else {}),
@@ -100,6 +100,17 @@ _ITEMS_PARAMETERS: dict[str, dict[str, Any]] = {
     "resulttype": {"name": "resulttype", "in": "query", "required": False,
                    "schema": {"type": "string", "enum": ["results", "hits"], "default": "results"}},
 }
+# OGC API Records' search parameters, for a collection of records (the catalogue)
+_RECORDS_PARAMETERS: dict[str, dict[str, Any]] = {
+    "q": {"name": "q", "in": "query", "required": False, "style": "form", "explode": False,
+          "schema": {"type": "array", "items": _TEXT},
+          "description": "Search terms, comma-separated: records matching any of them (a term of several words is a "
+                         "phrase), best first"},
+    "ids": {"name": "ids", "in": "query", "required": False, "style": "form", "explode": False,
+            "schema": {"type": "array", "items": _TEXT}, "description": "Only the records with these ids"},
+    "externalIds": {"name": "externalIds", "in": "query", "required": False, "style": "form", "explode": False,
+                    "schema": {"type": "array", "items": _TEXT}, "description": "Only the records with these ids"},
+}
 _ITEMS_ORDER = ("fItems", "lang", "bbox", "bbox-crs", "crs", "datetime", "limit", "offset", "cursor", "filter",
                 "filter-lang", "filter-crs", "sortby", "properties", "skipGeometry", "resulttype")
 _RESPONSE_TYPES = {"Features": "application/geo+json", "Feature": "application/geo+json"}
@@ -157,6 +168,7 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
         "schema": {"type": "integer", "minimum": 1, "maximum": max_limit, "default": DEFAULT_LIMIT},
     }
     params.update(_ITEMS_PARAMETERS)
+    params.update(_RECORDS_PARAMETERS)
     for path, ops in doc.get("paths", {}).items():
         get = ops.get("get") if path.endswith("/items") else None
         if get is None:
@@ -165,9 +177,12 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
         # and a schema where a parameter belongs)
         own = [p for p in get.get("parameters", []) if "$ref" not in p and p.get("name") not in ("limit", "properties")]
         cid = path.split("/")[-2]
-        timed = any("time_field" in prov for prov in config["resources"].get(cid, {}).get("providers", []))
-        get["parameters"] = [{"$ref": f"#/components/parameters/{name}"} for name in _ITEMS_ORDER
-                             if name != "datetime" or timed] + own
+        providers = config["resources"].get(cid, {}).get("providers", [])
+        records = any(prov["type"] == "record" for prov in providers)
+        timed = records or any("time_field" in prov for prov in providers)
+        order = (*_ITEMS_ORDER, *_RECORDS_PARAMETERS) if records else _ITEMS_ORDER
+        get["parameters"] = [{"$ref": f"#/components/parameters/{name}"} for name in order
+                             if (name != "datetime" or timed) and (name != "cursor" or not records)] + own
     doc["servers"] = [{"url": PLACEHOLDER, "description": "this platform"}]
     return doc
 

@@ -64,6 +64,7 @@ class FeatureSource(ABC):
     # True: search honours ItemsQuery.after and sets Page.next_cursor (keyset paging); the OGC API's next links
     # then carry `cursor` instead of `offset`
     pages_by_key: bool = False
+    item_type: str = "feature"  # "record": a catalogue (OGC API Records)
 
     def describe(self, spec: CollectionSpec) -> None:
         """The collection's id, title, description, keywords and access as declared in config.yml."""

@@ -10,10 +10,11 @@ from typing import Any
 
 from apicommon.declaration import declared
 from features.crs import CrsError, parse_crs
+from features.metadata import DATASET_KEYS, DatasetMetadata, MetadataError, parse_dataset_metadata
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding",
-        "time", "access"}
+        "time", "access", *DATASET_KEYS}
 
 
 class SpecError(ValueError):
@@ -39,6 +40,7 @@ class CollectionSpec:
     encoding: str | None = None
     time: str | None = None  # the column `datetime=` filters on
     access: str = "public"
+    metadata: DatasetMetadata = field(default=DatasetMetadata(), compare=False)  # themes, licence, … (catalogue)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -60,7 +62,8 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
         if not isinstance(cid, str) or not _ID.match(cid):
             raise SpecError(f"{where}: a collection id is letters, digits, '_', '-' or '.'")
         if cid in taken:
-            raise SpecError(f"{where}: the id is taken by a SensorThings collection; choose another")
+            raise SpecError(f"{where}: the id is taken by one of the platform's own collections "
+                            f"({', '.join(sorted(taken))}); choose another")
         declared(body, where, KEYS, SpecError, shape="must be a mapping with at least `source`")
         if "source" not in body:
             raise SpecError(f"{where}.source: missing (a vector file or postgresql://…#schema.table)")
@@ -93,13 +96,17 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
                 codecs.lookup(str(encoding))
             except LookupError:
                 raise SpecError(f"{where}.encoding: unknown text encoding {encoding!r}") from None
+        try:
+            metadata = parse_dataset_metadata(body, where)
+        except MetadataError as exc:
+            raise SpecError(str(exc)) from None
         out[cid] = CollectionSpec(
             id=cid, title=_text(body.get("title", cid), f"{where}.title"), source=source,
             description=_text(body.get("description", ""), f"{where}.description"), keywords=tuple(keywords),
             layer=_opt(body, "layer", where), crs=None if crs is None else str(crs), x=_opt(body, "x", where),
             y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), latlon=_opt(body, "latlon", where),
             id_column=_opt(body, "id", where), encoding=None if encoding is None else str(encoding),
-            time=_opt(body, "time", where), access=access)
+            time=_opt(body, "time", where), access=access, metadata=metadata)
     return out
 
 

@@ -159,7 +159,7 @@ def test_udp_check_reports_every_source(tmp_path: Path) -> None:
     ("sensors:\n  - things: x.csv\n    name: n\n    datastreams:\n      - name: d\n",
      "datastreams[0].observedProperty"),
     ("collections:\n  a:\n    source: a.csv\n    x: lon\n", "`x` and `y` go together"),
-    ("collections:\n  things:\n    source: a.csv\n", "taken by a SensorThings collection"),
+    ("collections:\n  things:\n    source: a.csv\n", "taken by one of the platform's own collections"),
     ("collections:\n  a:\n    source: a.csv\n    encoding: klingon\n", "unknown text encoding"),
 ])
 def test_bad_configs_name_the_key(tmp_path: Path, body: str, message: str) -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from apicommon.request import public_base
 from features.app import features_routes
 from mqtt_bridge import deadletters
+from provider_plugins.catalogue import PlatformCatalogue
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
@@ -70,6 +71,11 @@ def build_app(config: Config) -> Starlette:
              "title": "OGC SensorThings API v1.1"},
             {"href": f"{base}/ogcapi", "rel": "data", "type": "application/json",
              "title": "OGC API Features: the city's datasets"},
+            {"href": f"{base}/ogcapi/collections/{catalogue.id}", "rel":
+             "http://www.opengis.net/def/rel/ogc/1.0/ogc-catalog", "type": "application/json",
+             "title": "The catalogue of datasets and services (OGC API Records)"},
+            {"href": f"{base}/dcat", "rel": "describedby", "type": "text/turtle",
+             "title": "The catalogue as DCAT-AP for harvesting (Turtle, JSON-LD, RDF/XML)"},
             {"href": f"{base}/cockpit/", "rel": "cockpit", "type": "text/html",
              "title": "The cockpit: the city at a glance"},
             {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
@@ -121,14 +127,15 @@ def build_app(config: Config) -> Starlette:
             notifier.close()
         store.close()
 
+    sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
+    catalogue = PlatformCatalogue(store, sources, config.collections, config.sensors, config.indicators,
+                                  config.catalogue, config.title, endpoints or config.mqtt_endpoints)
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
-        *features_routes(load_sources(config.collections, store, config.indicators,
-                                      config.statement_timeout_s), config.title,
-                         config.public_url, max_limit=config.max_top),
+        *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service

@@ -70,6 +70,34 @@ def check(config: Config) -> list[Report]:
     return reports
 
 
+def metadata_gaps(config: Config) -> list[tuple[str, str]]:
+    """What each public dataset's catalogue metadata lacks that a DCAT-AP harvest would refuse or flag: a
+    description, themes, a licence, a publisher, a contact point; and, for a catalogue of German administrative
+    areas (political geocoding declared), the contributor id GovData requires."""
+    cat = config.catalogue
+    gaps: list[tuple[str, str]] = []
+    german = cat.political_geocoding is not None or any(
+        spec.metadata.political_geocoding is not None for spec in config.collections.values())
+    if german and cat.contributor_id is None:  # German administrative areas: a catalogue GovData harvests
+        gaps.append(("catalogue", "no contributor_id: GovData refuses datasets without dcatde:contributorID"))
+    if cat.publisher is None:
+        gaps.append(("publisher", "missing: every dataset needs a dct:publisher"))
+    if cat.contact is None:
+        gaps.append(("contact", "missing: datasets have no dcat:contactPoint"))
+    datasets = [(f"collections.{cid}", spec.description, spec.metadata) for cid, spec in config.collections.items()
+                if spec.access == "public"]
+    datasets += [(f"sensors[{e.index}]", "-", e.metadata) for e in config.sensors if e.access == "public"]
+    datasets += [(f"indicators.{iid}", "-", spec.metadata) for iid, spec in config.indicators.items()]
+    for where, description, meta in datasets:
+        if not description:
+            gaps.append((where, "no description: dct:description is mandatory"))
+        if not meta.themes and not cat.themes:
+            gaps.append((where, "no themes (EU data themes) and no catalogue.themes"))
+        if meta.license is None and cat.license is None:
+            gaps.append((where, "no license and no default license: its distributions have no dct:license"))
+    return gaps
+
+
 def print_table(reports: list[Report], out: TextIO) -> None:
     """The reports as an aligned table."""
     head = ("source", "ok", "features", "CRS", "bbox (CRS84)", "problems")
@@ -92,6 +120,15 @@ def run(path: str) -> int:
     reports = check(config)
     if reports:
         print_table(reports, sys.stdout)
+    gaps = metadata_gaps(config)
+    if gaps:
+        print(f"catalogue metadata: {len(gaps)} gap{'s' if len(gaps) > 1 else ''} (the data is served; harvesters "
+              "would refuse or flag these)")
+        width = max(len(w) for w, _ in gaps)
+        for where, what in gaps:
+            print(f"  {where.ljust(width)}  {what}")
+    else:
+        print("catalogue metadata: complete")
     failed = [r for r in reports if not r.ok]
     if failed:
         print(f"{len(failed)} of {len(reports)} sources failed", file=sys.stderr)

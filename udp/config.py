@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from apicommon.declaration import declared
+from features.metadata import CatalogueMetadata, MetadataError, parse_catalogue_metadata
 from sensorthings.query.limits import Limits
 from udp.errors import ConfigError, whole_number
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
-              "server"}
+              "server", "publisher", "contact", "license", "catalogue"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s")
 MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb")
 
@@ -52,6 +53,7 @@ class Config:
     sensors: list[SensorsEntry] = field(default_factory=list)
     indicators: dict[str, IndicatorSpec] = field(default_factory=dict)
     auth: AuthSpec | None = None  # None: the platform runs open
+    catalogue: CatalogueMetadata = field(default_factory=CatalogueMetadata)  # publisher, contact, licence, …
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +108,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.store = store
     if "public_url" in doc:
         cfg.public_url = str(doc["public_url"])
+    try:
+        cfg.catalogue = parse_catalogue_metadata(doc)
+    except MetadataError as exc:
+        raise ConfigError(str(exc)) from None
     mqtt = doc.get("mqtt") or {}
     declared(mqtt, "mqtt", MQTT_KEYS, ConfigError)
     if "url" in mqtt:
@@ -134,11 +140,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError(str(exc)) from None
     if "collections" in doc:
         from features.spec import SpecError, parse_collections
+        from provider_plugins.catalogue import CATALOGUE_ID
         from provider_plugins.sensorthings import VIEWS
 
         try:
-            # the SensorThings collections are served beside the declared ones: their ids are taken
-            cfg.collections = parse_collections(doc["collections"], p.parent, taken={v.id for v in VIEWS})
+            # the SensorThings collections and the catalogue are served beside the declared ones: their ids are taken
+            cfg.collections = parse_collections(doc["collections"], p.parent,
+                                                taken={v.id for v in VIEWS} | {CATALOGUE_ID})
         except SpecError as exc:
             raise ConfigError(str(exc)) from None
     if "sensors" in doc:

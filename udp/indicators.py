@@ -34,6 +34,7 @@ import shapely
 from sqlalchemy import and_, func, select
 
 from apicommon.declaration import declared
+from features.metadata import DATASET_KEYS, DatasetMetadata, MetadataError, parse_dataset_metadata
 from features.spec import CollectionSpec
 from provider_plugins.areas import load_areas
 from sensorthings.access import INTERNAL, internal_things
@@ -46,7 +47,7 @@ from udp.errors import ConfigError, whole_number
 log = logging.getLogger("udp.indicators")
 AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
 KEYS = {"title", "description", "areas", "area_name", "observedProperty", "aggregate", "window", "unit",
-        "min_sensors"}
+        "min_sensors", *DATASET_KEYS}
 CITY = "city"
 PUBLIC, FULL = "public", "full"  # what the public may see; every sensor, for the read role
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
@@ -67,6 +68,7 @@ class IndicatorSpec:
     description: str = ""
     unit: dict[str, str] | None = field(default=None, hash=False, compare=False)
     min_sensors: int = 1  # fewer reporting public sensors in an area: no public value there
+    metadata: DatasetMetadata = field(default=DatasetMetadata(), hash=False, compare=False)  # for the catalogue
 
 
 def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[str, IndicatorSpec]:
@@ -97,11 +99,15 @@ def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[s
         if unit is not None and (not isinstance(unit, dict) or not {"name", "symbol"} <= set(unit)):
             raise ConfigError(f"{where}.unit: needs name and symbol")
         least = whole_number(body.get("min_sensors", 1), f"{where}.min_sensors", 1, 10_000)
+        try:
+            metadata = parse_dataset_metadata(body, where)
+        except MetadataError as exc:
+            raise ConfigError(str(exc)) from None
         out[str(iid)] = IndicatorSpec(
             str(iid), str(body.get("title", iid)), str(body["observedProperty"]), body["aggregate"], window,
             str(body["window"]), areas, None if body.get("area_name") is None else str(body["area_name"]),
             str(body.get("description", "")), None if unit is None else {k: str(v) for k, v in unit.items()},
-            least)
+            least, metadata)
     return out
 
 

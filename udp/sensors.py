@@ -17,13 +17,14 @@ import orjson
 import shapely
 
 from apicommon.declaration import declared
+from features.metadata import DATASET_KEYS, DatasetMetadata, MetadataError, parse_dataset_metadata
 from features.spec import CollectionSpec, SpecError, parse_collections
 from sensorthings.service import Service
 from udp.errors import ConfigError
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
 ENTRY_KEYS = {"things", "name", "description", "properties", "datastreams", "access", "layer", "crs", "x", "y",
-              "wkt", "latlon", "id", "encoding", "key"}
+              "wkt", "latlon", "id", "encoding", "key", "title", "keywords", *DATASET_KEYS}
 DATASTREAM_KEYS = {"name", "description", "observedProperty", "unit", "observationType", "sensor"}
 
 
@@ -66,6 +67,9 @@ class SensorsEntry:
     datastreams: tuple[DatastreamTemplate, ...] = ()
     key: str | None = None  # the column that identifies a row; else the table's id column or the name
     access: str = "public"
+    title: str = ""  # the catalogue record's title; "" when not declared
+    keywords: tuple[str, ...] = ()
+    metadata: DatasetMetadata = field(default=DatasetMetadata(), hash=False, compare=False)
 
 
 def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
@@ -105,9 +109,17 @@ def parse_sensors(doc: Any, base: Path) -> list[SensorsEntry]:
         access = entry.get("access", "public")
         if access not in ("public", "internal"):
             raise ConfigError(f"{where}.access: must be public or internal")
+        keywords = entry.get("keywords", [])
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise ConfigError(f"{where}.keywords: must be a list of strings")
+        try:
+            metadata = parse_dataset_metadata(entry, where)
+        except MetadataError as exc:
+            raise ConfigError(str(exc)) from None
         out.append(SensorsEntry(i, table, str(entry["name"]), str(entry.get("description", "")),
                                 {str(k): str(v) for k, v in props.items()}, tuple(streams),
-                                None if entry.get("key") is None else str(entry["key"]), access))
+                                None if entry.get("key") is None else str(entry["key"]), access,
+                                str(entry.get("title", "")), tuple(keywords), metadata))
     return out
 
 
