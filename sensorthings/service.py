@@ -32,6 +32,7 @@ from sensorthings.read import Reader, decode_token, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
 from sensorthings.store.schema import TABLES
+from sensorthings.store.versions import READ_KEY, stamp
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -94,7 +95,7 @@ class Service:
     def __init__(self, store: Store, *, limits: Limits = Limits(), extensions: list[str] | None = None,
                  settings: dict[str, Any] | None = None, cache: ResponseCache | None = None) -> None:
         self.store = store
-        self.cache = cache if store.dialect.name == "postgresql" else None
+        self.cache = cache
         self.limits = limits
         self.extra_conformance = list(extensions or [])
         self.extra_settings = dict(settings or {})
@@ -138,23 +139,29 @@ class Service:
             raise
 
     def _cached_get(self, req: ApiRequest) -> ApiResponse:
-        """A GET answered from the response cache when the database has not changed since."""
+        """A GET answered from the response cache while no table its answer was read from has changed."""
         assert self.cache is not None
         key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
         # now() makes an answer depend on the clock, not only on the data
         cacheable = not any("now(" in v.lower() for v in req.params.values())
         with self.store.read() as conn:
-            token = self.store.snapshot_token(conn) if cacheable else None
-            if token is not None:
-                entry = self.cache.get(key, token)
+            # the versions first: the data read after them is at least as new
+            now = self.store.versions(conn) if cacheable else None
+            if now is not None:
+                entry = self.cache.get(key, now)
                 if entry is not None:
                     if req.if_none_match and entry.etag in req.if_none_match:
                         return ApiResponse(304, headers={"ETag": entry.etag})
                     headers = {**dict(entry.headers), "ETag": entry.etag}
                     return ApiResponse(entry.status, raw=entry.body, headers=headers)
-            res = self._route(req, Tx(conn, []))
-        if token is not None and res.status == 200 and res.text is None:
-            entry = self.cache.put(key, token, res.status, res.content(), res.headers)
+            read: set[str] = set()
+            conn.info[READ_KEY] = read
+            try:
+                res = self._route(req, Tx(conn, []))
+            finally:
+                conn.info.pop(READ_KEY, None)
+        if now is not None and res.status == 200 and res.text is None:
+            entry = self.cache.put(key, stamp(read, now, TABLES), res.status, res.content(), res.headers)
             res.headers["ETag"] = entry.etag
             if req.if_none_match and entry.etag in req.if_none_match:
                 return ApiResponse(304, headers={"ETag": entry.etag})
