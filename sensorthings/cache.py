@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sensorthings.store.versions import holds
@@ -39,19 +40,42 @@ class ResponseCache:
         self._entries: OrderedDict[tuple, Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._flights: dict[tuple, tuple[threading.Lock, list[int]]] = {}
         self.hits = 0
         self.misses = 0
 
     def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
-        """The entry for `key` if no table it was read from has been written since."""
+        """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or not holds(entry.versions, now):
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
             return entry
+
+    @contextmanager
+    def computing(self, key: tuple) -> Iterator[None]:
+        """Held while one request computes the answer for `key`, counted as a miss.
+
+        The same request arriving meanwhile waits, then looks again (`get`): after a write, a crowd
+        of readers costs one query, not one each. A waiter takes the answer only if it was read at
+        the versions the waiter itself saw, so waiting never makes an answer stale.
+        """
+        with self._lock:
+            self.misses += 1
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = (threading.Lock(), [0])
+            flight[1][0] += 1
+        try:
+            with flight[0]:
+                yield
+        finally:
+            with self._lock:
+                flight[1][0] -= 1
+                if flight[1][0] == 0:
+                    del self._flights[key]
 
     def put(self, key: tuple, versions: Versions, status: int, body: bytes, headers: dict[str, str]) -> Entry:
         """Remember a response; large ones are not kept."""

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from apicommon.unavailable import client_fault, database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
-from sensorthings.cache import ResponseCache
+from sensorthings.cache import Entry, ResponseCache
 from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
 from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
@@ -147,25 +147,33 @@ class Service:
         with self.store.read() as conn:
             # the versions first: the data read after them is at least as new
             now = self.store.versions(conn) if cacheable else None
-            if now is not None:
-                entry = self.cache.get(key, now)
-                if entry is not None:
-                    if req.if_none_match and entry.etag in req.if_none_match:
-                        return ApiResponse(304, headers={"ETag": entry.etag})
-                    headers = {**dict(entry.headers), "ETag": entry.etag}
-                    return ApiResponse(entry.status, raw=entry.body, headers=headers)
-            read: set[str] = set()
-            conn.info[READ_KEY] = read
-            try:
-                res = self._route(req, Tx(conn, []))
-            finally:
-                conn.info.pop(READ_KEY, None)
-        if now is not None and res.status == 200 and res.text is None:
-            entry = self.cache.put(key, stamp(read, now, TABLES), res.status, res.content(), res.headers)
-            res.headers["ETag"] = entry.etag
-            if req.if_none_match and entry.etag in req.if_none_match:
-                return ApiResponse(304, headers={"ETag": entry.etag})
-        return res
+            if now is None:
+                return self._route(req, Tx(conn, []))
+            entry = self.cache.get(key, now)
+            if entry is None:
+                with self.cache.computing(key):
+                    entry = self.cache.get(key, now)  # computed while this request waited
+                    if entry is None:
+                        res, entry = self._read_into_cache(req, conn, key, now)
+                        if entry is None:
+                            return res
+        if req.if_none_match and entry.etag in req.if_none_match:
+            return ApiResponse(304, headers={"ETag": entry.etag})
+        return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
+
+    def _read_into_cache(self, req: ApiRequest, conn: Connection, key: tuple,
+                         now: dict[str, int]) -> tuple[ApiResponse, Entry | None]:
+        """Answer a GET, noting the tables it reads; a 200 JSON answer is remembered at their versions."""
+        assert self.cache is not None
+        read: set[str] = set()
+        conn.info[READ_KEY] = read
+        try:
+            res = self._route(req, Tx(conn, []))
+        finally:
+            conn.info.pop(READ_KEY, None)
+        if res.status != 200 or res.text is not None:
+            return res, None
+        return res, self.cache.put(key, stamp(read, now, TABLES), res.status, res.content(), res.headers)
 
     def _route(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         path = req.path.strip("/")
@@ -269,7 +277,7 @@ class Service:
                 def next_url(token: str | None) -> str:
                     return self._next_url(req, parsed, token)
 
-                out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
+                out = reader.collection(conn, entity, where, opts, next_url, self.after(req), resource.steps)
             if not out["value"]:
                 # an empty set of a missing parent is a 404; looked up only then, to spare the common case
                 self._check_parent(conn, resource)
@@ -291,7 +299,8 @@ class Service:
         for name in components:
             if name not in DATA_ARRAY_COMPONENTS:
                 raise QueryError(f"{name} cannot be a dataArray component", "$select")
-        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req))
+        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req),
+                                         resource.steps)
         write = serializer(OBSERVATION, req.base, tuple(dict.fromkeys(("id", *components))))
         groups: dict[str, list[list[Any]]] = {}
         for row in rows:
