@@ -407,6 +407,17 @@ def hold(keep: bool, server: Server, db: Database) -> None:
         pass
 
 
+def finish(title: str, args: argparse.Namespace, datastreams: int, observations: int, report: Report,
+           server: Server, db: Database, extra: str = "") -> None:
+    """The closing table under a line naming the conditions; with --keep, wait before cleaning up."""
+    say("")
+    say(f"== SensorThings {title}: store {args.store}, {args.workers} workers, {args.things} Things, "
+        f"{datastreams} Datastreams, {observations:,} Observations; wrk -t{args.wrk_threads} "
+        f"-c{args.wrk_connections} -d{args.duration}s{extra} ==")
+    report.print()
+    hold(args.keep, server, db)
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", choices=("pg", "sqlite"), default="pg")
@@ -492,12 +503,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
 
         if args.live:
             live_reads(server, sta, ds_ids, args, report)
-            say("")
-            say(f"== SensorThings reads under writes: store {args.store}, {args.workers} workers, {args.things} "
-                f"Things, {len(ds_ids)} Datastreams, {n:,} Observations; wrk -t{args.wrk_threads} "
-                f"-c{args.wrk_connections} -d{args.duration}s; {args.live_threads} writer threads ==")
-            report.print()
-            hold(args.keep, server, db)
+            finish("reads under writes", args, len(ds_ids), n, report, server, db,
+                   f"; {args.live_threads} writer threads")
             return 0
 
         # -- reads -----------------------------------------------------------------------------
@@ -619,12 +626,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if restarts:
             say(f"WARNING: uvicorn restarted {restarts} worker(s) during the run (missed healthchecks); "
                 f"see {server.log_path}")
-        say("")
-        say(f"== SensorThings HTTP benchmark: store {args.store}, {args.workers} workers, {args.things} Things, "
-            f"{len(ds_ids)} Datastreams, {n:,} Observations; wrk -t{args.wrk_threads} "
-            f"-c{args.wrk_connections} -d{args.duration}s ==")
-        report.print()
-        hold(args.keep, server, db)
+        finish("HTTP benchmark", args, len(ds_ids), n, report, server, db)
         return 0
     finally:
         if server is not None:

@@ -92,8 +92,9 @@ def current(conn: Connection) -> dict[str, int]:
 
 
 def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str]) -> tuple[tuple[str, int], ...]:
-    """The versions a read depends on: of the tables it read (of `every` table when it read raw SQL)."""
-    names = every if ALL in read else read
+    """The versions a read depends on: of the tables it read (of `every` table when it read raw SQL, or
+    when nothing was noted: an answer is never kept as if it depended on nothing)."""
+    names = every if ALL in read or not read else read
     return tuple(sorted((name, now.get(name, 0)) for name in names))
 
 
