@@ -10,6 +10,12 @@ and ~200k Observations through POST /v1.1/CreateObservations (1,000 rows per req
 runs `wrk -t2 -c16 --latency` twice on each read endpoint, times deep paging, and prints a table
 with the targets. The server is stopped and the database dropped at the end. It prints figures
 only; it asserts nothing.
+
+With --live (issue 17: reads that hold while devices write; use --observations 100000) it runs instead,
+on each of `Things?$top=100`, `Observations` newest 100, a Datastream's newest 200 (a chart) and Things
+with Locations and Datastreams each with its newest Observation: wrk quiet, then wrk while --live-threads
+client threads pace --live-rate single `POST /v1.1/Observations` per second in all; it prints req/s quiet,
+req/s under writes, their ratio and the writes stored per second (201s) of those offered.
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ from harness import Database, Udp, create_pg, say  # bench/ is the script's own 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
 ROWS_PER_REQUEST = 1000
+
+LIVE_READS = [
+    ("things", "Things?$top=100", "/Things?$top=100"),
+    ("observations", "Observations newest 100", "/Observations?$top=100&$orderby=phenomenonTime desc"),
+    ("chart", "a Datastream's newest 200", "/Datastreams({ds})/Observations?$top=200&$orderby=phenomenonTime desc"),
+    ("expand", "Things+Locations+Datastreams+newest Observation",
+     "/Things?$expand=Locations,Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"),
+]
+LIVE_TARGETS = {"things": 2500.0, "observations": 2500.0, "chart": 2500.0, "expand": 700.0}
 
 TARGETS = {
     "things": 2500.0,
@@ -233,6 +248,83 @@ def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> t
     return count[0], time.perf_counter() - started, lat, count[1]
 
 
+class PacedWriters:
+    """`threads` clients that together offer `rate` single POST /Observations per second until stopped."""
+
+    def __init__(self, sta: str, ds_ids: list[int], rate: float, threads: int) -> None:
+        self.sta, self.ds_ids, self.rate, self.threads = sta, ds_ids, rate, threads
+        self.stored = self.failed = self.offered = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool: list[threading.Thread] = []
+        self.seconds = 0.0
+
+    def _run(self, k: int) -> None:
+        rnd = random.Random(1000 + k)
+        interval = self.threads / self.rate
+        due = time.perf_counter() + interval * k / self.threads
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                wait = due - time.perf_counter()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                due += interval
+                body = orjson.dumps({"phenomenonTime": iso(T0 + SPAN + timedelta(seconds=rnd.random() * 3600)),
+                                     "result": round(rnd.uniform(0, 100), 3),
+                                     "Datastream": {"@iot.id": rnd.choice(self.ds_ids)}})
+                try:
+                    ok = client.post(f"{self.sta}/Observations", content=body,
+                                     headers={"Content-Type": "application/json"}).status_code == 201
+                except httpx.TransportError:
+                    ok = False
+                with self._lock:
+                    self.offered += 1
+                    self.stored += ok
+                    self.failed += not ok
+
+    def __enter__(self) -> PacedWriters:
+        self._started = time.perf_counter()
+        self._pool = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.threads)]
+        for t in self._pool:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for t in self._pool:
+            t.join()
+        self.seconds = time.perf_counter() - self._started
+
+
+def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Namespace, report: Report) -> None:
+    """Each read quiet and while paced writers POST Observations: req/s, ratio, writes stored per second."""
+    ds = ds_ids[len(ds_ids) // 2]
+    client = httpx.Client(timeout=120)
+    for key, name, path in LIVE_READS:
+        url = encode(sta + path.format(ds=ds))
+        r = client.get(url)
+        if r.status_code != 200:
+            report.add(name, f"FAILED ({r.status_code} {r.text[:200]})", "", "NO")
+            continue
+        quiet = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
+        with PacedWriters(sta, ds_ids, args.live_rate, args.live_threads) as writers:
+            time.sleep(1.0)  # the writers reach their pace
+            busy = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
+        stored = writers.stored / writers.seconds
+        ratio = busy.rps / quiet.rps if quiet.rps else float("nan")
+        say(f"{name}: quiet {quiet.rps:,.0f} req/s (p99 {quiet.p99_ms:.1f} ms), under writes {busy.rps:,.0f} req/s "
+            f"(p99 {busy.p99_ms:.1f} ms) = {ratio:.2f}x; writes stored {stored:,.0f}/s of {args.live_rate:,.0f}/s "
+            f"offered ({writers.failed} failed)" + (f", NON-2XX {quiet.non2xx + busy.non2xx}"
+                                                    if quiet.non2xx + busy.non2xx else ""))
+        target = LIVE_TARGETS[key]
+        report.add(f"{name}: quiet", f"{quiet.rps:,.0f} req/s", f">= {target:,.0f} req/s", verdict(quiet.rps, target))
+        report.add(f"{name}: under writes", f"{busy.rps:,.0f} req/s = {ratio:.2f}x quiet", ">= 0.50x",
+                   verdict(ratio, 0.5))
+        report.add(f"{name}: writes stored", f"{stored:,.0f}/s of {args.live_rate:,.0f}/s",
+                   f">= {0.95 * args.live_rate:,.0f}/s", verdict(stored, 0.95 * args.live_rate))
+    client.close()
+
+
 # -- wrk -------------------------------------------------------------------------------------------
 @dataclass
 class WrkResult:
@@ -315,6 +407,17 @@ def hold(keep: bool, server: Server, db: Database) -> None:
         pass
 
 
+def finish(title: str, args: argparse.Namespace, datastreams: int, observations: int, report: Report,
+           server: Server, db: Database, extra: str = "") -> None:
+    """The closing table under a line naming the conditions; with --keep, wait before cleaning up."""
+    say("")
+    say(f"== SensorThings {title}: store {args.store}, {args.workers} workers, {args.things} Things, "
+        f"{datastreams} Datastreams, {observations:,} Observations; wrk -t{args.wrk_threads} "
+        f"-c{args.wrk_connections} -d{args.duration}s{extra} ==")
+    report.print()
+    hold(args.keep, server, db)
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", choices=("pg", "sqlite"), default="pg")
@@ -337,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     help="`udp serve --log-level` (info shows uvicorn restarting workers that miss a healthcheck)")
     ap.add_argument("--no-analyze", action="store_true", help="skip ANALYZE after the load (PostgreSQL)")
     ap.add_argument("--ingest-only", action="store_true", help="load and time the ingest, skip the reads")
+    ap.add_argument("--live", action="store_true", help="reads quiet and while single POSTs arrive (issue 17)")
+    ap.add_argument("--live-rate", type=float, default=300.0, help="single POSTs per second offered with --live")
+    ap.add_argument("--live-threads", type=int, default=4, help="client threads pacing the --live writes")
     ap.add_argument("--keep", action="store_true", help="leave the server running and the database in place "
                                                           "until Enter is pressed (for profiling)")
     args = ap.parse_args(argv)
@@ -393,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             say("")
             report.print()
             hold(args.keep, server, db)
+            return 0
+
+        if args.live:
+            live_reads(server, sta, ds_ids, args, report)
+            finish("reads under writes", args, len(ds_ids), n, report, server, db,
+                   f"; {args.live_threads} writer threads")
             return 0
 
         # -- reads -----------------------------------------------------------------------------
@@ -514,12 +626,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if restarts:
             say(f"WARNING: uvicorn restarted {restarts} worker(s) during the run (missed healthchecks); "
                 f"see {server.log_path}")
-        say("")
-        say(f"== SensorThings HTTP benchmark: store {args.store}, {args.workers} workers, {args.things} Things, "
-            f"{len(ds_ids)} Datastreams, {n:,} Observations; wrk -t{args.wrk_threads} "
-            f"-c{args.wrk_connections} -d{args.duration}s ==")
-        report.print()
-        hold(args.keep, server, db)
+        finish("HTTP benchmark", args, len(ds_ids), n, report, server, db)
         return 0
     finally:
         if server is not None:

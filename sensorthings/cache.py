@@ -1,11 +1,9 @@
 """A response cache for reads, exact under concurrent writers.
 
-Each entry remembers the database state it was computed in (a store-given token: on PostgreSQL
-the text of `pg_current_snapshot()`, which changes whenever any transaction begins writing or
-commits). A read whose token matches an entry's is answered from memory; any commit anywhere
-changes the token, so no process ever serves data older than the database's. Dashboards that
-poll the same URLs get their answers at memory speed; under constant ingest the cache simply
-misses.
+Each entry remembers the change versions of the tables its answer was read from
+(sensorthings.store.versions: kept by the database, raised by every commit that writes a table,
+in any process). A read finds an entry while those versions stand: a new Observation makes
+every answer built from Observations fresh at once and leaves the cached Things alone.
 """
 
 from __future__ import annotations
@@ -13,14 +11,20 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from sensorthings.store.versions import holds
+
+Versions = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A cached response and the database state it belongs to."""
+    """A cached response and the table versions it was read at."""
 
-    token: str
+    versions: Versions
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...]
@@ -28,7 +32,7 @@ class Entry:
 
 
 class ResponseCache:
-    """A bounded LRU of responses keyed by request, checked against the current database token."""
+    """A bounded LRU of responses keyed by request, checked against the tables' current versions."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entry: int = 4 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
@@ -36,24 +40,47 @@ class ResponseCache:
         self._entries: OrderedDict[tuple, Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._flights: dict[tuple, tuple[threading.Lock, list[int]]] = {}
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple, token: str) -> Entry | None:
-        """The entry for `key` if it was computed in the state `token` names."""
+    def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
+        """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.token != token:
-                self.misses += 1
+            if entry is None or not holds(entry.versions, now):
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
             return entry
 
-    def put(self, key: tuple, token: str, status: int, body: bytes, headers: dict[str, str]) -> Entry:
+    @contextmanager
+    def computing(self, key: tuple) -> Iterator[None]:
+        """Held while one request computes the answer for `key`, counted as a miss.
+
+        The same request arriving meanwhile waits, then looks again (`get`): after a write, a crowd
+        of readers costs one query, not one each. A waiter takes the answer only if it was read at
+        the versions the waiter itself saw, so waiting never makes an answer stale.
+        """
+        with self._lock:
+            self.misses += 1
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = (threading.Lock(), [0])
+            flight[1][0] += 1
+        try:
+            with flight[0]:
+                yield
+        finally:
+            with self._lock:
+                flight[1][0] -= 1
+                if flight[1][0] == 0:
+                    del self._flights[key]
+
+    def put(self, key: tuple, versions: Versions, status: int, body: bytes, headers: dict[str, str]) -> Entry:
         """Remember a response; large ones are not kept."""
-        etag = '"' + hashlib.blake2b(token.encode() + b"\0" + body, digest_size=12).hexdigest() + '"'
-        entry = Entry(token, status, body, tuple(headers.items()), etag)
+        etag = '"' + hashlib.blake2b(repr(versions).encode() + b"\0" + body, digest_size=12).hexdigest() + '"'
+        entry = Entry(versions, status, body, tuple(headers.items()), etag)
         if len(body) > self.max_entry:
             return entry
         with self._lock:

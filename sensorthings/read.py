@@ -1,15 +1,15 @@
 """Reading entities: query options turned into SQL, rows into SensorThings JSON, expands batched.
 
-An expanded set is fetched for all parents of a level at once (one LATERAL join on PostgreSQL,
-one prepared statement per parent on SQLite, which runs in-process), so `$top=1` inside
-`$expand` reads one index entry per parent instead of every Observation.
+An expanded set is fetched for all parents of a level at once (one LATERAL join on PostgreSQL, one
+correlated subquery per parent row on SQLite), so `$top=1` inside `$expand` reads one index entry
+per parent instead of every Observation, in one statement per level.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -65,29 +65,40 @@ class Reader:
         where: Callable[[FromClause], ColumnElement | None],
         options: QueryOptions,
         after: tuple[Any, ...] | None = None,
+        shape: Hashable | None = None,
     ) -> tuple[list[Mapping[str, Any]], str | None, int | None]:
         """One page of rows of a set: (rows, a skiptoken when more follow, the count when `$count=true`).
 
         `after` continues from a skiptoken: the sort keys of the previous page's last row, so that
-        deep pages seek through the index instead of counting past every earlier row.
+        deep pages seek through the index instead of counting past every earlier row. `shape` names
+        what `where` selects (a request path's steps): the statement is then built once per shape.
         """
         table = TABLES[entity.table]
-        conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
         top = self.default_top if options.top is None else options.top
         count = None
         if options.count:
+            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
             count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
-        keys = self._keys(entity, table, options)
-        if after is not None:
-            conds.append(_after(keys, after))
-        labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-        q = select(*readable_columns(table), *labels).where(*conds).order_by(*_directed(keys))
-        q = q.limit(top + 1).offset(options.skip if after is None else 0)
+
+        def build() -> Select:
+            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
+            keys = self._keys(entity, table, options)
+            if after is not None:
+                conds.append(_after(keys, after))
+            labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
+            q = select(*readable_columns(table), *labels).where(*conds).order_by(*_directed(keys))
+            return q.limit(top + 1).offset(options.skip if after is None else 0)
+
+        if shape is None or after is not None:
+            q = build()
+        else:
+            q = self._statement(("page", entity.name, shape, options, top), options, build)
+        nkeys = sum(1 for c in q.selected_columns if c.key.startswith("_k"))
         rows = list(conn.execute(q).mappings().all()) if top > 0 else []
         token = None
         if len(rows) > top:
             last = rows[top - 1] if top > 0 else None
-            values = [last[f"_k{i}"] for i in range(len(keys))] if last is not None else [None]
+            values = [last[f"_k{i}"] for i in range(nkeys)] if last is not None else [None]
             # NULL sort keys cannot be sought past portably: such pages continue by $skip ("")
             token = "" if any(v is None for v in values) else encode_token(values)
         return rows[:top], token, count
@@ -100,9 +111,10 @@ class Reader:
         options: QueryOptions,
         next_url: Callable[[str | None], str],
         after: tuple[Any, ...] | None = None,
+        shape: Hashable | None = None,
     ) -> dict[str, Any]:
         """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`; next_url gets the skiptoken."""
-        rows, token, count = self.page(conn, entity, where, options, after)
+        rows, token, count = self.page(conn, entity, where, options, after, shape)
         out: dict[str, Any] = {}
         if count is not None:
             out["@iot.count"] = count
@@ -180,13 +192,15 @@ class Reader:
             spans.append((len(flat), len(flat) + min(len(kids), top), len(kids) > top))
             flat.extend(kids[:top])
         docs = self.serialize_rows(conn, target, flat, opts)
+        # the next page's options are the same for every parent: written once per level, not once per parent
+        query = next_link("", opts, top=top, skip=opts.skip + top)
+        prefix = f"{self.base}/{entity.set_name}("
         for row, doc, (start, end, more) in zip(rows, out, spans, strict=True):
             if counts is not None:
                 doc[f"{nav.name}@iot.count"] = counts.get(row["id"], 0)
             doc[nav.name] = docs[start:end]
             if more:
-                link = f"{self.base}/{entity.set_name}({row['id']})/{nav.name}"
-                doc[f"{nav.name}@iot.nextLink"] = next_link(link, opts, top=top, skip=opts.skip + top)
+                doc[f"{nav.name}@iot.nextLink"] = f"{prefix}{row['id']})/{nav.name}{query}"
 
     def _expand_one(self, conn: Connection, nav: Nav, target: EntityType, rows: Sequence[Mapping[str, Any]],
                     out: list[dict[str, Any]], opts: QueryOptions) -> None:
@@ -205,9 +219,11 @@ class Reader:
             if child is not None:
                 doc[nav.name] = child
 
-    def _arm(self, nav: Nav, target: EntityType, parent: Any, opts: QueryOptions) -> tuple[Select, FromClause]:
-        """The query for one parent's children (parent is a literal id or a column)."""
-        table = TABLES[target.table]
+    def _arm(self, nav: Nav, target: EntityType, parent: Any, opts: QueryOptions,
+             table: FromClause | None = None) -> tuple[Select, FromClause]:
+        """The query for one parent's children (parent is a literal id or a column), over `table` (an alias of
+        the target's table, or the table itself)."""
+        table = TABLES[target.table] if table is None else table
         if nav.kind is NavKind.REVERSE:
             q = select(*readable_columns(table), parent.label("_parent"))
             q = q.where(table.c[nav.column] == parent)
@@ -225,8 +241,9 @@ class Reader:
         Filters that call now() are built afresh, since a kept statement would freeze the time."""
         if opts.filter is not None and _calls_now(opts.filter):
             return build()
-        # what a reader may see is built into the statement: a statement for one must never serve the other
-        key = (self.hide_internal, *key)
+        # what a reader may see is built into the statement: a statement for one must never serve the other;
+        # and one store's SQL is not the other's (a process may serve both, as the tests do)
+        key = (self.store.dialect.name, self.hide_internal, *key)
         found = _STATEMENTS.get(key)
         if found is None:
             found = build()
@@ -246,14 +263,22 @@ class Reader:
 
         return self._statement(("lateral", *self._shape(nav, target, opts, top)), opts, build)
 
-    def _single(self, nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> Select:
-        """The children of one parent (bound as `pid`)."""
+    def _correlated(self, nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> Select:
+        """SQLite: the children of all parents (ids bound as a JSON array `pids`) in one statement; a correlated
+        subquery picks each parent's first rows by seeking its own index range, as LATERAL does on PostgreSQL.
+        Ordered by parent, then as asked."""
 
         def build() -> Select:
-            arm, _ = self._arm(nav, target, bindparam("pid", type_=BigInteger), opts)
-            return arm.limit(top + 1).offset(opts.skip)
+            parents = func.json_each(bindparam("pids")).table_valued("key", "value").alias("parents")
+            inner = TABLES[target.table].alias("picked")
+            arm, _ = self._arm(nav, target, parents.c.value, opts, inner)
+            picked = arm.with_only_columns(inner.c.id).limit(top + 1).offset(opts.skip)
+            table = TABLES[target.table]
+            return (select(*readable_columns(table), parents.c.value.label("_parent"))
+                    .select_from(parents).join(table, table.c.id.in_(picked))
+                    .order_by(parents.c.key, *self._order(target, table, opts)))
 
-        return self._statement(("single", *self._shape(nav, target, opts, top)), opts, build)
+        return self._statement(("correlated", *self._shape(nav, target, opts, top)), opts, build)
 
     @staticmethod
     def _shape(nav: Nav, target: EntityType, opts: QueryOptions, top: int) -> tuple[Any, ...]:
@@ -265,13 +290,8 @@ class Reader:
             return []
         if self.store.dialect.name == "postgresql":
             return list(conn.execute(self._lateral(nav, target, opts, top), {"pids": parent_ids}).mappings().all())
-        # SQLite runs in-process: one prepared statement executed per parent is cheaper than
-        # compiling a UNION of hundreds of arms, and each execution seeks its own index range
-        q = self._single(nav, target, opts, top)
-        rows: list[Mapping[str, Any]] = []
-        for pid in parent_ids:
-            rows.extend(conn.execute(q, {"pid": pid}).mappings().all())
-        return rows
+        pids = orjson.dumps(parent_ids).decode()
+        return list(conn.execute(self._correlated(nav, target, opts, top), {"pids": pids}).mappings().all())
 
     def _counts(self, conn: Connection, nav: Nav, target: EntityType, parent_ids: list[int],
                 opts: QueryOptions) -> dict[int, int]:

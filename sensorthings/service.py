@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from apicommon.unavailable import client_fault, database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
-from sensorthings.cache import ResponseCache
+from sensorthings.cache import Entry, ResponseCache
 from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
 from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
@@ -32,6 +32,7 @@ from sensorthings.read import Reader, decode_token, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
 from sensorthings.store.schema import TABLES
+from sensorthings.store.versions import READ_KEY, stamp
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -94,7 +95,7 @@ class Service:
     def __init__(self, store: Store, *, limits: Limits = Limits(), extensions: list[str] | None = None,
                  settings: dict[str, Any] | None = None, cache: ResponseCache | None = None) -> None:
         self.store = store
-        self.cache = cache if store.dialect.name == "postgresql" else None
+        self.cache = cache
         self.limits = limits
         self.extra_conformance = list(extensions or [])
         self.extra_settings = dict(settings or {})
@@ -138,27 +139,41 @@ class Service:
             raise
 
     def _cached_get(self, req: ApiRequest) -> ApiResponse:
-        """A GET answered from the response cache when the database has not changed since."""
+        """A GET answered from the response cache while no table its answer was read from has changed."""
         assert self.cache is not None
         key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
         # now() makes an answer depend on the clock, not only on the data
         cacheable = not any("now(" in v.lower() for v in req.params.values())
         with self.store.read() as conn:
-            token = self.store.snapshot_token(conn) if cacheable else None
-            if token is not None:
-                entry = self.cache.get(key, token)
-                if entry is not None:
-                    if req.if_none_match and entry.etag in req.if_none_match:
-                        return ApiResponse(304, headers={"ETag": entry.etag})
-                    headers = {**dict(entry.headers), "ETag": entry.etag}
-                    return ApiResponse(entry.status, raw=entry.body, headers=headers)
+            # the versions first: the data read after them is at least as new
+            now = self.store.versions(conn) if cacheable else None
+            if now is None:
+                return self._route(req, Tx(conn, []))
+            entry = self.cache.get(key, now)
+            if entry is None:
+                with self.cache.computing(key):
+                    entry = self.cache.get(key, now)  # computed while this request waited
+                    if entry is None:
+                        res, entry = self._read_into_cache(req, conn, key, now)
+                        if entry is None:
+                            return res
+        if req.if_none_match and entry.etag in req.if_none_match:
+            return ApiResponse(304, headers={"ETag": entry.etag})
+        return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
+
+    def _read_into_cache(self, req: ApiRequest, conn: Connection, key: tuple,
+                         now: dict[str, int]) -> tuple[ApiResponse, Entry | None]:
+        """Answer a GET, noting the tables it reads; a 200 JSON answer is remembered at their versions."""
+        assert self.cache is not None
+        read: set[str] = set()
+        conn.info[READ_KEY] = read
+        try:
             res = self._route(req, Tx(conn, []))
-        if token is not None and res.status == 200 and res.text is None:
-            entry = self.cache.put(key, token, res.status, res.content(), res.headers)
-            res.headers["ETag"] = entry.etag
-            if req.if_none_match and entry.etag in req.if_none_match:
-                return ApiResponse(304, headers={"ETag": entry.etag})
-        return res
+        finally:
+            conn.info.pop(READ_KEY, None)
+        if res.status != 200 or res.text is not None:
+            return res, None
+        return res, self.cache.put(key, stamp(read, now, TABLES), res.status, res.content(), res.headers)
 
     def _route(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         path = req.path.strip("/")
@@ -262,7 +277,7 @@ class Service:
                 def next_url(token: str | None) -> str:
                     return self._next_url(req, parsed, token)
 
-                out = reader.collection(conn, entity, where, opts, next_url, self.after(req))
+                out = reader.collection(conn, entity, where, opts, next_url, self.after(req), resource.steps)
             if not out["value"]:
                 # an empty set of a missing parent is a 404; looked up only then, to spare the common case
                 self._check_parent(conn, resource)
@@ -284,7 +299,8 @@ class Service:
         for name in components:
             if name not in DATA_ARRAY_COMPONENTS:
                 raise QueryError(f"{name} cannot be a dataArray component", "$select")
-        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req))
+        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req),
+                                         resource.steps)
         write = serializer(OBSERVATION, req.base, tuple(dict.fromkeys(("id", *components))))
         groups: dict[str, list[list[Any]]] = {}
         for row in rows:

@@ -104,6 +104,7 @@ def build_app(config: Config) -> Starlette:
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
+            body["worker"] = os.getpid()  # the stats are this worker's
         if notifier is not None:
             body["mqtt"] = notifier.stats()
             if asked:

@@ -37,7 +37,7 @@ class Config:
     store: str = "sqlite:///udp.db"
     public_url: str | None = None
     threads: int = 4  # threads per worker for blocking database calls
-    cache_mb: int = 64  # response cache per worker (PostgreSQL store); 0 turns it off
+    cache_mb: int = 64  # response cache per worker; 0 turns it off
     # limits on what one request may ask for: hostile or careless input must not take a worker down
     max_body_mb: int = 64  # request bodies (POST, PATCH, PUT, $batch, CreateObservations)
     max_top: int = 10_000  # $top and the OGC API `limit`

@@ -27,7 +27,7 @@ from sensorthings.model import (
     target_of,
 )
 from sensorthings.query.sql import SqlDialect
-from sensorthings.store import observations
+from sensorthings.store import observations, versions
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES, metadata
 from sensorthings.times import now
@@ -90,6 +90,7 @@ class Store:
         self.url = url
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
+        versions.track_reads(engine)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -137,20 +138,15 @@ class Store:
                     conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS postgis")
                 metadata.create_all(conn)
                 self.spatial_indexes(conn)
+                versions.install(conn, TABLES)
 
     def close(self) -> None:
         """Release every connection."""
         self.engine.dispose()
 
-    def snapshot_token(self, conn: Connection) -> str | None:
-        """Text that changes whenever committed data may have changed; None where the store has none.
-
-        PostgreSQL's current snapshot (xmin:xmax:in-progress) is the same exactly while no
-        transaction has begun writing or committed since, in any process.
-        """
-        if self.dialect.name != "postgresql":
-            return None
-        return conn.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one()
+    def versions(self, conn: Connection) -> dict[str, int]:
+        """Every table's change version now (sensorthings.store.versions), read on `conn` before its data."""
+        return versions.current(conn)
 
     def healthy(self) -> bool:
         """True when the database answers."""

@@ -1,0 +1,137 @@
+"""Change tokens per table: a version that every committed write to a table raises, seen by every process.
+
+The database keeps them itself (triggers), so no way of writing can forget to: single POSTs, deep
+inserts, COPY, cascading deletes and whatever writer comes next. A read remembers the versions of
+the tables it read; while they stand, its answer stands (sensorthings.cache).
+
+- PostgreSQL: a statement trigger notes the table in a transaction-local setting; at commit a
+  deferred trigger raises the noted tables' versions in name order, so that writers never lock
+  version rows in crossing orders (no deadlock) and hold them only while committing. The rows are
+  sharded by transaction id and summed by readers, so that concurrent writers to one table rarely
+  wait for each other. The versions become visible in the same commit as the data.
+- SQLite: one writer at a time, so a row trigger raises the version inside the writing transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.sql.util import find_tables
+
+VERSIONS = "sta_versions"
+SHARDS = 8
+ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
+
+_PG_FUNCTIONS = f"""
+CREATE TABLE IF NOT EXISTS {VERSIONS} (
+    name text NOT NULL, shard integer NOT NULL, version bigint NOT NULL, PRIMARY KEY (name, shard));
+CREATE UNLOGGED TABLE IF NOT EXISTS sta_version_flush (xid bigint NOT NULL);
+CREATE OR REPLACE FUNCTION sta_note_write() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    noted text := coalesce(current_setting('sta.written', true), '');
+BEGIN
+    IF noted = '' THEN
+        PERFORM set_config('sta.written', TG_TABLE_NAME, true);
+        -- a row here fires sta_flush_versions once, at commit
+        INSERT INTO sta_version_flush VALUES (txid_current());
+    ELSIF position(',' || TG_TABLE_NAME || ',' IN ',' || noted || ',') = 0 THEN
+        PERFORM set_config('sta.written', noted || ',' || TG_TABLE_NAME, true);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION sta_flush_versions() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    table_name text;
+    my_shard integer := mod(txid_current(), {SHARDS})::integer;
+BEGIN
+    FOR table_name IN
+        SELECT DISTINCT unnest(string_to_array(current_setting('sta.written', true), ',')) ORDER BY 1
+    LOOP
+        INSERT INTO {VERSIONS} AS v (name, shard, version) VALUES (table_name, my_shard, 1)
+        ON CONFLICT (name, shard) DO UPDATE SET version = v.version + 1;
+    END LOOP;
+    PERFORM set_config('sta.written', '', true);
+    DELETE FROM sta_version_flush WHERE xid = NEW.xid;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS sta_flush_versions ON sta_version_flush;
+CREATE CONSTRAINT TRIGGER sta_flush_versions AFTER INSERT ON sta_version_flush
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sta_flush_versions();
+"""
+
+
+def install(conn: Connection, tables: Iterable[str]) -> None:
+    """The version table and the triggers that keep it, on every table in `tables` (idempotent)."""
+    names = sorted(tables)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_FUNCTIONS)
+        for name in names:
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE TRIGGER sta_note_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {name} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write()")
+        return
+    conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) VALUES "
+                         + ", ".join(f"('{name}', 0)" for name in names))
+    bump = f"BEGIN UPDATE {VERSIONS} SET version = version + 1 WHERE name = '{{name}}'; END"
+    for name in names:
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_version_{op.lower()}_{name} AFTER {op} ON {name} "
+                                 + bump.format(name=name))
+
+
+def current(conn: Connection) -> dict[str, int]:
+    """Every table's version now (a table never written may be missing: its version is 0)."""
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT name, sum(version)::bigint FROM {VERSIONS} GROUP BY name"
+    else:
+        sql = f"SELECT name, version FROM {VERSIONS}"
+    return dict(conn.exec_driver_sql(sql).all())  # type: ignore[arg-type]
+
+
+def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str]) -> tuple[tuple[str, int], ...]:
+    """The versions a read depends on: of the tables it read (of `every` table when it read raw SQL, or
+    when nothing was noted: an answer is never kept as if it depended on nothing)."""
+    names = every if ALL in read or not read else read
+    return tuple(sorted((name, now.get(name, 0)) for name in names))
+
+
+def holds(versions: tuple[tuple[str, int], ...], now: Mapping[str, int]) -> bool:
+    """True while no table in `versions` has been written since."""
+    return all(now.get(name, 0) == version for name, version in versions)
+
+
+# -- which tables a read touched -------------------------------------------------------------------
+_TABLES_OF: dict[Any, frozenset[str]] = {}  # statement -> the tables it reads (statements are reused)
+READ_KEY = "udp_tables_read"
+
+
+def track_reads(engine: Engine) -> None:
+    """Record in `conn.info[READ_KEY]` (when a set is there) the tables each statement reads."""
+
+    @event.listens_for(engine, "before_execute")
+    def _note(conn: Connection, clause: Any, _multiparams: Any, _params: Any, _options: Any) -> None:
+        read = conn.info.get(READ_KEY)
+        if read is None:
+            return
+        names = _TABLES_OF.get(clause)
+        if names is None:
+            names = _tables_of(clause)
+            if len(_TABLES_OF) > 256:
+                _TABLES_OF.clear()
+            _TABLES_OF[clause] = names
+        read |= names
+
+
+def _tables_of(clause: Any) -> frozenset[str]:
+    if isinstance(clause, str) or not hasattr(clause, "get_children"):
+        return frozenset({ALL})
+    names = set()
+    for table in find_tables(clause, check_columns=True, include_crud=True):
+        name = getattr(table, "name", None)
+        if name is None:
+            return frozenset({ALL})
+        names.add(name.removeprefix("rtree_"))
+    return frozenset(names)

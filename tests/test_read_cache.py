@@ -1,0 +1,126 @@
+"""The response cache under writes, across worker processes: `udp serve --workers 2` on each store, real HTTP.
+
+A write seen by one worker's clients is seen at once by the other's (no read after a committed write
+is stale), and a write to one table leaves the cached answers read from other tables in place (the
+worker's hit counter in /health shows it, no timing involved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Server, serve_on, unique
+
+OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+NEWEST = {"$orderby": "phenomenonTime desc", "$top": "5"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two workers on a fresh store."""
+    yield from serve_on(request.param, tmp_path_factory, ["--workers", "2"])
+
+
+def worker(client: httpx.Client) -> int:
+    """The process id of the worker that serves this client's connection."""
+    return client.get("/health").json()["worker"]
+
+
+def hits(client: httpx.Client) -> int:
+    """Cache hits so far on the worker that serves this client."""
+    return client.get("/health").json()["response_cache"]["hits"]
+
+
+@pytest.fixture
+def clients(server: Server) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """Two clients, each on one kept-alive connection, served by different workers."""
+    opened: list[httpx.Client] = []
+    try:
+        by_worker: dict[int, httpx.Client] = {}
+        for _ in range(200):  # the kernel hands each new connection to either worker
+            client = httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=1))
+            opened.append(client)
+            by_worker.setdefault(worker(client), client)
+            if len(by_worker) == 2:
+                break
+        assert len(by_worker) == 2, "every connection went to one worker"
+        yield tuple(by_worker.values())  # type: ignore[misc]
+    finally:
+        for client in opened:
+            client.close()
+
+
+def sta_get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+    r = client.get(f"/v1.1/{path}", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_write_is_seen_by_the_other_worker_and_spares_other_tables(
+        clients: tuple[httpx.Client, httpx.Client]) -> None:
+    reader, writer = clients
+    pid = worker(reader)
+    name = unique("cached")
+    made = writer.post("/v1.1/Things", json={
+        "name": name, "description": "d",
+        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [10, 53]}}],
+        "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
+                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
+                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}]})
+    assert made.status_code == 201, made.text
+    ds = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    reads = {"things": ("Things", {"$top": "100"}), "chart": (f"Datastreams({ds})/Observations", NEWEST),
+             "newest": ("Observations", NEWEST)}
+    for path, params in reads.values():  # the reader's worker caches each answer
+        sta_get(reader, path, params)
+    before = {key: sta_get(reader, path, params) for key, (path, params) in reads.items()}
+    assert name in [t["name"] for t in before["things"]["value"]]
+
+    # an Observation written through the other worker
+    posted = writer.post("/v1.1/Observations", json={"phenomenonTime": "2024-02-01T00:00:00Z", "result": 42,
+                                                     "Datastream": {"@iot.id": ds}})
+    assert posted.status_code == 201, posted.text
+    new_id = posted.json()["@iot.id"]
+    counted = hits(reader)
+    assert sta_get(reader, *reads["things"]) == before["things"]
+    assert hits(reader) == counted + 1  # the Things were not read again: Observations are not Things
+    assert sta_get(reader, *reads["chart"])["value"][0]["@iot.id"] == new_id
+    assert sta_get(reader, *reads["newest"])["value"][0]["@iot.id"] == new_id
+    assert hits(reader) == counted + 1  # both read afresh
+
+    # a Thing renamed through the other worker: the Things are read afresh
+    assert writer.patch(f"/v1.1/Things({made.json()['@iot.id']})", json={"name": name + "!"}).status_code == 200
+    assert name + "!" in [t["name"] for t in sta_get(reader, *reads["things"])["value"]]
+    assert hits(reader) == counted + 1
+    # a Sensor renamed: the Observations (read with the Things and Datastreams that may hide them) stay cached
+    sta_get(reader, *reads["chart"])
+    sensor = sta_get(writer, f"Datastreams({ds})/Sensor")["@iot.id"]
+    assert writer.patch(f"/v1.1/Sensors({sensor})", json={"name": "renamed"}).status_code == 200
+    counted = hits(reader)
+    sta_get(reader, *reads["chart"])
+    assert hits(reader) == counted + 1
+    assert sta_get(reader, f"Datastreams({ds})/Sensor")["name"] == "renamed"
+
+    # a cascade: deleting the Datastream deletes its Observations, and the reader sees both at once
+    assert writer.delete(f"/v1.1/Datastreams({ds})").status_code == 200
+    assert reader.get(f"/v1.1/Datastreams({ds})/Observations", params=NEWEST).status_code == 404
+    assert new_id not in [o["@iot.id"] for o in sta_get(reader, *reads["newest"])["value"]]
+    assert worker(reader) == pid  # one worker answered the reader throughout
+
+
+def test_a_conditional_read_after_a_write_gets_the_new_answer(clients: tuple[httpx.Client, httpx.Client]) -> None:
+    reader, writer = clients
+    thing = writer.post("/v1.1/Things", json={"name": unique("etag"), "description": "d"}).json()["@iot.id"]
+    first = reader.get(f"/v1.1/Things({thing})")
+    etag = first.headers["etag"]
+    assert reader.get(f"/v1.1/Things({thing})", headers={"If-None-Match": etag}).status_code == 304
+    assert writer.patch(f"/v1.1/Things({thing})", json={"description": "changed"}).status_code == 200
+    again = reader.get(f"/v1.1/Things({thing})", headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.json()["description"] == "changed"
