@@ -89,6 +89,7 @@ def build_app(config: Config) -> Starlette:
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
+        body["ingest"] = store.writer.stats()
         if notifier is not None:
             body["mqtt"] = notifier.stats()
             if not body["mqtt"]["connected"]:
