@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from tests.harness import wait_until
 from tests.test_bridge import MQTT_URL, publisher, wait_for
 from tests.test_observation_writes import measurement_stream
 from tests.test_sta_api import OM, UNIT
+from udp.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -191,3 +193,26 @@ def test_deep_insert_carries_thousands_of_observations_all_or_nothing(platform: 
     r = sta.post("Things", json=_thing(broken, [*hourly[:500], {"result": "warm"}, *hourly[500:1000]]))
     assert r.status_code == 400 and "wrong result type" in r.json()["message"]
     assert sta.get("Things", params={"$filter": f"name eq '{broken}'"}).json()["value"] == []
+
+
+def test_quiet_after_bulk_when_nobody_subscribed(platform: Server) -> None:
+    sta = platform.http("/v1.1/")
+    ds = measurement_stream(sta, f"bulk {uuid.uuid4().hex[:6]}")
+    health = httpx.get(platform.url + "/health", timeout=30).json()["mqtt"]
+    assert health["subscribed_topics"] == 0  # the embedded broker said so from the start
+    rows = [[f"2021-01-01T{h % 24:02}:{h // 24 % 60:02}:00Z", h] for h in range(5000)]
+    r = sta.post("CreateObservations", json=[{"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"],
+                                              "dataArray": rows}])
+    assert r.status_code == 201 and "error" not in r.json()
+    wait_until(lambda: httpx.get(platform.url + "/health", timeout=30).json()["mqtt"]["queued"] == 0, 30,
+               "the notifier's queue empty")
+    # nothing was published for topics nobody listens to
+    assert httpx.get(platform.url + "/health", timeout=30).json()["mqtt"]["published"] == health["published"]
+
+
+def test_notify_qos_is_checked(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text("mqtt: {notify_qos: 0}\n")
+    assert load_config(str(tmp_path / "config.yml")).mqtt_notify_qos == 0
+    (tmp_path / "config.yml").write_text("mqtt: {notify_qos: 3}\n")
+    with pytest.raises(ConfigError, match="mqtt.notify_qos"):
+        load_config(str(tmp_path / "config.yml"))
