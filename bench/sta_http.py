@@ -286,6 +286,20 @@ def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> t
     return count[0], time.perf_counter() - started, lat, count[1]
 
 
+def time_single_posts(report: Report, sta: str, ds_ids: list[int], args: argparse.Namespace) -> None:
+    """Single POSTs timed, said and added to the report."""
+    created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
+    rate = created / secs
+    lat.sort()
+    p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+    say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
+        f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
+    report.add(f"single POST Observations ({args.post_clients} clients)",
+               f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", f">= {TARGETS['posts']:,.0f} obs/s",
+               verdict(rate, TARGETS["posts"]))
+
+
 # -- wrk -------------------------------------------------------------------------------------------
 @dataclass
 class WrkResult:
@@ -438,16 +452,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                    verdict(ingest_rate, TARGETS["ingest"]))
 
         if args.writes_only:
-            created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
-            rate = created / secs
-            lat.sort()
-            p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
-            say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
-                f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
-            report.add(f"single POST Observations ({args.post_clients} clients)",
-                       f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", f">= {TARGETS['posts']:,.0f} obs/s",
-                       verdict(rate, TARGETS["posts"]))
+            time_single_posts(report, sta, ds_ids, args)
             bodies = deep_things(args.deep_things, args.deep_observations)
             total = args.deep_things * args.deep_observations
             say(f"deep inserts: {args.deep_things} Things, each with {args.deep_observations} Observations "
@@ -585,15 +590,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
 
         # -- single POSTs (last, so the reads see exactly the loaded dataset) ---------------------
         say("")
-        created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
-        rate = created / secs
-        lat.sort()
-        p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
-        say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
-            f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
-        report.add(f"single POST Observations ({args.post_clients} clients)",
-                   f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", "", "")
+        time_single_posts(report, sta, ds_ids, args)
 
         restarts = server.log_path.read_text().count(" died")
         if restarts:
