@@ -139,7 +139,7 @@ class Service:
             answer.set_result(first)
             return answer
         written, finish = pending[0]
-        written.add_done_callback(lambda _f: answer.set_result(self._answer(finish)))
+        written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
         return answer
 
     def _answer(self, run: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
@@ -519,6 +519,14 @@ class Service:
             id_ = self._resolve_id(t.conn, resource)
             self.store.delete(t.conn, resource.entity, id_)
         return ApiResponse(200)
+
+
+def _settle(answer: Future[ApiResponse], finish: Callable[[], ApiResponse]) -> None:
+    """Resolve `answer` with what `finish` answers, or with what it raised beyond the errors it answers."""
+    try:
+        answer.set_result(finish())
+    except Exception as exc:  # noqa: BLE001 - whoever waits must hear of it
+        answer.set_exception(exc)
 
 
 def _json_body(req: ApiRequest) -> Any:

@@ -57,7 +57,13 @@ class Creator:
         if done is None:
             client.ack(mid, qos)
         else:
-            done.add_done_callback(lambda _f: client.ack(mid, qos))
+            done.add_done_callback(lambda f: self._ack(client, mid, qos, f))
+
+    @staticmethod
+    def _ack(client: mqtt.Client, mid: int, qos: int, answer: Future[ApiResponse]) -> None:
+        # the database down (503): left unacknowledged, the broker delivers it again when the session resumes
+        if answer.exception() is None and answer.result().status < 500:
+            client.ack(mid, qos)
 
     def create(self, topic: str, payload: bytes) -> Future[ApiResponse] | None:
         """Create the Observation a message carries: the answer once committed, or None when there is nothing
@@ -79,12 +85,17 @@ class Creator:
         # notifications on these topics carry the created entity's id: they are ours, not a create
         if isinstance(data, dict) and ("@iot.id" in data or "@iot.selfLink" in data):
             return None
-        answer = self.service.create_observation(ApiRequest("POST", topic.split("/", 1)[1], body=payload,
-                                                            base=self.base))
-        answer.add_done_callback(lambda f: self._count(topic, f.result()))
+        try:
+            answer = self.service.create_observation(ApiRequest("POST", topic.split("/", 1)[1], body=payload,
+                                                                base=self.base))
+        except Exception as exc:  # noqa: BLE001 - a database fault must not stop the broker's loop
+            self._reject(topic, f"{type(exc).__name__}: {exc}")
+            return None
+        answer.add_done_callback(lambda f: self._count(topic, f))
         return answer
 
-    def _count(self, topic: str, res: ApiResponse) -> None:
+    def _count(self, topic: str, answer: Future[ApiResponse]) -> None:
+        res = answer.result() if answer.exception() is None else ApiResponse(500)
         if res.status >= 400:
             self._reject(topic, res.body.get("message", "") if isinstance(res.body, dict) else str(res.status))
         else:
