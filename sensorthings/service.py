@@ -1,7 +1,8 @@
 """The SensorThings API's request handling, independent of HTTP: plain requests in, responses out.
 
-The Starlette routes, `$batch` sub-requests and MQTT-created Observations all come through
-`Service.handle`, so every way in behaves the same.
+The Starlette routes and `$batch` sub-requests come through `Service.handle`, MQTT-created Observations
+through `Service.create_observation` (the same POST, answered by a future), so every way in behaves the
+same; single Observations and CreateObservations are written by the store's group-commit writer.
 """
 
 from __future__ import annotations
