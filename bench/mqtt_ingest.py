@@ -2,6 +2,7 @@
 
     python bench/mqtt_ingest.py [--duration 20] [--sensors 100] [--publishers 2] [--window 1000]
                                 [--latency-rate 1000] [--latency-seconds 10] [--baseline-seconds 10]
+                                [--standard-mosquitto 40000] [--standard-embedded 20000] [--skip-bridge]
                                 [--py-spy /tmp/bridge.txt [--py-spy-args=--gil]]
 
 It starts a private Mosquitto on a free port (persistence off, no queue or in-flight limits, so
@@ -14,6 +15,12 @@ OM_Measurement Datastream. Then:
 1. baseline: the same publishers → Mosquitto → a plain paho subscriber (no platform): Mosquitto's
    own QoS 1 ceiling on this machine, measured before the platform starts (on a small machine the
    Python clients rather than Mosquitto set it: the CPU line says which);
+1b. standard topic: --publishers processes publish --standard-mosquitto SensorThings Observations
+   (QoS 1) to `v1.1/Datastreams(n)/Observations` through Mosquitto, as fast as their windows allow;
+   the rate is Observations stored (by parameters.seq) per second from the start until the last is
+   stored, with lost and duplicated counted. Then the same with --standard-embedded messages on the
+   embedded broker of a second `udp serve` (no --mqtt) on a second database, where a PUBACK comes
+   only after commit. --skip-bridge stops after these phases;
 2. sustained ingest: --publishers processes (paho, QoS 1, a bounded in-flight window each) publish
    as fast as they can for --duration seconds, round-robin over the sensors; the Observations
    table's row count is polled every second; after publishing stops it waits for the count to
@@ -63,12 +70,16 @@ SEQ_BLOCK = 10**9  # seq = publisher * SEQ_BLOCK + i: (publisher, seq) unique
 WARMUP_PUBLISHER = 900  # seq blocks of the phases that are not the sustained ingest
 LATENCY_PUBLISHER = 800
 BASELINE_PUBLISHER = 700
+STANDARD_PUBLISHER = 600
+EMBEDDED_PUBLISHER = 500
 
 TARGETS = {
     "ingest": 15_000.0,  # Observations/s stored, sustained
     "lost": 0,
     "duplicated": 0,
     "p99_ms": 20.0,  # at 1,000 msg/s
+    "standard_mosquitto": 10_000.0,  # Observations/s published to v1.1/Datastreams(n)/Observations
+    "standard_embedded": 3_000.0,
 }
 
 RULES = """title: MQTT ingest benchmark
@@ -166,10 +177,13 @@ class CpuMeter:
 
 # -- MQTT clients in their own processes -----------------------------------------------------------
 def publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
-                   ready: mp.Queue, go: mp.Event, out: mp.Queue) -> None:  # type: ignore[valid-type]
-    """Publish QoS 1 messages round-robin over `topics` for `duration` s after `go`: as fast as a window of
-    `window` unacknowledged messages allows, or at `rate` messages/s. Reports (idx, sent, acked, failed,
-    seconds) on `out`.
+                   ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
+                   sta: bool = False) -> None:
+    """Publish QoS 1 messages round-robin over `topics` for `duration` s after `go` (or until `limit`
+    messages are sent): as fast as a window of `window` unacknowledged messages allows, or at `rate`
+    messages/s. `sta`: SensorThings Observations (for `v1.1/Datastreams(n)/Observations`), else device
+    messages for the bridge rule. Reports (idx, sent, acked, failed, seconds until all were acknowledged
+    with a limit, else of publishing) on `out`.
 
     paho's network loop runs in this thread (no loop_start): publish() then writes to the socket at once
     and PUBACKs are read between publishes. With loop_start the publishing thread and paho's thread
@@ -215,7 +229,7 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
         publish = client.publish
         while True:
             now = time.time()
-            if now >= end:
+            if now >= end or (limit and i >= limit):
                 break
             if now >= misc:
                 client.loop_misc()
@@ -232,7 +246,11 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
                     client.loop_read()
                     continue
             sent = time.time()
-            payload = dumps({"count": float(i % 1000) + 0.5, "time": iso(sent), "seq": base + i, "sent": sent})
+            if sta:
+                payload = dumps({"result": float(i % 1000) + 0.5, "phenomenonTime": iso(sent),
+                                 "parameters": {"seq": base + i, "sent": sent}})
+            else:
+                payload = dumps({"count": float(i % 1000) + 0.5, "time": iso(sent), "seq": base + i, "sent": sent})
             if publish(topics[i % n], payload, qos=1).rc != mqtt.MQTT_ERR_SUCCESS:
                 failed += 1
             i += 1
@@ -240,6 +258,8 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
         deadline = time.time() + 120
         while acked[0] < i - failed and time.time() < deadline:
             client.loop(0.01)
+        if limit:
+            seconds = time.time() - start
         out.put((idx, i - failed, acked[0], failed, seconds))
         client.disconnect()
     except KeyboardInterrupt:
@@ -282,10 +302,12 @@ class Publishers:
     """Publisher processes started and connected; run() starts them together and collects their reports."""
 
     def __init__(self, ctx: mp.context.BaseContext, children: list, port: int, indexes: list[int],
-                 topics: list[str], duration: float, window: int, rate: float = 0.0) -> None:
+                 topics: list[str], duration: float, window: int, rate: float = 0.0, limit: int = 0,
+                 sta: bool = False) -> None:
         self.ready, self.out, self.go = ctx.Queue(), ctx.Queue(), ctx.Event()
         self.procs = [ctx.Process(target=publisher_main, daemon=True, name=f"publisher-{i}",
-                                  args=(i, port, topics, duration, window, rate, self.ready, self.go, self.out))
+                                  args=(i, port, topics, duration, window, rate, self.ready, self.go, self.out,
+                                        limit, sta))
                       for i in indexes]
         children.extend(self.procs)
         for p in self.procs:
@@ -505,6 +527,39 @@ def baseline(ctx: mp.context.BaseContext, children: list, args: argparse.Namespa
     return recv_rate, res.rate, got, res.acked
 
 
+def stream_topics(sta: str) -> list[str]:
+    """The standard create topic of every bench Datastream."""
+    import httpx
+
+    page = httpx.get(f"{sta}/Datastreams", params={"$select": "id", "$top": "10000"}, timeout=60).json()
+    return [f"v1.1/Datastreams({d['@iot.id']})/Observations" for d in page["value"]]
+
+
+def standard_topic(ctx: mp.context.BaseContext, children: list, args: argparse.Namespace, port: int, sta: str,
+                   counter: RowCounter, total: int, first_publisher: int, label: str) -> tuple[float, int, int]:
+    """`total` QoS 1 Observations published to `v1.1/Datastreams(n)/Observations` by --publishers processes as
+    fast as their windows allow: (Observations/s from the start until all are stored, lost, duplicated)."""
+    topics = stream_topics(sta)
+    indexes = [first_publisher + i for i in range(args.publishers)]
+    per = total // args.publishers
+    pubs = Publishers(ctx, children, port, indexes, topics, 3600, args.window, limit=per, sta=True)
+    lo, hi = indexes[0] * SEQ_BLOCK, (indexes[-1] + 1) * SEQ_BLOCK
+    say(f"standard topic, {label}: {args.publishers} publishers × {per:,} QoS 1 Observations, window "
+        f"{args.window} ...")
+    t0 = pubs.start()
+    res = pubs.collect(timeout=args.drain_timeout)
+    say(f"  all acknowledged after {res.seconds:.1f}s ({res.rate:,.0f} msg/s)")
+    seen = wait_until_stable(lambda: counter.seqs(lo, hi)[0], res.acked, args.drain_timeout, quiet=10)
+    stored_at = seen[1] if seen[0] >= res.acked else time.time()
+    rows, distinct = counter.seqs(lo, hi)
+    secs = max(stored_at, t0 + res.seconds) - t0
+    rate = distinct / secs if secs > 0 else float("nan")
+    lost, dup = res.acked - distinct, rows - distinct
+    say(f"  stored {distinct:,} of {res.acked:,} acknowledged in {secs:.1f}s = {rate:,.0f} Observations/s; "
+        f"lost {lost:,}, duplicated {dup:,}")
+    return rate, lost, dup
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -526,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                                                       "phase into FILE (raw collapsed stacks) and summarize it")
     ap.add_argument("--py-spy-args", default="",
                     help="extra py-spy record arguments, written --py-spy-args=--gil (or =--idle)")
+    ap.add_argument("--standard-mosquitto", type=int, default=40_000,
+                    help="Observations published to v1.1/Datastreams(n)/Observations through Mosquitto (0: skip)")
+    ap.add_argument("--standard-embedded", type=int, default=20_000,
+                    help="the same to the embedded broker of a second `udp serve` (0: skip)")
+    ap.add_argument("--skip-bridge", action="store_true", help="only the standard-topic phases")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir (server and mosquitto logs)")
     args = ap.parse_args(argv)
 
@@ -541,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     server: Udp | None = None
     db: Database | None = None
     counter: RowCounter | None = None
+    extra_servers: list[Udp] = []
+    extra_dbs: list[Database] = []
     spy: subprocess.Popen | None = None
     report = Report()
     sensors = [f"s{k:03d}" for k in range(args.sensors)]
@@ -577,6 +639,39 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say(f"warm-up: {wres.acked} messages published, {got} Observations stored through the bridge")
         if got == 0:
             raise RuntimeError(f"the bridge stored nothing; server log:\n{tail(server.log_path)}")
+
+        # -- standard topic: through Mosquitto, then on the embedded broker of a second platform ---------
+        if args.standard_mosquitto:
+            rate, lost, dup = standard_topic(ctx, children, args, broker.port, sta, counter, args.standard_mosquitto,
+                                             STANDARD_PUBLISHER, "through mosquitto")
+            report.add(f"standard topic, {args.standard_mosquitto:,} QoS 1 through mosquitto", f"{rate:,.0f} obs/s",
+                       f">= {TARGETS['standard_mosquitto']:,.0f} obs/s",
+                       at_least(rate, TARGETS["standard_mosquitto"]))
+            report.add("  lost / duplicated", f"{lost:,} / {dup:,}", "0 / 0", "yes" if lost == dup == 0 else "NO")
+        if args.standard_embedded:
+            db2 = create_pg(args.pg, "udp_bench_mqtt")
+            extra_dbs.append(db2)
+            embedded = Udp("serve", "--store", db2.url, "--workers", "1", "--log-level", args.server_log_level,
+                           log=workdir / "embedded.log")
+            extra_servers.append(embedded)
+            embedded.wait()
+            say(f"embedded-broker server: {' '.join(embedded.cmd)} (MQTT port {embedded.mqtt_port})")
+            create_sensors(f"{embedded.url}/v1.1", sensors)
+            counter2 = RowCounter(db2.url)
+            try:
+                rate, lost, dup = standard_topic(ctx, children, args, embedded.mqtt_port, f"{embedded.url}/v1.1",
+                                                 counter2, args.standard_embedded, EMBEDDED_PUBLISHER,
+                                                 "on the embedded broker")
+            finally:
+                counter2.close()
+            report.add(f"standard topic, {args.standard_embedded:,} QoS 1 on the embedded broker",
+                       f"{rate:,.0f} obs/s", f">= {TARGETS['standard_embedded']:,.0f} obs/s",
+                       at_least(rate, TARGETS["standard_embedded"]))
+            report.add("  lost / duplicated", f"{lost:,} / {dup:,}", "0 / 0", "yes" if lost == dup == 0 else "NO")
+        if args.skip_bridge:
+            say("")
+            report.print()
+            return 0
 
         # -- 2. sustained ingest ---------------------------------------------------------------
         topics = [f"bench/{s}/count" for s in sensors]
@@ -773,6 +868,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     p.join(5)
         if counter is not None:
             counter.close()
+        for other in extra_servers:
+            other.stop()
+        for other_db in extra_dbs:
+            try:
+                other_db.drop()
+            except Exception as exc:  # noqa: BLE001
+                say(f"could not drop the database: {exc}")
         if server is not None:
             say(f"server stopped (exit {server.stop()})")
         if broker is not None:

@@ -2,14 +2,17 @@
 
     python bench/sta_http.py [--store pg|sqlite] [--duration 10]
                              [--things 100 --datastreams-per-thing 3 --observations 200000]
+                             [--writes-only [--deep-things 47 --deep-observations 1071 --deep-clients 2]]
 
 It creates a fresh database (PostgreSQL: a new database on --pg; SQLite: a new file), starts
 `udp serve --workers 2` on a free port, loads 100 Things (each with a Location and 3 Datastreams)
 and ~200k Observations through POST /v1.1/CreateObservations (1,000 rows per request, timed: the
 "ingest via dataArray" figure), times single POST /v1.1/Observations with concurrent clients, then
 runs `wrk -t2 -c16 --latency` twice on each read endpoint, times deep paging, and prints a table
-with the targets. The server is stopped and the database dropped at the end. It prints figures
-only; it asserts nothing.
+with the targets. With --writes-only it skips the reads and times, after the CreateObservations load,
+single POSTs and deep inserts: --deep-things Things (47, like a real air-quality export), each posted with
+its Location, a Datastream and --deep-observations hourly Observations embedded. The server is stopped
+and the database dropped at the end. It prints figures only; it asserts nothing.
 
 With --live (issue 17: reads that hold while devices write; use --observations 100000) it runs instead,
 on each of `Things?$top=100`, `Observations` newest 100, a Datastream's newest 200 (a chart) and Things
@@ -60,6 +63,8 @@ TARGETS = {
     "filtered": 1500.0,
     "expand": 700.0,
     "ingest": 50000.0,
+    "posts": 1000.0,  # single POST Observations/s with 8 clients
+    "deep": 10000.0,  # Observations/s embedded in deep-inserted Things
 }
 
 
@@ -216,6 +221,54 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
     return rows_ok[0], secs, errors[0]
 
 
+def deep_things(things: int, per_thing: int) -> list[bytes]:
+    """Things as another SensorThings server exports them for import: each with its Location and one Datastream
+    carrying `per_thing` hourly Observations (pre-encoded bodies)."""
+    rnd = random.Random(3)
+    bodies = []
+    for i in range(things):
+        lon, lat = 126.9 + rnd.random() * 0.2, 37.45 + rnd.random() * 0.2
+        obs = [{"phenomenonTime": iso(T0 + timedelta(hours=h)), "result": round(rnd.uniform(0, 150), 1)}
+               for h in range(per_thing)]
+        bodies.append(orjson.dumps({
+            "name": f"air station {i}", "description": f"air quality station {i}", "properties": {"n": i},
+            "Locations": [{"name": f"station {i}", "description": "", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [lon, lat]}}],
+            "Datastreams": [{
+                "name": f"PM10 at station {i}", "description": "hourly PM10",
+                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                "unitOfMeasurement": {"name": "microgram per cubic metre", "symbol": "ug/m3",
+                                      "definition": "http://unitsofmeasure.org/ucum.html#ug/m3"},
+                "Sensor": {"name": f"PM sensor {i}", "description": "beta attenuation",
+                           "encodingType": "application/pdf", "metadata": "https://example.org/pm.pdf"},
+                "ObservedProperty": {"name": "PM10", "definition": "https://example.org/def/pm10",
+                                     "description": "particulate matter under 10 um"},
+                "Observations": obs}]}))
+    return bodies
+
+
+def deep_inserts(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int]:
+    """POST every Thing body with `clients` concurrent clients: (requests created, seconds, failures)."""
+    local = threading.local()
+    done = [0, 0]
+    lock = threading.Lock()
+
+    def send(body: bytes) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=300)
+        r = client.post(f"{sta}/Things", content=body, headers={"Content-Type": "application/json"})
+        with lock:
+            done[0 if r.status_code == 201 else 1] += 1
+        if r.status_code != 201:
+            say(f"  deep insert failed: {r.status_code} {r.text[:300]}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, bodies))
+    return done[0], time.perf_counter() - started, done[1]
+
+
 def single_posts(sta: str, ds_ids: list[int], seconds: float, clients: int) -> tuple[int, float, list[float], int]:
     """Single POST /Observations from `clients` threads for `seconds`: (created, seconds, latencies, errors)."""
     stop = time.perf_counter() + seconds
@@ -323,6 +376,20 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
         report.add(f"{name}: writes stored", f"{stored:,.0f}/s of {args.live_rate:,.0f}/s",
                    f">= {0.95 * args.live_rate:,.0f}/s", verdict(stored, 0.95 * args.live_rate))
     client.close()
+
+
+def time_single_posts(report: Report, sta: str, ds_ids: list[int], args: argparse.Namespace) -> None:
+    """Single POSTs timed, said and added to the report."""
+    created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
+    rate = created / secs
+    lat.sort()
+    p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+    say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
+        f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
+    report.add(f"single POST Observations ({args.post_clients} clients)",
+               f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", f">= {TARGETS['posts']:,.0f} obs/s",
+               verdict(rate, TARGETS["posts"]))
 
 
 # -- wrk -------------------------------------------------------------------------------------------
@@ -443,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--live", action="store_true", help="reads quiet and while single POSTs arrive (issue 17)")
     ap.add_argument("--live-rate", type=float, default=300.0, help="single POSTs per second offered with --live")
     ap.add_argument("--live-threads", type=int, default=4, help="client threads pacing the --live writes")
+    ap.add_argument("--writes-only", action="store_true",
+                    help="load and time the writes only: CreateObservations, single POSTs, deep inserts")
+    ap.add_argument("--deep-things", type=int, default=47, help="Things posted with Observations embedded")
+    ap.add_argument("--deep-observations", type=int, default=1071, help="Observations embedded in each Thing")
+    ap.add_argument("--deep-clients", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="leave the server running and the database in place "
                                                           "until Enter is pressed (for profiling)")
     args = ap.parse_args(argv)
@@ -484,6 +556,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         report.add(f"ingest via dataArray ({args.store}, {args.ingest_clients} clients)",
                    f"{ingest_rate:,.0f} obs/s", f">= {TARGETS['ingest']:,.0f} obs/s",
                    verdict(ingest_rate, TARGETS["ingest"]))
+
+        if args.writes_only:
+            time_single_posts(report, sta, ds_ids, args)
+            bodies = deep_things(args.deep_things, args.deep_observations)
+            total = args.deep_things * args.deep_observations
+            say(f"deep inserts: {args.deep_things} Things, each with {args.deep_observations} Observations "
+                f"embedded, {args.deep_clients} clients ...")
+            made, secs, failed = deep_inserts(sta, bodies, args.deep_clients)
+            rate = made * args.deep_observations / secs
+            say(f"  {made} Things ({made * args.deep_observations:,} Observations) in {secs:.2f}s = {rate:,.0f} "
+                f"Observations/s" + (f", {failed} failed" if failed else ""))
+            report.add(f"deep insert, {total:,} Observations in {args.deep_things} Things ({args.deep_clients} "
+                       "clients)", f"{rate:,.0f} obs/s", f">= {TARGETS['deep']:,.0f} obs/s",
+                       verdict(rate, TARGETS["deep"]))
+            say("")
+            report.print()
+            hold(args.keep, server, db)
+            return 0
 
         if args.store == "pg" and not args.no_analyze:
             import psycopg
@@ -612,15 +702,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
 
         # -- single POSTs (last, so the reads see exactly the loaded dataset) ---------------------
         say("")
-        created, secs, lat, errs = single_posts(sta, ds_ids, args.post_seconds, args.post_clients)
-        rate = created / secs
-        lat.sort()
-        p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
-        say(f"single POST /Observations, {args.post_clients} clients, {secs:.1f}s: {created} created "
-            f"= {rate:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms" + (f", {errs} failed" if errs else ""))
-        report.add(f"single POST Observations ({args.post_clients} clients)",
-                   f"{rate:,.0f} obs/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms", "", "")
+        time_single_posts(report, sta, ds_ids, args)
 
         restarts = server.log_path.read_text().count(" died")
         if restarts:

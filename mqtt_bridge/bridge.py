@@ -123,7 +123,7 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
 
 
 def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, limits: Limits,
-                ready: Any = None, parent: int | None = None) -> None:
+                ready: Any = None, parent: int | None = None, notify_qos: int = 1) -> None:
     """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
     rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
     workers, the broker and the creator. Stops cleanly (queued messages written) on SIGTERM."""
@@ -136,7 +136,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
 
     store = Store.open(store_url)
     notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
-                        limits=limits)
+                        limits=limits, qos=notify_qos)
     store.listeners.append(notifier)
     bridge = Bridge(store, rules, address)
     if ready is not None:

@@ -18,11 +18,31 @@ COMPONENTS = {"phenomenonTime", "resultTime", "result", "resultQuality", "validT
 
 
 def create_observations(store: Store, tx: Any, data: Any, base: str) -> list[str]:
-    """Insert every valid row of a CreateObservations body; a selfLink or "error" per row, in order."""
+    """Insert every valid row of a CreateObservations body; a selfLink or "error" per row, in order.
+
+    Inside a `$batch` changeset (`tx`) the rows go into its transaction; otherwise to the group-commit writer,
+    which may share a transaction with other requests' rows."""
+    if tx is not None:
+        parsed = _parse(store, tx.conn, data)
+        good = [r for r in parsed if r is not None]
+        ids = store.write_observations(tx.conn, good, tx.changes, refused=lambda _i, _reason: None)
+    else:
+        with store.read() as conn:
+            parsed = _parse(store, conn, data)
+        ids = store.writer.write([r for r in parsed if r is not None]).ids
+    it = iter(ids)
+    out: list[str] = []
+    for r in parsed:
+        new_id = None if r is None else next(it)
+        out.append("error" if new_id is None else f"{base}/Observations({new_id})")
+    return out
+
+
+def _parse(store: Store, conn: Any, data: Any) -> list[ObservationRow | None]:
+    """Every row of a body in order; None for a malformed one."""
     if not isinstance(data, list):
         raise BodyError("CreateObservations takes a JSON array of {Datastream, components, dataArray}")
-    conn = tx.conn
-    out: list[str] = []
+    out: list[ObservationRow | None] = []
     for group in data:
         if not isinstance(group, dict):
             raise BodyError("each CreateObservations item must be a JSON object")
@@ -38,12 +58,7 @@ def create_observations(store: Store, tx: Any, data: Any, base: str) -> list[str
             raise BodyError("components must include result")
         if not isinstance(rows, list):
             raise BodyError("dataArray must be an array of arrays")
-        parsed = [_row(components, row, stream_col, stream_id) for row in rows]
-        good = [r for r in parsed if r is not None]
-        ids = iter(store.write_observations(conn, good, tx.changes, refused=lambda _i, _reason: None))
-        for r in parsed:
-            new_id = None if r is None else next(ids)
-            out.append("error" if new_id is None else f"{base}/Observations({new_id})")
+        out.extend(_row(components, row, stream_col, stream_id) for row in rows)
     return out
 
 

@@ -1,13 +1,15 @@
 """The SensorThings API's request handling, independent of HTTP: plain requests in, responses out.
 
-The Starlette routes, `$batch` sub-requests and MQTT-created Observations all come through
-`Service.handle`, so every way in behaves the same.
+The Starlette routes and `$batch` sub-requests come through `Service.handle`, MQTT-created Observations
+through `Service.create_observation` (the same POST, answered by a future), so every way in behaves the
+same; single Observations and CreateObservations are written by the store's group-commit writer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,8 @@ from sensorthings.query.unparse import next_link
 from sensorthings.read import Reader, decode_token, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
+from sensorthings.store.group_commit import Written
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 from sensorthings.store.versions import READ_KEY, stamp
 
@@ -112,10 +116,38 @@ class Service:
 
     def handle(self, req: ApiRequest, tx: Tx | None = None) -> ApiResponse:
         """Answer one request; never raises for bad input."""
+        if self.cache is not None and tx is None and req.method.upper() == "GET":
+            return self._answer(self._cached_get, req)
+        return self._answer(self._route, req, tx)
+
+    def create_observation(self, req: ApiRequest) -> Future[ApiResponse]:
+        """A POST of one Observation, answered once it is committed, without waiting here: MQTT creates take
+        their PUBACK from the future. Through the group-commit writer like an HTTP POST's."""
+        answer: Future[ApiResponse] = Future()
+        pending: list[tuple[Future[Written], Callable[[], ApiResponse]]] = []
+
+        def start() -> ApiResponse:
+            resource = parse_path(req.path.strip("/"))
+            if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
+                return self._route(req, None)
+            submitted = self._submit_observation(req, resource, _json_body(req))
+            if submitted is None:  # a deep insert: in a transaction of its own
+                return self.post(req, resource, None)
+            pending.append(submitted)
+            return ApiResponse(202)
+
+        first = self._answer(start)
+        if not pending:
+            answer.set_result(first)
+            return answer
+        written, finish = pending[0]
+        written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
+        return answer
+
+    def _answer(self, run: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
+        """What `run` answers, with bad input and a database's refusals or absence as error responses."""
         try:
-            if self.cache is not None and tx is None and req.method.upper() == "GET":
-                return self._cached_get(req)
-            return self._route(req, tx)
+            return run(*args)
         except QueryError as exc:
             return ApiResponse(400, exc.to_json())
         except PathError as exc:
@@ -330,6 +362,10 @@ class Service:
             return error(405, "POST creates entities in a set; address a set such as /Things")
         data = _json_body(req)
         entity = resource.entity
+        if entity is OBSERVATION and tx is None and not resource.ref:
+            submitted = self._submit_observation(req, resource, data)
+            if submitted is not None:
+                return submitted[1]()
         parent = resource.parent
         last = resource.steps[-1]
         with self._writing(tx) as t:
@@ -372,12 +408,51 @@ class Service:
         link = f"{req.base}/{entity.set_name}({new_id})"
         return ApiResponse(201, doc, {"Location": link})
 
+    def _submit_observation(self, req: ApiRequest, resource: Resource,
+                            data: Any) -> tuple[Future[Written], Callable[[], ApiResponse]] | None:
+        """One POSTed Observation handed to the group-commit writer: its future and what answers once it is
+        done (201 with the Observation as written, or the refusal); None for a deep insert (a new
+        FeatureOfInterest inside), which takes a transaction of its own."""
+        parent = resource.parent
+        last = resource.steps[-1]
+        values: dict[str, Any] = {}
+        implied_navs: frozenset[str] = frozenset()
+        if parent is not None:
+            if parent.id is None:
+                raise PathError("POST to a navigation set needs its parent's id", 400)
+            back = reverse_nav(parent.entity, last.nav) if last.nav is not None else None
+            if back is None or last.nav is None or last.nav.kind is not NavKind.REVERSE:
+                return None  # not an Observation set of a parent: the general way says why
+            implied_navs = frozenset({back.name})
+            values[last.nav.column] = parent.id
+        draft = parse_entity(OBSERVATION, data, implied=implied_navs)
+        if isinstance(draft, Ref):
+            raise BodyError(f"a new {OBSERVATION.name} must not carry @iot.id")
+        values.update(draft.values)
+        for name, items in draft.links.items():
+            item = items[0]
+            if not isinstance(item, Ref):
+                return None
+            values[OBSERVATION.nav_by_name[name].column] = item.id  # whether it exists, the writer checks
+        future = self.store.writer.submit([ObservationRow(**values)], together=True)
+
+        def finish() -> ApiResponse:
+            written = future.result()
+            reason = written.reasons.get(0)
+            if reason is not None:
+                if parent is not None and reason == f"{parent.entity.name} {parent.id} does not exist":
+                    raise NotFound(reason)
+                raise StoreError(reason)
+            row = written.rows[0]
+            assert row is not None, "a row not refused is written"
+            link = f"{req.base}/{OBSERVATION.set_name}({row['id']})"
+            return ApiResponse(201, serializer(OBSERVATION, req.base, None)(row), {"Location": link})
+
+        return future, finish
+
     def create_observations(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         """The dataArray extension: many Observations per request, per-row errors without failing the rest."""
-        data = _json_body(req)
-        with self._writing(tx) as t:
-            links = create_observations(self.store, t, data, req.base)
-        return ApiResponse(201, links)
+        return ApiResponse(201, create_observations(self.store, tx, _json_body(req), req.base))
 
     # -- PATCH / PUT ------------------------------------------------------------------------------
     def update(self, req: ApiRequest, resource: Resource, tx: Tx | None) -> ApiResponse:
@@ -461,6 +536,14 @@ class Service:
             id_ = self._resolve_id(t.conn, resource)
             self.store.delete(t.conn, resource.entity, id_)
         return ApiResponse(200)
+
+
+def _settle(answer: Future[ApiResponse], finish: Callable[[], ApiResponse]) -> None:
+    """Resolve `answer` with what `finish` answers, or with what it raised beyond the errors it answers."""
+    try:
+        answer.set_result(finish())
+    except Exception as exc:  # noqa: BLE001 - whoever waits must hear of it
+        answer.set_exception(exc)
 
 
 def _json_body(req: ApiRequest) -> Any:

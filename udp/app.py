@@ -57,7 +57,8 @@ def build_app(config: Config) -> Starlette:
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
         notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1",
-                            f"udp-notify-{socket.gethostname()}-{os.getpid()}", limits=config.limits())
+                            f"udp-notify-{socket.gethostname()}-{os.getpid()}", limits=config.limits(),
+                            qos=config.mqtt_notify_qos)
         store.listeners.append(notifier)
     if config.bridge:
         deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started
@@ -105,6 +106,7 @@ def build_app(config: Config) -> Starlette:
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
             body["worker"] = os.getpid()  # the stats are this worker's
+        body["ingest"] = store.writer.stats()
         if notifier is not None:
             body["mqtt"] = notifier.stats()
             if asked:

@@ -232,7 +232,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
     # Observations created by publishing, and by the bridge, notify like any other write
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create",
-                        limits=config.limits())
+                        limits=config.limits(), qos=config.mqtt_notify_qos)
     store.listeners.append(notifier)
     if config.sensors:
         _provision(Service(store), config)  # here, so that what it makes is notified too
@@ -247,7 +247,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
                              args=(config.bridge, store_url, address, public + "/v1.1", config.limits(), ready,
-                                   os.getpid()))
+                                   os.getpid(), config.mqtt_notify_qos))
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)

@@ -26,7 +26,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
               "server", "publisher", "contact", "license", "catalogue"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s")
-MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb")
+MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Config:
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
     mqtt_endpoints: list[str] = field(default_factory=list)  # the broker URLs clients are told (serverSettings)
+    mqtt_notify_qos: int = 1  # the QoS notifications are published with
     bridge: list[Rule] = field(default_factory=list)
     collections: dict[str, CollectionSpec] = field(default_factory=dict)
     sensors: list[SensorsEntry] = field(default_factory=list)
@@ -129,6 +130,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
                                                                                         "wss://")) for e in eps):
             raise ConfigError("mqtt.endpoints: a list of broker URLs clients reach (mqtt://…, wss://…)")
         cfg.mqtt_endpoints = eps
+    if "notify_qos" in mqtt:
+        cfg.mqtt_notify_qos = whole_number(mqtt["notify_qos"], "mqtt.notify_qos", 0, 2)
     if "max_payload_kb" in mqtt:
         cfg.mqtt_max_payload_kb = whole_number(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
     if "bridge" in doc:

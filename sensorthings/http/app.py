@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from sensorthings.service import ApiRequest, Service
 
 MAX_BODY_MB = 64  # server.max_body_mb unless the platform says otherwise
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+WRITE_THREADS = 16  # per worker, besides the threads that serve reads (server.threads)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -40,6 +42,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
     too_large = orjson.dumps({"code": 413, "type": "error", "message": f"the request body is over the limit of "
                                                                        f"{max_body_mb} MiB (server.max_body_mb)"})
     documents: dict[str, bytes] = {}
+    write_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first write
 
     async def endpoint(request: Request) -> Response:
         body = None
@@ -58,7 +61,14 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             if_none_match=request.headers.get("if-none-match", ""),
             sees_internal=sees_internal(request.scope),
         )
-        res = await run_in_threadpool(service.handle, req)
+        if request.method == "GET":
+            res = await run_in_threadpool(service.handle, req)
+        else:
+            # writes mostly wait for the group commit: threads of their own, so that reads filling every
+            # thread of the pool never hold a device's write back
+            if not write_threads:
+                write_threads.append(anyio.CapacityLimiter(WRITE_THREADS))
+            res = await anyio.to_thread.run_sync(service.handle, req, limiter=write_threads[0])
         # internal entities are shown by who signs the request: shared caches must tell requesters apart
         res.headers.setdefault("Vary", "Authorization")
         media = res.headers.pop("Content-Type", "application/json")

@@ -15,12 +15,16 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from amqtt.broker import Action, Broker
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+from amqtt.session import INCOMING
 
 log = logging.getLogger("udp.mqtt.broker")
 
@@ -40,37 +44,30 @@ def _internal_topic(topic: str) -> bool:
     return topic.startswith(INTERNAL_PREFIX) or topic == INTERNAL_PREFIX.rstrip("/")
 
 
-# what a broker hands every client publish to (keyed by the broker's id in the plugin config)
-RECEIVERS: dict[int, Callable[[str, bytes], None]] = {}
+# what a broker hands every client publish to: the topic and payload in, the create's completion out (None:
+# nothing to wait for)
+Receiver = Callable[[str, bytes], "Future[Any] | None"]
 
 
 class SubscriptionPlugin(BasePlugin):
-    """Counts subscribers per SensorThings topic and publishes the set whenever it changes; hands
-    every client's publish to the platform (creating Observations published to v1.1/…)."""
+    """Counts subscribers per SensorThings topic and publishes the set whenever it changes."""
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self.counts: dict[str, int] = {}
         self.by_client: dict[str, set[str]] = {}
-        self.receiver_id = self.config.broker_id
         self.pending: asyncio.Task | None = None
         self.dirty = False
 
     @dataclass
     class Config:
-        """Which broker this plugin serves (its id in RECEIVERS)."""
+        """Which broker this plugin serves."""
 
         broker_id: int | None = None
 
-    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
-        # "broadcast" comes after the broker's topic filtering: only publishes the client may make
-        receiver = RECEIVERS.get(self.receiver_id) if self.receiver_id is not None else None
-        if receiver is None or message is None or is_platform(self.context.get_session(client_id)):
-            return  # the platform's own publishes are notifications, not creates
-        if not str(message.topic).startswith(STA_PREFIX):
-            return
-        # the database work runs off the broker's event loop
-        await asyncio.get_running_loop().run_in_executor(None, receiver, message.topic, bytes(message.data))
+    async def on_broker_post_start(self, **_: Any) -> None:
+        # said at once, not at the first subscription: until they hear it, notifiers publish everything
+        await self._announce()
 
     async def _announce(self) -> None:
         # a page subscribing to hundreds of topics would otherwise send the whole list hundreds of times
@@ -167,24 +164,75 @@ class GatePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return True
 
 
+class _CommitAckHandler(BrokerProtocolHandler):
+    """A client connection whose QoS 1 publishes are acknowledged only once the broker says so (after the
+    Observation a publish creates is committed), not as soon as they are queued for delivery as amqtt does.
+    Each publish is a task of its own in amqtt, so waiting for one holds up neither reading nor the others."""
+
+    acks: dict[int, asyncio.Future[None]]  # id(message) → resolved when its PUBACK may go
+
+    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+        if app_message.direction != INCOMING or self.session is None or app_message.puback_packet:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks[id(app_message)] = ready
+        try:
+            await self.session.delivered_message_queue.put(app_message)
+            await ready
+        finally:
+            self.acks.pop(id(app_message), None)
+        puback = PubackPacket.build(app_message.packet_id)
+        await self._send_packet(puback)
+        app_message.puback_packet = puback
+
+
 class _LimitedBroker(Broker):
     """amqtt has no message size limit: publishes over `max_payload` bytes from clients are acknowledged
     and dropped, neither delivered nor retained nor handed to the platform (as Mosquitto's
-    message_size_limit does for MQTT 3.1.1, which has no way to tell the client why)."""
+    message_size_limit does for MQTT 3.1.1, which has no way to tell the client why).
+
+    Every other client's publish to a SensorThings topic that the client may make goes to `receiver` (creating
+    the Observations published to v1.1/…); a QoS 1 one is acknowledged when the receiver's future is done."""
 
     max_payload = 256 * 1024
     dropped = 0
+    receiver: Receiver | None = None
+
+    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[BrokerProtocolHandler, Any]:
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        # amqtt makes each connection's handler itself, of its own class: it becomes one that acknowledges late
+        handler.__class__ = _CommitAckHandler
+        handler.acks = {}  # type: ignore[attr-defined]
+        return handler, session
 
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         message = wait_deliver.result()
-        data = getattr(message, "data", None) or b""
-        if len(data) > self.max_payload and not is_platform(client_session):
-            self.dropped += 1
-            log.warning("dropped a publish of %d bytes from %s to %s: over the limit of %d KiB (mqtt.max_payload_kb)",
-                        len(data), getattr(client_session, "client_id", ""), getattr(message, "topic", "?"),
-                        self.max_payload // 1024)
-            return True  # the client stays connected
-        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        ready = getattr(handler, "acks", {}).get(id(message))
+        done: Future[Any] | None = None
+        try:
+            data = getattr(message, "data", None) or b""
+            if len(data) > self.max_payload and not is_platform(client_session):
+                self.dropped += 1
+                log.warning("dropped a publish of %d bytes from %s to %s: over the limit of %d KiB "
+                            "(mqtt.max_payload_kb)", len(data), getattr(client_session, "client_id", ""),
+                            getattr(message, "topic", "?"), self.max_payload // 1024)
+                return True  # the client stays connected
+            delivered = await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            topic = str(getattr(message, "topic", None) or "")
+            # the platform's own publishes are notifications, not creates
+            if delivered and self.receiver is not None and topic.startswith(STA_PREFIX) \
+                    and not is_platform(client_session) \
+                    and await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
+                done = self.receiver(topic, bytes(data))
+            return delivered
+        finally:
+            if ready is not None and not ready.done():
+                if done is None:
+                    ready.set_result(None)
+                else:
+                    loop = asyncio.get_running_loop()
+                    done.add_done_callback(lambda _f: loop.call_soon_threadsafe(_release, ready))
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
         # amqtt sends retained messages to a new subscription without asking the topic filter whether the
@@ -201,6 +249,11 @@ class _LimitedBroker(Broker):
             await asyncio.wait(tasks)
 
 
+def _release(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
 class EmbeddedBroker:
     """An amqtt broker on its own event loop thread. `gate` decides other clients' logins (None: anyone may
     connect and publish); `internal` is the (user name, secret) the platform's own clients sign in with,
@@ -209,12 +262,11 @@ class EmbeddedBroker:
     max_payload = 256 * 1024  # bytes a client may publish (mqtt.max_payload_kb); the platform's own clients may more
 
     def __init__(self, host: str, port: int, ws_port: int | None,
-                 receiver: Callable[[str, bytes], None] | None = None,
+                 receiver: Receiver | None = None,
                  gate: Callable[[str | None, str | None, str], bool | None] | None = None,
                  internal: tuple[str, str] | None = None) -> None:
         self.host, self.port, self.ws_port = host, port, ws_port
-        if receiver is not None:
-            RECEIVERS[id(self)] = receiver
+        self.receiver = receiver
         if gate is not None:
             GATEKEEPERS[id(self)] = gate
         if internal is not None:
@@ -241,6 +293,7 @@ class EmbeddedBroker:
     async def _start(self) -> None:
         self._broker = _LimitedBroker(self.config(), loop=self._loop)
         self._broker.max_payload = self.max_payload
+        self._broker.receiver = self.receiver
         await self._broker.start()
 
     def stop(self) -> None:

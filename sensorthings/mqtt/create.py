@@ -3,20 +3,20 @@
 
 One subscriber per platform does this (in the `udp serve` process, not in each worker). Its
 session is persistent, so a QoS 1 Observation published while the platform restarts is
-delivered when it is back; paho acknowledges a message only after the handler has returned,
-that is after the Observation is committed.
+delivered when it is back; a message is acknowledged only after its Observation is committed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import Future
 
 import orjson
 import paho.mqtt.client as mqtt
 
 from sensorthings.mqtt.client import BrokerAddress, connect
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import ApiRequest, ApiResponse, Service
 
 log = logging.getLogger("udp.mqtt.create")
 TOPICS = ("v1.1/Observations", "v1.1/+/Observations")
@@ -31,6 +31,8 @@ class Creator:
     With the embedded broker it is called by the broker itself for every publish (see
     sensorthings.mqtt.broker), so it never receives the platform's own notifications; with an
     external broker it subscribes (`subscribe`) and passes notifications over by their content.
+    Either way a create goes to the group-commit writer and the message is acknowledged once it is
+    committed (or refused), so that many publishes share one transaction.
     """
 
     def __init__(self, service: Service, base: str, max_payload: int = 256 * 1024) -> None:
@@ -42,30 +44,58 @@ class Creator:
         self.client: mqtt.Client | None = None
 
     def subscribe(self, address: BrokerAddress, client_id: str) -> None:
-        """Take creates from an external broker, in a persistent session."""
-        self.client = connect(address, client_id, on_message=lambda m: self.create(m.topic, bytes(m.payload)),
-                              clean_session=False, subscriptions=[(t, 1) for t in TOPICS])
+        """Take creates from an external broker, in a persistent session; each message is acknowledged once its
+        Observation is committed."""
+        self.client = connect(address, client_id, on_message=self._on_message, clean_session=False,
+                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], inflight=1000)
 
-    def create(self, topic: str, payload: bytes) -> None:
-        """Create the Observation a message carries; the platform's own notifications are passed over."""
-        if not CREATE_TOPIC.match(topic):
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        client, mid, qos = self.client, msg.mid, msg.qos
+        done = self.create(msg.topic, bytes(msg.payload))
+        if qos == 0 or client is None:
             return
+        if done is None:
+            client.ack(mid, qos)
+        else:
+            done.add_done_callback(lambda f: self._ack(client, mid, qos, f))
+
+    @staticmethod
+    def _ack(client: mqtt.Client, mid: int, qos: int, answer: Future[ApiResponse]) -> None:
+        # the database down (503): left unacknowledged, the broker delivers it again when the session resumes
+        if answer.exception() is None and answer.result().status < 500:
+            client.ack(mid, qos)
+
+    def create(self, topic: str, payload: bytes) -> Future[ApiResponse] | None:
+        """Create the Observation a message carries: the answer once committed, or None when there is nothing
+        to wait for (the platform's own notifications are passed over, bad messages refused at once)."""
+        if not CREATE_TOPIC.match(topic):
+            return None
         # notifications share these topics and always start with their selfLink: skip them unparsed
         if payload.startswith(b'{"@iot.selfLink"'):
-            return
+            return None
         if len(payload) > self.max_payload:
             self._reject(topic, f"the payload of {len(payload)} bytes is over the limit of "
                                 f"{self.max_payload // 1024} KiB (mqtt.max_payload_kb)")
-            return
+            return None
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self._reject(topic, "the payload is not JSON")
-            return
+            return None
         # notifications on these topics carry the created entity's id: they are ours, not a create
         if isinstance(data, dict) and ("@iot.id" in data or "@iot.selfLink" in data):
-            return
-        res = self.service.handle(ApiRequest("POST", topic.split("/", 1)[1], body=payload, base=self.base))
+            return None
+        try:
+            answer = self.service.create_observation(ApiRequest("POST", topic.split("/", 1)[1], body=payload,
+                                                                base=self.base))
+        except Exception as exc:  # noqa: BLE001 - a database fault must not stop the broker's loop
+            self._reject(topic, f"{type(exc).__name__}: {exc}")
+            return None
+        answer.add_done_callback(lambda f: self._count(topic, f))
+        return answer
+
+    def _count(self, topic: str, answer: Future[ApiResponse]) -> None:
+        res = answer.result() if answer.exception() is None else ApiResponse(500)
         if res.status >= 400:
             self._reject(topic, res.body.get("message", "") if isinstance(res.body, dict) else str(res.status))
         else:

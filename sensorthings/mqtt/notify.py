@@ -97,8 +97,9 @@ class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
     def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), qos: int = 1) -> None:
         self.store = store
+        self.qos = qos  # mqtt.notify_qos
         self.limits = limits  # server.*: a topic's query options meet the limits an HTTP GET meets
         self.base = base.rstrip("/")
         self.queue: queue.Queue[list[Change] | None] = queue.Queue()
@@ -227,5 +228,5 @@ class Notifier:
             self._send(q.topic, orjson.dumps(doc))
 
     def _send(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1)
+        self.client.publish(topic, payload, qos=self.qos)
         self.published += 1

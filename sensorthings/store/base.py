@@ -28,6 +28,7 @@ from sensorthings.model import (
 )
 from sensorthings.query.sql import SqlDialect
 from sensorthings.store import observations, versions
+from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES, metadata
 from sensorthings.times import now
@@ -91,6 +92,8 @@ class Store:
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
         versions.track_reads(engine)
+        # the process's group-commit writer of Observations (its thread starts on first use)
+        self.writer = ObservationWriter(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -141,7 +144,8 @@ class Store:
                 versions.install(conn, TABLES)
 
     def close(self) -> None:
-        """Release every connection."""
+        """Write what is queued, then release every connection."""
+        self.writer.close()
         self.engine.dispose()
 
     def versions(self, conn: Connection) -> dict[str, int]:
@@ -203,18 +207,9 @@ class Store:
     def insert(self, conn: Connection, draft: Draft, implied: dict[str, int], changes: list[Change]) -> int:
         """Insert a draft and everything it carries inside an open transaction."""
         entity = draft.entity
-        values = dict(draft.values)
-        values.update(implied)
-        for name, items in draft.links.items():
-            nav = entity.nav_by_name[name]
-            if nav.kind is NavKind.FK:
-                values[nav.column] = self._resolve(conn, items[0], {}, changes)
         if entity is OBSERVATION:
-            # every Observation goes in one way (an Observation links nothing else: nothing below applies)
-            new_id = self.write_observations(conn, [ObservationRow(**values)], changes)[0]
-            assert new_id is not None, "a refused row raises"
-            draft.id = new_id
-            return new_id
+            return self._insert_observations(conn, [draft], implied, changes)[0]
+        values = self._values(conn, draft, implied, changes)
         if entity is MULTI_DATASTREAM:
             self._check_multi_datastream(draft, values)
         table = TABLES[entity.table]
@@ -225,11 +220,16 @@ class Store:
         for name, items in draft.links.items():
             nav = entity.nav_by_name[name]
             if nav.kind is NavKind.REVERSE:
+                embedded = []  # Observations, written together: a deep insert may carry thousands
                 for item in items:
                     if isinstance(item, Ref):
                         self._relink(conn, target_of(nav), item.id, nav.column, new_id)
+                    elif item.entity is OBSERVATION:
+                        embedded.append(item)
                     else:
                         self.insert(conn, item, {nav.column: new_id}, changes)
+                if embedded:
+                    self._insert_observations(conn, embedded, {nav.column: new_id}, changes)
             elif nav.kind is NavKind.LINK:
                 for item in items:
                     other = self._resolve(conn, item, {}, changes)
@@ -244,6 +244,25 @@ class Store:
             for item in draft.links["Things"]:
                 self._historical_location(conn, _id_of(item), changes)
         return new_id
+
+    def _values(self, conn: Connection, draft: Draft, implied: dict[str, int], changes: list[Change]) -> dict[str, Any]:
+        """A draft's columns: its values, the implied ones and its to-one links (inserted when they are drafts)."""
+        values = dict(draft.values)
+        values.update(implied)
+        for name, items in draft.links.items():
+            nav = draft.entity.nav_by_name[name]
+            if nav.kind is NavKind.FK:
+                values[nav.column] = self._resolve(conn, items[0], {}, changes)
+        return values
+
+    def _insert_observations(self, conn: Connection, drafts: list[Draft], implied: dict[str, int],
+                             changes: list[Change]) -> list[int]:
+        """Observation drafts written in one call (an Observation links nothing that needs its id)."""
+        rows = [ObservationRow(**self._values(conn, draft, implied, changes)) for draft in drafts]
+        ids = self.write_observations(conn, rows, changes)
+        for draft, new_id in zip(drafts, ids, strict=True):
+            draft.id = new_id
+        return ids  # type: ignore[return-value]  # a refused row raises
 
     def _relink(self, conn: Connection, target: EntityType, target_id: int, column: str, new_id: int) -> None:
         table = TABLES[target.table]
