@@ -53,10 +53,11 @@ from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
 
-FORMAT = 2  # bump when the imported tables' layout changes: every file is imported again
+FORMAT = 3  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
 INDEXED_TEXT = 200  # characters: longer text columns are not indexed (descriptions, not codes)
 MAX_INDEXES = 32
+FEW_VALUES, FEW_ROWS = 50, 10_000  # SQLite indexes no column of fewer distinct values in a table of more rows
 
 _META = MetaData()
 REGISTRY = Table(
@@ -178,14 +179,25 @@ def _describe(spec: CollectionSpec, rows: Rows) -> dict[str, Any]:
     frame = rows.frame
     columns = [[str(n), f"p{i}", _kind(frame[n])] for i, n in enumerate(frame.columns)]
     indexed = [phys for n, phys, kind in columns if kind != STRING or _short(frame[n])][:MAX_INDEXES]
+    # SQLite's planner knows only rows per value (no histograms): an index on a column of few values (a species,
+    # a usage) looks as good as one on a range and is taken over it, then reads a tenth of the table row by row
+    few = {phys for n, phys, _kind in columns if len(frame) > FEW_ROWS and _few(frame[n])}
     geoms = rows.geoms
     present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
     bbox = [float(v) for v in shapely.total_bounds(present)] if len(present) else None
     points = bool(len(present)) and bool(np.all(shapely.get_type_id(present) == 0))
     key_kind = INTEGER if rows.ids.dtype.kind in "iu" else STRING
-    return {"columns": columns, "indexed": indexed, "key": "k" if spec.id_column is not None else "rid",
+    return {"columns": columns, "indexed": indexed, "selective": [p for p in indexed if p not in few],
+            "key": "k" if spec.id_column is not None else "rid",
             "key_kind": key_kind, "time": rows.time_column, "source_crs": rows.source_crs, "bbox": bbox,
             "rows": len(rows.ids), "points": points}
+
+
+def _few(series: pd.Series) -> bool:
+    try:
+        return int(series.nunique()) < FEW_VALUES
+    except TypeError:  # lists or mappings (nested GeoJSON properties): text, never few
+        return False
 
 
 def _kind(series: pd.Series) -> str:
@@ -280,7 +292,7 @@ def _copy(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) ->
 
 def _index(store: Store, table: Table, meta: dict[str, Any], postgis: bool) -> None:
     with store.write() as (conn, _):
-        for phys in meta["indexed"]:
+        for phys in meta["indexed"] if postgis else meta["selective"]:
             Index(f"{table.name}_{phys}", table.c[phys]).create(conn)
         if postgis:
             conn.exec_driver_sql(f'CREATE INDEX "{table.name}_g" ON "{table.name}" USING gist (g)')
