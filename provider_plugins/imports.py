@@ -53,10 +53,11 @@ from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
 
-FORMAT = 2  # bump when the imported tables' layout changes: every file is imported again
+FORMAT = 3  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
 INDEXED_TEXT = 200  # characters: longer text columns are not indexed (descriptions, not codes)
 MAX_INDEXES = 32
+FEW_VALUES, FEW_ROWS = 50, 10_000  # SQLite indexes no column of fewer distinct values in a table of more rows
 
 _META = MetaData()
 REGISTRY = Table(
@@ -178,14 +179,25 @@ def _describe(spec: CollectionSpec, rows: Rows) -> dict[str, Any]:
     frame = rows.frame
     columns = [[str(n), f"p{i}", _kind(frame[n])] for i, n in enumerate(frame.columns)]
     indexed = [phys for n, phys, kind in columns if kind != STRING or _short(frame[n])][:MAX_INDEXES]
+    # SQLite's planner knows only rows per value (no histograms): an index on a column of few values (a species,
+    # a usage) looks as good as one on a range and is taken over it, then reads a tenth of the table row by row
+    few = {phys for n, phys, _kind in columns if len(frame) > FEW_ROWS and _few(frame[n])}
     geoms = rows.geoms
     present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
     bbox = [float(v) for v in shapely.total_bounds(present)] if len(present) else None
     points = bool(len(present)) and bool(np.all(shapely.get_type_id(present) == 0))
     key_kind = INTEGER if rows.ids.dtype.kind in "iu" else STRING
-    return {"columns": columns, "indexed": indexed, "key": "k" if spec.id_column is not None else "rid",
+    return {"columns": columns, "indexed": indexed, "selective": [p for p in indexed if p not in few],
+            "key": "k" if spec.id_column is not None else "rid",
             "key_kind": key_kind, "time": rows.time_column, "source_crs": rows.source_crs, "bbox": bbox,
             "rows": len(rows.ids), "points": points}
+
+
+def _few(series: pd.Series) -> bool:
+    try:
+        return int(series.nunique()) < FEW_VALUES
+    except TypeError:  # lists or mappings (nested GeoJSON properties): text, never few
+        return False
 
 
 def _kind(series: pd.Series) -> str:
@@ -207,18 +219,19 @@ def _short(series: pd.Series) -> bool:
 
 
 def _values(series: pd.Series, kind: str, postgis: bool) -> list[Any]:
-    """A column's cells as the database takes them (None for missing)."""
+    """A column's cells as the database takes them (None for missing); on SQLite times as the text SQLAlchemy's
+    DateTime reads and binds (UTC, microseconds always written), since the rows go in by the driver itself."""
     if kind == DATETIME:
         utc = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
-        out = utc.dt.to_pydatetime() if postgis else utc.dt.tz_localize(None).dt.to_pydatetime()
-        return [None if pd.isna(v) else v for v in out]
-    if kind == STRING:
-        return [None if _missing(v) else (v if isinstance(v, str) else _text(v)) for v in series.tolist()]
-    return [None if _missing(v) else v for v in series.astype(object).tolist()]
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (not isinstance(v, list | dict | tuple | np.ndarray) and bool(pd.isna(v)))
+        cells = utc.dt.to_pydatetime() if postgis else utc.dt.strftime("%Y-%m-%d %H:%M:%S.%f").to_numpy(object)
+    else:
+        cells = series.to_numpy(dtype=object, na_value=None)
+        if kind == STRING:
+            cells = np.array([v if v is None or isinstance(v, str) else _text(v) for v in cells], dtype=object)
+    missing = series.isna().to_numpy(dtype=bool)
+    out = np.array(cells, dtype=object)  # a copy: pandas may hand out a read-only view
+    out[missing] = None
+    return out.tolist()
 
 
 def _text(v: Any) -> str:
@@ -253,13 +266,19 @@ def _fill(store: Store, table: Table, rows: Rows, meta: dict[str, Any], postgis:
             wkb = shapely.to_wkb(geoms).tolist()
             bounds = shapely.bounds(geoms)
             bounds = np.where(np.isnan(bounds), None, bounds.astype(object))
-            names = [c.name for c in table.columns]
-            batch = [dict(zip(names, r, strict=True)) for r in zip(
-                *head, wkb, *bounds.T.tolist(), features, *cells, strict=True)]
+            records = zip(*head, wkb, *bounds.T.tolist(), features, *cells, strict=True)
             with store.write() as (conn, _):
-                conn.execute(insert(table), batch)
+                _insert(conn, table, records)
         if progress:
             progress(part.stop, n)
+
+
+def _insert(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) -> None:
+    """Rows into a SQLite table by the driver's executemany: SQLAlchemy's per-row parameter handling cost a
+    third of an import (the values are already what the columns hold)."""
+    cols = ", ".join(f'"{c.name}"' for c in table.columns)
+    marks = ", ".join("?" for _ in table.columns)
+    conn.connection.driver_connection.executemany(f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})', records)
 
 
 def _copy(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) -> None:
@@ -273,7 +292,7 @@ def _copy(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) ->
 
 def _index(store: Store, table: Table, meta: dict[str, Any], postgis: bool) -> None:
     with store.write() as (conn, _):
-        for phys in meta["indexed"]:
+        for phys in meta["indexed"] if postgis else meta["selective"]:
             Index(f"{table.name}_{phys}", table.c[phys]).create(conn)
         if postgis:
             conn.exec_driver_sql(f'CREATE INDEX "{table.name}_g" ON "{table.name}" USING gist (g)')
@@ -283,6 +302,8 @@ def _index(store: Store, table: Table, meta: dict[str, Any], postgis: bool) -> N
                                  "WHERE g IS NOT NULL")
     # the planner's statistics, outside a transaction (PostgreSQL's ANALYZE may not run in one on some setups)
     with store.engine.connect() as conn:
+        if not postgis:  # a sample of each index is enough for the planner (SQLite reads them whole otherwise)
+            conn.exec_driver_sql("PRAGMA analysis_limit = 1000")
         conn.exec_driver_sql(f'ANALYZE "{table.name}"')
         conn.commit()
 

@@ -179,14 +179,19 @@ def encode_rows(frame: pd.DataFrame, ids: np.ndarray, geoms: np.ndarray) -> list
 
 
 def _json_ready(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as plain dicts: NaN as null, times as ISO text."""
-    out = frame.copy()
-    for name in out.columns:
-        col = out[name]
-        if col.dtype.kind == "M":
-            out[name] = col.dt.strftime("%Y-%m-%dT%H:%M:%SZ").astype(object)
-    out = out.astype(object).where(out.notna(), None)
-    return out.to_dict("records")
+    """Rows as plain dicts: NaN as null, times as ISO text (built from column lists: pandas' to_dict("records")
+    was half the cost of encoding an import)."""
+    if not len(frame.columns):
+        return [{} for _ in range(len(frame))]
+    cols = []
+    for name in frame.columns:
+        col = frame[name]
+        text = col.dt.strftime("%Y-%m-%dT%H:%M:%SZ") if col.dtype.kind == "M" else col
+        cells = text.to_numpy(dtype=object, na_value=None).copy()
+        cells[col.isna().to_numpy(dtype=bool)] = None
+        cols.append(cells.tolist())
+    names = [str(n) for n in frame.columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
 
 
 def _read_frame(spec: CollectionSpec) -> tuple[pd.DataFrame, np.ndarray, int | None]:
