@@ -108,7 +108,11 @@ def fingerprint(spec: CollectionSpec) -> str:
 
 
 def create_registry(store: Store) -> None:
-    """The registry table, if missing."""
+    """The registry table, if missing (looked for on a read connection first: the watcher asks every few
+    seconds, and a write transaction each time would take SQLite's write lock from the devices' writes)."""
+    with store.read() as conn:
+        if inspect(conn).has_table(REGISTRY.name):
+            return
     with store.write() as (conn, _):
         REGISTRY.create(conn, checkfirst=True)
 

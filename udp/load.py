@@ -71,8 +71,13 @@ def bring_in(store: Store, collections: Mapping[str, CollectionSpec], show: bool
         return [done.collection for done in import_sources(store, todo, _bars() if show else None)]
     if sum(_size(s) for s in todo) <= IN_PROCESS_BYTES:
         return import_files(store.url, todo, show)
+    return import_elsewhere(store.url, todo, show)
+
+
+def import_elsewhere(store_url: str, specs: list[CollectionSpec], show: bool) -> list[str]:
+    """`import_files` in a spawned process of its own (the serving process keeps neither the GIL nor the memory)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(import_files, store.url, todo, show).result()
+        return pool.submit(import_files, store_url, specs, show).result()
 
 
 class Watcher:
@@ -104,8 +109,7 @@ class Watcher:
                     todo = [s for s in stale(store, self.files.values()) if failed.get(s.id) != fingerprint(s)]
                     if not todo:
                         continue
-                    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                        done = pool.submit(import_files, self.store_url, todo, False).result()
+                    done = import_elsewhere(self.store_url, todo, False)
                     log.warning("re-imported %s", ", ".join(done))
                 except SourceError as exc:  # a file half-written, or broken: the last import goes on serving
                     log.warning("re-import failed, the last import is served: %s", exc)
