@@ -23,10 +23,21 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
-def _any_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _any_ports(host: str, n: int, avoid: int | None = None) -> list[int]:
+    """n distinct free ports on host, none of them avoid (the HTTP port, which is bound only later)."""
+    held: list[socket.socket] = []
+    picked: list[int] = []
+    try:
+        while len(picked) < n:  # every socket stays bound while picking, so the kernel cannot hand a port out twice
+            s = socket.socket()
+            held.append(s)
+            s.bind((host, 0))
+            if s.getsockname()[1] != avoid:
+                picked.append(s.getsockname()[1])
+        return picked
+    finally:
+        for s in held:
+            s.close()
 
 
 def _config(path: str | None) -> Config:
@@ -191,7 +202,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         if not explicit and not (_free(bind, port) and (not ws_port or _free(bind, ws_port))):
             # a default port is taken (often by a Mosquitto already running): take free ones and say so
             taken = port
-            port, ws_port = _any_port(bind), (_any_port(bind) if ws_port else 0)
+            port, ws_port = (_any_ports(bind, 2 if ws_port else 1, avoid=args.port) + [0])[:2]
             print(f"  MQTT port {taken} (or {config.mqtt_ws_port}) is taken: the embedded broker uses {port}"
                   + (f" and {ws_port}" if ws_port else ""), file=sys.stderr)
         from udp.auth import INTERNAL_USER
@@ -318,7 +329,7 @@ def _demo(args: argparse.Namespace) -> int:
     how = "reused" if built else "built"
     if args.port is None:
         bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
-        args.port = 8080 if _free(bind, 8080) else _any_port(bind)
+        args.port = 8080 if _free(bind, 8080) else _any_ports(bind, 1)[0]
         if args.port != 8080:
             print(f"  port 8080 is taken: the demo serves on {args.port}", file=sys.stderr)
     serve_args = argparse.Namespace(
