@@ -204,7 +204,8 @@ def test_cockpit_loads_without_console_errors(browser: Any, demo: dict[str, Any]
 def test_map_shows_the_collections(browser: Any, demo: dict[str, Any]) -> None:
     _open(browser, demo, live=False)
     collections = httpx.get(f"{demo['url']}/ogcapi/collections", params={"f": "json"}).json()["collections"]
-    layers = [c for c in collections if c["id"] not in NOT_LAYERS and "indicator" not in c.get("keywords", [])]
+    layers = [c for c in collections if c["id"] not in NOT_LAYERS and "indicator" not in c.get("keywords", [])
+              and c.get("itemType") != "record"]  # the catalogue is searched on the Data page
     assert len(layers) >= 8
     listed = browser.find_element("id", "layer-list").text
     for c in layers:
@@ -359,6 +360,85 @@ def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -
     # the panel lists the station's Datastreams (six pollutants) with their values in text
     rows = browser.find_elements("css selector", "#details tbody tr")
     assert len(rows) >= 6
+    assert _severe(browser) == []
+
+
+def _search(driver: Any, text: str) -> list[Any]:
+    """Search the Data page and wait for its answer; the listed datasets."""
+    box = driver.find_element("id", "data-q")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element("css selector", "#data-form button[type=submit]").click()
+    wait_until(lambda: driver.find_element("id", "data-results").get_attribute("aria-busy") is None
+               and driver.find_element("id", "data-status").text != "Searching…", 10, f"the search for {text!r}")
+    return driver.find_elements("css selector", "#data-results > li")
+
+
+def _act(driver: Any, record: Any, label: str) -> None:
+    button = next(b for b in record.find_elements("css selector", ".record-actions button") if b.text == label)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+
+
+def test_data_page_searches_the_catalogue_and_opens_datasets(browser: Any, demo: dict[str, Any]) -> None:
+    _open(browser, demo, live=False)
+    # at start it lists the catalogue's datasets, as the Records API does
+    every = httpx.get(f"{demo['url']}/ogcapi/collections/catalogue/items",
+                      params={"type": "dataset", "limit": 50, "f": "json"}).json()
+    listed = browser.find_elements("css selector", "#data-results > li")
+    assert [li.get_attribute("data-record") for li in listed] == [f["id"] for f in every["features"]]
+    assert str(every["numberMatched"]) in browser.find_element("id", "data-status").text
+    # the catalogue is no map layer
+    assert not browser.find_elements("id", "layer-catalogue")
+
+    # full text: a departmental collection, opened as a map layer, with its API links
+    found = _search(browser, "CCTV")
+    ids = [li.get_attribute("data-record") for li in found]
+    expected = httpx.get(f"{demo['url']}/ogcapi/collections/catalogue/items",
+                         params={"q": "CCTV", "type": "dataset", "limit": 50, "f": "json"}).json()
+    assert ids == [f["id"] for f in expected["features"]] and "cctv" in ids
+    cctv = found[ids.index("cctv")]
+    assert not browser.find_element("id", "layer-cctv").is_selected()
+    _act(browser, cctv, "Show on the map")
+    wait_until(lambda: browser.execute_script("return window.cockpit.state.layers.get('cctv').loaded"), 15,
+               "the CCTV layer loads")
+    assert browser.find_element("id", "layer-cctv").is_selected()
+    cctv.find_element("css selector", "details.api-links summary").click()
+    hrefs = [a.get_attribute("href") for a in cctv.find_elements("css selector", "details.api-links a")]
+    assert f"{demo['url']}/ogcapi/collections/cctv/items?f=json" in hrefs
+    assert httpx.get(hrefs[0]).status_code == 200
+
+    # an indicator colours the districts
+    found = _search(browser, "PM10")
+    ids = [li.get_attribute("data-record") for li in found]
+    assert "pm10-by-district" in ids
+    _act(browser, found[ids.index("pm10-by-district")], "Colour the areas")
+    wait_until(lambda: browser.execute_script(
+        "return window.cockpit.state.choropleth?.collection?.id") == "pm10-by-district", 15, "the choropleth")
+    assert browser.find_element("id", "indicator-select").get_attribute("value") == "pm10-by-district"
+
+    # an observed property opens as a chart of its Datastreams
+    record = next(li for li in found if li.get_attribute("data-kind") == "observed-property"
+                  and li.find_element("css selector", "h3").text == "PM10")
+    _act(browser, record, "Chart")
+    chart = wait_until(lambda: browser.find_elements("css selector", "#details .chart[data-datastream]"), 15,
+                       "the property's chart")[0]
+    wait_until(lambda: chart.find_elements("css selector", "canvas"), 10, "a canvas")
+    assert int(chart.get_attribute("data-points")) >= 2
+    pid = int(record.get_attribute("data-record").removeprefix("observed-property-"))
+    streams = httpx.get(f"{demo['url']}/v1.1/ObservedProperties({pid})/Datastreams",
+                        params={"$count": "true", "$top": 1}).json()["@iot.count"]
+    assert len(browser.find_elements("css selector", "#details tr[data-row]")) == min(streams, 200)
+    browser.find_element("id", "details-close").click()
+
+    # nothing found says so; the map's view narrows the search
+    assert _search(browser, "zzyzx-nothing") == []
+    assert "No dataset matches" in browser.find_element("id", "data-status").text
+    browser.execute_script("window.cockpit.state.map.setView([-37.81, 144.96], 14, {animate: false})")  # Melbourne
+    browser.find_element("id", "data-in-view").click()
+    in_view = [li.get_attribute("data-record") for li in _search(browser, "")]
+    assert in_view and "districts" not in in_view  # Seoul's districts are far away
+    browser.find_element("id", "data-in-view").click()
     assert _severe(browser) == []
 
 

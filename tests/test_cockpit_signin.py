@@ -113,6 +113,11 @@ def _sign_in(driver: Any, name: str, password: str) -> None:
     driver.find_element("id", "sign-in-submit").click()
 
 
+def _datasets(driver: Any) -> set[str]:
+    """The Data page's datasets (the catalogue's records)."""
+    return {li.get_attribute("data-record") for li in driver.find_elements("css selector", "#data-results > li")}
+
+
 def _storage(driver: Any) -> dict[str, Any]:
     return driver.execute_script("return {session: {...sessionStorage}, local: localStorage.length}")
 
@@ -152,6 +157,7 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         assert driver.execute_script("return document.body.dataset.user") is None
         assert _storage(driver) == {"session": {}, "local": 0}
         assert "cctv" not in _layers(driver)
+        assert "bikes" in _datasets(driver) and "cctv" not in _datasets(driver)
 
         # the right one: the internal collection and sensor appear, without a page reload
         driver.execute_script("window.sameDocument = true")
@@ -166,6 +172,7 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         assert not driver.find_element("id", "sign-in-toggle").is_displayed()
         assert {public, internal} <= _marked(driver)
         assert _searchable(driver) == {"public pub1", "internal sec1"}
+        assert {"bikes", "cctv"} <= _datasets(driver)  # the catalogue as the read role sees it
         stored = _storage(driver)
         assert stored["local"] == 0 and list(stored["session"]) == ["udp.cockpit.signIn"]
         # the internal layer loads its features with the credentials
@@ -205,6 +212,7 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         _ready(driver)
         assert "bikes" in _layers(driver) and public in _marked(driver)
         assert _searchable(driver) == {"public pub1"}
+        assert "bikes" in _datasets(driver) and "cctv" not in _datasets(driver)
         assert driver.find_element("id", "sign-in-toggle").is_displayed()
         assert driver.switch_to.active_element == driver.find_element("id", "sign-in-toggle")
         assert _storage(driver) == {"session": {}, "local": 0}

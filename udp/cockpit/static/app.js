@@ -17,6 +17,7 @@ const FEATURE_CAP = 20000; // features drawn per layer at most
 const SMALL_AREA_LAYER = 150; // polygon layers up to this size are on at start
 const POLL_MS = 10000;
 const FLUSH_MS = 100;
+const CATALOGUE_LIMIT = 50; // datasets listed per search
 const LIVE_PAD = 0.3; // sensors this far beyond the map's view (a share of it) are followed live too
 const STALE_MS = 5000;
 const DAY_MS = 24 * 3600 * 1000;
@@ -61,6 +62,7 @@ const state = {
   reloading: Promise.resolve(), // reloads after signing in or out, one after the other
   internalTimer: null,
   internalBusy: false,
+  catalogueQuery: null, // the Data page's latest search (an older answer arriving late is dropped)
 };
 
 // ---------------------------------------------------------------- helpers
@@ -280,7 +282,8 @@ async function loadCollections(shown = new Map()) {
   state.collections = doc.collections || [];
   state.indicatorCollections = state.collections.filter((c) => (c.keywords || [])
     .some((k) => String(k).toLowerCase() === 'indicator'));
-  const layers = state.collections.filter((c) => !NOT_LAYERS.has(c.id) && !state.indicatorCollections.includes(c));
+  const layers = state.collections.filter((c) => !NOT_LAYERS.has(c.id) && c.itemType !== 'record'
+    && !state.indicatorCollections.includes(c));
   const list = $('#layer-list');
   const sensorsItem = layerItem('latest_values', 'Sensors: the latest value of each Datastream', '#17202a',
     shown.get('latest_values') ?? true);
@@ -304,7 +307,7 @@ async function loadCollections(shown = new Map()) {
   const goto = $('#goto-select');
   for (const collection of state.collections) {
     const bbox = collection.extent?.spatial?.bbox?.[0];
-    if (!bbox || NOT_LAYERS.has(collection.id) || bbox[2] - bbox[0] > 90) continue;
+    if (!bbox || NOT_LAYERS.has(collection.id) || collection.itemType === 'record' || bbox[2] - bbox[0] > 90) continue;
     goto.append(el('option', { value: collection.id, text: collection.title || collection.id }));
   }
   // what kind of geometry each layer has and how big it is: one feature each
@@ -1356,6 +1359,172 @@ async function selectIndicator(id, name) {
   await chartIndicator(id, name, body, unit);
 }
 
+// ---------------------------------------------------------------- the Data page: the catalogue (OGC API Records)
+
+const KIND_LABELS = { collection: 'Map layer', sensorthings: 'Sensor data', indicator: 'Indicator',
+  'observed-property': 'Observed property', sensors: 'Sensors' };
+const LINK_CAP = 6; // API links listed per dataset; the rest (MQTT topics, mostly) are counted
+
+async function searchCatalogue() {
+  const status = $('#data-status');
+  const list = $('#data-results');
+  const q = $('#data-q').value.trim();
+  const params = { f: 'json', type: 'dataset', limit: CATALOGUE_LIMIT };
+  if (q) params.q = q;
+  if ($('#data-in-view').checked) {
+    const b = state.map.getBounds();
+    params.bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(5)).join(',');
+  }
+  const asked = api(OGC, 'collections/catalogue/items', params);
+  state.catalogueQuery = asked;
+  status.textContent = 'Searching…';
+  list.setAttribute('aria-busy', 'true');
+  let doc;
+  try {
+    doc = await getJSON(asked);
+  } catch (err) {
+    if (state.catalogueQuery !== asked) return;
+    status.textContent = `The catalogue could not be searched: ${err.message}`;
+    list.replaceChildren();
+    list.removeAttribute('aria-busy');
+    return;
+  }
+  if (state.catalogueQuery !== asked) return; // a newer search started meanwhile
+  const records = doc.features || [];
+  const matched = doc.numberMatched ?? records.length;
+  if (!records.length) status.textContent = q ? `No dataset matches “${q}”.` : 'The catalogue holds no datasets yet.';
+  else if (matched > records.length) status.textContent = `${plural(matched, 'dataset')}, the first ${records.length} shown`;
+  else status.textContent = plural(matched, 'dataset');
+  list.replaceChildren(...records.map(renderRecord));
+  list.removeAttribute('aria-busy');
+}
+
+/** The map view of a record's extent, unless it is missing or spans most of the world. */
+function fitRecord(record) {
+  if (!record.geometry) return;
+  const bounds = L.geoJSON(record.geometry).getBounds();
+  if (bounds.isValid() && bounds.getEast() - bounds.getWest() < 90) state.map.fitBounds(bounds, { maxZoom: 16 });
+}
+
+function showOnMap(record) {
+  const layer = state.layers.get(record.id);
+  if (layer?.input && !layer.input.checked) {
+    layer.input.checked = true;
+    layer.input.dispatchEvent(new Event('change'));
+  }
+  fitRecord(record);
+}
+
+function colourBy(record) {
+  const select = $('#indicator-select');
+  select.value = record.id;
+  showIndicator(record.id);
+  fitRecord(record);
+}
+
+function showObserved(name, record) {
+  const select = $('#property-select');
+  if ([...select.options].some((o) => o.value === name)) {
+    select.value = name;
+    showProperty(name);
+  }
+  const sensors = state.layers.get('latest_values');
+  if (sensors && !sensors.input.checked) {
+    sensors.input.checked = true;
+    sensors.input.dispatchEvent(new Event('change'));
+  }
+  fitRecord(record);
+}
+
+/** The details panel for an observed property: its Datastreams, each charted on demand, the first at once. */
+async function chartProperty(id, name) {
+  highlight(null);
+  highlightArea(null);
+  state.selected = { kind: 'property', id };
+  const body = openDetails(name);
+  let doc;
+  try {
+    doc = await getJSON(api(STA, `ObservedProperties(${id})/Datastreams`, {
+      $select: 'id,name,description,unitOfMeasurement', $expand: 'Thing($select=name)', $orderby: 'id', $top: 200,
+    }));
+  } catch (err) {
+    body.replaceChildren(el('p', { text: `The Datastreams could not be read: ${err.message}` }));
+    return;
+  }
+  if (state.selected?.kind !== 'property' || state.selected.id !== id) return;
+  const streams = doc.value || [];
+  if (!streams.length) {
+    body.replaceChildren(el('p', { text: 'No Datastream observes this yet.' }));
+    return;
+  }
+  const chart = (ds) => {
+    const dsId = ds['@iot.id'];
+    state.pinned = new Set([dsId]); // the charted one follows live
+    syncSubscriptions();
+    return chartSensor(dsId, ds.Thing?.name ? `${ds.Thing.name}: ${ds.name}` : ds.name, body);
+  };
+  for (const ds of streams) {
+    if (!state.sensors.has(ds['@iot.id'])) {
+      state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing: ds.Thing?.name, result: null,
+        time: null, property: name, unit: unitText(ds.unitOfMeasurement?.symbol), latlng: null, group: null });
+    }
+  }
+  const rows = streams.map((ds) => el('tr', { 'data-row': ds['@iot.id'] },
+    el('th', { scope: 'row' }, el('button', { type: 'button', class: 'ds-button', title: ds.description || '',
+      onclick: () => chart(ds) }, ds.name)),
+    el('td', { text: ds.Thing?.name || '' })));
+  body.replaceChildren(
+    el('table', {}, el('caption', { text: `Datastreams observing ${name}${doc['@iot.nextLink'] ? ' (the first 200)' : ''}` }),
+      el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Datastream' }), el('th', { scope: 'col', text: 'Thing' }))),
+      el('tbody', {}, rows)),
+    el('div', { id: 'chart-area' }),
+  );
+  await chart(streams[0]);
+}
+
+function apiLinks(record) {
+  const links = (record.links || []).filter((l) => l.rel !== 'collection' && l.rel !== 'license');
+  const shown = links.slice(0, LINK_CAP);
+  const items = shown.map((l) => {
+    const title = l.title || l.rel;
+    const web = /^https?:/.test(l.href);
+    return el('li', {}, web ? el('a', { href: sameOrigin(l.href), text: title }) : el('span', { text: title }),
+      el('span', { class: 'muted', text: ` · ${l.type || l.rel}` }), web ? '' : el('code', { text: ` ${l.href}` }));
+  });
+  if (links.length > shown.length) {
+    items.push(el('li', { class: 'muted', text: `and ${links.length - shown.length} more (MQTT topics, in the record)` }));
+  }
+  return el('details', { class: 'api-links' }, el('summary', { text: 'API links' }), el('ul', {}, items));
+}
+
+function renderRecord(record) {
+  const p = record.properties || {};
+  const kind = p.recordKind || '';
+  const actions = [];
+  const button = (text, onclick) => el('button', { type: 'button', class: 'linklike-button', onclick }, text);
+  if (kind === 'indicator') actions.push(button('Colour the areas', () => colourBy(record)));
+  else if (kind === 'observed-property') {
+    const id = Number(String(record.id).replace('observed-property-', ''));
+    actions.push(button('Show on the map', () => showObserved(p.title, record)),
+      button('Chart', () => chartProperty(id, p.title)));
+  } else if (kind === 'sensors') actions.push(button('Show on the map', () => showObserved('', record)));
+  else if (state.layers.has(record.id)) actions.push(button('Show on the map', () => showOnMap(record)));
+  else if (record.geometry) actions.push(button('Zoom to', () => fitRecord(record)));
+  const facts = [KIND_LABELS[kind] || kind];
+  const themes = (p.themes || []).flatMap((t) => t.concepts || []).map((c) => c.title || c.id);
+  if (themes.length) facts.push(themes.join(', '));
+  const interval = record.time?.interval;
+  if (interval) facts.push(`${interval[0] === '..' ? '…' : fmtTime(interval[0])} – ${interval[1] === '..' ? '…' : fmtTime(interval[1])}`);
+  const licence = (record.links || []).find((l) => l.rel === 'license');
+  return el('li', { 'data-record': record.id, 'data-kind': kind },
+    el('h3', { text: p.title || record.id }),
+    el('p', { class: 'muted small' }, facts.join(' · '),
+      licence ? [' · ', el('a', { href: licence.href, rel: 'license', text: licence.title || 'licence' })] : ''),
+    p.description && p.description !== p.title ? el('p', { class: 'small', text: p.description }) : '',
+    actions.length ? el('div', { class: 'record-actions' }, actions) : '',
+    apiLinks(record));
+}
+
 // ---------------------------------------------------------------- signing in: HTTP Basic, for this tab only
 
 function basicOf(name, password) {
@@ -1527,6 +1696,7 @@ async function reload() {
   ]);
   syncSubscriptions();
   followInternal();
+  await searchCatalogue(); // internal datasets come and go with signing in and out
   document.body.dataset.ready = 'true';
 }
 
@@ -1586,6 +1756,11 @@ function wireControls() {
     const bbox = collection?.extent?.spatial?.bbox?.[0];
     if (bbox) state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
   });
+  $('#data-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    searchCatalogue();
+  });
+  $('#data-in-view').addEventListener('change', () => searchCatalogue());
   $('#find-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const text = $('#find').value.trim().toLowerCase();
@@ -1643,13 +1818,13 @@ async function main() {
   if (!state.places.size && ![...state.layers.values()].some((r) => r.collection)) {
     note('Nothing to map yet: declare collections in config.yml, or create Things with a Location.');
   }
-  await startLive();
+  await Promise.all([startLive(), searchCatalogue()]);
   followInternal();
   state.ready = true;
   document.body.dataset.ready = 'true';
 }
 
 // for tests and the curious: the map and the state, read-only by convention
-window.cockpit = { state, selectSensor, selectArea, showIndicator };
+window.cockpit = { state, selectSensor, selectArea, showIndicator, searchCatalogue };
 
 state.started = main();
