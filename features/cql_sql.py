@@ -12,10 +12,11 @@ UTC datetimes in the text's own format). LIKE is case-sensitive on both (the SQL
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import shapely
 from pygeofilter import ast
@@ -41,6 +42,8 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from features.cql import GEOMETRY, FilterError, LiteralEvaluator
 from sensorthings.store.sqlite import BBOX_PREDICATES
@@ -70,6 +73,11 @@ class SpatialSql(Protocol):
         literal in CRS84."""
         ...
 
+    def ranged(self, column: ColumnElement, low: float | None, high: float | None) -> ColumnElement:
+        """The column as a range condition between low and high (numbers, times as POSIX seconds) should name
+        it: itself, or an expression no index serves when a scan is cheaper than the index."""
+        ...
+
 
 @dataclass(frozen=True)
 class PostgisSql:
@@ -83,6 +91,14 @@ class PostgisSql:
         return getattr(func, "ST_" + name.capitalize())(
             column, lit if self.srid == 4326 else func.ST_Transform(lit, self.srid))
 
+    def ranged(self, column: ColumnElement, low: float | None, high: float | None) -> ColumnElement:
+        """The column itself: PostgreSQL's planner has histograms."""
+        return column
+
+
+# a range holding more of the table than this is scanned on SQLite: a row by index costs about ten read in order
+INDEX_SHARE = 0.08
+
 
 @dataclass(frozen=True)
 class SqliteSql:
@@ -93,6 +109,17 @@ class SqliteSql:
     rowid: ColumnElement
     bounds: tuple[ColumnElement, ColumnElement, ColumnElement, ColumnElement]  # minx, miny, maxx, maxy
     points: bool  # every geometry is a point: a box test is exact
+    # a column's values at the 0th, 1st, … 100th percentile (times as POSIX seconds), measured at import: SQLite's
+    # planner has no histograms and takes an index for any range, even one holding half the table
+    spread: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def ranged(self, column: ColumnElement, low: float | None, high: float | None) -> ColumnElement:
+        """`+column` (no index) when the range holds more than INDEX_SHARE of the rows, else the column."""
+        points = self.spread.get(getattr(column, "name", ""))
+        if not points:
+            return column
+        share = (_below(points, high) if high is not None else 1.0) - (_below(points, low) if low is not None else 0)
+        return UnaryExpression(column, operator=custom_op("+"), type_=column.type) if share > INDEX_SHARE else column
 
     def predicate(self, name: str, column: ColumnElement, geom: shapely.Geometry) -> ColumnElement:
         """The R-tree's candidates, then the exact test."""
@@ -108,6 +135,11 @@ class SqliteSql:
         if self.points and name == "INTERSECTS" and shapely.equals(geom, shapely.box(x0, y0, x1, y1)):
             return boxed
         return and_(boxed, exact)
+
+
+def _below(points: tuple[float, ...], value: float) -> float:
+    """The share of values below `value`, from the percentiles."""
+    return float(np.interp(value, points, np.linspace(0, 1, len(points))))
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,10 @@ class _SqlRenderer(LiteralEvaluator):
     def comparison(self, node: Any, lhs: Any, rhs: Any) -> Any:
         op = node.op.value
         a, b = self._pair(lhs, rhs)
+        if op in ("<", "<=", ">", ">=") and isinstance(lhs, Operand) and not isinstance(rhs, Operand):
+            at = _position(rhs)
+            if at is not None:
+                a = self.spatial.ranged(a, at if op[0] == ">" else None, at if op[0] == "<" else None)
         ops = {"=": lambda: a == b, "<>": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
                ">": lambda: a > b, ">=": lambda: a >= b}
         if not isinstance(lhs, Operand) and not isinstance(rhs, Operand):
@@ -159,6 +195,8 @@ class _SqlRenderer(LiteralEvaluator):
     def between(self, node: Any, lhs: Any, low: Any, high: Any) -> Any:
         a, lo = self._pair(lhs, low)
         _, hi = self._pair(lhs, high)
+        if isinstance(lhs, Operand) and not node.not_:
+            a = self.spatial.ranged(a, _position(low), _position(high))
         out = and_(a >= lo, a <= hi)
         return _negate(out) if node.not_ else out
 
@@ -301,6 +339,20 @@ def _bind(kind: str, value: Any) -> Any:
     if isinstance(value, list | tuple | dict):
         raise FilterError(f"cannot compare a property with {value!r}")
     return literal(value)
+
+
+def _position(value: Any) -> float | None:
+    """A range bound as the percentiles hold it (a number, a time as POSIX seconds); None: not a literal."""
+    if isinstance(value, bool) or isinstance(value, ColumnElement | Operand):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, date | str):
+        try:
+            return _timestamp(value).timestamp()
+        except FilterError:
+            return None
+    return None
 
 
 def _timestamp(value: Any) -> datetime:

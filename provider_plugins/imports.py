@@ -53,7 +53,7 @@ from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
 
-FORMAT = 3  # bump when the imported tables' layout changes: every file is imported again
+FORMAT = 4  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
 INDEXED_TEXT = 200  # characters: longer text columns are not indexed (descriptions, not codes)
 MAX_INDEXES = 32
@@ -143,9 +143,15 @@ def table_of(name: str, meta: dict[str, Any], postgis: bool) -> Table:
     else:
         cols.append(Column("g", LargeBinary))
         cols += [Column(b, Float) for b in ("x0", "y0", "x1", "y1")]
-    cols.append(Column("f", Text, nullable=False))
     cols += [Column(phys, _SQL_TYPES[kind]()) for _name, phys, kind in meta["columns"]]
     return Table(name, MetaData(), *cols)
+
+
+def features_of(name: str) -> Table:
+    """The side table of an import's pre-encoded features (`f`, by `rid`). Apart from the columns a filter reads,
+    so that a scan of those reads a tenth of the pages: a CQL2 count over 300,000 polygons 46 → 13 ms."""
+    return Table(f"{name}_f", MetaData(), Column("rid", BigInteger().with_variant(Integer, "sqlite"),
+                                                  primary_key=True), Column("f", Text, nullable=False))
 
 
 # -- the import ----------------------------------------------------------------------------------------
@@ -157,11 +163,12 @@ def import_source(store: Store, spec: CollectionSpec, progress: Callable[[int, i
     slot = hashlib.sha1(spec.id.encode()).hexdigest()[:8]
     name = f"udp_src_{slot}_{secrets.token_hex(4)}"
     meta = _describe(spec, rows)
-    table = table_of(name, meta, postgis)
+    table, features = table_of(name, meta, postgis), features_of(name)
     with store.write() as (conn, _):
         table.create(conn)
+        features.create(conn)
     try:
-        _fill(store, table, rows, meta, postgis, progress)
+        _fill(store, table, features, rows, meta, postgis, progress)
         _index(store, table, meta, postgis)
         return _switch(store, spec.id, name, slot, fingerprint(spec), meta)
     except BaseException:
@@ -191,10 +198,27 @@ def _describe(spec: CollectionSpec, rows: Rows) -> dict[str, Any]:
     bbox = [float(v) for v in shapely.total_bounds(present)] if len(present) else None
     points = bool(len(present)) and bool(np.all(shapely.get_type_id(present) == 0))
     key_kind = INTEGER if rows.ids.dtype.kind in "iu" else STRING
-    return {"columns": columns, "indexed": indexed, "selective": [p for p in indexed if p not in few],
+    selective = [p for p in indexed if p not in few]
+    spread = {phys: _percentiles(frame[n], kind) for n, phys, kind in columns
+              if phys in selective and kind in (INTEGER, NUMBER, DATETIME)}
+    return {"columns": columns, "indexed": indexed, "selective": selective,
+            "spread": {k: v for k, v in spread.items() if v},
             "key": "k" if spec.id_column is not None else "rid",
             "key_kind": key_kind, "time": rows.time_column, "source_crs": rows.source_crs, "bbox": bbox,
             "rows": len(rows.ids), "points": points}
+
+
+def _percentiles(series: pd.Series, kind: str) -> list[float]:
+    """A number or time column's 0th … 100th percentile (times as POSIX seconds): SQLite's planner has no
+    histograms, features.cql_sql.SqliteSql.ranged judges a range's share of the rows by these."""
+    if kind == DATETIME:
+        utc = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
+        values = ((utc.dropna() - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+    else:
+        values = pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
+    if not len(values):
+        return []
+    return [float(v) for v in np.quantile(values, np.linspace(0, 1, 101))]
 
 
 def _few(series: pd.Series) -> bool:
@@ -249,7 +273,7 @@ def _chunks(n: int) -> Iterator[slice]:
         yield slice(start, min(n, start + CHUNK))
 
 
-def _fill(store: Store, table: Table, rows: Rows, meta: dict[str, Any], postgis: bool,
+def _fill(store: Store, table: Table, features_table: Table, rows: Rows, meta: dict[str, Any], postgis: bool,
           progress: Callable[[int, int], None] | None) -> None:
     n = len(rows.ids)
     if progress:
@@ -260,19 +284,20 @@ def _fill(store: Store, table: Table, rows: Rows, meta: dict[str, Any], postgis:
         cells = [_values(frame[name], kind, postgis) for name, _phys, kind in meta["columns"]]
         features = [f.decode() for f in encode_rows(frame, ids, geoms)]
         keys = ids.tolist() if meta["key_kind"] == INTEGER else [str(v) for v in ids.tolist()]
-        head = [np.arange(part.start + 1, part.stop + 1).tolist()] + ([keys] if meta["key"] == "k" else [])
+        rids = np.arange(part.start + 1, part.stop + 1).tolist()
+        head = [rids] + ([keys] if meta["key"] == "k" else [])
         if postgis:
             ewkb = shapely.to_wkb(shapely.set_srid(geoms, 4326), hex=True, include_srid=True)
-            records = zip(*head, ewkb.tolist(), features, *cells, strict=True)
             with store.write() as (conn, _):
-                _copy(conn, table, records)
+                _copy(conn, table, zip(*head, ewkb.tolist(), *cells, strict=True))
+                _copy(conn, features_table, zip(rids, features, strict=True))
         else:
             wkb = shapely.to_wkb(geoms).tolist()
             bounds = shapely.bounds(geoms)
             bounds = np.where(np.isnan(bounds), None, bounds.astype(object))
-            records = zip(*head, wkb, *bounds.T.tolist(), features, *cells, strict=True)
             with store.write() as (conn, _):
-                _insert(conn, table, records)
+                _insert(conn, table, zip(*head, wkb, *bounds.T.tolist(), *cells, strict=True))
+                _insert(conn, features_table, zip(rids, features, strict=True))
         if progress:
             progress(part.stop, n)
 
@@ -339,6 +364,7 @@ def _switch(store: Store, collection: str, name: str, slot: str, print_: str, me
 
 def _drop(conn: Connection, name: str, postgis: bool) -> None:
     conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}"')
+    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}_f"')
     if not postgis:
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}_rtree"')
 

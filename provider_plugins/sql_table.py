@@ -67,7 +67,8 @@ class Layout:
     srid: int  # of the geometry column
     time: str | None  # the property `datetime=` filters on
     spatial: SpatialSql
-    encoded: Column | None = None  # each row's Feature pre-encoded in CRS84 with every property
+    # each row's Feature pre-encoded in CRS84 with every property; in a side table keyed by the sequence column
+    encoded: Column | None = None
     integer: frozenset[str] = frozenset()  # number properties that hold integers (JSON Schema "integer")
     rows: int | None = None  # the row count of a table that cannot change (an import)
     # the page order's last column (the key when None); `dense`: it numbers the rows 1…rows, so that an
@@ -174,7 +175,7 @@ class SqlTableSource(FeatureSource):
                     .limit(q.limit + keyset).offset(offset).subquery())
             shown, encode = self._rendering(t, q)
             stmt = (select(*shown, *(page.c[m.name] for m in marks))
-                    .select_from(t.table.join(page, seq == page.c.k)).order_by(*order, seq))
+                    .select_from(_with_encoded(t, t.table.join(page, seq == page.c.k), shown)).order_by(*order, seq))
             try:
                 rows = conn.execute(stmt).all()
             except DataError:
@@ -196,7 +197,8 @@ class SqlTableSource(FeatureSource):
                 return None
         shown, encode = self._rendering(t, q)
         with self.connect() as conn:
-            rows = conn.execute(select(*shown).select_from(t.table).where(t.key == value)).all()
+            rows = conn.execute(select(*shown).select_from(_with_encoded(t, t.table, shown))
+                                .where(t.key == value)).all()
         return encode(rows)[0] if rows else None
 
     # -- SQL -------------------------------------------------------------------------------------------
@@ -275,6 +277,14 @@ class SqlTableSource(FeatureSource):
     def compose(self, t: Layout, q: ItemsQuery) -> tuple[Sequence[Any], Callable[[Sequence[Any]], list[bytes]]]:
         """A database that cannot compose GeoJSON: the columns to select and the encoder (SQLite sources)."""
         raise NotImplementedError
+
+
+def _with_encoded(t: Layout, source: Any, shown: Sequence[Any]) -> Any:
+    """The FROM clause: the table (joined to the page), and the encoded features' side table when selected."""
+    side = t.encoded.table if t.encoded is not None and t.encoded.table is not t.table else None
+    if side is None or not any(c is t.encoded for c in shown):
+        return source
+    return source.join(side, side.primary_key.columns[0] == t.sequence)
 
 
 def _first_encoded(rows: Sequence[Any]) -> list[bytes]:

@@ -24,7 +24,7 @@ from features.cql_sql import PostgisSql, SqliteSql
 from features.request import ItemsQuery
 from features.source import SourceUnavailable, encode_feature
 from features.spec import CollectionSpec
-from provider_plugins.imports import INTEGER, Imported, current, table_of
+from provider_plugins.imports import INTEGER, Imported, current, features_of, table_of
 from provider_plugins.sql_table import Layout, SqlTableSource, unavailable
 from provider_plugins.table import SourceError
 from sensorthings.store.base import Store
@@ -75,8 +75,10 @@ class StoredSource(SqlTableSource):
         columns = {name: table.c[phys] for name, phys, _kind in meta["columns"]}
         c = table.c
         spatial: Any = PostgisSql(4326) if self.postgis else SqliteSql(
-            rtree_table(f"{found.table_name}_rtree"), c.rid, (c.x0, c.y0, c.x1, c.y1), bool(meta["points"]))
-        return Layout(table, columns, c[meta["key"]], c.g, 4326, meta["time"], spatial, encoded=c.f,
+            rtree_table(f"{found.table_name}_rtree"), c.rid, (c.x0, c.y0, c.x1, c.y1), bool(meta["points"]),
+            {k: tuple(v) for k, v in meta.get("spread", {}).items()})
+        return Layout(table, columns, c[meta["key"]], c.g, 4326, meta["time"], spatial,
+                      encoded=features_of(found.table_name).c.f,
                       integer=frozenset(n for n, _p, kind in meta["columns"] if kind == INTEGER),
                       rows=found.rows, order=c.rid, dense=True)
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import func, select
 
 from tests.conftest import PG_URL, ROOT, Server, create_pg, start_server, stop_server, wait_until
 
@@ -183,3 +184,38 @@ def test_udp_load_imports_before_start_and_only_what_changed(tmp_path: Path) -> 
     (tmp_path / "a.csv").write_text("no,coordinates\n1,2\n", encoding="utf-8")
     broken = load()
     assert broken.returncode == 1 and "'a'" in broken.stderr
+
+
+def test_sqlite_scans_a_wide_range_and_takes_the_index_for_a_narrow_one(tmp_path: Path) -> None:
+    """SQLite's planner has no histograms and takes an index for any range; the import's percentiles decide."""
+    from features.cql import parse_filter
+    from features.cql_sql import render
+    from features.spec import CollectionSpec
+    from provider_plugins.imports import import_source
+    from provider_plugins.stored import StoredSource
+    from sensorthings.store.base import Store
+
+    _csv(tmp_path / "t.csv", 2000)
+    store = Store.open(f"sqlite:///{tmp_path / 'udp.db'}")
+    try:
+        spec = CollectionSpec("t", "t", str(tmp_path / "t.csv"), x="lon", y="lat", id_column="fid", time="planted")
+        import_source(store, spec)
+        t = StoredSource(spec, store).layout()
+        counts = {}
+        for text in ("height > 980", "height > 100", "height BETWEEN 10 AND 20", "height BETWEEN 10 AND 900",
+                     "planted < TIMESTAMP('2020-01-02T00:00:00Z')", "planted > TIMESTAMP('2020-01-02T00:00:00Z')"):
+            cond = render(parse_filter(text, "cql2-text"), t.columns, t.geom, t.spatial)
+            stmt = select(func.count()).select_from(t.table).where(cond)
+            sql = str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
+            with store.read() as conn:
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                counts[text] = conn.execute(stmt).scalar_one()
+            wide = text.endswith(("100", "AND 900", "'2020-01-02T00:00:00Z')")) and "<" not in text
+            assert ("SEARCH" not in plan) == wide, (text, plan, sql)  # SEARCH: an index range; SCAN: every row
+        # the same rows either way: heights are 0.5 … 1000, planted days 1 … 28 in turn
+        assert counts["height > 980"] == 40 and counts["height > 100"] == 1800
+        assert counts["height BETWEEN 10 AND 20"] == 21 and counts["height BETWEEN 10 AND 900"] == 1781
+        assert counts["planted < TIMESTAMP('2020-01-02T00:00:00Z')"] == 71
+        assert counts["planted > TIMESTAMP('2020-01-02T00:00:00Z')"] == 2000 - 71
+    finally:
+        store.close()
