@@ -74,8 +74,8 @@ class SpatialSql(Protocol):
         ...
 
     def ranged(self, column: ColumnElement, low: float | None, high: float | None) -> ColumnElement:
-        """The column as a range condition between low and high (numbers, times as POSIX seconds) should name
-        it: itself, or an expression no index serves when a scan is cheaper than the index."""
+        """The column as a range condition between low and high (numbers, times as POSIX seconds; equality when
+        low == high) should name it: itself, or an expression no index serves when a scan is cheaper."""
         ...
 
 
@@ -114,11 +114,16 @@ class SqliteSql:
     spread: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def ranged(self, column: ColumnElement, low: float | None, high: float | None) -> ColumnElement:
-        """`+column` (no index) when the range holds more than INDEX_SHARE of the rows, else the column."""
+        """`+column` (no index) when the range (or the value, low == high) holds more than INDEX_SHARE of the
+        rows, else the column."""
         points = self.spread.get(getattr(column, "name", ""))
         if not points:
             return column
-        share = (_below(points, high) if high is not None else 1.0) - (_below(points, low) if low is not None else 0)
+        if low is not None and low == high:  # equality: the percentiles that hold the value (a column of few)
+            share = sum(1 for p in points if p == low) / len(points)
+        else:
+            share = (_below(points, high) if high is not None else 1.0) - (_below(points, low) if low is not None
+                                                                           else 0.0)
         return UnaryExpression(column, operator=custom_op("+"), type_=column.type) if share > INDEX_SHARE else column
 
     def predicate(self, name: str, column: ColumnElement, geom: shapely.Geometry) -> ColumnElement:
@@ -178,10 +183,10 @@ class _SqlRenderer(LiteralEvaluator):
     def comparison(self, node: Any, lhs: Any, rhs: Any) -> Any:
         op = node.op.value
         a, b = self._pair(lhs, rhs)
-        if op in ("<", "<=", ">", ">=") and isinstance(lhs, Operand) and not isinstance(rhs, Operand):
+        if op in ("=", "<", "<=", ">", ">=") and isinstance(lhs, Operand) and not isinstance(rhs, Operand):
             at = _position(rhs)
             if at is not None:
-                a = self.spatial.ranged(a, at if op[0] == ">" else None, at if op[0] == "<" else None)
+                a = self.spatial.ranged(a, None if op[0] == "<" else at, None if op[0] == ">" else at)
         ops = {"=": lambda: a == b, "<>": lambda: a != b, "<": lambda: a < b, "<=": lambda: a <= b,
                ">": lambda: a > b, ">=": lambda: a >= b}
         if not isinstance(lhs, Operand) and not isinstance(rhs, Operand):

@@ -57,7 +57,7 @@ FORMAT = 4  # bump when the imported tables' layout changes: every file is impor
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
 INDEXED_TEXT = 200  # characters: longer text columns are not indexed (descriptions, not codes)
 MAX_INDEXES = 32
-FEW_VALUES, FEW_ROWS = 50, 10_000  # SQLite indexes no column of fewer distinct values in a table of more rows
+FEW_VALUES, FEW_ROWS = 50, 10_000  # SQLite indexes no text column of fewer distinct values in a table of more rows
 
 _META = MetaData()
 REGISTRY = Table(
@@ -190,9 +190,11 @@ def _describe(spec: CollectionSpec, rows: Rows) -> dict[str, Any]:
     frame = rows.frame
     columns = [[str(n), f"p{i}", _kind(frame[n])] for i, n in enumerate(frame.columns)]
     indexed = [phys for n, phys, kind in columns if kind != STRING or _short(frame[n])][:MAX_INDEXES]
-    # SQLite's planner knows only rows per value (no histograms): an index on a column of few values (a species,
-    # a usage) looks as good as one on a range and is taken over it, then reads a tenth of the table row by row
-    few = {phys for n, phys, _kind in columns if len(frame) > FEW_ROWS and _few(frame[n])}
+    # SQLite's planner knows only rows per value (no histograms): an index on a text column of few values (a
+    # species, a usage) looks as good as one on a range and is taken over it, then reads a tenth of the table row
+    # by row. Number and time columns keep theirs: their percentiles tell features.cql_sql when a scan is cheaper
+    few = {phys for n, phys, kind in columns
+           if kind in (STRING, BOOLEAN) and len(frame) > FEW_ROWS and _few(frame[n])}
     geoms = rows.geoms
     present = geoms[~shapely.is_missing(geoms)] if len(geoms) else geoms
     bbox = [float(v) for v in shapely.total_bounds(present)] if len(present) else None

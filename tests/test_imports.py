@@ -195,27 +195,31 @@ def test_sqlite_scans_a_wide_range_and_takes_the_index_for_a_narrow_one(tmp_path
     from provider_plugins.stored import StoredSource
     from sensorthings.store.base import Store
 
-    _csv(tmp_path / "t.csv", 2000)
+    # 20,000 rows (more than imports.FEW_ROWS): heights 0.5 … 10,000, floors 1 … 5 (few values, still indexed),
+    # planted on days 1 … 28 in turn
+    lines = ["fid,height,floors,planted,lon,lat"] + [
+        f"{i},{i * 0.5},{1 + i % 5},2020-01-{1 + i % 28:02d}T10:00:00Z,{9.9 + i * 1e-5},{53.5 + i * 1e-5}"
+        for i in range(1, 20_001)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     store = Store.open(f"sqlite:///{tmp_path / 'udp.db'}")
     try:
         spec = CollectionSpec("t", "t", str(tmp_path / "t.csv"), x="lon", y="lat", id_column="fid", time="planted")
         import_source(store, spec)
         t = StoredSource(spec, store).layout()
-        counts = {}
-        for text in ("height > 980", "height > 100", "height BETWEEN 10 AND 20", "height BETWEEN 10 AND 900",
-                     "planted < TIMESTAMP('2020-01-02T00:00:00Z')", "planted > TIMESTAMP('2020-01-02T00:00:00Z')"):
+        day2 = "TIMESTAMP('2020-01-02T00:00:00Z')"
+        cases = {  # filter: (rows, scanned rather than taken by the index)
+            "height > 9800": (400, False), "height > 1000": (18_000, True),
+            "height BETWEEN 100 AND 200": (201, False), "height BETWEEN 100 AND 9000": (17_801, True),
+            f"planted < {day2}": (714, False), f"planted > {day2}": (20_000 - 714, True),
+            "floors = 3": (4_000, True), "floors = 7": (0, False),
+        }
+        for text, (rows, scanned) in cases.items():
             cond = render(parse_filter(text, "cql2-text"), t.columns, t.geom, t.spatial)
             stmt = select(func.count()).select_from(t.table).where(cond)
             sql = str(stmt.compile(store.engine, compile_kwargs={"literal_binds": True}))
             with store.read() as conn:
                 plan = " ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
-                counts[text] = conn.execute(stmt).scalar_one()
-            wide = text.endswith(("100", "AND 900", "'2020-01-02T00:00:00Z')")) and "<" not in text
-            assert ("SEARCH" not in plan) == wide, (text, plan, sql)  # SEARCH: an index range; SCAN: every row
-        # the same rows either way: heights are 0.5 … 1000, planted days 1 … 28 in turn
-        assert counts["height > 980"] == 40 and counts["height > 100"] == 1800
-        assert counts["height BETWEEN 10 AND 20"] == 21 and counts["height BETWEEN 10 AND 900"] == 1781
-        assert counts["planted < TIMESTAMP('2020-01-02T00:00:00Z')"] == 71
-        assert counts["planted > TIMESTAMP('2020-01-02T00:00:00Z')"] == 2000 - 71
+                assert conn.execute(stmt).scalar_one() == rows, text
+            assert ("SEARCH" not in plan) == scanned, (text, plan, sql)  # SEARCH: an index range; SCAN: every row
     finally:
         store.close()
