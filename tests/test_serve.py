@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
@@ -47,9 +48,31 @@ def test_public_url_and_config(tmp_path: Path) -> None:
         stop_server(server)
 
 
+def test_mqtt_port_zero_takes_a_free_one(tmp_path: Path) -> None:
+    """`--mqtt-port 0`: the embedded broker on a free port that clients and the notifier are told; nothing
+    published while nobody subscribes."""
+    import re
+    import socket
+
+    from tests.harness import Ports, Process
+
+    port = Ports(1)[0]
+    udp = Process([sys.executable, "-m", "udp.cli", "serve", "--port", str(port), "--store",
+                   f"sqlite:///{tmp_path / 'z.db'}", "--mqtt-port", "0", "--mqtt-ws-port", "0"],
+                  tmp_path / "serve.log", None, "udp serve")
+    try:
+        udp.wait_http(f"http://127.0.0.1:{port}/health")
+        broker = int(re.search(r"MQTT +mqtt://[^:]+:(\d+)", udp.tail(60)).group(1))  # type: ignore[union-attr]
+        assert broker > 0
+        socket.create_connection(("127.0.0.1", broker), timeout=5).close()
+        mqtt = httpx.get(f"http://127.0.0.1:{port}/health").json()["mqtt"]
+        assert mqtt["connected"] and mqtt["subscribed_topics"] == 0
+    finally:
+        udp.stop()
+
+
 def test_bad_config_stops_start_up(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     config = tmp_path / "bad.yml"
     config.write_text("title: x\ncolour: red\n")

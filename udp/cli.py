@@ -205,6 +205,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
             port, ws_port = (_any_ports(bind, 2 if ws_port else 1, avoid=args.port) + [0])[:2]
             print(f"  MQTT port {taken} (or {config.mqtt_ws_port}) is taken: the embedded broker uses {port}"
                   + (f" and {ws_port}" if ws_port else ""), file=sys.stderr)
+        elif port == 0:  # asked for any free port: chosen here, since clients and the notifier need its number
+            port = _any_ports(bind, 1, avoid=args.port)[0]
         from udp.auth import INTERNAL_USER
 
         secret = os.environ["UDP_INTERNAL_SECRET"]
@@ -427,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", help="sqlite:///path.db or postgresql://user@host/db (overrides the config)")
     serve.add_argument("--public-url", help="the URL clients reach the platform at, for links")
     serve.add_argument("--mqtt", help="an external broker, mqtt://host:port")
-    serve.add_argument("--mqtt-port", type=int, help="the embedded broker's MQTT port (1883)")
+    serve.add_argument("--mqtt-port", type=int, help="the embedded broker's MQTT port (1883; 0: a free one)")
     serve.add_argument("--mqtt-ws-port", type=int, help="the embedded broker's WebSocket port (9001; 0: none)")
     serve.add_argument("--log-level", default="warning")
     dead = sub.add_parser("dead-letters", help="list or re-drive device messages the bridge could not map")
