@@ -35,6 +35,8 @@ from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_it
 from features.responses import error as _error
 from features.responses import wants_html as _wants_html
 from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
+from features.tiles import CONFORMANCE as TILES
+from features.tiles_app import tile_links, tiled, tiles_routes
 from sensorthings.store.base import QueryTimeout
 
 PREFIX = "/ogcapi"
@@ -84,8 +86,10 @@ class _Rebased:
     """pygeoapi behind the platform: links carry the request's public base, JSON is the default format,
     unknown query parameters are refused, conformance lists what works."""
 
-    def __init__(self, app: ASGIApp, public_url: str | None, internal: set[str], conformance: list[str]) -> None:
+    def __init__(self, app: ASGIApp, public_url: str | None, internal: set[str], conformance: list[str],
+                 has_tiles: Callable[[str], bool] = lambda cid: False) -> None:
         self.app = app
+        self.has_tiles = has_tiles  # collection id → whether it has vector tiles (its documents link them)
         self.public_url = public_url
         self.internal = internal  # collections only the read role sees
         self.conformance = conformance
@@ -129,10 +133,12 @@ class _Rebased:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body = b"".join(chunks).replace(PLACEHOLDER.encode(), base.encode())
-                    if hidden and parts == ["collections"] and body.startswith(b"{"):
+                    if body.startswith(b"{") and (parts in ([""], ["collections"]) or (
+                            len(parts) == 2 and parts[0] == "collections")):
                         doc = orjson.loads(body)
-                        doc["collections"] = [c for c in doc.get("collections", []) if c.get("id") not in hidden]
-                        body = orjson.dumps(doc)
+                        if hidden and parts == ["collections"]:
+                            doc["collections"] = [c for c in doc.get("collections", []) if c.get("id") not in hidden]
+                        body = orjson.dumps(tile_links(doc, parts, base, self.has_tiles))
                     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                     headers.append((b"content-length", str(len(body)).encode()))
                     await send({**start, "headers": headers})
@@ -192,7 +198,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
     itemtypes.CONFORMANCE_CLASSES_FEATURES[:] = [c for c in CONFORMANCE if "ogcapi-common" not in c]
     itemtypes.CONFORMANCE_CLASSES_RECORDS[:] = RECORDS
     rebased = _Rebased(PYGEOAPI, public_url, {cid for cid, src in SOURCES.items() if src.access == "internal"},
-                       CONFORMANCE + (RECORDS if indexes is not None else []))
+                       CONFORMANCE + TILES + (RECORDS if indexes is not None else []),
+                       lambda cid: cid in SOURCES and tiled(SOURCES[cid]))
 
     def source_of(request: Request) -> FeatureSource | None:
         found = SOURCES.get(request.path_params["cid"])
@@ -303,6 +310,7 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
                *dcat_routes(indexes, public_url)] if indexes else []
     return [
         *records,
+        *tiles_routes(SOURCES, source_of, public_url),
         Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/{fid}", item, methods=["GET", "HEAD"]),

@@ -1,0 +1,173 @@
+"""Vector tiles (OGC API Tiles, MVT) on both stores: a file source imported into the store, the live sensor layer
+and the dataset tiles; exact at z14, generalised and bounded below, 404 outside the matrix, ETags that follow the
+data, and the documents (tilesets, tile matrix sets, conformance, links)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import mapbox_vector_tile
+import morecantile
+import pytest
+import yaml
+
+from features.tiles import MAX_TILE_BYTES
+from tests.conftest import PG_URL, Server, create_pg, start_server, stop_server
+
+MVT = "application/vnd.mapbox-vector-tile"
+WEB = morecantile.tms.get("WebMercatorQuad")
+N = 2500  # a 50 × 50 grid of points, 0.002° apart, from (9.9005, 53.5005)
+
+
+def _point(i: int) -> tuple[float, float]:
+    return 9.9005 + (i % 50) * 0.002, 53.5005 + (i // 50) * 0.002
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("tiles")
+    lines = ["fid,name,height,lon,lat"] + [f"{i},tree {i},{i % 30},{_point(i)[0]},{_point(i)[1]}" for i in range(N)]
+    (tmp / "trees.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Tile city", "collections": {
+        "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid"}}}), encoding="utf-8")
+    db = None
+    if request.param == "postgresql":
+        if not PG_URL:
+            pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
+        db = create_pg(PG_URL)
+        store = db.url
+    else:
+        store = f"sqlite:///{tmp / 'udp.db'}"
+    srv = start_server(store, request.param, ["--config", str(tmp / "config.yml"), "--workers", "2"])
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+        if db is not None:
+            db.drop()
+
+
+def _tile(srv: Server, path: str, **headers: str) -> httpx.Response:
+    return httpx.get(f"{srv.url}/ogcapi/{path}", headers=headers, timeout=30)
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    return mapbox_vector_tile.decode(body, default_options={"y_coord_down": True}) if body else {}
+
+
+def test_a_z14_tile_holds_exactly_the_features_inside_it(served: Server) -> None:
+    tile = WEB.tile(9.95, 53.55, 14)
+    r = _tile(served, f"collections/trees/tiles/WebMercatorQuad/14/{tile.y}/{tile.x}")
+    assert r.status_code == 200 and r.headers["content-type"] == MVT
+    layer = _decode(r.content)["trees"]
+    assert layer["extent"] == 4096
+    b = WEB.bounds(tile)
+    inside = {i for i in range(N) if b.left < _point(i)[0] < b.right and b.bottom < _point(i)[1] < b.top}
+    assert len(inside) > 10
+    shown = {f["id"] for f in layer["features"]
+             if all(0 <= c <= 4096 for c in f["geometry"]["coordinates"])}
+    assert shown == inside
+    one = next(f for f in layer["features"] if f["id"] in inside)
+    assert one["properties"]["name"] == f"tree {one['id']}" and one["properties"]["height"] == one["id"] % 30
+    # placed where it is: the pixel of its own coordinates
+    x, y = WEB.xy(*_point(one["id"]))
+    xy = WEB.xy_bounds(tile)
+    px = (x - xy.left) / (xy.right - xy.left) * 4096
+    py = (xy.top - y) / (xy.top - xy.bottom) * 4096
+    gx, gy = one["geometry"]["coordinates"]
+    assert abs(gx - px) <= 1 and abs(gy - py) <= 1
+
+
+def test_a_low_zoom_tile_is_generalised_and_bounded(served: Server) -> None:
+    tile = WEB.tile(9.95, 53.55, 6)
+    r = _tile(served, f"collections/trees/tiles/WebMercatorQuad/6/{tile.y}/{tile.x}")
+    assert r.status_code == 200 and len(r.content) <= MAX_TILE_BYTES
+    features = _decode(r.content)["trees"]["features"]
+    # the 2,500 points fall into a few cells, each one point carrying how many it stands for
+    assert 0 < len(features) < N
+    assert sum(f["properties"].get("point_count", 1) for f in features) == N
+    # in WorldCRS84Quad too
+    world = morecantile.tms.get("WorldCRS84Quad")
+    t = world.tile(9.95, 53.55, 6)
+    r = _tile(served, f"collections/trees/tiles/WorldCRS84Quad/6/{t.y}/{t.x}")
+    assert r.status_code == 200
+    assert sum(f["properties"].get("point_count", 1) for f in _decode(r.content)["trees"]["features"]) == N
+
+
+@pytest.mark.parametrize("path", ["WebMercatorQuad/3/8/0", "WebMercatorQuad/3/0/8", "WebMercatorQuad/-1/0/0",
+                                  "WebMercatorQuad/30/0/0", "WebMercatorQuad/a/0/0", "NoSuchQuad/1/0/0",
+                                  "WorldCRS84Quad/0/1/0"])
+def test_tiles_outside_the_matrix_are_404(served: Server, path: str) -> None:
+    r = _tile(served, f"collections/trees/tiles/{path}")
+    assert r.status_code == 404 and r.json()["code"] == "NotFound"
+
+
+def test_no_tiles_for_what_is_not_a_feature_collection(served: Server) -> None:
+    assert _tile(served, "collections/nope/tiles/WebMercatorQuad/0/0/0").status_code == 404
+
+
+def test_an_empty_tile_is_204_and_an_etag_answers_304(served: Server) -> None:
+    r = _tile(served, "collections/trees/tiles/WebMercatorQuad/14/0/0")
+    assert r.status_code == 204 and r.content == b""
+    tile = WEB.tile(9.95, 53.55, 12)
+    path = f"collections/trees/tiles/WebMercatorQuad/12/{tile.y}/{tile.x}"
+    first = _tile(served, path)
+    assert first.headers["etag"] and "max-age" in first.headers["cache-control"]
+    assert _tile(served, path, **{"If-None-Match": first.headers["etag"]}).status_code == 304
+
+
+def test_the_live_sensor_tile_follows_new_observations(served: Server) -> None:
+    client = served.client
+    thing = {"name": "station", "description": "d",
+             "Locations": [{"name": "l", "description": "l", "encodingType": "application/geo+json",
+                            "location": {"type": "Point", "coordinates": [9.951, 53.551]}}],
+             "Datastreams": [{"name": "temp", "description": "t",
+                              "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                              "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "x"},
+                              "ObservedProperty": {"name": "temperature", "definition": "x", "description": "x"},
+                              "Sensor": {"name": "s", "description": "s", "encodingType": "text/plain",
+                                         "metadata": "m"}}]}
+    assert client.post("/v1.1/Things", json=thing).status_code == 201
+    ds = client.get("/v1.1/Datastreams", params={"$filter": "name eq 'temp'"}).json()["value"][0]["@iot.id"]
+    tile = WEB.tile(9.951, 53.551, 15)
+    path = f"collections/latest_values/tiles/WebMercatorQuad/15/{tile.y}/{tile.x}"
+    values = []
+    for result in (11.5, 12.5):
+        assert client.post(f"/v1.1/Datastreams({ds})/Observations", json={"result": result}).status_code == 201
+        r = _tile(served, path)
+        assert r.status_code == 200
+        values.append((r.headers["etag"], [f["properties"]["result"] for f in _decode(r.content)["latest_values"]
+                                           ["features"] if f["properties"].get("name") == "temp"]))
+    assert values[0][1] == [11.5] and values[1][1] == [12.5] and values[0][0] != values[1][0]
+
+
+def test_dataset_tiles_hold_a_layer_per_collection(served: Server) -> None:
+    tile = WEB.tile(9.95, 53.55, 14)
+    r = _tile(served, f"tiles/WebMercatorQuad/14/{tile.y}/{tile.x}?collections=trees,latest_values")
+    assert r.status_code == 200 and "trees" in _decode(r.content)
+    assert _tile(served, "tiles/WebMercatorQuad/14/0/0?collections=nope").status_code == 400
+    doc = _tile(served, "tiles/WebMercatorQuad?collections=trees").json()
+    assert [layer["id"] for layer in doc["layers"]] == ["trees"]
+
+
+def test_tilesets_matrix_sets_conformance_and_links(served: Server) -> None:
+    sets = _tile(served, "collections/trees/tiles").json()["tilesets"]
+    assert {s["tileMatrixSetURI"].rsplit("/", 1)[1] for s in sets} == {"WebMercatorQuad", "WorldCRS84Quad"}
+    item = next(link for link in sets[0]["links"] if link["rel"] == "item")
+    assert item["href"].endswith("/{tileMatrix}/{tileRow}/{tileCol}") and item["type"] == MVT
+    tileset = _tile(served, "collections/trees/tiles/WebMercatorQuad").json()
+    assert tileset["dataType"] == "vector" and tileset["layers"][0]["id"] == "trees"
+    assert "height" in tileset["layers"][0]["propertiesSchema"]["properties"]
+    assert tileset["boundingBox"]["lowerLeft"][0] == pytest.approx(9.9005)
+    tms = _tile(served, "tileMatrixSets/WebMercatorQuad").json()
+    assert tms["id"] == "WebMercatorQuad" and len(tms["tileMatrices"]) > 14
+    assert {"WebMercatorQuad", "WorldCRS84Quad"} == {t["id"] for t in _tile(served, "tileMatrixSets").json()[
+        "tileMatrixSets"]}
+    conformance = _tile(served, "conformance").json()["conformsTo"]
+    assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt" in conformance
+    rels = [link["rel"] for link in _tile(served, "collections/trees").json()["links"]]
+    assert "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector" in rels
+    landing = httpx.get(f"{served.url}/ogcapi/", params={"f": "json"}, timeout=30, follow_redirects=True).json()
+    assert any(link["href"].endswith("/ogcapi/tileMatrixSets") for link in landing["links"])
