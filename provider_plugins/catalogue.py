@@ -34,6 +34,7 @@ from sensorthings.store.schema import TABLES
 log = logging.getLogger("udp.catalogue")
 GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
+TILESETS = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector"
 OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
 CATALOGUE_ID = "catalogue"  # the records collection's id, taken for declared collections
 EXTENT_REFRESH_S = 60.0  # a live table's time extent is asked again after this
@@ -159,7 +160,9 @@ class PlatformCatalogue(Catalogue):
                         "GEOJSON", OGCAPI),
                  Access(f"/ogcapi/collections/{cid}", "collection", JSON, "the collection", None, OGCAPI),
                  Access(f"/ogcapi/collections/{cid}/items?f=html", "alternate", HTML, f"{src.title} as HTML",
-                        "HTML", OGCAPI)]
+                        "HTML", OGCAPI),
+                 Access(f"/ogcapi/collections/{cid}/tiles", TILESETS, JSON,
+                        f"{src.title} as vector tiles (MVT, OGC API Tiles)", "JSON", OGCAPI)]
         if indicator is not None:
             # the areas' extent (the indicator source's own would compute every area's value first)
             areas = self.sources.get(indicator.areas.id) if indicator.areas is not None else None

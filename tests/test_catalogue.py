@@ -375,6 +375,10 @@ def test_dcat_in_every_format_is_valid_dcat_ap(city: Server, how: dict[str, str]
     assert str(graph.value(geojson[0], DCTERMS.license)) == "http://dcat-ap.de/def/licenses/cc-by/4.0"
     download = str(graph.value(geojson[0], DCAT.downloadURL))
     assert city.client.get(download).json()["numberMatched"] == 3
+    # the vector tiles: a distribution whose access URL lists the tilesets
+    tiles = [str(graph.value(d, DCAT.accessURL)) for d in graph.objects(trees, DCAT.distribution)]
+    tiles = [u for u in tiles if u.endswith("/collections/street_trees/tiles")]
+    assert len(tiles) == 1 and city.client.get(tiles[0]).json()["tilesets"]
     period = graph.value(trees, DCTERMS.temporal)
     assert graph.value(period, DCAT.startDate).toPython() == datetime(2024, 3, 1, 8, tzinfo=UTC)
 
