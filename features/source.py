@@ -122,9 +122,12 @@ class FeatureSource(ABC):
     def etag(self) -> str:
         """Changes whenever the data changes; "" when only the answer itself can tell."""
 
-    def tile_features(self, bbox: tuple[float, float, float, float], limit: int) -> TileFeatures:
-        """The features meeting a CRS84 box, at most `limit`, for a vector tile. Here from `search`'s GeoJSON,
-        which every source answers; a source that reads its columns more cheaply says so by overriding it."""
+    def tile_features(self, bbox: tuple[float, float, float, float], limit: int,
+                      cells: int | None = None) -> TileFeatures:
+        """The features meeting a CRS84 box, at most `limit`, for a vector tile; `cells`: the tile will be
+        generalised on a grid of that many cells a side, so a source may hand over counted cells (`point_count`)
+        instead of many features. Here from `search`'s GeoJSON, which every source answers; a source that reads
+        its columns more cheaply says so by overriding it."""
         page = self.search(ItemsQuery(limit=limit + 1, bbox=bbox))
         docs = [orjson.loads(f) for f in page.features[:limit]]
         docs = [d for d in docs if d.get("geometry")]

@@ -151,7 +151,14 @@ def _to_pixels(req: TileRequest, geoms: np.ndarray) -> np.ndarray:
 
 def _generalised(ids: list[Any], geoms: np.ndarray, props: list[dict[str, Any]], cell: int,
                  tolerance: float) -> tuple[list[Any], np.ndarray, list[dict[str, Any]]]:
-    """Points in one cell as one (the first, with `point_count`); other geometries simplified to `tolerance`."""
+    """Points in one cell as one (the first, with `point_count`: how many it stands for); lines and polygons
+    simplified to `tolerance`, and those smaller than it as points, counted like them."""
+    tiny = shapely.get_type_id(geoms) != 0
+    if tiny.any():
+        lo = shapely.bounds(geoms)
+        tiny &= (lo[:, 2] - lo[:, 0] < tolerance * 2) & (lo[:, 3] - lo[:, 1] < tolerance * 2)
+        geoms = geoms.copy()
+        geoms[tiny] = shapely.centroid(geoms[tiny])
     points = shapely.get_type_id(geoms) == 0
     out_ids: list[Any] = []
     out_geoms: list[Any] = []
@@ -160,7 +167,9 @@ def _generalised(ids: list[Any], geoms: np.ndarray, props: list[dict[str, Any]],
         where = np.flatnonzero(points)
         xy = shapely.get_coordinates(geoms[where])
         cells = np.floor(xy / cell).astype(np.int64)
-        _, first, counts = np.unique(cells, axis=0, return_index=True, return_counts=True)
+        _, first, inverse = np.unique(cells, axis=0, return_index=True, return_inverse=True)
+        weights = np.array([props[k].get("point_count", 1) for k in where.tolist()], dtype=np.int64)
+        counts = np.bincount(inverse.ravel(), weights=weights, minlength=len(first)).astype(np.int64)
         for i, n in zip(first.tolist(), counts.tolist(), strict=True):
             k = int(where[i])
             out_ids.append(ids[k])

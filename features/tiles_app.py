@@ -18,8 +18,11 @@ from apicommon.request import public_base, sees_internal
 from features.responses import error
 from features.source import FeatureSource, SourceUnavailable
 from features.tiles import (
+    COMPLETE_ZOOM,
+    EXTENT,
     MAX_FEATURES,
     MVT,
+    POINT_CELL,
     TMS_IDS,
     TileCache,
     TileNotFound,
@@ -105,7 +108,8 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         key = (source.id, version, req) if version else None
         found = _cache.get(key) if key else None
         if found is None:
-            found = encode_tile(source.id, req, source.tile_features(req.crs84_bounds(), MAX_FEATURES))
+            cells = None if req.z >= COMPLETE_ZOOM else EXTENT // POINT_CELL
+            found = encode_tile(source.id, req, source.tile_features(req.crs84_bounds(), MAX_FEATURES, cells))
             if key:
                 _cache.put(key, found)
         return found

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Connection,
     Date,
     DateTime,
+    Integer,
     String,
     Table,
     Text,
@@ -54,6 +55,7 @@ from features.cql_sql import BOOL, NUMBER, TEXT, TIME, SpatialSql, kind_of, rend
 from features.request import ItemsQuery, ParamError, encode_cursor
 from features.source import FeatureSource, Page, SourceUnavailable, TileFeatures
 
+DETAILED = 20_000  # rows a generalised tile is made of one by one; past them the database counts them per cell
 _JSON_TYPES = {NUMBER: "number", TEXT: "string", TIME: "string", BOOL: "boolean"}
 
 
@@ -129,9 +131,12 @@ class SqlTableSource(FeatureSource):
         """One feature by its key."""
         return self._retry(lambda layout: self._feature(layout, fid, q))
 
-    def tile_features(self, bbox: tuple[float, float, float, float], limit: int) -> TileFeatures:
-        """The rows meeting a CRS84 box, read as columns (no GeoJSON made and parsed again)."""
-        return self._retry(lambda layout: self._tile_features(layout, bbox, limit))
+    def tile_features(self, bbox: tuple[float, float, float, float], limit: int,
+                      cells: int | None = None) -> TileFeatures:
+        """The rows meeting a CRS84 box, read as columns (no GeoJSON made and parsed again); with `cells`, more
+        than DETAILED of them are counted per cell of a cells × cells grid over the box instead, in the
+        database."""
+        return self._retry(lambda layout: self._tile_features(layout, bbox, limit, cells))
 
     def _retry(self, run: Callable[[Layout], Any]) -> Any:
         """Run against the current layout; once more if the table moved under the request (a re-import)."""
@@ -193,19 +198,38 @@ class SqlTableSource(FeatureSource):
             cursor = encode_cursor(q.sortby, tuple(rows[-1][len(shown):]))
         return Page(matched, encode(rows), exact=exact, next_cursor=cursor)
 
-    def _tile_features(self, t: Layout, bbox: tuple[float, float, float, float], limit: int) -> TileFeatures:
+    def _tile_features(self, t: Layout, bbox: tuple[float, float, float, float], limit: int,
+                       cells: int | None) -> TileFeatures:
         where = self._where(t, ItemsQuery(bbox=bbox))
-        geom: Any = t.geom
-        if self.postgis:
-            geom = func.ST_AsBinary(geom if t.srid == 4326 else func.ST_Transform(geom, 4326))
+        geom: Any = t.geom if self.postgis and t.srid == 4326 else (
+            func.ST_Transform(t.geom, 4326) if self.postgis else t.geom)
         names = list(t.columns)
-        stmt = select(t.key, geom, *t.columns.values()).where(where).limit(limit + 1)
+        first = min(limit, DETAILED) if cells else limit
+        stmt = select(t.key, func.ST_AsBinary(geom) if self.postgis else geom, *t.columns.values()).where(where)
         with self.connect() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(stmt.limit(first + 1)).all()
+            if cells and len(rows) > first:
+                return self._counted(conn, t, geom, where, bbox, cells)
         shown = rows[:limit]
         geoms = shapely.from_wkb([None if r[1] is None else bytes(r[1]) for r in shown]) if shown else np.array([])
         return TileFeatures([r[0] for r in shown], np.asarray(geoms, dtype=object),
                             [dict(zip(names, r[2:], strict=True)) for r in shown], complete=len(rows) <= limit)
+
+    def _counted(self, conn: Connection, t: Layout, geom: Any, where: Any, bbox: tuple[float, float, float, float],
+                 cells: int) -> TileFeatures:
+        """Each grid cell's rows as one point: the mean of their centres, the smallest key, `point_count`."""
+        if self.postgis:
+            x, y = (func.ST_XMin(geom) + func.ST_XMax(geom)) / 2, (func.ST_YMin(geom) + func.ST_YMax(geom)) / 2
+        else:
+            minx, miny, maxx, maxy = t.spatial.bounds  # type: ignore[attr-defined]
+            x, y = (minx + maxx) / 2, (miny + maxy) / 2
+        left, bottom, right, top = bbox
+        cx = cast((x - left) * (cells / (right - left)), Integer)
+        cy = cast((y - bottom) * (cells / (top - bottom)), Integer)
+        rows = conn.execute(select(func.min(t.key), func.count(), func.avg(x), func.avg(y)).where(where)
+                            .group_by(cx, cy)).all()
+        return TileFeatures([r[0] for r in rows], shapely.points([(r[2], r[3]) for r in rows]) if rows
+                            else np.array([]), [{"point_count": int(r[1])} for r in rows])
 
     def _feature(self, t: Layout, fid: str, q: ItemsQuery) -> bytes | None:
         value: Any = fid

@@ -5,6 +5,7 @@ data, and the documents (tilesets, tile matrix sets, conformance, links)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,3 +172,41 @@ def test_tilesets_matrix_sets_conformance_and_links(served: Server) -> None:
     assert "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector" in rels
     landing = httpx.get(f"{served.url}/ogcapi/", params={"f": "json"}, timeout=30, follow_redirects=True).json()
     assert any(link["href"].endswith("/ogcapi/tileMatrixSets") for link in landing["links"])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_crowded_low_zoom_tile_is_counted_per_cell_in_the_database(kind: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `DETAILED` rows a generalised tile's rows are counted per grid cell by the store, not read one by one."""
+    import provider_plugins.sql_table as sql_table
+    from features.spec import CollectionSpec
+    from features.tiles import encode_tile, parse_tile
+    from provider_plugins.imports import import_source
+    from provider_plugins.stored import StoredSource
+    from sensorthings.store.base import Store
+
+    db = None
+    if kind == "postgresql":
+        if not PG_URL:
+            pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
+        db = create_pg(PG_URL)
+    lines = ["fid,lon,lat"] + [f"{i},{_point(i)[0]},{_point(i)[1]}" for i in range(N)]
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    store = Store.open(db.url if db else f"sqlite:///{tmp_path / 'udp.db'}")
+    try:
+        spec = CollectionSpec("p", "p", str(tmp_path / "p.csv"), x="lon", y="lat", id_column="fid")
+        import_source(store, spec)
+        source = StoredSource(spec, store)
+        tile = WEB.tile(9.95, 53.55, 8)
+        req = parse_tile("WebMercatorQuad", "8", str(tile.y), str(tile.x))
+        detailed = source.tile_features(req.crs84_bounds(), 100_000, 256)
+        assert len(detailed.ids) == N and "point_count" not in detailed.properties[0]
+        monkeypatch.setattr(sql_table, "DETAILED", 100)
+        counted = source.tile_features(req.crs84_bounds(), 100_000, 256)
+        assert 0 < len(counted.ids) < N and sum(p["point_count"] for p in counted.properties) == N
+        features = _decode(encode_tile("p", req, counted))["p"]["features"]
+        assert sum(f["properties"].get("point_count", 1) for f in features) == N
+    finally:
+        store.close()
+        if db is not None:
+            db.drop()
