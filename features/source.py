@@ -122,6 +122,11 @@ class FeatureSource(ABC):
     def etag(self) -> str:
         """Changes whenever the data changes; "" when only the answer itself can tell."""
 
+    def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int) -> bytes | None:
+        """The tile as MVT made by the source's database itself (PostGIS `ST_AsMVT`), or None where it cannot
+        make this one: features.tiles then encodes `tile_features`."""
+        return None
+
     def tile_features(self, bbox: tuple[float, float, float, float], limit: int,
                       cells: int | None = None) -> TileFeatures:
         """The features meeting a CRS84 box, at most `limit`, for a vector tile; `cells`: the tile will be

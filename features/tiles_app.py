@@ -18,6 +18,7 @@ from apicommon.request import public_base, sees_internal
 from features.responses import error
 from features.source import FeatureSource, SourceUnavailable
 from features.tiles import (
+    BUFFER,
     COMPLETE_ZOOM,
     EXTENT,
     MAX_FEATURES,
@@ -107,6 +108,8 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         version = source.etag()
         key = (source.id, version, req) if version else None
         found = _cache.get(key) if key else None
+        if found is None and req.z >= COMPLETE_ZOOM:  # a complete tile: the database's own encoder if it has one
+            found = source.vector_tile(source.id, req.tms_id, req.z, req.row, req.col, BUFFER)
         if found is None:
             cells = None if req.z >= COMPLETE_ZOOM else EXTENT // POINT_CELL
             found = encode_tile(source.id, req, source.tile_features(req.crs84_bounds(), MAX_FEATURES, cells))

@@ -40,6 +40,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -55,6 +56,7 @@ from features.cql_sql import BOOL, NUMBER, TEXT, TIME, SpatialSql, kind_of, rend
 from features.request import ItemsQuery, ParamError, encode_cursor
 from features.source import FeatureSource, Page, SourceUnavailable, TileFeatures
 
+EXTENT = 4096  # MVT's grid, as features.tiles encodes it
 DETAILED = 20_000  # rows a generalised tile is made of one by one; past them the database counts them per cell
 _JSON_TYPES = {NUMBER: "number", TEXT: "string", TIME: "string", BOOL: "boolean"}
 
@@ -130,6 +132,30 @@ class SqlTableSource(FeatureSource):
     def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
         """One feature by its key."""
         return self._retry(lambda layout: self._feature(layout, fid, q))
+
+    def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int) -> bytes | None:
+        """PostGIS: a WebMercatorQuad tile made by `ST_AsMVT` over the rows meeting it (every one of them)."""
+        if not self.postgis or tms_id != "WebMercatorQuad":
+            return None
+        return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer))
+
+    def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int) -> bytes:
+        envelope = func.ST_TileEnvelope(z, col, row)
+        box = envelope if t.srid == 3857 else func.ST_Transform(envelope, t.srid)
+        geom = t.geom if t.srid == 3857 else func.ST_Transform(t.geom, 3857)
+        numeric_key = kind_of(t.key.type) == NUMBER
+        # the id column: MVT ids are unsigned integers; a text key stays an attribute (`id`)
+        shown = [(t.key.label("udp_fid") if numeric_key else cast(t.key, Text).label("id"))]
+        shown += [(func.to_char(c, 'YYYY-MM-DD"T"HH24:MI:SS') if isinstance(c.type, DateTime | Date) else c).label(n)
+                  for n, c in t.columns.items() if n != "id" or numeric_key]
+        rows = (select(*shown, func.ST_AsMVTGeom(geom, envelope, EXTENT, buffer, True).label("udp_geom"))
+                .where(t.geom.op("&&")(box)).subquery("t"))
+        args = [literal_column("t"), literal(layer), EXTENT, literal("udp_geom")]
+        if numeric_key:
+            args.append(literal("udp_fid"))
+        with self.connect() as conn:
+            found = conn.execute(select(func.ST_AsMVT(*args)).select_from(rows)).scalar()
+        return bytes(found or b"")
 
     def tile_features(self, bbox: tuple[float, float, float, float], limit: int,
                       cells: int | None = None) -> TileFeatures:
