@@ -27,7 +27,7 @@ from pygeoapi.provider.base import (
 
 from features import crs as crsmod
 from features.request import ItemsQuery, ParamError, Sort, parse_datetime
-from features.spec import CollectionSpec
+from features.spec import CollectionSpec, MapStyle
 from sensorthings.store.base import QueryTimeout
 
 
@@ -77,11 +77,12 @@ class FeatureSource(ABC):
     # then carry `cursor` instead of `offset`
     pages_by_key: bool = False
     item_type: str = "feature"  # "record": a catalogue (OGC API Records)
+    style: MapStyle = MapStyle()  # how maps draw it (config.yml `style:`)
 
     def describe(self, spec: CollectionSpec) -> None:
         """The collection's id, title, description, keywords and access as declared in config.yml."""
         self.id, self.title, self.description = spec.id, spec.title, spec.description
-        self.keywords, self.access = spec.keywords, spec.access
+        self.keywords, self.access, self.style = spec.keywords, spec.access, spec.style
 
     @property
     @abstractmethod

@@ -14,7 +14,32 @@ from features.metadata import DATASET_KEYS, DatasetMetadata, MetadataError, pars
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding",
-        "time", "access", *DATASET_KEYS}
+        "time", "access", "style", *DATASET_KEYS}
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class MapStyle:
+    """How maps draw a collection (its tiles' TileJSON and MapLibre style): a colour, the property that names a
+    feature; None: the platform's choice."""
+
+    colour: str | None = None
+    label: str | None = None
+
+
+def parse_style(body: Any, where: str) -> MapStyle:
+    """`style: {colour: "#1b7a5a", label: name}` (SpecError naming the key path)."""
+    if body is None:
+        return MapStyle()
+    if not isinstance(body, dict) or set(body) - {"colour", "label"}:
+        raise SpecError(f"{where}: a mapping of `colour` (#rrggbb) and `label` (a property name)")
+    colour = body.get("colour")
+    if colour is not None and not (isinstance(colour, str) and _COLOUR.match(colour)):
+        raise SpecError(f"{where}.colour: a colour as #rrggbb, got {colour!r}")
+    label = body.get("label")
+    if label is not None and not isinstance(label, str):
+        raise SpecError(f"{where}.label: a property name")
+    return MapStyle(colour, label)
 
 
 class SpecError(ValueError):
@@ -41,6 +66,7 @@ class CollectionSpec:
     time: str | None = None  # the column `datetime=` filters on
     access: str = "public"
     metadata: DatasetMetadata = field(default=DatasetMetadata(), compare=False)  # themes, licence, … (catalogue)
+    style: MapStyle = field(default=MapStyle(), compare=False)  # colour and label on maps
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -106,7 +132,8 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
             layer=_opt(body, "layer", where), crs=None if crs is None else str(crs), x=_opt(body, "x", where),
             y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), latlon=_opt(body, "latlon", where),
             id_column=_opt(body, "id", where), encoding=None if encoding is None else str(encoding),
-            time=_opt(body, "time", where), access=access, metadata=metadata)
+            time=_opt(body, "time", where), access=access, metadata=metadata,
+            style=parse_style(body.get("style"), f"{where}.style"))
     return out
 
 

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from apicommon.request import public_base, sees_internal
 from features.responses import error
 from features.source import FeatureSource, SourceUnavailable
+from features.styles import maplibre_style, tilejson
 from features.tiles import (
     BUFFER,
     COMPLETE_ZOOM,
@@ -35,6 +36,7 @@ from features.tiles import (
 
 PREFIX = "/ogcapi"
 JSON = "application/json"
+STYLE = "application/vnd.mapbox.style+json"  # a MapLibre (Mapbox GL) style document
 REL_TILESETS = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector"
 REL_SCHEMES = "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"
 REL_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
@@ -230,6 +232,46 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
             return Response(b"", status_code=204, media_type=MVT)
         return await answer(request, layers, req)
 
+    async def collection_tilejson(request: Request) -> Response:
+        found = collection(request)
+        if isinstance(found, Response):
+            return found
+        if request.path_params["tms"] != "WebMercatorQuad":
+            return error(404, "NotFound", "TileJSON describes WebMercatorQuad tiles only")
+        url = f"{root(request)}/collections/{found.id}/tiles/WebMercatorQuad"
+        return Response(orjson.dumps(tilejson([found], url, found.title)), media_type=JSON)
+
+    async def dataset_tilejson(request: Request) -> Response:
+        layers = chosen(request)
+        if isinstance(layers, Response):
+            return layers
+        if request.path_params["tms"] != "WebMercatorQuad":
+            return error(404, "NotFound", "TileJSON describes WebMercatorQuad tiles only")
+        url, query = dataset_url(request, layers)
+        return Response(orjson.dumps(tilejson(layers, url, "The city's collections", query)), media_type=JSON)
+
+    async def style(request: Request) -> Response:
+        if request.path_params["style"] != "default":
+            return error(404, "NotFound", f"no style {request.path_params['style']!r} (offered: default)")
+        layers = chosen(request)
+        if isinstance(layers, Response):
+            return layers
+        url, query = dataset_url(request, layers)
+        doc = maplibre_style(layers, url, "The city's collections", query)
+        return Response(orjson.dumps(doc), media_type=STYLE)
+
+    async def styles(request: Request) -> Response:
+        url = f"{root(request)}/styles/default"
+        return Response(orjson.dumps({"styles": [{"id": "default", "title": "Every collection in its colour",
+                                                  "links": [{"href": url, "rel": "stylesheet", "type": STYLE,
+                                                             "title": "MapLibre style"}]}]}), media_type=JSON)
+
+    def dataset_url(request: Request, layers: list[FeatureSource]) -> tuple[str, str]:
+        """The dataset tiles' URL and the query keeping a `collections=` choice."""
+        chosen_ids = request.query_params.get("collections")
+        return f"{root(request)}/tiles/WebMercatorQuad", (
+            f"?collections={','.join(s.id for s in layers)}" if chosen_ids else "")
+
     tile_path = "/{tms}/{z}/{row}/{col}"
     get = ["GET", "HEAD"]
     return [
@@ -241,4 +283,8 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         Route(PREFIX + "/tiles", dataset_tilesets, methods=get),
         Route(PREFIX + "/tiles/{tms}", dataset_tileset, methods=get),
         Route(PREFIX + "/tiles" + tile_path, dataset_tile, methods=get),
+        Route(PREFIX + "/collections/{cid}/tiles/{tms}/tilejson.json", collection_tilejson, methods=get),
+        Route(PREFIX + "/tiles/{tms}/tilejson.json", dataset_tilejson, methods=get),
+        Route(PREFIX + "/styles", styles, methods=get),
+        Route(PREFIX + "/styles/{style}", style, methods=get),
     ]

@@ -32,7 +32,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     lines = ["fid,name,height,lon,lat"] + [f"{i},tree {i},{i % 30},{_point(i)[0]},{_point(i)[1]}" for i in range(N)]
     (tmp / "trees.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Tile city", "collections": {
-        "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid"}}}), encoding="utf-8")
+        "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid",
+                  "style": {"colour": "#123456", "label": "name"}}}}), encoding="utf-8")
     db = None
     if request.param == "postgresql":
         if not PG_URL:
@@ -221,3 +222,36 @@ def test_a_crowded_low_zoom_tile_is_counted_per_cell_in_the_database(kind: str, 
         store.close()
         if db is not None:
             db.drop()
+
+
+def test_tilejson_and_the_maplibre_style_come_from_config(served: Server) -> None:
+    doc = _tile(served, "collections/trees/tiles/WebMercatorQuad/tilejson.json").json()
+    assert doc["tilejson"] == "3.0.0" and doc["vector_layers"][0]["id"] == "trees"
+    assert doc["tiles"] == [f"{served.url}/ogcapi/collections/trees/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}"]
+    assert doc["vector_layers"][0]["fields"]["height"] in ("number", "integer")
+    assert doc["bounds"][0] == pytest.approx(9.9005)
+    assert _tile(served, "collections/trees/tiles/WorldCRS84Quad/tilejson.json").status_code == 404
+    r = _tile(served, "styles/default?collections=trees")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/vnd.mapbox.style+json")
+    style = r.json()
+    assert style["version"] == 8
+    assert style["sources"]["udp"]["tiles"] == [
+        f"{served.url}/ogcapi/tiles/WebMercatorQuad/{{z}}/{{y}}/{{x}}?collections=trees"]
+    point = next(layer for layer in style["layers"] if layer["id"] == "trees-point")
+    assert point["paint"]["circle-color"] == "#123456" and point["metadata"]["udp:label"] == "name"
+    # the template the style names serves the tile
+    tile = WEB.tile(9.95, 53.55, 14)
+    url = style["sources"]["udp"]["tiles"][0].format(z=14, y=tile.y, x=tile.x)
+    assert "trees" in _decode(httpx.get(url, timeout=30).content)
+    every = _tile(served, "styles/default").json()
+    assert {layer["source-layer"] for layer in every["layers"] if "source-layer" in layer} >= {"trees", "latest_values"}
+    assert _tile(served, "styles/nope").status_code == 404
+
+
+@pytest.mark.parametrize("style, message", [({"colour": "green"}, "collections.t.style.colour"),
+                                            ({"size": 3}, "collections.t.style"), ("red", "collections.t.style")])
+def test_a_bad_style_names_its_key(style: Any, message: str, tmp_path: Path) -> None:
+    from features.spec import SpecError, parse_collections
+
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        parse_collections({"t": {"source": "t.csv", "style": style}}, tmp_path)
