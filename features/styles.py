@@ -42,7 +42,7 @@ def tilejson(sources: Sequence[FeatureSource], tiles_url: str, name: str, query:
 
 def maplibre_style(sources: Sequence[FeatureSource], tiles_url: str, name: str, query: str = "") -> dict[str, Any]:
     """A MapLibre style drawing every collection from the dataset's tiles: polygons filled and outlined, lines,
-    points as circles (a cluster's radius grows with its `point_count`)."""
+    points as circles (larger for a point standing for several, `point_count`)."""
     colour = colours(sources)
     layers: list[dict[str, Any]] = [{"id": "background", "type": "background",
                                      "paint": {"background-color": "#f3f5f8"}}]
@@ -57,10 +57,15 @@ def maplibre_style(sources: Sequence[FeatureSource], tiles_url: str, name: str, 
              "paint": {"line-color": c, "line-width": 1}},
             {**base, "id": f"{s.id}-line", "type": "line", "filter": ["==", ["geometry-type"], "LineString"],
              "paint": {"line-color": c, "line-width": 2}},
-            {**base, "id": f"{s.id}-point", "type": "circle", "filter": ["==", ["geometry-type"], "Point"],
+            {**base, "id": f"{s.id}-point", "type": "circle",
+             "filter": ["all", ["==", ["geometry-type"], "Point"], ["!", ["has", "point_count"]]],
              "paint": {"circle-color": c, "circle-stroke-color": "#1f2933", "circle-stroke-width": 0.5,
-                       "circle-radius": ["interpolate", ["linear"], ["coalesce", ["get", "point_count"], 1],
-                                         1, 3.5, 100, 8, 10000, 16]}},
+                       "circle-radius": 3.5}},
+            # below z14 a point with `point_count` stands for that many (QGIS 3.22 converts no data-driven radius)
+            {**base, "id": f"{s.id}-cluster", "type": "circle",
+             "filter": ["all", ["==", ["geometry-type"], "Point"], ["has", "point_count"]],
+             "paint": {"circle-color": c, "circle-stroke-color": "#1f2933", "circle-stroke-width": 1,
+                       "circle-radius": 7}},
         ]
     doc = tilejson(sources, tiles_url, name, query)
     style: dict[str, Any] = {"version": 8, "name": name,

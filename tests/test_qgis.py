@@ -115,3 +115,23 @@ def test_date_subset_pushed_as_datetime(server: Server) -> None:
     sent = [r["url"] for r in items_requests(report)]
     assert sent and all("datetime=2018-01-01%2F" in url for url in sent)  # QGIS leaves this comparison to the server
     assert report["iterated"] == matched(server, "bikes_timed", datetime="2018-01-01/..")
+
+
+def test_vector_tiles_draw_in_qgis_with_the_platform_style(server: Server) -> None:
+    """QGIS's XYZ vector tile layer reads the tiles, and the MapLibre style converts into its renderer."""
+    style_url = f"{server.url}/ogcapi/styles/default?collections=bikes"
+    style = httpx.get(style_url, timeout=60).json()
+    colour = next(layer for layer in style["layers"] if layer["id"] == "bikes-point")["paint"]["circle-color"]
+    box = httpx.get(f"{server.url}/ogcapi/collections/bikes", params={"f": "json"}, timeout=60).json()[
+        "extent"]["spatial"]["bbox"][0]
+    tiles = style["sources"]["udp"]["tiles"][0]
+    cmd = [SYSTEM_PYTHON, str(ROOT / "tests" / "qgis_vector_tiles.py"), "--tiles", tiles, "--style", style_url,
+           "--bbox", ",".join(str(v) for v in box)]
+    reports = []
+    for c in (colour, "#ff00ff"):  # the layer's colour is drawn, a colour in no layer is not
+        done = subprocess.run([*cmd, "--colour", c], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": "/tmp"})
+        assert done.returncode == 0, f"QGIS failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-2000:]}"
+        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert reports[0]["valid"] and reports[0]["warnings"] == [] and reports[0]["failed"] == []
+    assert reports[0]["pixels"] > 500 and reports[1]["pixels"] == 0

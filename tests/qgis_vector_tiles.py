@@ -1,0 +1,88 @@
+"""Draw the platform's vector tiles in headless QGIS (PyQGIS, Debian's /usr/bin/python3) with the platform's own
+MapLibre style, and print what it drew.
+
+Run: QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_vector_tiles.py --tiles 'http://…/{z}/{y}/{x}' \
+--style http://…/ogcapi/styles/default --bbox 9.9,53.5,10.0,53.6 --colour '#123456'
+
+QGIS's XYZ vector tile layer reads the tiles, QgsMapBoxGlStyleConverter turns the style into its renderer, and a
+512 × 512 map of the box is rendered. Prints one JSON object (`valid`, `converted`, `warnings`, `pixels` of the
+colour, `requests` QGIS sent) and exits 1 when the layer is invalid or a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from qgis.core import (  # noqa: E402  (the environment above must be set before Qt loads)
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMapBoxGlStyleConverter,
+    QgsMapRendererParallelJob,
+    QgsMapSettings,
+    QgsNetworkAccessManager,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorTileLayer,
+)
+from qgis.PyQt.QtCore import QSize  # noqa: E402
+from qgis.PyQt.QtGui import QColor  # noqa: E402
+
+
+def main() -> int:
+    """Draw the layer, print the JSON report, and return the exit code."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tiles", required=True, help="the XYZ template, …/WebMercatorQuad/{z}/{y}/{x}")
+    ap.add_argument("--style", required=True, help="the MapLibre style's URL")
+    ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
+    ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
+    args = ap.parse_args()
+    app = QgsApplication([], False)
+    app.initQgis()
+    requests: list[str] = []
+    failed: list[str] = []
+    nam = QgsNetworkAccessManager.instance()
+    nam.requestAboutToBeCreated.connect(lambda r: requests.append(r.request().url().toString()))
+    nam.finished.connect(lambda reply: failed.append(reply.requestUrl)
+                         if getattr(reply, "error", 0) not in (0, None) else None)
+    layer = QgsVectorTileLayer(f"type=xyz&url={args.tiles}&zmin=0&zmax=22", "city")
+    with urllib.request.urlopen(args.style, timeout=60) as answer:
+        style = json.load(answer)
+    converter = QgsMapBoxGlStyleConverter()
+    converted = converter.convert(style)
+    if converter.renderer() is not None:
+        layer.setRenderer(converter.renderer())
+    x0, y0, x1, y1 = (float(v) for v in args.bbox.split(","))
+    mercator = QgsCoordinateReferenceSystem("EPSG:3857")
+    to_mercator = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), mercator, QgsProject.instance())
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(mercator)
+    settings.setExtent(to_mercator.transformBoundingBox(QgsRectangle(x0, y0, x1, y1)))
+    settings.setOutputSize(QSize(512, 512))
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    want = QColor(args.colour)
+    pixels = 0
+    for y in range(image.height()):
+        for x in range(image.width()):
+            c = QColor(image.pixel(x, y))
+            if abs(c.red() - want.red()) + abs(c.green() - want.green()) + abs(c.blue() - want.blue()) < 60:
+                pixels += 1
+    report = {"valid": layer.isValid(), "converted": int(converted), "warnings": converter.warnings(),
+              "pixels": pixels, "requests": requests, "failed": [str(f) for f in failed]}
+    print(json.dumps(report))
+    return 0 if layer.isValid() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
