@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, Server, serve_on, start_server, stop_server, wait_until
 from tests.harness import MOSQUITTO, Mosquitto
-from tests.test_mqtt import Listener
+from tests.test_mqtt import Listener, wait_subscribed
 from tests.test_sta_api import OM, UNIT
 
 MQTT_URL = os.environ.get("UDP_TEST_MQTT")
@@ -101,6 +101,8 @@ def test_good_and_garbage_in_one_burst(bridged: Server) -> None:
     add_thing(sta, f"camera {sensor}", [f"cctv {sensor} person", f"cctv {sensor} bicycle"])
     before = health(bridged)["bridge"]["dead_letters"]
     listener = Listener("127.0.0.1", bridged.mqtt_port, ["v1.1/Observations"])
+    # the platform publishes only to topics it has heard have subscribers: not before it has heard of this one
+    wait_subscribed(bridged.url, ["v1.1/Observations"])
     device = publisher("127.0.0.1", bridged.mqtt_port)
     garbage = [
         (f"city/pedestrians/{sensor}/count", b"{not json"),
