@@ -100,3 +100,41 @@ def test_config_validation(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=where.replace(".", r"\.").replace("$", r"\$")):
             load_config(bad)
+
+
+def test_cors_lets_web_apps_of_other_origins_call_the_apis(server: object, tmp_path: Path) -> None:
+    url = server.url  # type: ignore[attr-defined]
+    origin = {"Origin": "https://dashboard.example"}
+    for path in ("/v1.1/Things", "/ogcapi/collections", "/ogcapi/tileMatrixSets"):
+        r = httpx.get(url + path, headers=origin)
+        assert r.headers["access-control-allow-origin"] == "*", path
+        assert "etag" in r.headers.get("access-control-expose-headers", "").lower() or path != "/v1.1/Things"
+    # a write with credentials and a body: the browser asks first
+    pre = httpx.options(url + "/v1.1/Observations", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert pre.status_code == 200
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert {"authorization", "content-type"} <= {h.strip().lower() for h in
+                                                 pre.headers["access-control-allow-headers"].split(",")}
+    # a list of origins: only those; [] turns it off
+    config = tmp_path / "cors.yml"
+    config.write_text("title: c\nserver:\n  cors: [https://dashboard.example]\n")
+    listed = start_server(f"sqlite:///{tmp_path / 'c.db'}", "sqlite", ["--config", str(config)])
+    try:
+        assert httpx.get(listed.url + "/v1.1/Things", headers=origin).headers[
+            "access-control-allow-origin"] == "https://dashboard.example"
+        other = httpx.get(listed.url + "/v1.1/Things", headers={"Origin": "https://elsewhere.example"})
+        assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    finally:
+        stop_server(listed)
+
+
+@pytest.mark.parametrize("value", ["yes", "[https://x.example/path]", "[ftp://x.example]"])
+def test_bad_cors_origins_stop_start_up(value: str, tmp_path: Path) -> None:
+    from udp.config import ConfigError, load_config
+
+    config = tmp_path / "bad.yml"
+    config.write_text(f"title: x\nserver:\n  cors: {value}\n")
+    with pytest.raises(ConfigError, match="server.cors"):
+        load_config(str(config))

@@ -153,12 +153,27 @@ def _is_admin(request: Request) -> bool:
 
 
 def _middleware(config: Config) -> list[Middleware]:
-    """Access control when `auth:` is declared."""
+    """CORS for `server.cors` origins (outermost: a browser's preflight carries no credentials), then access
+    control when `auth:` is declared."""
+    out: list[Middleware] = []
+    if config.cors:
+        from starlette.middleware.cors import CORSMiddleware
+
+        out.append(Middleware(
+            CORSMiddleware, allow_origins=list(config.cors), allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_HEADERS), expose_headers=list(CORS_EXPOSED), max_age=3600))
     if config.auth is None:
-        return []
+        return out
     from udp.auth import Authenticator, AuthMiddleware
 
-    return [Middleware(AuthMiddleware, auth=Authenticator(config.auth))]
+    return [*out, Middleware(AuthMiddleware, auth=Authenticator(config.auth))]
+
+
+CORS_METHODS = ("GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS")
+# what a web app sends: credentials of its own (Basic, a bearer token), bodies, conditional requests
+CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "Accept-Language", "If-None-Match", "If-Match", "Prefer")
+# what it may read of an answer beyond the safelisted headers
+CORS_EXPOSED = ("ETag", "Location", "Content-Crs", "Link", "Retry-After", "WWW-Authenticate")
 
 
 def app_from_env() -> Starlette:

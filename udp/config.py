@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
               "server", "publisher", "contact", "license", "catalogue"}
-SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s")
+SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s",
+               "cors")
 MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos")
 
 
@@ -43,6 +44,8 @@ class Config:
     max_top: int = 10_000  # $top and the OGC API `limit`
     max_expand_depth: int = 5  # $expand levels, nested options and paths alike
     statement_timeout_s: float = 30.0  # one SQL statement of a request; 0 turns it off
+    # web pages of these origins may call the APIs from the browser (CORS); "*": any, as open data is read
+    cors: tuple[str, ...] = ("*",)
     mqtt_max_payload_kb: int = 256  # a client's publish to the embedded broker, and an Observation published
     mqtt_url: str | None = None  # an external broker; None: the embedded one
     mqtt_port: int = 1883
@@ -179,12 +182,26 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.max_expand_depth = whole_number(server["max_expand_depth"], "server.max_expand_depth", 1, 50)
     if "statement_timeout_s" in server:
         cfg.statement_timeout_s = _seconds(server["statement_timeout_s"], "server.statement_timeout_s")
+    if "cors" in server:
+        cfg.cors = _origins(server["cors"])
     for rule in cfg.bridge:
         if rule.max_payload > cfg.mqtt_max_payload_kb * 1024:
             # the embedded broker drops larger publishes before the bridge could see them
             raise ConfigError(f"bridge[{rule.index}].max_payload: {rule.max_payload} bytes is over "
                               f"mqtt.max_payload_kb ({cfg.mqtt_max_payload_kb} KiB); raise that too")
     return cfg
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """`server.cors`: "*", or a list of origins (scheme://host[:port]); [] turns CORS off."""
+    if value == "*":
+        return ("*",)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("server.cors: \"*\" or a list of origins such as https://dashboard.city.example")
+    for origin in value:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(f"server.cors: {origin!r} is not an origin (scheme://host[:port], no path)")
+    return tuple(value)
 
 
 def _seconds(value: Any, where: str) -> float:
