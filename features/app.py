@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import mimetypes
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -41,6 +42,8 @@ from sensorthings.store.base import QueryTimeout
 
 PREFIX = "/ogcapi"
 GEOJSON = "application/geo+json"
+# the vendored MapLibre is ES modules (.mjs), which browsers run only when served as JavaScript
+mimetypes.add_type("text/javascript", ".mjs")
 # what works, exactly: QGIS pushes CQL2 to the server only when the filter classes are all declared
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
@@ -191,7 +194,7 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         SOURCES[indexes.catalogue.id] = RecordsSource(indexes)
     workdir = Path(tempfile.mkdtemp(prefix="udp-pygeoapi-"))
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    install(title, SOURCES, workdir, max_limit)
+    install(title, SOURCES, workdir, max_limit, catalogue.metadata if catalogue is not None else None)
     import pygeoapi.api.itemtypes as itemtypes
     from pygeoapi.starlette_app import APP as PYGEOAPI  # configured by install() above
 

@@ -14,15 +14,21 @@ from typing import Any
 import yaml
 
 from features import crs as crsmod
+from features.metadata import CatalogueMetadata
 from features.request import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from features.source import FeatureSource
 
+HERE = Path(__file__).parent  # templates/ and static/: the platform's HTML pages and their assets
 # every link pygeoapi writes starts with this; the platform's ASGI wrapper puts the request's own base in
 PLACEHOLDER = "http://udp-public-base.invalid/ogcapi"
 
 
-def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: int = MAX_LIMIT) -> dict[str, Any]:
-    """The pygeoapi configuration serving `sources` through the platform provider."""
+def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: int = MAX_LIMIT,
+                    metadata: CatalogueMetadata | None = None) -> dict[str, Any]:
+    """The pygeoapi configuration serving `sources` through the platform provider, its HTML pages from the
+    platform's own templates and assets, the publisher and contact from config.yml (`metadata`)."""
+    meta = metadata or CatalogueMetadata()
+    publisher, contact = meta.publisher, meta.contact
     resources: dict[str, Any] = {}
     for cid, src in sources.items():
         bbox = list(src.bbox) if src.bbox else [-180, -90, 180, 90]
@@ -42,8 +48,9 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: in
             "bind": {"host": "127.0.0.1", "port": 0}, "url": PLACEHOLDER, "mimetype": "application/json; charset=UTF-8",
             "encoding": "utf-8", "languages": ["en-US"], "pretty_print": False,
             "limits": {"default_items": DEFAULT_LIMIT, "max_items": max_limit, "on_exceed": "error"},
-            "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
-                    "attribution": "&copy; OpenStreetMap contributors"},
+            # pygeoapi's own basemap setting: the platform's templates draw its own tiles, and none from here
+            "map": {"url": "", "attribution": ""},
+            "templates": {"path": str(HERE / "templates"), "static": str(HERE / "static")},
         },
         "logging": {"level": "ERROR"},
         "metadata": {
@@ -51,10 +58,13 @@ def pygeoapi_config(title: str, sources: dict[str, FeatureSource], max_limit: in
                                "keywords": ["urban data platform", "OGC API Features"], "keywords_type": "theme",
                                "terms_of_service": "", "url": "https://www.ogc.org/standards/ogcapi-features"},
             "license": {"name": "Open data: see each collection", "url": ""},
-            "provider": {"name": title, "url": ""},
-            "contact": {"name": title, "position": "", "address": "", "city": "", "stateorprovince": "",
-                        "postalcode": "", "country": "", "phone": "", "fax": "", "email": "", "url": "",
-                        "hours": "", "instructions": "", "role": "pointOfContact"},
+            "provider": {"name": publisher.name if publisher else title,
+                         "url": (publisher.url or "") if publisher else ""},
+            "contact": {"name": contact.name if contact else title, "position": "", "address": "", "city": "",
+                        "stateorprovince": "", "postalcode": "", "country": "", "phone": "", "fax": "",
+                        "email": (contact.email or "") if contact else "",
+                        "url": (contact.url or "") if contact else "", "hours": "", "instructions": "",
+                        "role": "pointOfContact"},
         },
         "resources": resources,
     }
@@ -187,13 +197,14 @@ def openapi_document(config: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def install(title: str, sources: dict[str, FeatureSource], workdir: Path, max_limit: int = MAX_LIMIT) -> None:
+def install(title: str, sources: dict[str, FeatureSource], workdir: Path, max_limit: int = MAX_LIMIT,
+            metadata: CatalogueMetadata | None = None) -> None:
     """Write the generated configuration and OpenAPI document and point pygeoapi at them
     (pygeoapi reads both when its app module is first imported)."""
     import json
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config = pygeoapi_config(title, sources, max_limit)
+    config = pygeoapi_config(title, sources, max_limit, metadata)
     cfg_path = workdir / "pygeoapi-config.yml"
     cfg_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     oas_path = workdir / "pygeoapi-openapi.json"
