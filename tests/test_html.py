@@ -23,7 +23,7 @@ CDN = re.compile(r"https?://(?!127\.0\.0\.1)[a-z0-9.-]+\.(com|org|io|net)/[^\s\"
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("html")
     srv = serve_config(tmp, {
-        "title": "Seoul test city",
+        "title": "Seoul test city <&>",
         "publisher": {"name": "Seoul Metropolitan Government", "url": "https://www.seoul.go.kr"},
         "contact": {"name": "Open data desk", "email": "data@seoul.example"},
         "collections": {
@@ -38,7 +38,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stop_server(srv)
 
 
-PAGES = ["/ogcapi/?f=html", "/ogcapi/collections?f=html", "/ogcapi/collections/districts?f=html",
+PAGES = ["/?f=html", "/ogcapi/?f=html", "/ogcapi/collections?f=html", "/ogcapi/collections/districts?f=html",
          "/ogcapi/collections/bikes/items?f=html&limit=50", "/ogcapi/collections/districts/items/11230?f=html",
          "/ogcapi/collections/districts/queryables?f=html", "/ogcapi/conformance?f=html", "/ogcapi/openapi?f=html",
          "/ogcapi/collections/catalogue/items?f=html"]
@@ -50,7 +50,8 @@ def test_pages_use_the_platforms_own_assets(city: Server, path: str) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert not CDN.findall(r.text), CDN.findall(r.text)[:3]
     assert "pygeoapi.png" not in r.text and "bootstrap" not in r.text
-    assert "Seoul test city" in r.text and "data@seoul.example" in r.text and "Seoul Metropolitan Government" in r.text
+    assert "Seoul test city &lt;&amp;&gt;" in r.text and "<&>" not in r.text  # the title escaped
+    assert "data@seoul.example" in r.text and "Seoul Metropolitan Government" in r.text
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from sensorthings.service import Service
 from sensorthings.store.base import Store
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
+from udp.landing_page import landing_html
 from udp.load import bring_in
 from udp.sources import load_sources
 
@@ -84,10 +85,9 @@ def build_app(config: Config) -> Starlette:
         want_html = request.query_params.get("f") == "html" or (
             "text/html" in request.headers.get("accept", "") and request.query_params.get("f") != "json")
         if want_html:
-            items = "".join(f'<li><a href="{ln["href"]}">{ln["title"]}</a></li>' for ln in links[1:])
-            return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{config.title}</title>"
-                                f"</head><body><h1>{config.title}</h1><p>Urban data platform</p><ul>{items}</ul>"
-                                "</body></html>")
+            meta = config.catalogue
+            return HTMLResponse(landing_html(base, config.title, "Urban data platform", links[1:],
+                                             meta.publisher.name if meta.publisher else None, meta.contact))
         return ORJSONResponse({"title": config.title, "description": "Urban data platform", "links": links})
 
     async def health(request: Request) -> Response:
