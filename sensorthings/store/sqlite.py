@@ -22,7 +22,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     literal,
     select,
     table,
@@ -295,9 +294,20 @@ def _limit_statements(engine: Engine, seconds: float) -> None:
 
 
 def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Bulk insert with ids assigned after the highest one (the write lock is held): one executemany."""
+    """Bulk insert with ids assigned after the highest one (the write lock is held): one executemany of the
+    driver's, each value through its column type's bind processor (SQLAlchemy's own per-row parameter handling was
+    a third of a CreateObservations request)."""
     obs = TABLES["observations"]
     start = conn.execute(select(func.coalesce(func.max(obs.c.id), 0))).scalar_one() + 1
     ids = list(range(start, start + len(rows)))
-    conn.execute(insert(obs), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)])
+    if not rows:
+        return ids
+    names = list(rows[0])
+    cols = [obs.c[n] for n in names]
+    procs = [c.type.bind_processor(conn.dialect) for c in cols]
+    quoted = ", ".join(f'"{n}"' for n in names)
+    sql = f"INSERT INTO observations (id, {quoted}) VALUES ({', '.join('?' * (len(names) + 1))})"
+    params = [(id_, *(v if p is None or v is None else p(v) for p, v in zip(procs, row.values(), strict=True)))
+              for id_, row in zip(ids, rows, strict=True)]
+    conn.connection.driver_connection.executemany(sql, params)  # type: ignore[union-attr]
     return ids
