@@ -26,7 +26,7 @@ import shapely
 from mapbox_vector_tile.encoder import on_invalid_geometry_make_valid
 from pyproj import Transformer
 
-from features.source import TileFeatures
+from features.source import FeatureSource, TileFeatures
 
 MVT = "application/vnd.mapbox-vector-tile"
 TMS_IDS = ("WebMercatorQuad", "WorldCRS84Quad")
@@ -131,6 +131,22 @@ def encode_tile(layer: str, req: TileRequest, found: TileFeatures) -> bytes:
         if len(tile) <= MAX_TILE_BYTES or cell >= EXTENT:
             return tile
         cell, tolerance = cell * 2, tolerance * 2
+
+
+def make_tile(source: FeatureSource, req: TileRequest) -> bytes:
+    """A collection's layer of a tile: made by the source's database where it can (generalised ones coarser until
+    under MAX_TILE_BYTES), else from its features encoded here."""
+    complete = req.z >= COMPLETE_ZOOM
+    cell = None if complete else POINT_CELL
+    while True:
+        native = source.vector_tile(source.id, req.tms_id, req.z, req.row, req.col, BUFFER, cell)
+        if native is None:
+            break
+        if cell is None or len(native) <= MAX_TILE_BYTES or cell >= EXTENT:
+            return native
+        cell *= 2
+    found = source.tile_features(req.crs84_bounds(), MAX_FEATURES, None if complete else EXTENT // POINT_CELL)
+    return encode_tile(source.id, req, found)
 
 
 def _to_pixels(req: TileRequest, geoms: np.ndarray) -> np.ndarray:

@@ -19,17 +19,12 @@ from features.responses import error
 from features.source import FeatureSource, SourceUnavailable
 from features.styles import maplibre_style, tilejson
 from features.tiles import (
-    BUFFER,
-    COMPLETE_ZOOM,
-    EXTENT,
-    MAX_FEATURES,
     MVT,
-    POINT_CELL,
     TMS_IDS,
     TileCache,
     TileNotFound,
     TileRequest,
-    encode_tile,
+    make_tile,
     matrix_set,
     parse_tile,
 )
@@ -110,11 +105,8 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         version = source.etag()
         key = (source.id, version, req) if version else None
         found = _cache.get(key) if key else None
-        if found is None and req.z >= COMPLETE_ZOOM:  # a complete tile: the database's own encoder if it has one
-            found = source.vector_tile(source.id, req.tms_id, req.z, req.row, req.col, BUFFER)
         if found is None:
-            cells = None if req.z >= COMPLETE_ZOOM else EXTENT // POINT_CELL
-            found = encode_tile(source.id, req, source.tile_features(req.crs84_bounds(), MAX_FEATURES, cells))
+            found = make_tile(source, req)
             if key:
                 _cache.put(key, found)
         return found

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import shapely
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     Connection,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     cast,
     false,
     func,
@@ -133,29 +135,51 @@ class SqlTableSource(FeatureSource):
         """One feature by its key."""
         return self._retry(lambda layout: self._feature(layout, fid, q))
 
-    def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int) -> bytes | None:
-        """PostGIS: a WebMercatorQuad tile made by `ST_AsMVT` over the rows meeting it (every one of them)."""
+    def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int,
+                    cell: int | None = None) -> bytes | None:
+        """PostGIS: a WebMercatorQuad tile made by `ST_AsMVT` over the rows meeting it: every one of them, or with
+        `cell` generalised as features.tiles does it (the points in a cell of that many pixels as one with
+        `point_count`; past DETAILED rows every row counted per cell by its centre)."""
         if not self.postgis or tms_id != "WebMercatorQuad":
             return None
-        return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer))
+        return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer, cell))
 
-    def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int) -> bytes:
+    def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int, cell: int | None) -> bytes:
         envelope = func.ST_TileEnvelope(z, col, row)
         box = envelope if t.srid == 3857 else func.ST_Transform(envelope, t.srid)
         geom = t.geom if t.srid == 3857 else func.ST_Transform(t.geom, 3857)
+        where = t.geom.op("&&")(box)
         numeric_key = kind_of(t.key.type) == NUMBER
         # the id column: MVT ids are unsigned integers; a text key stays an attribute (`id`)
-        shown = [(t.key.label("udp_fid") if numeric_key else cast(t.key, Text).label("id"))]
-        shown += [(func.to_char(c, 'YYYY-MM-DD"T"HH24:MI:SS') if isinstance(c.type, DateTime | Date) else c).label(n)
-                  for n, c in t.columns.items() if n != "id" or numeric_key]
-        rows = (select(*shown, func.ST_AsMVTGeom(geom, envelope, EXTENT, buffer, True).label("udp_geom"))
-                .where(t.geom.op("&&")(box)).subquery("t"))
-        args = [literal_column("t"), literal(layer), EXTENT, literal("udp_geom")]
-        if numeric_key:
-            args.append(literal("udp_fid"))
+        key = t.key.label("udp_fid") if numeric_key else cast(t.key, Text).label("id")
+        props = [(func.to_char(c, 'YYYY-MM-DD"T"HH24:MI:SS') if isinstance(c.type, DateTime | Date) else c).label(n)
+                 for n, c in t.columns.items() if n != "id" or numeric_key]
+        shape = func.ST_AsMVTGeom(geom, envelope, EXTENT, buffer, True).label("udp_geom")
         with self.connect() as conn:
+            if cell is None:
+                rows = select(key, *props, shape).where(where).subquery("t")
+            elif conn.execute(select(func.count()).select_from(
+                    select(literal(1)).where(where).limit(DETAILED + 1).subquery())).scalar_one() > DETAILED:
+                rows = self._mvt_counted(t, envelope, where, buffer, EXTENT // cell)
+            else:
+                rows = _mvt_clustered(select(key, *props, shape).where(where).subquery("r"), cell)
+            args = [literal_column("t"), literal(layer), EXTENT, literal("udp_geom")]
+            if "udp_fid" in rows.c:  # counted cells have no id
+                args.append(literal("udp_fid"))
             found = conn.execute(select(func.ST_AsMVT(*args)).select_from(rows)).scalar()
         return bytes(found or b"")
+
+    def _mvt_counted(self, t: Layout, envelope: Any, where: Any, buffer: int, cells: int) -> Any:
+        """Every row counted per cell of a cells × cells grid over the tile, by its box's centre in CRS84."""
+        g = t.geom if t.srid == 4326 else func.ST_Transform(t.geom, 4326)
+        x, y = (func.ST_XMin(g) + func.ST_XMax(g)) / 2, (func.ST_YMin(g) + func.ST_YMax(g)) / 2
+        e = func.ST_Transform(envelope, 4326)
+        cx = func.floor((x - func.ST_XMin(e)) * cells / (func.ST_XMax(e) - func.ST_XMin(e)))
+        cy = func.floor((y - func.ST_YMin(e)) * cells / (func.ST_YMax(e) - func.ST_YMin(e)))
+        centre = func.ST_Transform(func.ST_SetSRID(func.ST_MakePoint(func.avg(x), func.avg(y)), 4326), 3857)
+        return (select(func.count().label("point_count"),
+                       func.ST_AsMVTGeom(centre, envelope, EXTENT, buffer, True).label("udp_geom"))
+                .where(where).group_by(cx, cy).subquery("t"))
 
     def tile_features(self, bbox: tuple[float, float, float, float], limit: int,
                       cells: int | None = None) -> TileFeatures:
@@ -346,6 +370,28 @@ class SqlTableSource(FeatureSource):
     def compose(self, t: Layout, q: ItemsQuery) -> tuple[Sequence[Any], Callable[[Sequence[Any]], list[bytes]]]:
         """A database that cannot compose GeoJSON: the columns to select and the encoder (SQLite sources)."""
         raise NotImplementedError
+
+
+def _mvt_clustered(rows: Any, cell: int) -> Any:
+    """The rows of a tile (their MVT geometry `udp_geom`) with the points in one cell of `cell` pixels as one: the
+    first's properties and place when alone, else their centre and `point_count`; other geometries each alone."""
+    numbered = select(*rows.c, func.row_number().over().label("udp_rn")).where(rows.c.udp_geom.is_not(None)) \
+        .subquery("n")
+    n = numbered.c
+    group = case((func.GeometryType(n.udp_geom) == "POINT",
+                  func.concat(func.floor(func.ST_X(n.udp_geom) / cell), ":", func.floor(func.ST_Y(n.udp_geom) / cell))),
+                 else_=cast(n.udp_rn, Text))
+    single = func.count() == 1
+    kept = []
+    for c in n:
+        if c.name in ("udp_geom", "udp_rn"):
+            continue
+        value = (func.bool_or(c) if isinstance(c.type, Boolean) else
+                 func.min(c) if kind_of(c.type) == NUMBER else func.min(cast(c, Text)))
+        kept.append(case((single, value)).label(c.name))
+    collected = func.ST_Collect(n.udp_geom)
+    shape = case((single, func.ST_GeometryN(collected, 1)), else_=func.ST_Centroid(collected)).label("udp_geom")
+    return select(*kept, case((~single, func.count())).label("point_count"), shape).group_by(group).subquery("t")
 
 
 def _with_encoded(t: Layout, source: Any, shown: Sequence[Any]) -> Any:

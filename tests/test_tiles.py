@@ -207,6 +207,16 @@ def test_a_crowded_low_zoom_tile_is_counted_per_cell_in_the_database(kind: str, 
         assert 0 < len(counted.ids) < N and sum(p["point_count"] for p in counted.properties) == N
         features = _decode(encode_tile("p", req, counted))["p"]["features"]
         assert sum(f["properties"].get("point_count", 1) for f in features) == N
+        # PostGIS generalises in the database alike: every point counted once, as clusters or alone
+        for detailed_rows in (100, 100_000):
+            monkeypatch.setattr(sql_table, "DETAILED", detailed_rows)
+            native = source.vector_tile("p", "WebMercatorQuad", 8, tile.y, tile.x, 64, 16)
+            assert (native is None) == (kind == "sqlite")
+            if native is not None:
+                shown = _decode(native)["p"]["features"]
+                assert 0 < len(shown) < N and sum(f["properties"].get("point_count", 1) for f in shown) == N
+                lone = [f for f in shown if "point_count" not in f["properties"]]
+                assert all(f["properties"]["fid"] == f["id"] for f in lone)
         # a complete tile: PostGIS makes it itself (ST_AsMVT), the same features as the encoder here
         z14 = WEB.tile(9.95, 53.55, 14)
         native = source.vector_tile("p", "WebMercatorQuad", 14, z14.y, z14.x, 64)
