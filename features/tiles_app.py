@@ -177,42 +177,26 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         return Response(orjson.dumps(tilesets(root(request), f"/collections/{found.id}/tiles", found.title)),
                         media_type=JSON)
 
-    async def collection_tileset(request: Request) -> Response:
+    def layers_of(request: Request) -> list[FeatureSource] | Response:
+        """A collection's tiles have its layer; the dataset's those `chosen`."""
+        if "cid" not in request.path_params:
+            return chosen(request)
         found = collection(request)
-        if isinstance(found, Response):
-            return found
-        try:
-            doc = tileset(root(request), f"/collections/{found.id}/tiles", request.path_params["tms"], [found])
-        except TileNotFound as exc:
-            return error(404, "NotFound", str(exc))
-        return Response(orjson.dumps(doc), media_type=JSON)
+        return found if isinstance(found, Response) else [found]
 
-    async def collection_tile(request: Request) -> Response:
-        found = collection(request)
-        if isinstance(found, Response):
-            return found
-        p = request.path_params
-        try:
-            req = parse_tile(p["tms"], p["z"], p["row"], p["col"])
-        except TileNotFound as exc:
-            return error(404, "NotFound", str(exc))
-        return await answer(request, [found], req)
-
-    async def dataset_tilesets(request: Request) -> Response:
-        return Response(orjson.dumps(tilesets(root(request), "/tiles", "The city's collections")), media_type=JSON)
-
-    async def dataset_tileset(request: Request) -> Response:
-        layers = chosen(request)
+    async def tileset_doc(request: Request) -> Response:
+        layers = layers_of(request)
         if isinstance(layers, Response):
             return layers
+        path = f"/collections/{layers[0].id}/tiles" if "cid" in request.path_params else "/tiles"
         try:
-            doc = tileset(root(request), "/tiles", request.path_params["tms"], layers)
+            doc = tileset(root(request), path, request.path_params["tms"], layers)
         except TileNotFound as exc:
             return error(404, "NotFound", str(exc))
         return Response(orjson.dumps(doc), media_type=JSON)
 
-    async def dataset_tile(request: Request) -> Response:
-        layers = chosen(request)
+    async def tile(request: Request) -> Response:
+        layers = layers_of(request)
         if isinstance(layers, Response):
             return layers
         p = request.path_params
@@ -224,23 +208,20 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
             return Response(b"", status_code=204, media_type=MVT)
         return await answer(request, layers, req)
 
-    async def collection_tilejson(request: Request) -> Response:
-        found = collection(request)
-        if isinstance(found, Response):
-            return found
-        if request.path_params["tms"] != "WebMercatorQuad":
-            return error(404, "NotFound", "TileJSON describes WebMercatorQuad tiles only")
-        url = f"{root(request)}/collections/{found.id}/tiles/WebMercatorQuad"
-        return Response(orjson.dumps(tilejson([found], url, found.title)), media_type=JSON)
+    async def dataset_tilesets(request: Request) -> Response:
+        return Response(orjson.dumps(tilesets(root(request), "/tiles", "The city's collections")), media_type=JSON)
 
-    async def dataset_tilejson(request: Request) -> Response:
-        layers = chosen(request)
+    async def tilejson_doc(request: Request) -> Response:
+        layers = layers_of(request)
         if isinstance(layers, Response):
             return layers
         if request.path_params["tms"] != "WebMercatorQuad":
             return error(404, "NotFound", "TileJSON describes WebMercatorQuad tiles only")
-        url, query = dataset_url(request, layers)
-        return Response(orjson.dumps(tilejson(layers, url, "The city's collections", query)), media_type=JSON)
+        if "cid" in request.path_params:
+            url, query, name = f"{root(request)}/collections/{layers[0].id}/tiles/WebMercatorQuad", "", layers[0].title
+        else:
+            (url, query), name = dataset_url(request, layers), "The city's collections"
+        return Response(orjson.dumps(tilejson(layers, url, name, query)), media_type=JSON)
 
     async def style(request: Request) -> Response:
         if request.path_params["style"] != "default":
@@ -270,13 +251,13 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         Route(PREFIX + "/tileMatrixSets", matrix_sets, methods=get),
         Route(PREFIX + "/tileMatrixSets/{tms}", matrix_set_doc, methods=get),
         Route(PREFIX + "/collections/{cid}/tiles", collection_tilesets, methods=get),
-        Route(PREFIX + "/collections/{cid}/tiles/{tms}", collection_tileset, methods=get),
-        Route(PREFIX + "/collections/{cid}/tiles" + tile_path, collection_tile, methods=get),
+        Route(PREFIX + "/collections/{cid}/tiles/{tms}", tileset_doc, methods=get),
+        Route(PREFIX + "/collections/{cid}/tiles" + tile_path, tile, methods=get),
         Route(PREFIX + "/tiles", dataset_tilesets, methods=get),
-        Route(PREFIX + "/tiles/{tms}", dataset_tileset, methods=get),
-        Route(PREFIX + "/tiles" + tile_path, dataset_tile, methods=get),
-        Route(PREFIX + "/collections/{cid}/tiles/{tms}/tilejson.json", collection_tilejson, methods=get),
-        Route(PREFIX + "/tiles/{tms}/tilejson.json", dataset_tilejson, methods=get),
+        Route(PREFIX + "/tiles/{tms}", tileset_doc, methods=get),
+        Route(PREFIX + "/tiles" + tile_path, tile, methods=get),
+        Route(PREFIX + "/collections/{cid}/tiles/{tms}/tilejson.json", tilejson_doc, methods=get),
+        Route(PREFIX + "/tiles/{tms}/tilejson.json", tilejson_doc, methods=get),
         Route(PREFIX + "/styles", styles, methods=get),
         Route(PREFIX + "/styles/{style}", style, methods=get),
     ]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from tests.conftest import PG_URL, ROOT, Server, create_pg, start_server, stop_server, wait_until
+from tests.conftest import ROOT, Server, serve_on, start_server, stop_server, wait_until
 
 
 def _csv(path: Path, rows: int, name: str = "tree") -> None:
@@ -38,21 +38,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid", "time": "planted"},
         "plain": {"source": "trees.csv", "x": "lon", "y": "lat"},
     }}), encoding="utf-8")
-    db = None
-    if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
-        db = create_pg(PG_URL)
-        store = db.url
-    else:
-        store = f"sqlite:///{tmp / 'udp.db'}"
-    srv = start_server(store, request.param, ["--config", str(tmp / "config.yml"), "--workers", "2"])
-    try:
+    for srv in serve_on(request.param, tmp_path_factory, ["--config", str(tmp / "config.yml"), "--workers", "2"]):
         yield srv, tmp
-    finally:
-        stop_server(srv)
-        if db is not None:
-            db.drop()
 
 
 def _items(srv: Server, cid: str, **params: Any) -> httpx.Response:

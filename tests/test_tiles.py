@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from features.tiles import MAX_TILE_BYTES
-from tests.conftest import PG_URL, Server, create_pg, start_server, stop_server
+from tests.conftest import PG_URL, Server, create_pg, serve_on
 
 MVT = "application/vnd.mapbox-vector-tile"
 WEB = morecantile.tms.get("WebMercatorQuad")
@@ -34,21 +34,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Tile city", "collections": {
         "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid",
                   "style": {"colour": "#123456", "label": "name"}}}}), encoding="utf-8")
-    db = None
-    if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
-        db = create_pg(PG_URL)
-        store = db.url
-    else:
-        store = f"sqlite:///{tmp / 'udp.db'}"
-    srv = start_server(store, request.param, ["--config", str(tmp / "config.yml"), "--workers", "2"])
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
-        if db is not None:
-            db.drop()
+    yield from serve_on(request.param, tmp_path_factory, ["--config", str(tmp / "config.yml"), "--workers", "2"])
 
 
 def _tile(srv: Server, path: str, **headers: str) -> httpx.Response:
