@@ -124,10 +124,11 @@ class FeatureSource(ABC):
         """Changes whenever the data changes; "" when only the answer itself can tell."""
 
     def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int,
-                    cell: int | None = None) -> bytes | None:
+                    cell: int | None = None, properties: tuple[str, ...] | None = None) -> bytes | None:
         """The tile as MVT made by the source's database itself (PostGIS `ST_AsMVT`), or None where it cannot
         make this one: features.tiles then encodes `tile_features`. `cell`: generalised, the points of a cell of
-        that many pixels as one (features.tiles's rules); None: complete."""
+        that many pixels as one (features.tiles's rules); None: complete. `properties`: the attributes to carry
+        (None: every property)."""
         return None
 
     def tile_features(self, bbox: tuple[float, float, float, float], limit: int,

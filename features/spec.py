@@ -25,21 +25,26 @@ class MapStyle:
 
     colour: str | None = None
     label: str | None = None
+    properties: tuple[str, ...] | None = None  # the attributes its vector tiles carry; None: every property
 
 
 def parse_style(body: Any, where: str) -> MapStyle:
-    """`style: {colour: "#1b7a5a", label: name}` (SpecError naming the key path)."""
+    """`style: {colour: "#1b7a5a", label: name, properties: [name, height]}` (SpecError naming the key path)."""
     if body is None:
         return MapStyle()
-    if not isinstance(body, dict) or set(body) - {"colour", "label"}:
-        raise SpecError(f"{where}: a mapping of `colour` (#rrggbb) and `label` (a property name)")
+    if not isinstance(body, dict) or set(body) - {"colour", "label", "properties"}:
+        raise SpecError(f"{where}: a mapping of `colour` (#rrggbb), `label` (a property name) and `properties` "
+                        "(the properties its tiles carry)")
     colour = body.get("colour")
     if colour is not None and not (isinstance(colour, str) and _COLOUR.match(colour)):
         raise SpecError(f"{where}.colour: a colour as #rrggbb, got {colour!r}")
     label = body.get("label")
     if label is not None and not isinstance(label, str):
         raise SpecError(f"{where}.label: a property name")
-    return MapStyle(colour, label)
+    properties = body.get("properties")
+    if properties is not None and not (isinstance(properties, list) and all(isinstance(n, str) for n in properties)):
+        raise SpecError(f"{where}.properties: a list of property names")
+    return MapStyle(colour, label, None if properties is None else tuple(properties))
 
 
 class SpecError(ValueError):

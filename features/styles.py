@@ -19,6 +19,12 @@ PALETTE = ("#1b7a5a", "#c2410c", "#6d28d9", "#be185d", "#4d7c0f", "#a16207", "#0
 TEMPLATE = "/{z}/{y}/{x}"  # WebMercatorQuad's tileMatrix/tileRow/tileCol, as XYZ clients write them
 
 
+def tile_fields(source: FeatureSource) -> dict[str, dict[str, str]]:
+    """The properties a collection's tiles carry (config.yml `style.properties`, else all) and their types."""
+    chosen = source.style.properties
+    return {k: v for k, v in source.fields.items() if chosen is None or k in chosen}
+
+
 def colours(sources: Sequence[FeatureSource]) -> dict[str, str]:
     """Each collection's colour: its own from config.yml, else the palette's next."""
     return {s.id: s.style.colour or PALETTE[i % len(PALETTE)] for i, s in enumerate(sources)}
@@ -32,7 +38,8 @@ def tilejson(sources: Sequence[FeatureSource], tiles_url: str, name: str, query:
         "tilejson": "3.0.0", "name": name, "scheme": "xyz", "tiles": [tiles_url + TEMPLATE + query],
         "minzoom": 0, "maxzoom": MAX_ZOOM,
         "vector_layers": [{"id": s.id, "description": s.title,
-                           "fields": {k: v.get("type", "string") for k, v in s.fields.items()}} for s in sources]}
+                           "fields": {k: v.get("type", "string") for k, v in tile_fields(s).items()}}
+                          for s in sources]}
     if boxes:
         doc["bounds"] = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                          max(b[3] for b in boxes)]

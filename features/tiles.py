@@ -138,14 +138,18 @@ def make_tile(source: FeatureSource, req: TileRequest) -> bytes:
     under MAX_TILE_BYTES), else from its features encoded here."""
     complete = req.z >= COMPLETE_ZOOM
     cell = None if complete else POINT_CELL
+    chosen = source.style.properties
     while True:
-        native = source.vector_tile(source.id, req.tms_id, req.z, req.row, req.col, BUFFER, cell)
+        native = source.vector_tile(source.id, req.tms_id, req.z, req.row, req.col, BUFFER, cell, chosen)
         if native is None:
             break
         if cell is None or len(native) <= MAX_TILE_BYTES or cell >= EXTENT:
             return native
         cell *= 2
     found = source.tile_features(req.crs84_bounds(), MAX_FEATURES, None if complete else EXTENT // POINT_CELL)
+    if chosen is not None:  # the layer's attributes as config.yml chose them (and a cluster's count)
+        keep = {*chosen, "point_count"}
+        found.properties = [{k: v for k, v in p.items() if k in keep} for p in found.properties]
     return encode_tile(source.id, req, found)
 
 

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from apicommon.request import public_base, sees_internal
 from features.responses import error
 from features.source import FeatureSource, SourceUnavailable
-from features.styles import maplibre_style, tilejson
+from features.styles import maplibre_style, tile_fields, tilejson
 from features.tiles import (
     MVT,
     TMS_IDS,
@@ -89,7 +89,7 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
             "title": ", ".join(s.title for s in layers), "dataType": "vector", "crs": tms.crs.srs,
             "tileMatrixSetURI": TMS_URI + tms_id,
             "layers": [{"id": s.id, "title": s.title, "dataType": "vector",
-                        "propertiesSchema": {"type": "object", "properties": s.fields}} for s in layers],
+                        "propertiesSchema": {"type": "object", "properties": tile_fields(s)}} for s in layers],
             "links": [{"href": f"{base}{path}/{tms_id}", "rel": "self", "type": JSON, "title": "this tileset"},
                       {"href": f"{base}/tileMatrixSets/{tms_id}", "rel": REL_SCHEME, "type": JSON,
                        "title": tms_id},

@@ -136,15 +136,16 @@ class SqlTableSource(FeatureSource):
         return self._retry(lambda layout: self._feature(layout, fid, q))
 
     def vector_tile(self, layer: str, tms_id: str, z: int, row: int, col: int, buffer: int,
-                    cell: int | None = None) -> bytes | None:
+                    cell: int | None = None, properties: tuple[str, ...] | None = None) -> bytes | None:
         """PostGIS: a WebMercatorQuad tile made by `ST_AsMVT` over the rows meeting it: every one of them, or with
         `cell` generalised as features.tiles does it (the points in a cell of that many pixels as one with
         `point_count`; past DETAILED rows every row counted per cell by its centre)."""
         if not self.postgis or tms_id != "WebMercatorQuad":
             return None
-        return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer, cell))
+        return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer, cell, properties))
 
-    def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int, cell: int | None) -> bytes:
+    def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int, cell: int | None,
+             properties: tuple[str, ...] | None) -> bytes:
         envelope = func.ST_TileEnvelope(z, col, row)
         box = envelope if t.srid == 3857 else func.ST_Transform(envelope, t.srid)
         geom = t.geom if t.srid == 3857 else func.ST_Transform(t.geom, 3857)
@@ -153,7 +154,8 @@ class SqlTableSource(FeatureSource):
         # the id column: MVT ids are unsigned integers; a text key stays an attribute (`id`)
         key = t.key.label("udp_fid") if numeric_key else cast(t.key, Text).label("id")
         props = [(func.to_char(c, 'YYYY-MM-DD"T"HH24:MI:SS') if isinstance(c.type, DateTime | Date) else c).label(n)
-                 for n, c in t.columns.items() if n != "id" or numeric_key]
+                 for n, c in t.columns.items()
+                 if (n != "id" or numeric_key) and (properties is None or n in properties)]
         shape = func.ST_AsMVTGeom(geom, envelope, EXTENT, buffer, True).label("udp_geom")
         with self.connect() as conn:
             if cell is None:

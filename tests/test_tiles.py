@@ -33,7 +33,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     (tmp / "trees.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp / "config.yml").write_text(yaml.safe_dump({"title": "Tile city", "collections": {
         "trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid",
-                  "style": {"colour": "#123456", "label": "name"}}}}), encoding="utf-8")
+                  "style": {"colour": "#123456", "label": "name"}},
+        "named": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid",
+                  "style": {"properties": ["name"]}}}}), encoding="utf-8")
     yield from serve_on(request.param, tmp_path_factory, ["--config", str(tmp / "config.yml"), "--workers", "2"])
 
 
@@ -251,3 +253,29 @@ def test_a_bad_style_names_its_key(style: Any, message: str, tmp_path: Path) -> 
 
     with pytest.raises(SpecError, match=message.replace(".", r"\.")):
         parse_collections({"t": {"source": "t.csv", "style": style}}, tmp_path)
+
+
+def test_a_layer_carries_the_properties_config_chooses(served: Server) -> None:
+    for z in (14, 8):  # complete, and generalised (clusters keep their count)
+        tile = WEB.tile(9.95, 53.55, z)
+        features = _decode(_tile(served, f"collections/named/tiles/WebMercatorQuad/{z}/{tile.y}/{tile.x}").content)[
+            "named"]["features"]
+        assert features and all(set(f["properties"]) <= {"name", "point_count"} for f in features)
+        assert any("name" in f["properties"] for f in features) or z < 14
+    assert set(_tile(served, "collections/named/tiles/WebMercatorQuad").json()["layers"][0]["propertiesSchema"][
+        "properties"]) == {"name"}
+    doc = _tile(served, "collections/named/tiles/WebMercatorQuad/tilejson.json").json()
+    assert set(doc["vector_layers"][0]["fields"]) == {"name"}
+
+
+def test_a_style_naming_no_property_stops_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "t.csv").write_text("fid,lon,lat\n1,9.9,53.5\n", encoding="utf-8")
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({"title": "x", "collections": {"t": {
+        "source": "t.csv", "x": "lon", "y": "lat", "style": {"properties": ["height"]}}}}), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "udp.cli", "serve", "--config", str(tmp_path / "config.yml"),
+                          "--store", f"sqlite:///{tmp_path / 'u.db'}", "--port", "0", "--mqtt-port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "'t'" in out.stderr and "height" in out.stderr

@@ -9,6 +9,7 @@ from features.spec import CollectionSpec
 from provider_plugins.postgis import PostgisSource
 from provider_plugins.sensorthings import sensorthings_sources
 from provider_plugins.stored import StoredSource
+from provider_plugins.table import SourceError
 from sensorthings.store.base import Store
 from udp.indicators import IndicatorSpec
 
@@ -31,4 +32,10 @@ def load_sources(specs: Mapping[str, CollectionSpec], store: Store,
 def open_source(spec: CollectionSpec, store: Store, statement_timeout: float | None = None) -> FeatureSource:
     """A declared collection's source: a PostGIS table served live in SQL, a file from its import in the store
     (SourceError names the collection when it cannot be opened)."""
-    return PostgisSource(spec, statement_timeout) if spec.is_postgis else StoredSource(spec, store)
+    source: FeatureSource = PostgisSource(spec, statement_timeout) if spec.is_postgis else StoredSource(spec, store)
+    named = [n for n in (spec.style.properties or ()) + ((spec.style.label,) if spec.style.label else ())
+             if n not in source.fields]
+    if named:
+        raise SourceError(spec.id, f"style names {named[0]!r}, which is not one of its properties "
+                                   f"({', '.join(source.fields)})")
+    return source
