@@ -99,11 +99,14 @@ def test_a_replaced_file_is_served_after_its_reimport_without_a_break(served: tu
         for t in readers:
             t.join()
     assert not failures, failures[:3]
-    after = _items(srv, "trees", limit=1)
-    assert after.json()["features"][0]["properties"]["name"].startswith("replanted")
-    assert after.headers["etag"] != before.headers["etag"]
-    # each worker sees the new import (two workers: ask often enough to meet both)
-    assert all(_items(srv, "trees", limit=1).json()["numberMatched"] == rows + 100 for _ in range(10))
+
+    def everywhere() -> bool:  # each worker follows the switch within half a second (two: ask often enough)
+        pages = [_items(srv, "trees", limit=1).json() for _ in range(10)]
+        return all(p["numberMatched"] == rows + 100 and p["features"][0]["properties"]["name"].startswith("replanted")
+                   for p in pages)
+
+    wait_until(everywhere, timeout=5, what="every worker to serve the new import")
+    assert _items(srv, "trees", limit=1).headers["etag"] != before.headers["etag"]
 
 
 def test_a_broken_replacement_keeps_the_last_import_served(served: tuple[Server, Path]) -> None:
