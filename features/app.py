@@ -25,7 +25,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apicommon.request import public_base, sees_internal
-from apicommon.unavailable import client_fault, database_unavailable
 from features import crs as crsmod
 from features.dcat import dcat_routes
 from features.pygeoapi_config import PLACEHOLDER, install
@@ -34,6 +33,7 @@ from features.records_app import CONFORMANCE as RECORDS
 from features.records_app import Indexes, RecordsSource, records_routes
 from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_item, parse_items
 from features.responses import error as _error
+from features.responses import gone, unavailable
 from features.responses import wants_html as _wants_html
 from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
 from features.tiles import CONFORMANCE as TILES
@@ -67,22 +67,6 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
     "http://www.opengis.net/spec/cql2/1.0/conf/arithmetic",
 ]
-
-
-def _unavailable(exc: DBAPIError) -> Response:
-    """503 with Retry-After when the database cannot be reached, 400 when it cannot evaluate what the client
-    sent (as the SensorThings API answers then); any other database error is raised on."""
-    if (reason := client_fault(exc)) is not None:
-        return _error(400, "InvalidParameterValue", reason)
-    if not database_unavailable(exc):
-        raise exc
-    return _gone("the database is unavailable")
-
-
-def _gone(reason: str) -> Response:
-    response = _error(503, "ServiceUnavailable", reason)
-    response.headers["Retry-After"] = "5"
-    return response
 
 
 class _Rebased:
@@ -247,9 +231,9 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         except (ParamError, QueryTimeout) as exc:  # a filter too costly for the store is the client's to narrow
             return _error(400, "InvalidParameterValue", str(exc))
         except SourceUnavailable as exc:
-            return _gone(str(exc))
+            return gone(str(exc))
         except DBAPIError as exc:
-            return _unavailable(exc)
+            return unavailable(exc)
         root = public_base(request, public_url)
         base = root + PREFIX
         url = f"{base}/collections/{source.id}/items"
@@ -292,9 +276,9 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         try:
             found = await run_in_threadpool(source.feature, request.path_params["fid"], q)
         except SourceUnavailable as exc:
-            return _gone(str(exc))
+            return gone(str(exc))
         except DBAPIError as exc:
-            return _unavailable(exc)
+            return unavailable(exc)
         if found is None:
             return _error(404, "NotFound", f"no feature {request.path_params['fid']!r} in {source.id!r}")
         root = public_base(request, public_url)

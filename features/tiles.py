@@ -10,12 +10,11 @@ from `COMPLETE_ZOOM` on a tile holds every feature inside it, exactly placed on 
 
 from __future__ import annotations
 
+import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
-from threading import Lock
 from typing import Any
 
 import mapbox_vector_tile
@@ -28,13 +27,15 @@ from pyproj import Transformer
 
 from features.source import FeatureSource, TileFeatures
 
+log = logging.getLogger(__name__)
+
 MVT = "application/vnd.mapbox-vector-tile"
 TMS_IDS = ("WebMercatorQuad", "WorldCRS84Quad")
 EXTENT, BUFFER = 4096, 64
 COMPLETE_ZOOM = 14  # from here on a tile holds every feature inside it
 POINT_CELL = 16  # pixels: below COMPLETE_ZOOM the points in one such cell are one point with their count
 MAX_TILE_BYTES = 512 * 1024  # a generalised tile is made coarser until it fits
-MAX_FEATURES = 200_000  # read for one tile at most; a tile that met more says so in `complete`
+MAX_FEATURES = 200_000  # read for one tile at most; a tile that met more is drawn from these and logged
 MAX_ZOOM = 22
 
 CONFORMANCE = [
@@ -147,6 +148,9 @@ def make_tile(source: FeatureSource, req: TileRequest) -> bytes:
             return native
         cell *= 2
     found = source.tile_features(req.crs84_bounds(), MAX_FEATURES, None if complete else EXTENT // POINT_CELL)
+    if not found.complete:
+        log.warning("tile %s/%d/%d/%d of %r: more than %d features met it, the first %d are drawn", req.tms_id,
+                    req.z, req.row, req.col, source.id, MAX_FEATURES, MAX_FEATURES)
     if chosen is not None:  # the layer's attributes as config.yml chose them (and a cluster's count)
         keep = {*chosen, "point_count"}
         found.properties = [{k: v for k, v in p.items() if k in keep} for p in found.properties]
@@ -233,33 +237,3 @@ def _attribute(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _attribute(value.item())
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
-
-
-# -- a cache of encoded tiles, dropped with the data's version ---------------------------------------------
-class TileCache:
-    """Encoded tiles by (collection, its data version, tile), least recently used first out."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._tiles: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self._lock = Lock()
-
-    def get(self, key: tuple[Any, ...]) -> bytes | None:
-        """A cached tile, or None."""
-        with self._lock:
-            found = self._tiles.get(key)
-            if found is not None:
-                self._tiles.move_to_end(key)
-            return found
-
-    def put(self, key: tuple[Any, ...], tile: bytes) -> None:
-        """Keep a tile, dropping the least recently used past the budget."""
-        with self._lock:
-            if key in self._tiles:
-                return
-            self._tiles[key] = tile
-            self.bytes += len(tile)
-            while self.bytes > self.max_bytes and self._tiles:
-                _, old = self._tiles.popitem(last=False)
-                self.bytes -= len(old)

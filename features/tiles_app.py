@@ -14,14 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from apicommon.lru import SizedLRU
 from apicommon.request import public_base, sees_internal
-from features.responses import error
+from features.responses import error, gone, unavailable
 from features.source import FeatureSource, SourceUnavailable
 from features.styles import maplibre_style, tile_fields, tilejson
 from features.tiles import (
     MVT,
     TMS_IDS,
-    TileCache,
     TileNotFound,
     TileRequest,
     make_tile,
@@ -38,7 +38,8 @@ REL_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/"
 TEMPLATE = "{tileMatrix}/{tileRow}/{tileCol}"
 
-_cache = TileCache()
+# encoded tiles by (collection, its data version, tile): a change of the data is a new key
+_cache: SizedLRU[bytes] = SizedLRU(64 * 1024 * 1024, len)
 
 
 def tiled(source: FeatureSource) -> bool:
@@ -71,15 +72,17 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
     """The /ogcapi tiles routes over `sources` (the OGC API's registry); `source_of` finds a request's collection
     as the items routes do (internal ones only for the read role)."""
 
+    def tileset_links(base: str, path: str, tms_id: str) -> list[dict[str, Any]]:
+        """A tileset's own link, its tiling scheme's and its tiles' template."""
+        return [{"href": f"{base}{path}/{tms_id}", "rel": "self", "type": JSON, "title": "the tileset"},
+                {"href": f"{base}/tileMatrixSets/{tms_id}", "rel": REL_SCHEME, "type": JSON, "title": tms_id},
+                {"href": f"{base}{path}/{tms_id}/{TEMPLATE}", "rel": "item", "type": MVT, "templated": True,
+                 "title": "a tile"}]
+
     def tilesets(base: str, path: str, title: str) -> dict[str, Any]:
         return {"tilesets": [{
             "title": f"{title} ({tms_id})", "dataType": "vector", "crs": matrix_set(tms_id).crs.srs,
-            "tileMatrixSetURI": TMS_URI + tms_id,
-            "links": [{"href": f"{base}{path}/{tms_id}", "rel": "self", "type": JSON, "title": "the tileset"},
-                      {"href": f"{base}/tileMatrixSets/{tms_id}", "rel": REL_SCHEME, "type": JSON,
-                       "title": tms_id},
-                      {"href": f"{base}{path}/{tms_id}/{TEMPLATE}", "rel": "item", "type": MVT, "templated": True,
-                       "title": "a tile"}]} for tms_id in TMS_IDS],
+            "tileMatrixSetURI": TMS_URI + tms_id, "links": tileset_links(base, path, tms_id)} for tms_id in TMS_IDS],
             "links": [{"href": f"{base}{path}", "rel": "self", "type": JSON, "title": "these tilesets"}]}
 
     def tileset(base: str, path: str, tms_id: str, layers: list[FeatureSource]) -> dict[str, Any]:
@@ -90,19 +93,14 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
             "tileMatrixSetURI": TMS_URI + tms_id,
             "layers": [{"id": s.id, "title": s.title, "dataType": "vector",
                         "propertiesSchema": {"type": "object", "properties": tile_fields(s)}} for s in layers],
-            "links": [{"href": f"{base}{path}/{tms_id}", "rel": "self", "type": JSON, "title": "this tileset"},
-                      {"href": f"{base}/tileMatrixSets/{tms_id}", "rel": REL_SCHEME, "type": JSON,
-                       "title": tms_id},
-                      {"href": f"{base}{path}/{tms_id}/{TEMPLATE}", "rel": "item", "type": MVT, "templated": True,
-                       "title": "a tile"}]}
+            "links": tileset_links(base, path, tms_id)}
         if boxes:
             doc["boundingBox"] = {"lowerLeft": [min(b[0] for b in boxes), min(b[1] for b in boxes)],
                                   "upperRight": [max(b[2] for b in boxes), max(b[3] for b in boxes)],
                                   "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}
         return doc
 
-    def layer(source: FeatureSource, req: TileRequest) -> bytes:
-        version = source.etag()
+    def layer(source: FeatureSource, version: str, req: TileRequest) -> bytes:
         key = (source.id, version, req) if version else None
         found = _cache.get(key) if key else None
         if found is None:
@@ -123,11 +121,11 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
                 return Response(status_code=304, headers=headers)
         try:
             # a tile of several layers is the layers' tiles one after the other (MVT's layers are a repeated field)
-            body = b"".join([await run_in_threadpool(layer, s, req) for s in layers])
+            body = b"".join([await run_in_threadpool(layer, s, v, req) for s, v in zip(layers, versions, strict=True)])
         except SourceUnavailable as exc:
-            return error(503, "ServiceUnavailable", str(exc))
-        except DBAPIError:
-            return error(503, "ServiceUnavailable", "the store cannot be read now")
+            return gone(str(exc))
+        except DBAPIError as exc:
+            return unavailable(exc)
         if "ETag" not in headers:
             headers["ETag"] = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
             if request.headers.get("if-none-match") == headers["ETag"]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from apicommon.lru import SizedLRU
 from sensorthings.store.versions import holds
 
 Versions = tuple[tuple[str, int], ...]
@@ -35,24 +35,20 @@ class ResponseCache:
     """A bounded LRU of responses keyed by request, checked against the tables' current versions."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entry: int = 4 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
         self.max_entry = max_entry
-        self._entries: OrderedDict[tuple, Entry] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._entries: SizedLRU[Entry] = SizedLRU(max_bytes, lambda e: len(e.body))
+        self._lock = threading.Lock()  # the counters and the computations in flight
         self._flights: dict[tuple, tuple[threading.Lock, list[int]]] = {}
         self.hits = 0
         self.misses = 0
 
     def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
         """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or not holds(entry.versions, now):
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry
+        entry = self._entries.get(key, lambda e: holds(e.versions, now))
+        if entry is not None:
+            with self._lock:
+                self.hits += 1
+        return entry
 
     @contextmanager
     def computing(self, key: tuple) -> Iterator[None]:
@@ -81,20 +77,12 @@ class ResponseCache:
         """Remember a response; large ones are not kept."""
         etag = '"' + hashlib.blake2b(repr(versions).encode() + b"\0" + body, digest_size=12).hexdigest() + '"'
         entry = Entry(versions, status, body, tuple(headers.items()), etag)
-        if len(body) > self.max_entry:
-            return entry
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old.body)
-            self._entries[key] = entry
-            self._bytes += len(body)
-            while self._bytes > self.max_bytes and self._entries:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped.body)
+        if len(body) <= self.max_entry:
+            self._entries.put(key, entry)
         return entry
 
     def stats(self) -> dict[str, int]:
         """Hits, misses, entries and bytes held."""
+        entries, size = self._entries.stats()
         with self._lock:
-            return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries), "bytes": self._bytes}
+            return {"hits": self.hits, "misses": self.misses, "entries": entries, "bytes": size}
