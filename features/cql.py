@@ -286,7 +286,7 @@ class _TableEvaluator(LiteralEvaluator):
 def _like_column(series: pd.Series, value: Any) -> Any:
     kind = series.dtype.kind
     if kind == "M" and isinstance(value, date | str):
-        return _timestamp(value)
+        return utc_timestamp(value)
     if kind in "iuf" and isinstance(value, str):
         raise FilterError(f"property compares numbers, got the text {value!r}")
     if kind in "OSU" and isinstance(value, int | float) and not isinstance(value, bool):
@@ -294,7 +294,8 @@ def _like_column(series: pd.Series, value: Any) -> Any:
     return value
 
 
-def _timestamp(value: Any) -> pd.Timestamp:
+def utc_timestamp(value: Any) -> pd.Timestamp:
+    """A CQL2 time literal (text, date or datetime) as a UTC timestamp (FilterError when it is none)."""
     if isinstance(value, datetime):
         ts = pd.Timestamp(value)
         return ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
@@ -310,10 +311,10 @@ def _timestamp(value: Any) -> pd.Timestamp:
 def _interval(value: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
     if isinstance(value, tuple):
         start, end = value
-        lo = pd.Timestamp.min.tz_localize(UTC) if start in (None, "..") else _timestamp(start)
-        hi = pd.Timestamp.max.tz_localize(UTC) if end in (None, "..") else _timestamp(end)
+        lo = pd.Timestamp.min.tz_localize(UTC) if start in (None, "..") else utc_timestamp(start)
+        hi = pd.Timestamp.max.tz_localize(UTC) if end in (None, "..") else utc_timestamp(end)
         return lo, hi
-    t = _timestamp(value)
+    t = utc_timestamp(value)
     return t, t
 
 

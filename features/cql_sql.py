@@ -17,7 +17,6 @@ from datetime import date, datetime
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import shapely
 from pygeofilter import ast
 from pygeofilter.backends.evaluator import handle
@@ -45,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from features.cql import GEOMETRY, FilterError, LiteralEvaluator
+from features.cql import GEOMETRY, FilterError, LiteralEvaluator, utc_timestamp
 from sensorthings.store.sqlite import BBOX_PREDICATES
 
 NUMBER, TEXT, TIME, BOOL, GEOM, OTHER = "number", "text", "time", "bool", "geometry", "other"
@@ -362,12 +361,7 @@ def _position(value: Any) -> float | None:
 
 def _timestamp(value: Any) -> datetime:
     """A CQL2 time literal as an aware UTC datetime."""
-    try:
-        ts = pd.Timestamp(value)
-    except ValueError:
-        raise FilterError(f"not a time: {value!r}") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
+    return utc_timestamp(value).to_pydatetime()
 
 
 def _negate(cond: Any) -> Any:

@@ -214,13 +214,17 @@ def _percentiles(series: pd.Series, kind: str) -> list[float]:
     """A number or time column's 0th … 100th percentile (times as POSIX seconds): SQLite's planner has no
     histograms, features.cql_sql.SqliteSql.ranged judges a range's share of the rows by these."""
     if kind == DATETIME:
-        utc = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
-        values = ((utc.dropna() - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+        values = ((_utc(series).dropna() - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
     else:
         values = pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=float)
     if not len(values):
         return []
     return [float(v) for v in np.quantile(values, np.linspace(0, 1, 101))]
+
+
+def _utc(series: pd.Series) -> pd.Series:
+    """A time column in UTC (naive times are taken as UTC)."""
+    return series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
 
 
 def _few(series: pd.Series) -> bool:
@@ -252,7 +256,7 @@ def _values(series: pd.Series, kind: str, postgis: bool) -> list[Any]:
     """A column's cells as the database takes them (None for missing); on SQLite times as the text SQLAlchemy's
     DateTime reads and binds (UTC, microseconds always written), since the rows go in by the driver itself."""
     if kind == DATETIME:
-        utc = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
+        utc = _utc(series)
         cells = utc.dt.to_pydatetime() if postgis else utc.dt.strftime("%Y-%m-%d %H:%M:%S.%f").to_numpy(object)
     else:
         cells = series.to_numpy(dtype=object, na_value=None)
