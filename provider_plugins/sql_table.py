@@ -148,7 +148,6 @@ class SqlTableSource(FeatureSource):
              properties: tuple[str, ...] | None) -> bytes:
         envelope = func.ST_TileEnvelope(z, col, row)
         box = envelope if t.srid == 3857 else func.ST_Transform(envelope, t.srid)
-        geom = t.geom if t.srid == 3857 else func.ST_Transform(t.geom, 3857)
         where = t.geom.op("&&")(box)
         numeric_key = kind_of(t.key.type) == NUMBER
         # the id column: MVT ids are unsigned integers; a text key stays an attribute (`id`)
@@ -156,7 +155,7 @@ class SqlTableSource(FeatureSource):
         props = [(func.to_char(c, 'YYYY-MM-DD"T"HH24:MI:SS') if isinstance(c.type, DateTime | Date) else c).label(n)
                  for n, c in t.columns.items()
                  if (n != "id" or numeric_key) and (properties is None or n in properties)]
-        shape = func.ST_AsMVTGeom(geom, envelope, EXTENT, buffer, True).label("udp_geom")
+        shape = func.ST_AsMVTGeom(_in_srid(t, 3857), envelope, EXTENT, buffer, True).label("udp_geom")
         with self.connect() as conn:
             if cell is None:
                 rows = select(key, *props, shape).where(where).subquery("t")
@@ -173,11 +172,8 @@ class SqlTableSource(FeatureSource):
 
     def _mvt_counted(self, t: Layout, envelope: Any, where: Any, buffer: int, cells: int) -> Any:
         """Every row counted per cell of a cells × cells grid over the tile, by its box's centre in CRS84."""
-        g = t.geom if t.srid == 4326 else func.ST_Transform(t.geom, 4326)
-        x, y = (func.ST_XMin(g) + func.ST_XMax(g)) / 2, (func.ST_YMin(g) + func.ST_YMax(g)) / 2
         e = func.ST_Transform(envelope, 4326)
-        cx = func.floor((x - func.ST_XMin(e)) * cells / (func.ST_XMax(e) - func.ST_XMin(e)))
-        cy = func.floor((y - func.ST_YMin(e)) * cells / (func.ST_YMax(e) - func.ST_YMin(e)))
+        x, y, cx, cy = self._centres(t, (func.ST_XMin(e), func.ST_YMin(e), func.ST_XMax(e), func.ST_YMax(e)), cells)
         centre = func.ST_Transform(func.ST_SetSRID(func.ST_MakePoint(func.avg(x), func.avg(y)), 4326), 3857)
         return (select(func.count().label("point_count"),
                        func.ST_AsMVTGeom(centre, envelope, EXTENT, buffer, True).label("udp_geom"))
@@ -253,35 +249,41 @@ class SqlTableSource(FeatureSource):
     def _tile_features(self, t: Layout, bbox: tuple[float, float, float, float], limit: int,
                        cells: int | None) -> TileFeatures:
         where = self._where(t, ItemsQuery(bbox=bbox))
-        geom: Any = t.geom if self.postgis and t.srid == 4326 else (
-            func.ST_Transform(t.geom, 4326) if self.postgis else t.geom)
         names = list(t.columns)
         first = min(limit, DETAILED) if cells else limit
-        stmt = select(t.key, func.ST_AsBinary(geom) if self.postgis else geom, *t.columns.values()).where(where)
+        wkb = func.ST_AsBinary(_in_srid(t, 4326)) if self.postgis else t.geom
+        stmt = select(t.key, wkb, *t.columns.values()).where(where)
         with self.connect() as conn:
             rows = conn.execute(stmt.limit(first + 1)).all()
             if cells and len(rows) > first:
-                return self._counted(conn, t, geom, where, bbox, cells)
+                return self._counted(conn, t, where, bbox, cells)
         shown = rows[:limit]
         geoms = shapely.from_wkb([None if r[1] is None else bytes(r[1]) for r in shown]) if shown else np.array([])
         return TileFeatures([r[0] for r in shown], np.asarray(geoms, dtype=object),
                             [dict(zip(names, r[2:], strict=True)) for r in shown], complete=len(rows) <= limit)
 
-    def _counted(self, conn: Connection, t: Layout, geom: Any, where: Any, bbox: tuple[float, float, float, float],
+    def _counted(self, conn: Connection, t: Layout, where: Any, bbox: tuple[float, float, float, float],
                  cells: int) -> TileFeatures:
         """Each grid cell's rows as one point: the mean of their centres, the smallest key, `point_count`."""
-        if self.postgis:
-            x, y = (func.ST_XMin(geom) + func.ST_XMax(geom)) / 2, (func.ST_YMin(geom) + func.ST_YMax(geom)) / 2
-        else:
-            minx, miny, maxx, maxy = t.spatial.bounds  # type: ignore[attr-defined]
-            x, y = (minx + maxx) / 2, (miny + maxy) / 2
-        left, bottom, right, top = bbox
-        cx = cast((x - left) * (cells / (right - left)), Integer)
-        cy = cast((y - bottom) * (cells / (top - bottom)), Integer)
+        x, y, cx, cy = self._centres(t, bbox, cells)
         rows = conn.execute(select(func.min(t.key), func.count(), func.avg(x), func.avg(y)).where(where)
                             .group_by(cx, cy)).all()
         return TileFeatures([r[0] for r in rows], shapely.points([(r[2], r[3]) for r in rows]) if rows
                             else np.array([]), [{"point_count": int(r[1])} for r in rows])
+
+    def _centres(self, t: Layout, box: tuple[Any, Any, Any, Any], cells: int) -> tuple[Any, Any, Any, Any]:
+        """Each row's box centre in CRS84 (x, y) and its column and row of a cells × cells grid over `box` (left,
+        bottom, right, top: numbers or SQL)."""
+        if self.postgis:
+            g = _in_srid(t, 4326)
+            x, y = (func.ST_XMin(g) + func.ST_XMax(g)) / 2, (func.ST_YMin(g) + func.ST_YMax(g)) / 2
+        else:
+            minx, miny, maxx, maxy = t.spatial.bounds  # type: ignore[attr-defined]
+            x, y = (minx + maxx) / 2, (miny + maxy) / 2
+        left, bottom, right, top = box
+        # floor on PostgreSQL (its cast to integer rounds); SQLite's cast truncates, as floor does from 0 on
+        whole = func.floor if self.postgis else (lambda v: cast(v, Integer))
+        return x, y, whole((x - left) * cells / (right - left)), whole((y - bottom) * cells / (top - bottom))
 
     def _feature(self, t: Layout, fid: str, q: ItemsQuery) -> bytes | None:
         value: Any = fid
@@ -372,6 +374,11 @@ class SqlTableSource(FeatureSource):
     def compose(self, t: Layout, q: ItemsQuery) -> tuple[Sequence[Any], Callable[[Sequence[Any]], list[bytes]]]:
         """A database that cannot compose GeoJSON: the columns to select and the encoder (SQLite sources)."""
         raise NotImplementedError
+
+
+def _in_srid(t: Layout, srid: int) -> Any:
+    """The table's geometry in `srid` (PostGIS)."""
+    return t.geom if t.srid == srid else func.ST_Transform(t.geom, srid)
 
 
 def _mvt_clustered(rows: Any, cell: int) -> Any:
