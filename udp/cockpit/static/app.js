@@ -1092,6 +1092,13 @@ function renderValueCell(cell, id) {
   if (timeCell) timeCell.replaceChildren(timeEl(sensor.time));
 }
 
+/** A Datastream read for a panel, known as a sensor without a place (charts take its name and unit from it). */
+function knowStream(ds, thing, property) {
+  if (state.sensors.has(ds['@iot.id'])) return;
+  state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing, result: null, time: null, property,
+    unit: unitText(ds.unitOfMeasurement?.symbol), latlng: null, group: null });
+}
+
 async function selectSensor(id, { fly = true } = {}) {
   const sensor = state.sensors.get(id);
   if (!sensor) return;
@@ -1117,13 +1124,7 @@ async function selectSensor(id, { fly = true } = {}) {
   }
   if (state.selected?.id !== id) return;
   const streams = thing.Datastreams || [];
-  streams.forEach((ds) => {
-    if (!state.sensors.has(ds['@iot.id'])) {
-      state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing: thing.name, result: null,
-        time: null, property: ds.ObservedProperty?.name, unit: unitText(ds.unitOfMeasurement?.symbol),
-        latlng: null, group: null });
-    }
-  });
+  streams.forEach((ds) => knowStream(ds, thing.name, ds.ObservedProperty?.name));
   state.pinned = new Set(streams.map((ds) => ds['@iot.id']));
   syncSubscriptions();
   const rows = streams.map((ds) => {
@@ -1406,12 +1407,17 @@ function fitRecord(record) {
   if (bounds.isValid() && bounds.getEast() - bounds.getWest() < 90) state.map.fitBounds(bounds, { maxZoom: 16 });
 }
 
-function showOnMap(record) {
-  const layer = state.layers.get(record.id);
+/** A layer of the layer list switched on, as ticking its box does. */
+function switchOn(id) {
+  const layer = state.layers.get(id);
   if (layer?.input && !layer.input.checked) {
     layer.input.checked = true;
     layer.input.dispatchEvent(new Event('change'));
   }
+}
+
+function showOnMap(record) {
+  switchOn(record.id);
   fitRecord(record);
 }
 
@@ -1428,11 +1434,7 @@ function showObserved(name, record) {
     select.value = name;
     showProperty(name);
   }
-  const sensors = state.layers.get('latest_values');
-  if (sensors && !sensors.input.checked) {
-    sensors.input.checked = true;
-    sensors.input.dispatchEvent(new Event('change'));
-  }
+  switchOn('latest_values');
   fitRecord(record);
 }
 
@@ -1463,12 +1465,7 @@ async function chartProperty(id, name) {
     syncSubscriptions();
     return chartSensor(dsId, ds.Thing?.name ? `${ds.Thing.name}: ${ds.name}` : ds.name, body);
   };
-  for (const ds of streams) {
-    if (!state.sensors.has(ds['@iot.id'])) {
-      state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing: ds.Thing?.name, result: null,
-        time: null, property: name, unit: unitText(ds.unitOfMeasurement?.symbol), latlng: null, group: null });
-    }
-  }
+  streams.forEach((ds) => knowStream(ds, ds.Thing?.name, name));
   const rows = streams.map((ds) => el('tr', { 'data-row': ds['@iot.id'] },
     el('th', { scope: 'row' }, el('button', { type: 'button', class: 'ds-button', title: ds.description || '',
       onclick: () => chart(ds) }, ds.name)),
