@@ -51,6 +51,25 @@ class TileFeatures:
     complete: bool = True  # False: more features met the tile than were read
 
 
+@dataclass(frozen=True)
+class DatabaseTable:
+    """Where a source's rows live in PostgreSQL, for a map server that reads them in place (ows/): a libpq
+    connection string and a SELECT giving the key as `udp_id`, each property under its name, and the geometry as
+    `udp_geom` in `srid`; `kind` is point, line or polygon, `multi` whether points are multipoints."""
+
+    dsn: str
+    select: str
+    srid: int
+    kind: str
+    multi: bool = False
+
+
+def geometry_kind(type_name: str | None) -> str:
+    """point, line or polygon for a geometry type's name (PostGIS's or GeoJSON's, any case; polygon otherwise)."""
+    name = (type_name or "point").lower().removeprefix("st_").removeprefix("multi")
+    return {"point": "point", "linestring": "line"}.get(name, "polygon")
+
+
 class SourceUnavailable(Exception):
     """The source's data cannot be reached now (a table dropped, its database down); the message names the
     collection. The OGC API answers 503."""
@@ -129,6 +148,11 @@ class FeatureSource(ABC):
         make this one: features.tiles then encodes `tile_features`. `cell`: generalised, the points of a cell of
         that many pixels as one (features.tiles's rules); None: complete. `properties`: the attributes to carry
         (None: every property)."""
+        return None
+
+    def database_table(self) -> DatabaseTable | None:
+        """The rows in place in PostgreSQL for a map server; None: the map server reads a snapshot of
+        `tile_features` instead."""
         return None
 
     def tile_features(self, bbox: tuple[float, float, float, float], limit: int,

@@ -56,7 +56,7 @@ from features import crs as crsmod
 from features.cql import FilterError
 from features.cql_sql import BOOL, NUMBER, TEXT, TIME, SpatialSql, kind_of, render
 from features.request import ItemsQuery, ParamError, encode_cursor
-from features.source import FeatureSource, Page, SourceUnavailable, TileFeatures
+from features.source import DatabaseTable, FeatureSource, Page, SourceUnavailable, TileFeatures, geometry_kind
 
 EXTENT = 4096  # MVT's grid, as features.tiles encodes it
 DETAILED = 20_000  # rows a generalised tile is made of one by one; past them the database counts them per cell
@@ -143,6 +143,23 @@ class SqlTableSource(FeatureSource):
         if not self.postgis or tms_id != "WebMercatorQuad":
             return None
         return self._retry(lambda layout: self._mvt(layout, layer, z, row, col, buffer, cell, properties))
+
+    def database_table(self) -> DatabaseTable | None:
+        """PostGIS: the table as the OGC API shows it (properties under their names), read in place."""
+        if not self.postgis:
+            return None
+        return self._retry(self._database_table)
+
+    def _database_table(self, t: Layout) -> DatabaseTable:
+        from sqlalchemy.dialects import postgresql
+
+        stmt = select(t.key.label("udp_id"), *(c.label(n) for n, c in t.columns.items()), t.geom.label("udp_geom"))
+        sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        with self.connect() as conn:
+            url = conn.engine.url.set(drivername="postgresql")
+            found = conn.execute(select(func.GeometryType(t.geom)).where(t.geom.is_not(None)).limit(1)).scalar()
+        return DatabaseTable(url.render_as_string(hide_password=False), sql, t.srid, geometry_kind(found),
+                             str(found or "").upper().startswith("MULTI"))
 
     def _mvt(self, t: Layout, layer: str, z: int, row: int, col: int, buffer: int, cell: int | None,
              properties: tuple[str, ...] | None) -> bytes:

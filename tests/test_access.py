@@ -133,6 +133,32 @@ def test_internal_things_are_hidden_without_the_read_role(city: Server) -> None:
     assert {f["properties"]["name"] for f in latest["features"]} == {"count pub1"}
 
 
+def test_wms_and_wfs_keep_the_same_rules(city: Server) -> None:
+    """An internal collection is no layer for the public and one for the read role; internal Things stay out of
+    the public layers."""
+    from ows import mapserver
+
+    if mapserver.mapserv() is None:
+        pytest.skip("MapServer is not installed (Debian: cgi-mapserver)")
+    caps = {"SERVICE": "WMS", "REQUEST": "GetCapabilities", "VERSION": "1.3.0"}
+    anonymous = httpx.get(f"{city.url}/wms", params=caps, timeout=60)
+    assert b"<Name>bikes</Name>" in anonymous.content and b"<Name>cctv</Name>" not in anonymous.content
+    assert anonymous.headers["cache-control"] == "no-cache"
+    viewer = httpx.get(f"{city.url}/wms", params=caps, auth=VIEWER, timeout=60)
+    assert b"<Name>cctv</Name>" in viewer.content and viewer.headers["cache-control"] == "private, no-cache"
+    getmap = {"SERVICE": "WMS", "REQUEST": "GetMap", "VERSION": "1.3.0", "LAYERS": "cctv", "STYLES": "",
+              "CRS": "EPSG:4326", "BBOX": "37.45,127.0,37.55,127.1", "WIDTH": "64", "HEIGHT": "64",
+              "FORMAT": "image/png"}
+    assert b"LayerNotDefined" in httpx.get(f"{city.url}/wms", params=getmap, timeout=60).content
+    assert httpx.get(f"{city.url}/wms", params=getmap, auth=VIEWER, timeout=60).headers["content-type"] == "image/png"
+    feature = {"SERVICE": "WFS", "REQUEST": "GetFeature", "VERSION": "2.0.0", "TYPENAMES": "cctv",
+               "OUTPUTFORMAT": "geojson", "COUNT": "5"}
+    assert httpx.get(f"{city.url}/wfs", params=feature, timeout=60).status_code == 400
+    assert len(httpx.get(f"{city.url}/wfs", params=feature, auth=VIEWER, timeout=60).json()["features"]) == 5
+    things = httpx.get(f"{city.url}/wfs", params=feature | {"TYPENAMES": "things", "COUNT": "10"}, timeout=60)
+    assert {f["properties"]["name"] for f in things.json()["features"]} == {"public pub1"}
+
+
 def test_a_query_shape_seen_first_by_one_reader_does_not_leak_to_another(city: Server) -> None:
     sta = httpx.Client(base_url=city.sta + "/", timeout=30)
     for first, second in ((VIEWER, None), (None, VIEWER)):

@@ -135,3 +135,26 @@ def test_vector_tiles_draw_in_qgis_with_the_platform_style(server: Server) -> No
         reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert reports[0]["valid"] and reports[0]["warnings"] == [] and reports[0]["failed"] == []
     assert reports[0]["pixels"] > 500 and reports[1]["pixels"] == 0
+
+
+def test_wms_and_wfs_layers_load_in_qgis(server: Server) -> None:
+    """QGIS's own WMS and WFS providers: the WMS map shows the layer's colour, the WFS layer holds every feature."""
+    from ows import mapserver
+
+    if mapserver.mapserv() is None:
+        pytest.skip("MapServer is not installed (Debian: cgi-mapserver)")
+    style = httpx.get(f"{server.url}/ogcapi/styles/default", timeout=60).json()
+    colour = next(layer for layer in style["layers"] if layer["id"] == "bikes-point")["paint"]["circle-color"]
+    box = httpx.get(f"{server.url}/ogcapi/collections/bikes", params={"f": "json"}, timeout=60).json()[
+        "extent"]["spatial"]["bbox"][0]
+    cmd = [SYSTEM_PYTHON, str(ROOT / "tests" / "qgis_ows.py"), "--url", server.url, "--layer", "bikes",
+           "--bbox", ",".join(str(v) for v in box), "--colour", colour]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": "/tmp"})
+    assert done.returncode == 0, f"QGIS failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-2000:]}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["pixels"] > 300, report
+    # every feature with a geometry (the file's last row, its total, has none: WFS has no place for it)
+    assert report["features"] == matched(server, "bikes", bbox="-180,-90,180,90") == 1540
+    assert report["geometry"] == "Point" and {"name", "numOfUnits"} <= set(report["fields"])
+    assert report["wms_errors"] == [] and any("/wms?" in r for r in report["requests"])

@@ -1,13 +1,17 @@
-"""The one ASGI app: landing page, /health, the SensorThings API at /v1.1, OGC API Features at /ogcapi."""
+"""The one ASGI app: landing page, /health, the SensorThings API at /v1.1, OGC API Features at /ogcapi, WMS and
+WFS at /wms and /wfs."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -20,6 +24,8 @@ from starlette.routing import Route
 from apicommon.request import public_base
 from features.app import features_routes
 from mqtt_bridge import deadletters
+from ows.app import ows_routes
+from ows.mapfile import ServiceInfo
 from provider_plugins.catalogue import PlatformCatalogue
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import sensorthings_routes
@@ -78,6 +84,10 @@ def build_app(config: Config) -> Starlette:
              "title": "The catalogue of datasets and services (OGC API Records)"},
             {"href": f"{base}/dcat", "rel": "describedby", "type": "text/turtle",
              "title": "The catalogue as DCAT-AP for harvesting (Turtle, JSON-LD, RDF/XML)"},
+            {"href": f"{base}/wms?SERVICE=WMS&REQUEST=GetCapabilities", "rel": "service", "type": "text/xml",
+             "title": "WMS 1.3.0: the city's layers as maps"},
+            {"href": f"{base}/wfs?SERVICE=WFS&REQUEST=GetCapabilities", "rel": "service", "type": "text/xml",
+             "title": "WFS 2.0: the city's layers as features"},
             {"href": f"{base}/cockpit/", "rel": "cockpit", "type": "text/html",
              "title": "The cockpit: the city at a glance"},
             {"href": f"{base}/health", "rel": "status", "type": "application/json", "title": "health"},
@@ -139,11 +149,27 @@ def build_app(config: Config) -> Starlette:
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
         *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue),
+        *ows_routes(sources, _service_info(config), config.public_url, _ows_directory(config)),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service
     app.state.config = config
     return app
+
+
+def _service_info(config: Config) -> ServiceInfo:
+    """What WMS and WFS capabilities say of the platform: its title, publisher and contact from config.yml."""
+    meta = config.catalogue
+    agent = meta.contact or meta.publisher
+    return ServiceInfo(meta.title or config.title, meta.description or "Urban data platform",
+                       meta.publisher.name if meta.publisher else None, agent.name if agent else None,
+                       agent.email if agent else None)
+
+
+def _ows_directory(config: Config) -> Path:
+    """Where the workers of one platform keep their mapfiles and snapshots (caches: made again when gone)."""
+    key = hashlib.sha1(f"{config.store}\0{config.path}".encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"udp-ows-{key}"
 
 
 def _is_admin(request: Request) -> bool:
