@@ -270,16 +270,17 @@ def wait_ready(server: Server, urls: list[str], timeout: float) -> None:
 
 
 def start_platform(kind: str, work: Path, sources: dict[str, str], workers: int, log_level: str,
-                   timeout: float) -> Server:
-    """`udp serve --workers N` with one collection per layer (`sources`: layer → PostGIS URL or file)."""
+                   timeout: float, store: str | None = None) -> Server:
+    """`udp serve --workers N` with one collection per layer (`sources`: layer → PostGIS URL or file), on a SQLite
+    store of its own or `store`."""
     config = work / f"udp-{kind}.yml"
-    collections = {f"{name}_{kind}": {"title": f"{name} ({kind})", "source": source, "id": "id"}
+    collections = {f"{name}_{kind.replace('-', '_')}": {"title": f"{name} ({kind})", "source": source, "id": "id"}
                    for name, source in sources.items()}
     config.write_text(yaml.safe_dump({"title": "City-scale features benchmark", "collections": collections},
                                      sort_keys=False), encoding="utf-8")
     # files: `udp load` imports them into the store (the first-import time); PostGIS tables: `udp check` reflects
     # and counts them. Then the server starts from a store already loaded.
-    store = f"sqlite:///{work / f'udp-{kind}.db'}"
+    store = store or f"sqlite:///{work / f'udp-{kind}.db'}"
     step = ["check", "--config", str(config)] if kind == "pg" else ["load", "--config", str(config), "--store", store]
     t = time.perf_counter()
     with (work / f"udp-{step[0]}-{kind}.log").open("w") as log:

@@ -26,7 +26,8 @@ from features.source import DatabaseTable, FeatureSource, SourceUnavailable
 from features.styles import colours
 from ows import mapserver
 from ows.mapfile import MapLayer, ServiceInfo, render
-from ows.snapshot import KEEP_S, Snapshot, Snapshots
+from ows.snapshot import KEEP_S, Snapshots
+from ows.view import View, parse_view
 
 log = logging.getLogger(__name__)
 TABLE_RECHECK_S = 60.0  # how long a live table's place (its SELECT, geometry kind) is trusted
@@ -45,7 +46,7 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
     tables: dict[str, tuple[str, float, DatabaseTable | None]] = {}
     fontset = _fontset(directory)
 
-    def placed(source: FeatureSource) -> DatabaseTable | Snapshot:
+    def placed(source: FeatureSource) -> MapLayer:
         version, now = source.etag(), time.monotonic()
         known = tables.get(source.id)
         if known is not None and (known[0] == version if version else now - known[1] < TABLE_RECHECK_S):
@@ -53,18 +54,21 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
         else:
             table = source.database_table()
             tables[source.id] = (version, now, table)
-        return table if table is not None else snapshots.current(source)
+        if table is None:
+            snapshot = snapshots.current(source)
+            return MapLayer(source, snapshot, palette[source.id], snapshot.overviews)
+        return MapLayer(source, table, palette[source.id], snapshots.current(source, whole=False).overviews)
 
-    def mapfile(base: str, internal: bool) -> Path:
+    def mapfile(base: str, internal: bool, view: View | None) -> Path:
         layers = []
         for source in mapped:
             if source.access == "internal" and not internal:
                 continue
             try:
-                layers.append(MapLayer(source, placed(source), palette[source.id]))
+                layers.append(placed(source))
             except (SourceUnavailable, DBAPIError) as exc:  # the others still answer; this one is away for now
                 log.warning("collection %s left out of WMS/WFS: %s", source.id, exc)
-        text = render(service, base, layers, fontset)
+        text = render(service, base, layers, fontset, view)
         path = directory / f"{hashlib.sha1(text.encode()).hexdigest()[:20]}.map"
         if path.exists():
             os.utime(path)  # in use: the sweep keeps it
@@ -86,7 +90,8 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
                 return _exception("OperationProcessingFailed", f"a request body is at most {MAX_BODY} bytes", 413)
         internal = sees_internal(request.scope)
         query = mapserver.safe_query(request.url.query, service_name)
-        path = await run_in_threadpool(mapfile, public_base(request, public_url), internal)
+        view = parse_view(request.query_params)
+        path = await run_in_threadpool(mapfile, public_base(request, public_url), internal, view)
         try:
             out = await mapserver.run(path, mapserver.config_file(directory), query, body,
                                       request.headers.get("content-type"))

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from features.source import DatabaseTable, FeatureSource
-from ows.snapshot import KEY, Snapshot
+from ows.snapshot import KEY, Overview, Snapshot
+from ows.view import View
 
 # the CRSs the services answer in: CRS84/WGS 84, Web Mercator, and the national grids of Germany and Korea
 CRS = ("EPSG:4326", "EPSG:3857", "EPSG:25832", "EPSG:5186", "CRS:84")
@@ -41,10 +42,19 @@ class MapLayer:
     source: FeatureSource
     data: DatabaseTable | Snapshot
     colour: str
+    overviews: tuple[Overview, ...] = ()  # coarsest last
+
+    def overview_for(self, view: View | None) -> Overview | None:
+        """The coarsest overview whose cells are no bigger than the view's pixels; None: the layer itself."""
+        if view is None:
+            return None
+        fits = [o for o in self.overviews if o.cell <= view.pixel()]
+        return max(fits, key=lambda o: o.cell) if fits else None
 
 
-def render(service: ServiceInfo, base: str, layers: Sequence[MapLayer], fontset: str | None) -> str:
-    """The mapfile's text."""
+def render(service: ServiceInfo, base: str, layers: Sequence[MapLayer], fontset: str | None,
+           view: View | None = None) -> str:
+    """The mapfile's text; for a GetMap's `view`, point layers read from the overview its pixels allow."""
     boxes = [b for b in (_bbox(layer) for layer in layers) if b is not None]
     extent = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
               max(b[3] for b in boxes)) if boxes else (-180.0, -90.0, 180.0, 90.0)
@@ -99,12 +109,12 @@ def render(service: ServiceInfo, base: str, layers: Sequence[MapLayer], fontset:
         "  END",
     ]
     for layer in layers:
-        lines += _layer(layer)
+        lines += _layer(layer, layer.overview_for(view))
     lines.append("END")
     return "\n".join(lines) + "\n"
 
 
-def _layer(layer: MapLayer) -> list[str]:
+def _layer(layer: MapLayer, overview: Overview | None) -> list[str]:
     source, data = layer.source, layer.data
     kind = data.kind
     meta = {
@@ -123,7 +133,13 @@ def _layer(layer: MapLayer) -> list[str]:
     box = _bbox(layer)
     if box is not None:
         meta["ows_extent"] = _numbers(box)
-    if isinstance(data, DatabaseTable):
+    if overview is not None:
+        where = [
+            "    CONNECTIONTYPE OGR",
+            f"    CONNECTION {_q(str(overview.path))}",
+            '    PROJECTION "init=epsg:4326" END',
+        ]
+    elif isinstance(data, DatabaseTable):
         meta["ows_srs"] = f"EPSG:{data.srid}"  # the layer's own CRS; the map's list applies as well
         where = [
             "    CONNECTIONTYPE POSTGIS",

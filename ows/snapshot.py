@@ -22,25 +22,39 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyogrio
+import shapely
 
 from features.source import FeatureSource, geometry_kind
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 MAX_FEATURES = 5_000_000  # a collection bigger than this is served by the OGC API and tiles, not in a snapshot
+OVERVIEW_MIN = 50_000  # a point layer with more features gets overviews for small-scale maps
+OVERVIEW_CELLS = (256, 1024, 4096)  # the overviews' grids: cells across the layer's longer side
 UNVERSIONED_S = 5.0  # how stale a snapshot of a source without a data version may be
 KEEP_S = 120.0  # an old snapshot is removed this long after a newer one replaced it (a request may still read it)
 KEY = "udp_id"  # the feature id's column, as DatabaseTable names it
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """One collection written to a FlatGeobuf file."""
+class Overview:
+    """A point layer thinned to one point per cell of a grid (the first, with `point_count`), for maps whose pixels
+    are no smaller than a cell: they look the same and draw from a fraction of the points."""
 
+    cell: float  # a cell's side in degrees
     path: Path
+    count: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One collection written to FlatGeobuf files."""
+
+    path: Path | None  # None: only its overviews were written (MapServer reads the rows in place)
     kind: str  # point, line or polygon: the geometry most of its features have
     count: int
     bbox: tuple[float, float, float, float] | None
     multi: bool = False  # some of its points are multipoints
+    overviews: tuple[Overview, ...] = ()
 
 
 class Snapshots:
@@ -49,29 +63,34 @@ class Snapshots:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._known: dict[str, tuple[str, float, Snapshot]] = {}  # collection → (version, written at, snapshot)
-        self._locks: dict[str, threading.Lock] = {}
+        # (collection, whole) → (version, written at, snapshot)
+        self._known: dict[tuple[str, bool], tuple[str, float, Snapshot]] = {}
+        self._locks: dict[tuple[str, bool], threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def current(self, source: FeatureSource) -> Snapshot:
-        """The snapshot of the source's data as they are now, written first when they changed."""
+    def current(self, source: FeatureSource, whole: bool = True) -> Snapshot:
+        """The snapshot of the source's data as they are now, written first when they changed; `whole` False:
+        only its overviews (for rows MapServer reads in place; a source without a data version gets none)."""
+        key = (source.id, whole)
         version = source.etag()
+        if not whole and not version:
+            return Snapshot(None, "point", 0, None)
         now = time.monotonic()
-        known = self._known.get(source.id)
+        known = self._known.get(key)
         if known is not None and (known[0] == version if version else now - known[1] < UNVERSIONED_S):
             return known[2]
         with self._guard:
-            lock = self._locks.setdefault(source.id, threading.Lock())
+            lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one writer per collection in this worker; the others wait for its file
-            known = self._known.get(source.id)
+            known = self._known.get(key)
             if known is not None and (known[0] == version if version else time.monotonic() - known[1] < UNVERSIONED_S):
                 return known[2]
-            snapshot = self._write(source, version)
-            self._known[source.id] = (version, time.monotonic(), snapshot)
-            self._sweep(source.id, snapshot.path)
+            snapshot = self._write(source, version, whole)
+            self._known[key] = (version, time.monotonic(), snapshot)
+            self._sweep(source.id, {snapshot.path, *(o.path for o in snapshot.overviews)})
             return snapshot
 
-    def _write(self, source: FeatureSource, version: str) -> Snapshot:
+    def _write(self, source: FeatureSource, version: str, whole: bool) -> Snapshot:
         features = source.tile_features(WORLD, MAX_FEATURES)
         frame = _frame(features.ids, features.geometries, features.properties)
         kinds_named = set(frame.geom_type.tolist())
@@ -79,23 +98,30 @@ class Snapshots:
         kind = max(set(kinds), key=kinds.count) if kinds else "point"
         tag = version or f"t{time.time_ns()}"
         digest = hashlib.sha1(f"{source.id}\0{tag}".encode()).hexdigest()[:16]
-        path = self.directory / f"{_safe(source.id)}.{digest}.fgb"
+        stem = f"{_safe(source.id)}.{digest}"
         multi = "MultiPoint" in kinds_named
-        if version and path.exists():  # another worker wrote this version already
-            return Snapshot(path, kind, len(frame), _bounds(frame), multi)
-        # GDAL writes a directory, not a file, for a name not ending in .fgb
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.part.fgb")
-        pyogrio.write_dataframe(frame, partial, driver="FlatGeobuf", layer=source.id,
-                                geometry_type=_ogr_type(frame, kind), SPATIAL_INDEX="YES")
-        os.replace(partial, path)
-        return Snapshot(path, kind, len(frame), _bounds(frame), multi)
+        bbox = _bounds(frame)
+        path = self.directory / f"{stem}.fgb"
+        if whole:
+            _write_fgb(frame, path, source.id, _ogr_type(frame, kind), reuse=bool(version))
+        overviews = []
+        if kind == "point" and len(frame) >= OVERVIEW_MIN and bbox is not None:
+            for cells in OVERVIEW_CELLS:
+                thinned = _thin(frame, bbox, cells)
+                if len(thinned) > len(frame) // 2:  # no longer worth it, nor are the finer grids
+                    break
+                at = self.directory / f"{stem}.o{cells}.fgb"
+                _write_fgb(thinned, at, source.id, _ogr_type(thinned, kind), reuse=bool(version))
+                span = max(bbox[2] - bbox[0], bbox[3] - bbox[1])
+                overviews.append(Overview(span / cells, at, len(thinned)))
+        return Snapshot(path if whole else None, kind, len(frame), bbox, multi, tuple(overviews))
 
-    def _sweep(self, collection: str, keep: Path) -> None:
-        """Remove the collection's older snapshots once no request can still be reading them."""
+    def _sweep(self, collection: str, keep: set[Path | None]) -> None:
+        """Remove the collection's older files once no request can still be reading them."""
         cutoff = time.time() - KEEP_S
         for old in self.directory.glob(f"{_safe(collection)}.*.fgb"):
             try:
-                if old != keep and old.stat().st_mtime < cutoff:  # a partial one so old is a writer's that died
+                if old not in keep and old.stat().st_mtime < cutoff:  # a partial one so old is a writer's that died
                     old.unlink()
             except FileNotFoundError:  # another worker swept it
                 pass
@@ -114,6 +140,31 @@ def _frame(ids: list[Any], geometries: np.ndarray, properties: list[dict[str, An
     numbers = all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in kept)
     table.insert(0, KEY, pd.array(kept, dtype="Int64") if numbers and kept else [str(i) for i in kept])
     return gpd.GeoDataFrame(table, geometry=list(geometries[present]) if present.any() else [], crs="EPSG:4326")
+
+
+def _write_fgb(frame: gpd.GeoDataFrame, path: Path, layer: str, geometry_type: str, reuse: bool) -> None:
+    """A FlatGeobuf file with its R-tree, renamed into place whole; `reuse`: one already there is this one."""
+    if reuse and path.exists():  # another worker wrote this version already
+        return
+    # GDAL writes a directory, not a file, for a name not ending in .fgb
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.part.fgb")
+    pyogrio.write_dataframe(frame, partial, driver="FlatGeobuf", layer=layer, geometry_type=geometry_type,
+                            SPATIAL_INDEX="YES")
+    os.replace(partial, path)
+
+
+def _thin(frame: gpd.GeoDataFrame, bbox: tuple[float, float, float, float], cells: int) -> gpd.GeoDataFrame:
+    """The first feature of each cell of a grid of `cells` across the box's longer side, with how many it stands
+    for (`point_count`)."""
+    centres = shapely.centroid(frame.geometry.values)
+    x, y = shapely.get_x(centres), shapely.get_y(centres)
+    span = max(bbox[2] - bbox[0], bbox[3] - bbox[1]) or 1e-9
+    col = np.minimum(((x - bbox[0]) / span * cells).astype(np.int64), cells)
+    row = np.minimum(((y - bbox[1]) / span * cells).astype(np.int64), cells)
+    _, first, counts = np.unique(col * (cells + 1) + row, return_index=True, return_counts=True)
+    out = frame.iloc[first][[KEY, "geometry"]].copy()
+    out["point_count"] = counts
+    return out
 
 
 def _ogr_type(frame: gpd.GeoDataFrame, kind: str) -> str:

@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -266,3 +267,62 @@ def test_the_live_layer_follows_new_observations(city: Server) -> None:
                 break
             time.sleep(0.5)
         assert seen == [value]
+
+
+def test_a_crowded_point_layer_is_drawn_from_an_overview_that_looks_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small-scale map of many points reads a grid-thinned copy (one point per cell no bigger than a pixel, with
+    `point_count`) and draws what the full layer draws; a large-scale one reads the layer itself."""
+    import asyncio
+
+    import numpy as np
+
+    import ows.snapshot as snapshot_mod
+    from features.spec import CollectionSpec
+    from ows.mapfile import MapLayer, ServiceInfo, render
+    from ows.view import parse_view
+    from provider_plugins.imports import import_source
+    from provider_plugins.stored import StoredSource
+    from sensorthings.store.base import Store
+
+    monkeypatch.setattr(snapshot_mod, "OVERVIEW_MIN", 1000)
+    rng = np.random.default_rng(7)
+    # along 40 streets each way, as trees stand: many to a cell of the coarse grids
+    along, street = rng.random(20_000), rng.integers(0, 40, 20_000)
+    xs = np.where(street % 2 == 0, 9.9 + along * 0.2, 9.9 + street / 40 * 0.2)
+    ys = np.where(street % 2 == 0, 53.5 + street / 40 * 0.1, 53.5 + along * 0.1)
+    (tmp_path / "p.csv").write_text("fid,lon,lat\n" + "".join(f"{i},{x},{y}\n" for i, (x, y) in enumerate(
+        zip(xs, ys, strict=True))), encoding="utf-8")
+    store = Store.open(f"sqlite:///{tmp_path / 'udp.db'}")
+    try:
+        spec = CollectionSpec("p", "p", str(tmp_path / "p.csv"), x="lon", y="lat", id_column="fid")
+        import_source(store, spec)
+        source = StoredSource(spec, store)
+        snap = snapshot_mod.Snapshots(tmp_path / "ows").current(source)
+        assert snap.count == 20_000 and snap.overviews
+        for o in snap.overviews:
+            frame = pyogrio.read_dataframe(o.path)
+            assert len(frame) == o.count < 10_000 and frame["point_count"].sum() == 20_000
+        layer = MapLayer(source, snap, "#123456", snap.overviews)
+        params = {"SERVICE": "WMS", "REQUEST": "GetMap", "VERSION": "1.3.0", "LAYERS": "p", "STYLES": "",
+                  "CRS": "EPSG:4326", "BBOX": "53.5,9.9,53.6,10.1", "WIDTH": "256", "HEIGHT": "128",
+                  "FORMAT": "image/png"}
+        small = parse_view(params)
+        chosen = layer.overview_for(small)
+        assert chosen is not None and chosen.cell <= small.pixel()
+        assert layer.overview_for(parse_view(params | {"BBOX": "53.55,9.95,53.551,9.951"})) is None
+        assert layer.overview_for(parse_view(params | {"REQUEST": "GetFeatureInfo"})) is None
+        pictures = []
+        for view in (small, None):  # from the overview, then from every point
+            text = render(ServiceInfo("t"), "http://x", [layer], None, view)
+            assert (str(chosen.path) in text) == (view is not None)
+            mapfile = tmp_path / "ows" / f"{len(pictures)}.map"
+            mapfile.write_text(text)
+            out = asyncio.run(mapserver.run(mapfile, mapserver.config_file(tmp_path / "ows"),
+                                            "&".join(f"{k}={v}" for k, v in params.items())))
+            assert out.headers["Content-Type"] == "image/png", out.body[:500]
+            pictures.append(np.asarray(_image(out.body))[:, :, 3] > 0)
+        differ = (pictures[0] != pictures[1]).mean()
+        assert pictures[1].mean() > 0.5 and differ < 0.02, differ
+    finally:
+        store.close()
