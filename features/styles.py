@@ -2,8 +2,9 @@
 dataset's) and a MapLibre style (style specification v8) drawing every collection in its colour.
 
 A collection's `style:` in config.yml sets its colour and the property that names its features; the others take
-the cockpit's palette in collection order. The style has no basemap and no glyphs (the platform serves no fonts):
-labels are named in each layer's metadata (`udp:label`) for clients that draw them themselves.
+the platform's palette in collection order (the cockpit's map draws with this style). The style has no basemap and
+no glyphs (the platform serves no fonts): labels are named in each layer's metadata (`udp:label`) for clients that
+draw them themselves.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from features.source import FeatureSource
 from features.tiles import MAX_ZOOM
 
-# the cockpit's layer colours (udp/cockpit/static/app.js LAYER_COLOURS), in the same order
+# the layer colours, in collection order; the cockpit draws its layers from this style, so they are its colours too
 PALETTE = ("#1b7a5a", "#c2410c", "#6d28d9", "#be185d", "#4d7c0f", "#a16207", "#0e7490", "#57534e")
 TEMPLATE = "/{z}/{y}/{x}"  # WebMercatorQuad's tileMatrix/tileRow/tileCol, as XYZ clients write them
 

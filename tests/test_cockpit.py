@@ -1,8 +1,11 @@
 """The cockpit at /cockpit/: its routes, its vendored libraries, and the page itself in headless Chromium on the
 demo city (no console errors, the layers, a device message shown live, a sensor's chart, the indicator tiles).
 
-The browser tests need Debian's `chromium` and `chromium-driver` and the `selenium` package; without them they
-skip with the reason. UDP_COCKPIT_SCREENSHOTS=1 also writes docs/cockpit-desktop.png and docs/cockpit-phone.png.
+The map is MapLibre's WebGL canvas: the tests ask it what it draws through the cockpit's test hook
+(`window.udpCockpit.map`, `queryRenderedFeatures` once the map is idle) and click it where a feature is drawn.
+The browser tests need Debian's `chromium` and `chromium-driver` and the `selenium` package (tests/browser.py);
+without them they skip with the reason. UDP_COCKPIT_SCREENSHOTS=1 also writes docs/cockpit-desktop.png and
+docs/cockpit-phone.png.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import datetime as dt
 import http.client
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +23,19 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
+from shapely.geometry import shape
 
+from tests.browser import chrome, need_browser, severe
 from tests.conftest import ROOT, Server, start_server, stop_server, wait_until
 from tests.harness import Udp
 from tests.test_mqtt import wait_subscribed
 from udp.cockpit.routes import STATIC
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 NOT_LAYERS = {"things", "locations", "features_of_interest", "latest_values"}
-VENDORED = ["leaflet-1.9.4/leaflet.js", "leaflet-1.9.4/leaflet.css", "uplot-1.6.32/uPlot.esm.js",
-            "uplot-1.6.32/uPlot.min.css", "mqtt-5.16.0/mqtt.esm.js"]
+VENDORED = ["uplot-1.6.32/uPlot.esm.js", "uplot-1.6.32/uPlot.min.css", "mqtt-5.16.0/mqtt.esm.js"]
+# MapLibre: the OGC API pages' copy, one for the whole platform
+MAPLIBRE = "/ogcapi/static/vendor/maplibre-gl-6.20.0/"
+NO_VALUE = "#a3aab3"  # app.js: a marker's or an area's colour without a numeric value
 
 
 # ---------------------------------------------------------------- routes and files, no browser needed
@@ -76,9 +80,14 @@ def test_routes_redirect_serve_and_cache(platform: Server) -> None:
     assert client.get("/cockpit/", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
     script = client.get("/cockpit/app.js")
     assert "javascript" in script.headers["content-type"] and script.headers["cache-control"] == "no-cache"
-    lib = client.get("/cockpit/vendor/leaflet-1.9.4/leaflet.js", headers={"Accept-Encoding": "gzip"})
+    lib = client.get("/cockpit/vendor/uplot-1.6.32/uPlot.esm.js", headers={"Accept-Encoding": "gzip"})
     assert lib.status_code == 200 and "immutable" in lib.headers["cache-control"]
     assert lib.headers["content-encoding"] == "gzip"
+    # the map's library, from the OGC API pages' copy, as ES modules (JavaScript) and its stylesheet
+    for name, kind in (("maplibre-gl.mjs", "javascript"), ("maplibre-gl-worker.mjs", "javascript"),
+                       ("maplibre-gl.css", "text/css")):
+        r = client.get(MAPLIBRE + name)
+        assert r.status_code == 200 and kind in r.headers["content-type"], name
     assert client.get("/cockpit/nothing-here.js").status_code == 404
 
 
@@ -98,28 +107,26 @@ def test_libraries_are_vendored_with_licences() -> None:
     for rel in VENDORED:
         assert (vendor / rel).stat().st_size > 1000, rel
         assert rel.split("/")[1] in readme, rel
-    for lib in ("leaflet-1.9.4", "uplot-1.6.32", "mqtt-5.16.0"):
+    for lib in ("uplot-1.6.32", "mqtt-5.16.0"):
         assert any(p.name.startswith("LICENSE") for p in (vendor / lib).iterdir()), lib
+    # one copy of MapLibre, the OGC API pages' (its licence and hashes in features/static/vendor/README.md)
+    assert sorted(p.name for p in vendor.iterdir()) == ["README.md", "mqtt-5.16.0", "uplot-1.6.32"]
+    assert "../ogcapi/static/vendor/maplibre-gl-6.20.0/" in readme
     # offline: the page and the app load nothing from another host
     html = (STATIC / "index.html").read_text()
     assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert f'href="..{MAPLIBRE}maplibre-gl.css"' in html
     app = (STATIC / "app.js").read_text()
+    assert f"from '..{MAPLIBRE}maplibre-gl.mjs'" in app
     assert not re.search(r"""(import|from)\s*\(?\s*['"](https?:)?//""", app)
     assert not re.search(r"""fetch\(\s*['"`]https?:""", app)
 
 
 # ---------------------------------------------------------------- the page in headless Chromium on the demo city
 
-def _need_browser() -> None:
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
-
-
 def test_an_empty_platform_shows_empty_states(platform: Server) -> None:
     """No collections of its own, no sensors, no indicators: the page says so, with no console errors."""
-    _need_browser()
-    driver = _chrome(1000, 700)
+    driver = chrome(1000, 700)
     try:
         _open(driver, {"url": platform.url})
         assert driver.find_element("id", "tiles-empty").is_displayed()
@@ -127,7 +134,7 @@ def test_an_empty_platform_shows_empty_states(platform: Server) -> None:
         assert driver.find_element("id", "areas-empty").is_displayed()
         assert not driver.find_element("id", "indicator-select").is_enabled()
         assert driver.find_elements("css selector", "#layer-list li")  # the sensors layer, empty
-        assert _severe(driver) == []
+        assert severe(driver) == []
     finally:
         driver.quit()
 
@@ -136,7 +143,7 @@ def test_an_empty_platform_shows_empty_states(platform: Server) -> None:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`udp demo` on free ports, built into a temporary cache; no replay, so the test's own messages are the
     only live ones."""
-    _need_browser()
+    need_browser()
     cache = tmp_path_factory.mktemp("cockpit-cache")
     demo = Udp("demo", "--no-live", log=cache / "demo.log", env={"XDG_CACHE_HOME": str(cache)})
     try:
@@ -146,25 +153,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         demo.stop(20)
 
 
-def _chrome(width: int, height: int, phone: bool = False) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-extensions", "--no-first-run", f"--window-size={width},{height}"):
-        options.add_argument(arg)
-    if phone:
-        options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height,
-                                                                              "pixelRatio": 2}})
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 @pytest.fixture(scope="module")
 def browser(demo: dict[str, Any]) -> Iterator[Any]:
-    driver = _chrome(1280, 800)
+    driver = chrome(1280, 800)
     try:
         yield driver
     finally:
@@ -180,13 +171,65 @@ def _open(driver: Any, demo: dict[str, Any], live: bool = True) -> None:
                    == "live", 10, "MQTT over WebSockets connects")
 
 
-def _severe(driver: Any) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+# MapLibre fires `idle` after a frame that left nothing loading, moving or fading; a repaint asked for makes a frame,
+# so the answer comes once what the map was last told to draw is drawn, never from a fixed sleep
+_RENDERED = """
+const [layers, done] = [arguments[0], arguments[arguments.length - 1]];
+const map = window.udpCockpit.map;
+map.once('idle', () => {
+  const there = layers.filter((id) => map.getLayer(id));
+  done(there.length ? map.queryRenderedFeatures({ layers: there })
+    .map((f) => ({ id: f.id ?? null, layer: f.layer.id, properties: f.properties })) : []);
+});
+map.triggerRepaint();
+"""
+
+
+def _rendered(driver: Any, *layers: str) -> list[dict[str, Any]]:
+    """The features the cockpit's map draws in its `layers` (those of them there are) once it is idle: each one's
+    id, map layer and properties. A feature cut by tile edges comes once per tile."""
+    return driver.execute_async_script(_RENDERED, list(layers))
+
+
+def _drawn(driver: Any, collection: str) -> list[dict[str, Any]]:
+    """The features drawn from a collection's vector tiles (none while its layer is off)."""
+    layers = driver.execute_script("return window.udpCockpit.state.layers.get(arguments[0])?.mapLayers || []",
+                                   collection)
+    return _rendered(driver, *layers)
+
+
+def _marker(driver: Any, ds_id: int) -> dict[str, Any] | None:
+    """The properties of the sensor marker drawn for a Datastream, or None when none is."""
+    return next((f["properties"] for f in _rendered(driver, "sensors")
+                 if str(ds_id) in f["properties"]["datastreams"].split()), None)
+
+
+def _jump(driver: Any, lon: float, lat: float, zoom: float) -> None:
+    driver.execute_script("window.udpCockpit.map.jumpTo({center: [arguments[0], arguments[1]], zoom: arguments[2]})",
+                          lon, lat, zoom)
+
+
+def _click_map(driver: Any, lon: float, lat: float) -> None:
+    """A click on the map where a place is drawn, as a user's (the pointer moved there, pressed and released)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    x, y = driver.execute_script("""
+        const map = window.udpCockpit.map; const p = map.project([arguments[0], arguments[1]]);
+        const box = map.getCanvas().getBoundingClientRect();
+        return [p.x - box.width / 2, p.y - box.height / 2];""", lon, lat)
+    canvas = driver.find_element("css selector", "#map canvas")
+    ActionChains(driver).move_to_element_with_offset(canvas, round(x), round(y)).click().perform()
+
+
+def _hex(colour: str) -> str:
+    """A CSS colour as the browser writes it (rgb(r, g, b)) in the cockpit's #rrggbb."""
+    r, g, b = (int(v) for v in re.findall(r"\d+", colour)[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def test_cockpit_loads_without_console_errors(browser: Any, demo: dict[str, Any]) -> None:
     _open(browser, demo)
-    assert _severe(browser) == []
+    assert severe(browser) == []
     status = browser.find_element("id", "live-status").text
     assert "Live" in status and "MQTT" in status
     # nothing came from another host: no CDN, no tiles
@@ -210,19 +253,46 @@ def test_map_shows_the_collections(browser: Any, demo: dict[str, Any]) -> None:
     listed = browser.find_element("id", "layer-list").text
     for c in layers:
         assert c["title"] in listed, c["id"]
-    # the 25 Seoul districts are drawn (SVG paths), their layer toggles from the keyboard
-    paths = wait_until(lambda: browser.find_elements("css selector", "path.layer-districts"), 15, "district polygons")
-    assert len(paths) == 25
+    # each layer in its colour from the platform's own MapLibre style, as the OGC API pages draw it
+    style = httpx.get(f"{demo['url']}/ogcapi/styles/default").json()
+    fills = {layer["metadata"]["udp:collection"]: layer["paint"]["fill-color"] for layer in style["layers"]
+             if layer["type"] == "fill"}
+    for c in layers:
+        swatch = browser.find_element("css selector", f"#layer-list li[data-collection='{c['id']}'] .swatch")
+        assert _hex(swatch.value_of_css_property("border-color")) == fills[c["id"]], c["id"]
+
+    # the 25 Seoul districts are drawn from their vector tiles, with their properties
+    items = httpx.get(f"{demo['url']}/ogcapi/collections/districts/items", params={"limit": 100}).json()["features"]
+
+    def districts() -> dict[str, dict[str, Any]]:
+        return {str(f["id"] if f["id"] is not None else f["properties"]["id"]): f["properties"]
+                for f in _drawn(browser, "districts") if f["layer"].endswith("-fill")}
+
+    drawn = wait_until(lambda: len(districts()) == 25 and districts(), 15, "the 25 district polygons")
+    assert set(drawn) == {str(f["id"]) for f in items}
+    for f in items:
+        text = {k: v for k, v in f["properties"].items() if isinstance(v, str)}
+        assert text and text.items() <= drawn[str(f["id"])].items(), f["id"]
+    # their layer toggles from the keyboard
     box = browser.find_element("id", "layer-districts")
     assert box.is_selected()
     box.send_keys(" ")
-    wait_until(lambda: not browser.find_elements("css selector", "path.layer-districts"), 5, "the layer goes off")
+    wait_until(lambda: not districts(), 5, "the layer goes off")
     box.send_keys(" ")
-    wait_until(lambda: len(browser.find_elements("css selector", "path.layer-districts")) == 25, 5, "and on again")
-    # sensors: one marker per place, coloured by the latest value
-    markers = browser.find_elements("css selector", "path.sensor-marker")
+    wait_until(lambda: len(districts()) == 25, 5, "and on again")
+    # a big layer is off at the start, and its tiles are read only once it is on
+    assert not browser.find_element("id", "layer-parking_bays").is_selected()
+    assert not browser.execute_script("return window.udpCockpit.map.getSource('layer:parking_bays')")
+
+    # sensors: one marker per place (no property chosen), coloured by the latest value on its property's scale; the
+    # whole world in view, so that every city's are drawn (those drawn twice, on two copies of the world, once)
+    _jump(browser, 20, 20, 1)
+    markers = list({f["properties"]["datastreams"]: f["properties"] for f in _rendered(browser, "sensors")}.values())
     assert len(markers) >= 100
-    assert _severe(browser) == []
+    assert all(m["place"] and m["datastreams"] for m in markers)
+    assert all((m["colour"] == NO_VALUE) == (m.get("value") is None) for m in markers)
+    assert len({m["colour"] for m in markers}) > 3
+    assert severe(browser) == []
 
 
 def test_indicator_tiles_match_the_api(browser: Any, demo: dict[str, Any]) -> None:
@@ -255,7 +325,7 @@ def test_indicator_tiles_match_the_api(browser: Any, demo: dict[str, Any]) -> No
             break
         time.sleep(1)
     assert not mismatched
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 def test_district_choropleth_and_panel(browser: Any, demo: dict[str, Any]) -> None:
@@ -268,17 +338,55 @@ def test_district_choropleth_and_panel(browser: Any, demo: dict[str, Any]) -> No
     _open(browser, demo, live=False)
     options = [o.text for o in browser.find_elements("css selector", "#indicator-select option")]
     assert options[1:] == [c["title"] for c in indicators]
-    areas = wait_until(lambda: browser.find_elements("css selector", "path.indicator-area"), 10, "the choropleth")
-    assert len(areas) == len([f for f in items["features"] if f["geometry"]])
+    assert browser.find_element("id", "indicator-select").get_attribute("value") == first["id"]
+    placed = [f for f in items["features"] if f["geometry"]]
+
+    def areas() -> dict[str, dict[str, Any]]:
+        return {f["properties"]["area"]: f["properties"] for f in _rendered(browser, "choropleth-fill")}
+
+    count = len(placed)
+    for _ in range(3):  # the indicator engine may write a new value between the two reads
+        drawn = wait_until(lambda: len(areas()) == count and areas(), 10, "the choropleth")
+        if all(drawn[f["properties"]["area"]].get("value") == f["properties"].get("value") for f in placed):
+            break
+        items = httpx.get(f"{demo['url']}/ogcapi/collections/{first['id']}/items", params={"limit": 1000}).json()
+        placed = [f for f in items["features"] if f["geometry"]]
+    assert {a: p.get("value") for a, p in drawn.items()} == {f["properties"]["area"]: f["properties"].get("value")
+                                                              for f in placed}
+    # each area painted in its value's class of the legend: classes in order, a higher value never a lower class,
+    # the last swatch for no numeric value
+    assert browser.execute_script("return window.udpCockpit.map.getPaintProperty('choropleth-fill', 'fill-color')") \
+        == ["get", "colour"]
+    swatches = [_hex(s.value_of_css_property("background-color"))
+                for s in browser.find_elements("css selector", "#choropleth-legend .swatch")]
+    assert swatches[-1] == NO_VALUE and len(swatches) >= 3
+    numeric = sorted((p["value"], swatches.index(p["colour"])) for p in drawn.values()
+                     if isinstance(p.get("value"), int | float))
+    assert numeric and [c for _, c in numeric] == sorted(c for _, c in numeric)
+    assert numeric[0][1] == 0 and numeric[-1][1] == len(swatches) - 2  # the scale spans the values
+    assert all(p["colour"] == NO_VALUE for p in drawn.values() if not isinstance(p.get("value"), int | float))
+
+    # a click on an area on the map opens its panel and outlines it (the sensors, drawn over it, off meanwhile)
+    sensors = browser.find_element("id", "layer-latest_values")
+    sensors.click()
+    wait_until(lambda: not _rendered(browser, "sensors"), 5, "the sensors go off")
+    target = placed[len(placed) // 2]
+    inside = shape(target["geometry"]).representative_point()
+    _click_map(browser, inside.x, inside.y)
+    wait_until(lambda: browser.find_element("id", "details-heading").text == target["properties"]["area"], 10,
+               "the clicked area's panel")
+    outlined = wait_until(lambda: _rendered(browser, "choropleth-selected"), 5, "the area outlined")
+    assert {f["properties"]["area"] for f in outlined} == {target["properties"]["area"]}
+    sensors.click()
     # the same areas as a list of buttons: the keyboard's way in
     buttons = browser.find_elements("css selector", "#area-list button")
-    assert len(buttons) == len(areas)
+    assert len(buttons) == len(placed)
     buttons[0].click()
     panel = wait_until(lambda: browser.find_element("id", "details").is_displayed()
                        and browser.find_element("id", "details"), 5, "the area's panel")
     wait_until(lambda: panel.find_elements("css selector", ".chart canvas"), 10, "the indicator's history chart")
     assert panel.find_elements("css selector", "tbody tr")
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None:
@@ -290,22 +398,22 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
     _open(browser, demo)
     # click the counter's marker on the map
     lon, lat = found["geometry"]["coordinates"]
-    browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 17, {animate: false})",
-                           lat, lon)
-    marker = wait_until(lambda: browser.find_elements("css selector",
-                                                      f"path.sensor-marker[data-datastreams~='{ds_id}']"),
-                        5, "the counter's marker")[0]
-    marker.click()
+    _jump(browser, lon, lat, 16)
+    wait_until(lambda: _marker(browser, ds_id), 5, "the counter's marker")
+    _click_map(browser, lon, lat)
     cell = f"#details td[data-datastream='{ds_id}']"
     wait_until(lambda: browser.find_elements("css selector", cell), 10, "the counter's panel")
     chart = f"#details .chart[data-datastream='{ds_id}']"
     wait_until(lambda: browser.find_elements("css selector", f"{chart} canvas"), 10, "its chart")
     points = int(browser.find_element("css selector", chart).get_attribute("data-points"))
+    # the chosen marker is drawn larger, on top
+    chosen = wait_until(lambda: _rendered(browser, "sensors-selected"), 5, "the marker highlighted")
+    assert [str(ds_id) in f["properties"]["datastreams"].split() for f in chosen] == [True]
     # the cockpit follows the open panel's Datastream once its (debounced) subscription is acknowledged by the
     # broker, and the platform publishes there once it has heard of it: publishing before both would test the
     # race, not the live path
     wait_until(lambda: browser.execute_script(
-        "const s = window.cockpit.state; return s.live === 'live' && s.subscribed.has(arguments[0])", ds_id),
+        "const s = window.udpCockpit.state; return s.live === 'live' && s.subscribed.has(arguments[0])", ds_id),
         10, "the cockpit following the Datastream over MQTT")
     wait_subscribed(demo["url"], [f"v1.1/Datastreams({ds_id})/Observations"])
 
@@ -319,10 +427,7 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
         device.publish(f"city/pedestrians/{location_id}/count", orjson.dumps(payload), qos=1).wait_for_publish(5)
 
         def shown() -> bool:
-            text = browser.find_element("css selector", cell).text
-            value = browser.find_element("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']") \
-                .get_attribute("data-value")
-            return "777" in text and value == "777"
+            return "777" in browser.find_element("css selector", cell).text and _marker(browser, ds_id)["value"] == 777
 
         wait_until(shown, 5, "the panel and the marker show 777")
         elapsed = time.perf_counter() - sent
@@ -334,7 +439,7 @@ def test_a_device_message_shows_live(browser: Any, demo: dict[str, Any]) -> None
     wait_until(lambda: int(browser.find_element("css selector", chart).get_attribute("data-points")) == points + 1, 3,
           "the chart takes the reading")
     assert "777" in browser.find_element("css selector", "#details .chart-summary").text
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -> None:
@@ -345,13 +450,13 @@ def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -
     _open(browser, demo, live=False)
     browser.find_element("id", "property-select").send_keys("PM10")
     lon, lat = feature["geometry"]["coordinates"]
-    browser.execute_script("window.cockpit.state.map.setView([arguments[0], arguments[1]], 15, {animate: false})",
-                           lat, lon)
-    marker = wait_until(lambda: browser.find_elements("css selector",
-                                                      f"path.sensor-marker[data-datastreams~='{ds_id}']"),
-                        5, "the station's marker")[0]
-    assert marker.get_attribute("data-property") == "PM10"
-    marker.click()
+    _jump(browser, lon, lat, 14)
+    marker = wait_until(lambda: _marker(browser, ds_id), 5, "the station's marker")
+    # a property chosen: its markers only, each of one place and that property
+    assert marker["property"] == "PM10" and not marker["place"]
+    assert {(f["properties"]["property"], f["properties"]["place"]) for f in _rendered(browser, "sensors")} \
+        == {("PM10", False)}
+    _click_map(browser, lon, lat)
     chart = wait_until(lambda: browser.find_elements("css selector", f"#details .chart[data-datastream='{ds_id}']"), 10,
                   "its chart")[0]
     wait_until(lambda: chart.find_elements("css selector", "canvas"), 10, "a canvas")
@@ -360,7 +465,7 @@ def test_clicking_a_sensor_draws_its_chart(browser: Any, demo: dict[str, Any]) -
     # the panel lists the station's Datastreams (six pollutants) with their values in text
     rows = browser.find_elements("css selector", "#details tbody tr")
     assert len(rows) >= 6
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 def _search(driver: Any, text: str) -> list[Any]:
@@ -400,9 +505,8 @@ def test_data_page_searches_the_catalogue_and_opens_datasets(browser: Any, demo:
     cctv = found[ids.index("cctv")]
     assert not browser.find_element("id", "layer-cctv").is_selected()
     _act(browser, cctv, "Show on the map")
-    wait_until(lambda: browser.execute_script("return window.cockpit.state.layers.get('cctv').loaded"), 15,
-               "the CCTV layer loads")
     assert browser.find_element("id", "layer-cctv").is_selected()
+    wait_until(lambda: _drawn(browser, "cctv"), 15, "the CCTV layer drawn from its tiles")
     cctv.find_element("css selector", "details.api-links summary").click()
     hrefs = [a.get_attribute("href") for a in cctv.find_elements("css selector", "details.api-links a")]
     assert f"{demo['url']}/ogcapi/collections/cctv/items?f=json" in hrefs
@@ -414,7 +518,7 @@ def test_data_page_searches_the_catalogue_and_opens_datasets(browser: Any, demo:
     assert "pm10-by-district" in ids
     _act(browser, found[ids.index("pm10-by-district")], "Colour the areas")
     wait_until(lambda: browser.execute_script(
-        "return window.cockpit.state.choropleth?.collection?.id") == "pm10-by-district", 15, "the choropleth")
+        "return window.udpCockpit.state.choropleth?.collection?.id") == "pm10-by-district", 15, "the choropleth")
     assert browser.find_element("id", "indicator-select").get_attribute("value") == "pm10-by-district"
 
     # an observed property opens as a chart of its Datastreams
@@ -434,12 +538,12 @@ def test_data_page_searches_the_catalogue_and_opens_datasets(browser: Any, demo:
     # nothing found says so; the map's view narrows the search
     assert _search(browser, "zzyzx-nothing") == []
     assert "No dataset matches" in browser.find_element("id", "data-status").text
-    browser.execute_script("window.cockpit.state.map.setView([-37.81, 144.96], 14, {animate: false})")  # Melbourne
+    _jump(browser, 144.96, -37.81, 13)  # Melbourne
     browser.find_element("id", "data-in-view").click()
     in_view = [li.get_attribute("data-record") for li in _search(browser, "")]
     assert in_view and "districts" not in in_view  # Seoul's districts are far away
     browser.find_element("id", "data-in-view").click()
-    assert _severe(browser) == []
+    assert severe(browser) == []
 
 
 @pytest.mark.skipif(not os.environ.get("UDP_COCKPIT_SCREENSHOTS"), reason="UDP_COCKPIT_SCREENSHOTS is not set")
@@ -450,25 +554,24 @@ def test_screenshots(browser: Any, demo: dict[str, Any]) -> None:
     # the districts by mean PM10, and one of Seoul's air-quality stations open with its history
     stations = httpx.get(f"{demo['url']}/ogcapi/collections/latest_values/items",
                          params={"filter": "name LIKE 'PM10 %'", "limit": 100}).json()["features"]
-    ids = [re.search(r"Datastreams\((\d+)\)", f["properties"]["selfLink"]).group(1) for f in stations]
-    for ds_id in ids:
-        marker = browser.find_elements("css selector", f"path.sensor-marker[data-datastreams~='{ds_id}']")
-        if marker and marker[0].is_displayed():
-            marker[0].click()
+    for station in stations:
+        ds_id = int(re.search(r"Datastreams\((\d+)\)", station["properties"]["selfLink"]).group(1))
+        if station["geometry"] and _marker(browser, ds_id):
+            _click_map(browser, *station["geometry"]["coordinates"])
             wait_until(lambda: browser.find_elements("css selector", "#details .chart canvas"), 10, "a chart")
             break
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(browser).move_to_element(browser.find_element("id", "details-heading")).perform()  # no tooltip
-    time.sleep(1)
     size = browser.execute_script("return [window.innerWidth, window.innerHeight]")
     browser.set_window_size(1280 + 1280 - size[0], 800 + 800 - size[1])
-    time.sleep(0.5)
+    wait_until(lambda: browser.execute_script("return window.innerWidth") == 1280, 5, "the window's new size")
+    _rendered(browser)  # the map drawn at that size
     browser.save_screenshot(str(docs / "cockpit-desktop.png"))
-    phone = _chrome(390, 844, phone=True)
+    phone = chrome(390, 844, phone=True)
     try:
         _open(phone, demo)
-        time.sleep(1)
+        _rendered(phone)
         phone.save_screenshot(str(docs / "cockpit-phone.png"))
     finally:
         phone.quit()

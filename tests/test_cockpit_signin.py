@@ -1,8 +1,8 @@
 """Signing in to the cockpit: anonymous visitors see the public collections and sensors; after signing in (HTTP
 Basic, kept in sessionStorage) the internal ones appear without a page reload, and go again after signing out.
 
-Like tests/test_cockpit.py, this needs Debian's `chromium` and `chromium-driver` and the `selenium` package; without
-them it skips with the reason.
+Like tests/test_cockpit.py, this needs Debian's `chromium` and `chromium-driver` and the `selenium` package
+(tests/browser.py); without them it skips with the reason. It asks the map what it draws as that module does.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser import chrome, need_browser
 from tests.conftest import DEMO_DATA, Server, start_server, stop_server, wait_until
-from tests.test_cockpit import _chrome, _need_browser
+from tests.test_cockpit import _drawn, _jump, _marker, _rendered
 
 READER = ("reader", "reader-password-1")
 WRITER = ("ingest", "ingest-password-1")
@@ -68,7 +69,7 @@ sensors:
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The platform with `auth:`, a public and an internal collection, a public and an internal sensor."""
-    _need_browser()
+    need_browser()
     tmp = tmp_path_factory.mktemp("cockpit-signin")
     (tmp / "public.csv").write_text("id,lon,lat\npub1,127.03,37.50\n", encoding="utf-8")
     (tmp / "internal.csv").write_text("id,lon,lat\nsec1,127.04,37.51\n", encoding="utf-8")
@@ -89,11 +90,8 @@ def _layers(driver: Any) -> set[str]:
 
 
 def _marked(driver: Any) -> set[int]:
-    """The Datastreams the sensor markers stand for."""
-    ids: set[int] = set()
-    for marker in driver.find_elements("css selector", "path.sensor-marker"):
-        ids.update(int(i) for i in (marker.get_attribute("data-datastreams") or "").split())
-    return ids
+    """The Datastreams the sensor markers drawn on the map stand for."""
+    return {int(i) for f in _rendered(driver, "sensors") for i in f["properties"]["datastreams"].split()}
 
 
 def _searchable(driver: Any) -> set[str]:
@@ -132,7 +130,7 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
     streams = {s["name"]: s["@iot.id"] for s in
                httpx.get(f"{city.sta}/Datastreams", auth=READER, timeout=30).json()["value"]}
     public, internal = streams["count pub1"], streams["count sec1"]
-    driver = _chrome(1280, 800)
+    driver = chrome(1280, 800)
     try:
         # anonymous: the public collection and sensor only, no console errors
         driver.get(f"{city.url}/cockpit/")
@@ -175,11 +173,12 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         assert {"bikes", "cctv"} <= _datasets(driver)  # the catalogue as the read role sees it
         stored = _storage(driver)
         assert stored["local"] == 0 and list(stored["session"]) == ["udp.cockpit.signIn"]
-        # the internal layer loads its features with the credentials
+        # the internal layer's tiles are read with the credentials: at zoom 2 Gangnam's 1,763 CCTV sites are in one
+        # tile, far from its edges, each drawn once or counted in a point standing for several (`point_count`)
         driver.find_element("id", "layer-cctv").click()
-        wait_until(lambda: driver.execute_script(
-            "const r = window.cockpit.state.layers.get('cctv'); return r.loaded && r.group.getLayers().length"
-        ) == 1763, 15, "the internal layer's features")
+        _jump(driver, 127.05, 37.5, 2)
+        wait_until(lambda: sum(f["properties"].get("point_count", 1) for f in _drawn(driver, "cctv")) == 1763, 15,
+                   "the internal layer's features")
         # and the search finds the internal sensor
         search = driver.find_element("id", "find")
         search.clear()
@@ -195,8 +194,7 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         cell = f"#details td[data-datastream='{internal}'] .value"
         wait_until(lambda: driver.find_element("css selector", cell).get_attribute("data-value") == "4321", 15,
                    "the internal reading shown by polling")
-        marker = f"path.sensor-marker[data-datastreams~='{internal}']"
-        assert driver.find_element("css selector", marker).get_attribute("data-value") == "4321"
+        assert _marker(driver, internal)["value"] == 4321
 
         # a page reload keeps the sign-in (sessionStorage, this tab)
         driver.refresh()

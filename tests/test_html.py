@@ -5,17 +5,15 @@ publisher and contact from config.yml. Needs Debian's `chromium` and `chromium-d
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.browser import chrome, need_browser, severe
 from tests.conftest import DEMO_DATA, Server, serve_config, stop_server, wait_until
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 CDN = re.compile(r"https?://(?!127\.0\.0\.1)[a-z0-9.-]+\.(com|org|io|net)/[^\s\"']*\.(js|css|png)")
 
 
@@ -56,20 +54,8 @@ def test_pages_use_the_platforms_own_assets(city: Server, path: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # MapLibre draws with WebGL: SwiftShader's is there without a GPU
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
-                "--use-angle=swiftshader", "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    need_browser()
+    driver = chrome(1200, 900)
     try:
         yield driver
     finally:
@@ -98,8 +84,7 @@ def test_maps_draw_the_platforms_tiles_offline(city: Server, browser: Any, path:
     origins = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
     assert set(origins) == {city.url}, set(origins)
-    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert severe == []
+    assert severe(browser) == []
 
 
 def test_the_api_page_lists_the_operations(city: Server, browser: Any) -> None:

@@ -2,18 +2,24 @@
 // (/ogcapi) for the map layers, the latest value per Datastream and the indicators per area; the SensorThings
 // API (/v1.1) for Things, Datastreams and time series; MQTT over WebSockets (the SensorThings MQTT extension)
 // for live Observations, with polling as the fallback. No build step; the libraries are vendored.
+// The map is MapLibre (one copy, the OGC API pages'): the collections from the platform's own vector tiles in the
+// colours of its own style, so that a layer of a million features stays smooth; the sensors and the indicator areas
+// from the client's own GeoJSON, since their values change live.
 // Signing in (HTTP Basic, kept in sessionStorage for this tab only) makes every request carry the user's
 // credentials, so what the city keeps internal (collections, sensors) is shown; signing out shows the public data.
 import uPlot from './vendor/uplot-1.6.32/uPlot.esm.js';
+import * as maplibregl from '../ogcapi/static/vendor/maplibre-gl-6.20.0/maplibre-gl.mjs';
 
-const L = window.L;
+maplibregl.setWorkerUrl(new URL('../ogcapi/static/vendor/maplibre-gl-6.20.0/maplibre-gl-worker.mjs',
+  import.meta.url).href);
+
 const BASE = new URL('../', location.href); // the platform root, wherever it is mounted
 const STA = new URL('v1.1/', BASE).href;
 const OGC = new URL('ogcapi/', BASE).href;
 const NOT_LAYERS = new Set(['things', 'locations', 'features_of_interest', 'latest_values']);
 const MQTT_UPDATES = 'http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates';
-const PAGE = 1000; // features per request when loading a layer
-const FEATURE_CAP = 20000; // features drawn per layer at most
+const PAGE = 1000; // features per request when reading an indicator's areas
+const FEATURE_CAP = 20000; // areas read per indicator at most
 const SMALL_AREA_LAYER = 150; // polygon layers up to this size are on at start
 const POLL_MS = 10000;
 const FLUSH_MS = 100;
@@ -25,7 +31,7 @@ const DAY_MS = 24 * 3600 * 1000;
 const VIRIDIS = ['#440154', '#414487', '#2a788e', '#22a884', '#7ad151', '#fde725'];
 const HEAT = ['#fff1a8', '#fec44f', '#fb8b24', '#dd4b1a', '#9e1c1c'];
 const NO_VALUE = '#a3aab3';
-const LAYER_COLOURS = ['#1b7a5a', '#c2410c', '#6d28d9', '#be185d', '#4d7c0f', '#a16207', '#0e7490', '#57534e'];
+const HIGHLIGHT = '#c2410c';
 const AUTH_KEY = 'udp.cockpit.signIn'; // sessionStorage only: the sign-in ends with the tab, never in localStorage
 const INTERNAL_THINGS = "Thing/properties/udpAccess eq 'internal'"; // how `access: internal` marks a table's Things
 
@@ -33,14 +39,18 @@ const $ = (sel) => document.querySelector(sel);
 
 const state = {
   map: null,
-  renderers: {},
+  loaded: null, // the map's first style load (a promise): sources and layers are added after it
+  tip: null, // the popup following the pointer: a sensor's values, an area's, a feature's name
+  tipTarget: null, // what it shows
+  popup: null, // the clicked feature's properties
+  tileZoom: undefined, // the deepest zoom the platform makes tiles for
   collections: [],
   layers: new Map(), // collection id -> layer record
   sensors: new Map(), // Datastream id -> sensor record
   groups: new Map(), // place + observed property -> marker group (one property shown)
   places: new Map(), // place -> marker group (every property shown)
+  markers: new Map(), // a marker's feature id on the map -> its group (one of groups or places)
   scales: new Map(), // observed property -> colour scale
-  sensorLayer: null,
   property: '',
   live: 'connecting',
   client: null,
@@ -66,10 +76,6 @@ const state = {
 };
 
 // ---------------------------------------------------------------- helpers
-
-function escapeHtml(text) {
-  return String(text ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
-}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -100,22 +106,34 @@ function sameOrigin(href) {
   return new URL(url.pathname + url.search, location.origin).href;
 }
 
-/** fetch() options for a request to the platform: with the signed-in user's credentials, when there is one. */
-function requestInit(url, accept) {
-  const init = { headers: { Accept: accept } };
-  if (state.auth && new URL(url, location.href).origin === location.origin) {
-    // the credentials go to this platform only; `omit` keeps the browser from asking for a password itself on a
-    // 401, and `no-store` keeps signed-in answers out of the HTTP cache, which keys on the URL and not on who
-    // asked: nothing internal is served from it after signing out, nothing public in place of the internal
-    init.headers.Authorization = `Basic ${state.auth.basic}`;
-    init.credentials = 'omit';
-    init.cache = 'no-store';
+/** Request options carrying the signed-in user's credentials to the platform, when there is one; for fetch() and
+ * for the map's tile requests alike. */
+function signedIn(url) {
+  if (!state.auth || new URL(url, location.href).origin !== location.origin) return {};
+  // the credentials go to this platform only; `omit` keeps the browser from asking for a password itself on a
+  // 401, and `no-store` keeps signed-in answers out of the HTTP cache, which keys on the URL and not on who
+  // asked: nothing internal is served from it after signing out, nothing public in place of the internal
+  return { headers: { Authorization: `Basic ${state.auth.basic}` }, credentials: 'omit', cache: 'no-store' };
+}
+
+/** Every page of features from `url` on, following `next` links, until there are at least `cap`. */
+async function readAll(url, cap = Infinity) {
+  const features = [];
+  let matched = null;
+  while (url && features.length < cap) {
+    const page = await getJSON(url);
+    matched = page.numberMatched ?? matched;
+    features.push(...(page.features || []));
+    const next = (page.links || []).find((link) => link.rel === 'next');
+    url = next && page.features?.length ? sameOrigin(next.href) : null;
   }
-  return init;
+  return features;
 }
 
 async function getJSON(url) {
-  const response = await fetch(url, requestInit(url, 'application/json, application/geo+json;q=0.9'));
+  const auth = signedIn(url);
+  const response = await fetch(url, { ...auth,
+    headers: { Accept: 'application/json, application/geo+json;q=0.9', ...auth.headers } });
   if (!response.ok) {
     let message = response.statusText;
     try { message = (await response.json()).message || message; } catch { /* not JSON */ }
@@ -244,28 +262,183 @@ function featureName(props) {
 function propertiesTable(props) {
   const rows = Object.entries(props || {}).filter(([, v]) => v !== null && v !== '' && typeof v !== 'object')
     .slice(0, 16)
-    .map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join('');
-  return `<table>${rows}</table>`;
+    .map(([k, v]) => el('tr', {}, el('th', { scope: 'row', text: k }), el('td', { text: String(v) })));
+  return el('table', {}, el('tbody', {}, rows));
 }
 
 // ---------------------------------------------------------------- the map and its layers
 
+const EMPTY = { type: 'FeatureCollection', features: [] };
+const NOTHING = ['==', ['id'], -1]; // a filter no feature passes: the highlights when nothing is chosen
+const SENSOR_PAINT = { 'circle-color': ['get', 'colour'], 'circle-opacity': 0.95, 'circle-stroke-color': '#111827',
+  'circle-radius': 7, 'circle-stroke-width': 1.5 };
+
+/** The map with its own layers, which the collections' are put between: polygons and lines under the indicator
+ * areas, points over them, the sensors on top. The ground is plain (no basemap from elsewhere: the city's own
+ * boundary collections are the base); the sensors and the areas are GeoJSON sources the cockpit keeps live. */
 function initMap() {
-  const map = L.map('map', { minZoom: 2, worldCopyJump: true, zoomSnap: 0.25 });
-  map.attributionControl.setPrefix('<a href="https://leafletjs.com">Leaflet</a>');
-  map.attributionControl.addAttribution('Layers: this platform\'s OGC API Features');
-  const panes = { areas: 350, choropleth: 380, points: 420, sensors: 450 };
-  for (const [name, z] of Object.entries(panes)) map.createPane(name).style.zIndex = String(z);
-  state.renderers = {
-    areas: L.svg({ pane: 'areas' }),
-    choropleth: L.svg({ pane: 'choropleth' }),
-    points: L.canvas({ pane: 'points', tolerance: 3 }),
-    sensors: L.svg({ pane: 'sensors' }),
-  };
-  map.setView([20, 0], 2);
+  const map = new maplibregl.Map({
+    container: 'map', center: [0, 20], zoom: 1, minZoom: 1, dragRotate: false, pitchWithRotate: false,
+    attributionControl: { compact: false, customAttribution: 'Layers: this platform\'s OGC API Features and Tiles' },
+    // the tiles of what the city keeps internal are read with the signed-in user's credentials, as the rest is
+    transformRequest: (url) => ({ url, ...signedIn(url) }),
+    style: {
+      version: 8,
+      sources: { choropleth: { type: 'geojson', data: EMPTY }, sensors: { type: 'geojson', data: EMPTY } },
+      layers: [
+        { id: 'background', type: 'background', paint: { 'background-color': '#e3e8ee' } },
+        { id: 'choropleth-fill', type: 'fill', source: 'choropleth',
+          paint: { 'fill-color': ['get', 'colour'], 'fill-opacity': 0.72 } },
+        { id: 'choropleth-line', type: 'line', source: 'choropleth',
+          paint: { 'line-color': '#3b2f2f', 'line-width': 1.2, 'line-opacity': 0.9 } },
+        { id: 'choropleth-selected', type: 'line', source: 'choropleth', filter: NOTHING,
+          paint: { 'line-color': HIGHLIGHT, 'line-width': 3.5 } },
+        { id: 'sensors', type: 'circle', source: 'sensors', filter: NOTHING, paint: SENSOR_PAINT },
+        { id: 'sensors-selected', type: 'circle', source: 'sensors', filter: NOTHING,
+          paint: { ...SENSOR_PAINT, 'circle-radius': 10, 'circle-stroke-color': HIGHLIGHT,
+            'circle-stroke-width': 3.5 } },
+      ],
+    },
+  });
+  map.touchZoomRotate.disableRotation();
+  map.keyboard.disableRotation();
+  map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
   state.map = map;
-  state.sensorLayer = L.layerGroup().addTo(map);
+  state.loaded = new Promise((resolve) => { map.once('load', resolve); });
+  state.tip = new maplibregl.Popup({ closeButton: false, closeOnClick: false, offset: 10, maxWidth: '300px',
+    className: 'map-tip' });
   map.on('moveend', scheduleSync);
+  map.on('mousemove', (event) => showTip(targetAt(event.point), event.lngLat));
+  map.on('mouseout', () => showTip(null));
+  map.on('click', (event) => openTarget(targetAt(event.point), event.lngLat));
+  map.on('error', (event) => {
+    const record = String(event.sourceId || '').startsWith('layer:') && state.layers.get(event.sourceId.slice(6));
+    if (record) note(`${record.title}: ${event.error?.message || 'the tiles could not be read'}`);
+    console.warn('map:', event.error?.message || event.error);
+  });
+}
+
+/** A collection's extent as [west, south, east, north] (its bbox may have heights), or null. */
+function boxOf(collection) {
+  const b = collection?.extent?.spatial?.bbox?.[0];
+  if (!b) return null;
+  return b.length === 6 ? [b[0], b[1], b[3], b[4]] : b.slice(0, 4);
+}
+
+/** Whether a box is a city's, not most of the world's (a collection without an extent of its own says the world). */
+function local(box) {
+  return Boolean(box) && box[2] - box[0] < 90;
+}
+
+/** A GeoJSON geometry's positions, in one list. */
+function positionsOf(geometry) {
+  const positions = [];
+  const walk = (c) => {
+    if (typeof c[0] === 'number') positions.push(c);
+    else c.forEach(walk);
+  };
+  if (geometry?.type === 'GeometryCollection') geometry.geometries.forEach((g) => walk(g.coordinates));
+  else if (geometry?.coordinates) walk(geometry.coordinates);
+  return positions;
+}
+
+/** The bounds of a GeoJSON geometry, or null when it has no positions. */
+function boundsOf(geometry) {
+  const positions = positionsOf(geometry);
+  if (!positions.length) return null;
+  const bounds = new maplibregl.LngLatBounds();
+  positions.forEach((c) => bounds.extend([c[0], c[1]]));
+  return bounds;
+}
+
+/** Bounds as a box, [west, south, east, north], `pad` of their size wider on every side. */
+function boxOfBounds(b, pad = 0) {
+  const dx = (b.getEast() - b.getWest()) * pad;
+  const dy = (b.getNorth() - b.getSouth()) * pad;
+  return [b.getWest() - dx, b.getSouth() - dy, b.getEast() + dx, b.getNorth() + dy];
+}
+
+/** The map's view as a box within the world, `pad` of its size wider on every side. */
+function viewBox(pad = 0) {
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const [w, s, e, n] = boxOfBounds(state.map.getBounds(), pad);
+  return [clamp(w, -180, 180), clamp(s, -90, 90), clamp(e, -180, 180), clamp(n, -90, 90)];
+}
+
+/** Whether a box lies within another (a point is a box of no size: [lng, lat, lng, lat]). */
+function within(inner, outer) {
+  return inner[0] >= outer[0] && inner[1] >= outer[1] && inner[2] <= outer[2] && inner[3] <= outer[3];
+}
+
+function bboxParam(box) {
+  return box.map((v) => v.toFixed(6)).join(',');
+}
+
+function fitBox(box, options = {}) {
+  state.map.fitBounds([[box[0], box[1]], [box[2], box[3]]], { padding: 10, ...options });
+}
+
+/** What a pointer is on, top first: a sensor's marker, an indicator area, a collection's feature; null for none. A
+ * few pixels around it count, so that a small point is easy to hit. */
+function targetAt(point) {
+  const map = state.map;
+  const layers = ['sensors', 'choropleth-fill', ...[...state.layers.values()].flatMap((r) => r.mapLayers || [])]
+    .filter((id) => map.getLayer(id));
+  const box = [[point.x - 4, point.y - 4], [point.x + 4, point.y + 4]];
+  for (const feature of map.queryRenderedFeatures(box, { layers })) {
+    if (feature.source === 'sensors') {
+      const group = state.markers.get(feature.id);
+      if (group) return { kind: 'sensor', group };
+    } else if (feature.source === 'choropleth') {
+      const area = state.choropleth?.areas[feature.id];
+      if (area) return { kind: 'area', area };
+    } else {
+      const record = state.layers.get(feature.source.replace(/^layer:/, ''));
+      if (record) return { kind: 'feature', record, properties: feature.properties };
+    }
+  }
+  return null;
+}
+
+/** The popup following the pointer: a sensor's values (kept live while it shows), an area's value, a feature's name
+ * or how many features a point stands for. Text only: the data's own words are never read as markup. */
+function showTip(target, lngLat) {
+  const content = target && tipOf(target);
+  state.map.getCanvas().style.cursor = target ? 'pointer' : '';
+  state.tipTarget = content ? target : null;
+  if (!content) {
+    state.tip.remove();
+    return;
+  }
+  state.tip.setLngLat(lngLat).setDOMContent(content);
+  if (!state.tip.isOpen()) state.tip.addTo(state.map);
+}
+
+function tipOf(target) {
+  if (target.kind === 'sensor') return tooltipOf(target.group);
+  if (target.kind === 'area') return areaLabel(target.area);
+  const p = target.properties;
+  if (p.point_count > 1) return el('div', {}, el('strong', { text: target.record.title }), el('br'),
+    `${plural(p.point_count, 'feature')} here: click to zoom in`);
+  const name = featureName(p);
+  return name ? el('div', { text: name }) : null;
+}
+
+/** A click on the map: a sensor's or an area's panel; a collection's feature's properties in a popup; a point standing
+ * for several, closer. */
+function openTarget(target, lngLat) {
+  if (!target) return;
+  if (target.kind === 'sensor') selectSensor(groupValue(target.group).id, { fly: false });
+  else if (target.kind === 'area') selectArea(target.area);
+  else if (target.properties.point_count > 1) state.map.easeTo({ center: lngLat, zoom: state.map.getZoom() + 2 });
+  else {
+    showTip(null);
+    const p = target.properties;
+    state.popup?.remove();
+    state.popup = new maplibregl.Popup({ maxWidth: '320px', className: 'feature-popup' }).setLngLat(lngLat)
+      .setDOMContent(el('div', {}, el('strong', { text: featureName(p) || target.record.title }), propertiesTable(p)))
+      .addTo(state.map);
+  }
 }
 
 function geometryKind(type) {
@@ -275,11 +448,35 @@ function geometryKind(type) {
   return 'areas';
 }
 
+/** The platform's MapLibre style: each collection's map layers (by `udp:collection`) in its colour, config.yml's or
+ * the platform's palette's, as the OGC API pages draw them; and the tiles' deepest zoom. */
+async function loadStyle() {
+  const style = await getJSON(api(OGC, 'styles/default'));
+  const layers = new Map();
+  for (const layer of style.layers || []) {
+    const id = layer.metadata?.['udp:collection'];
+    if (id === undefined) continue;
+    if (!layers.has(id)) layers.set(id, []);
+    layers.get(id).push(layer);
+  }
+  const maxzoom = Object.values(style.sources || {})[0]?.maxzoom;
+  return { layers, maxzoom };
+}
+
+function colourOfLayers(layers) {
+  const paint = layers[0]?.paint || {};
+  return paint['fill-color'] || paint['line-color'] || paint['circle-color'] || NO_VALUE;
+}
+
 /** The layer list from the collections. `shown` (after signing in or out) holds the layers' on/off states from
  * before, kept for the collections still there; a new one is on when it is a small polygon layer, as at the start. */
 async function loadCollections(shown = new Map()) {
-  const doc = await getJSON(api(OGC, 'collections', { f: 'json' }));
+  const [doc, style] = await Promise.all([getJSON(api(OGC, 'collections', { f: 'json' })), loadStyle().catch((err) => {
+    note(`The map's style could not be read: ${err.message}`); // the layers are listed, not drawn
+    return { layers: new Map(), maxzoom: undefined };
+  })]);
   state.collections = doc.collections || [];
+  state.tileZoom = style.maxzoom;
   state.indicatorCollections = state.collections.filter((c) => (c.keywords || [])
     .some((k) => String(k).toLowerCase() === 'indicator'));
   const layers = state.collections.filter((c) => !NOT_LAYERS.has(c.id) && c.itemType !== 'record'
@@ -288,26 +485,26 @@ async function loadCollections(shown = new Map()) {
   const sensorsItem = layerItem('latest_values', 'Sensors: the latest value of each Datastream', '#17202a',
     shown.get('latest_values') ?? true);
   list.append(sensorsItem.li);
+  state.layers.set('latest_values', { id: 'latest_values', ...sensorsItem, kind: 'sensors',
+    mapLayers: ['sensors', 'sensors-selected'] });
   sensorsItem.input.addEventListener('change', () => {
-    if (sensorsItem.input.checked) state.sensorLayer.addTo(state.map);
-    else state.sensorLayer.remove();
+    showLayers(state.layers.get('latest_values'));
     scheduleSync();
   });
-  state.layers.set('latest_values', { id: 'latest_values', ...sensorsItem, kind: 'sensors' });
-  layers.forEach((collection, i) => {
-    const colour = LAYER_COLOURS[i % LAYER_COLOURS.length];
+  showLayers(state.layers.get('latest_values'));
+  for (const collection of layers) {
+    const drawn = style.layers.get(collection.id) || [];
+    const colour = colourOfLayers(drawn);
     const item = layerItem(collection.id, collection.title || collection.id, colour, false);
-    const record = { id: collection.id, collection, colour, ...item, kind: null, group: null, loaded: false,
-      loading: null, total: null };
+    const record = { id: collection.id, collection, style: drawn, mapLayers: null, ...item, kind: null, total: null };
     state.layers.set(collection.id, record);
     list.append(item.li);
     item.input.addEventListener('change', () => toggleLayer(record));
-  });
+  }
   list.removeAttribute('aria-busy');
   const goto = $('#goto-select');
   for (const collection of state.collections) {
-    const bbox = collection.extent?.spatial?.bbox?.[0];
-    if (!bbox || NOT_LAYERS.has(collection.id) || collection.itemType === 'record' || bbox[2] - bbox[0] > 90) continue;
+    if (NOT_LAYERS.has(collection.id) || collection.itemType === 'record' || !local(boxOf(collection))) continue;
     goto.append(el('option', { value: collection.id, text: collection.title || collection.id }));
   }
   // what kind of geometry each layer has and how big it is: one feature each
@@ -346,98 +543,58 @@ function isCurrent(record) {
   return state.layers.get(record.id) === record;
 }
 
-async function toggleLayer(record) {
-  if (!isCurrent(record)) return;
-  if (!record.input.checked) {
-    if (record.group) record.group.remove();
-    return;
-  }
-  if (!record.loaded) {
-    if (!record.loading) record.loading = loadLayer(record);
-    await record.loading;
-  }
-  if (record.input.checked && record.group && isCurrent(record)) record.group.addTo(state.map);
+/** A layer's map layers shown or hidden as its box is ticked. */
+function showLayers(record) {
+  const visibility = record.input.checked ? 'visible' : 'none';
+  for (const id of record.mapLayers || []) state.map.setLayoutProperty(id, 'visibility', visibility);
 }
 
-async function loadLayer(record) {
-  const features = [];
-  record.count.textContent = 'loading…';
-  record.li.setAttribute('aria-busy', 'true');
-  let url = api(OGC, `collections/${encodeURIComponent(record.id)}/items`, { limit: PAGE });
-  let matched = null;
-  try {
-    while (url && features.length < FEATURE_CAP) {
-      const page = await getJSON(url);
-      matched = page.numberMatched ?? matched;
-      features.push(...(page.features || []));
-      const next = (page.links || []).find((link) => link.rel === 'next');
-      url = next && page.features?.length ? sameOrigin(next.href) : null;
-    }
-  } catch (err) {
-    record.count.textContent = 'failed to load';
-    record.li.removeAttribute('aria-busy');
-    note(`${record.title}: ${err.message}`);
-    record.loading = null;
-    return;
+/** A collection switched on or off. Its tiles' source and map layers are added the first time it is on (only what
+ * is shown is read); polygons and lines go under the indicator areas, points over them. */
+function toggleLayer(record) {
+  if (!isCurrent(record)) return;
+  if (!record.mapLayers && record.input.checked) {
+    const map = state.map;
+    const source = `layer:${record.id}`;
+    const box = boxOf(record.collection);
+    map.addSource(source, {
+      type: 'vector', ...(state.tileZoom !== undefined ? { maxzoom: state.tileZoom } : {}),
+      // `{z}` and the others stay as they are: new URL() would escape their braces
+      tiles: [`${OGC}collections/${encodeURIComponent(record.id)}/tiles/WebMercatorQuad/{z}/{y}/{x}`],
+      ...(box ? { bounds: box } : {}),
+    });
+    record.mapLayers = record.style.map((layer) => {
+      const id = `layer:${layer.id}`;
+      map.addLayer({ ...layer, id, source }, layer.type === 'fill' || layer.type === 'line' ? 'choropleth-fill'
+        : 'sensors');
+      return id;
+    });
+    if (!record.style.length) record.count.textContent = 'not in the platform\'s style';
   }
-  const colour = record.colour;
-  const kind = record.kind || geometryKind(features[0]?.geometry?.type);
-  const className = `layer-${record.id}`;
-  const group = L.geoJSON({ type: 'FeatureCollection', features }, {
-    pane: kind === 'points' ? 'points' : 'areas',
-    renderer: kind === 'points' ? state.renderers.points : state.renderers.areas,
-    style: () => (kind === 'areas'
-      ? { color: colour, weight: 1.2, opacity: 0.9, fillColor: '#fbfaf6',
-        fillOpacity: 0.75, className }
-      : { color: colour, weight: 2, className }),
-    pointToLayer: (feature, latlng) => L.circleMarker(latlng, { renderer: state.renderers.points, radius: 3.5,
-      weight: 0.6, color: '#1f2933', fillColor: colour, fillOpacity: 0.9 }),
-    onEachFeature: (feature, layer) => {
-      const name = featureName(feature.properties);
-      if (kind === 'points') {
-        layer.bindPopup(() => `<strong>${escapeHtml(name || record.title)}</strong>${propertiesTable(feature.properties)}`);
-      } else if (name) {
-        layer.bindTooltip(escapeHtml(name), { sticky: true });
-      }
-    },
-  });
-  record.group = group;
-  record.kind = kind;
-  record.loaded = true;
-  record.li.removeAttribute('aria-busy');
-  const shown = features.length.toLocaleString();
-  record.count.textContent = matched !== null && matched > features.length
-    ? `${shown} of ${matched.toLocaleString()} shown` : shown;
+  showLayers(record);
+}
+
+/** A collection's map layers and tiles taken off the map (before reading the collections again as someone else). */
+function removeLayers(record) {
+  if (!record.collection || !record.mapLayers) return;
+  record.mapLayers.forEach((id) => state.map.removeLayer(id));
+  state.map.removeSource(`layer:${record.id}`);
+  record.mapLayers = null;
 }
 
 // ---------------------------------------------------------------- sensors: latest value per Datastream
 
+/** Where a sensor is drawn, [longitude, latitude]: the mean of its place's positions. */
 function positionOf(feature) {
-  const geometry = feature.geometry || feature.properties?.observedArea;
-  if (!geometry) return null;
-  const coords = [];
-  const walk = (c) => {
-    if (typeof c[0] === 'number') coords.push(c);
-    else c.forEach(walk);
-  };
-  if (geometry.type === 'GeometryCollection') geometry.geometries.forEach((g) => walk(g.coordinates));
-  else if (geometry.coordinates) walk(geometry.coordinates);
-  if (!coords.length) return null;
-  const lng = coords.reduce((s, c) => s + c[0], 0) / coords.length;
-  const lat = coords.reduce((s, c) => s + c[1], 0) / coords.length;
-  return Number.isFinite(lat) && Number.isFinite(lng) ? L.latLng(lat, lng) : null;
+  const positions = positionsOf(feature.geometry || feature.properties?.observedArea);
+  if (!positions.length) return null;
+  const lng = positions.reduce((s, c) => s + c[0], 0) / positions.length;
+  const lat = positions.reduce((s, c) => s + c[1], 0) / positions.length;
+  return Number.isFinite(lat) && Number.isFinite(lng) ? [lng, lat] : null;
 }
 
-async function loadLatestValues(params = {}) {
-  const features = [];
-  let url = api(OGC, 'collections/latest_values/items', { limit: 10000, ...params });
-  while (url) {
-    const page = await getJSON(url);
-    features.push(...(page.features || []));
-    const next = (page.links || []).find((link) => link.rel === 'next');
-    url = next && page.features?.length ? sameOrigin(next.href) : null;
-  }
-  return features;
+function loadLatestValues(params = {}) {
+  return readAll(api(OGC, 'collections/latest_values/items', { limit: 10000, ...params }));
 }
 
 /** The sensors from the latest values; `property` is the observed property to show (after signing in or out, the
@@ -452,7 +609,7 @@ async function loadSensors(property = '') {
     const sensor = {
       id, name: p.name, thing: p.thing, property: p.observedProperty || 'unknown observed property',
       unit: unitText(p.unit ?? p.unitOfMeasurement?.symbol), result: p.result,
-      time: endOf(p.phenomenonTime) || p.resultTime, latlng: positionOf(feature), group: null, since: Date.now(),
+      time: endOf(p.phenomenonTime) || p.resultTime, lnglat: positionOf(feature), group: null, since: Date.now(),
     };
     state.sensors.set(id, sensor);
     if (!byProperty.has(sensor.property)) byProperty.set(sensor.property, []);
@@ -466,15 +623,11 @@ async function loadSensors(property = '') {
   // (a total before its parts), then the one more places observe
   const order = [...byProperty.entries()].sort((a, b) => b[1].length - a[1].length).map(([property]) => property);
   for (const sensor of state.sensors.values()) {
-    if (!sensor.latlng) continue;
-    const place = `${sensor.latlng.lat.toFixed(5)},${sensor.latlng.lng.toFixed(5)}`;
+    if (!sensor.lnglat) continue;
+    const place = `${sensor.lnglat[1].toFixed(5)},${sensor.lnglat[0].toFixed(5)}`;
     const key = `${place}|${sensor.property}`;
-    if (!state.groups.has(key)) {
-      state.groups.set(key, { key, latlng: sensor.latlng, property: sensor.property, ids: [], lead: [], marker: null });
-    }
-    if (!state.places.has(place)) {
-      state.places.set(place, { key: place, latlng: sensor.latlng, property: null, ids: [], lead: [], marker: null });
-    }
+    if (!state.groups.has(key)) state.groups.set(key, markerGroup(key, sensor.lnglat, sensor.property));
+    if (!state.places.has(place)) state.places.set(place, markerGroup(place, sensor.lnglat, null));
     sensor.group = state.groups.get(key);
     sensor.place = state.places.get(place);
     sensor.group.ids.push(sensor.id);
@@ -491,27 +644,39 @@ async function loadSensors(property = '') {
     place.property = lead;
     place.lead = place.ids.filter((id) => state.sensors.get(id).property === lead);
   }
-  for (const group of [...state.groups.values(), ...state.places.values()]) makeMarker(group);
-  const located = [...state.sensors.values()].filter((s) => s.latlng).length;
+  state.map.getSource('sensors').setData({ type: 'FeatureCollection', features: [...state.markers.values()]
+    .map((group) => ({ type: 'Feature', id: group.fid, geometry: { type: 'Point', coordinates: group.lnglat },
+      properties: markerProperties(group) })) });
+  const located = [...state.sensors.values()].filter((s) => s.lnglat).length;
   const item = state.layers.get('latest_values');
   item.count.textContent = `${located.toLocaleString()} Datastreams`;
   const select = $('#property-select');
   order.forEach((property) => {
     select.append(el('option', { value: property, text: `${property} (${byProperty.get(property).length})` }));
   });
-  const things = [...new Set([...state.sensors.values()].filter((s) => s.latlng && s.thing).map((s) => s.thing))];
+  const things = [...new Set([...state.sensors.values()].filter((s) => s.lnglat && s.thing).map((s) => s.thing))];
   things.sort((a, b) => a.localeCompare(b));
   $('#find-list').replaceChildren(...things.map((t) => el('option', { value: t })));
   select.value = byProperty.has(property) ? property : '';
   showProperty(select.value);
 }
 
+/** A marker: of a place and an observed property (`property`), or of a place with every property (null until its
+ * lead property is known). Its `fid` is its feature's id on the map. */
+function markerGroup(key, lnglat, property) {
+  const group = { key, lnglat, property, place: property === null, ids: [], lead: [], fid: state.markers.size };
+  state.markers.set(group.fid, group);
+  return group;
+}
+
 /** Forget the sensors and their markers (before reading them again as someone else). */
 function clearSensors() {
-  state.sensorLayer.clearLayers();
+  showTip(null);
+  state.map.getSource('sensors').setData(EMPTY);
   state.sensors.clear();
   state.groups.clear();
   state.places.clear();
+  state.markers.clear();
   state.scales.clear();
   $('#property-select').replaceChildren(el('option', { value: '', text: 'every observed property' }));
   $('#find-list').replaceChildren();
@@ -528,47 +693,28 @@ function groupValue(group) {
   return { value: best, id: bestId };
 }
 
-function makeMarker(group) {
+/** A marker's feature properties: what it stands for (the Datastreams, space-separated), its value and colour. */
+function markerProperties(group) {
   const { value } = groupValue(group);
-  const marker = L.circleMarker(group.latlng, {
-    renderer: state.renderers.sensors, pane: 'sensors', radius: 7, weight: 1.5, color: '#111827',
-    fillColor: colourOf(state.scales.get(group.property), value), fillOpacity: 0.95,
-  });
-  marker.bindTooltip(() => tooltipOf(group), { direction: 'top', offset: [0, -6] });
-  marker.on('add', () => markElement(group));
-  marker.on('click', () => selectSensor(groupValue(group).id, { fly: false }));
-  group.marker = marker;
-}
-
-function markElement(group) {
-  const node = group.marker?.getElement();
-  if (!node) return;
-  const { value } = groupValue(group);
-  node.setAttribute('data-datastreams', group.ids.join(' '));
-  node.setAttribute('data-property', group.property);
-  node.setAttribute('data-value', value === null ? '' : String(value));
-  node.classList.add('sensor-marker');
+  return { place: group.place, property: group.property, datastreams: group.ids.join(' '), value,
+    colour: colourOf(state.scales.get(group.property), value) };
 }
 
 function tooltipOf(group) {
   const first = state.sensors.get(group.ids[0]);
-  const rows = group.ids.map((id) => {
+  const rows = group.ids.flatMap((id) => {
     const s = state.sensors.get(id);
-    return `${escapeHtml(s.name)}: <strong>${escapeHtml(fmt(s.result))}</strong> ${escapeHtml(s.unit)}`;
-  }).join('<br>');
-  const when = first.time ? `<br><span>${escapeHtml(fmtTime(first.time))}</span>` : '';
-  return `<strong>${escapeHtml(first.thing || first.name)}</strong><br>${rows}${when}`;
+    return [el('br'), `${s.name}: `, el('strong', { text: fmt(s.result) }), s.unit ? ` ${s.unit}` : ''];
+  });
+  return el('div', {}, el('strong', { text: first.thing || first.name }), rows,
+    first.time ? [el('br'), el('span', { text: fmtTime(first.time) })] : '');
 }
 
 function showProperty(property) {
   state.property = property;
-  state.sensorLayer.clearLayers();
-  if (!property) state.places.forEach((place) => state.sensorLayer.addLayer(place.marker));
-  else {
-    state.groups.forEach((group) => {
-      if (group.property === property) state.sensorLayer.addLayer(group.marker);
-    });
-  }
+  // the places' markers, or the chosen property's: both are in the source, the filter picks
+  state.map.setFilter('sensors', property
+    ? ['all', ['!', ['get', 'place']], ['==', ['get', 'property'], property]] : ['get', 'place']);
   const selected = state.selected?.id !== undefined && state.sensors.get(state.selected.id);
   if (selected && state.selected.kind === 'sensor') {
     highlight(property ? selected.group : selected.place);
@@ -586,12 +732,11 @@ function showProperty(property) {
   }
 }
 
-function refreshGroup(group) {
-  if (!group.marker) return;
-  const { value } = groupValue(group);
-  group.marker.setStyle({ fillColor: colourOf(state.scales.get(group.property), value) });
-  markElement(group);
-  if (group.marker.isTooltipOpen()) group.marker.setTooltipContent(tooltipOf(group));
+/** Markers whose values changed, drawn again. */
+function refreshGroups(groups) {
+  if (!groups.size) return;
+  state.map.getSource('sensors').updateData({ update: [...groups].map((group) => ({ id: group.fid,
+    addOrUpdateProperties: Object.entries(markerProperties(group)).map(([key, value]) => ({ key, value })) })) });
 }
 
 // ---------------------------------------------------------------- live: MQTT over WebSockets, or polling
@@ -659,10 +804,10 @@ function topicOf(id) {
 function wantedIds() {
   const ids = new Set([...state.tiles.keys(), ...(state.choropleth?.byDatastream.keys() || []), ...state.pinned]);
   if (state.chart) ids.add(state.chart.id);
-  if (state.map && state.map.hasLayer(state.sensorLayer)) {
-    const bounds = state.map.getBounds().pad(LIVE_PAD);
+  if (state.layers.get('latest_values')?.input.checked) {
+    const view = viewBox(LIVE_PAD);
     for (const place of state.places.values()) {
-      if (bounds.contains(place.latlng)) place.ids.forEach((id) => ids.add(id));
+      if (within([...place.lnglat, ...place.lnglat], view)) place.ids.forEach((id) => ids.add(id));
     }
   }
   return ids;
@@ -711,12 +856,8 @@ function scheduleSync() {
 }
 
 async function refreshView() {
-  const b = state.map.getBounds().pad(LIVE_PAD);
-  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
-  const bbox = [clamp(b.getWest(), -180, 180), clamp(b.getSouth(), -90, 90), clamp(b.getEast(), -180, 180),
-    clamp(b.getNorth(), -90, 90)].map((v) => v.toFixed(6)).join(',');
   try {
-    await applyLatest(await loadLatestValues({ bbox }));
+    await applyLatest(await loadLatestValues({ bbox: bboxParam(viewBox(LIVE_PAD)) }));
   } catch (err) {
     console.warn('latest values:', err.message);
   }
@@ -779,16 +920,23 @@ function flush() {
   const ids = [...state.dirty];
   state.dirty.clear();
   const groups = new Set();
+  let areasChanged = false;
   for (const id of ids) {
     const sensor = state.sensors.get(id);
     if (sensor?.group) groups.add(sensor.group);
     if (sensor?.place) groups.add(sensor.place);
     if (state.tiles.has(id)) renderTile(state.tiles.get(id));
     const area = state.choropleth?.byDatastream.get(id);
-    if (area) restyleArea(area);
+    if (area) {
+      restyleArea(area);
+      areasChanged = true;
+    }
     document.querySelectorAll(`#details td[data-datastream="${id}"]`).forEach((cell) => renderValueCell(cell, id));
   }
-  groups.forEach(refreshGroup);
+  refreshGroups(groups);
+  if (areasChanged) drawAreas(state.choropleth);
+  // the pointer's popup, when it shows a sensor's or an area's values, follows them too
+  if (state.tipTarget && state.tipTarget.kind !== 'feature') state.tip.setDOMContent(tipOf(state.tipTarget));
   if (state.chart?.dirty) chartRedraw(state.chart);
 }
 
@@ -948,22 +1096,16 @@ function initIndicators(keep) {
 async function showIndicator(id, quiet = false) {
   const previous = state.choropleth;
   if (!id) {
-    previous?.layer.remove();
+    state.map.getSource('choropleth').setData(EMPTY);
     state.choropleth = null;
     $('#choropleth-legend').replaceChildren();
     $('#area-list').hidden = true;
     return;
   }
   const collection = state.collections.find((c) => c.id === id);
-  const features = [];
+  let features;
   try {
-    let url = api(OGC, `collections/${encodeURIComponent(id)}/items`, { limit: PAGE });
-    while (url && features.length < FEATURE_CAP) {
-      const page = await getJSON(url);
-      features.push(...(page.features || []));
-      const next = (page.links || []).find((link) => link.rel === 'next');
-      url = next && page.features?.length ? sameOrigin(next.href) : null;
-    }
+    features = await readAll(api(OGC, `collections/${encodeURIComponent(id)}/items`, { limit: PAGE }), FEATURE_CAP);
   } catch (err) {
     if (!quiet) note(`${collection?.title || id}: ${err.message}`);
     return;
@@ -972,25 +1114,16 @@ async function showIndicator(id, quiet = false) {
   const values = features.map((f) => numeric(f.properties?.value)).filter((v) => v !== null);
   const scale = quiet && previous?.collection.id === id ? previous.scale : makeScale(values, HEAT);
   const unit = unitText(features.find((f) => f.properties?.unit)?.properties.unit || '');
-  const choropleth = { collection, scale, unit, byDatastream: new Map(), areas: [], layer: null };
-  const layer = L.geoJSON({ type: 'FeatureCollection', features }, {
-    pane: 'choropleth',
-    renderer: state.renderers.choropleth,
-    style: (feature) => areaStyle(scale, feature),
-    onEachFeature: (feature, shape) => {
-      const area = { feature, shape, choropleth };
-      choropleth.areas.push(area);
-      const dsId = idFromLink(feature.properties?.datastream);
-      if (dsId !== null) choropleth.byDatastream.set(dsId, area);
-      shape.bindTooltip(() => areaLabel(area), { sticky: true });
-      shape.on('click', () => selectArea(area));
-      shape.on('add', () => markArea(area));
-    },
-  });
-  choropleth.layer = layer;
-  state.choropleth?.layer.remove(); // the one shown now: another read may have finished meanwhile
-  layer.addTo(state.map);
-  state.choropleth = choropleth;
+  const choropleth = { collection, scale, unit, byDatastream: new Map(), areas: [] };
+  // an area is a feature with a place; its index is its feature's id on the map
+  for (const feature of features.filter((f) => f.geometry)) {
+    const area = { feature, choropleth, index: choropleth.areas.length };
+    choropleth.areas.push(area);
+    const dsId = idFromLink(feature.properties?.datastream);
+    if (dsId !== null) choropleth.byDatastream.set(dsId, area);
+  }
+  state.choropleth = choropleth; // in place of the one shown now: another read may have finished meanwhile
+  drawAreas(choropleth);
   if (!quiet) {
     legend($('#choropleth-legend'), `${collection?.title || id}${unit ? ` (${unit})` : ''}`, scale, unit, false);
   }
@@ -998,39 +1131,29 @@ async function showIndicator(id, quiet = false) {
   syncSubscriptions();
 }
 
-function areaStyle(scale, feature) {
-  return { color: '#3b2f2f', weight: 1.2, opacity: 0.9,
-    fillColor: colourOf(scale, numeric(feature.properties?.value)), fillOpacity: 0.72, className: 'indicator-area' };
-}
-
-function markArea(area) {
-  const node = area.shape.getElement?.();
-  if (!node) return;
-  node.setAttribute('data-area', area.feature.properties?.area ?? '');
-  node.setAttribute('data-value', String(area.feature.properties?.value ?? ''));
+/** The areas on the map, each in its value's colour on the indicator's scale (a feature property, `colour`). */
+function drawAreas(choropleth) {
+  state.map.getSource('choropleth').setData({ type: 'FeatureCollection', features: choropleth.areas.map((area) => ({
+    type: 'Feature', id: area.index, geometry: area.feature.geometry,
+    properties: { ...area.feature.properties,
+      colour: colourOf(choropleth.scale, numeric(area.feature.properties?.value)) } })) });
 }
 
 function areaLabel(area) {
   const p = area.feature.properties || {};
   const unit = area.choropleth.unit ? ` ${area.choropleth.unit}` : '';
-  const sensors = p.sensors !== undefined ? `<br>${escapeHtml(plural(p.sensors, 'sensor'))}` : '';
-  return `<strong>${escapeHtml(p.area)}</strong><br>${escapeHtml(fmt(p.value))}${escapeHtml(unit)}${sensors}`;
+  return el('div', {}, el('strong', { text: String(p.area ?? '') }), el('br'), `${fmt(p.value)}${unit}`,
+    p.sensors !== undefined ? [el('br'), plural(p.sensors, 'sensor')] : '');
 }
 
+/** The chosen area outlined (by its name, so that it stays outlined when the areas are read again), or none. */
 function highlightArea(area) {
-  const previous = state.choropleth?.highlighted;
-  if (previous && previous !== area) previous.shape.setStyle(areaStyle(previous.choropleth.scale, previous.feature));
-  if (state.choropleth) state.choropleth.highlighted = area;
-  if (area) {
-    area.shape.setStyle({ weight: 3.5, color: '#c2410c' });
-    area.shape.bringToFront();
-  }
+  const name = area?.feature.properties?.area;
+  state.map.setFilter('choropleth-selected', area ? ['==', ['get', 'area'], name ?? ''] : NOTHING);
 }
 
+/** An area whose value changed: its list item now; the map once for all of them (`flush`). */
 function restyleArea(area) {
-  area.shape.setStyle(areaStyle(area.choropleth.scale, area.feature));
-  if (state.choropleth?.highlighted === area) area.shape.setStyle({ weight: 3.5, color: '#c2410c' });
-  markArea(area);
   const item = area.listItem;
   if (item) item.textContent = `${area.feature.properties?.area}: ${fmt(area.feature.properties?.value)}`;
 }
@@ -1072,15 +1195,12 @@ function closeDetails({ focus = true } = {}) {
   scheduleSync();
   highlight(null);
   state.selected = null;
-  if (focus) $('#map').focus();
+  if (focus) state.map.getCanvas().focus(); // the map's keyboard way in (arrows pan, +/- zoom)
 }
 
+/** The chosen marker drawn larger, outlined and on top, or none. */
 function highlight(group) {
-  if (state.selected?.group?.marker) state.selected.group.marker.setStyle({ weight: 1.5, color: '#111827', radius: 7 });
-  if (group?.marker) {
-    group.marker.setStyle({ weight: 3.5, color: '#c2410c', radius: 10 });
-    group.marker.bringToFront();
-  }
+  state.map.setFilter('sensors-selected', group ? ['==', ['id'], group.fid] : NOTHING);
 }
 
 function renderValueCell(cell, id) {
@@ -1096,7 +1216,7 @@ function renderValueCell(cell, id) {
 function knowStream(ds, thing, property) {
   if (state.sensors.has(ds['@iot.id'])) return;
   state.sensors.set(ds['@iot.id'], { id: ds['@iot.id'], name: ds.name, thing, result: null, time: null, property,
-    unit: unitText(ds.unitOfMeasurement?.symbol), latlng: null, group: null });
+    unit: unitText(ds.unitOfMeasurement?.symbol), lnglat: null, group: null });
 }
 
 async function selectSensor(id, { fly = true } = {}) {
@@ -1110,7 +1230,7 @@ async function selectSensor(id, { fly = true } = {}) {
   const shown = state.property ? sensor.group : sensor.place;
   highlight(shown);
   state.selected = { kind: 'sensor', id, group: shown };
-  if (fly && sensor.latlng) state.map.setView(sensor.latlng, Math.max(state.map.getZoom(), 15));
+  if (fly && sensor.lnglat) state.map.easeTo({ center: sensor.lnglat, zoom: Math.max(state.map.getZoom(), 14) });
   const body = openDetails(sensor.thing || sensor.name);
   let thing;
   try {
@@ -1286,8 +1406,8 @@ async function selectArea(area, fly = false) {
   highlight(null);
   state.selected = { kind: 'area', area };
   highlightArea(area);
-  const bounds = area.shape.getBounds();
-  if (fly && !state.map.getBounds().contains(bounds)) state.map.fitBounds(bounds.pad(1), { maxZoom: 12 });
+  const bounds = boundsOf(area.feature.geometry);
+  if (fly && !within(boxOfBounds(bounds), viewBox())) fitBox(boxOfBounds(bounds, 1), { maxZoom: 11 });
   const body = openDetails(String(p.area));
   let doc;
   try {
@@ -1373,8 +1493,7 @@ async function searchCatalogue() {
   const params = { f: 'json', type: 'dataset', limit: CATALOGUE_LIMIT };
   if (q) params.q = q;
   if ($('#data-in-view').checked) {
-    const b = state.map.getBounds();
-    params.bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(5)).join(',');
+    params.bbox = bboxParam(viewBox());
   }
   const asked = api(OGC, 'collections/catalogue/items', params);
   state.catalogueQuery = asked;
@@ -1403,8 +1522,8 @@ async function searchCatalogue() {
 /** The map view of a record's extent, unless it is missing or spans most of the world. */
 function fitRecord(record) {
   if (!record.geometry) return;
-  const bounds = L.geoJSON(record.geometry).getBounds();
-  if (bounds.isValid() && bounds.getEast() - bounds.getWest() < 90) state.map.fitBounds(bounds, { maxZoom: 16 });
+  const bounds = boundsOf(record.geometry);
+  if (bounds && local(boxOfBounds(bounds))) fitBox(boxOfBounds(bounds), { maxZoom: 15 });
 }
 
 /** A layer of the layer list switched on, as ticking its box does. */
@@ -1677,7 +1796,8 @@ async function reload() {
   const shown = new Map([...state.layers].map(([id, record]) => [id, record.input.checked]));
   const property = $('#property-select').value;
   const indicator = $('#indicator-select').value;
-  for (const record of state.layers.values()) record.group?.remove();
+  state.popup?.remove(); // it may show what the new user may not see
+  for (const record of state.layers.values()) removeLayers(record);
   state.layers.clear();
   $('#layer-list').replaceChildren();
   $('#layer-list').setAttribute('aria-busy', 'true');
@@ -1749,9 +1869,8 @@ function wireControls() {
   indicator.addEventListener('change', () => showIndicator(indicator.value));
   const goto = $('#goto-select');
   goto.addEventListener('change', () => {
-    const collection = state.collections.find((c) => c.id === goto.value);
-    const bbox = collection?.extent?.spatial?.bbox?.[0];
-    if (bbox) state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
+    const box = boxOf(state.collections.find((c) => c.id === goto.value));
+    if (box) fitBox(box);
   });
   $('#data-form').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -1762,7 +1881,7 @@ function wireControls() {
     event.preventDefault();
     const text = $('#find').value.trim().toLowerCase();
     if (!text) return;
-    const sensors = [...state.sensors.values()].filter((s) => s.latlng);
+    const sensors = [...state.sensors.values()].filter((s) => s.lnglat);
     const found = sensors.find((s) => (s.thing || '').toLowerCase() === text)
       || sensors.find((s) => (s.thing || '').toLowerCase().includes(text))
       || sensors.find((s) => (s.name || '').toLowerCase().includes(text));
@@ -1778,22 +1897,22 @@ function wireControls() {
 function initialView() {
   const candidates = [...state.indicatorCollections,
     ...[...state.layers.values()].filter((r) => r.input.checked && r.collection).map((r) => r.collection)];
-  for (const collection of candidates) {
-    const bbox = collection.extent?.spatial?.bbox?.[0];
-    if (bbox && bbox[2] - bbox[0] < 90) {
-      state.map.fitBounds([[bbox[1], bbox[0]], [bbox[3], bbox[2]]]);
-      return;
-    }
+  const box = candidates.map(boxOf).find(local);
+  if (box) {
+    fitBox(box, { animate: false });
+    return;
   }
-  const located = [...state.places.values()].map((g) => g.latlng);
-  if (located.length) state.map.fitBounds(L.latLngBounds(located), { maxZoom: 12 });
+  const located = boundsOf({ type: 'MultiPoint', coordinates: [...state.places.values()].map((g) => g.lnglat) });
+  if (located) fitBox(boxOfBounds(located), { maxZoom: 11, animate: false });
 }
 
 async function main() {
   initMap();
   wireControls();
   wireAccount();
-  await restoreSignIn(); // before the first read, so that it is read as the signed-in user
+  // before the first read, so that it is read as the signed-in user; and the map's own layers, which the
+  // collections' are put between
+  await Promise.all([restoreSignIn(), state.loaded]);
   getJSON(BASE.href).then((doc) => {
     if (doc.title) {
       $('#city-title').textContent = doc.title;
@@ -1805,9 +1924,8 @@ async function main() {
     loadCollections().catch((err) => note(`The collections could not be read: ${err.message}`)),
     loadTiles(),
   ]);
-  state.map.invalidateSize({ pan: false });
+  state.map.resize(); // now, not when MapLibre's own observer of the container's size next runs
   initialView();
-  new ResizeObserver(() => state.map.invalidateSize({ pan: false })).observe($('#map'));
   await Promise.all([
     loadSensors().catch((err) => note(`The sensors could not be read: ${err.message}`)),
     initIndicators(),
@@ -1822,6 +1940,7 @@ async function main() {
 }
 
 // for tests and the curious: the map and the state, read-only by convention
-window.cockpit = { state, selectSensor, selectArea, showIndicator, searchCatalogue };
+window.udpCockpit = { get map() { return state.map; }, state, selectSensor, selectArea, showIndicator,
+  searchCatalogue };
 
 state.started = main();
