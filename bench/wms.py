@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="~/.cache/udp-bench-features")
     ap.add_argument("--pg", default=os.environ.get("UDP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--start-timeout", type=float, default=900)
+    ap.add_argument("--kinds", default="pg,gpkg,gpkg-pgstore", help="which of the three servers to run")
     args = ap.parse_args()
     if mapserver.mapserv() is None:
         raise SystemExit("MapServer is not installed (Debian: cgi-mapserver)")
@@ -103,7 +104,7 @@ def main() -> int:
     try:
         for layer, _, tsv in layers.values():
             load_postgis(db.url, layer, tsv)
-        for kind in ("pg", "gpkg", "gpkg-pgstore"):
+        for kind in args.kinds.split(","):
             sources = {n: f"{db.url}#public.{n}" if kind == "pg" else str(gpkg) for n, (_, gpkg, _) in layers.items()}
             server = start_platform(kind, work, sources, args.workers, "warning", args.start_timeout,
                                     store=store_db.url if kind == "gpkg-pgstore" else None)

@@ -45,10 +45,11 @@ class MapLayer:
     overviews: tuple[Overview, ...] = ()  # coarsest last
 
     def overview_for(self, view: View | None) -> Overview | None:
-        """The coarsest overview whose cells are no bigger than the view's pixels; None: the layer itself."""
+        """The coarsest overview whose cells are at most two of the view's pixels (a point's symbol is 7 pixels
+        wide: the map looks the same); None: the layer itself."""
         if view is None:
             return None
-        fits = [o for o in self.overviews if o.cell <= view.pixel()]
+        fits = [o for o in self.overviews if o.cell <= 2 * view.pixel()]
         return max(fits, key=lambda o: o.cell) if fits else None
 
 

@@ -29,7 +29,7 @@ from features.source import FeatureSource, geometry_kind
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 MAX_FEATURES = 5_000_000  # a collection bigger than this is served by the OGC API and tiles, not in a snapshot
 OVERVIEW_MIN = 50_000  # a point layer with more features gets overviews for small-scale maps
-OVERVIEW_CELLS = (256, 1024, 4096)  # the overviews' grids: cells across the layer's longer side
+OVERVIEW_CELLS = (128, 512, 2048)  # the overviews' grids: cells across the layer's longer side
 UNVERSIONED_S = 5.0  # how stale a snapshot of a source without a data version may be
 KEEP_S = 120.0  # an old snapshot is removed this long after a newer one replaced it (a request may still read it)
 KEY = "udp_id"  # the feature id's column, as DatabaseTable names it
@@ -55,6 +55,7 @@ class Snapshot:
     bbox: tuple[float, float, float, float] | None
     multi: bool = False  # some of its points are multipoints
     overviews: tuple[Overview, ...] = ()
+    stem: str = ""  # the start of its files' names
 
 
 class Snapshots:
@@ -74,7 +75,7 @@ class Snapshots:
         key = (source.id, whole)
         version = source.etag()
         if not whole and not version:
-            return Snapshot(None, "point", 0, None)
+            return Snapshot(None, "point", 0, None)  # nothing to sweep: no stem
         now = time.monotonic()
         known = self._known.get(key)
         if known is not None and (known[0] == version if version else now - known[1] < UNVERSIONED_S):
@@ -87,18 +88,21 @@ class Snapshots:
                 return known[2]
             snapshot = self._write(source, version, whole)
             self._known[key] = (version, time.monotonic(), snapshot)
-            self._sweep(source.id, {snapshot.path, *(o.path for o in snapshot.overviews)})
+            self._sweep(source.id, snapshot.stem)
             return snapshot
 
     def _write(self, source: FeatureSource, version: str, whole: bool) -> Snapshot:
+        tag = version or f"t{time.time_ns()}"
+        digest = hashlib.sha1(f"{source.id}\0{tag}\0{whole}".encode()).hexdigest()[:16]
+        stem = f"{_safe(source.id)}.{digest}"
+        ready = self.directory / f"{stem}.json"
+        if version and (found := _written(ready)) is not None:  # by another worker, or before a restart
+            return found
         features = source.tile_features(WORLD, MAX_FEATURES)
         frame = _frame(features.ids, features.geometries, features.properties)
         kinds_named = set(frame.geom_type.tolist())
         kinds = [geometry_kind(t) for t in frame.geom_type.tolist()]
         kind = max(set(kinds), key=kinds.count) if kinds else "point"
-        tag = version or f"t{time.time_ns()}"
-        digest = hashlib.sha1(f"{source.id}\0{tag}".encode()).hexdigest()[:16]
-        stem = f"{_safe(source.id)}.{digest}"
         multi = "MultiPoint" in kinds_named
         bbox = _bounds(frame)
         path = self.directory / f"{stem}.fgb"
@@ -114,14 +118,23 @@ class Snapshots:
                 _write_fgb(thinned, at, source.id, _ogr_type(thinned, kind), reuse=bool(version))
                 span = max(bbox[2] - bbox[0], bbox[3] - bbox[1])
                 overviews.append(Overview(span / cells, at, len(thinned)))
-        return Snapshot(path if whole else None, kind, len(frame), bbox, multi, tuple(overviews))
+        snapshot = Snapshot(path if whole else None, kind, len(frame), bbox, multi, tuple(overviews), stem)
+        if version:  # what was written, for the next to find without reading the data again
+            partial = ready.with_name(f"{ready.stem}.{os.getpid()}.{threading.get_ident()}.part")
+            partial.write_bytes(orjson.dumps({
+                "stem": stem, "path": str(snapshot.path) if snapshot.path else None, "kind": kind,
+                "count": snapshot.count,
+                "bbox": bbox, "multi": multi, "overviews": [[o.cell, str(o.path), o.count] for o in overviews]}))
+            os.replace(partial, ready)
+        return snapshot
 
-    def _sweep(self, collection: str, keep: set[Path | None]) -> None:
+    def _sweep(self, collection: str, stem: str) -> None:
         """Remove the collection's older files once no request can still be reading them."""
         cutoff = time.time() - KEEP_S
-        for old in self.directory.glob(f"{_safe(collection)}.*.fgb"):
+        for old in self.directory.glob(f"{_safe(collection)}.*"):
             try:
-                if old not in keep and old.stat().st_mtime < cutoff:  # a partial one so old is a writer's that died
+                # a partial one so old is a writer's that died
+                if not old.name.startswith(stem + ".") and old.stat().st_mtime < cutoff:
                     old.unlink()
             except FileNotFoundError:  # another worker swept it
                 pass
@@ -140,6 +153,19 @@ def _frame(ids: list[Any], geometries: np.ndarray, properties: list[dict[str, An
     numbers = all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in kept)
     table.insert(0, KEY, pd.array(kept, dtype="Int64") if numbers and kept else [str(i) for i in kept])
     return gpd.GeoDataFrame(table, geometry=list(geometries[present]) if present.any() else [], crs="EPSG:4326")
+
+
+def _written(ready: Path) -> Snapshot | None:
+    """The snapshot a finished write recorded, None when there is none or one of its files is gone."""
+    try:
+        doc = orjson.loads(ready.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    snapshot = Snapshot(Path(doc["path"]) if doc["path"] else None, doc["kind"], doc["count"],
+                        tuple(doc["bbox"]) if doc["bbox"] else None, doc["multi"],
+                        tuple(Overview(cell, Path(p), n) for cell, p, n in doc["overviews"]), doc["stem"])
+    files = [snapshot.path, *(o.path for o in snapshot.overviews)]
+    return snapshot if all(f is None or f.exists() for f in files) else None
 
 
 def _write_fgb(frame: gpd.GeoDataFrame, path: Path, layer: str, geometry_type: str, reuse: bool) -> None:

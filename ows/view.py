@@ -20,8 +20,8 @@ class View:
     height: int
 
     def pixel(self) -> float:
-        """The size of a pixel in degrees (the finer of its two sides)."""
-        return min((self.box[2] - self.box[0]) / self.width, (self.box[3] - self.box[1]) / self.height)
+        """The size of a pixel in degrees (the coarser of its two sides: a box stretched to the image's shape)."""
+        return max((self.box[2] - self.box[0]) / self.width, (self.box[3] - self.box[1]) / self.height)
 
 
 def parse_view(params: Mapping[str, str]) -> View | None:

@@ -300,6 +300,9 @@ def test_a_crowded_point_layer_is_drawn_from_an_overview_that_looks_the_same(
         source = StoredSource(spec, store)
         snap = snapshot_mod.Snapshots(tmp_path / "ows").current(source)
         assert snap.count == 20_000 and snap.overviews
+        # another worker, or the platform restarted: the files of this data version are used, the data not read
+        monkeypatch.setattr(source, "tile_features", lambda *a, **k: pytest.fail("read the data again"))
+        assert snapshot_mod.Snapshots(tmp_path / "ows").current(source) == snap
         for o in snap.overviews:
             frame = pyogrio.read_dataframe(o.path)
             assert len(frame) == o.count < 10_000 and frame["point_count"].sum() == 20_000
@@ -309,7 +312,7 @@ def test_a_crowded_point_layer_is_drawn_from_an_overview_that_looks_the_same(
                   "FORMAT": "image/png"}
         small = parse_view(params)
         chosen = layer.overview_for(small)
-        assert chosen is not None and chosen.cell <= small.pixel()
+        assert chosen is not None and chosen.cell <= 2 * small.pixel()
         assert layer.overview_for(parse_view(params | {"BBOX": "53.55,9.95,53.551,9.951"})) is None
         assert layer.overview_for(parse_view(params | {"REQUEST": "GetFeatureInfo"})) is None
         pictures = []
