@@ -25,6 +25,7 @@ from apicommon.request import public_base, sees_internal
 from features.source import DatabaseTable, FeatureSource, SourceUnavailable
 from features.styles import colours
 from ows import mapserver
+from ows.fastcgi import FastCgiError
 from ows.mapfile import MapLayer, ServiceInfo, render
 from ows.snapshot import KEEP_S, Snapshots
 from ows.view import View, parse_view
@@ -45,6 +46,7 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
     palette = colours(mapped)  # in config order, as the tiles' style
     tables: dict[str, tuple[str, float, DatabaseTable | None]] = {}
     fontset = _fontset(directory)
+    server = mapserver.MapServer(directory)
 
     def placed(source: FeatureSource) -> MapLayer:
         version, now = source.etag(), time.monotonic()
@@ -93,11 +95,13 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
         view = parse_view(request.query_params)
         path = await run_in_threadpool(mapfile, public_base(request, public_url), internal, view)
         try:
-            out = await mapserver.run(path, mapserver.config_file(directory), query, body,
-                                      request.headers.get("content-type"))
+            out = await server.run(path, query, body, request.headers.get("content-type"))
         except TimeoutError:
             return _exception("OperationProcessingFailed", f"the request took longer than {mapserver.TIMEOUT_S:g} s",
                               503)
+        except (FastCgiError, OSError) as exc:  # MapServer died twice under this request
+            log.warning("MapServer failed a request: %s", exc)
+            return _exception("NoApplicableCode", "the map server failed this request; try again", 503)
         if service_name == "WMS" and b'code="InvalidSRS"' in out.body[:2000]:
             # WMS 1.3.0 names the code InvalidCRS (MapServer 8.0 keeps 1.1.1's name)
             out.body = out.body.replace(b'code="InvalidSRS"', b'code="InvalidCRS"', 1)

@@ -1,6 +1,7 @@
-"""MapServer's `mapserv` run as a CGI program, one process per request: a crash or a runaway request costs
-that process, never a worker of the platform, and there is no binding to build (PyPI's `mapscript` has no
-Linux wheel; Debian's is built for Debian's own Python).
+"""MapServer's `mapserv` program run by each worker as a few FastCGI processes: a crash or a runaway request
+costs a process, never a worker of the platform, and there is no binding to build (PyPI's `mapscript` has no
+Linux wheel; Debian's is built for Debian's own Python). As a CGI program, one process per request, it spent
+80 ms of each request loading its libraries (measured here: docs/maps.md); as FastCGI 2–6 ms.
 
 The platform decides which mapfile a request gets (by who asks); MapServer's own ways for a client to choose a
 mapfile or change it from the URL are closed: the `map` parameter and every `map.…`-style modification are
@@ -10,14 +11,21 @@ dropped, and MapServer's config file allows only the platform's own directory.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-TIMEOUT_S = 60.0  # one request's MapServer run; past it the process is killed and the client told
-_running: asyncio.Semaphore | None = None  # MapServer processes of this worker at a time
+from ows import fastcgi
+from ows.fastcgi import FastCgiError
+
+TIMEOUT_S = 60.0  # one request's MapServer run; past it the processes are restarted and the client told
 
 
 def mapserv() -> str | None:
@@ -56,57 +64,92 @@ def safe_query(query: str, service: str) -> str:
     return urlencode([("SERVICE", service), *kept])
 
 
-async def run(mapfile: Path, config: Path, query: str, body: bytes | None = None,
-              content_type: str | None = None, limit: int = 4) -> Answer:
-    """MapServer's answer to one request on a mapfile (a POST when `body` is given)."""
-    global _running
-    program = mapserv()
-    if program is None:
-        raise FileNotFoundError("mapserv")
-    if _running is None:
-        _running = asyncio.Semaphore(limit)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "MAPSERVER_CONFIG_FILE": str(config),
-        "MS_MAPFILE": str(mapfile),
-        "MS_ERRORFILE": "stderr",
-        "REQUEST_METHOD": "POST" if body is not None else "GET",
-        "QUERY_STRING": query,
-        "GATEWAY_INTERFACE": "CGI/1.1",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-    }
-    for name in ("PROJ_DATA", "PROJ_LIB", "GDAL_DATA", "LANG"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    if body is not None:
-        env["CONTENT_LENGTH"] = str(len(body))
-        env["CONTENT_TYPE"] = content_type or "application/xml"
-    async with _running:
-        proc = await asyncio.create_subprocess_exec(
-            program, stdin=asyncio.subprocess.PIPE if body is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-        try:
-            out, _err = await asyncio.wait_for(_talk(proc, body), TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-    return parse_cgi(out)
+class MapServer:
+    """This worker's MapServer programs: `processes` of them in FastCGI mode, listening on one Unix socket and
+    started at the first request. A program that died is started again before the next request; a request
+    that outlives TIMEOUT_S restarts them all (MapServer has no timeout of its own)."""
+
+    def __init__(self, directory: Path, processes: int = 2) -> None:
+        self.directory = directory
+        self.processes = processes
+        self.config = config_file(directory)
+        self.socket_path = str(directory / f"mapserv-{os.getpid()}.sock")
+        self._listener: socket.socket | None = None
+        self._running: list[asyncio.subprocess.Process] = []
+        self._slots = asyncio.Semaphore(processes)
+        self._starting = asyncio.Lock()
+        atexit.register(self.close)
+
+    async def run(self, mapfile: Path, query: str, body: bytes | None = None,
+                  content_type: str | None = None) -> Answer:
+        """MapServer's answer to one request on a mapfile (a POST when `body` is given)."""
+        params = {
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REQUEST_METHOD": "POST" if body is not None else "GET",
+            "QUERY_STRING": query,
+            "MAPSERVER_CONFIG_FILE": str(self.config),
+            "MS_MAPFILE": str(mapfile),
+        }
+        if body is not None:
+            params |= {"CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": content_type or "application/xml"}
+        async with self._slots:
+            for attempt in (1, 2):  # once more on a program that died under the request
+                await self._ensure()
+                try:
+                    out, _err = await asyncio.wait_for(fastcgi.request(self.socket_path, params, body or b""),
+                                                       TIMEOUT_S)
+                    return parse_cgi(out)
+                except TimeoutError:
+                    self.close()
+                    raise
+                except (FastCgiError, ConnectionError, FileNotFoundError):
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _ensure(self) -> None:
+        """The programs running, those that died started again."""
+        async with self._starting:
+            if self._listener is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket_path)
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(self.socket_path)
+                listener.listen(64)
+                self._listener = listener
+            self._running = [p for p in self._running if p.returncode is None]
+            program = mapserv()
+            if program is None:
+                raise FileNotFoundError("mapserv")
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MAPSERVER_CONFIG_FILE": str(self.config)}
+            env |= {k: os.environ[k] for k in ("PROJ_DATA", "PROJ_LIB", "GDAL_DATA", "LANG") if k in os.environ}
+            while len(self._running) < self.processes:
+                # FastCGI's convention: the listening socket is the program's stdin
+                self._running.append(await asyncio.create_subprocess_exec(
+                    program, stdin=self._listener.fileno(), stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent))
+
+    def close(self) -> None:
+        """Stop the programs and remove the socket (they are started again when needed)."""
+        for proc in self._running:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        self._running = []
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
 
-async def _talk(proc: asyncio.subprocess.Process, body: bytes | None) -> tuple[bytes, bytes]:
-    """The body to MapServer's stdin, its stdout and stderr back; MapServer may answer (an error) without
-    reading the body, which is no failure of ours."""
-    if body is not None and proc.stdin is not None:
-        try:
-            proc.stdin.write(body)
-            await proc.stdin.drain()
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError, RuntimeError):
-            pass
-    out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())  # type: ignore[union-attr]
-    await proc.wait()
-    return out, err
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGKILL when the worker that started it dies, however it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def parse_cgi(out: bytes) -> Answer:

@@ -316,16 +316,31 @@ def test_a_crowded_point_layer_is_drawn_from_an_overview_that_looks_the_same(
         assert layer.overview_for(parse_view(params | {"BBOX": "53.55,9.95,53.551,9.951"})) is None
         assert layer.overview_for(parse_view(params | {"REQUEST": "GetFeatureInfo"})) is None
         pictures = []
+        server = mapserver.MapServer(tmp_path / "ows", processes=1)
         for view in (small, None):  # from the overview, then from every point
             text = render(ServiceInfo("t"), "http://x", [layer], None, view)
             assert (str(chosen.path) in text) == (view is not None)
             mapfile = tmp_path / "ows" / f"{len(pictures)}.map"
             mapfile.write_text(text)
-            out = asyncio.run(mapserver.run(mapfile, mapserver.config_file(tmp_path / "ows"),
-                                            "&".join(f"{k}={v}" for k, v in params.items())))
+            out = asyncio.run(server.run(mapfile, "&".join(f"{k}={v}" for k, v in params.items())))
             assert out.headers["Content-Type"] == "image/png", out.body[:500]
             pictures.append(np.asarray(_image(out.body))[:, :, 3] > 0)
+        server.close()
         differ = (pictures[0] != pictures[1]).mean()
         assert pictures[1].mean() > 0.5 and differ < 0.02, differ
     finally:
         store.close()
+
+
+def test_a_killed_map_server_is_started_again(city: Server) -> None:
+    """MapServer's processes killed (a crash): the next requests are answered, by new ones."""
+    import subprocess
+
+    params = {"SERVICE": "WMS", "REQUEST": "GetMap", "VERSION": "1.3.0", "LAYERS": "trees", "STYLES": "",
+              "CRS": "EPSG:4326", "BBOX": "53.5,9.9,53.6,10.0", "WIDTH": "64", "HEIGHT": "64", "FORMAT": "image/png"}
+    for _ in range(4):  # each worker has started its programs
+        assert httpx.get(f"{city.url}/wms", params=params, timeout=60).headers["content-type"] == "image/png"
+    assert subprocess.run(["pkill", "-KILL", "-x", "mapserv"]).returncode == 0
+    for _ in range(4):
+        r = httpx.get(f"{city.url}/wms", params=params, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
