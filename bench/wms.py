@@ -8,8 +8,9 @@ and 300,000 footprints (cached under --cache-dir), in one run, each server with 
 Per server it times the first GetCapabilities (the snapshots and overviews are written then), then each request
 --repeat times: a 256 × 256 GetMap of the whole of each layer and one of a neighbourhood (the box holding 1 % of
 the rows), and a WFS GetFeature of 1,000 features in that box as GeoJSON. The same GetMaps are also run by
-MapServer's program directly on the mapfile the platform wrote (no HTTP, no platform): the difference is what
-the platform adds. Prints p50 and max in ms.
+MapServer's program as a CGI program directly on the mapfile the platform wrote (a process per request, no
+HTTP, no platform): the baseline of the choice between CGI and the FastCGI processes the platform runs.
+Prints p50 and max in ms.
 
     python bench/wms.py [--points 1000000] [--polygons 300000] [--repeat 9] [--pg postgresql://…]
 """
@@ -146,7 +147,7 @@ def measure(kind: str, base: str, layers: dict, repeat: int, rows: list[list[str
                 add(f"GetMap {name} {label}", timed(client, f"{base}/wms", params, repeat, "image/png"))
                 found = latest_mapfile(collection)
                 if found is not None:
-                    add(f"  mapserv alone, {name} {label}", direct(*found, params, repeat))
+                    add(f"  MapServer as CGI alone, {name} {label}", direct(*found, params, repeat))
             wfs = {"SERVICE": "WFS", "REQUEST": "GetFeature", "VERSION": "2.0.0", "TYPENAMES": collection,
                    "COUNT": "1000", "OUTPUTFORMAT": "geojson",
                    "BBOX": f"{near[1]},{near[0]},{near[3]},{near[2]},urn:ogc:def:crs:EPSG::4326"}

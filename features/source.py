@@ -150,6 +150,11 @@ class FeatureSource(ABC):
         (None: every property)."""
         return None
 
+    def changes_seen(self) -> str:
+        """A marker that changes soon after the data change, maybe some seconds late: for what may lag, as a
+        small-scale map's overview. "" when there is none."""
+        return self.etag()
+
     def database_table(self) -> DatabaseTable | None:
         """The rows in place in PostgreSQL for a map server; None: the map server reads a snapshot of
         `tile_features` instead."""

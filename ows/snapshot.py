@@ -31,6 +31,7 @@ MAX_FEATURES = 5_000_000  # a collection bigger than this is served by the OGC A
 OVERVIEW_MIN = 50_000  # a point layer with more features gets overviews for small-scale maps
 OVERVIEW_CELLS = (128, 512, 2048)  # the overviews' grids: cells across the layer's longer side
 UNVERSIONED_S = 5.0  # how stale a snapshot of a source without a data version may be
+OVERVIEWS_EVERY_S = 60.0  # overviews of rows read in place are made again at most this often (they may lag)
 KEEP_S = 120.0  # an old snapshot is removed this long after a newer one replaced it (a request may still read it)
 KEY = "udp_id"  # the feature id's column, as DatabaseTable names it
 
@@ -73,13 +74,15 @@ class Snapshots:
         """The snapshot of the source's data as they are now, written first when they changed; `whole` False:
         only its overviews (for rows MapServer reads in place; a source without a data version gets none)."""
         key = (source.id, whole)
-        version = source.etag()
+        version = source.etag() if whole else source.changes_seen()
         if not whole and not version:
             return Snapshot(None, "point", 0, None)  # nothing to sweep: no stem
         now = time.monotonic()
         known = self._known.get(key)
         if known is not None and (known[0] == version if version else now - known[1] < UNVERSIONED_S):
             return known[2]
+        if known is not None and not whole and now - known[1] < OVERVIEWS_EVERY_S:
+            return known[2]  # a busy live table is not read whole on every change
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one writer per collection in this worker; the others wait for its file

@@ -153,6 +153,19 @@ class PostgisSource(SqlTableSource):
         """None in advance: the body's hash is the ETag (the table changes under us)."""
         return ""
 
+    def changes_seen(self) -> str:
+        """The rows written to the table as PostgreSQL's statistics have counted them (they are a second or so
+        behind the commits, and start again after a statistics reset, which changes the marker too)."""
+        try:
+            with self.connect() as conn:
+                row = conn.execute(text(
+                    "SELECT n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd, COALESCE(stats_reset::text, '') "
+                    "FROM pg_stat_user_tables s LEFT JOIN pg_stat_database d ON d.datname = current_database() "
+                    "WHERE s.relid = CAST(:t AS regclass)"), {"t": f'"{self.schema}"."{self.name}"'}).first()
+        except DBAPIError:
+            return ""
+        return "" if row is None else "s" + "-".join(str(v) for v in row)
+
     def layout(self, fresh: bool = False) -> Layout:
         """The table as reflected at start-up."""
         return self._layout

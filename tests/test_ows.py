@@ -344,3 +344,44 @@ def test_a_killed_map_server_is_started_again(city: Server) -> None:
     for _ in range(4):
         r = httpx.get(f"{city.url}/wms", params=params, timeout=60)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+def test_a_live_postgis_table_gets_overviews_that_follow_its_writes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live table has no data version; PostgreSQL's statistics tell that it was written, and its overviews are
+    made again (at most every OVERVIEWS_EVERY_S; here at once)."""
+    import psycopg
+
+    import ows.snapshot as snapshot_mod
+    from features.spec import CollectionSpec
+    from provider_plugins.postgis import PostgisSource
+    from tests.conftest import PG_URL, create_pg
+
+    if not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL tests skipped")
+    monkeypatch.setattr(snapshot_mod, "OVERVIEW_MIN", 1000)
+    monkeypatch.setattr(snapshot_mod, "OVERVIEWS_EVERY_S", 0.0)
+    db = create_pg(PG_URL)
+    try:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            conn.execute("CREATE TABLE pts AS SELECT g AS id, ST_SetSRID(ST_MakePoint(9.9 + (g % 40) * 0.005, "
+                         "53.5 + (g % 37) * 0.0025), 4326) AS geom FROM generate_series(1, 5000) g")
+            conn.execute("ALTER TABLE pts ADD PRIMARY KEY (id)")
+        source = PostgisSource(CollectionSpec("pts", "pts", f"{db.url}#public.pts"))
+        table = source.database_table()
+        assert table is not None and table.kind == "point" and "udp_geom" in table.select
+        snapshots = snapshot_mod.Snapshots(tmp_path)
+        first = snapshots.current(source, whole=False)
+        assert first.path is None and first.overviews and first.count == 5000
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO pts SELECT g, ST_SetSRID(ST_MakePoint(10.2, 53.7), 4326) "
+                         "FROM generate_series(5001, 5500) g")
+        deadline = time.monotonic() + 15  # the statistics are counted a little after the commit
+        while snapshots.current(source, whole=False).count != 5500 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        again = snapshots.current(source, whole=False)
+        assert again.count == 5500 and again.stem != first.stem
+        assert sum(pyogrio.read_dataframe(again.overviews[0].path)["point_count"]) == 5500
+    finally:
+        db.drop()
