@@ -74,7 +74,7 @@ def direct(mapfile: Path, config: Path, params: dict[str, str], repeat: int) -> 
 def latest_mapfile(view_layer: str) -> tuple[Path, Path] | None:
     """The newest mapfile the platform wrote (under the system's temp directory) naming the layer, and its
     MapServer config."""
-    found = sorted(Path("/tmp").glob("udp-ows-*/*.map"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted(Path("/tmp").glob("udp-*/ows/*.map"), key=lambda p: p.stat().st_mtime, reverse=True)
     for m in found:
         if f'NAME "{view_layer}"' in m.read_text():
             return m, m.parent / "mapserver.conf"

@@ -36,6 +36,7 @@ from features.responses import error as _error
 from features.responses import gone, unavailable
 from features.responses import wants_html as _wants_html
 from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
+from features.tile_files import TileFiles
 from features.tiles import CONFORMANCE as TILES
 from features.tiles_app import tile_links, tiled, tiles_routes
 from sensorthings.store.base import QueryTimeout
@@ -167,10 +168,11 @@ def _headers(source: FeatureSource, etag: str, q: ItemsQuery) -> dict[str, str]:
 
 
 def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url: str | None,
-                    max_limit: int = MAX_LIMIT, catalogue: Catalogue | None = None) -> list[BaseRoute]:
+                    max_limit: int = MAX_LIMIT, catalogue: Catalogue | None = None,
+                    tile_dir: Path | None = None) -> list[BaseRoute]:
     """The /ogcapi routes serving `sources` (collection id → source, built by the shell), which become the
     registry pygeoapi's provider reads too; `limit` at most `max_limit` (server.max_top); with a `catalogue`, its
-    records as one more collection (OGC API Records)."""
+    records as one more collection (OGC API Records); `tile_dir`: where tiles are kept on disk."""
     SOURCES.clear()
     SOURCES.update(sources)
     indexes = Indexes(catalogue) if catalogue is not None else None
@@ -297,7 +299,7 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
                *dcat_routes(indexes, public_url)] if indexes else []
     return [
         *records,
-        *tiles_routes(SOURCES, source_of, public_url),
+        *tiles_routes(SOURCES, source_of, public_url, TileFiles(tile_dir) if tile_dir is not None else None),
         Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/{fid}", item, methods=["GET", "HEAD"]),

@@ -19,6 +19,7 @@ from apicommon.request import public_base, sees_internal
 from features.responses import error, gone, unavailable
 from features.source import FeatureSource, SourceUnavailable
 from features.styles import maplibre_style, tile_fields, tilejson
+from features.tile_files import TileFiles
 from features.tiles import (
     MVT,
     TMS_IDS,
@@ -68,9 +69,9 @@ def tile_links(doc: dict[str, Any], parts: list[str], base: str, visible: Callab
 
 
 def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Request], FeatureSource | None],
-                 public_url: str | None) -> list[BaseRoute]:
+                 public_url: str | None, files: TileFiles | None = None) -> list[BaseRoute]:
     """The /ogcapi tiles routes over `sources` (the OGC API's registry); `source_of` finds a request's collection
-    as the items routes do (internal ones only for the read role)."""
+    as the items routes do (internal ones only for the read role); `files`: tiles kept on disk."""
 
     def tileset_links(base: str, path: str, tms_id: str) -> list[dict[str, Any]]:
         """A tileset's own link, its tiling scheme's and its tiles' template."""
@@ -104,7 +105,7 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
         key = (source.id, version, req) if version else None
         found = _cache.get(key) if key else None
         if found is None:
-            found = make_tile(source, req)
+            found = files.tile(source, version, req) if files is not None else make_tile(source, req)
             if key:
                 _cache.put(key, found)
         return found

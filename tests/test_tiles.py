@@ -279,3 +279,49 @@ def test_a_style_naming_no_property_stops_start_up(tmp_path: Path) -> None:
                           "--store", f"sqlite:///{tmp_path / 'u.db'}", "--port", "0", "--mqtt-port", "0"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "'t'" in out.stderr and "height" in out.stderr
+
+
+def test_the_seeder_makes_a_big_collections_tiles_ahead_and_keeps_them(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`udp seed` makes every non-empty WebMercatorQuad tile down to z14 of a big collection once per data
+    version, on disk where the workers read them; the tiles are those a worker makes itself."""
+    import udp.seed as seed
+    from features.tile_files import SEED_ZOOM, TileFiles
+    from features.tiles import make_tile, parse_tile
+    from sensorthings.store.base import Store
+    from udp.config import load_config
+    from udp.load import bring_in
+    from udp.sources import load_sources
+
+    monkeypatch.setattr(seed, "SEED_MIN", 1000)
+    lines = ["fid,name,height,lon,lat"] + [f"{i},tree {i},{i % 30},{_point(i)[0]},{_point(i)[1]}" for i in range(N)]
+    (tmp_path / "trees.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "small.csv").write_text("fid,lon,lat\n1,9.9,53.5\n", encoding="utf-8")
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({
+        "store": f"sqlite:///{tmp_path / 'udp.db'}",
+        "collections": {"trees": {"source": "trees.csv", "x": "lon", "y": "lat", "id": "fid"},
+                        "small": {"source": "small.csv", "x": "lon", "y": "lat", "id": "fid"}}}), encoding="utf-8")
+    config = load_config(tmp_path / "config.yml")
+    store = Store.open(config.store)
+    try:
+        bring_in(store, config.collections, show=False)
+        sources = load_sources(config.collections, store)
+        files = TileFiles(tmp_path / "tiles")
+        assert seed.seed_once(sources, files) == ["trees"]  # the small one is made when asked
+        assert seed.seed_once(sources, files) == []  # its data have not changed
+        folder = files.folder(sources["trees"], sources["trees"].etag())
+        assert folder is not None and files.seeded(folder)
+        kept = sorted(folder.glob("WebMercatorQuad/*/*/*.mvt"))
+        zooms = {int(p.parts[-3]) for p in kept}
+        assert zooms == set(range(SEED_ZOOM + 1))
+        # every z14 tile holding a tree is there, and holds what a worker would make
+        wanted = {(t.y, t.x) for t in (WEB.tile(*_point(i), SEED_ZOOM) for i in range(N))}
+        at14 = {(int(p.parts[-2]), int(p.stem)) for p in kept if int(p.parts[-3]) == SEED_ZOOM and p.stat().st_size}
+        assert at14 == wanted
+        row, col = next(iter(wanted))
+        req = parse_tile("WebMercatorQuad", str(SEED_ZOOM), str(row), str(col))
+        assert files.get(folder, req) == make_tile(sources["trees"], req)
+        assert files.folder(sources["small"], sources["small"].etag()) is not None
+        assert not (files.folder(sources["small"], sources["small"].etag())).exists()
+    finally:
+        store.close()

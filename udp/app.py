@@ -4,14 +4,11 @@ WFS at /wms and /wfs."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -23,6 +20,8 @@ from starlette.routing import Route
 
 from apicommon.request import public_base
 from features.app import features_routes
+from features.source import FeatureSource, SourceUnavailable
+from features.tile_files import TileFiles
 from mqtt_bridge import deadletters
 from ows.app import ows_routes
 from ows.mapfile import ServiceInfo
@@ -117,6 +116,8 @@ def build_app(config: Config) -> Starlette:
             body["response_cache"] = service.cache.stats()
             body["worker"] = os.getpid()  # the stats are this worker's
         body["ingest"] = store.writer.stats()
+        if db_ok:  # the collections whose vector tiles `udp seed` has made for their current data
+            body["tiles"] = {"seeded": await run_in_threadpool(_seeded, sources, tile_files)}
         if notifier is not None:
             body["mqtt"] = notifier.stats()
             if asked:
@@ -141,6 +142,7 @@ def build_app(config: Config) -> Starlette:
         store.close()
 
     sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
+    tile_files = TileFiles(config.cache_directory() / "tiles")
     catalogue = PlatformCatalogue(store, sources, config.collections, config.sensors, config.indicators,
                                   config.catalogue, config.title, endpoints or config.mqtt_endpoints)
     app = Starlette(routes=[
@@ -148,13 +150,27 @@ def build_app(config: Config) -> Starlette:
         Route("/health", health),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
-        *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue),
-        *ows_routes(sources, _service_info(config), config.public_url, _ows_directory(config)),
+        *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue,
+                         tile_dir=tile_files.directory),
+        *ows_routes(sources, _service_info(config), config.public_url, config.cache_directory() / "ows"),
     ], lifespan=lifespan, middleware=_middleware(config))
     app.state.store = store
     app.state.service = service
     app.state.config = config
     return app
+
+
+def _seeded(sources: dict[str, FeatureSource], files: TileFiles) -> list[str]:
+    """The collections whose vector tiles `udp seed` has made for their current data."""
+    out = []
+    for cid, source in sources.items():
+        try:
+            folder = files.folder(source, source.etag()) if source.item_type == "feature" else None
+        except SourceUnavailable:
+            continue
+        if folder is not None and files.seeded(folder):
+            out.append(cid)
+    return out
 
 
 def _service_info(config: Config) -> ServiceInfo:
@@ -164,12 +180,6 @@ def _service_info(config: Config) -> ServiceInfo:
     return ServiceInfo(meta.title or config.title, meta.description or "Urban data platform",
                        meta.publisher.name if meta.publisher else None, agent.name if agent else None,
                        agent.email if agent else None)
-
-
-def _ows_directory(config: Config) -> Path:
-    """Where the workers of one platform keep their mapfiles and snapshots (caches: made again when gone)."""
-    key = hashlib.sha1(f"{config.store}\0{config.path}".encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"udp-ows-{key}"
 
 
 def _is_admin(request: Request) -> bool:

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 
 from udp.config import Config, ConfigError, load_config
@@ -134,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     from udp.load import Watcher
 
     watcher = Watcher(store_url, config.collections).start()
+    seeder = _start_seeder(args) if not args.no_seed else None
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
     print(f"  SensorThings  {base}/v1.1")
@@ -151,6 +153,47 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         watcher.stop()
         mqtt.stop()
+        if seeder is not None:
+            seeder.terminate()
+            try:
+                seeder.wait(10)
+            except subprocess.TimeoutExpired:
+                seeder.kill()
+    return 0
+
+
+def _start_seeder(args: argparse.Namespace) -> subprocess.Popen:
+    """`udp seed` beside the workers, on the same config and store (it dies with this process)."""
+    cmd = [sys.executable, "-m", "udp.cli", "seed", "--store", os.environ["UDP_STORE"], "--log-level", args.log_level]
+    if args.config:
+        cmd += ["--config", args.config]
+
+    def die_with_parent() -> None:
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    return subprocess.Popen(cmd, preexec_fn=die_with_parent)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    """`udp seed`: make the big collections' vector tiles ahead, until SIGTERM."""
+    import signal
+    import threading
+
+    from udp.seed import run
+
+    config = _config(args.config)
+    if args.store:
+        config.store = args.store
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(config, stop)
     return 0
 
 
@@ -336,7 +379,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  port 8080 is taken: the demo serves on {args.port}", file=sys.stderr)
     serve_args = argparse.Namespace(
         config=str(CONFIG), host=args.host, port=args.port, workers=1, store=store_url, public_url=None, mqtt=None,
-        mqtt_port=args.mqtt_port, mqtt_ws_port=args.mqtt_ws_port, log_level=args.log_level)
+        mqtt_port=args.mqtt_port, mqtt_ws_port=args.mqtt_ws_port, log_level=args.log_level, no_seed=False)
 
     def live() -> None:
         import httpx
@@ -432,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--mqtt-port", type=int, help="the embedded broker's MQTT port (1883; 0: a free one)")
     serve.add_argument("--mqtt-ws-port", type=int, help="the embedded broker's WebSocket port (9001; 0: none)")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--no-seed", action="store_true", help="make no vector tiles ahead (`udp seed` not started)")
     dead = sub.add_parser("dead-letters", help="list or re-drive device messages the bridge could not map")
     dead.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
     dead.add_argument("--config", help="config.yml (its bridge rules and store)")
@@ -465,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--store", help="overrides the config's store")
     load.add_argument("--all", action="store_true", help="import every file source again, changed or not")
     load.add_argument("collection", nargs="*", help="only these collections")
+    seed = sub.add_parser("seed", help="make the big collections' vector tiles ahead (`udp serve` runs it)")
+    seed.add_argument("--config", help="config.yml to load")
+    seed.add_argument("--store", help="overrides the config's store")
+    seed.add_argument("--log-level", default="warning")
     chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
     chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)
@@ -484,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "load":
         return _load(args)
+    if args.command == "seed":
+        return _seed(args)
     if args.command == "hash-password":
         import getpass
 

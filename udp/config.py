@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,12 @@ class Config:
     catalogue: CatalogueMetadata = field(default_factory=CatalogueMetadata)  # publisher, contact, licence, …
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def cache_directory(self) -> Path:
+        """Where the processes of one platform (its store and config) keep what they make and share: map files,
+        snapshots, kept tiles (caches: made again when gone)."""
+        key = hashlib.sha1(f"{self.store}\0{self.path}".encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"udp-{key}"
 
     def limits(self) -> Limits:
         """The `server:` limits on queries, for every way a query comes in (HTTP, `$batch`, MQTT topics)."""

@@ -1,0 +1,146 @@
+"""Vector tiles kept on disk, shared by the platform's workers and kept across restarts, for the collections whose
+data have a version (imports, files): a tile once made is read again for as long as its data do not change. The
+seeder (`udp seed`, which `udp serve` starts) makes a collection's WebMercatorQuad tiles down to SEED_ZOOM ahead of
+the first map, so that no map waits for a tile of a big layer.
+
+A collection's tiles are in a folder named by the hash of its data version, the properties its tiles carry and
+the tiles' format: a change of any of them is a new folder, and old folders are removed once unused. Each file is
+written under a temporary name and renamed into place; an empty tile is an empty file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import morecantile
+
+from features.source import FeatureSource
+from features.styles import tile_fields
+from features.tiles import TileRequest, make_tile, matrix_set, parse_tile
+
+log = logging.getLogger(__name__)
+FORMAT = "mvt-1"  # changes when the tiles made for the same data would differ (generalisation, limits)
+SEED_ZOOM = 14  # the seeder's deepest zoom: its tiles are complete, and clients draw deeper zooms from them
+SEED_TMS = "WebMercatorQuad"
+KEEP_S = 300.0  # an unused old folder is removed after this long
+
+
+class TileFiles:
+    """The tiles of every versioned collection under one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, source: FeatureSource, version: str) -> Path | None:
+        """Where the collection's tiles of this data version are; None for data without a version."""
+        if not version:
+            return None
+        key = f"{version}\0{sorted(tile_fields(source))}\0{source.style.properties}\0{FORMAT}"
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.id)
+        return self.directory / f"{safe}.{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+    @staticmethod
+    def get(folder: Path, req: TileRequest) -> bytes | None:
+        """The kept tile, None when it was not made yet."""
+        try:
+            return (folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def put(folder: Path, req: TileRequest, data: bytes) -> None:
+        """Keep a tile (another worker writing the same one at once writes the same bytes)."""
+        path = folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+
+    @staticmethod
+    def seeded(folder: Path) -> bool:
+        """Whether the seeder has made every tile of the folder's pyramid."""
+        return (folder / "seeded").exists()
+
+    def tile(self, source: FeatureSource, version: str, req: TileRequest) -> bytes:
+        """The tile kept for this data version, else made and kept."""
+        folder = self.folder(source, version)
+        found = self.get(folder, req) if folder is not None else None
+        if found is None:
+            found = make_tile(source, req)
+            if folder is not None:
+                self.put(folder, req, found)
+        return found
+
+    def seed(self, source: FeatureSource, stop: threading.Event | None = None) -> int | None:
+        """Make the collection's tiles down to SEED_ZOOM where it has features (a tile's children only where it is
+        not empty); the number made, None when another seeder holds it or it was seeded already."""
+        version = source.etag()
+        folder = self.folder(source, version)
+        if folder is None or self.seeded(folder) or source.bbox is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / "seeding.lock") as held:
+            if not held or self.seeded(folder):
+                return None
+            made = sum(1 for _ in _pyramid(source, lambda r: self.tile(source, version, r), stop))
+            if stop is not None and stop.is_set():
+                return made
+            (folder / "seeded").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            return made
+
+    def sweep(self, keep: set[Path]) -> None:
+        """Remove the folders of data versions no longer served (after KEEP_S unused)."""
+        cutoff = time.time() - KEEP_S
+        for old in self.directory.iterdir():
+            if old.is_dir() and old not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    if old.stat().st_mtime < cutoff:
+                        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pyramid(source: FeatureSource, make: Callable[[TileRequest], bytes],
+             stop: threading.Event | None) -> Iterator[TileRequest]:
+    """The tiles of the source's box, coarsest first, each made; the children of the non-empty ones only."""
+    tms = matrix_set(SEED_TMS)
+    box = source.bbox
+    assert box is not None
+    level = [parse_tile(SEED_TMS, str(t.z), str(t.y), str(t.x)) for t in tms.tiles(*box, zooms=[0])]
+    while level:
+        deeper: list[TileRequest] = []
+        for req in level:
+            if stop is not None and stop.is_set():
+                return
+            body = make(req)
+            yield req
+            if body and req.z < SEED_ZOOM:
+                for child in tms.children(morecantile.Tile(req.col, req.row, req.z)):
+                    b = tms.bounds(child)
+                    if b.left <= box[2] and b.right >= box[0] and b.bottom <= box[3] and b.top >= box[1]:
+                        deeper.append(parse_tile(SEED_TMS, str(child.z), str(child.y), str(child.x)))
+        level = deeper
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[bool]:
+    """An exclusive lock on a file, without waiting: True when this process holds it (released on exit, or when
+    the process dies)."""
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
