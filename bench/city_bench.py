@@ -270,9 +270,10 @@ def wait_ready(server: Server, urls: list[str], timeout: float) -> None:
 
 
 def start_platform(kind: str, work: Path, sources: dict[str, str], workers: int, log_level: str,
-                   timeout: float, store: str | None = None) -> Server:
+                   timeout: float, store: str | None = None, seed: bool = False) -> Server:
     """`udp serve --workers N` with one collection per layer (`sources`: layer → PostGIS URL or file), on a SQLite
-    store of its own or `store`."""
+    store of its own or `store`; `seed`: with `udp seed` making the tiles ahead (off: nothing runs beside the
+    workers that the features figures did not have)."""
     config = work / f"udp-{kind}.yml"
     collections = {f"{name}_{kind.replace('-', '_')}": {"title": f"{name} ({kind})", "source": source, "id": "id"}
                    for name, source in sources.items()}
@@ -288,7 +289,7 @@ def start_platform(kind: str, work: Path, sources: dict[str, str], workers: int,
     check = time.perf_counter() - t
     say(f"platform-{kind}: udp {step[0]} --config {config.name}: {check:.1f}s (exit {code})")
     udp = Udp("serve", "--config", str(config), "--store", store, "--workers", str(workers),
-              "--log-level", log_level, log=work / f"udp-serve-{kind}.log")
+              "--log-level", log_level, *([] if seed else ["--no-seed"]), log=work / f"udp-serve-{kind}.log")
     udp.name = f"platform-{kind}"
     server = Server(udp, udp.port, "/ogcapi")
     server.check = check

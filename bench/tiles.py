@@ -87,7 +87,9 @@ def main() -> int:
         servers = []
         for kind in ("pg", "gpkg"):
             sources = {n: f"{db.url}#public.{n}" if kind == "pg" else str(gpkg) for n, (_, gpkg, _) in layers.items()}
-            server = start_platform(kind, work, sources, args.workers, "warning", args.start_timeout)
+            server = start_platform(kind, work, sources, args.workers, "warning", args.start_timeout, seed=True)
+            if kind == "gpkg":  # imports have a data version: `udp seed` makes their tiles ahead
+                wait_seeded(server, [f"{n}_{kind}" for n in layers], args.start_timeout)
             servers.append((f"platform-{kind}", server, lambda s, n, t, k=kind: (
                 f"{s.base}/collections/{n}_{k}/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}")))
             measure(servers[-1], layers, centre, args.tiles, rows)
@@ -106,6 +108,18 @@ def main() -> int:
     for r in rows:
         say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     return 0
+
+
+def wait_seeded(server: object, collections: list[str], timeout: float) -> None:
+    """Until /health lists every collection as seeded; says how long it took."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        seeded = httpx.get(f"{server.process.url}/health", timeout=30).json().get("tiles", {}).get("seeded", [])
+        if set(collections) <= set(seeded):
+            say(f"  seeded by `udp seed` {time.perf_counter() - start:.0f} s after start-up: {', '.join(collections)}")
+            return
+        time.sleep(2)
+    raise SystemExit(f"not seeded after {timeout:.0f} s: {collections}")
 
 
 def measure(server: tuple, layers: dict, centre: dict, n: int, rows: list[list[str]]) -> None:
