@@ -325,3 +325,30 @@ def test_the_seeder_makes_a_big_collections_tiles_ahead_and_keeps_them(tmp_path:
         assert not (files.folder(sources["small"], sources["small"].etag())).exists()
     finally:
         store.close()
+
+
+def test_serve_runs_the_seeder_beside_its_workers_and_stops_it(tmp_path: Path) -> None:
+    """`udp serve` starts `udp seed` on its store (it seeds once the platform answers), and it stops with the
+    platform."""
+    import subprocess
+    import time
+
+    from tests.conftest import serve_config, stop_server
+
+    def seeders(store: str) -> list[str]:
+        found = subprocess.run(["pgrep", "-f", f"udp.cli seed --store {store}"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    srv = serve_config(tmp_path, {"title": "seeding", "collections": {}})
+    try:
+        deadline = time.monotonic() + 30
+        while not seeders(srv.store) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seeders(srv.store)
+        assert srv.client.get("/health").json()["tiles"] == {"seeded": []}
+    finally:
+        stop_server(srv)
+    deadline = time.monotonic() + 15
+    while seeders(srv.store) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert seeders(srv.store) == []

@@ -164,7 +164,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _start_seeder(args: argparse.Namespace) -> subprocess.Popen:
     """`udp seed` beside the workers, on the same config and store (it dies with this process)."""
-    cmd = [sys.executable, "-m", "udp.cli", "seed", "--store", os.environ["UDP_STORE"], "--log-level", args.log_level]
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    cmd = [sys.executable, "-m", "udp.cli", "seed", "--store", os.environ["UDP_STORE"], "--log-level", args.log_level,
+           "--after", f"http://{host}:{args.port}/health"]
     if args.config:
         cmd += ["--config", args.config]
 
@@ -193,7 +195,7 @@ def _seed(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(config, stop)
+    run(config, stop, args.after)
     return 0
 
 
@@ -513,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("--config", help="config.yml to load")
     seed.add_argument("--store", help="overrides the config's store")
     seed.add_argument("--log-level", default="warning")
+    seed.add_argument("--after", help="start once this URL answers (the platform's /health: its workers first)")
     chk = sub.add_parser("check", help="validate config.yml and try every source in it, without serving")
     chk.add_argument("--config", default="config.yml", help="the config.yml to check (default ./config.yml)")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.request
 
 from features.request import ItemsQuery
 from features.source import FeatureSource, SourceUnavailable
@@ -18,6 +19,15 @@ from udp.sources import load_sources
 log = logging.getLogger(__name__)
 SEED_MIN = 50_000  # a collection with fewer features makes its tiles fast enough when asked
 EVERY_S = 10.0  # how often the seeder looks for new data versions
+STARTED_S = 5.0  # after the platform first answers: its other workers are starting
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def big(source: FeatureSource) -> bool:
@@ -51,12 +61,17 @@ def seed_once(sources: dict[str, FeatureSource], files: TileFiles, stop: threadi
     return done
 
 
-def run(config: Config, stop: threading.Event) -> None:
-    """Seed until stopped, looking for new data versions every EVERY_S."""
+def run(config: Config, stop: threading.Event, after: str | None = None) -> None:
+    """Seed until stopped, looking for new data versions every EVERY_S; with `after`, once that URL answers
+    (the workers reading their sources at start-up come first) and a little more."""
     try:
         os.nice(10)  # the workers' requests first
     except OSError:
         pass
+    if after:
+        while not stop.is_set() and not _answers(after):
+            stop.wait(1.0)
+        stop.wait(STARTED_S)
     store = Store.open(config.store)
     try:
         sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
