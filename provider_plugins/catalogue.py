@@ -36,6 +36,8 @@ GEOJSON, JSON, HTML = "application/geo+json", "application/json", "text/html"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
 TILESETS = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector"
 OGCAPI, STA, MQTT = "service-ogcapi", "service-sensorthings", "service-mqtt"
+WMS, WFS = "service-wms", "service-wfs"
+XML = "text/xml"
 CATALOGUE_ID = "catalogue"  # the records collection's id, taken for declared collections
 EXTENT_REFRESH_S = 60.0  # a live table's time extent is asked again after this
 MAX_TOPICS = 100  # MQTT topic links per record: the Datastreams beyond are reached through the SensorThings links
@@ -105,6 +107,7 @@ class PlatformCatalogue(Catalogue):
     metadata: CatalogueMetadata = CatalogueMetadata()
     platform_title: str = "Urban Data Platform"
     mqtt_endpoints: Sequence[str] = ()
+    maps: bool = False  # WMS and WFS answer (MapServer is installed)
     id: str = CATALOGUE_ID
 
     def __post_init__(self) -> None:
@@ -163,6 +166,11 @@ class PlatformCatalogue(Catalogue):
                         "HTML", OGCAPI),
                  Access(f"/ogcapi/collections/{cid}/tiles", TILESETS, JSON,
                         f"{src.title} as vector tiles (MVT, OGC API Tiles)", "JSON", OGCAPI)]
+        if self.maps:
+            links += [Access("/wms?SERVICE=WMS&REQUEST=GetCapabilities", "related", XML,
+                             f"{src.title} as the WMS layer {cid}", "WMS_SRVC", WMS),
+                      Access("/wfs?SERVICE=WFS&REQUEST=GetCapabilities", "related", XML,
+                             f"{src.title} as the WFS feature type udp:{cid}", "WFS_SRVC", WFS)]
         if indicator is not None:
             # the areas' extent (the indicator source's own would compute every area's value first)
             areas = self.sources.get(indicator.areas.id) if indicator.areas is not None else None
@@ -229,7 +237,7 @@ class PlatformCatalogue(Catalogue):
     def _services(self, datasets: list[Record]) -> list[Record]:
         title = self.platform_title
         by_service = {sid: tuple(r.id for r in datasets if any(a.service == sid for a in r.links))
-                      for sid in (OGCAPI, STA, MQTT)}
+                      for sid in (OGCAPI, STA, MQTT, WMS, WFS)}
         ogc = Record(OGCAPI, SERVICE, "service", f"{title}: OGC API",
                      "OGC API Features, Records and the city's collections as GeoJSON", ("OGC API", "features"),
                      endpoint="/ogcapi", conforms_to=("http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",),
@@ -243,6 +251,18 @@ class PlatformCatalogue(Catalogue):
                      links=(Access("/v1.1/openapi.json", "service-desc", OPENAPI, "the OpenAPI document"),
                             Access("/v1.1", "service", JSON, "service root")), **self._meta(DatasetMetadata()))
         out = [ogc, sta]
+        if self.maps:
+            for sid, name, what, conforms in (
+                    (WMS, "WMS 1.3.0", "maps of every collection (PNG, JPEG), feature info and legends",
+                     "http://www.opengis.net/def/serviceType/ogc/wms"),
+                    (WFS, "WFS 2.0", "every collection's features (GML 3.2, GeoJSON) with FES 2.0 filters",
+                     "http://www.opengis.net/def/serviceType/ogc/wfs")):
+                path = "/" + name[:3].lower()
+                out.append(Record(sid, SERVICE, "service", f"{title}: {name}", f"OGC {name}: {what}",
+                                  (name.split()[0], "maps"), endpoint=path, serves=by_service[sid],
+                                  conforms_to=(conforms,), links=(
+                                      Access(f"{path}?SERVICE={name[:3]}&REQUEST=GetCapabilities", "service", XML,
+                                             "the capabilities"),), **self._meta(DatasetMetadata())))
         if self.mqtt_endpoints:
             out.append(Record(MQTT, SERVICE, "service", f"{title}: MQTT broker",
                               "The SensorThings MQTT extension: every new Observation and update as it happens",

@@ -189,6 +189,13 @@ def test_a_record_for_every_dataset_and_service(city: Server) -> None:
     services = records(city, type="service")
     assert {"service-ogcapi", "service-sensorthings"} <= set(services)
     assert all(f["properties"]["type"] == "service" for f in services.values())
+    from ows import mapserver
+
+    if mapserver.mapserv() is not None:  # WMS and WFS answer: services of their own, and a way to each dataset
+        assert {"service-wms", "service-wfs"} <= set(services)
+        wms = next(ln for ln in trees["links"] if "/wms?" in ln["href"])
+        assert city.client.get(wms["href"]).status_code == 200 and "street_trees" in wms["title"]
+        assert any("/wfs?" in ln["href"] for ln in trees["links"])
 
 
 def test_extents_grow_as_observations_arrive(city: Server) -> None:

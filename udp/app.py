@@ -23,6 +23,7 @@ from features.app import features_routes
 from features.source import FeatureSource, SourceUnavailable
 from features.tile_files import TileFiles
 from mqtt_bridge import deadletters
+from ows import mapserver
 from ows.app import ows_routes
 from ows.mapfile import ServiceInfo
 from provider_plugins.catalogue import PlatformCatalogue
@@ -144,7 +145,8 @@ def build_app(config: Config) -> Starlette:
     sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
     tile_files = TileFiles(config.cache_directory() / "tiles")
     catalogue = PlatformCatalogue(store, sources, config.collections, config.sensors, config.indicators,
-                                  config.catalogue, config.title, endpoints or config.mqtt_endpoints)
+                                  config.catalogue, config.title, endpoints or config.mqtt_endpoints,
+                                  maps=mapserver.mapserv() is not None)
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
