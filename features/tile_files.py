@@ -14,8 +14,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import morecantile
 
+from features.shared_files import file_name, remove_unused, write_whole
 from features.source import FeatureSource
 from features.styles import tile_fields
 from features.tiles import TileRequest, make_tile, matrix_set, parse_tile
@@ -46,8 +45,7 @@ class TileFiles:
         if not version:
             return None
         key = f"{version}\0{sorted(tile_fields(source))}\0{source.style.properties}\0{FORMAT}"
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.id)
-        return self.directory / f"{safe}.{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+        return self.directory / f"{file_name(source.id)}.{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
     @staticmethod
     def get(folder: Path, req: TileRequest) -> bytes | None:
@@ -62,9 +60,7 @@ class TileFiles:
         """Keep a tile (another worker writing the same one at once writes the same bytes)."""
         path = folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        write_whole(path, data)
 
     @staticmethod
     def seeded(folder: Path) -> bool:
@@ -100,12 +96,7 @@ class TileFiles:
 
     def sweep(self, keep: set[Path]) -> None:
         """Remove the folders of data versions no longer served (after KEEP_S unused)."""
-        cutoff = time.time() - KEEP_S
-        for old in self.directory.iterdir():
-            if old.is_dir() and old not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    if old.stat().st_mtime < cutoff:
-                        shutil.rmtree(old, ignore_errors=True)
+        remove_unused((p for p in self.directory.iterdir() if p.is_dir()), lambda p: p in keep, KEEP_S)
 
 
 def _pyramid(source: FeatureSource, make: Callable[[TileRequest], bytes],

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from apicommon.request import public_base, sees_internal
+from features.shared_files import remove_unused, write_whole
 from features.source import DatabaseTable, FeatureSource, SourceUnavailable
 from features.styles import colours
 from ows import mapserver
@@ -75,10 +76,8 @@ def ows_routes(sources: Mapping[str, FeatureSource], service: ServiceInfo, publi
         if path.exists():
             os.utime(path)  # in use: the sweep keeps it
         else:
-            partial = path.with_suffix(f".{os.getpid()}.part")
-            partial.write_text(text)
-            os.replace(partial, path)
-            _sweep(directory, path)
+            write_whole(path, text)
+            remove_unused(directory.glob("*.map"), lambda p: p == path, KEEP_S)
         return path
 
     async def answer(request: Request, service_name: str) -> Response:
@@ -134,16 +133,5 @@ def _fontset(directory: Path) -> str | None:
     if font is None:
         return None
     path = directory / "fonts.list"
-    path.write_text(f"sans {font}\n")
+    write_whole(path, f"sans {font}\n")
     return str(path)
-
-
-def _sweep(directory: Path, keep: Path) -> None:
-    """Remove mapfiles no request has used for a while."""
-    cutoff = time.time() - KEEP_S
-    for old in directory.glob("*.map"):
-        try:
-            if old != keep and old.stat().st_mtime < cutoff:
-                old.unlink()
-        except FileNotFoundError:
-            pass

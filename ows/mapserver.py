@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
+from features.shared_files import write_whole
 from ows import fastcgi
 from ows.fastcgi import FastCgiError
 
@@ -49,9 +50,7 @@ def config_file(directory: Path) -> Path:
     pattern = "^" + "".join(c if c.isalnum() or c in "/_-" else "\\" + c for c in str(directory.resolve())) + "/"
     text = f'CONFIG\n  ENV\n    MS_MAP_PATTERN "{pattern}"\n  END\nEND\n'
     if not path.exists() or path.read_text() != text:
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_text(text)
-        os.replace(partial, path)
+        write_whole(path, text)
     return path
 
 

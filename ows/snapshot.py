@@ -10,7 +10,6 @@ again once its snapshot is older than `UNVERSIONED_S`; those are the small ones.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pandas as pd
 import pyogrio
 import shapely
 
+from features.shared_files import file_name, remove_unused, write_whole, written_whole
 from features.source import FeatureSource, geometry_kind
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -91,13 +91,14 @@ class Snapshots:
                 return known[2]
             snapshot = self._write(source, version, whole)
             self._known[key] = (version, time.monotonic(), snapshot)
-            self._sweep(source.id, snapshot.stem)
+            remove_unused(self.directory.glob(f"{file_name(source.id)}.*"),
+                          lambda p: p.name.startswith(snapshot.stem + "."), KEEP_S)
             return snapshot
 
     def _write(self, source: FeatureSource, version: str, whole: bool) -> Snapshot:
         tag = version or f"t{time.time_ns()}"
         digest = hashlib.sha1(f"{source.id}\0{tag}\0{whole}".encode()).hexdigest()[:16]
-        stem = f"{_safe(source.id)}.{digest}"
+        stem = f"{file_name(source.id)}.{digest}"
         ready = self.directory / f"{stem}.json"
         if version and (found := _written(ready)) is not None:  # by another worker, or before a restart
             return found
@@ -123,24 +124,11 @@ class Snapshots:
                 overviews.append(Overview(span / cells, at, len(thinned)))
         snapshot = Snapshot(path if whole else None, kind, len(frame), bbox, multi, tuple(overviews), stem)
         if version:  # what was written, for the next to find without reading the data again
-            partial = ready.with_name(f"{ready.stem}.{os.getpid()}.{threading.get_ident()}.part")
-            partial.write_bytes(orjson.dumps({
+            write_whole(ready, orjson.dumps({
                 "stem": stem, "path": str(snapshot.path) if snapshot.path else None, "kind": kind,
                 "count": snapshot.count,
                 "bbox": bbox, "multi": multi, "overviews": [[o.cell, str(o.path), o.count] for o in overviews]}))
-            os.replace(partial, ready)
         return snapshot
-
-    def _sweep(self, collection: str, stem: str) -> None:
-        """Remove the collection's older files once no request can still be reading them."""
-        cutoff = time.time() - KEEP_S
-        for old in self.directory.glob(f"{_safe(collection)}.*"):
-            try:
-                # a partial one so old is a writer's that died
-                if not old.name.startswith(stem + ".") and old.stat().st_mtime < cutoff:
-                    old.unlink()
-            except FileNotFoundError:  # another worker swept it
-                pass
 
 
 def _frame(ids: list[Any], geometries: np.ndarray, properties: list[dict[str, Any]]) -> gpd.GeoDataFrame:
@@ -175,11 +163,9 @@ def _write_fgb(frame: gpd.GeoDataFrame, path: Path, layer: str, geometry_type: s
     """A FlatGeobuf file with its R-tree, renamed into place whole; `reuse`: one already there is this one."""
     if reuse and path.exists():  # another worker wrote this version already
         return
-    # GDAL writes a directory, not a file, for a name not ending in .fgb
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.part.fgb")
-    pyogrio.write_dataframe(frame, partial, driver="FlatGeobuf", layer=layer, geometry_type=geometry_type,
-                            SPATIAL_INDEX="YES")
-    os.replace(partial, path)
+    with written_whole(path) as partial:  # (its name ends in .fgb: GDAL writes a directory otherwise)
+        pyogrio.write_dataframe(frame, partial, driver="FlatGeobuf", layer=layer, geometry_type=geometry_type,
+                                SPATIAL_INDEX="YES")
 
 
 def _thin(frame: gpd.GeoDataFrame, bbox: tuple[float, float, float, float], cells: int) -> gpd.GeoDataFrame:
@@ -207,8 +193,3 @@ def _bounds(frame: gpd.GeoDataFrame) -> tuple[float, float, float, float] | None
         return None
     x0, y0, x1, y1 = (float(v) for v in frame.total_bounds)
     return (x0, y0, x1, y1)
-
-
-def _safe(collection: str) -> str:
-    """A collection id as a file name."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in collection)

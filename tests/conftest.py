@@ -103,3 +103,20 @@ def serve_config(tmp: Path, doc: dict[str, Any]) -> Server:
 
     (tmp / "config.yml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
+
+
+def add_station(client: Any, thing: str, stream: str, lon: float, lat: float) -> int:
+    """A Thing at a place with one temperature Datastream, posted through the SensorThings API; the
+    Datastream's id."""
+    body = {"name": thing, "description": "d",
+            "Locations": [{"name": "l", "description": "l", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [lon, lat]}}],
+            "Datastreams": [{"name": stream, "description": "t",
+                             "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                             "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "x"},
+                             "ObservedProperty": {"name": "temperature", "definition": "x", "description": "x"},
+                             "Sensor": {"name": "s", "description": "s", "encodingType": "text/plain",
+                                        "metadata": "m"}}]}
+    assert client.post("/v1.1/Things", json=body).status_code == 201
+    found = client.get("/v1.1/Datastreams", params={"$filter": f"name eq '{stream}'"}).json()["value"]
+    return found[0]["@iot.id"]

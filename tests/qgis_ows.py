@@ -19,18 +19,14 @@ import sys
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from qgis.core import (  # noqa: E402  (the environment above must be set before Qt loads)
-    QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapRendererParallelJob,
-    QgsMapSettings,
     QgsNetworkAccessManager,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QSize  # noqa: E402
-from qgis.PyQt.QtGui import QColor  # noqa: E402
+from qgis_draw import draw, start_qgis  # noqa: E402  (beside this script)
 
 
 def main() -> int:
@@ -41,9 +37,7 @@ def main() -> int:
     ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
     ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
     args = ap.parse_args()
-    app = QgsApplication([], False)
-    app.setPrefixPath("/usr", True)
-    app.initQgis()
+    start_qgis()
     requests: list[str] = []
     failed: list[str] = []
     nam = QgsNetworkAccessManager.instance()
@@ -61,21 +55,8 @@ def main() -> int:
     out: dict = {"wms_valid": wms.isValid(), "wms_error": wms.error().summary() if not wms.isValid() else ""}
     if wms.isValid():
         x0, y0, x1, y1 = (float(v) for v in args.bbox.split(","))
-        settings = QgsMapSettings()
-        settings.setLayers([wms])
-        settings.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
-        settings.setExtent(QgsRectangle(x0, y0, x1, y1))
-        settings.setOutputSize(QSize(512, 512))
-        settings.setBackgroundColor(QColor(255, 255, 255))
-        job = QgsMapRendererParallelJob(settings)
-        job.start()
-        job.waitForFinished()
-        image = job.renderedImage()
-        want = QColor(args.colour)
-        out["pixels"] = sum(
-            1 for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
-            if all(abs(a - b) <= 40 for a, b in zip(QColor(image.pixel(x, y)).getRgb()[:3], want.getRgb()[:3])))
-        out["wms_errors"] = list(job.errors()) and [e.message for e in job.errors()]
+        out["pixels"], out["wms_errors"] = draw([wms], QgsCoordinateReferenceSystem("EPSG:4326"),
+                                                QgsRectangle(x0, y0, x1, y1), args.colour)
 
     wfs = QgsVectorLayer(f"url='{args.url}/wfs' typename='udp:{args.layer}' version='2.0.0'", args.layer, "WFS")
     out["wfs_valid"] = wfs.isValid()

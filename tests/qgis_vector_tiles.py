@@ -20,19 +20,15 @@ import urllib.request
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from qgis.core import (  # noqa: E402  (the environment above must be set before Qt loads)
-    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsMapBoxGlStyleConverter,
-    QgsMapRendererParallelJob,
-    QgsMapSettings,
     QgsNetworkAccessManager,
     QgsProject,
     QgsRectangle,
     QgsVectorTileLayer,
 )
-from qgis.PyQt.QtCore import QSize  # noqa: E402
-from qgis.PyQt.QtGui import QColor  # noqa: E402
+from qgis_draw import draw, start_qgis  # noqa: E402  (beside this script)
 
 
 def main() -> int:
@@ -43,8 +39,7 @@ def main() -> int:
     ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
     ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
     args = ap.parse_args()
-    app = QgsApplication([], False)
-    app.initQgis()
+    start_qgis()
     requests: list[str] = []
     failed: list[str] = []
     nam = QgsNetworkAccessManager.instance()
@@ -61,23 +56,8 @@ def main() -> int:
     x0, y0, x1, y1 = (float(v) for v in args.bbox.split(","))
     mercator = QgsCoordinateReferenceSystem("EPSG:3857")
     to_mercator = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), mercator, QgsProject.instance())
-    settings = QgsMapSettings()
-    settings.setLayers([layer])
-    settings.setDestinationCrs(mercator)
-    settings.setExtent(to_mercator.transformBoundingBox(QgsRectangle(x0, y0, x1, y1)))
-    settings.setOutputSize(QSize(512, 512))
-    settings.setBackgroundColor(QColor(255, 255, 255))
-    job = QgsMapRendererParallelJob(settings)
-    job.start()
-    job.waitForFinished()
-    image = job.renderedImage()
-    want = QColor(args.colour)
-    pixels = 0
-    for y in range(image.height()):
-        for x in range(image.width()):
-            c = QColor(image.pixel(x, y))
-            if abs(c.red() - want.red()) + abs(c.green() - want.green()) + abs(c.blue() - want.blue()) < 60:
-                pixels += 1
+    pixels, _errors = draw([layer], mercator, to_mercator.transformBoundingBox(QgsRectangle(x0, y0, x1, y1)),
+                           args.colour)
     report = {"valid": layer.isValid(), "converted": int(converted), "warnings": converter.warnings(),
               "pixels": pixels, "requests": requests, "failed": [str(f) for f in failed]}
     print(json.dumps(report))

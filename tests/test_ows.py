@@ -23,7 +23,7 @@ from PIL import Image
 from pyproj import Transformer
 
 from ows import mapserver
-from tests.conftest import Server, serve_on
+from tests.conftest import Server, add_station, serve_on
 
 pytestmark = pytest.mark.skipif(mapserver.mapserv() is None,
                                 reason="MapServer is not installed (Debian: cgi-mapserver): WMS/WFS tests skipped")
@@ -245,17 +245,7 @@ def test_gdal_reads_the_wfs(city: Server) -> None:
 
 def test_the_live_layer_follows_new_observations(city: Server) -> None:
     client = city.client
-    thing = {"name": "ows station", "description": "d",
-             "Locations": [{"name": "l", "description": "l", "encodingType": "application/geo+json",
-                            "location": {"type": "Point", "coordinates": [9.951, 53.551]}}],
-             "Datastreams": [{"name": "ows temp", "description": "t",
-                              "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
-                              "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "x"},
-                              "ObservedProperty": {"name": "temperature", "definition": "x", "description": "x"},
-                              "Sensor": {"name": "s", "description": "s", "encodingType": "text/plain",
-                                         "metadata": "m"}}]}
-    assert client.post("/v1.1/Things", json=thing).status_code == 201
-    ds = client.get("/v1.1/Datastreams", params={"$filter": "name eq 'ows temp'"}).json()["value"][0]["@iot.id"]
+    ds = add_station(client, "ows station", "ows temp", 9.951, 53.551)
     for value in (21.5, 22.5):
         assert client.post(f"/v1.1/Datastreams({ds})/Observations", json={"result": value}).status_code == 201
         deadline = time.monotonic() + 20

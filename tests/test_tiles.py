@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from features.tiles import MAX_TILE_BYTES
-from tests.conftest import PG_URL, Server, create_pg, serve_on
+from tests.conftest import PG_URL, Server, add_station, create_pg, serve_on
 
 MVT = "application/vnd.mapbox-vector-tile"
 WEB = morecantile.tms.get("WebMercatorQuad")
@@ -110,17 +110,7 @@ def test_an_empty_tile_is_204_and_an_etag_answers_304(served: Server) -> None:
 
 def test_the_live_sensor_tile_follows_new_observations(served: Server) -> None:
     client = served.client
-    thing = {"name": "station", "description": "d",
-             "Locations": [{"name": "l", "description": "l", "encodingType": "application/geo+json",
-                            "location": {"type": "Point", "coordinates": [9.951, 53.551]}}],
-             "Datastreams": [{"name": "temp", "description": "t",
-                              "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
-                              "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "x"},
-                              "ObservedProperty": {"name": "temperature", "definition": "x", "description": "x"},
-                              "Sensor": {"name": "s", "description": "s", "encodingType": "text/plain",
-                                         "metadata": "m"}}]}
-    assert client.post("/v1.1/Things", json=thing).status_code == 201
-    ds = client.get("/v1.1/Datastreams", params={"$filter": "name eq 'temp'"}).json()["value"][0]["@iot.id"]
+    ds = add_station(client, "station", "temp", 9.951, 53.551)
     tile = WEB.tile(9.951, 53.551, 15)
     path = f"collections/latest_values/tiles/WebMercatorQuad/15/{tile.y}/{tile.x}"
     values = []
