@@ -19,11 +19,15 @@ from qgis.PyQt.QtCore import QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 
+_APP: list[QgsApplication] = []  # held for the process's life: QGIS crashes once its application is collected
+
+
 def start_qgis() -> QgsApplication:
     """QGIS, initialised, without a screen."""
     app = QgsApplication([], False)
     app.setPrefixPath("/usr", True)
     app.initQgis()
+    _APP.append(app)
     return app
 
 
