@@ -7,17 +7,19 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import argparse  # noqa: E402
+
 from qgis.core import (  # noqa: E402  (the environment above must be set before Qt loads)
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsMapLayer,
     QgsMapRendererParallelJob,
     QgsMapSettings,
+    QgsNetworkAccessManager,
     QgsRectangle,
 )
 from qgis.PyQt.QtCore import QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
-
 
 _APP: list[QgsApplication] = []  # held for the process's life: QGIS crashes once its application is collected
 
@@ -29,6 +31,27 @@ def start_qgis() -> QgsApplication:
     app.initQgis()
     _APP.append(app)
     return app
+
+
+def drawing_arguments(ap: argparse.ArgumentParser) -> None:
+    """The box to draw and the colour to count."""
+    ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
+    ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
+
+
+def record_requests() -> tuple[list[str], list[str]]:
+    """The URLs QGIS's network manager finishes, and those that failed, as they happen."""
+    requests: list[str] = []
+    failed: list[str] = []
+
+    def finished(reply: object) -> None:
+        url = reply.request().url().toString()  # type: ignore[attr-defined]
+        requests.append(url)
+        if int(reply.error()) != 0:  # type: ignore[attr-defined]
+            failed.append(url)
+
+    QgsNetworkAccessManager.instance().finished.connect(finished)
+    return requests, failed
 
 
 def draw(layers: list[QgsMapLayer], crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,

@@ -20,13 +20,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from qgis.core import (  # noqa: E402  (the environment above must be set before Qt loads)
     QgsCoordinateReferenceSystem,
-    QgsNetworkAccessManager,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis_draw import draw, start_qgis  # noqa: E402  (beside this script)
+from qgis_draw import draw, drawing_arguments, record_requests, start_qgis  # noqa: E402  (beside this script)
 
 
 def main() -> int:
@@ -34,21 +33,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--url", required=True, help="the platform's base URL")
     ap.add_argument("--layer", required=True, help="a collection id")
-    ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
-    ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
+    drawing_arguments(ap)
     args = ap.parse_args()
     start_qgis()
-    requests: list[str] = []
-    failed: list[str] = []
-    nam = QgsNetworkAccessManager.instance()
-
-    def finished(reply: object) -> None:
-        url = reply.request().url().toString()  # type: ignore[attr-defined]
-        requests.append(url)
-        if int(reply.error()) != 0:  # type: ignore[attr-defined]
-            failed.append(url)
-
-    nam.finished.connect(finished)
+    requests, failed = record_requests()
 
     wms = QgsRasterLayer(f"url={args.url}/wms&layers={args.layer}&styles=&format=image/png&crs=EPSG:4326",
                          args.layer, "wms")

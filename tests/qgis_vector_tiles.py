@@ -23,12 +23,11 @@ from qgis.core import (  # noqa: E402  (the environment above must be set before
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsMapBoxGlStyleConverter,
-    QgsNetworkAccessManager,
     QgsProject,
     QgsRectangle,
     QgsVectorTileLayer,
 )
-from qgis_draw import draw, start_qgis  # noqa: E402  (beside this script)
+from qgis_draw import draw, drawing_arguments, record_requests, start_qgis  # noqa: E402  (beside this script)
 
 
 def main() -> int:
@@ -36,16 +35,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tiles", required=True, help="the XYZ template, …/WebMercatorQuad/{z}/{y}/{x}")
     ap.add_argument("--style", required=True, help="the MapLibre style's URL")
-    ap.add_argument("--bbox", required=True, help="lon0,lat0,lon1,lat1 to draw")
-    ap.add_argument("--colour", required=True, help="#rrggbb: the pixels of this colour are counted")
+    drawing_arguments(ap)
     args = ap.parse_args()
     start_qgis()
-    requests: list[str] = []
-    failed: list[str] = []
-    nam = QgsNetworkAccessManager.instance()
-    nam.requestAboutToBeCreated.connect(lambda r: requests.append(r.request().url().toString()))
-    nam.finished.connect(lambda reply: failed.append(reply.requestUrl)
-                         if getattr(reply, "error", 0) not in (0, None) else None)
+    requests, failed = record_requests()
     layer = QgsVectorTileLayer(f"type=xyz&url={args.tiles}&zmin=0&zmax=22", "city")
     with urllib.request.urlopen(args.style, timeout=60) as answer:
         style = json.load(answer)
@@ -59,7 +52,7 @@ def main() -> int:
     pixels, _errors = draw([layer], mercator, to_mercator.transformBoundingBox(QgsRectangle(x0, y0, x1, y1)),
                            args.colour)
     report = {"valid": layer.isValid(), "converted": int(converted), "warnings": converter.warnings(),
-              "pixels": pixels, "requests": requests, "failed": [str(f) for f in failed]}
+              "pixels": pixels, "requests": requests, "failed": failed}
     print(json.dumps(report))
     return 0 if layer.isValid() else 1
 
