@@ -21,5 +21,28 @@ def public_base(request: Request, public_url: str | None) -> str:
 
 def sees_internal(scope: Any) -> bool:
     """Whether the request's principal (set by the platform's access control) holds the read role."""
+    return holds(scope, "read")
+
+
+def refusal(scope: Any, role: str | None) -> int | None:
+    """None when the request may do what takes `role` (None: anyone; an open platform, without access control,
+    lets anyone), else the status to refuse with: 401 to sign in, 403 for a principal without the role."""
     principal = scope.get("udp.principal")
-    return bool(principal is not None and principal.can("read"))
+    if role is None or principal is None or principal.can(role):
+        return None
+    return 401 if not principal.roles else 403
+
+
+def holds(scope: Any, role: str) -> bool:
+    """Whether a signed-in principal holds the role (an open platform's anonymous requests hold none)."""
+    principal = scope.get("udp.principal")
+    return bool(principal is not None and principal.can(role))
+
+
+def client_of(scope: Any) -> str:
+    """The client's address: as the access control resolved it (behind trusted proxies), else the peer's."""
+    found = scope.get("udp.client")
+    if found:
+        return str(found)
+    peer = scope.get("client")
+    return str(peer[0]) if peer else ""

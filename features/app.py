@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apicommon.request import public_base, sees_internal
+from apicommon.request import client_of, holds, public_base, refusal, sees_internal
 from features import crs as crsmod
 from features.dcat import dcat_routes
 from features.pygeoapi_config import PLACEHOLDER, install
@@ -35,7 +35,7 @@ from features.request import COMMON, MAX_LIMIT, ItemsQuery, ParamError, parse_it
 from features.responses import error as _error
 from features.responses import gone, unavailable
 from features.responses import wants_html as _wants_html
-from features.source import SOURCES, FeatureSource, Page, SourceUnavailable
+from features.source import SOURCES, Author, FeatureSource, Page, SourceUnavailable, WriteRejected
 from features.tile_files import TileFiles
 from features.tiles import CONFORMANCE as TILES
 from features.tiles_app import tile_links, tiled, tiles_routes
@@ -209,7 +209,7 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
             return _error(400, "InvalidParameterValue", str(exc))
         if _wants_html(request):
             return _Delegate(rebased)
-        q = replace(q, sees_internal=sees_internal(request.scope))
+        q = replace(q, sees_internal=sees_internal(request.scope), moderator=holds(request.scope, "moderate"))
         etag = _etag(source, request)
         if etag and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=_headers(source, etag, q))
@@ -292,8 +292,56 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
              "title": source.title}])
         return _answer(request, source, found[:-1] + b',"links":' + links + b"}", etag, q, root)
 
+    def allowed(source: FeatureSource | None, one: bool) -> str:
+        """The methods of the items (`one`: an item) of a collection."""
+        ways = ["GET", "HEAD"]
+        if source is not None:
+            ways += [m for m in (("PUT", "PATCH", "DELETE") if one else ("POST",)) if m in source.write_roles]
+        return ", ".join([*ways, "OPTIONS"])
+
     async def options(request: Request) -> Response:
-        return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+        source = source_of(request)
+        return Response(status_code=204, headers={"Allow": allowed(source, "fid" in request.path_params)})
+
+    async def write(request: Request) -> Response:
+        """OGC API Features Part 4: POST a new item, PUT or PATCH one, DELETE one; each with the role the
+        collection asks for it."""
+        source = source_of(request)
+        if source is None:
+            return _error(404, "NotFound", f"no collection {request.path_params['cid']!r}")
+        method = request.method
+        one = "fid" in request.path_params
+        if method not in source.write_roles:
+            return _error(405, "MethodNotAllowed", f"{method} is not taken here ({allowed(source, one)})",
+                          {"Allow": allowed(source, one)})
+        refused = refusal(request.scope, source.write_roles[method])
+        if refused is not None:
+            role = source.write_roles[method]
+            return _error(refused, "Unauthorized" if refused == 401 else "Forbidden",
+                          f"{method} on {source.id!r} takes the {role} role" + (": sign in" if refused == 401 else ""))
+        body = await request.body()
+        principal = request.scope.get("udp.principal")
+        author = Author(client_of(request.scope), bool(principal is not None and principal.roles),
+                        getattr(principal, "name", None))
+        base = public_base(request, public_url) + PREFIX + f"/collections/{source.id}/items"
+        try:
+            if method == "POST":
+                fid, stored = await run_in_threadpool(source.create, body, author)
+                return Response(stored, status_code=201, media_type=GEOJSON,
+                                headers={"Location": f"{base}/{fid}", "Cache-Control": "no-store"})
+            fid = request.path_params["fid"]
+            if method == "DELETE":
+                await run_in_threadpool(source.delete, fid, author)
+                return Response(status_code=204)
+            stored = await run_in_threadpool(source.update, fid, body, method == "PUT", author)
+            return Response(stored, media_type=GEOJSON, headers={"Cache-Control": "no-store"})
+        except WriteRejected as exc:
+            kind = {400: "InvalidParameterValue", 404: "NotFound", 409: "Conflict", 429: "TooManyRequests"}
+            return _error(exc.status, kind.get(exc.status, "Refused"), exc.message, exc.headers)
+        except SourceUnavailable as exc:
+            return gone(str(exc))
+        except DBAPIError as exc:
+            return unavailable(exc)
 
     records = [*records_routes(indexes, public_url, lambda: _Delegate(rebased), max_limit),
                *dcat_routes(indexes, public_url)] if indexes else []
@@ -303,6 +351,8 @@ def features_routes(sources: Mapping[str, FeatureSource], title: str, public_url
         Route(PREFIX + "/collections/{cid}/items", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/", items, methods=["GET", "HEAD"]),
         Route(PREFIX + "/collections/{cid}/items/{fid}", item, methods=["GET", "HEAD"]),
+        Route(PREFIX + "/collections/{cid}/items", write, methods=["POST"]),
+        Route(PREFIX + "/collections/{cid}/items/{fid}", write, methods=["PUT", "PATCH", "DELETE"]),
         Route(PREFIX + "/collections/{cid}/items", options, methods=["OPTIONS"]),
         Route(PREFIX + "/collections/{cid}/items/{fid}", options, methods=["OPTIONS"]),
         Mount(PREFIX, app=rebased),

@@ -54,6 +54,7 @@ class ItemsQuery:
     hits: bool = False
     format: str | None = None
     sees_internal: bool = False  # the requester holds the read role (access: internal is shown)
+    moderator: bool = False  # the requester holds the moderate role (feedback: every item, with its contact)
     # keyset paging: the previous page's last row, its sort-key values then its key, as the source's text
     after: tuple[str | None, ...] | None = None
 

@@ -11,10 +11,10 @@ from starlette.responses import Response
 from apicommon.unavailable import client_fault, database_unavailable
 
 
-def error(status: int, code: str, description: str) -> Response:
+def error(status: int, code: str, description: str, headers: dict[str, str] | None = None) -> Response:
     """An OGC API exception document (`code`, `description`)."""
     return Response(orjson.dumps({"code": code, "description": description}), status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def gone(reason: str) -> Response:

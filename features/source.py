@@ -70,6 +70,23 @@ def geometry_kind(type_name: str | None) -> str:
     return {"point": "point", "linestring": "line"}.get(name, "polygon")
 
 
+@dataclass(frozen=True)
+class Author:
+    """Who writes (OGC API Features Part 4): the client's address, and whether they signed in."""
+
+    client: str
+    signed_in: bool
+    name: str | None = None
+
+
+class WriteRejected(Exception):
+    """A write the source refuses: the HTTP status, the reason, and headers (Retry-After)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
 class SourceUnavailable(Exception):
     """The source's data cannot be reached now (a table dropped, its database down); the message names the
     collection. The OGC API answers 503."""
@@ -97,6 +114,8 @@ class FeatureSource(ABC):
     pages_by_key: bool = False
     item_type: str = "feature"  # "record": a catalogue (OGC API Records)
     style: MapStyle = MapStyle()  # how maps draw it (config.yml `style:`)
+    # OGC API Features Part 4: the methods it takes, each with the role it needs (None: anyone); empty: read-only
+    write_roles: ClassVar[dict[str, str | None]] = {}
 
     def describe(self, spec: CollectionSpec) -> None:
         """The collection's id, title, description, keywords and access as declared in config.yml."""
@@ -149,6 +168,18 @@ class FeatureSource(ABC):
         that many pixels as one (features.tiles's rules); None: complete. `properties`: the attributes to carry
         (None: every property)."""
         return None
+
+    def create(self, body: bytes, author: Author) -> tuple[str, bytes]:
+        """A new feature from a request body: its id and the Feature stored (WriteRejected says why not)."""
+        raise WriteRejected(405, f"collection {self.id!r} takes no new features")
+
+    def update(self, fid: str, body: bytes, replace: bool, author: Author) -> bytes:
+        """A feature changed (PATCH) or replaced (PUT): the Feature stored."""
+        raise WriteRejected(405, f"collection {self.id!r} is read-only")
+
+    def delete(self, fid: str, author: Author) -> None:
+        """A feature removed."""
+        raise WriteRejected(405, f"collection {self.id!r} is read-only")
 
     def changes_seen(self) -> str:
         """A marker that changes soon after the data change, maybe some seconds late: for what may lag, as a

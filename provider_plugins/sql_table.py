@@ -82,6 +82,11 @@ class Layout:
     # unfiltered page at `offset` is the rows after that number, an index range instead of a walk past them
     order: Column | None = None
     dense: bool = False
+    scope: ColumnElement | None = None  # a condition every row shown meets (a view of the table: public feedback)
+
+    def scoped(self, cond: Any) -> Any:
+        """`cond` and the view's own condition."""
+        return cond if self.scope is None else and_(self.scope, cond)
 
     @property
     def sequence(self) -> Column:
@@ -154,6 +159,8 @@ class SqlTableSource(FeatureSource):
         from sqlalchemy.dialects import postgresql
 
         stmt = select(t.key.label("udp_id"), *(c.label(n) for n, c in t.columns.items()), t.geom.label("udp_geom"))
+        if t.scope is not None:
+            stmt = stmt.where(t.scope)
         sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         with self.connect() as conn:
             url = conn.engine.url.set(drivername="postgresql")
@@ -165,7 +172,7 @@ class SqlTableSource(FeatureSource):
              properties: tuple[str, ...] | None) -> bytes:
         envelope = func.ST_TileEnvelope(z, col, row)
         box = envelope if t.srid == 3857 else func.ST_Transform(envelope, t.srid)
-        where = t.geom.op("&&")(box)
+        where = t.scoped(t.geom.op("&&")(box))
         numeric_key = kind_of(t.key.type) == NUMBER
         # the id column: MVT ids are unsigned integers; a text key stays an attribute (`id`)
         key = t.key.label("udp_fid") if numeric_key else cast(t.key, Text).label("id")
@@ -312,7 +319,7 @@ class SqlTableSource(FeatureSource):
         shown, encode = self._rendering(t, q)
         with self.connect() as conn:
             rows = conn.execute(select(*shown).select_from(_with_encoded(t, t.table, shown))
-                                .where(t.key == value)).all()
+                                .where(t.scoped(t.key == value))).all()
         return encode(rows)[0] if rows else None
 
     # -- SQL -------------------------------------------------------------------------------------------
@@ -350,7 +357,7 @@ class SqlTableSource(FeatureSource):
 
     def _where(self, t: Layout, q: ItemsQuery) -> Any:
         """The query's conditions as one SQL condition; True when it has none."""
-        parts: list[ColumnElement] = []
+        parts: list[ColumnElement] = [] if t.scope is None else [t.scope]
         if q.bbox is not None:
             parts.append(t.spatial.predicate("INTERSECTS", t.geom, shapely.box(*q.bbox)))
         if q.time is not None and t.time is not None:

@@ -143,6 +143,13 @@ def build_app(config: Config) -> Starlette:
         store.close()
 
     sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
+    if config.feedback is not None:
+        from provider_plugins.feedback import COLLECTION, FeedbackSource
+
+        feedback = FeedbackSource(config.feedback, store, sources.get(config.feedback.areas or ""))
+        if notifier is not None:
+            feedback.listeners.append(notifier.announce)
+        sources[COLLECTION] = feedback
     tile_files = TileFiles(config.cache_directory() / "tiles")
     catalogue = PlatformCatalogue(store, sources, config.collections, config.sensors, config.indicators,
                                   config.catalogue, config.title, endpoints or config.mqtt_endpoints,

@@ -1,7 +1,8 @@
 """Access control: the `auth:` section of config.yml, who a request is, and what they may do.
 
 Users come from the file (a PBKDF2 hash, or a `${VAR}` secret taken from the environment) with roles
-`read`, `write` and `admin` (each includes the ones before it); JWTs of an OpenID Connect issuer
+`read`, `write` (which includes read), `moderate` (citizen feedback: includes read, not write) and `admin`
+(every role); JWTs of an OpenID Connect issuer
 (Keycloak, as Hamburg and FROST-Server use) are accepted as Bearer tokens, their roles read from a
 claim. Reading is public; writing takes `write`; `read` also sees what is declared `access: internal`.
 Failed password sign-ins are throttled per client address and per user name (udp.throttle: 429 with
@@ -31,7 +32,9 @@ from apicommon.declaration import declared
 from udp.errors import ConfigError, whole_number
 from udp.throttle import SignInThrottle, Throttled
 
-ROLES = ("read", "write", "admin")
+ROLES = ("read", "write", "moderate", "admin")
+# what each role may do besides itself
+_INCLUDES = {"read": {"read"}, "write": {"read", "write"}, "moderate": {"read", "moderate"}, "admin": set(ROLES)}
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 _PBKDF2 = "pbkdf2_sha256"
 _ITERATIONS = 600_000
@@ -48,9 +51,8 @@ class Principal:
     roles: frozenset[str]
 
     def can(self, role: str) -> bool:
-        """Whether the principal holds `role` or one above it."""
-        rank = ROLES.index(role)
-        return any(ROLES.index(r) >= rank for r in self.roles if r in ROLES)
+        """Whether the principal holds `role` or one that includes it."""
+        return any(role in _INCLUDES[r] for r in self.roles if r in _INCLUDES)
 
 
 ANONYMOUS = Principal("anonymous", frozenset())
@@ -327,7 +329,7 @@ class AuthMiddleware:
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
         authorization = headers.get("authorization")
-        client = client_address(scope, self.auth.spec.trusted_proxies) if authorization else ""
+        client = client_address(scope, self.auth.spec.trusted_proxies)
         try:
             principal = self.auth.quick(authorization, client) or await anyio.to_thread.run_sync(
                 self.auth.headers, authorization, client, limiter=self.limiter)
@@ -346,7 +348,7 @@ class AuthMiddleware:
                 await self._refuse(send, 403, f"{principal.name} may not write (roles: "
                                               f"{', '.join(sorted(principal.roles)) or 'none'})")
             return
-        await self.app({**scope, "udp.principal": principal}, receive, send)
+        await self.app({**scope, "udp.principal": principal, "udp.client": client}, receive, send)
 
     async def _refuse(self, send: Send, status: int, message: str,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -20,13 +20,14 @@ from udp.errors import ConfigError, whole_number
 if TYPE_CHECKING:
     from features.spec import CollectionSpec
     from mqtt_bridge.rules import Rule
+    from provider_plugins.feedback import FeedbackSpec
     from udp.auth import AuthSpec
     from udp.indicators import IndicatorSpec
     from udp.sensors import SensorsEntry
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
-              "server", "publisher", "contact", "license", "catalogue"}
+              "server", "publisher", "contact", "license", "catalogue", "feedback"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s",
                "cors")
 MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos")
@@ -58,6 +59,7 @@ class Config:
     collections: dict[str, CollectionSpec] = field(default_factory=dict)
     sensors: list[SensorsEntry] = field(default_factory=list)
     indicators: dict[str, IndicatorSpec] = field(default_factory=dict)
+    feedback: FeedbackSpec | None = None  # citizens' feedback (`feedback:`), None: none taken
     auth: AuthSpec | None = None  # None: the platform runs open
     catalogue: CatalogueMetadata = field(default_factory=CatalogueMetadata)  # publisher, contact, licence, …
     path: Path | None = None
@@ -171,6 +173,18 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         from udp.indicators import parse_indicators
 
         cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
+    if "feedback" in doc:
+        from features.spec import SpecError
+        from provider_plugins.feedback import COLLECTION, parse_feedback
+
+        try:
+            cfg.feedback = parse_feedback(doc["feedback"])
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
+        if COLLECTION in cfg.collections:
+            raise ConfigError(f"collections.{COLLECTION}: the id is the feedback's (`feedback:`); choose another")
+        if cfg.feedback.areas is not None and cfg.feedback.areas not in cfg.collections:
+            raise ConfigError(f"feedback.areas: {cfg.feedback.areas!r} is not one of the collections")
     if "auth" in doc:
         from udp.auth import parse_auth
 

@@ -127,6 +127,10 @@ class Notifier:
         subscribed = self.subscribed
         return {t: None if subscribed is None else t in subscribed for t in topics}
 
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Publish a message of the platform's own beside the SensorThings notifications (citizen feedback)."""
+        self._send(topic, payload)
+
     def close(self) -> None:
         """Publish what is queued, then disconnect."""
         self.queue.put(None)
