@@ -80,6 +80,10 @@ SENSORS = [f"f{k}" for k in range(5)]
 TOTAL = 10_000
 RATE = 500.0  # messages/s: 20 s of publishing, the faults in the middle of it
 RULES = """title: Fault test
+feedback:
+  categories: [road damage]
+  extent: [9.0, 53.0, 11.0, 54.0]
+  rate: 1000/minute
 bridge:
   - topic: soak/{sensor}/count
     datastream: "soak {sensor}"
@@ -383,6 +387,38 @@ def test_10000_qos1_messages_across_a_broker_crash_and_a_database_restart(rig: R
 
 READS = ["/v1.1/Things", "/v1.1/Datastreams?$expand=Observations($top=1)", "/ogcapi/collections/things/items",
          "/ogcapi/collections/latest_values/items"]
+
+
+@needs_servers
+def test_feedback_that_got_201_survives_a_database_restart(rig: Rig) -> None:
+    """A citizen's 201 means committed: the items are there after PostgreSQL stops and starts again; an item
+    sent while it is down gets a 503 (to send again), never a 201 that is then lost."""
+    import psycopg
+
+    client = httpx.Client(base_url=rig.server.url, timeout=15)
+    url = "/ogcapi/collections/feedback/items"
+
+    def item(n: int) -> dict[str, object]:
+        return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10.0, 53.5]},
+                "properties": {"category": "road damage", "text": f"restart item {n}"}}
+
+    accepted = [client.post(url, json=item(n)) for n in range(5)]
+    assert all(r.status_code == 201 for r in accepted), [r.text for r in accepted]
+    rig.pg.stop("immediate")
+    try:
+        down = client.post(url, json=item(99))
+        assert down.status_code == 503 and down.headers.get("retry-after"), down.text
+    finally:
+        rig.pg.start()
+    with psycopg.connect(rig.store, connect_timeout=10) as conn:
+        texts = {r[0] for r in conn.execute("SELECT text FROM feedback WHERE text LIKE 'restart item %'")}
+    assert texts == {f"restart item {n}" for n in range(5)}
+    deadline = time.time() + 20
+    again = client.post(url, json=item(5))
+    while again.status_code == 503 and time.time() < deadline:  # the pool notices the restart
+        time.sleep(0.5)
+        again = client.post(url, json=item(5))
+    assert again.status_code == 201, again.text
 
 
 @needs_servers
