@@ -261,22 +261,32 @@ class FeedbackSource(SqlTableSource):
         return str(fid), found
 
     def update(self, fid: str, body: bytes, replace: bool, author: Author) -> bytes:
-        """A moderator's change: status, response and department (PATCH), or the whole item (PUT)."""
+        """A moderator's change (PATCH: a JSON merge patch, a Feature's `properties` and `geometry` or the
+        properties alone), or the whole item again (PUT: a Feature)."""
         key = _key(fid)
         doc = _json(body)
+        if not isinstance(doc, dict):
+            raise WriteRejected(400, "a JSON object: a Feature, or the properties to change")
+        if replace and doc.get("type") != "Feature":
+            raise WriteRejected(400, "PUT takes a GeoJSON Feature")
+        shaped = doc.get("type") == "Feature" or "properties" in doc or "geometry" in doc
+        props = (doc.get("properties") or {}) if shaped else doc
+        if not isinstance(props, dict):
+            raise WriteRejected(400, "properties: an object")
+        if replace:  # everything a citizen sends, again: what is left out is gone
+            props = {"contact": None, "about": None, **props}
+            for name in ("category", "text"):
+                props.setdefault(name, None)
         with self.store.write() as (conn, _):
             row = conn.execute(select(self.table).where(self.table.c.id == key)).mappings().first()
             if row is None:
                 raise WriteRejected(404, f"no feedback item {fid!r}")
-            if replace:
-                values, geom = self._replacement(doc, row)
-            else:
-                props = doc.get("properties", doc) if isinstance(doc, dict) else None
-                if not isinstance(props, dict):
-                    raise WriteRejected(400, "a JSON object of the properties to change (status, response, "
-                                             "department)")
-                values, geom = self._changes(props, row), None
-            conn.execute(update(self.table).where(self.table.c.id == key).values(**values))
+            values = self._changes(props, row)
+            geom = self._geometry(doc["geometry"]) if replace or doc.get("geometry") is not None else None
+            if geom is not None:
+                values.update(area=self._area(geom), **self._shape(geom))
+            if values:
+                conn.execute(update(self.table).where(self.table.c.id == key).values(**values))
             if geom is not None and not self.postgis:
                 self._index(conn, key, geom)
             status = values.get("status", row["status"])
@@ -300,28 +310,20 @@ class FeedbackSource(SqlTableSource):
     def _one(self, fid: int, moderator: bool) -> bytes | None:
         return self.feature(str(fid), ItemsQuery(moderator=moderator))
 
-    def _replacement(self, doc: Any, row: Any) -> tuple[dict[str, Any], shapely.Geometry]:
-        if not isinstance(doc, dict) or doc.get("type") != "Feature":
-            raise WriteRejected(400, "PUT takes a GeoJSON Feature")
-        props = doc.get("properties") or {}
-        if not isinstance(props, dict):
-            raise WriteRejected(400, "properties: an object")
-        geom = self._geometry(doc.get("geometry"))
-        values = {"category": self._category(props.get("category")),
-                  "text": _text(props.get("text"), "text", MAX_TEXT, required=True),
-                  "contact": _text(props.get("contact"), "contact", MAX_SHORT),
-                  "about": _text(props.get("about"), "about", MAX_SHORT),
-                  "area": self._area(geom), **self._shape(geom)}
-        values.update(self._changes({k: props[k] for k in ("status", "response", "department") if k in props}, row))
-        return values, geom
-
     def _changes(self, props: dict[str, Any], row: Any) -> dict[str, Any]:
-        allowed = {"status", "response", "department"}
+        """The columns a moderator's properties set, each checked as a citizen's are."""
+        allowed = {"status", "response", "department", "category", "text", "contact", "about"}
         other = sorted(set(props) - allowed)
         if other:
-            raise WriteRejected(400, f"{other[0]}: a moderator changes status, response and department here "
-                                     "(PUT replaces the whole item)")
+            raise WriteRejected(400, f"properties.{other[0]}: not a property of an item ({', '.join(sorted(allowed))})")
         values: dict[str, Any] = {}
+        if "category" in props:
+            values["category"] = self._category(props["category"])
+        if "text" in props:
+            values["text"] = _text(props["text"], "text", MAX_TEXT, required=True)
+        for name in ("contact", "about"):
+            if name in props:
+                values[name] = _text(props[name], name, MAX_SHORT)
         if "status" in props:
             status = props["status"]
             if status not in STATUSES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -188,3 +189,50 @@ def test_changes_are_announced_over_mqtt_without_the_contact(city: Server) -> No
         assert published["properties"]["text"] == "A pothole" and "contact" not in published["properties"]
     finally:
         listener.close()
+
+
+def test_without_moderation_items_are_public_at_once(tmp_path: Path) -> None:
+    """`moderation: false`: a new item is published when sent; on a platform without accounts nobody is shown
+    a contact."""
+    from tests.conftest import serve_config, stop_server
+
+    srv = serve_config(tmp_path, {"title": "Open city", "feedback": {
+        "categories": ["idea"], "moderation": False, "extent": [9.0, 53.0, 11.0, 54.0]}})
+    try:
+        r = send(srv, {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10.0, 53.5]},
+                       "properties": {"category": "idea", "text": "More trees", "contact": "me@example.org"}})
+        assert r.status_code == 201 and r.json()["properties"]["status"] == "published", r.text
+        shown = listed(srv)[r.json()["id"]]["properties"]
+        assert shown["text"] == "More trees" and "contact" not in shown
+    finally:
+        stop_server(srv)
+
+
+def test_staff_edit_as_qgis_does(city: Server) -> None:
+    """The requests QGIS 3.32+ sends to edit an OGC API Features layer (Part 4): OPTIONS on the items and on an
+    item for what is allowed; POST a new Feature and read its Location; PATCH a merge patch of changed attributes
+    and of a moved geometry; PUT a whole Feature; DELETE."""
+    staff = httpx.Client(base_url=items_url(city), auth=MODERATOR, timeout=30)
+    allow = {m.strip() for m in staff.options(items_url(city)).headers["allow"].split(",")}
+    assert "POST" in allow
+    created = staff.post(items_url(city), content=json.dumps(item(text="Drawn in QGIS")),
+                         headers={"Content-Type": "application/geo+json"})
+    assert created.status_code == 201, created.text
+    fid = created.headers["location"].rsplit("/", 1)[1]
+    assert {"PUT", "PATCH", "DELETE"} <= {m.strip() for m in staff.options(f"/{fid}").headers["allow"].split(",")}
+    merge = {"Content-Type": "application/merge-patch+json"}
+    r = staff.patch(f"/{fid}", content=json.dumps({"properties": {"category": "litter", "status": "published"}}),
+                    headers=merge)
+    assert r.status_code == 200 and r.json()["properties"]["category"] == "litter", r.text
+    r = staff.patch(f"/{fid}", content=json.dumps({"geometry": {"type": "Point", "coordinates": [9.97, 53.55]}}),
+                    headers=merge)
+    assert r.status_code == 200 and r.json()["geometry"]["coordinates"] == [9.97, 53.55], r.text
+    assert r.json()["properties"]["area"] == "Eimsbüttel"  # the area follows the place
+    whole = item(lon=9.93, text="Redrawn", category="idea")
+    r = staff.put(f"/{fid}", content=json.dumps(whole), headers={"Content-Type": "application/geo+json"})
+    assert r.status_code == 200, r.text
+    props = r.json()["properties"]
+    assert (props["text"], props["category"], props["area"], props["status"]) == ("Redrawn", "idea", "Altona",
+                                                                                  "published")
+    assert staff.delete(f"/{fid}").status_code == 204
+    assert staff.get(f"/{fid}").status_code == 404
