@@ -40,8 +40,9 @@ from sqlalchemy.exc import DBAPIError
 from features import crs as crsmod
 from features.cql_sql import PostgisSql, SqliteSql
 from features.request import ItemsQuery
-from features.source import Author, FeatureSource, Page, SourceUnavailable, WriteRejected, encode_feature
-from features.spec import SpecError
+from features.source import Author, Page, SourceUnavailable, WriteRejected, encode_feature
+from features.spec import CollectionSpec, SpecError
+from provider_plugins.areas import Areas
 from provider_plugins.sql_table import Layout, SqlTableSource
 from sensorthings.store.base import Store
 from sensorthings.store.schema import GEOMETRY
@@ -65,11 +66,13 @@ class FeedbackSpec:
 
     categories: tuple[str, ...]
     title: str = "Tell the city"
-    areas: str | None = None  # a polygon collection naming each item's area
+    areas_id: str | None = None  # a polygon collection naming each item's area …
     moderation: bool = True  # new items wait for a moderator
     rate: int = 20  # submissions per client without an account …
     per_s: float = 60.0  # … in this many seconds
     extent: tuple[float, float, float, float] | None = None  # where items may be; else the areas' extent
+    areas: CollectionSpec | None = None  # … as the configuration declares it (an indicator's areas, too)
+    area_name: str | None = None  # its column naming the areas; None: as the indicators guess it
 
 
 def parse_feedback(body: Any) -> FeedbackSpec:
@@ -103,6 +106,27 @@ def parse_feedback(body: Any) -> FeedbackSpec:
                         tuple(float(v) for v in extent) if extent else None)  # type: ignore[arg-type]
 
 
+def create_table(store: Store) -> Table:
+    """The feedback table in the store, made when missing (with its R-tree on SQLite, its GiST index on
+    PostgreSQL)."""
+    postgis = store.dialect.name == "postgresql"
+    table = feedback_table(postgis)
+    try:
+        with store.engine.begin() as conn:
+            table.create(conn, checkfirst=True)
+    except DBAPIError:  # another worker made it at the same moment
+        with store.engine.connect() as conn:
+            if not store.engine.dialect.has_table(conn, COLLECTION):
+                raise
+    with store.engine.begin() as conn:
+        if postgis:
+            conn.exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{COLLECTION}_g" ON "{COLLECTION}" USING gist (g)')
+        else:
+            conn.exec_driver_sql(f'CREATE VIRTUAL TABLE IF NOT EXISTS "{COLLECTION}_rtree" '
+                                 "USING rtree(id, minx, maxx, miny, maxy)")
+    return table
+
+
 def feedback_table(postgis: bool) -> Table:
     """The table the items are kept in (SQLite: WKB and its bounds, with an R-tree beside it)."""
     cols = [Column("id", Integer, primary_key=True, autoincrement=True),
@@ -129,7 +153,7 @@ class FeedbackSource(SqlTableSource):
     cache_control = "private, no-cache"  # a moderator's view must stay out of shared caches
     write_roles = {"POST": None, "PUT": "moderate", "PATCH": "moderate", "DELETE": "moderate"}
 
-    def __init__(self, spec: FeedbackSpec, store: Store, areas: FeatureSource | None) -> None:
+    def __init__(self, spec: FeedbackSpec, store: Store, areas: Areas | None) -> None:
         self.id, self.title = COLLECTION, spec.title
         self.description = "What citizens told the city, and the city's answers"
         self.keywords = ("feedback", "participation")
@@ -137,9 +161,8 @@ class FeedbackSource(SqlTableSource):
         self.store = store
         self.areas = areas
         self.postgis = store.dialect.name == "postgresql"
-        self.table = feedback_table(self.postgis)
+        self.table = create_table(store)
         self.listeners: list[Callable[[str, bytes], None]] = []  # (topic, payload) after each commit
-        self._create()
         c = self.table.c
         spatial: Any = PostgisSql(4326) if self.postgis else SqliteSql(
             rtree_table(f"{COLLECTION}_rtree"), c.id, (c.x0, c.y0, c.x1, c.y1), False)
@@ -150,15 +173,6 @@ class FeedbackSource(SqlTableSource):
                               scope=c.status.in_(PUBLIC))
         self._moderated = Layout(self.table, {**public, "contact": c.contact}, c.id, c.g, 4326, "created", spatial)
         self._lock = threading.Lock()
-
-    def _create(self) -> None:
-        with self.store.engine.begin() as conn:
-            self.table.create(conn, checkfirst=True)
-            if not self.postgis:
-                conn.exec_driver_sql(f'CREATE VIRTUAL TABLE IF NOT EXISTS "{COLLECTION}_rtree" '
-                                     "USING rtree(id, minx, maxx, miny, maxy)")
-            else:
-                conn.exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{COLLECTION}_g" ON "{COLLECTION}" USING gist (g)')
 
     # -- the two views ---------------------------------------------------------------------------------------
     def search(self, q: ItemsQuery) -> Page:
@@ -350,7 +364,10 @@ class FeedbackSource(SqlTableSource):
     def _extent(self) -> tuple[float, float, float, float] | None:
         if self.spec.extent is not None:
             return self.spec.extent
-        return self.areas.bbox if self.areas is not None else None
+        if self.areas is None or not len(self.areas.geoms):
+            return None
+        x0, y0, x1, y1 = (float(v) for v in shapely.total_bounds(self.areas.geoms))
+        return (x0, y0, x1, y1)
 
     def _geometry(self, value: Any) -> shapely.Geometry:
         if value is None:
@@ -372,16 +389,8 @@ class FeedbackSource(SqlTableSource):
         return geom
 
     def _area(self, geom: shapely.Geometry) -> str | None:
-        if self.areas is None:
-            return None
-        spot = geom.representative_point()
-        found = self.areas.tile_features((spot.x, spot.y, spot.x, spot.y), 1000)
-        name = self.areas.style.label
-        for fid, shape, props in zip(found.ids, found.geometries, found.properties, strict=True):
-            if shape is not None and shape.covers(spot):
-                value = props.get(name) if name else props.get("name", fid)
-                return None if value is None else str(value)
-        return None
+        """The name of the area the item lies in (as the indicators name areas)."""
+        return None if self.areas is None else self.areas.of(geom.representative_point())
 
     def _shape(self, geom: shapely.Geometry) -> dict[str, Any]:
         if self.postgis:

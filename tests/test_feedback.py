@@ -236,3 +236,40 @@ def test_staff_edit_as_qgis_does(city: Server) -> None:
                                                                                   "published")
     assert staff.delete(f"/{fid}").status_code == 204
     assert staff.get(f"/{fid}").status_code == 404
+
+
+def test_accountability_indicators_per_area_and_for_the_city(city: Server) -> None:
+    """Items received, items answered and the median time to answer, over the last 30 days, served like every
+    indicator: a collection with a feature per area, and SensorThings Datastreams per area and for the city."""
+    import time
+
+    fid = send(city, item(lon=9.97, category="litter")).json()["id"]
+    for change in ({"status": "published"}, {"status": "answered", "response": "Collected"}):
+        assert httpx.patch(f"{items_url(city)}/{fid}", json=change, auth=MODERATOR, timeout=30).status_code == 200
+    everything = listed(city, auth=MODERATOR).values()
+
+    def expected(area: str) -> tuple[float, float]:
+        mine = [f for f in everything if f["properties"]["area"] == area]
+        return float(len(mine)), float(sum(1 for f in mine if f["properties"]["status"] == "answered"))
+
+    def values(indicator: str) -> dict[str, Any]:
+        r = httpx.get(f"{city.url}/ogcapi/collections/{indicator}/items", timeout=30)
+        return {f["properties"]["area"]: f["properties"]["value"] for f in r.json()["features"]} \
+            if r.status_code == 200 else {}
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        received, answered = values("feedback-received"), values("feedback-answered")
+        if (received.get("Eimsbüttel"), answered.get("Eimsbüttel")) == expected("Eimsbüttel") and \
+                (received.get("Altona"), answered.get("Altona")) == expected("Altona"):
+            break
+        time.sleep(0.5)
+    assert (received.get("Eimsbüttel"), answered.get("Eimsbüttel")) == expected("Eimsbüttel"), received
+    assert (received.get("Altona"), answered.get("Altona")) == expected("Altona"), received
+    median = values("feedback-time-to-answer")["Eimsbüttel"]
+    assert median is not None and 0 <= median < 1  # answered within the test: a fraction of an hour
+    sta = httpx.get(f"{city.url}/v1.1/Datastreams", params={
+        "$filter": "properties/indicator eq 'feedback-received'", "$expand": "Observations($top=1;"
+        "$orderby=phenomenonTime desc)"}, timeout=30).json()["value"]
+    by_area = {d["properties"]["area"]: d["Observations"][0]["result"] for d in sta if d["Observations"]}
+    assert by_area["city"] == sum(expected(a)[0] for a in ("Altona", "Eimsbüttel"))

@@ -144,9 +144,10 @@ def build_app(config: Config) -> Starlette:
 
     sources = load_sources(config.collections, store, config.indicators, config.statement_timeout_s)
     if config.feedback is not None:
+        from provider_plugins.areas import load_areas
         from provider_plugins.feedback import COLLECTION, FeedbackSource
 
-        feedback = FeedbackSource(config.feedback, store, sources.get(config.feedback.areas or ""))
+        feedback = FeedbackSource(config.feedback, store, load_areas(config.feedback))
         if notifier is not None:
             feedback.listeners.append(notifier.announce)
         sources[COLLECTION] = feedback

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,8 +183,18 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
             raise ConfigError(str(exc)) from None
         if COLLECTION in cfg.collections:
             raise ConfigError(f"collections.{COLLECTION}: the id is the feedback's (`feedback:`); choose another")
-        if cfg.feedback.areas is not None and cfg.feedback.areas not in cfg.collections:
-            raise ConfigError(f"feedback.areas: {cfg.feedback.areas!r} is not one of the collections")
+        if cfg.feedback.areas_id is not None:
+            if cfg.feedback.areas_id not in cfg.collections:
+                raise ConfigError(f"feedback.areas: {cfg.feedback.areas_id!r} is not one of the collections")
+            areas = cfg.collections[cfg.feedback.areas_id]
+            cfg.feedback = replace(cfg.feedback, areas=areas, area_name=areas.style.label)
+        from udp.indicators import feedback_indicators
+
+        brought = feedback_indicators(cfg.feedback)
+        taken = sorted(set(brought) & set(cfg.indicators))
+        if taken:
+            raise ConfigError(f"indicators.{taken[0]}: the id is one of feedback's indicators; choose another")
+        cfg.indicators.update(brought)
     if "auth" in doc:
         from udp.auth import parse_auth
 

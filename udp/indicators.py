@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pandas as pd
@@ -43,6 +43,9 @@ from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
 from udp.errors import ConfigError, whole_number
+
+if TYPE_CHECKING:
+    from provider_plugins.feedback import FeedbackSpec
 
 log = logging.getLogger("udp.indicators")
 AGGREGATES = ("mean", "sum", "count", "min", "max", "latest")
@@ -69,6 +72,7 @@ class IndicatorSpec:
     unit: dict[str, str] | None = field(default=None, hash=False, compare=False)
     min_sensors: int = 1  # fewer reporting public sensors in an area: no public value there
     metadata: DatasetMetadata = field(default=DatasetMetadata(), hash=False, compare=False)  # for the catalogue
+    feedback: str | None = None  # computed from citizen feedback instead of sensors: one of FEEDBACK_MEASURES
 
 
 def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[str, IndicatorSpec]:
@@ -111,6 +115,26 @@ def parse_indicators(doc: Any, collections: dict[str, CollectionSpec]) -> dict[s
     return out
 
 
+# -- citizen feedback's accountability ----------------------------------------------------------------
+FEEDBACK_WINDOW = "P30D"
+FEEDBACK_MEASURES = {  # measure → (title, the ObservedProperty's name, aggregate, unit)
+    "received": ("Feedback received", "feedback items received", "count", {"name": "count", "symbol": "{item}"}),
+    "answered": ("Feedback answered", "feedback items answered", "count", {"name": "count", "symbol": "{item}"}),
+    "time-to-answer": ("Median time to answer feedback", "time to answer feedback", "median",
+                       {"name": "hour", "symbol": "h"}),
+}
+
+
+def feedback_indicators(spec: FeedbackSpec) -> dict[str, IndicatorSpec]:
+    """The indicators citizen feedback brings (per area and for the city, over the last 30 days): items
+    received, items answered, and the median time from an item to its answer."""
+    window = pd.Timedelta(FEEDBACK_WINDOW).to_pytimedelta()
+    return {f"feedback-{measure}": IndicatorSpec(
+        f"feedback-{measure}", f"{title} (last 30 days)", prop, aggregate, window, FEEDBACK_WINDOW, spec.areas,
+        spec.area_name, f"{title} per area and for the city, over the last 30 days: how the city answers",
+        unit, 1, DatasetMetadata(), measure) for measure, (title, prop, aggregate, unit) in FEEDBACK_MEASURES.items()}
+
+
 # -- the engine ------------------------------------------------------------------------------------
 @dataclass
 class Stream:
@@ -136,10 +160,11 @@ class IndicatorEngine:
         self.streams: dict[tuple[str, str, str], Stream] = {}  # (indicator, area, PUBLIC or FULL)
         self.things: dict[str, int] = {}  # PUBLIC or FULL → the Thing their Datastreams belong to
         self.sensor: int | None = None
-        self.seen = -1
+        self.seen: Any = None  # the last watermark computed from
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.computed = 0
+        self._feedback_t: Any = None
 
     # -- entities ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -243,6 +268,8 @@ class IndicatorEngine:
         """(value, sensors with Observations in the window) per area and for the city: PUBLIC of the
         public sensors (null below `min_sensors`), FULL of every sensor."""
         now = now or datetime.now(UTC)
+        if spec.feedback is not None:
+            return self._feedback(spec, now)
         obs = TABLES["observations"]
         with self.store.read() as conn:
             sensors = self._sensors(conn, spec)
@@ -279,6 +306,39 @@ class IndicatorEngine:
                 out[PUBLIC][area] = (None, count)  # too few sensors: the value would tell what one of them read
         return out
 
+    def _feedback(self, spec: IndicatorSpec, now: datetime) -> dict[str, dict[str, tuple[float | None, int]]]:
+        """A feedback indicator per area and for the city: every area has a count (0 without items); the
+        median time only where an item was answered. The same for everyone (no item is internal)."""
+        t = self._feedback_table()
+        since = now - spec.window
+        with self.store.read() as conn:
+            if spec.feedback == "received":
+                rows = conn.execute(select(t.c.area, t.c.created, t.c.answered).where(t.c.created >= since)).all()
+            else:
+                rows = conn.execute(select(t.c.area, t.c.created, t.c.answered)
+                                    .where(t.c.status == "answered", t.c.answered >= since)).all()
+        groups: dict[str, list[tuple]] = {CITY: list(rows)}
+        for row in rows:
+            if row[0] is not None:
+                groups.setdefault(row[0], []).append(row)
+        areas = self.areas[spec.id]
+        out: dict[str, tuple[float | None, int]] = {}
+        for area in [*(areas.names if areas else []), CITY]:
+            members = groups.get(area, [])
+            if spec.feedback == "time-to-answer":
+                hours = [(_utc(r[2]) - _utc(r[1])).total_seconds() / 3600 for r in members]
+                out[area] = (float(pd.Series(hours).median()) if hours else None, len(members))
+            else:
+                out[area] = (float(len(members)), len(members))
+        return {PUBLIC: out, FULL: out}
+
+    def _feedback_table(self) -> Any:
+        from provider_plugins.feedback import create_table
+
+        if self._feedback_t is None:
+            self._feedback_t = create_table(self.store)
+        return self._feedback_t
+
     def run_once(self, now: datetime | None = None) -> int:
         """Recompute every indicator and write the values that changed (or are due); Observations written.
         An indicator gets its full Datastreams the first time its full values differ from the public ones."""
@@ -307,11 +367,18 @@ class IndicatorEngine:
         self.computed += 1
         return len(rows)
 
-    def _sensor_watermark(self) -> int:
+    def _sensor_watermark(self) -> tuple[int, Any]:
+        """What changes when there is something new to compute from: sensor Observations, feedback."""
         obs = TABLES["observations"]
         mine = [s.id for s in self.streams.values()]
         with self.store.read() as conn:
-            return int(conn.execute(select(func.max(obs.c.id)).where(obs.c.datastream_id.not_in(mine))).scalar() or 0)
+            sensed = int(conn.execute(select(func.max(obs.c.id)).where(obs.c.datastream_id.not_in(mine))).scalar()
+                         or 0)
+            heard = None
+            if any(spec.feedback for spec in self.specs.values()):
+                t = self._feedback_table()
+                heard = tuple(conn.execute(select(func.count(), func.max(t.c.id), func.max(t.c.answered))).one())
+        return sensed, heard
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
@@ -374,6 +441,11 @@ def _aggregate(kind: str, rows: list[tuple], latest: dict[int, float]) -> float 
         return float(max(float(r[4]) for r in rows))
     newest = max(rows, key=lambda r: r[5])
     return latest.get(newest[0])
+
+
+def _utc(value: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite gives it back without a zone)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _row(stream: Stream, now: datetime, value: float | None, count: int) -> ObservationRow:
