@@ -48,6 +48,11 @@ def test_demo_serves_the_city(demo: dict) -> None:
     air = httpx.get(f"{url}/v1.1/Datastreams", params={"$filter": "ObservedProperty/name eq 'PM10'",
                                                        "$expand": "Observations($top=1)"}).json()["value"]
     assert len(air) == 25 and all(ds["Observations"] for ds in air)
+    # citizens' feedback: a few answered examples, each placed in its district, the unmoderated one hidden
+    feedback = httpx.get(f"{url}/ogcapi/collections/feedback/items", timeout=30).json()["features"]
+    answered = [f["properties"] for f in feedback if f["properties"]["status"] == "answered"]
+    assert len(feedback) == 4 and len(answered) == 2
+    assert all(p["response"] and p["department"] and p["area"] for p in answered)
 
 
 def test_demo_is_live(demo: dict) -> None:

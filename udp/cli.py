@@ -343,7 +343,7 @@ def _demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sensorthings.store.base import Store
-    from udp.demo.build import CONFIG, DATA, build, is_built
+    from udp.demo.build import CONFIG, DATA, build, feedback_examples, is_built
 
     started = time.perf_counter()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "udp"
@@ -373,6 +373,7 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         bar.update(bar.total - bar.n)
         bar.close()
+    feedback_examples(store_url, config)  # (a store built before the demo had feedback gets them too)
     how = "reused" if built else "built"
     if args.port is None:
         bind = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host

@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import shapely
-from sqlalchemy import Column, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, MetaData, String, Table, func, inspect, select
 
 from sensorthings.service import Service
 from sensorthings.store.base import Store
@@ -165,6 +166,50 @@ def hamburg(store_url: str, cache: Path) -> int:
             print(said.getvalue(), file=sys.stderr)
             return code
     return 0
+
+
+# (place, category, text, status, response, department): what a city's first weeks of feedback look like
+FEEDBACK_EXAMPLES = [
+    ((126.9769, 37.5720), "road damage", "Deep pothole on Sejong-daero in front of Gwanghwamun, right lane",
+     "answered", "Filled on Tuesday; the lane will be resurfaced in spring.", "Jongno-gu road maintenance"),
+    ((126.9342, 37.5284), "litter", "여의도 한강공원 편의점 앞 쓰레기통이 넘칩니다 (bins overflowing at Yeouido park)",
+     "answered", "Emptied twice a day on weekends from now on.", "Yeongdeungpo-gu cleaning"),
+    ((127.0276, 37.4979), "street lighting", "Two street lamps out in the alley behind Gangnam station exit 11",
+     "in progress", None, None),
+    ((127.0017, 37.5665), "idea", "More bike racks near the Cheonggyecheon stream, they are always full",
+     "published", None, None),
+    ((126.9910, 37.5510), "idea", "Benches with shade on the Namsan walking trail", "received", None, None),
+]
+
+
+def feedback_examples(store_url: str, config: Any) -> int:
+    """A few items of citizen feedback, some answered, in a store that has none yet; how many were added."""
+    from features.source import Author
+    from provider_plugins.areas import load_areas
+    from provider_plugins.feedback import FeedbackSource
+
+    if config.feedback is None:
+        return 0
+    store = Store.open(store_url)
+    try:
+        source = FeedbackSource(config.feedback, store, load_areas(config.feedback))
+        with store.read() as conn:
+            if conn.execute(select(func.count()).select_from(source.table)).scalar_one():
+                return 0
+        demo = Author("demo", signed_in=True, name="demo")
+        for (lon, lat), category, text, status, response, department in FEEDBACK_EXAMPLES:
+            body = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                    "properties": {"category": category, "text": text}}
+            fid, _ = source.create(orjson.dumps(body), demo)
+            path = {"received": [], "published": ["published"], "in progress": ["published", "in progress"],
+                    "answered": ["published", "answered"]}[status]
+            for step in path:
+                change = {"status": step, **({"response": response, "department": department}
+                                             if step == "answered" else {})}
+                source.update(fid, orjson.dumps(change), False, demo)
+        return len(FEEDBACK_EXAMPLES)
+    finally:
+        store.close()
 
 
 def build(store_url: str, cache: Path, sensors: list[Any], step: Step) -> None:
