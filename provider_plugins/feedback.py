@@ -9,8 +9,9 @@ An item's area is the name of the `areas` polygon it lies in, joined when it is 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +57,7 @@ MOVES = {"received": {"published", "rejected"}, "published": {"in progress", "an
          "in progress": {"answered", "rejected"}, "answered": {"in progress"}, "rejected": {"published"}}
 MAX_TEXT = 2000
 MAX_SHORT = 200  # contact, about, department
+_DATASTREAM = re.compile(r"Datastreams\(\d{1,18}\)")
 MAX_SPAN = 0.02  # a polygon at most this many degrees across (about 2 km): a place, not a district
 KEYS = ("title", "categories", "areas", "moderation", "rate", "extent")
 
@@ -153,13 +155,15 @@ class FeedbackSource(SqlTableSource):
     cache_control = "private, no-cache"  # a moderator's view must stay out of shared caches
     write_roles = {"POST": None, "PUT": "moderate", "PATCH": "moderate", "DELETE": "moderate"}
 
-    def __init__(self, spec: FeedbackSpec, store: Store, areas: Areas | None) -> None:
+    def __init__(self, spec: FeedbackSpec, store: Store, areas: Areas | None,
+                 collections: Collection[str] = ()) -> None:
         self.id, self.title = COLLECTION, spec.title
         self.description = "What citizens told the city, and the city's answers"
         self.keywords = ("feedback", "participation")
         self.spec = spec
         self.store = store
         self.areas = areas
+        self.collections = collections  # the ids an item may be `about`
         self.postgis = store.dialect.name == "postgresql"
         self.table = create_table(store)
         self.listeners: list[Callable[[str, bytes], None]] = []  # (topic, payload) after each commit
@@ -257,7 +261,7 @@ class FeedbackSource(SqlTableSource):
         category = self._category(props.get("category"))
         text = _text(props.get("text"), "text", MAX_TEXT, required=True)
         contact = _text(props.get("contact"), "contact", MAX_SHORT)
-        about = _text(props.get("about"), "about", MAX_SHORT)
+        about = self._about(props.get("about"))
         now = datetime.now(UTC)
         client = hashlib.sha1(author.client.encode()).hexdigest() if not author.signed_in else None
         status = "received" if self.spec.moderation else "published"
@@ -335,9 +339,10 @@ class FeedbackSource(SqlTableSource):
             values["category"] = self._category(props["category"])
         if "text" in props:
             values["text"] = _text(props["text"], "text", MAX_TEXT, required=True)
-        for name in ("contact", "about"):
-            if name in props:
-                values[name] = _text(props[name], name, MAX_SHORT)
+        if "contact" in props:
+            values["contact"] = _text(props["contact"], "contact", MAX_SHORT)
+        if "about" in props:
+            values["about"] = self._about(props["about"])
         if "status" in props:
             status = props["status"]
             if status not in STATUSES:
@@ -355,6 +360,18 @@ class FeedbackSource(SqlTableSource):
                 raise WriteRejected(400, "status: an answered item needs a response")
             values["answered"] = datetime.now(UTC)
         return values
+
+    def _about(self, value: Any) -> str | None:
+        """What an item is about: a collection or indicator (`districts`), one of its features
+        (`districts/11020`), or a Datastream (`Datastreams(12)`)."""
+        text = _text(value, "about", MAX_SHORT)
+        if text is None or _DATASTREAM.fullmatch(text):
+            return text
+        collection = text.split("/", 1)[0]
+        if collection not in self.collections:
+            raise WriteRejected(400, f"about: {text!r} names no collection, feature or Datastream of the platform "
+                                     "(a collection id, id/feature id, or Datastreams(n))")
+        return text
 
     def _category(self, value: Any) -> str:
         if value not in self.spec.categories:

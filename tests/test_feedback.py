@@ -82,7 +82,7 @@ def listed(city: Server, **kw: Any) -> dict[Any, dict[str, Any]]:
 
 
 def test_anyone_sends_an_item_hidden_until_a_moderator_publishes_it(city: Server) -> None:
-    r = send(city, item(contact="anna@example.org", about="districts"))
+    r = send(city, item(contact="anna@example.org", about="districts/W"))
     assert r.status_code == 201, r.text
     fid = r.json()["id"]
     assert r.headers["location"].endswith(f"/ogcapi/collections/feedback/items/{fid}")
@@ -94,7 +94,7 @@ def test_anyone_sends_an_item_hidden_until_a_moderator_publishes_it(city: Server
     r = httpx.patch(f"{items_url(city)}/{fid}", json={"status": "published"}, auth=MODERATOR, timeout=30)
     assert r.status_code == 200 and r.json()["properties"]["status"] == "published", r.text
     public = listed(city)[fid]["properties"]
-    assert public["text"] == "A pothole" and public["area"] == "Altona" and public["about"] == "districts"
+    assert public["text"] == "A pothole" and public["area"] == "Altona" and public["about"] == "districts/W"
     assert "contact" not in public and "client" not in public
     assert public["created"] and public["answered"] is None
     # answered: the response, its department and time
@@ -149,6 +149,7 @@ def test_options_say_what_each_takes(city: Server) -> None:
     (b"not json", "not JSON"),
     ({"type": "FeatureCollection", "features": []}, "not a GeoJSON Feature"),
     (item(status="published"), "properties.status: not for a citizen to set"),
+    (item(about="no_such_collection"), "about: 'no_such_collection' names no collection"),
     ({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [WEST]},
       "properties": {"category": "idea", "text": "all of Altona"}}, "at most 0.02°"),
 ])

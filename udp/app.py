@@ -147,7 +147,8 @@ def build_app(config: Config) -> Starlette:
         from provider_plugins.areas import load_areas
         from provider_plugins.feedback import COLLECTION, FeedbackSource
 
-        feedback = FeedbackSource(config.feedback, store, load_areas(config.feedback))
+        feedback = FeedbackSource(config.feedback, store, load_areas(config.feedback),
+                                  set(sources) | set(config.indicators))
         if notifier is not None:
             feedback.listeners.append(notifier.announce)
         sources[COLLECTION] = feedback
