@@ -279,6 +279,10 @@ def test_the_queue_is_a_moderators_only(city: Server) -> None:
         wait_until(lambda: driver.execute_script("return document.body.dataset.user") is None, 10, "signed out")
         _sign_in(driver, *MODERATOR)
         wait_until(lambda: _shown(driver, f"#moderation-list li[data-feedback='{waiting}']"), 15, "the queue")
+        # a message sent meanwhile joins the queue live (announced without its content: read again as the moderator)
+        fresh = _post(city, "A tree has fallen on the path")
+        wait_until(lambda: _shown(driver, f"#moderation-list li[data-feedback='{fresh}']"), 10, "the new one, live")
+        assert not driver.find_elements("css selector", f"#feedback-list li[data-feedback='{fresh}']")
         assert _severe_but_refusals(driver) == []
     finally:
         driver.quit()
