@@ -124,8 +124,8 @@ class FeatureSource(ABC):
 
     @property
     @abstractmethod
-    def fields(self) -> dict[str, dict[str, str]]:
-        """Queryable properties and their JSON Schema types."""
+    def fields(self) -> dict[str, dict[str, Any]]:
+        """Queryable properties and their JSON Schema types (and `enum`: the values a property may take)."""
 
     @property
     @abstractmethod
@@ -227,9 +227,10 @@ class PlatformProvider(BaseProvider):
         self.source = self.registry[provider_def["data"]]
         self.get_fields()
 
-    def get_fields(self) -> dict[str, dict[str, str]]:
-        """Queryables for pygeoapi."""
-        self._fields = dict(self.source.fields)
+    def get_fields(self) -> dict[str, dict[str, Any]]:
+        """Queryables for pygeoapi, which writes a property's `enum` in the queryables from what it calls
+        `values`."""
+        self._fields = {k: {**v, "values": v["enum"]} if "enum" in v else v for k, v in self.source.fields.items()}
         return self._fields
 
     def query(self, offset: int = 0, limit: int = 10, resulttype: str = "results", bbox: list | None = None,

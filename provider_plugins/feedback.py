@@ -202,6 +202,15 @@ class FeedbackSource(SqlTableSource):
         """The view a requester gets."""
         return self._moderated if moderator else self._public
 
+    @property
+    def fields(self) -> dict[str, dict[str, Any]]:
+        """The public view's properties, a category and a status each one of its list (JSON Schema `enum`, in the
+        queryables and the schema), so that a client's form offers what the server takes without asking elsewhere."""
+        out = super().fields
+        out["category"] = {**out["category"], "enum": list(self.spec.categories)}
+        out["status"] = {**out["status"], "enum": list(STATUSES)}
+        return out
+
     def connect(self) -> Any:
         """A read connection to the store."""
         return self.store.read()

@@ -110,6 +110,17 @@ def test_anyone_sends_an_item_hidden_until_a_moderator_publishes_it(city: Server
     assert r.status_code == 409 and "can become" in r.json()["description"]
 
 
+def test_the_categories_and_statuses_are_in_the_queryables_and_the_schema(city: Server) -> None:
+    """A form (the cockpit's) offers the categories the server takes, read from the collection's own documents."""
+    for doc in ("queryables", "schema"):
+        r = httpx.get(f"{city.url}/ogcapi/collections/feedback/{doc}", params={"f": "json"}, timeout=30)
+        assert r.status_code == 200, r.text
+        props = r.json()["properties"]
+        assert props["category"]["enum"] == ["road damage", "litter", "street lighting", "idea"], doc
+        assert props["status"]["enum"] == ["received", "published", "rejected", "in progress", "answered"], doc
+        assert "enum" not in props["text"] and "contact" not in props, doc
+
+
 def test_moderation_takes_the_moderate_role(city: Server) -> None:
     fid = send(city, item()).json()["id"]
     url = f"{items_url(city)}/{fid}"

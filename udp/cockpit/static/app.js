@@ -7,6 +7,9 @@
 // from the client's own GeoJSON, since their values change live.
 // Signing in (HTTP Basic, kept in sessionStorage for this tab only) makes every request carry the user's
 // credentials, so what the city keeps internal (collections, sensors) is shown; signing out shows the public data.
+// Where the platform takes citizens' feedback (the collection `feedback`), anyone tells the city something at a place
+// (OGC API Features Part 4: a POST), sees what is published and answered, live (MQTT `feedback/#`); moderators
+// publish, reject and answer from a queue (PATCH). What citizens write is only ever shown as text.
 import uPlot from './vendor/uplot-1.6.32/uPlot.esm.js';
 import * as maplibregl from '../ogcapi/static/vendor/maplibre-gl-6.20.0/maplibre-gl.mjs';
 
@@ -16,7 +19,9 @@ maplibregl.setWorkerUrl(new URL('../ogcapi/static/vendor/maplibre-gl-6.20.0/mapl
 const BASE = new URL('../', location.href); // the platform root, wherever it is mounted
 const STA = new URL('v1.1/', BASE).href;
 const OGC = new URL('ogcapi/', BASE).href;
-const NOT_LAYERS = new Set(['things', 'locations', 'features_of_interest', 'latest_values']);
+const FEEDBACK = 'feedback'; // the collection of citizens' feedback (config.yml `feedback:`), when there is one
+// the cockpit draws the sensors and the feedback itself, from GeoJSON it keeps live, not from the (cached) tiles
+const NOT_LAYERS = new Set(['things', 'locations', 'features_of_interest', 'latest_values', FEEDBACK]);
 const MQTT_UPDATES = 'http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates';
 const PAGE = 1000; // features per request when reading an indicator's areas
 const FEATURE_CAP = 20000; // areas read per indicator at most
@@ -34,6 +39,11 @@ const NO_VALUE = '#a3aab3';
 const HIGHLIGHT = '#c2410c';
 const AUTH_KEY = 'udp.cockpit.signIn'; // sessionStorage only: the sign-in ends with the tab, never in localStorage
 const INTERNAL_THINGS = "Thing/properties/udpAccess eq 'internal'"; // how `access: internal` marks a table's Things
+const FEEDBACK_PUBLIC = new Set(['published', 'in progress', 'answered']); // what anyone sees of the feedback
+const FEEDBACK_STATUS = { received: 'waiting for moderation', published: 'published', 'in progress': 'in progress',
+  answered: 'answered', rejected: 'rejected' };
+const FEEDBACK_MAX = 2000; // characters of a message, as the server counts them (code points)
+const FEEDBACK_LISTED = 100; // published messages listed, the newest
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -73,6 +83,9 @@ const state = {
   internalTimer: null,
   internalBusy: false,
   catalogueQuery: null, // the Data page's latest search (an older answer arriving late is dropped)
+  feedback: null, // { categories, items, moderator, picking, place, ... } when the platform takes feedback
+  feedbackLive: 'off', // the subscription to `feedback/#`: 'off', 'asking', 'on' (the broker acknowledged it)
+  feedbackTimer: null, // a read of the items again, soon (several announcements, one read)
 };
 
 // ---------------------------------------------------------------- helpers
@@ -284,7 +297,8 @@ function initMap() {
     transformRequest: (url) => ({ url, ...signedIn(url) }),
     style: {
       version: 8,
-      sources: { choropleth: { type: 'geojson', data: EMPTY }, sensors: { type: 'geojson', data: EMPTY } },
+      sources: { choropleth: { type: 'geojson', data: EMPTY }, sensors: { type: 'geojson', data: EMPTY },
+        feedback: { type: 'geojson', data: EMPTY }, 'feedback-place': { type: 'geojson', data: EMPTY } },
       layers: [
         { id: 'background', type: 'background', paint: { 'background-color': '#e3e8ee' } },
         { id: 'choropleth-fill', type: 'fill', source: 'choropleth',
@@ -293,6 +307,12 @@ function initMap() {
           paint: { 'line-color': '#3b2f2f', 'line-width': 1.2, 'line-opacity': 0.9 } },
         { id: 'choropleth-selected', type: 'line', source: 'choropleth', filter: NOTHING,
           paint: { 'line-color': HIGHLIGHT, 'line-width': 3.5 } },
+        // published feedback; an answered message ringed
+        { id: 'feedback', type: 'circle', source: 'feedback', paint: { 'circle-color': NO_VALUE, 'circle-radius': 6.5,
+          'circle-stroke-color': ['case', ['==', ['get', 'status'], 'answered'], '#111827', '#fff'],
+          'circle-stroke-width': ['case', ['==', ['get', 'status'], 'answered'], 3, 1.5] } },
+        { id: 'feedback-place', type: 'circle', source: 'feedback-place', paint: { 'circle-color': HIGHLIGHT,
+          'circle-radius': 8, 'circle-stroke-color': '#fff', 'circle-stroke-width': 2.5 } },
         { id: 'sensors', type: 'circle', source: 'sensors', filter: NOTHING, paint: SENSOR_PAINT },
         { id: 'sensors-selected', type: 'circle', source: 'sensors', filter: NOTHING,
           paint: { ...SENSOR_PAINT, 'circle-radius': 10, 'circle-stroke-color': HIGHLIGHT,
@@ -310,7 +330,9 @@ function initMap() {
   map.on('moveend', scheduleSync);
   map.on('mousemove', (event) => showTip(targetAt(event.point), event.lngLat));
   map.on('mouseout', () => showTip(null));
-  map.on('click', (event) => openTarget(targetAt(event.point), event.lngLat));
+  // while a citizen chooses the place of a message, a click is that place
+  map.on('click', (event) => (state.feedback?.picking ? pickPlace(event.lngLat)
+    : openTarget(targetAt(event.point), event.lngLat)));
   map.on('error', (event) => {
     const record = String(event.sourceId || '').startsWith('layer:') && state.layers.get(event.sourceId.slice(6));
     if (record) note(`${record.title}: ${event.error?.message || 'the tiles could not be read'}`);
@@ -392,6 +414,9 @@ function targetAt(point) {
     } else if (feature.source === 'choropleth') {
       const area = state.choropleth?.areas[feature.id];
       if (area) return { kind: 'area', area };
+    } else if (feature.source === FEEDBACK) {
+      const item = state.feedback?.items.get(String(feature.id));
+      if (item) return { kind: 'feedback', item };
     } else {
       const record = state.layers.get(feature.source.replace(/^layer:/, ''));
       if (record) return { kind: 'feature', record, properties: feature.properties };
@@ -404,7 +429,7 @@ function targetAt(point) {
  * or how many features a point stands for. Text only: the data's own words are never read as markup. */
 function showTip(target, lngLat) {
   const content = target && tipOf(target);
-  state.map.getCanvas().style.cursor = target ? 'pointer' : '';
+  state.map.getCanvas().style.cursor = state.feedback?.picking ? 'crosshair' : target ? 'pointer' : '';
   state.tipTarget = content ? target : null;
   if (!content) {
     state.tip.remove();
@@ -417,6 +442,7 @@ function showTip(target, lngLat) {
 function tipOf(target) {
   if (target.kind === 'sensor') return tooltipOf(target.group);
   if (target.kind === 'area') return areaLabel(target.area);
+  if (target.kind === 'feedback') return el('div', { text: target.item.properties?.category });
   const p = target.properties;
   if (p.point_count > 1) return el('div', {}, el('strong', { text: target.record.title }), el('br'),
     `${plural(p.point_count, 'feature')} here: click to zoom in`);
@@ -430,6 +456,7 @@ function openTarget(target, lngLat) {
   if (!target) return;
   if (target.kind === 'sensor') selectSensor(groupValue(target.group).id, { fly: false });
   else if (target.kind === 'area') selectArea(target.area);
+  else if (target.kind === 'feedback') showFeedbackPopup(target.item, lngLat);
   else if (target.properties.point_count > 1) state.map.easeTo({ center: lngLat, zoom: state.map.getZoom() + 2 });
   else {
     showTip(null);
@@ -492,6 +519,20 @@ async function loadCollections(shown = new Map()) {
     scheduleSync();
   });
   showLayers(state.layers.get('latest_values'));
+  const feedback = state.collections.find((c) => c.id === FEEDBACK);
+  if (feedback) {
+    // in its colour of the platform's style, as the OGC API pages draw it; on at the start
+    const colour = colourOfLayers(style.layers.get(FEEDBACK) || []);
+    state.map.setPaintProperty('feedback', 'circle-color', colour);
+    const item = layerItem(FEEDBACK, `${feedback.title || FEEDBACK}: published messages`, colour,
+      shown.get(FEEDBACK) ?? true);
+    item.swatch.classList.add('round');
+    list.append(item.li);
+    const record = { id: FEEDBACK, ...item, kind: 'feedback', mapLayers: ['feedback'] };
+    state.layers.set(FEEDBACK, record);
+    item.input.addEventListener('change', () => showLayers(record));
+    showLayers(record);
+  }
   for (const collection of layers) {
     const drawn = style.layers.get(collection.id) || [];
     const colour = colourOfLayers(drawn);
@@ -789,6 +830,8 @@ async function startLive() {
     state.subscribing.clear();
     setLive('live', `Live: MQTT ${new URL(endpoint).host}`);
     syncSubscriptions();
+    state.feedbackLive = 'off'; // a clean session: subscribed to nothing
+    followFeedback();
   });
   client.on('message', onMessage);
   client.on('offline', () => startPolling('MQTT is offline; retrying'));
@@ -880,6 +923,10 @@ function applyLatest(features) {
 }
 
 function onMessage(topic, payload) {
+  if (topic.startsWith(`${FEEDBACK}/`)) {
+    onFeedbackMessage(payload);
+    return;
+  }
   const match = /Datastreams\((\d+)\)\/Observations$/.exec(topic);
   if (!match) return;
   let obs;
@@ -956,6 +1003,7 @@ async function poll() {
     applyLatest(await loadLatestValues());
     if (state.tiles.size) await loadTiles(true);
     if (state.choropleth) await showIndicator(state.choropleth.collection.id, true);
+    if (state.feedback) await readFeedback();
   } catch (err) {
     setLive('offline', `Updates failed: ${err.message}`);
   }
@@ -1641,6 +1689,373 @@ function renderRecord(record) {
     apiLinks(record));
 }
 
+// ---------------------------------------------------------------- citizens' feedback: tell the city
+
+/** The feedback, when the platform takes it: the categories from the collection's queryables (a JSON Schema enum:
+ * what the server accepts, said where any client looks for it), then the items, as the signed-in user sees them. */
+async function loadFeedback() {
+  const collection = state.collections.find((c) => c.id === FEEDBACK);
+  cancelFeedback();
+  state.feedback = null;
+  $('#feedback').hidden = !collection;
+  if (!collection) {
+    renderFeedback();
+    return;
+  }
+  let categories;
+  try {
+    const queryables = await getJSON(api(OGC, `collections/${FEEDBACK}/queryables`, { f: 'json' }));
+    categories = queryables.properties?.category?.enum || [];
+  } catch (err) {
+    note(`${collection.title || FEEDBACK}: ${err.message}`);
+    $('#feedback').hidden = true;
+    return;
+  }
+  const fb = { collection, categories, items: new Map(), moderator: false, picking: false, place: null,
+    listed: new Map(), queued: new Map() };
+  state.feedback = fb;
+  $('#feedback-heading').textContent = collection.title || 'Tell the city';
+  $('#feedback-start').textContent = collection.title || 'Tell the city';
+  $('#feedback-category').replaceChildren(el('option', { value: '', text: 'choose a category…' }),
+    ...categories.map((c) => el('option', { value: c, text: c })));
+  await readFeedback();
+  followFeedback();
+}
+
+/** Every item the signed-in user may see, read again. Only the moderators' view holds the contact (the public's
+ * never does, and the platform says nothing else of a user's roles): that tells the cockpit to show the queue. */
+async function readFeedback() {
+  const fb = state.feedback;
+  if (!fb) return;
+  let features;
+  try {
+    features = await readAll(api(OGC, `collections/${FEEDBACK}/items`, { limit: PAGE }));
+  } catch (err) {
+    note(`${fb.collection.title || FEEDBACK}: ${err.message}`);
+    return;
+  }
+  if (state.feedback !== fb) return; // signed in or out meanwhile
+  fb.items = new Map(features.map((f) => [String(f.id), f]));
+  fb.moderator = Boolean(state.auth) && features.some((f) => 'contact' in (f.properties || {}));
+  renderFeedback();
+}
+
+function scheduleFeedbackRead() {
+  clearTimeout(state.feedbackTimer);
+  state.feedbackTimer = setTimeout(readFeedback, 300);
+}
+
+/** Follow `feedback/#` (once per connection): each change to an item is announced there. */
+function followFeedback() {
+  const client = state.client;
+  if (!state.feedback || !client?.connected || state.feedbackLive !== 'off') return;
+  state.feedbackLive = 'asking';
+  client.subscribe(`${FEEDBACK}/#`, { qos: 0 }, (err, granted) => {
+    const refused = err || (granted || []).some((g) => g.qos & 0x80);
+    state.feedbackLive = refused ? 'off' : 'on';
+    if (refused) console.warn('MQTT subscribe:', err ? err.message : `refused ${FEEDBACK}/#`);
+  });
+}
+
+/** An item changed: announced as the public may see it (a Feature), or only its id and status (what the public may
+ * not see, or a deletion). A signed-in user may see more than the announcement holds: their view is read again. */
+function onFeedbackMessage(payload) {
+  const fb = state.feedback;
+  if (!fb) return;
+  let doc;
+  try {
+    doc = JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return;
+  }
+  if (state.auth) {
+    scheduleFeedbackRead();
+    return;
+  }
+  const id = String(doc?.id);
+  if (doc?.type === 'Feature' && FEEDBACK_PUBLIC.has(doc.properties?.status)) fb.items.set(id, doc);
+  else fb.items.delete(id);
+  renderFeedback();
+}
+
+function newestFirst(a, b) {
+  return String(b.properties?.created).localeCompare(String(a.properties?.created));
+}
+
+/** The map's points, the public list and, for a moderator, the queue, from the items. */
+function renderFeedback() {
+  const fb = state.feedback;
+  const items = fb ? [...fb.items.values()] : [];
+  const shown = items.filter((f) => FEEDBACK_PUBLIC.has(f.properties?.status)).sort(newestFirst);
+  state.map.getSource(FEEDBACK)?.setData({ type: 'FeatureCollection', features: shown.filter((f) => f.geometry)
+    .map((f) => ({ type: 'Feature', id: Number(f.id), geometry: f.geometry,
+      properties: { status: f.properties.status } })) });
+  const record = state.layers.get(FEEDBACK);
+  if (record) record.count.textContent = shown.length.toLocaleString();
+  if (!fb) {
+    $('#feedback-list').replaceChildren();
+    $('#moderation-list').replaceChildren();
+    $('#moderation').hidden = true;
+    return;
+  }
+  renderKeyed($('#feedback-list'), fb.listed, shown.slice(0, FEEDBACK_LISTED), listItem);
+  $('#feedback-empty').hidden = shown.length > 0;
+  $('#moderation').hidden = !fb.moderator;
+  if (!fb.moderator) {
+    renderKeyed($('#moderation-list'), fb.queued, [], queueItem);
+    return;
+  }
+  // the oldest waiting first (a queue), then the published ones still to be answered
+  const waiting = items.filter((f) => f.properties?.status === 'received').sort((a, b) => newestFirst(b, a));
+  const open = items.filter((f) => ['published', 'in progress'].includes(f.properties?.status)).sort(newestFirst);
+  renderKeyed($('#moderation-list'), fb.queued, [...waiting, ...open], queueItem);
+  $('#moderation-empty').hidden = waiting.length + open.length > 0;
+}
+
+/** A list's items, each made again only when it changed and the list put together again only when its order did:
+ * a moderator's half-written answer (and its focus) survives the news of other items. */
+function renderKeyed(list, made, features, make) {
+  const nodes = features.map((f) => {
+    const key = String(f.id);
+    const version = JSON.stringify([f.properties, f.geometry]);
+    let entry = made.get(key);
+    if (!entry || entry.version !== version) {
+      entry = { version, node: make(f) };
+      made.set(key, entry);
+    }
+    return entry.node;
+  });
+  const keep = new Set(features.map((f) => String(f.id)));
+  for (const key of [...made.keys()]) if (!keep.has(key)) made.delete(key);
+  if (nodes.length !== list.children.length || nodes.some((node, i) => list.children[i] !== node)) {
+    list.replaceChildren(...nodes);
+  }
+}
+
+/** What an item says, as text (a citizen's words are never read as markup): its category and status, the text, its
+ * area and time, and the city's answer. */
+function feedbackFacts(feature) {
+  const p = feature.properties || {};
+  return [
+    el('p', { class: 'feedback-head' }, el('strong', { class: 'category', text: p.category }), ' · ',
+      el('span', { class: 'status', 'data-status': p.status, text: FEEDBACK_STATUS[p.status] || p.status })),
+    el('p', { class: 'feedback-text', text: p.text }),
+    el('p', { class: 'muted small' }, p.area ? `${p.area} · ` : '', 'sent ', timeEl(p.created)),
+    p.response ? el('div', { class: 'feedback-answer' },
+      el('p', { class: 'small' },
+        el('strong', { text: p.department ? `Answer from ${p.department}` : 'The city\'s answer' }),
+        p.answered ? [', ', timeEl(p.answered)] : ''),
+      el('p', { class: 'feedback-response', text: p.response })) : '',
+  ];
+}
+
+function listItem(feature) {
+  return el('li', { class: 'feedback-item', 'data-feedback': feature.id, 'data-status': feature.properties?.status },
+    feedbackFacts(feature),
+    feature.geometry ? el('button', { type: 'button', class: 'ds-button small',
+      onclick: () => showFeedbackOnMap(feature) }, 'Show on the map') : '');
+}
+
+function showFeedbackOnMap(feature) {
+  const positions = positionsOf(feature.geometry);
+  if (!positions.length) return;
+  const at = positions[0];
+  state.map.easeTo({ center: at, zoom: Math.max(state.map.getZoom(), 15) });
+  switchOn(FEEDBACK);
+  showFeedbackPopup(feature, { lng: at[0], lat: at[1] });
+}
+
+function showFeedbackPopup(feature, lngLat) {
+  showTip(null);
+  state.popup?.remove();
+  state.popup = new maplibregl.Popup({ maxWidth: '320px', className: 'feature-popup feedback-popup' })
+    .setLngLat(lngLat).setDOMContent(el('div', { 'data-feedback': feature.id }, feedbackFacts(feature)))
+    .addTo(state.map);
+}
+
+/** A moderator's item: publish or reject it when new; set it in progress, answer it or reject it when published. */
+function queueItem(feature) {
+  const p = feature.properties || {};
+  const id = String(feature.id);
+  const error = el('p', { class: 'error', 'aria-live': 'assertive' });
+  const node = el('li', { class: 'moderation-item', 'data-feedback': id, 'data-status': p.status });
+  const act = (label, action, change) => el('button', { type: 'button', 'data-action': action,
+    onclick: () => moderate(node, id, change, error) }, label);
+  const actions = p.status === 'received'
+    ? [act('Publish', 'publish', { status: 'published' }), act('Reject', 'reject', { status: 'rejected' })]
+    : [p.status === 'published' ? act('In progress', 'in-progress', { status: 'in progress' }) : '',
+      act('Reject', 'reject', { status: 'rejected' })];
+  let answer = '';
+  if (p.status !== 'received') {
+    const response = el('textarea', { id: `answer-${id}`, name: 'response', rows: 3 });
+    response.value = p.response || '';
+    const department = el('input', { id: `answer-department-${id}`, name: 'department' });
+    department.value = p.department || '';
+    answer = el('form', { class: 'answer-form', 'aria-label': 'Answer', onsubmit: (event) => {
+      event.preventDefault();
+      moderate(node, id, { status: 'answered', response: response.value, department: department.value || null },
+        error);
+    } },
+    el('div', { class: 'field' }, el('label', { for: `answer-${id}`, text: 'The city\'s answer' }), response),
+    el('div', { class: 'field' }, el('label', { for: `answer-department-${id}`, text: 'Department' }), department),
+    el('button', { type: 'submit', class: 'primary', 'data-action': 'answer' }, 'Answer'));
+  }
+  node.append(...feedbackFacts(feature),
+    p.contact ? el('p', { class: 'small' }, 'Contact: ', el('span', { class: 'contact', text: p.contact })) : '',
+    el('div', { class: 'actions' }, actions), answer, error);
+  return node;
+}
+
+/** A moderator's change (a JSON merge patch of the item's properties); the server says why when it refuses. */
+async function moderate(node, id, change, error) {
+  const buttons = [...node.querySelectorAll('button')];
+  buttons.forEach((b) => { b.disabled = true; });
+  error.textContent = '';
+  const answer = await send(api(OGC, `collections/${FEEDBACK}/items/${encodeURIComponent(id)}`), 'PATCH', change,
+    'application/merge-patch+json');
+  buttons.forEach((b) => { b.disabled = false; });
+  if (!answer.ok) {
+    error.textContent = `Not changed: ${answer.message}`;
+    return;
+  }
+  if (state.feedback && answer.doc?.type === 'Feature') {
+    state.feedback.items.set(id, answer.doc);
+    renderFeedback();
+  }
+}
+
+/** A write to the platform, as the signed-in user when there is one: { ok, status, doc, message }, the message the
+ * server's own reason (an OGC API exception's `description`) when it refuses. */
+async function send(url, method, body, type) {
+  const auth = signedIn(url);
+  let response;
+  try {
+    response = await fetch(url, { ...auth, method, body: JSON.stringify(body),
+      headers: { 'Content-Type': type, Accept: 'application/geo+json, application/json;q=0.9', ...auth.headers } });
+  } catch (err) {
+    return { ok: false, status: 0, doc: null, message: `the platform cannot be reached (${err.message})` };
+  }
+  let doc = null;
+  try { doc = await response.json(); } catch { /* no JSON body */ }
+  if (response.ok) return { ok: true, status: response.status, doc, message: '' };
+  const reason = doc?.description || doc?.message || response.statusText || 'refused';
+  return { ok: false, status: response.status, doc, message: `${reason} (HTTP ${response.status})` };
+}
+
+// the citizen's way: the button, a place on the map (or the map's centre, from a keyboard), the form, Send
+
+function startFeedback() {
+  const fb = state.feedback;
+  if (!fb) return;
+  fb.picking = true;
+  $('#feedback-thanks').hidden = true;
+  $('#feedback-form').hidden = true;
+  $('#feedback-pick').hidden = false;
+  $('#feedback-start').hidden = true;
+  note('Click the place you want to tell the city about.');
+  state.map.getCanvas().style.cursor = 'crosshair';
+  $('#feedback-centre').focus();
+}
+
+function pickPlace(lngLat) {
+  const fb = state.feedback;
+  if (!fb) return;
+  fb.picking = false;
+  // six decimals: ten centimetres, more than a click is worth
+  fb.place = [Number(lngLat.lng.toFixed(6)), Number(lngLat.lat.toFixed(6))];
+  state.map.getCanvas().style.cursor = '';
+  state.map.getSource('feedback-place').setData({ type: 'Feature', geometry: { type: 'Point', coordinates: fb.place },
+    properties: {} });
+  note('');
+  $('#feedback-pick').hidden = true;
+  $('#feedback-place').textContent = `At ${fb.place[1].toFixed(5)}, ${fb.place[0].toFixed(5)} (marked on the map)`;
+  $('#feedback-error').textContent = '';
+  $('#feedback-form').hidden = false;
+  countFeedback();
+  $('#feedback-form').scrollIntoView({ block: 'nearest' });
+  $('#feedback-category').focus({ preventScroll: true });
+}
+
+/** Back to the button: no place chosen, the form emptied. */
+function cancelFeedback({ focus = false } = {}) {
+  if (state.feedback) {
+    state.feedback.picking = false;
+    state.feedback.place = null;
+  }
+  state.map?.getSource('feedback-place')?.setData(EMPTY);
+  if (state.map) state.map.getCanvas().style.cursor = '';
+  $('#feedback-pick').hidden = true;
+  $('#feedback-form').hidden = true;
+  $('#feedback-form').reset();
+  $('#feedback-error').textContent = '';
+  $('#feedback-start').hidden = false;
+  if (focus) $('#feedback-start').focus();
+}
+
+/** The characters written, as the server counts them (code points, not UTF-16 units); over the limit it says so, and
+ * the server's answer says it too. */
+function countFeedback() {
+  const n = [...$('#feedback-text').value].length;
+  const counter = $('#feedback-count');
+  counter.textContent = n > FEEDBACK_MAX
+    ? `${fmt(n)} of at most ${fmt(FEEDBACK_MAX)} characters: ${fmt(n - FEEDBACK_MAX)} too many`
+    : `${fmt(n)} / ${fmt(FEEDBACK_MAX)} characters`;
+  counter.classList.toggle('over', n > FEEDBACK_MAX);
+}
+
+async function onSendFeedback(event) {
+  event.preventDefault();
+  const fb = state.feedback;
+  if (!fb) return;
+  const error = $('#feedback-error');
+  const button = $('#feedback-send');
+  const contact = $('#feedback-contact').value.trim();
+  // what is missing or wrong, the server says (one set of rules, the server's)
+  const body = { type: 'Feature', geometry: fb.place ? { type: 'Point', coordinates: fb.place } : null,
+    properties: { category: $('#feedback-category').value || null, text: $('#feedback-text').value,
+      ...(contact ? { contact } : {}) } };
+  error.textContent = '';
+  button.disabled = true;
+  $('#feedback-form').setAttribute('aria-busy', 'true');
+  const answer = await send(api(OGC, `collections/${FEEDBACK}/items`), 'POST', body, 'application/geo+json');
+  button.disabled = false;
+  $('#feedback-form').removeAttribute('aria-busy');
+  if (!answer.ok) {
+    error.textContent = `Not sent: ${answer.message}`;
+    return;
+  }
+  const status = answer.doc?.properties?.status;
+  cancelFeedback({ focus: true }); // the thanks, a status region, is read out
+  const thanks = $('#feedback-thanks');
+  thanks.dataset.status = status || '';
+  thanks.textContent = FEEDBACK_PUBLIC.has(status)
+    ? 'Thank you! Your message is published: it is on the map and in the list below.'
+    : 'Thank you! Your message was received and is waiting for moderation: it is shown once the city publishes it.';
+  thanks.hidden = false;
+  if (state.feedback === fb && answer.doc?.type === 'Feature' && (FEEDBACK_PUBLIC.has(status) || fb.moderator)) {
+    fb.items.set(String(answer.doc.id), answer.doc);
+    renderFeedback();
+  }
+}
+
+function wireFeedback() {
+  $('#feedback-start').addEventListener('click', startFeedback);
+  $('#feedback-centre').addEventListener('click', () => pickPlace(state.map.getCenter()));
+  $('#feedback-pick-cancel').addEventListener('click', () => cancelFeedback({ focus: true }));
+  $('#feedback-cancel').addEventListener('click', () => cancelFeedback({ focus: true }));
+  $('#feedback-text').addEventListener('input', countFeedback);
+  $('#feedback-form').addEventListener('submit', onSendFeedback);
+  $('#feedback').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && (state.feedback?.picking || !$('#feedback-form').hidden)) {
+      cancelFeedback({ focus: true });
+    }
+  });
+  // Escape on the map too: the pointer is there while choosing the place
+  state.map.getContainer().addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && state.feedback?.picking) cancelFeedback({ focus: true });
+  });
+}
+
 // ---------------------------------------------------------------- signing in: HTTP Basic, for this tab only
 
 function basicOf(name, password) {
@@ -1810,6 +2225,7 @@ async function reload() {
   await Promise.all([
     loadSensors(property).catch((err) => note(`The sensors could not be read: ${err.message}`)),
     initIndicators(indicator),
+    loadFeedback(), // a moderator's view, or the public's
   ]);
   syncSubscriptions();
   followInternal();
@@ -1859,6 +2275,7 @@ async function pollInternal() {
 // ---------------------------------------------------------------- start
 
 function wireControls() {
+  wireFeedback();
   $('#details-close').addEventListener('click', () => closeDetails());
   $('#details').addEventListener('keydown', (event) => {
     if (event.key === 'Escape') closeDetails();
@@ -1929,6 +2346,7 @@ async function main() {
   await Promise.all([
     loadSensors().catch((err) => note(`The sensors could not be read: ${err.message}`)),
     initIndicators(),
+    loadFeedback(),
   ]);
   if (!state.places.size && ![...state.layers.values()].some((r) => r.collection)) {
     note('Nothing to map yet: declare collections in config.yml, or create Things with a Location.');
