@@ -285,3 +285,19 @@ def test_accountability_indicators_per_area_and_for_the_city(city: Server) -> No
         "$orderby=phenomenonTime desc)"}, timeout=30).json()["value"]
     by_area = {d["properties"]["area"]: d["Observations"][0]["result"] for d in sta if d["Observations"]}
     assert by_area["city"] == sum(expected(a)[0] for a in ("Altona", "Eimsbüttel"))
+
+
+def test_me_says_who_asks_and_what_they_may_do(city: Server) -> None:
+    """/me, for an interface to show what a user may do (the cockpit's moderation queue)."""
+    def me(**kw: Any) -> dict[str, Any]:
+        r = httpx.get(f"{city.url}/me", timeout=30, **kw)
+        assert r.status_code == 200 and "no-store" in r.headers["cache-control"]
+        return r.json()
+
+    # (`read` is the role that sees internal data: anyone reads the public)
+    assert me() == {"name": None, "roles": [], "may": {"read": False, "write": False, "moderate": False},
+                    "accounts": True}
+    moderator = me(auth=MODERATOR)
+    assert moderator["name"] == "moderator" and moderator["may"] == {"read": True, "write": False, "moderate": True}
+    assert me(auth=WRITER)["may"] == {"read": True, "write": True, "moderate": False}
+    assert me(auth=ADMIN)["may"] == {"read": True, "write": True, "moderate": True}

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from apicommon.request import public_base
+from apicommon.request import public_base, refusal
 from features.app import features_routes
 from features.source import FeatureSource, SourceUnavailable
 from features.tile_files import TileFiles
@@ -100,6 +100,16 @@ def build_app(config: Config) -> Starlette:
                                              meta.publisher.name if meta.publisher else None, meta.contact))
         return ORJSONResponse({"title": config.title, "description": "Urban data platform", "links": links})
 
+    async def me(request: Request) -> Response:
+        """Who the request is and what it may do: for a client's interface (the cockpit shows its moderation queue
+        to those who may moderate). The server checks every request itself all the same."""
+        principal = request.scope.get("udp.principal")
+        named = principal is not None and bool(principal.roles)
+        body = {"name": principal.name if named else None, "roles": sorted(principal.roles) if named else [],
+                "may": {role: refusal(request.scope, role) is None for role in ("read", "write", "moderate")},
+                "accounts": config.auth is not None}
+        return ORJSONResponse(body, headers={"Cache-Control": "private, no-store", "Vary": "Authorization"})
+
     async def health(request: Request) -> Response:
         # ?subscribed=TOPIC (repeatable): whether the platform has heard of subscribers to it, so that a client can
         # tell when its subscription takes notifications; the operator's to see once the platform has accounts
@@ -159,6 +169,7 @@ def build_app(config: Config) -> Starlette:
     app = Starlette(routes=[
         Route("/", landing),
         Route("/health", health),
+        Route("/me", me),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
         *cockpit_routes(),
         *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue,

@@ -1722,21 +1722,23 @@ async function loadFeedback() {
   followFeedback();
 }
 
-/** Every item the signed-in user may see, read again. Only the moderators' view holds the contact (the public's
- * never does, and the platform says nothing else of a user's roles): that tells the cockpit to show the queue. */
+/** Every item the signed-in user may see, read again, and whether they may moderate (the platform's /me: the
+ * queue is shown to those; the server checks each change itself). */
 async function readFeedback() {
   const fb = state.feedback;
   if (!fb) return;
   let features;
+  let me;
   try {
-    features = await readAll(api(OGC, `collections/${FEEDBACK}/items`, { limit: PAGE }));
+    [features, me] = await Promise.all([readAll(api(OGC, `collections/${FEEDBACK}/items`, { limit: PAGE })),
+      state.auth ? getJSON(new URL('../me', location.href).href) : null]);
   } catch (err) {
     note(`${fb.collection.title || FEEDBACK}: ${err.message}`);
     return;
   }
   if (state.feedback !== fb) return; // signed in or out meanwhile
   fb.items = new Map(features.map((f) => [String(f.id), f]));
-  fb.moderator = Boolean(state.auth) && features.some((f) => 'contact' in (f.properties || {}));
+  fb.moderator = Boolean(me?.accounts && me.may?.moderate);
   renderFeedback();
 }
 
