@@ -33,6 +33,7 @@ from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
 from sensorthings.store.base import Store
+from udp.auth import Oidc
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
 from udp.landing_page import landing_html
@@ -70,6 +71,7 @@ def build_app(config: Config) -> Starlette:
     if config.bridge:
         deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started
     started = time.time()
+    cockpit_oidc = _oidc(config)
 
     async def landing(request: Request) -> Response:
         base = public_base(request, config.public_url)
@@ -107,7 +109,9 @@ def build_app(config: Config) -> Starlette:
         named = principal is not None and bool(principal.roles)
         body = {"name": principal.name if named else None, "roles": sorted(principal.roles) if named else [],
                 "may": {role: refusal(request.scope, role) is None for role in ("read", "write", "moderate")},
-                "accounts": config.auth is not None}
+                "accounts": config.auth is not None,
+                "oidc": None if cockpit_oidc is None else {"issuer": cockpit_oidc.issuer,
+                                                           "client_id": cockpit_oidc.client_id}}
         return ORJSONResponse(body, headers={"Cache-Control": "private, no-store", "Vary": "Authorization"})
 
     async def health(request: Request) -> Response:
@@ -171,7 +175,7 @@ def build_app(config: Config) -> Starlette:
         Route("/health", health),
         Route("/me", me),
         *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
-        *cockpit_routes(),
+        *cockpit_routes(cockpit_oidc.issuer if cockpit_oidc is not None else None),
         *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue,
                          tile_dir=tile_files.directory),
         *ows_routes(sources, _service_info(config), config.public_url, config.cache_directory() / "ows"),
@@ -180,6 +184,12 @@ def build_app(config: Config) -> Starlette:
     app.state.service = service
     app.state.config = config
     return app
+
+
+def _oidc(config: Config) -> Oidc | None:
+    """The OpenID Connect issuer the cockpit signs in with (`auth.oidc` with a `client_id`), or None."""
+    oidc = config.auth.oidc if config.auth is not None else None
+    return oidc if oidc is not None and oidc.client_id else None
 
 
 def _seeded(sources: dict[str, FeatureSource], files: TileFiles) -> list[str]:

@@ -75,6 +75,7 @@ class Oidc:
     audience: str | None = None
     roles_claim: str = "realm_access.roles"  # a dotted path into the token's claims (Keycloak's realm roles)
     jwks_uri: str | None = None  # found through the issuer's discovery document when not given
+    client_id: str | None = None  # the cockpit's public client (authorization code flow with PKCE); None: no sign-in
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,11 @@ def parse_auth(doc: Any) -> AuthSpec:
         o = doc["oidc"]
         if not isinstance(o, dict) or not isinstance(o.get("issuer"), str):
             raise ConfigError("auth.oidc.issuer: the issuer URL is required (https://id.example.org/realms/city)")
-        declared(o, "auth.oidc", ("issuer", "audience", "roles_claim", "jwks_uri"), ConfigError)
+        declared(o, "auth.oidc", ("issuer", "audience", "roles_claim", "jwks_uri", "client_id"), ConfigError)
+        if o.get("client_id") is not None and not isinstance(o["client_id"], str):
+            raise ConfigError("auth.oidc.client_id: the cockpit's client id at the issuer (a public client)")
         oidc = Oidc(o["issuer"].rstrip("/"), o.get("audience"), o.get("roles_claim", "realm_access.roles"),
-                    o.get("jwks_uri"))
+                    o.get("jwks_uri"), o.get("client_id"))
     if not users and oidc is None:
         raise ConfigError("auth: declare `users` or `oidc` (without `auth:` the platform runs open)")
     limits = {key: whole_number(doc[key], f"auth.{key}", 1, high) for key, high in (("max_failures", 10_000),

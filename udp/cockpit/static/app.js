@@ -80,6 +80,7 @@ const state = {
   auth: null, // { name, basic }: the signed-in user and their Basic credentials, null when anonymous
   started: null, // the first load (a promise)
   reloading: Promise.resolve(), // reloads after signing in or out, one after the other
+  me: null, // the platform's /me for this tab before signing in: whether the city's issuer signs in here
   internalTimer: null,
   internalBusy: false,
   catalogueQuery: null, // the Data page's latest search (an older answer arriving late is dropped)
@@ -126,7 +127,12 @@ function signedIn(url) {
   // the credentials go to this platform only; `omit` keeps the browser from asking for a password itself on a
   // 401, and `no-store` keeps signed-in answers out of the HTTP cache, which keys on the URL and not on who
   // asked: nothing internal is served from it after signing out, nothing public in place of the internal
-  return { headers: { Authorization: `Basic ${state.auth.basic}` }, credentials: 'omit', cache: 'no-store' };
+  return { headers: { Authorization: authorization(state.auth) }, credentials: 'omit', cache: 'no-store' };
+}
+
+/** The Authorization header of a sign-in: Basic for a user of the platform, Bearer for the city's account. */
+function authorization(auth) {
+  return auth.bearer ? `Bearer ${auth.bearer}` : `Basic ${auth.basic}`;
 }
 
 /** Every page of features from `url` on, following `next` links, until there are at least `cap`. */
@@ -2058,7 +2064,77 @@ function wireFeedback() {
   });
 }
 
-// ---------------------------------------------------------------- signing in: HTTP Basic, for this tab only
+// ---------------------------------------------------------------- signing in: HTTP Basic or the city's OpenID
+// Connect issuer (authorization code flow with PKCE: the cockpit is a public client), for this tab only
+const OIDC_KEY = 'udp.cockpit.oidc'; // the flow's verifier and state while the browser is at the issuer
+
+function base64url(bytes) {
+  let binary = '';
+  new Uint8Array(bytes).forEach((b) => { binary += String.fromCharCode(b); });
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** The issuer's endpoints from its discovery document. */
+async function issuerEndpoints(issuer) {
+  const response = await fetch(`${issuer}/.well-known/openid-configuration`, { credentials: 'omit' });
+  if (!response.ok) throw new Error(`the city's sign-in service answered ${response.status}`);
+  return response.json();
+}
+
+/** To the issuer's sign-in page; it sends the browser back here with a code. */
+async function startCitySignIn() {
+  const { oidc } = state.me || {};
+  const error = $('#sign-in-error');
+  try {
+    const endpoints = await issuerEndpoints(oidc.issuer);
+    const verifier = base64url(crypto.getRandomValues(new Uint8Array(32)));
+    const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+    const flow = { verifier, state: base64url(crypto.getRandomValues(new Uint8Array(16))),
+      token: endpoints.token_endpoint, redirect: location.origin + location.pathname, client: oidc.client_id };
+    sessionStorage.setItem(OIDC_KEY, JSON.stringify(flow));
+    const url = new URL(endpoints.authorization_endpoint);
+    for (const [key, value] of Object.entries({ response_type: 'code', client_id: flow.client, scope: 'openid',
+      redirect_uri: flow.redirect, state: flow.state, code_challenge: challenge, code_challenge_method: 'S256' })) {
+      url.searchParams.set(key, value);
+    }
+    location.assign(url.href);
+  } catch (err) {
+    error.textContent = `Not signed in: ${err.message}`;
+  }
+}
+
+/** Back from the issuer: the code exchanged for an access token (with the verifier only this tab knows). */
+async function finishCitySignIn() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has('state') || !(params.has('code') || params.has('error'))) return null;
+  let flow = null;
+  try { flow = JSON.parse(sessionStorage.getItem(OIDC_KEY) || 'null'); } catch { /* none */ }
+  sessionStorage.removeItem(OIDC_KEY);
+  history.replaceState(null, '', location.pathname + location.hash); // the code is used once, never bookmarked
+  if (!flow || params.get('state') !== flow.state) {
+    note('Not signed in: the answer of the sign-in service does not belong to this tab.');
+    return null;
+  }
+  if (params.has('error')) {
+    note(`Not signed in: ${params.get('error_description') || params.get('error')}`);
+    return null;
+  }
+  const response = await fetch(flow.token, {
+    method: 'POST', credentials: 'omit',
+    body: new URLSearchParams({ grant_type: 'authorization_code', code: params.get('code'),
+      redirect_uri: flow.redirect, client_id: flow.client, code_verifier: flow.verifier }) });
+  const answer = response.ok ? await response.json() : null;
+  if (!answer?.access_token) {
+    note(`Not signed in: the sign-in service refused the code (HTTP ${response.status}).`);
+    return null;
+  }
+  let name = 'city account';
+  try {
+    const claims = JSON.parse(atob(answer.access_token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    name = claims.preferred_username || claims.name || claims.sub || name;
+  } catch { /* a token that is not a JWT: the platform will say */ }
+  return { name, bearer: answer.access_token };
+}
 
 function basicOf(name, password) {
   const bytes = new TextEncoder().encode(`${name}:${password}`);
@@ -2070,7 +2146,8 @@ function basicOf(name, password) {
 function storedAuth() {
   try {
     const saved = JSON.parse(sessionStorage.getItem(AUTH_KEY) || 'null');
-    return saved && typeof saved.name === 'string' && typeof saved.basic === 'string' ? saved : null;
+    return saved && typeof saved.name === 'string'
+      && (typeof saved.basic === 'string' || typeof saved.bearer === 'string') ? saved : null;
   } catch {
     return null;
   }
@@ -2078,18 +2155,18 @@ function storedAuth() {
 
 function storeAuth(auth) {
   try {
-    if (auth) sessionStorage.setItem(AUTH_KEY, JSON.stringify({ name: auth.name, basic: auth.basic }));
+    if (auth) sessionStorage.setItem(AUTH_KEY, JSON.stringify(auth));
     else sessionStorage.removeItem(AUTH_KEY);
   } catch {
     // storage refused (a browser setting): the sign-in lasts until the page is left
   }
 }
 
-/** Whether the platform accepts Basic credentials: { ok, status, message } (its own message when it refuses). */
-async function checkCredentials(basic) {
+/** Whether the platform accepts a sign-in: { ok, status, message } (its own message when it refuses). */
+async function checkCredentials(auth) {
   let response;
   try {
-    response = await fetch(STA, { headers: { Accept: 'application/json', Authorization: `Basic ${basic}` },
+    response = await fetch(STA, { headers: { Accept: 'application/json', Authorization: authorization(auth) },
       credentials: 'omit', cache: 'no-store' });
   } catch (err) {
     return { ok: false, status: 0, message: `the platform cannot be reached (${err.message})` };
@@ -2146,7 +2223,7 @@ async function onSignIn(event) {
   submit.disabled = true;
   form.setAttribute('aria-busy', 'true');
   const basic = basicOf(name, password);
-  const answer = await checkCredentials(basic);
+  const answer = await checkCredentials({ basic });
   submit.disabled = false;
   form.removeAttribute('aria-busy');
   if (!answer.ok) {
@@ -2181,13 +2258,21 @@ function wireAccount() {
     if (event.key === 'Escape') showSignIn(false);
   });
   $('#sign-out').addEventListener('click', signOut);
+  $('#sign-in-city').addEventListener('click', startCitySignIn);
 }
 
-/** A sign-in kept from before a reload of the page, if the platform still accepts it. */
+/** A sign-in kept from before a reload of the page (or just made at the city's issuer), if the platform still
+ * accepts it; and whether the city's issuer signs in here (the platform's /me says). */
 async function restoreSignIn() {
+  try {
+    state.me = await getJSON(new URL('../me', location.href).href);
+  } catch { state.me = null; }
+  $('#sign-in-city').hidden = !state.me?.oidc;
+  const fresh = await finishCitySignIn();
+  if (fresh) storeAuth(fresh);
   const saved = storedAuth();
   if (saved) {
-    const answer = await checkCredentials(saved.basic);
+    const answer = await checkCredentials(saved);
     if (answer.ok || (answer.status !== 401 && answer.status !== 403)) state.auth = saved;
     else {
       storeAuth(null);
