@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import orjson
 import shapely
 from sqlalchemy import (
@@ -38,13 +37,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from features import crs as crsmod
 from features.cql_sql import PostgisSql, SqliteSql
 from features.request import ItemsQuery
 from features.source import Author, Page, SourceUnavailable, WriteRejected, encode_feature
 from features.spec import CollectionSpec, SpecError
 from provider_plugins.areas import Areas
-from provider_plugins.sql_table import Layout, SqlTableSource
+from provider_plugins.sql_table import Layout, SqlTableSource, wkb_geojson
 from sensorthings.store.base import Store
 from sensorthings.store.schema import GEOMETRY
 from sensorthings.store.sqlite import rtree_table
@@ -220,13 +218,7 @@ class FeedbackSource(SqlTableSource):
         names = list(t.columns) if q.properties is None else [n for n in q.properties if n in t.columns]
 
         def encode(rows: Sequence[Any]) -> list[bytes]:
-            if q.skip_geometry:
-                geo: list[bytes] = [b"null"] * len(rows)
-            else:
-                geoms = shapely.from_wkb(np.array([r[1] for r in rows], dtype=object))
-                if q.crs is not None:
-                    geoms = crsmod.transform(geoms, None, q.crs)
-                geo = [b"null" if g is None else g.encode() for g in shapely.to_geojson(geoms)]
+            geo = wkb_geojson([r[1] for r in rows], q)
             # (a page's rows carry its sort marks after these columns)
             return [encode_feature(r[0], g, {n: _plain(v) for n, v in zip(names, r[2:2 + len(names)], strict=True)})
                     for r, g in zip(rows, geo, strict=True)]

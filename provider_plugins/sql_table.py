@@ -400,6 +400,16 @@ class SqlTableSource(FeatureSource):
         raise NotImplementedError
 
 
+def wkb_geojson(wkbs: Sequence[Any], q: ItemsQuery) -> list[bytes]:
+    """Stored WKB geometries as GeoJSON in the query's CRS (null for none, or all with skipGeometry)."""
+    if q.skip_geometry:
+        return [b"null"] * len(wkbs)
+    geoms = shapely.from_wkb(np.array(wkbs, dtype=object))
+    if q.crs is not None:
+        geoms = crsmod.transform(geoms, None, q.crs)
+    return [b"null" if g is None else g.encode() for g in shapely.to_geojson(geoms)]
+
+
 def _in_srid(t: Layout, srid: int) -> Any:
     """The table's geometry in `srid` (PostGIS)."""
     return t.geom if t.srid == srid else func.ST_Transform(t.geom, srid)

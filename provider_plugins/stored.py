@@ -13,19 +13,16 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any
 
-import numpy as np
 import orjson
-import shapely
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from features import crs as crsmod
 from features.cql_sql import PostgisSql, SqliteSql
 from features.request import ItemsQuery
 from features.source import SourceUnavailable, encode_feature
 from features.spec import CollectionSpec
 from provider_plugins.imports import INTEGER, Imported, current, features_of, table_of
-from provider_plugins.sql_table import Layout, SqlTableSource, unavailable
+from provider_plugins.sql_table import Layout, SqlTableSource, unavailable, wkb_geojson
 from provider_plugins.table import SourceError
 from sensorthings.store.base import Store
 from sensorthings.store.sqlite import rtree_table
@@ -104,13 +101,7 @@ class StoredSource(SqlTableSource):
 
         def encode(rows: Sequence[Any]) -> list[bytes]:
             docs = [orjson.loads(r[0]) for r in rows]
-            if q.skip_geometry:
-                geo: list[bytes] = [b"null"] * len(rows)
-            else:
-                geoms = shapely.from_wkb(np.array([r[1] for r in rows], dtype=object))
-                if q.crs is not None:
-                    geoms = crsmod.transform(geoms, None, q.crs)
-                geo = [b"null" if g is None else g.encode() for g in shapely.to_geojson(geoms)]
+            geo = wkb_geojson([r[1] for r in rows], q)
             names = q.properties
             return [encode_feature(d["id"], g, d["properties"] if names is None else
                                    {n: d["properties"].get(n) for n in names})

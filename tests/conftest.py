@@ -97,6 +97,15 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def serve_config_file(tmp: Path) -> Iterator[Server]:
+    """`udp serve` of the config.yml in `tmp` on a fresh SQLite store there, while the generator lives."""
+    server = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
 def serve_config(tmp: Path, doc: dict[str, Any]) -> Server:
     """`udp serve` of the config.yml `doc` written into `tmp`, on a fresh SQLite store there."""
     import yaml

@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from tests.browser import chrome, need_browser, severe
-from tests.conftest import Server, start_server, stop_server, wait_until
+from tests.conftest import Server, serve_config_file, wait_until
 from tests.test_cockpit import _click_map, _jump, _rendered
 from tests.test_cockpit_signin import _ready, _sign_in
+from tests.test_feedback import write_districts
 
 MODERATOR = ("officer", "officer-password-1")
 READER = ("planner", "planner-password-1")
@@ -39,8 +40,6 @@ feedback:
   categories: [{", ".join(CATEGORIES)}]
   areas: districts
 """
-WEST = [[9.90, 53.50], [9.95, 53.50], [9.95, 53.60], [9.90, 53.60], [9.90, 53.50]]
-EAST = [[9.95, 53.50], [10.00, 53.50], [10.00, 53.60], [9.95, 53.60], [9.95, 53.50]]
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
 
@@ -49,17 +48,9 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A platform taking feedback in two districts, with a moderator and a reader."""
     need_browser()
     tmp = tmp_path_factory.mktemp("cockpit-feedback")
-    (tmp / "districts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"code": "W", "name": "Altona"},
-         "geometry": {"type": "Polygon", "coordinates": [WEST]}},
-        {"type": "Feature", "properties": {"code": "E", "name": "Eimsbüttel"},
-         "geometry": {"type": "Polygon", "coordinates": [EAST]}}]}), encoding="utf-8")
+    write_districts(tmp)
     (tmp / "config.yml").write_text(CONFIG, encoding="utf-8")
-    server = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
-    try:
-        yield server
-    finally:
-        stop_server(server)
+    yield from serve_config_file(tmp)
 
 
 def _items(city: Server, auth: tuple[str, str] | None = None) -> dict[str, dict[str, Any]]:

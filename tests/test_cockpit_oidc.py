@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.browser import chrome, need_browser
 from tests.conftest import Server, free_port, start_server, stop_server, wait_until
-from tests.test_cockpit_feedback import WEST, _post, _shown
+from tests.test_cockpit_feedback import _post, _shown
 from tests.test_cockpit_signin import _ready
+from tests.test_feedback import write_districts
 
 CLIENT = "udp-cockpit"
 
@@ -107,9 +108,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Cit
     need_browser()
     issuer = CityIssuer()
     tmp = tmp_path_factory.mktemp("cockpit-oidc")
-    (tmp / "districts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"code": "W", "name": "Altona"},
-         "geometry": {"type": "Polygon", "coordinates": [WEST]}}]}), encoding="utf-8")
+    write_districts(tmp)
     (tmp / "config.yml").write_text(f"""title: City sign-in
 auth:
   oidc:

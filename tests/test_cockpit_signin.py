@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.browser import chrome, need_browser
-from tests.conftest import DEMO_DATA, Server, start_server, stop_server, wait_until
+from tests.conftest import DEMO_DATA, Server, serve_config_file, wait_until
 from tests.test_cockpit import _drawn, _jump, _marker, _rendered
 
 READER = ("reader", "reader-password-1")
@@ -74,11 +74,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     (tmp / "public.csv").write_text("id,lon,lat\npub1,127.03,37.50\n", encoding="utf-8")
     (tmp / "internal.csv").write_text("id,lon,lat\nsec1,127.04,37.51\n", encoding="utf-8")
     (tmp / "config.yml").write_text(CONFIG, encoding="utf-8")
-    server = start_server(f"sqlite:///{tmp / 'udp.db'}", "sqlite", ["--config", str(tmp / "config.yml")])
-    try:
-        yield server
-    finally:
-        stop_server(server)
+    yield from serve_config_file(tmp)
 
 
 def _ready(driver: Any) -> None:

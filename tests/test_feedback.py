@@ -40,14 +40,18 @@ WEST = [[9.90, 53.50], [9.95, 53.50], [9.95, 53.60], [9.90, 53.60], [9.90, 53.50
 EAST = [[9.95, 53.50], [10.00, 53.50], [10.00, 53.60], [9.95, 53.60], [9.95, 53.50]]
 
 
+def write_districts(tmp: Path) -> None:
+    """districts.geojson: Altona (W) and Eimsbüttel (E), two squares side by side."""
+    (tmp / "districts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"code": code, "name": name},
+         "geometry": {"type": "Polygon", "coordinates": [ring]}}
+        for code, name, ring in (("W", "Altona", WEST), ("E", "Eimsbüttel", EAST))]}), encoding="utf-8")
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def city(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("feedback")
-    (tmp / "districts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"code": "W", "name": "Altona"},
-         "geometry": {"type": "Polygon", "coordinates": [WEST]}},
-        {"type": "Feature", "properties": {"code": "E", "name": "Eimsbüttel"},
-         "geometry": {"type": "Polygon", "coordinates": [EAST]}}]}), encoding="utf-8")
+    write_districts(tmp)
     (tmp / "config.yml").write_text(CONFIG, encoding="utf-8")
     yield from serve_on(request.param, tmp_path_factory, ["--config", str(tmp / "config.yml")])
 
@@ -296,7 +300,7 @@ def test_me_says_who_asks_and_what_they_may_do(city: Server) -> None:
 
     # (`read` is the role that sees internal data: anyone reads the public)
     assert me() == {"name": None, "roles": [], "may": {"read": False, "write": False, "moderate": False},
-                    "accounts": True}
+                    "accounts": True, "oidc": None}
     moderator = me(auth=MODERATOR)
     assert moderator["name"] == "moderator" and moderator["may"] == {"read": True, "write": False, "moderate": True}
     assert me(auth=WRITER)["may"] == {"read": True, "write": True, "moderate": False}
