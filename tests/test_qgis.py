@@ -46,7 +46,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     bikes = {"title": "Bike-share stations", "source": str(BIKES), "x": "longitude", "y": "latitude"}
     timed = {**bikes, "title": "Bike-share stations by start date", "time": "startDate"}
     collections = {"bikes": bikes, "bikes_timed": timed}
-    srv = serve_config(tmp, {"title": "QGIS test", "collections": collections})
+    # feedback without moderation: what citizens send is public at once, for QGIS to read
+    feedback = {"categories": ["idea"], "moderation": False, "extent": [126.7, 37.4, 127.3, 37.8]}
+    srv = serve_config(tmp, {"title": "QGIS test", "collections": collections, "feedback": feedback})
     try:
         yield srv
     finally:
@@ -158,3 +160,18 @@ def test_wms_and_wfs_layers_load_in_qgis(server: Server) -> None:
     assert report["features"] == matched(server, "bikes", bbox="-180,-90,180,90") == 1540
     assert report["geometry"] == "Point" and {"name", "numOfUnits"} <= set(report["fields"])
     assert report["wms_errors"] == [] and any("/wms?" in r for r in report["requests"])
+
+
+def test_the_feedback_layer_loads_in_qgis_3_22(server: Server) -> None:
+    """QGIS 3.22 reads the feedback collection as any OGC API Features layer (editing it takes QGIS 3.32, whose
+    requests tests/test_feedback.py replays); what citizens wrote arrives as written."""
+    texts = ["More benches on the river", "강변에 벤치를 더 놓아 주세요", "مقاعد أكثر على النهر"]
+    for n, text in enumerate(texts):
+        r = httpx.post(f"{server.url}/ogcapi/collections/feedback/items", timeout=30, json={
+            "type": "Feature", "geometry": {"type": "Point", "coordinates": [126.95 + n / 100, 37.55]},
+            "properties": {"category": "idea", "text": text}})
+        assert r.status_code == 201, r.text
+    report = qgis_load(server, "feedback", "--show", "10")
+    assert report["valid"] and report["featureCount"] == report["iterated"] == matched(server, "feedback") == 3
+    assert {f["text"] for f in report["features"]} == set(texts)
+    assert "contact" not in report["fields"] and {"category", "status", "response"} <= set(report["fields"])
