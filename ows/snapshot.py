@@ -14,14 +14,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import geopandas as gpd
 import numpy as np
 import orjson
 import pandas as pd
-import pyogrio
 import shapely
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 from features.shared_files import file_name, remove_unused, write_whole, written_whole
 from features.source import FeatureSource, geometry_kind
@@ -133,6 +134,8 @@ class Snapshots:
 
 def _frame(ids: list[Any], geometries: np.ndarray, properties: list[dict[str, Any]]) -> gpd.GeoDataFrame:
     """The features as a table: the id, each property as a column (nested values as JSON text), the geometry."""
+    import geopandas as gpd  # here: a worker that never answers WMS/WFS does not hold it (30 MB)
+
     present = np.array([g is not None for g in geometries], dtype=bool) if len(geometries) else np.array([], bool)
     table = pd.DataFrame.from_records([p for p, keep in zip(properties, present, strict=True) if keep])
     for name in table.columns:
@@ -163,6 +166,8 @@ def _write_fgb(frame: gpd.GeoDataFrame, path: Path, layer: str, geometry_type: s
     """A FlatGeobuf file with its R-tree, renamed into place whole; `reuse`: one already there is this one."""
     if reuse and path.exists():  # another worker wrote this version already
         return
+    import pyogrio
+
     with written_whole(path) as partial:  # (its name ends in .fgb: GDAL writes a directory otherwise)
         pyogrio.write_dataframe(frame, partial, driver="FlatGeobuf", layer=layer, geometry_type=geometry_type,
                                 SPATIAL_INDEX="YES")
