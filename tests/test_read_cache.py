@@ -124,3 +124,34 @@ def test_a_conditional_read_after_a_write_gets_the_new_answer(clients: tuple[htt
     assert writer.patch(f"/v1.1/Things({thing})", json={"description": "changed"}).status_code == 200
     again = reader.get(f"/v1.1/Things({thing})", headers={"If-None-Match": etag})
     assert again.status_code == 200 and again.json()["description"] == "changed"
+
+
+def test_opening_a_store_while_a_write_is_open_does_not_wait_for_it() -> None:
+    """A process opening the store (`udp seed`, a re-import, a CLI command) while a writer's transaction is open
+    neither waits for it nor deadlocks with it: the schema, its triggers and indexes are there, nothing is created
+    again (creating a trigger locks its table against writers)."""
+    import threading
+
+    import psycopg
+
+    from sensorthings.store.base import Store
+    from tests.conftest import PG_URL, create_pg
+
+    if not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL tests skipped")
+    db = create_pg(PG_URL)
+    try:
+        Store.open(db.url).close()
+        with psycopg.connect(db.url) as writer:  # a write in flight: its locks held until it ends
+            writer.execute("INSERT INTO observed_properties (name, definition, description) VALUES ('p', 'd', 'd')")
+            opened = threading.Event()
+
+            def reopen() -> None:
+                Store.open(db.url).close()
+                opened.set()
+
+            threading.Thread(target=reopen, daemon=True).start()
+            assert opened.wait(15), "opening the store waited for the open write"
+            writer.rollback()
+    finally:
+        db.drop()

@@ -131,9 +131,12 @@ def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: An
 
 
 def create_spatial_indexes(conn: Connection) -> None:
-    """GiST indexes over every geometry column."""
+    """GiST indexes over every geometry column (only those missing: even IF NOT EXISTS locks the table)."""
+    have = {r[0] for r in conn.exec_driver_sql(
+        "SELECT indexname FROM pg_indexes WHERE right(indexname, 10) = '_geom_gist'")}
     for name in ("locations", "features_of_interest", "datastreams", "multi_datastreams"):
-        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name}_geom_gist ON {name} USING gist (geom)")
+        if f"{name}_geom_gist" not in have:
+            conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name}_geom_gist ON {name} USING gist (geom)")
 
 
 OBSERVATION_COLUMNS = (

@@ -56,10 +56,9 @@ BEGIN
     DELETE FROM sta_version_flush WHERE xid = NEW.xid;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS sta_flush_versions ON sta_version_flush;
-CREATE CONSTRAINT TRIGGER sta_flush_versions AFTER INSERT ON sta_version_flush
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sta_flush_versions();
 """
+_PG_FLUSH_TRIGGER = """CREATE CONSTRAINT TRIGGER sta_flush_versions AFTER INSERT ON sta_version_flush
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sta_flush_versions()"""
 
 
 def install(conn: Connection, tables: Iterable[str]) -> None:
@@ -67,10 +66,18 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
     names = sorted(tables)
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(_PG_FUNCTIONS)
+        # only the triggers missing: creating one locks its table against writers (SHARE ROW EXCLUSIVE), and a
+        # process opening the store while others write (`udp seed`, a re-import) deadlocked with them
+        have = {(t, n) for t, n in conn.exec_driver_sql(
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE t.tgname IN ('sta_note_write', 'sta_flush_versions') AND pg_table_is_visible(c.oid)").all()}
+        if ("sta_version_flush", "sta_flush_versions") not in have:
+            conn.exec_driver_sql(_PG_FLUSH_TRIGGER)
         for name in names:
-            conn.exec_driver_sql(
-                f"CREATE OR REPLACE TRIGGER sta_note_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {name} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write()")
+            if (name, "sta_note_write") not in have:
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER sta_note_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {name} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write()")
         return
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) VALUES "
