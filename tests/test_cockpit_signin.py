@@ -188,8 +188,11 @@ def test_signing_in_shows_the_internal_collection_and_sensor(city: Server) -> No
         r = httpx.post(f"{city.sta}/Datastreams({internal})/Observations", json={"result": 4321}, auth=WRITER)
         assert r.status_code == 201, r.text
         cell = f"#details td[data-datastream='{internal}'] .value"
+        # (the panel's table is drawn again as readings arrive: an element found may be gone when asked)
+        from selenium.common.exceptions import StaleElementReferenceException
+
         wait_until(lambda: driver.find_element("css selector", cell).get_attribute("data-value") == "4321", 15,
-                   "the internal reading shown by polling")
+                   "the internal reading shown by polling", ignore=(StaleElementReferenceException,))
         assert _marker(driver, internal)["value"] == 4321
 
         # a page reload keeps the sign-in (sessionStorage, this tab)
