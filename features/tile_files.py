@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +21,10 @@ from pathlib import Path
 import morecantile
 
 from features.shared_files import file_name, remove_unused, write_whole
-from features.source import FeatureSource
+from features.source import FeatureSource, SourceUnavailable
 from features.styles import tile_fields
 from features.tiles import TileRequest, make_tile, matrix_set, parse_tile
 
-log = logging.getLogger(__name__)
 FORMAT = "mvt-1"  # changes when the tiles made for the same data would differ (generalisation, limits)
 SEED_ZOOM = 14  # the seeder's deepest zoom: its tiles are complete, and clients draw deeper zooms from them
 SEED_TMS = "WebMercatorQuad"
@@ -47,18 +45,28 @@ class TileFiles:
         key = f"{version}\0{sorted(tile_fields(source))}\0{source.style.properties}\0{FORMAT}"
         return self.directory / f"{file_name(source.id)}.{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
+    def current(self, source: FeatureSource) -> Path | None:
+        """The folder of the collection's data as they are now; None for what is no collection of features, has
+        no version, or cannot be read now."""
+        if source.item_type != "feature":
+            return None
+        try:
+            return self.folder(source, source.etag())
+        except SourceUnavailable:
+            return None
+
     @staticmethod
     def get(folder: Path, req: TileRequest) -> bytes | None:
         """The kept tile, None when it was not made yet."""
         try:
-            return (folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt").read_bytes()
+            return _path(folder, req).read_bytes()
         except FileNotFoundError:
             return None
 
     @staticmethod
     def put(folder: Path, req: TileRequest, data: bytes) -> None:
         """Keep a tile (another worker writing the same one at once writes the same bytes)."""
-        path = folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt"
+        path = _path(folder, req)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_whole(path, data)
 
@@ -97,6 +105,11 @@ class TileFiles:
     def sweep(self, keep: set[Path]) -> None:
         """Remove the folders of data versions no longer served (after KEEP_S unused)."""
         remove_unused((p for p in self.directory.iterdir() if p.is_dir()), lambda p: p in keep, KEEP_S)
+
+
+def _path(folder: Path, req: TileRequest) -> Path:
+    """A kept tile's file."""
+    return folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt"
 
 
 def _pyramid(source: FeatureSource, make: Callable[[TileRequest], bytes],

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from apicommon.request import public_base, refusal
 from features.app import features_routes
-from features.source import FeatureSource, SourceUnavailable
+from features.source import FeatureSource
 from features.tile_files import TileFiles
 from mqtt_bridge import deadletters
 from ows import mapserver
@@ -194,15 +194,8 @@ def _oidc(config: Config) -> Oidc | None:
 
 def _seeded(sources: dict[str, FeatureSource], files: TileFiles) -> list[str]:
     """The collections whose vector tiles `udp seed` has made for their current data."""
-    out = []
-    for cid, source in sources.items():
-        try:
-            folder = files.folder(source, source.etag()) if source.item_type == "feature" else None
-        except SourceUnavailable:
-            continue
-        if folder is not None and files.seeded(folder):
-            out.append(cid)
-    return out
+    return [cid for cid, source in sources.items() if (folder := files.current(source)) is not None
+            and files.seeded(folder)]
 
 
 def _service_info(config: Config) -> ServiceInfo:

@@ -42,10 +42,10 @@ def seed_once(sources: dict[str, FeatureSource], files: TileFiles, stop: threadi
     done = []
     keep = set()
     for cid, source in sources.items():
+        folder = files.current(source)
+        if folder is not None:
+            keep.add(folder)
         try:
-            folder = files.folder(source, source.etag()) if source.item_type == "feature" else None
-            if folder is not None:
-                keep.add(folder)
             if folder is None or files.seeded(folder) or not big(source):
                 continue
             made = files.seed(source, stop)
