@@ -78,18 +78,17 @@ class Snapshots:
         version = source.etag() if whole else source.changes_seen()
         if not whole and not version:
             return Snapshot(None, "point", 0, None)  # nothing to sweep: no stem
-        now = time.monotonic()
         known = self._known.get(key)
-        if known is not None and (known[0] == version if version else now - known[1] < UNVERSIONED_S):
-            return known[2]
-        if known is not None and not whole and now - known[1] < OVERVIEWS_EVERY_S:
+        if _fresh(known, version):
+            return known[2]  # type: ignore[index]
+        if known is not None and not whole and time.monotonic() - known[1] < OVERVIEWS_EVERY_S:
             return known[2]  # a busy live table is not read whole on every change
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one writer per collection in this worker; the others wait for its file
             known = self._known.get(key)
-            if known is not None and (known[0] == version if version else time.monotonic() - known[1] < UNVERSIONED_S):
-                return known[2]
+            if _fresh(known, version):
+                return known[2]  # type: ignore[index]
             snapshot = self._write(source, version, whole)
             self._known[key] = (version, time.monotonic(), snapshot)
             remove_unused(self.directory.glob(f"{file_name(source.id)}.*"),
@@ -112,7 +111,7 @@ class Snapshots:
         bbox = _bounds(frame)
         path = self.directory / f"{stem}.fgb"
         if whole:
-            _write_fgb(frame, path, source.id, _ogr_type(frame, kind), reuse=bool(version))
+            _write_fgb(frame, path, source.id, _ogr_type(frame), reuse=bool(version))
         overviews = []
         if kind == "point" and len(frame) >= OVERVIEW_MIN and bbox is not None:
             for cells in OVERVIEW_CELLS:
@@ -120,7 +119,7 @@ class Snapshots:
                 if len(thinned) > len(frame) // 2:  # no longer worth it, nor are the finer grids
                     break
                 at = self.directory / f"{stem}.o{cells}.fgb"
-                _write_fgb(thinned, at, source.id, _ogr_type(thinned, kind), reuse=bool(version))
+                _write_fgb(thinned, at, source.id, _ogr_type(thinned), reuse=bool(version))
                 span = max(bbox[2] - bbox[0], bbox[3] - bbox[1])
                 overviews.append(Overview(span / cells, at, len(thinned)))
         snapshot = Snapshot(path if whole else None, kind, len(frame), bbox, multi, tuple(overviews), stem)
@@ -130,6 +129,13 @@ class Snapshots:
                 "count": snapshot.count,
                 "bbox": bbox, "multi": multi, "overviews": [[o.cell, str(o.path), o.count] for o in overviews]}))
         return snapshot
+
+
+def _fresh(known: tuple[str, float, Snapshot] | None, version: str) -> bool:
+    """Whether a snapshot made before still shows the data: of this version, or, without versions, recent."""
+    if known is None:
+        return False
+    return known[0] == version if version else time.monotonic() - known[1] < UNVERSIONED_S
 
 
 def _frame(ids: list[Any], geometries: np.ndarray, properties: list[dict[str, Any]]) -> gpd.GeoDataFrame:
@@ -187,7 +193,7 @@ def _thin(frame: gpd.GeoDataFrame, bbox: tuple[float, float, float, float], cell
     return out
 
 
-def _ogr_type(frame: gpd.GeoDataFrame, kind: str) -> str:
+def _ogr_type(frame: gpd.GeoDataFrame) -> str:
     """The layer's geometry type: the one its features share, else OGR's Unknown (mixed types)."""
     types = set(frame.geom_type.tolist())
     return types.pop() if len(types) == 1 else ("Point" if not types else "Unknown")
