@@ -213,6 +213,15 @@ def layer_data(name: str, n: int, cache_root: Path) -> tuple[Layer, Path, Path]:
     return layer, *cached_files(layer, cache)
 
 
+def city_layers(cache_dir: str, points: int, polygons: int, run: str) -> tuple[Path, Path, dict[str, tuple]]:
+    """The cache, a work directory of this run in it (`run`-pid), and the two layers with their files."""
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / f"{run}-{os.getpid()}"
+    work.mkdir()
+    return cache, work, {name: layer_data(name, n, cache) for name, n in (("trees", points), ("buildings", polygons))}
+
+
 # -- the queries -------------------------------------------------------------------------------------------------
 def bbox_for(layer: Layer) -> list[float]:
     """A square around the median place holding 1 % of the rows, and at least two pages."""

@@ -18,13 +18,12 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import mapbox_vector_tile
 import morecantile
 import numpy as np
-from city_bench import layer_data, load_postgis, start_platform, start_tipg
+from city_bench import city_layers, load_postgis, start_platform, start_tipg
 from harness import Database, create_pg, say
 
 ZOOMS = (10, 12, 14)
@@ -72,11 +71,7 @@ def main() -> int:
     ap.add_argument("--pg", default=os.environ.get("UDP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--start-timeout", type=float, default=600)
     args = ap.parse_args()
-    cache = Path(args.cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    work = cache / f"tiles-{os.getpid()}"
-    work.mkdir()
-    layers = {name: layer_data(name, n, cache) for name, n in (("trees", args.points), ("buildings", args.polygons))}
+    cache, work, layers = city_layers(args.cache_dir, args.points, args.polygons, "tiles")
     db: Database = create_pg(args.pg, "udp_bench_tiles")
     rows: list[list[str]] = []
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
-from city_bench import bbox_for, layer_data, load_postgis, start_platform
+from city_bench import bbox_for, city_layers, load_postgis, start_platform
 from harness import Database, create_pg, say
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -94,11 +94,7 @@ def main() -> int:
     args = ap.parse_args()
     if mapserver.mapserv() is None:
         raise SystemExit("MapServer is not installed (Debian: cgi-mapserver)")
-    cache = Path(args.cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    work = cache / f"wms-{os.getpid()}"
-    work.mkdir()
-    layers = {name: layer_data(name, n, cache) for name, n in (("trees", args.points), ("buildings", args.polygons))}
+    cache, work, layers = city_layers(args.cache_dir, args.points, args.polygons, "wms")
     db: Database = create_pg(args.pg, "udp_bench_wms")
     store_db: Database = create_pg(args.pg, "udp_bench_wms_store")
     rows: list[list[str]] = []
