@@ -130,7 +130,10 @@ feedback:
 
 
 def test_an_officer_signs_in_at_the_city_issuer_and_moderates(city: tuple[Server, CityIssuer]) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     server, issuer = city
+    stale = (StaleElementReferenceException,)  # the cockpit draws its panels again as news arrives
     me = httpx.get(f"{server.url}/me", timeout=30).json()
     assert me["oidc"] == {"issuer": issuer.url, "client_id": CLIENT}
     page = httpx.get(f"{server.url}/cockpit/", timeout=30)
@@ -147,11 +150,11 @@ def test_an_officer_signs_in_at_the_city_issuer_and_moderates(city: tuple[Server
         city_button.click()
         # to the issuer and back with a code, exchanged with the verifier; the code leaves the address bar
         wait_until(lambda: "Signed in as officer" in driver.find_element("css selector", "#account-status").text,
-                   30, "the cockpit to sign in at the city's issuer")
+                   30, "the cockpit to sign in at the city's issuer", ignore=stale)
         assert "code=" not in driver.current_url and urlsplit(driver.current_url).path == "/cockpit/"
         assert len(issuer.exchanged) == 1 and len(issuer.exchanged[0]["code_verifier"]) >= 43
         wait_until(lambda: _shown(driver, f"#moderation-list li[data-feedback='{waiting}']"), 30,
-                   "the moderation queue with the waiting item")
+                   "the moderation queue with the waiting item", ignore=stale)
         queued = driver.find_element("css selector", f"#moderation-list li[data-feedback='{waiting}']")
         queued.find_element("css selector", "button[data-action='publish']").click()
         wait_until(lambda: httpx.get(f"{server.url}/ogcapi/collections/feedback/items/{waiting}",
@@ -160,6 +163,6 @@ def test_an_officer_signs_in_at_the_city_issuer_and_moderates(city: tuple[Server
         driver.refresh()
         _ready(driver)
         wait_until(lambda: "Signed in as officer" in driver.find_element("css selector", "#account-status").text,
-                   15, "the sign-in kept")
+                   15, "the sign-in kept", ignore=stale)
     finally:
         driver.quit()
