@@ -114,34 +114,71 @@ class Service:
             raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
         return res.body
 
-    def handle(self, req: ApiRequest, tx: Tx | None = None) -> ApiResponse:
-        """Answer one request; never raises for bad input."""
+    def handle(self, req: ApiRequest, tx: Tx | None = None, now: dict[str, int] | None = None) -> ApiResponse:
+        """Answer one request; never raises for bad input. `now`: the tables' versions, read before this call
+        (sensorthings.store.version_watch); read here when not given."""
         if self.cache is not None and tx is None and req.method.upper() == "GET":
-            return self._answer(self._cached_get, req)
+            return self._answer(self._cached_get, req, now)
         return self._answer(self._route, req, tx)
+
+    def cache_key(self, req: ApiRequest) -> tuple | None:
+        """The response cache's key for a GET; None when its answer may not be kept (no cache, or now() in it:
+        then it depends on the clock, not only on the data)."""
+        if self.cache is None or any("now(" in v.lower() for v in req.params.values()):
+            return None
+        return (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
+
+    def cached(self, req: ApiRequest, now: dict[str, int]) -> ApiResponse | None:
+        """The answer to a GET from the response cache, if no table it was read from has changed by the versions
+        `now`; None otherwise (and for a request whose answer is not kept): then `handle` computes it."""
+        key = self.cache_key(req)
+        entry = self.cache.get(key, now) if key is not None and self.cache is not None else None
+        return None if entry is None else self._from_entry(req, entry)
+
+    def _from_entry(self, req: ApiRequest, entry: Entry) -> ApiResponse:
+        if req.if_none_match and entry.etag in req.if_none_match:
+            return ApiResponse(304, headers={"ETag": entry.etag})
+        return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
+
+    def submit(self, req: ApiRequest) -> Future[ApiResponse] | None:
+        """A POST of one Observation handed to the group-commit writer without waiting: its answer once
+        committed. None for any other request (and for a deep insert), which `handle` answers in a thread.
+        Parses only, so an event loop may call it."""
+        if req.method.upper() != "POST" or req.path.strip("/") in ("", "$batch", "CreateObservations"):
+            return None
+        try:
+            resource = parse_path(req.path.strip("/"))
+        except PathError:
+            return None  # `handle` says what is wrong with it
+        if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
+            return None
+        pending: list[tuple[Future[Written], Callable[[], ApiResponse]]] = []
+
+        def start() -> ApiResponse | None:
+            submitted = self._submit_observation(req, resource, _json_body(req))
+            if submitted is None:
+                return None
+            pending.append(submitted)
+            return ApiResponse(202)
+
+        refused = self._answer(start)  # type: ignore[arg-type]
+        answer: Future[ApiResponse] = Future()
+        if not pending:
+            if refused is None:
+                return None
+            answer.set_result(refused)  # bad input: answered at once
+            return answer
+        written, finish = pending[0]
+        written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
+        return answer
 
     def create_observation(self, req: ApiRequest) -> Future[ApiResponse]:
         """A POST of one Observation, answered once it is committed, without waiting here: MQTT creates take
         their PUBACK from the future. Through the group-commit writer like an HTTP POST's."""
-        answer: Future[ApiResponse] = Future()
-        pending: list[tuple[Future[Written], Callable[[], ApiResponse]]] = []
-
-        def start() -> ApiResponse:
-            resource = parse_path(req.path.strip("/"))
-            if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
-                return self._route(req, None)
-            submitted = self._submit_observation(req, resource, _json_body(req))
-            if submitted is None:  # a deep insert: in a transaction of its own
-                return self.post(req, resource, None)
-            pending.append(submitted)
-            return ApiResponse(202)
-
-        first = self._answer(start)
-        if not pending:
-            answer.set_result(first)
-            return answer
-        written, finish = pending[0]
-        written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
+        answer = self.submit(req)
+        if answer is None:  # not a simple Observation (a deep insert: in a transaction of its own)
+            answer = Future()
+            answer.set_result(self.handle(req))
         return answer
 
     def _answer(self, run: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
@@ -170,17 +207,16 @@ class Service:
                                    {"Retry-After": "5"})
             raise
 
-    def _cached_get(self, req: ApiRequest) -> ApiResponse:
+    def _cached_get(self, req: ApiRequest, now: dict[str, int] | None) -> ApiResponse:
         """A GET answered from the response cache while no table its answer was read from has changed."""
         assert self.cache is not None
-        key = (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
-        # now() makes an answer depend on the clock, not only on the data
-        cacheable = not any("now(" in v.lower() for v in req.params.values())
+        key = self.cache_key(req)
         with self.store.read() as conn:
-            # the versions first: the data read after them is at least as new
-            now = self.store.versions(conn) if cacheable else None
-            if now is None:
+            if key is None:
                 return self._route(req, Tx(conn, []))
+            if now is None:
+                # the versions first: the data read after them is at least as new
+                now = self.store.versions(conn)
             entry = self.cache.get(key, now)
             if entry is None:
                 with self.cache.computing(key):
@@ -189,9 +225,7 @@ class Service:
                         res, entry = self._read_into_cache(req, conn, key, now)
                         if entry is None:
                             return res
-        if req.if_none_match and entry.etag in req.if_none_match:
-            return ApiResponse(304, headers={"ETag": entry.etag})
-        return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
+        return self._from_entry(req, entry)
 
     def _read_into_cache(self, req: ApiRequest, conn: Connection, key: tuple,
                          now: dict[str, int]) -> tuple[ApiResponse, Entry | None]:

@@ -155,3 +155,43 @@ def test_opening_a_store_while_a_write_is_open_does_not_wait_for_it() -> None:
             writer.rollback()
     finally:
         db.drop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str, tmp_path: Any) -> None:
+    """The versions a cached GET is checked against on the event loop (sensorthings.store.version_watch) are read
+    after the request came: a write committed before the call is in them, also while another caller's read is
+    under way (callers share a read only if it started after they came)."""
+    import asyncio
+
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+    from sensorthings.store.version_watch import watch
+    from tests.conftest import PG_URL, create_pg
+
+    if kind == "postgresql" and not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL tests skipped")
+    db = create_pg(PG_URL) if kind == "postgresql" else None
+    url = db.url if db is not None else f"sqlite:///{tmp_path / 'v.db'}"
+    store = Store.open(url)
+    service = Service(store)  # another process's writes, as far as the watch can tell
+    reader = watch(url)
+    assert reader is not None
+
+    async def check() -> None:
+        before = (await reader.current()).get("things", 0)
+        for n in range(1, 6):
+            under_way = asyncio.ensure_future(reader.current())
+            await asyncio.sleep(0.002)  # that read is under way, or done
+            service.call("POST", "Things", {"name": unique(), "description": "d"})
+            seen = await asyncio.gather(*(reader.current() for _ in range(5)))
+            assert {v["things"] for v in seen} == {before + n}
+            assert (await under_way).get("things", 0) in (before + n - 1, before + n)
+        await reader.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        store.close()
+        if db is not None:
+            db.drop()

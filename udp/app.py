@@ -32,6 +32,7 @@ from sensorthings.http.app import sensorthings_routes
 from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
+from sensorthings.store import version_watch
 from sensorthings.store.base import Store
 from udp.auth import Oidc
 from udp.cockpit.routes import cockpit_routes
@@ -61,6 +62,7 @@ def build_app(config: Config) -> Starlette:
     endpoints = os.environ.get("UDP_MQTT_ENDPOINTS", "").split()
     extensions, settings = mqtt_conformance(endpoints) if mqtt_url else ([], {})
     service = Service(store, cache=cache, extensions=extensions, settings=settings, limits=config.limits())
+    versions = version_watch.watch(config.store) if cache is not None else None
     notifier = None
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
@@ -152,6 +154,8 @@ def build_app(config: Config) -> Starlette:
         # a few threads per worker: more only contend for the GIL (measured in bench/sta_http.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
         yield
+        if versions is not None:
+            await versions.close()
         if notifier is not None:
             notifier.close()
         store.close()
@@ -174,7 +178,7 @@ def build_app(config: Config) -> Starlette:
         Route("/", landing),
         Route("/health", health),
         Route("/me", me),
-        *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb),
+        *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb, versions=versions),
         *cockpit_routes(cockpit_oidc.issuer if cockpit_oidc is not None else None),
         *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue,
                          tile_dir=tile_files.directory),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import anyio.to_thread
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -11,7 +14,10 @@ from starlette.routing import Route
 
 from apicommon.request import public_base, sees_internal
 from sensorthings.openapi import openapi_document
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import ApiRequest, ApiResponse, Service
+from sensorthings.store.version_watch import VersionWatch
+
+log = logging.getLogger("udp.sensorthings.http")
 
 MAX_BODY_MB = 64  # server.max_body_mb unless the platform says otherwise
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
@@ -36,9 +42,13 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1",
-                        max_body_mb: int = MAX_BODY_MB) -> list[Route]:
+                        max_body_mb: int = MAX_BODY_MB, versions: VersionWatch | None = None) -> list[Route]:
     """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
-    with or without a trailing slash) and its OpenAPI document at `prefix/openapi.json`."""
+    with or without a trailing slash) and its OpenAPI document at `prefix/openapi.json`.
+
+    With `versions`, a GET whose answer is in the response cache is served on the event loop, and a POSTed
+    Observation goes from it to the group-commit writer: neither waits for a thread (nor, under load, for
+    its turn at the GIL there), so reads and device writes both keep their pace while the other is busy."""
     too_large = orjson.dumps({"code": 413, "type": "error", "message": f"the request body is over the limit of "
                                                                        f"{max_body_mb} MiB (server.max_body_mb)"})
     documents: dict[str, bytes] = {}
@@ -62,7 +72,11 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             sees_internal=sees_internal(request.scope),
         )
         if request.method == "GET":
-            res = await run_in_threadpool(service.handle, req)
+            res, now = await _from_cache(req) if versions is not None else (None, None)
+            if res is None:
+                res = await run_in_threadpool(service.handle, req, None, now)
+        elif (submitted := service.submit(req)) is not None:
+            res = await asyncio.wrap_future(submitted)
         else:
             # writes mostly wait for the group commit: threads of their own, so that reads filling every
             # thread of the pool never hold a device's write back
@@ -75,6 +89,16 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         if res.status in (204, 304):
             return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
+
+    async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
+        if versions is None or service.cache_key(req) is None:
+            return None, None
+        try:
+            now = await versions.current()
+        except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
+            log.debug("versions not read on the event loop: %s", exc)
+            return None, None
+        return service.cached(req, now), now
 
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"

@@ -89,13 +89,15 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
                                  + bump.format(name=name))
 
 
+CURRENT_SQL = {
+    "postgresql": f"SELECT name, sum(version)::bigint FROM {VERSIONS} GROUP BY name",
+    "sqlite": f"SELECT name, version FROM {VERSIONS}",
+}
+
+
 def current(conn: Connection) -> dict[str, int]:
     """Every table's version now (a table never written may be missing: its version is 0)."""
-    if conn.dialect.name == "postgresql":
-        sql = f"SELECT name, sum(version)::bigint FROM {VERSIONS} GROUP BY name"
-    else:
-        sql = f"SELECT name, version FROM {VERSIONS}"
-    return dict(conn.exec_driver_sql(sql).all())  # type: ignore[arg-type]
+    return dict(conn.exec_driver_sql(CURRENT_SQL[conn.dialect.name]).all())  # type: ignore[arg-type]
 
 
 def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str]) -> tuple[tuple[str, int], ...]:
