@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from apicommon.lru import SizedLRU
-from sensorthings.store.versions import holds
+from sensorthings.store.versions import as_new, holds
 
 Versions = tuple[tuple[str, int], ...]
 
@@ -42,21 +42,27 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
-        """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
-        entry = self._entries.get(key, lambda e: holds(e.versions, now))
+    def get(self, key: tuple, now: Mapping[str, int], or_newer: bool = False) -> Entry | None:
+        """The entry for `key` if no table it was read from has been written since (counted as a hit).
+
+        `or_newer`: also an entry read at later versions than `now` (versions only grow), for a request that
+        waited while another computed its answer: an answer read after the request came is fresh for it."""
+        entry = self._entries.get(key, lambda e: holds(e.versions, now) or (or_newer and as_new(e.versions, now)))
         if entry is not None:
             with self._lock:
                 self.hits += 1
         return entry
 
     @contextmanager
-    def computing(self, key: tuple) -> Iterator[None]:
-        """Held while one request computes the answer for `key`, counted as a miss.
+    def computing(self, key: tuple) -> Iterator[bool]:
+        """Held while one request computes the answer for `key`, counted as a miss; yields whether it waited.
 
-        The same request arriving meanwhile waits, then looks again (`get`): after a write, a crowd
-        of readers costs one query, not one each. A waiter takes the answer only if it was read at
-        the versions the waiter itself saw, so waiting never makes an answer stale.
+        The same request arriving meanwhile waits, then looks again (`get(or_newer=True)`): after a write, a
+        crowd of readers costs one query, not one each. A waiter takes the answer only if it was read at the
+        versions the waiter itself saw or later, so waiting never makes an answer stale. One that finds none
+        (writes went on while it waited) computes with versions read anew, so that the crowd that gathered
+        behind it takes its answer: while writes keep coming, a request costs one computation per crowd,
+        not one each in a row.
         """
         with self._lock:
             self.misses += 1
@@ -65,8 +71,13 @@ class ResponseCache:
                 flight = self._flights[key] = (threading.Lock(), [0])
             flight[1][0] += 1
         try:
-            with flight[0]:
-                yield
+            waited = not flight[0].acquire(blocking=False)
+            if waited:
+                flight[0].acquire()
+            try:
+                yield waited
+            finally:
+                flight[0].release()
         finally:
             with self._lock:
                 flight[1][0] -= 1

@@ -219,9 +219,12 @@ class Service:
                 now = self.store.versions(conn)
             entry = self.cache.get(key, now)
             if entry is None:
-                with self.cache.computing(key):
-                    entry = self.cache.get(key, now)  # computed while this request waited
+                with self.cache.computing(key) as waited:
+                    # computed while this request waited?
+                    entry = self.cache.get(key, now, or_newer=True) if waited else None
                     if entry is None:
+                        if waited:
+                            now = self.store.versions(conn)  # those waiting behind this one came before now
                         res, entry = self._read_into_cache(req, conn, key, now)
                         if entry is None:
                             return res
