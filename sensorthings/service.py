@@ -25,7 +25,16 @@ from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
 from sensorthings.cache import Entry, ResponseCache
 from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
-from sensorthings.model import ENTITY_TYPES, OBSERVATION, EntityType, NavKind, reverse_nav, target_of
+from sensorthings.model import (
+    DATASTREAM,
+    ENTITY_TYPES,
+    MULTI_DATASTREAM,
+    OBSERVATION,
+    EntityType,
+    NavKind,
+    reverse_nav,
+    target_of,
+)
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -36,7 +45,7 @@ from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, Store
 from sensorthings.store.group_commit import Written
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
-from sensorthings.store.versions import READ_KEY, stamp
+from sensorthings.store.versions import READ_KEY, confined, stamp
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -121,18 +130,19 @@ class Service:
             return self._answer(self._cached_get, req, now)
         return self._answer(self._route, req, tx)
 
-    def cache_key(self, req: ApiRequest) -> tuple | None:
-        """The response cache's key for a GET; None when its answer may not be kept (no cache, or now() in it:
-        then it depends on the clock, not only on the data)."""
+    def cache_plan(self, req: ApiRequest) -> CachePlan | None:
+        """How the response cache keeps a GET's answer; None when it may not (no cache, or now() in it: then it
+        depends on the clock, not only on the data)."""
         if self.cache is None or any("now(" in v.lower() for v in req.params.values()):
             return None
-        return (req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal)
+        return CachePlan((req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal),
+                         _confinement(req))
 
-    def cached(self, req: ApiRequest, now: dict[str, int]) -> ApiResponse | None:
-        """The answer to a GET from the response cache, if no table it was read from has changed by the versions
-        `now`; None otherwise (and for a request whose answer is not kept): then `handle` computes it."""
-        key = self.cache_key(req)
-        entry = self.cache.get(key, now) if key is not None and self.cache is not None else None
+    def cached(self, req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> ApiResponse | None:
+        """The answer to a GET from the response cache, if nothing it was read from has changed by the versions
+        `now` (read with `plan.rows`); None otherwise: then `handle` computes it."""
+        assert self.cache is not None
+        entry = self.cache.get(plan.key, now)
         return None if entry is None else self._from_entry(req, entry)
 
     def _from_entry(self, req: ApiRequest, entry: Entry) -> ApiResponse:
@@ -210,27 +220,28 @@ class Service:
     def _cached_get(self, req: ApiRequest, now: dict[str, int] | None) -> ApiResponse:
         """A GET answered from the response cache while no table its answer was read from has changed."""
         assert self.cache is not None
-        key = self.cache_key(req)
+        plan = self.cache_plan(req)
         with self.store.read() as conn:
-            if key is None:
+            if plan is None:
                 return self._route(req, Tx(conn, []))
+            key = plan.key
             if now is None:
                 # the versions first: the data read after them is at least as new
-                now = self.store.versions(conn)
+                now = self.store.versions(conn, plan.rows)
             entry = self.cache.get(key, now)
             if entry is None:
                 with self.cache.computing(key) as waited:
                     # computed while this request waited?
                     entry = self.cache.get(key, now, or_newer=True) if waited else None
                     if entry is None:
-                        if waited:
-                            now = self.store.versions(conn)  # those waiting behind this one came before now
-                        res, entry = self._read_into_cache(req, conn, key, now)
+                        if waited:  # those waiting behind this one came before now
+                            now = self.store.versions(conn, plan.rows)
+                        res, entry = self._read_into_cache(req, conn, plan, now)
                         if entry is None:
                             return res
         return self._from_entry(req, entry)
 
-    def _read_into_cache(self, req: ApiRequest, conn: Connection, key: tuple,
+    def _read_into_cache(self, req: ApiRequest, conn: Connection, plan: CachePlan,
                          now: dict[str, int]) -> tuple[ApiResponse, Entry | None]:
         """Answer a GET, noting the tables it reads; a 200 JSON answer is remembered at their versions."""
         assert self.cache is not None
@@ -242,7 +253,8 @@ class Service:
             conn.info.pop(READ_KEY, None)
         if res.status != 200 or res.text is not None:
             return res, None
-        return res, self.cache.put(key, stamp(read, now, TABLES), res.status, res.content(), res.headers)
+        return res, self.cache.put(plan.key, stamp(read, now, TABLES, plan.scope), res.status, res.content(),
+                                   res.headers)
 
     def _route(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         path = req.path.strip("/")
@@ -573,6 +585,37 @@ class Service:
             id_ = self._resolve_id(t.conn, resource)
             self.store.delete(t.conn, resource.entity, id_)
         return ApiResponse(200)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    """A GET's key in the response cache and, for a read confined to one (Multi)Datastream's Observations, the
+    row version keys that stand for the tables it reads (sensorthings.store.versions.confined)."""
+
+    key: tuple
+    scope: dict[str, str] | None
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """The row version keys to read with the tables' versions."""
+        return tuple(self.scope.values()) if self.scope else ()
+
+
+def _confinement(req: ApiRequest) -> dict[str, str] | None:
+    """`Datastreams(n)/Observations` (or a MultiDatastream's) whose options reach no other Observations or
+    Datastreams: it reads that stream's row and Observations only, so writes elsewhere cannot change it."""
+    try:
+        resource = parse_path(req.path.strip("/"))
+    except PathError:
+        return None
+    parent = resource.parent
+    if (len(resource.steps) != 2 or parent is None or parent.id is None
+            or parent.entity not in (DATASTREAM, MULTI_DATASTREAM) or resource.entity is not OBSERVATION
+            or resource.single or resource.ref or resource.prop is not None):
+        return None
+    if any("observations" in v.lower() or "datastreams" in v.lower() for v in req.params.values()):
+        return None
+    return confined(parent.entity.table, parent.id)
 
 
 def _settle(answer: Future[ApiResponse], finish: Callable[[], ApiResponse]) -> None:

@@ -115,6 +115,58 @@ def test_a_write_is_seen_by_the_other_worker_and_spares_other_tables(
     assert worker(reader) == pid  # one worker answered the reader throughout
 
 
+def test_a_chart_stays_cached_while_other_datastreams_are_written(
+        clients: tuple[httpx.Client, httpx.Client]) -> None:
+    """A read confined to one Datastream's Observations depends on that Datastream's row and Observations only:
+    devices writing to other Datastreams (which widens those Datastreams' times) leave it cached, a write to its
+    own Datastream, to its row or an Observation moved to it reaches it at once, through the other worker too."""
+    reader, writer = clients
+    made = writer.post("/v1.1/Things", json={
+        "name": unique("charts"), "description": "d",
+        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [10, 53]}}],
+        "Datastreams": [{"name": f"ds{k}", "description": "d", "observationType": OM,
+                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
+                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}
+                        for k in range(2)]})
+    assert made.status_code == 201, made.text
+    streams = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"]
+    mine, other = sorted(d["@iot.id"] for d in streams)
+    charts = [(f"Datastreams({mine})/Observations", NEWEST),
+              (f"Datastreams({mine})/Observations", {**NEWEST, "$expand": "FeatureOfInterest,Datastream"})]
+    first = [sta_get(reader, *chart) for chart in charts]
+
+    def post(ds: int, when: str) -> int:
+        r = writer.post(f"/v1.1/Datastreams({ds})/Observations", json={"phenomenonTime": when, "result": 2})
+        assert r.status_code == 201, r.text
+        return r.json()["@iot.id"]
+
+    elsewhere = post(other, "2024-03-01T00:00:00Z")
+    counted = hits(reader)
+    assert [sta_get(reader, *chart) for chart in charts] == first
+    assert hits(reader) == counted + 2  # neither was read again
+    # reaching other Observations (through another Datastream) depends on them all: read afresh
+    assert sta_get(reader, "Observations", NEWEST)["value"][0]["@iot.id"] == elsewhere
+
+    own = post(mine, "2024-02-01T00:00:00Z")
+    for chart in charts:
+        assert sta_get(reader, *chart)["value"][0]["@iot.id"] == own
+    # its own row changed: the expanded Datastream shows it
+    assert writer.patch(f"/v1.1/Datastreams({mine})", json={"name": "renamed"}).status_code == 200
+    assert sta_get(reader, *charts[1])["value"][0]["Datastream"]["name"] == "renamed"
+    # an Observation moved here from the other Datastream
+    assert writer.patch(f"/v1.1/Observations({elsewhere})", json={"Datastream": {"@iot.id": mine}}).status_code == 200
+    assert sta_get(reader, *charts[0])["value"][0]["@iot.id"] == elsewhere
+    # ... and moved away again
+    assert writer.patch(f"/v1.1/Observations({elsewhere})", json={"Datastream": {"@iot.id": other}}).status_code == 200
+    assert sta_get(reader, *charts[0])["value"][0]["@iot.id"] == own
+    # deleted
+    assert writer.delete(f"/v1.1/Observations({own})").status_code == 200
+    assert own not in [o["@iot.id"] for o in sta_get(reader, *charts[0])["value"]]
+
+
 def test_a_conditional_read_after_a_write_gets_the_new_answer(clients: tuple[httpx.Client, httpx.Client]) -> None:
     reader, writer = clients
     thing = writer.post("/v1.1/Things", json={"name": unique("etag"), "description": "d"}).json()["@iot.id"]

@@ -91,14 +91,15 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
 
     async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
-        if versions is None or service.cache_key(req) is None:
+        plan = service.cache_plan(req) if versions is not None else None
+        if versions is None or plan is None:
             return None, None
         try:
-            now = await versions.current()
+            now = await versions.current(plan.rows)
         except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
             log.debug("versions not read on the event loop: %s", exc)
             return None, None
-        return service.cached(req, now), now
+        return service.cached(req, plan, now), now
 
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"

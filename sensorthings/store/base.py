@@ -148,9 +148,10 @@ class Store:
         self.writer.close()
         self.engine.dispose()
 
-    def versions(self, conn: Connection) -> dict[str, int]:
-        """Every table's change version now (sensorthings.store.versions), read on `conn` before its data."""
-        return versions.current(conn)
+    def versions(self, conn: Connection, rows: tuple[str, ...] = ()) -> dict[str, int]:
+        """Every table's change version now, and those of the row keys `rows` (sensorthings.store.versions),
+        read on `conn` before its data."""
+        return versions.current(conn, rows)
 
     def healthy(self) -> bool:
         """True when the database answers."""

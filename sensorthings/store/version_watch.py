@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from typing import Protocol
 
-from sensorthings.store.versions import CURRENT_SQL
+from sensorthings.store.versions import current_sql
 
 log = logging.getLogger("udp.sensorthings.versions")
 
@@ -23,8 +23,8 @@ log = logging.getLogger("udp.sensorthings.versions")
 class VersionWatch(Protocol):
     """Reads every table's change version without blocking the event loop for a round trip."""
 
-    async def current(self) -> dict[str, int]:
-        """The versions, read after this call began."""
+    async def current(self, rows: tuple[str, ...] = ()) -> dict[str, int]:
+        """Every table's versions and those of the row keys `rows`, read after this call began."""
         ...
 
     async def close(self) -> None:
@@ -43,14 +43,16 @@ class PostgresVersions:
         self.conninfo = conninfo
         self._conn: object | None = None
         self._next: asyncio.Future[dict[str, int]] | None = None
+        self._next_rows: set[str] = set()  # the row keys the callers of the next read ask for
         self._task: asyncio.Task[None] | None = None
 
-    async def current(self) -> dict[str, int]:
-        """The versions, read after this call began."""
+    async def current(self, rows: tuple[str, ...] = ()) -> dict[str, int]:
+        """Every table's versions and those of the row keys `rows`, read after this call began."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._run())
+        self._next_rows.update(rows)
         return await asyncio.shield(self._next)
 
     async def _run(self) -> None:
@@ -59,11 +61,13 @@ class PostgresVersions:
         while self._next is not None:
             # callers from now on wait for the next read: this one may have been asked for before they came
             waiting, self._next = self._next, None
+            rows, self._next_rows = tuple(self._next_rows), set()
             try:
                 if self._conn is None:
                     self._conn = await psycopg.AsyncConnection.connect(
                         self.conninfo, autocommit=True, connect_timeout=5, options="-c timezone=UTC")
-                cursor = await self._conn.execute(CURRENT_SQL["postgresql"], prepare=True)  # type: ignore[attr-defined]
+                cursor = await self._conn.execute(current_sql("postgresql", len(rows)), rows,  # type: ignore[attr-defined]
+                                                  prepare=True)
                 waiting.set_result(dict(await cursor.fetchall()))
             except Exception as exc:  # noqa: BLE001 - the callers fall back to reading in a thread
                 await self.close()
@@ -87,9 +91,9 @@ class SqliteVersions:
         # read-only, and never waiting long for a lock: a caller that cannot read falls back to a thread
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05, check_same_thread=False)
 
-    async def current(self) -> dict[str, int]:
-        """The versions, read now."""
-        return dict(self._conn.execute(CURRENT_SQL["sqlite"]).fetchall())
+    async def current(self, rows: tuple[str, ...] = ()) -> dict[str, int]:
+        """Every table's versions and those of the row keys `rows`, read now."""
+        return dict(self._conn.execute(current_sql("sqlite", len(rows)), rows).fetchall())
 
     async def close(self) -> None:
         """Release the connection."""

@@ -10,6 +10,13 @@ the tables it read; while they stand, its answer stands (sensorthings.cache).
   sharded by transaction id and summed by readers, so that concurrent writers to one table rarely
   wait for each other. The versions become visible in the same commit as the data.
 - SQLite: one writer at a time, so a row trigger raises the version inside the writing transaction.
+
+Besides the tables, rows: each (Multi)Datastream has a version of its own row and one of its Observations
+(`sta_row_versions`, keys `datastreams@7`, `observations@d7`; `m` for a MultiDatastream), kept the same way
+(PostgreSQL: statement triggers read the rows from their transition tables). A read confined to one
+Datastream's Observations (a chart) depends on those instead of the whole tables, so devices writing to
+other Datastreams leave its answer standing. Nothing truncates these tables; a TRUNCATE would raise the
+table versions only.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.sql.util import find_tables
 
 VERSIONS = "sta_versions"
+ROW_VERSIONS = "sta_row_versions"
+ROW_TABLES = ("observations", "datastreams", "multi_datastreams")  # the tables whose rows have versions
 SHARDS = 8
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
 
@@ -41,9 +50,31 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+CREATE TABLE IF NOT EXISTS {ROW_VERSIONS} (key text PRIMARY KEY, version bigint NOT NULL);
+CREATE OR REPLACE FUNCTION sta_note_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    noted text := coalesce(current_setting('sta.rows', true), '');
+BEGIN
+    -- `changed`: the rows after (before, for a DELETE); an UPDATE may also move Observations away from a
+    -- stream (`changed_before`). Repeated keys are harmless: the flush takes each once.
+    IF TG_TABLE_NAME = 'observations' THEN
+        noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT 'observations@' || CASE WHEN datastream_id
+            IS NOT NULL THEN 'd' || datastream_id ELSE 'm' || multi_datastream_id END, ',') FROM changed), '');
+        IF TG_OP = 'UPDATE' THEN
+            noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT 'observations@' || CASE WHEN
+                datastream_id IS NOT NULL THEN 'd' || datastream_id ELSE 'm' || multi_datastream_id END, ',')
+                FROM changed_before), '');
+        END IF;
+    ELSE
+        noted := noted || ',' || coalesce((SELECT string_agg(TG_TABLE_NAME || '@' || id, ',') FROM changed), '');
+    END IF;
+    PERFORM set_config('sta.rows', noted, true);
+    RETURN NULL;
+END $$;
 CREATE OR REPLACE FUNCTION sta_flush_versions() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     table_name text;
+    row_key text;
     my_shard integer := mod(txid_current(), {SHARDS})::integer;
 BEGIN
     FOR table_name IN
@@ -53,6 +84,15 @@ BEGIN
         ON CONFLICT (name, shard) DO UPDATE SET version = v.version + 1;
     END LOOP;
     PERFORM set_config('sta.written', '', true);
+    -- after the tables, in key order: every writer locks version rows in one order
+    FOR row_key IN
+        SELECT DISTINCT k FROM unnest(string_to_array(current_setting('sta.rows', true), ',')) AS k WHERE k <> ''
+        ORDER BY 1
+    LOOP
+        INSERT INTO {ROW_VERSIONS} AS v (key, version) VALUES (row_key, 1)
+        ON CONFLICT (key) DO UPDATE SET version = v.version + 1;
+    END LOOP;
+    PERFORM set_config('sta.rows', '', true);
     DELETE FROM sta_version_flush WHERE xid = NEW.xid;
     RETURN NULL;
 END $$;
@@ -78,6 +118,19 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
                 conn.exec_driver_sql(
                     f"CREATE TRIGGER sta_note_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {name} "
                     "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write()")
+        row_triggers = {(t, n) for t, n in conn.exec_driver_sql(
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE left(t.tgname, 9) = 'sta_rows_' AND pg_table_is_visible(c.oid)").all()}
+        for name in ROW_TABLES:
+            if name not in names:
+                continue
+            # a trigger with transition tables takes one event
+            for op, tables in (("insert", "NEW TABLE AS changed"), ("delete", "OLD TABLE AS changed"),
+                               ("update", "OLD TABLE AS changed_before NEW TABLE AS changed")):
+                if (name, f"sta_rows_{op}") not in row_triggers:
+                    conn.exec_driver_sql(
+                        f"CREATE TRIGGER sta_rows_{op} AFTER {op.upper()} ON {name} REFERENCING {tables} "
+                        "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_rows()")
         return
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) VALUES "
@@ -87,23 +140,61 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         for op in ("INSERT", "UPDATE", "DELETE"):
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_version_{op.lower()}_{name} AFTER {op} ON {name} "
                                  + bump.format(name=name))
+    conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {ROW_VERSIONS} (key TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    for name in ROW_TABLES:
+        if name not in names:
+            continue
+        for op, rows in (("insert", ("NEW",)), ("delete", ("OLD",)), ("update", ("OLD", "NEW"))):
+            bumps = "".join(
+                f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES ({_sqlite_row_key(name, row)}, 1) "
+                "ON CONFLICT (key) DO UPDATE SET version = version + 1; " for row in rows)
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rows_{op}_{name} AFTER {op.upper()} ON {name} "
+                                 f"BEGIN {bumps}END")
 
 
-CURRENT_SQL = {
+def _sqlite_row_key(table: str, row: str) -> str:
+    if table == "observations":
+        return (f"'observations@' || CASE WHEN {row}.datastream_id IS NOT NULL THEN 'd' || {row}.datastream_id "
+                f"ELSE 'm' || {row}.multi_datastream_id END")
+    return f"'{table}@' || {row}.id"
+
+
+_TABLES_SQL = {
     "postgresql": f"SELECT name, sum(version)::bigint FROM {VERSIONS} GROUP BY name",
     "sqlite": f"SELECT name, version FROM {VERSIONS}",
 }
 
 
-def current(conn: Connection) -> dict[str, int]:
-    """Every table's version now (a table never written may be missing: its version is 0)."""
-    return dict(conn.exec_driver_sql(CURRENT_SQL[conn.dialect.name]).all())  # type: ignore[arg-type]
+def current_sql(dialect: str, rows: int) -> str:
+    """The statement reading every table's version and those of `rows` row keys (parameters: the keys)."""
+    if not rows:
+        return _TABLES_SQL[dialect]
+    mark = "%s" if dialect == "postgresql" else "?"
+    keys = ", ".join([mark] * rows)
+    return f"{_TABLES_SQL[dialect]} UNION ALL SELECT key, version FROM {ROW_VERSIONS} WHERE key IN ({keys})"
 
 
-def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str]) -> tuple[tuple[str, int], ...]:
+def current(conn: Connection, rows: tuple[str, ...] = ()) -> dict[str, int]:
+    """Every table's version now, and the versions of the row keys `rows` (a table or row never written may be
+    missing: its version is 0)."""
+    return dict(conn.exec_driver_sql(current_sql(conn.dialect.name, len(rows)), rows).all())  # type: ignore[arg-type]
+
+
+def confined(entity_table: str, id_: int) -> dict[str, str]:
+    """For a read confined to one (Multi)Datastream (`entity_table`, `id_`) and its Observations: the version
+    key that stands for each table it reads there."""
+    kind = "d" if entity_table == "datastreams" else "m"
+    return {entity_table: f"{entity_table}@{id_}", "observations": f"observations@{kind}{id_}"}
+
+
+def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str],
+          scope: Mapping[str, str] | None = None) -> tuple[tuple[str, int], ...]:
     """The versions a read depends on: of the tables it read (of `every` table when it read raw SQL, or
-    when nothing was noted: an answer is never kept as if it depended on nothing)."""
+    when nothing was noted: an answer is never kept as if it depended on nothing); with `scope` (`confined`),
+    of the row keys standing for the tables it names."""
     names = every if ALL in read or not read else read
+    if scope:
+        names = {scope.get(name, name) for name in names}
     return tuple(sorted((name, now.get(name, 0)) for name in names))
 
 
