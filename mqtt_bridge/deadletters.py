@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, Integer, LargeBinary, MetaData, String, Table, Text, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from sensorthings.store.base import Store
 from sensorthings.store.schema import ID, UtcDateTime
@@ -60,9 +62,12 @@ def already_seen(conn: Connection, prints: list[str]) -> set[str]:
 
 def remember(conn: Connection, prints: list[str], at: datetime) -> None:
     """Record committed messages' fingerprints (in the same transaction as their Observations)."""
-    fresh = sorted(set(prints) - already_seen(conn, prints))
-    if fresh:
-        conn.execute(seen_messages.insert(), [{"fingerprint": p, "at": at} for p in fresh])
+    if not prints:
+        return
+    # one statement: those already there (a message sent twice) are skipped by the database
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(insert(seen_messages).on_conflict_do_nothing(),
+                 [{"fingerprint": p, "at": at} for p in sorted(set(prints))])
 
 
 def forget_old(conn: Connection, keep: int = KEEP_SEEN) -> int:

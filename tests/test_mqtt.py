@@ -185,3 +185,47 @@ def test_external_broker(mosquitto_server: Server) -> None:
         assert 2 in [o["result"] for o in values(sta, f"Datastreams({ds})/Observations")]
     finally:
         listener.close()
+
+
+def test_an_external_broker_never_sends_the_creator_its_own_notifications(tmp_path: Any) -> None:
+    """On an external broker the platform takes creates on the topics it publishes notifications to: through one
+    MQTT 5 connection whose subscriptions are No Local, each create comes in once and its notifications (to
+    `v1.1/Observations` and `v1.1/Datastreams(n)/Observations`, which the creator subscribes to) reach other
+    clients but not the creator."""
+    if not MQTT_URL:
+        pytest.skip("UDP_TEST_MQTT is not set: external broker tests skipped")
+    from sensorthings.mqtt.client import BrokerAddress
+    from sensorthings.mqtt.create import Creator
+    from sensorthings.mqtt.notify import Notifier
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'nolocal.db'}")
+    service = Service(store)
+    tid = service.call("POST", "Things", thing_body(f"nl-{uuid.uuid4().hex[:6]}"))["@iot.id"]
+    ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
+    address = BrokerAddress.parse(MQTT_URL)
+    creator = Creator(service, "http://udp.test/v1.1")
+    creator.subscribe(address, f"test-create-{uuid.uuid4().hex[:8]}")
+    notifier = Notifier(store, address, "http://udp.test/v1.1", "unused", client=creator.client)
+    store.listeners.append(notifier)
+    broker = urlsplit(MQTT_URL)
+    listener = Listener(broker.hostname, broker.port or 1883, [f"v1.1/Datastreams({ds})/Observations"])
+    try:
+        wait_until(lambda: creator.client.is_connected(), 10, "the creator to connect")
+        time.sleep(0.5)  # its SUBACK
+        for k in range(5):
+            listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": k}), qos=1)
+        for k in range(5):
+            listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p, k=k: p == {"result": k})
+            assert listener.wait(f"v1.1/Datastreams({ds})/Observations",
+                                 where=lambda p, k=k: p.get("result") == k and "@iot.id" in p)
+        wait_until(lambda: creator.created == 5, 10, "five creates")
+        time.sleep(0.5)  # anything the broker would send back has come by now
+        assert creator.received == 5, "the creator heard its own notifications"
+        assert notifier.published >= 10  # each to the Observations and the Datastream's set
+    finally:
+        listener.close()
+        notifier.close()
+        creator.close()
+        store.close()

@@ -215,8 +215,9 @@ class _Mqtt:
         if self.bridge is not None:
             self.bridge.terminate()  # type: ignore[attr-defined]
             self.bridge.join(30)  # type: ignore[attr-defined]
-        self.creator.close()  # type: ignore[attr-defined]
+        # the notifier first: on an external broker it publishes through the creator's connection
         self.notifier.close()  # type: ignore[attr-defined]
+        self.creator.close()  # type: ignore[attr-defined]
         if self.broker is not None:
             self.broker.stop()  # type: ignore[attr-defined]
 
@@ -289,8 +290,9 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         # one persistent session per store: a restart picks up what was published meanwhile
         creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
     # Observations created by publishing, and by the bridge, notify like any other write
+    # on an external broker through the creator's connection: its notifications are not sent back to it
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create",
-                        limits=config.limits(), qos=config.mqtt_notify_qos)
+                        limits=config.limits(), qos=config.mqtt_notify_qos, client=creator.client)
     store.listeners.append(notifier)
     if config.sensors:
         _provision(Service(store), config)  # here, so that what it makes is notified too

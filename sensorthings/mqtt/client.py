@@ -36,12 +36,22 @@ class BrokerAddress:
         return cls(parts.hostname, parts.port or default_port, transport, tls, parts.username, parts.password)
 
 
+SESSION_EXPIRY = 7 * 24 * 3600  # seconds an MQTT 5 broker keeps a persistent session of a client that is gone
+
+
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
-            manual_ack: bool = False, inflight: int = 100, wait: float = 10) -> mqtt.Client:
-    """A started client that (re)subscribes on every (re)connect; waits for the first connection."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         transport=address.transport, manual_ack=manual_ack)
+            manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False) -> mqtt.Client:
+    """A started client that (re)subscribes on every (re)connect; waits for the first connection.
+
+    `no_local`: MQTT 5, its subscriptions with No Local, so that the broker never sends the client what it
+    published itself (a platform that takes creates and publishes notifications on the same topics)."""
+    if no_local:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                             transport=address.transport, manual_ack=manual_ack)
+    else:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                             transport=address.transport, manual_ack=manual_ack)
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
@@ -56,13 +66,26 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
             log.warning("broker %s:%s refused %s: %s", address.host, address.port, client_id, reason)
             return
         for topic, qos in subscriptions or []:
-            c.subscribe(topic, qos)
+            if no_local:
+                c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, noLocal=True))
+            else:
+                c.subscribe(topic, qos)
         connected.set()
 
     client.on_connect = on_connect
     if on_message is not None:
         client.on_message = lambda _c, _u, msg: on_message(msg)
-    client.connect_async(address.host, address.port, keepalive=30)
+    if no_local:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.CONNECT)
+        if not clean_session:
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+        client.connect_async(address.host, address.port, keepalive=30, clean_start=clean_session,
+                             properties=properties)
+    else:
+        client.connect_async(address.host, address.port, keepalive=30)
     client.loop_start()
     if not connected.wait(wait):
         log.warning("broker %s:%s not reachable yet; %s keeps trying", address.host, address.port, client_id)

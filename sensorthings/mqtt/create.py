@@ -41,15 +41,18 @@ class Creator:
         self.base = base.rstrip("/")
         self.created = 0
         self.rejected = 0
+        self.received = 0  # messages from an external broker
         self.client: mqtt.Client | None = None
 
     def subscribe(self, address: BrokerAddress, client_id: str) -> None:
-        """Take creates from an external broker, in a persistent session; each message is acknowledged once its
-        Observation is committed."""
+        """Take creates from an external broker (MQTT 5), in a persistent session; each message is acknowledged once
+        its Observation is committed. Notifications published through `self.client` (Notifier's `client`) are
+        never sent back to it (No Local): they share the creates' topics."""
         self.client = connect(address, client_id, on_message=self._on_message, clean_session=False,
-                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], inflight=1000)
+                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], inflight=1000, no_local=True)
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
         client, mid, qos = self.client, msg.mid, msg.qos
         done = self.create(msg.topic, bytes(msg.payload))
         if qos == 0 or client is None:

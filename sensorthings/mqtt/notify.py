@@ -97,7 +97,9 @@ class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
     def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str,
-                 limits: Limits = Limits(), qos: int = 1) -> None:
+                 limits: Limits = Limits(), qos: int = 1, client: mqtt.Client | None = None) -> None:
+        """`client`: publish through this connected client (the creator's, whose subscriptions are No Local)
+        instead of a connection of its own."""
         self.store = store
         self.qos = qos  # mqtt.notify_qos
         self.limits = limits  # server.*: a topic's query options meet the limits an HTTP GET meets
@@ -106,8 +108,9 @@ class Notifier:
         self.subscribed: set[str] | None = None  # known only with the embedded broker
         self.published = 0
         self.internal = InternalIndex(store)
-        self.client = connect(address, client_id, on_message=self._on_message,
-                              subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
+        self.owns_client = client is None
+        self.client = client if client is not None else connect(
+            address, client_id, on_message=self._on_message, subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
         self.thread.start()
 
@@ -135,8 +138,9 @@ class Notifier:
         """Publish what is queued, then disconnect."""
         self.queue.put(None)
         self.thread.join(10)
-        self.client.loop_stop()
-        self.client.disconnect()
+        if self.owns_client:
+            self.client.loop_stop()
+            self.client.disconnect()
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == SUBSCRIPTIONS_TOPIC:
