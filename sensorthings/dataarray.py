@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sensorthings.body import BodyError, convert_value, parse_id
-from sensorthings.model import DATASTREAM, MULTI_DATASTREAM, OBSERVATION
+from sensorthings.model import DATASTREAM, MULTI_DATASTREAM, OBSERVATION, EntityType
 from sensorthings.store.base import Store, StoreError
 from sensorthings.store.observations import ObservationRow
 
@@ -43,10 +43,12 @@ def _parse(store: Store, conn: Any, data: Any) -> list[ObservationRow | None]:
     if not isinstance(data, list):
         raise BodyError("CreateObservations takes a JSON array of {Datastream, components, dataArray}")
     out: list[ObservationRow | None] = []
+    named: dict[EntityType, set[int]] = {DATASTREAM: set(), MULTI_DATASTREAM: set()}
     for group in data:
         if not isinstance(group, dict):
             raise BodyError("each CreateObservations item must be a JSON object")
-        stream_col, stream_id = _stream(store, conn, group)
+        entity, stream_col, stream_id = _stream(group)
+        named[entity].add(stream_id)
         components = group.get("components")
         rows = group.get("dataArray")
         if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
@@ -59,10 +61,14 @@ def _parse(store: Store, conn: Any, data: Any) -> list[ObservationRow | None]:
         if not isinstance(rows, list):
             raise BodyError("dataArray must be an array of arrays")
         out.extend(_row(components, row, stream_col, stream_id) for row in rows)
+    # a request naming a Datastream that does not exist is wrong as a whole, not row by row
+    for entity, ids in named.items():
+        if missing := store.missing(conn, entity, ids):
+            raise StoreError(f"{entity.name} {min(missing)} does not exist")
     return out
 
 
-def _stream(store: Store, conn: Any, group: dict[str, Any]) -> tuple[str, int]:
+def _stream(group: dict[str, Any]) -> tuple[EntityType, str, int]:
     if "Datastream" in group:
         col, entity, ref = "datastream_id", DATASTREAM, group["Datastream"]
     elif "MultiDatastream" in group:
@@ -71,11 +77,7 @@ def _stream(store: Store, conn: Any, group: dict[str, Any]) -> tuple[str, int]:
         raise BodyError("each CreateObservations item needs a Datastream or MultiDatastream")
     if not isinstance(ref, dict) or "@iot.id" not in ref:
         raise BodyError('the Datastream is given as {"@iot.id": <id>}')
-    id_ = parse_id(ref["@iot.id"], entity.name)
-    # a request naming a Datastream that does not exist is wrong as a whole, not row by row
-    if not store.exists(conn, entity, id_):
-        raise StoreError(f"{entity.name} {id_} does not exist")
-    return col, id_
+    return entity, col, parse_id(ref["@iot.id"], entity.name)
 
 
 def _row(components: list[str], row: Any, stream_col: str, stream_id: int) -> ObservationRow | None:

@@ -198,6 +198,13 @@ class Store:
         table = TABLES[entity.table]
         return conn.execute(select(exists().where(table.c.id == id_))).scalar() is True
 
+    def missing(self, conn: Connection, entity: EntityType, ids: set[int]) -> set[int]:
+        """Which of the entities `ids` do not exist (one query)."""
+        if not ids:
+            return set()
+        table = TABLES[entity.table]
+        return ids - set(conn.execute(select(table.c.id).where(table.c.id.in_(ids))).scalars())
+
     def _resolve(self, conn: Connection, item: Draft | Ref, implied: dict[str, int], changes: list[Change]) -> int:
         if isinstance(item, Ref):
             if not self.exists(conn, item.entity, item.id):
