@@ -256,3 +256,37 @@ def test_multidatastream_results_follow_each_observation_type(sta: httpx.Client)
                                               "dataArray": [[[False, 0]], [["no", 0]]]}])
     assert r.status_code == 201 and r.json()[1] == "error" and r.json()[0] != "error"
     assert sta.get(f"MultiDatastreams({md})").json()["phenomenonTime"].startswith("2020-01-01T00:00:00Z/")
+
+
+def test_each_observation_gets_its_own_things_feature_in_a_shared_write(store_url: str) -> None:
+    """Rows of several Things in one group commit: each row's generated FeatureOfInterest is its own Thing's
+    newest Location's, whether that FeatureOfInterest is made in the write or found with the stream (a
+    correlated subquery once picked one Thing's for all)."""
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(store_url)
+    service = Service(store)
+    try:
+        streams = []
+        for k in range(3):
+            thing = service.call("POST", "Things", {
+                "name": f"t{k}", "description": "d", "Locations": [{
+                    "name": f"place {k}", "description": "", "encodingType": "application/geo+json",
+                    "location": {"type": "Point", "coordinates": [10 + k, 53]}}],
+                "Datastreams": [{"name": f"s{k}", "description": "d", "observationType": OM + "OM_Measurement",
+                                 "unitOfMeasurement": UNIT,
+                                 "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
+                                            "metadata": "m"},
+                                 "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
+            streams.append(service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"])
+        for _ in range(2):  # the first write makes the FeaturesOfInterest, the second finds them
+            service.call("POST", "CreateObservations", [
+                {"Datastream": {"@iot.id": ds}, "components": ["result"], "dataArray": [[1], [2]]} for ds in streams])
+        for k, ds in enumerate(streams):
+            got = service.call("GET", f"Datastreams({ds})/Observations", None, **{"$expand": "FeatureOfInterest"})
+            assert {o["FeatureOfInterest"]["name"] for o in got["value"]} == {f"place {k}"}
+            assert len(got["value"]) == 4
+        assert len(service.call("GET", "FeaturesOfInterest")["value"]) == 3
+    finally:
+        store.close()

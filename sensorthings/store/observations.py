@@ -325,7 +325,8 @@ def _widen(conn: Connection, multi: bool, spans: list[dict[str, Any]]) -> None:
 def _streams_statement(multi: bool) -> Any:
     table = TABLES["multi_datastreams" if multi else "datastreams"]
     tl = TABLES["thing_locations"]
-    loc = (select(tl.c.location_id).where(tl.c.thing_id == table.c.thing_id)
+    # correlated explicitly: inside the FeatureOfInterest's subquery too, not only where it stands first
+    loc = (select(tl.c.location_id).where(tl.c.thing_id == table.c.thing_id).correlate(table)
            .order_by(tl.c.location_id.desc()).limit(1).scalar_subquery())
     foi = TABLES["features_of_interest"]
     feature = select(func.min(foi.c.id)).where(foi.c.generated_from == loc).scalar_subquery()
