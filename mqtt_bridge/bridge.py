@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,8 @@ from mqtt_bridge.mapping import Unmappable, map_message, match
 from mqtt_bridge.rules import Rule
 from mqtt_bridge.writer import Message, Writer
 from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.mqtt.create import CREATE_TOPIC, Creator
+from sensorthings.mqtt.create import TOPICS as CREATE_TOPICS
 from sensorthings.query.limits import Limits
 from sensorthings.store.base import Store
 from sensorthings.times import now
@@ -42,20 +45,41 @@ def subscriptions(rules: list[Rule]) -> list[tuple[str, int]]:
 
 
 class Bridge:
-    """Device topics → Observations, for one store."""
+    """Device topics → Observations, for one store.
+
+    With a `creator` it also takes the SensorThings creates (`v1.1/…/Observations`) on its connection, which is
+    then MQTT 5 with No Local subscriptions, and `before_start` may attach a notifier publishing through it: the
+    broker never sends the notifications of what it wrote back to it (they share the creates' topics)."""
 
     def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
-                 batch_size: int = 1000, max_wait: float = 0.002) -> None:
+                 batch_size: int = 1000, max_wait: float = 0.002, creator: Creator | None = None,
+                 before_start: Callable[[mqtt.Client], None] | None = None) -> None:
         self.store = store
         self.rules = rules
         self.received = 0
+        self.closing = False
+        self.creator = creator
         self.writer = Writer(store, batch_size, max_wait)
         cid = client_id or "udp-bridge-" + hashlib.sha1(store.url.encode()).hexdigest()[:10]
+        topics = subscriptions(rules) + ([(t, 1) for t in CREATE_TOPICS] if creator is not None else [])
+
+        def attach(client: mqtt.Client) -> None:
+            if creator is not None:
+                creator.client = client  # it acknowledges the creates
+            if before_start is not None:
+                before_start(client)
+
         self.client = connect(address, cid, on_message=self.handle, clean_session=False, manual_ack=True,
-                              subscriptions=subscriptions(rules))
+                              subscriptions=topics, inflight=1000, no_local=creator is not None,
+                              before_start=attach)
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
         """Map one message and queue it; it is acknowledged once written."""
+        if self.closing:
+            return  # not acknowledged: the broker delivers it again to the next session
+        if self.creator is not None and CREATE_TOPIC.match(msg.topic):
+            self.creator.on_message(msg)
+            return
         if msg.topic.startswith(PLATFORM_TOPICS):
             if msg.qos > 0:
                 self.client.ack(msg.mid, msg.qos)
@@ -82,10 +106,14 @@ class Bridge:
         return {"received": self.received, "stored": w.stored, "dead_letters": w.dead, "duplicates": w.duplicates,
                 "write_failures": w.failures}
 
-    def close(self) -> None:
-        """Stop taking messages, write what is queued, disconnect."""
-        self.client.loop_stop()
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """Stop taking messages, write what is queued (acknowledging it), run `then` (a notifier publishing
+        through this connection sends what it holds), disconnect."""
+        self.closing = True
         self.writer.close()
+        if then is not None:
+            then()
+        self.client.loop_stop()
         self.client.disconnect()
 
 
@@ -123,22 +151,37 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
 
 
 def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, limits: Limits,
-                ready: Any = None, parent: int | None = None, notify_qos: int = 1) -> None:
+                ready: Any = None, parent: int | None = None, notify_qos: int = 1,
+                creates: int | None = None) -> None:
     """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
     rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
-    workers, the broker and the creator. Stops cleanly (queued messages written) on SIGTERM."""
+    workers and the broker. With `creates` (the largest payload, in bytes: an external broker) it takes the
+    SensorThings creates too, on the same MQTT 5 connection as its device topics and its notifications.
+    Stops cleanly (queued messages written) on SIGTERM."""
     import os
     import signal
     import socket
     import threading
 
     from sensorthings.mqtt.notify import Notifier
+    from sensorthings.service import Service
 
     store = Store.open(store_url)
-    notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
-                        limits=limits, qos=notify_qos)
-    store.listeners.append(notifier)
-    bridge = Bridge(store, rules, address)
+    notifiers: list[Notifier] = []
+
+    def notify_through(client: mqtt.Client | None) -> None:
+        notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
+                            limits=limits, qos=notify_qos, client=client)
+        store.listeners.append(notifier)  # before the first message can be written
+        notifiers.append(notifier)
+
+    if creates is None:
+        notify_through(None)
+        bridge = Bridge(store, rules, address)
+    else:
+        bridge = Bridge(store, rules, address, creator=Creator(Service(store, limits=limits), base, creates),
+                        before_start=notify_through)
+    notifier = notifiers[0]
     if ready is not None:
         ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     stop = threading.Event()
@@ -149,6 +192,9 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     # a bridge whose `udp serve` died (even by SIGKILL) stops too
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
-    bridge.close()
-    notifier.close()
+    if creates is None:
+        bridge.close()
+        notifier.close()
+    else:
+        bridge.close(then=notifier.close)
     store.close()

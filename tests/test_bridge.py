@@ -199,6 +199,59 @@ def test_bridge_on_mosquitto(tmp_path: Path) -> None:
         stop_server(srv)
 
 
+def test_bridge_takes_the_creates_on_one_connection_without_hearing_its_notifications(tmp_path: Path) -> None:
+    """On an external broker the bridge's process takes the SensorThings creates too, and publishes the
+    notifications of both through its one MQTT 5 connection (No Local): other clients get every notification,
+    the bridge receives only the devices' messages and the creates, none of the notifications it published on
+    the topics the creates share."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    # a broker of its own: other tests' platforms publish notifications to the same small ids on a shared one
+    private = Mosquitto()
+    from mqtt_bridge.bridge import Bridge
+    from mqtt_bridge.rules import parse_rules
+    from sensorthings.mqtt.client import BrokerAddress
+    from sensorthings.mqtt.create import Creator
+    from sensorthings.mqtt.notify import Notifier
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'one.db'}")
+    sta_store_thing(store)
+    service = Service(store)
+    ds = service.call("GET", "Datastreams")["value"][0]["@iot.id"]
+    address = BrokerAddress.parse(f"mqtt://127.0.0.1:{private.port}")
+    prefix = f"one{uuid.uuid4().hex[:6]}"
+    notifiers: list[Notifier] = []
+
+    def attach(client: mqtt.Client) -> None:
+        notifiers.append(Notifier(store, address, "http://udp.test/v1.1", "unused", client=client))
+        store.listeners.append(notifiers[0])
+
+    bridge = Bridge(store, parse_rules([{"topic": prefix + "/{s}", "datastream": "ds {s}", "result": "$.v"}]),
+                    address, client_id=f"test-bridge-{prefix}", creator=Creator(service, "http://udp.test/v1.1"),
+                    before_start=attach)
+    listener = Listener("127.0.0.1", private.port, [f"v1.1/Datastreams({ds})/Observations"])
+    try:
+        wait_until(bridge.client.is_connected, 10, "the bridge to connect")
+        time.sleep(0.5)  # its SUBACK
+        for k in range(3):
+            listener.client.publish(f"{prefix}/1", orjson.dumps({"v": k}), qos=1)
+            listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 10 + k}), qos=1)
+        for k in [0, 1, 2, 10, 11, 12]:  # every Observation notified to the other client
+            listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p, k=k: p.get("result") == k
+                          and "@iot.id" in p)
+        time.sleep(0.5)  # anything the broker would send back has come by now
+        assert (bridge.received, bridge.creator.received) == (3, 3)  # type: ignore[union-attr]
+        assert sorted(o["result"] for o in service.call("GET", f"Datastreams({ds})/Observations")["value"]) == \
+            [0, 1, 2, 10, 11, 12]
+    finally:
+        listener.close()
+        bridge.close(then=notifiers[0].close if notifiers else None)
+        store.close()
+        private.stop()
+
+
 def test_redelivered_message_is_not_stored_twice(tmp_path: Path) -> None:
     from mqtt_bridge.mapping import map_message, match
     from mqtt_bridge.rules import parse_rules

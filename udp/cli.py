@@ -286,7 +286,10 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     endpoints = config.mqtt_endpoints or endpoints
     os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
     address = BrokerAddress.parse(url)
-    if broker is None:
+    # on an external broker the bridge's process takes the creates when there is one (its connection publishes
+    # their notifications, so the broker does not send them back), else a connection of the creator's own
+    creates_in_bridge = broker is None and bool(config.bridge)
+    if broker is None and not creates_in_bridge:
         # one persistent session per store: a restart picks up what was published meanwhile
         creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
     # Observations created by publishing, and by the bridge, notify like any other write
@@ -307,7 +310,8 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
                              args=(config.bridge, store_url, address, public + "/v1.1", config.limits(), ready,
-                                   os.getpid(), config.mqtt_notify_qos))
+                                   os.getpid(), config.mqtt_notify_qos,
+                                   config.mqtt_max_payload_kb * 1024 if creates_in_bridge else None))
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)

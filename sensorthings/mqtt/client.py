@@ -41,11 +41,14 @@ SESSION_EXPIRY = 7 * 24 * 3600  # seconds an MQTT 5 broker keeps a persistent se
 
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
-            manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False) -> mqtt.Client:
+            manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False,
+            before_start: Callable[[mqtt.Client], None] | None = None) -> mqtt.Client:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection.
 
     `no_local`: MQTT 5, its subscriptions with No Local, so that the broker never sends the client what it
-    published itself (a platform that takes creates and publishes notifications on the same topics)."""
+    published itself (a platform that takes creates and publishes notifications on the same topics).
+    `before_start`: called with the client before it connects (a persistent session's messages may come at once),
+    e.g. to attach what publishes through it."""
     if no_local:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                              transport=address.transport, manual_ack=manual_ack)
@@ -75,6 +78,8 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
     client.on_connect = on_connect
     if on_message is not None:
         client.on_message = lambda _c, _u, msg: on_message(msg)
+    if before_start is not None:
+        before_start(client)
     if no_local:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties

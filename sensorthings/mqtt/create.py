@@ -48,10 +48,12 @@ class Creator:
         """Take creates from an external broker (MQTT 5), in a persistent session; each message is acknowledged once
         its Observation is committed. Notifications published through `self.client` (Notifier's `client`) are
         never sent back to it (No Local): they share the creates' topics."""
-        self.client = connect(address, client_id, on_message=self._on_message, clean_session=False,
+        self.client = connect(address, client_id, on_message=self.on_message, clean_session=False,
                               manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], inflight=1000, no_local=True)
 
-    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """A message from the external broker on the creates' topics (`TOPICS`), acknowledged through `self.client`
+        once its Observation is committed."""
         self.received += 1
         client, mid, qos = self.client, msg.mid, msg.qos
         done = self.create(msg.topic, bytes(msg.payload))
