@@ -234,6 +234,7 @@ class Service:
                     # computed while this request waited?
                     entry = self.cache.get(key, now, or_newer=True) if waited else None
                     if entry is None:
+                        self.store.writer.yield_to()
                         if waited:  # those waiting behind this one came before now
                             now = self.store.versions(conn, plan.rows)
                         res, entry = self._read_into_cache(req, conn, plan, now)

@@ -54,6 +54,9 @@ class ObservationWriter:
         self.written = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # set while nothing is queued or being written: reads that must be computed wait for it (`yield_to`)
+        self.idle = threading.Event()
+        self.idle.set()
 
     def submit(self, rows: list[ObservationRow], together: bool = False) -> Future[Written]:
         """Queue rows for the next transaction; the future is resolved once they are committed (or raises what
@@ -64,8 +67,17 @@ class ObservationWriter:
             return future
         self._start()
         self.submitted += 1
-        self.queue.put(_Job(rows, together, future))
+        with self._lock:  # with the writer's emptiness check below: idle is never set while a job waits
+            self.idle.clear()
+            self.queue.put(_Job(rows, together, future))
         return future
+
+    def yield_to(self, at_most: float = 0.05) -> None:
+        """Wait (at most `at_most` seconds) while this process has Observations to write: a read computed meanwhile
+        would take the interpreter and the CPU from the writer, and devices' writes must keep their pace under
+        any read load."""
+        if not self.idle.is_set():
+            self.idle.wait(at_most)
 
     def stats(self) -> dict[str, int]:
         """What /health shows: submissions taken, transactions committed, Observations written, submissions waiting."""
@@ -112,6 +124,9 @@ class ObservationWriter:
                 batch.append(more)
                 size += len(more.rows)
             self._commit(batch)
+            with self._lock:
+                if self.queue.empty():
+                    self.idle.set()
             if stop:
                 return
 
