@@ -254,6 +254,15 @@ def _release(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's when it is there (uvicorn[standard] brings it, as for the HTTP workers), asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class EmbeddedBroker:
     """An amqtt broker on its own event loop thread. `gate` decides other clients' logins (None: anyone may
     connect and publish); `internal` is the (user name, secret) the platform's own clients sign in with,
@@ -271,7 +280,7 @@ class EmbeddedBroker:
             GATEKEEPERS[id(self)] = gate
         if internal is not None:
             INTERNALS[id(self)] = internal
-        self._loop = asyncio.new_event_loop()
+        self._loop = _event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
         self._broker: Broker | None = None
 
