@@ -150,7 +150,7 @@ class Service:
             return ApiResponse(304, headers={"ETag": entry.etag})
         return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
 
-    def submit(self, req: ApiRequest) -> Future[ApiResponse] | None:
+    def submit(self, req: ApiRequest, data: Any = None) -> Future[ApiResponse] | None:
         """A POST of one Observation handed to the group-commit writer without waiting: its answer once
         committed. None for any other request (and for a deep insert), which `handle` answers in a thread.
         Parses only, so an event loop may call it."""
@@ -165,7 +165,8 @@ class Service:
         pending: list[tuple[Future[Written], Callable[[], ApiResponse]]] = []
 
         def start() -> ApiResponse | None:
-            submitted = self._submit_observation(req, resource, _json_body(req))
+            submitted = self._submit_observation(req, resource, _json_body(req) if data is None else data,
+                                                 bare=data is not None)
             if submitted is None:
                 return None
             pending.append(submitted)
@@ -182,10 +183,12 @@ class Service:
         written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
         return answer
 
-    def create_observation(self, req: ApiRequest) -> Future[ApiResponse]:
+    def create_observation(self, req: ApiRequest, data: Any = None) -> Future[ApiResponse]:
         """A POST of one Observation, answered once it is committed, without waiting here: MQTT creates take
-        their PUBACK from the future. Through the group-commit writer like an HTTP POST's."""
-        answer = self.submit(req)
+        their PUBACK from the future. Through the group-commit writer like an HTTP POST's. `data`: the body
+        already parsed; then the answer is only a status (201 with the Location, or the refusal): nobody reads
+        the Observation back over MQTT."""
+        answer = self.submit(req, data)
         if answer is None:  # not a simple Observation (a deep insert: in a transaction of its own)
             answer = Future()
             answer.set_result(self.handle(req))
@@ -458,8 +461,8 @@ class Service:
         link = f"{req.base}/{entity.set_name}({new_id})"
         return ApiResponse(201, doc, {"Location": link})
 
-    def _submit_observation(self, req: ApiRequest, resource: Resource,
-                            data: Any) -> tuple[Future[Written], Callable[[], ApiResponse]] | None:
+    def _submit_observation(self, req: ApiRequest, resource: Resource, data: Any,
+                            bare: bool = False) -> tuple[Future[Written], Callable[[], ApiResponse]] | None:
         """One POSTed Observation handed to the group-commit writer: its future and what answers once it is
         done (201 with the Observation as written, or the refusal); None for a deep insert (a new
         FeatureOfInterest inside), which takes a transaction of its own."""
@@ -496,7 +499,7 @@ class Service:
             row = written.rows[0]
             assert row is not None, "a row not refused is written"
             link = f"{req.base}/{OBSERVATION.set_name}({row['id']})"
-            return ApiResponse(201, serializer(OBSERVATION, req.base, None)(row), {"Location": link})
+            return ApiResponse(201, None if bare else serializer(OBSERVATION, req.base, None)(row), {"Location": link})
 
         return future, finish
 

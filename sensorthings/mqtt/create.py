@@ -92,7 +92,7 @@ class Creator:
             return None
         try:
             answer = self.service.create_observation(ApiRequest("POST", topic.split("/", 1)[1], body=payload,
-                                                                base=self.base))
+                                                                base=self.base), data)
         except Exception as exc:  # noqa: BLE001 - a database fault must not stop the broker's loop
             self._reject(topic, f"{type(exc).__name__}: {exc}")
             return None
