@@ -224,7 +224,7 @@ def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str
     if kind == "postgresql" and not PG_URL:
         pytest.skip("UDP_TEST_PG is not set: PostgreSQL tests skipped")
     db = create_pg(PG_URL) if kind == "postgresql" else None
-    url = db.url if db is not None else f"sqlite:///{tmp_path / 'v.db'}"
+    url = db.url if db is not None else f"sqlite:///{tmp_path / 'a city.db'}"  # read as a file URI: quoted
     store = Store.open(url)
     service = Service(store)  # another process's writes, as far as the watch can tell
     reader = watch(url)

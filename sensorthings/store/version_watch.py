@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sqlite3
 from typing import Protocol
+from urllib.parse import quote
 
 from sensorthings.store.versions import current_sql
 
@@ -89,7 +90,7 @@ class SqliteVersions:
 
     def __init__(self, path: str) -> None:
         # read-only, and never waiting long for a lock: a caller that cannot read falls back to a thread
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05, check_same_thread=False)
+        self._conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=0.05, check_same_thread=False)
 
     async def current(self, rows: tuple[str, ...] = ()) -> dict[str, int]:
         """Every table's versions and those of the row keys `rows`, read now."""
