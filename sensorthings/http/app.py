@@ -76,7 +76,8 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             if res is None:
                 res = await run_in_threadpool(service.handle, req, None, now)
         elif (submitted := service.submit(req)) is not None:
-            res = await asyncio.wrap_future(submitted)
+            # shielded: a client gone before the commit leaves the write and its answer to finish unbothered
+            res = await asyncio.shield(asyncio.wrap_future(submitted))
         else:
             # writes mostly wait for the group commit: threads of their own, so that reads filling every
             # thread of the pool never hold a device's write back
