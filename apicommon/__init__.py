@@ -5,5 +5,6 @@ Decision: these helpers live in a package of their own, below both APIs and impo
 platform, so that the OGC API needs neither the SensorThings API's HTTP app nor its Service, and the
 SensorThings core stays free of anything above it. `request`: the public base URL and who may see
 internal data; `unavailable`: what a database error means to the client (down: a 503; a value it cannot
-evaluate: a 400); `declaration`: a config mapping with only known keys, every error naming the key path alike.
+evaluate: a 400); `declaration`: a config mapping with only known keys, every error naming the key path alike;
+`stopping`: a process's SIGTERM as an Event, without the handler deadlocking on a second signal.
 """

@@ -159,10 +159,10 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     SensorThings creates too, on the same MQTT 5 connection as its device topics and its notifications.
     Stops cleanly (queued messages written) on SIGTERM."""
     import os
-    import signal
     import socket
     import threading
 
+    from apicommon.stopping import stop_on_signals
     from sensorthings.mqtt.notify import Notifier
     from sensorthings.service import Service
 
@@ -185,8 +185,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     if ready is not None:
         ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     # the pid `udp serve` passed: read here, getppid() may already name init if serve died meanwhile
     parent = parent or os.getppid()
     # a bridge whose `udp serve` died (even by SIGKILL) stops too

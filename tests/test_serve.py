@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_URL, _pg_database, start_server, stop_server
+from tests.conftest import PG_URL, ROOT, _pg_database, start_server, stop_server
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -138,3 +138,46 @@ def test_bad_cors_origins_stop_start_up(value: str, tmp_path: Path) -> None:
     config.write_text(f"title: x\nserver:\n  cors: {value}\n")
     with pytest.raises(ConfigError, match="server.cors"):
         load_config(str(config))
+
+
+_REENTERED = """
+import os, signal, sys, threading
+from apicommon.stopping import stop_on_signals
+
+class Reentered(threading.Event):
+    '''An Event whose set() is where a second SIGTERM arrives, while it holds its lock.'''
+    def set(self):
+        with self._cond:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes: Python runs a pending handler between them
+                pass
+            self._flag = True
+            self._cond.notify_all()
+
+stop = Reentered()
+if sys.argv[1] == "plain":
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+else:
+    stop_on_signals(stop)
+os.kill(os.getpid(), signal.SIGTERM)
+stop.wait(10)
+print("stopped" if stop.is_set() else "not stopped")
+"""
+
+
+@pytest.mark.parametrize("handler", ["plain", "stop_on_signals"])
+def test_a_second_sigterm_inside_the_first_does_not_hang_the_process(handler: str) -> None:
+    """`udp seed` and the bridge stop on SIGTERM; their parent's terminate() and the parent-death signal come
+    together, and a handler that sets an Event waits forever for itself when the second arrives inside the
+    first's `set` (an orphaned `udp seed` was found so). The plain handler shows the hazard; the platform's does not."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _REENTERED, handler], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5)
+    except subprocess.TimeoutExpired:
+        assert handler == "plain", "stop_on_signals hung"
+        return
+    assert handler != "plain", "the plain handler was expected to hang here"
+    assert out.stdout.strip() == "stopped", out.stderr

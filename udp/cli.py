@@ -184,17 +184,16 @@ def _start_seeder(args: argparse.Namespace) -> subprocess.Popen:
 
 def _seed(args: argparse.Namespace) -> int:
     """`udp seed`: make the big collections' vector tiles ahead, until SIGTERM."""
-    import signal
     import threading
 
+    from apicommon.stopping import stop_on_signals
     from udp.seed import run
 
     config = _config(args.config)
     if args.store:
         config.store = args.store
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     run(config, stop, args.after)
     return 0
 
