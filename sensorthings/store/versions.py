@@ -33,6 +33,16 @@ ROW_TABLES = ("observations", "datastreams", "multi_datastreams")  # the tables 
 SHARDS = 8
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
 
+def _row_key(table: str, row: str = "") -> str:
+    """The SQL of a row's version key (`confined` makes the same keys): an Observation's stream, a stream's id.
+    `row`: the row's qualifier (SQLite's NEW or OLD); none for a transition table's columns."""
+    at = f"{row}." if row else ""
+    if table == "observations":
+        return (f"'observations@' || CASE WHEN {at}datastream_id IS NOT NULL THEN 'd' || {at}datastream_id "
+                f"ELSE 'm' || {at}multi_datastream_id END")
+    return f"'{table}@' || {at}id"
+
+
 _PG_FUNCTIONS = f"""
 CREATE TABLE IF NOT EXISTS {VERSIONS} (
     name text NOT NULL, shard integer NOT NULL, version bigint NOT NULL, PRIMARY KEY (name, shard));
@@ -58,12 +68,11 @@ BEGIN
     -- `changed`: the rows after (before, for a DELETE); an UPDATE may also move Observations away from a
     -- stream (`changed_before`). Repeated keys are harmless: the flush takes each once.
     IF TG_TABLE_NAME = 'observations' THEN
-        noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT 'observations@' || CASE WHEN datastream_id
-            IS NOT NULL THEN 'd' || datastream_id ELSE 'm' || multi_datastream_id END, ',') FROM changed), '');
+        noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT {_row_key("observations")}, ',')
+                                           FROM changed), '');
         IF TG_OP = 'UPDATE' THEN
-            noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT 'observations@' || CASE WHEN
-                datastream_id IS NOT NULL THEN 'd' || datastream_id ELSE 'm' || multi_datastream_id END, ',')
-                FROM changed_before), '');
+            noted := noted || ',' || coalesce((SELECT string_agg(DISTINCT {_row_key("observations")}, ',')
+                                               FROM changed_before), '');
         END IF;
     ELSE
         noted := noted || ',' || coalesce((SELECT string_agg(TG_TABLE_NAME || '@' || id, ',') FROM changed), '');
@@ -146,17 +155,10 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
             continue
         for op, rows in (("insert", ("NEW",)), ("delete", ("OLD",)), ("update", ("OLD", "NEW"))):
             bumps = "".join(
-                f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES ({_sqlite_row_key(name, row)}, 1) "
+                f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES ({_row_key(name, row)}, 1) "
                 "ON CONFLICT (key) DO UPDATE SET version = version + 1; " for row in rows)
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rows_{op}_{name} AFTER {op.upper()} ON {name} "
                                  f"BEGIN {bumps}END")
-
-
-def _sqlite_row_key(table: str, row: str) -> str:
-    if table == "observations":
-        return (f"'observations@' || CASE WHEN {row}.datastream_id IS NOT NULL THEN 'd' || {row}.datastream_id "
-                f"ELSE 'm' || {row}.multi_datastream_id END")
-    return f"'{table}@' || {row}.id"
 
 
 _TABLES_SQL = {
