@@ -195,8 +195,7 @@ class Store:
 
     def exists(self, conn: Connection, entity: EntityType, id_: int) -> bool:
         """True when entity `id_` exists."""
-        table = TABLES[entity.table]
-        return conn.execute(select(exists().where(table.c.id == id_))).scalar() is True
+        return not self.missing(conn, entity, {id_})
 
     def missing(self, conn: Connection, entity: EntityType, ids: set[int]) -> set[int]:
         """Which of the entities `ids` do not exist (one query)."""
