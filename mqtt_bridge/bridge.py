@@ -167,20 +167,17 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     from sensorthings.service import Service
 
     store = Store.open(store_url)
+    creator = Creator(Service(store, limits=limits), base, creates) if creates is not None else None
     notifiers: list[Notifier] = []
 
-    def notify_through(client: mqtt.Client | None) -> None:
+    def notify(client: mqtt.Client) -> None:
+        # through the bridge's connection when it takes the creates (No Local), else over one of its own
         notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
-                            limits=limits, qos=notify_qos, client=client)
+                            limits=limits, qos=notify_qos, client=client if creator is not None else None)
         store.listeners.append(notifier)  # before the first message can be written
         notifiers.append(notifier)
 
-    if creates is None:
-        notify_through(None)
-        bridge = Bridge(store, rules, address)
-    else:
-        bridge = Bridge(store, rules, address, creator=Creator(Service(store, limits=limits), base, creates),
-                        before_start=notify_through)
+    bridge = Bridge(store, rules, address, creator=creator, before_start=notify)
     notifier = notifiers[0]
     if ready is not None:
         ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
@@ -191,9 +188,5 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     # a bridge whose `udp serve` died (even by SIGKILL) stops too
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
-    if creates is None:
-        bridge.close()
-        notifier.close()
-    else:
-        bridge.close(then=notifier.close)
+    bridge.close(then=notifier.close)
     store.close()

@@ -72,7 +72,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             sees_internal=sees_internal(request.scope),
         )
         if request.method == "GET":
-            res, now = await _from_cache(req) if versions is not None else (None, None)
+            res, now = await _from_cache(req)
             if res is None:
                 res = await run_in_threadpool(service.handle, req, None, now)
         elif (submitted := service.submit(req)) is not None:
@@ -93,7 +93,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
 
     async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
         plan = service.cache_plan(req) if versions is not None else None
-        if versions is None or plan is None:
+        if plan is None:
             return None, None
         try:
             now = await versions.current(plan.rows)

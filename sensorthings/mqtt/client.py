@@ -49,12 +49,11 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
     published itself (a platform that takes creates and publishes notifications on the same topics).
     `before_start`: called with the client before it connects (a persistent session's messages may come at once),
     e.g. to attach what publishes through it."""
-    if no_local:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                             transport=address.transport, manual_ack=manual_ack)
-    else:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                             transport=address.transport, manual_ack=manual_ack)
+    # MQTT 5 has no clean session flag: a session's persistence is said on connecting
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if no_local else mqtt.MQTTv311,
+                         clean_session=None if no_local else clean_session,
+                         transport=address.transport, manual_ack=manual_ack)
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
