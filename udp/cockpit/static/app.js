@@ -928,6 +928,15 @@ function applyLatest(features) {
   }
 }
 
+/** An MQTT payload's JSON; undefined when it is not JSON (a message of someone else's on our topics). */
+function parsed(payload) {
+  try {
+    return JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return undefined;
+  }
+}
+
 function onMessage(topic, payload) {
   if (topic.startsWith(`${FEEDBACK}/`)) {
     onFeedbackMessage(payload);
@@ -935,12 +944,8 @@ function onMessage(topic, payload) {
   }
   const match = /Datastreams\((\d+)\)\/Observations$/.exec(topic);
   if (!match) return;
-  let obs;
-  try {
-    obs = JSON.parse(new TextDecoder().decode(payload));
-  } catch {
-    return;
-  }
+  const obs = parsed(payload);
+  if (obs === undefined) return;
   applyObservation(Number(match[1]), obs.result, endOf(obs.phenomenonTime) || obs.resultTime);
 }
 
@@ -1770,12 +1775,8 @@ function followFeedback() {
 function onFeedbackMessage(payload) {
   const fb = state.feedback;
   if (!fb) return;
-  let doc;
-  try {
-    doc = JSON.parse(new TextDecoder().decode(payload));
-  } catch {
-    return;
-  }
+  const doc = parsed(payload);
+  if (doc === undefined) return;
   if (state.auth) {
     scheduleFeedbackRead();
     return;
