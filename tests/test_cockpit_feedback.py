@@ -84,7 +84,24 @@ def _open(driver: Any, city: Server) -> None:
 
 
 def _shown(driver: Any, selector: str) -> bool:
-    return any(e.is_displayed() for e in driver.find_elements("css selector", selector))
+    """Whether an element of `selector` is shown; one the cockpit draws again meanwhile is not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return any(e.is_displayed() for e in driver.find_elements("css selector", selector))
+    except StaleElementReferenceException:
+        return False
+
+
+def _status(driver: Any, selector: str) -> str | None:
+    """The `data-status` of the element of `selector`; None while it is missing or being drawn again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        found = driver.find_elements("css selector", selector)
+        return found[0].get_attribute("data-status") if found else None
+    except StaleElementReferenceException:
+        return None
 
 
 def _severe_but_refusals(driver: Any) -> list[str]:
@@ -171,8 +188,7 @@ def test_a_citizen_tells_the_city_and_an_officer_publishes_and_answers(city: Ser
         driver.find_element("css selector", f"{queued} button[data-action='publish']").click()
         wait_until(lambda: _items(city).get(fid, {}).get("properties", {}).get("status") == "published", 10,
                    "published")
-        wait_until(lambda: driver.find_element("css selector", queued).get_attribute("data-status") == "published",
-                   10, "the queue showing it published")
+        wait_until(lambda: _status(driver, queued) == "published", 10, "the queue showing it published")
         # answered from the queue
         driver.find_element("id", f"answer-{fid}").send_keys("Repaired on Monday")
         driver.find_element("id", f"answer-department-{fid}").send_keys("Roads")
@@ -227,8 +243,7 @@ def test_a_published_text_is_shown_as_text_and_runs_nothing(city: Server) -> Non
         listed = f"#feedback-list li[data-feedback='{fid}']"
         wait_until(lambda: _shown(driver, listed), 10, "the message in the list, live")
         _patch(city, fid, {"status": "answered", "response": HOSTILE, "department": "<b>Roads</b>"})
-        wait_until(lambda: driver.find_element("css selector", listed).get_attribute("data-status") == "answered",
-                   10, "the answer, live")
+        wait_until(lambda: _status(driver, listed) == "answered", 10, "the answer, live")
         # each one text node, in the text's and the response's paragraphs; no element made of it
         assert sorted(n["cls"] for n in _text_nodes(driver, HOSTILE)) == ["feedback-response", "feedback-text"]
         assert driver.find_element("css selector", f"{listed} .feedback-text").text == HOSTILE
