@@ -31,17 +31,23 @@ OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_CountObservation"
 
 
 class Issuer:
-    """An OpenID Connect issuer on a free port: discovery document, JWKS, and tokens it signs."""
+    """An OpenID Connect issuer on a free port: discovery document, JWKS, and tokens it signs. A subclass serves
+    more (an authorization code flow) by its own `handler`."""
 
     def __init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/realms/city"
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+        self.jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        self.jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """The requests it answers: the discovery document and the keys."""
         documents = {"/realms/city/.well-known/openid-configuration":
                      {"issuer": self.url, "jwks_uri": f"{self.url}/protocol/openid-connect/certs"},
-                     "/realms/city/protocol/openid-connect/certs": {"keys": [jwk]}}
+                     "/realms/city/protocol/openid-connect/certs": {"keys": [self.jwk]}}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
@@ -56,11 +62,12 @@ class Issuer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return Handler
 
-    def token(self, roles: list[str], audience: str = "udp", expires: float = 300, issuer: str | None = None) -> str:
-        claims = {"iss": issuer or self.url, "aud": audience, "sub": "u1", "preferred_username": "planner",
+    def token(self, roles: list[str], audience: str = "udp", expires: float = 300, issuer: str | None = None,
+              user: tuple[str, str] = ("u1", "planner")) -> str:
+        """A signed access token for `user` (subject, preferred_username) with `roles`."""
+        claims = {"iss": issuer or self.url, "aud": audience, "sub": user[0], "preferred_username": user[1],
                   "exp": int(time.time() + expires), "iat": int(time.time()), "realm_access": {"roles": roles}}
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
 

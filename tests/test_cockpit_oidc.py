@@ -12,20 +12,17 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.browser import chrome, need_browser
-from tests.conftest import Server, free_port, start_server, stop_server, wait_until
+from tests.conftest import Server, start_server, stop_server, wait_until
+from tests.test_auth import Issuer
 from tests.test_cockpit_feedback import _post, _shown
 from tests.test_cockpit_signin import _ready
 from tests.test_feedback import write_districts
@@ -33,17 +30,16 @@ from tests.test_feedback import write_districts
 CLIENT = "udp-cockpit"
 
 
-class CityIssuer:
+class CityIssuer(Issuer):
     """An OpenID Connect issuer for a public client: it signs in `officer` (roles: moderate) at once."""
 
     def __init__(self) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/realms/city"
         self.codes: dict[str, tuple[str, str]] = {}  # code → (challenge, redirect_uri)
         self.exchanged: list[dict[str, str]] = []
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+        super().__init__()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """Discovery, keys, and the authorization code flow with PKCE (S256) for `CLIENT`, with CORS."""
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,7 +59,7 @@ class CityIssuer:
                                      "authorization_endpoint": f"{issuer.url}/auth",
                                      "token_endpoint": f"{issuer.url}/token"})
                 elif path == "/realms/city/certs":
-                    self._send(200, {"keys": [jwk]})
+                    self._send(200, {"keys": [issuer.jwk]})
                 elif path == "/realms/city/auth":
                     q = {k: v[0] for k, v in parse_qs(query).items()}
                     if q.get("client_id") != CLIENT or q.get("code_challenge_method") != "S256":
@@ -87,20 +83,13 @@ class CityIssuer:
                         or form.get("client_id") != CLIENT:
                     self._send(400, {"error": "invalid_grant"})
                     return
-                self._send(200, {"access_token": issuer.token(["moderate"]), "token_type": "Bearer",
-                                 "expires_in": 300})
+                self._send(200, {"access_token": issuer.token(["moderate"], user=("o1", "officer")),
+                                 "token_type": "Bearer", "expires_in": 300})
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, roles: list[str]) -> str:
-        now = int(time.time())
-        claims = {"iss": self.url, "aud": "udp", "sub": "o1", "preferred_username": "officer", "exp": now + 300,
-                  "iat": now, "realm_access": {"roles": roles}}
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
+        return Handler
 
 
 @pytest.fixture(scope="module")
