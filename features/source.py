@@ -181,6 +181,17 @@ class FeatureSource(ABC):
         """A feature removed."""
         raise WriteRejected(405, f"collection {self.id!r} is read-only")
 
+    def tiles_version(self) -> str:
+        """The version of the data a kept vector tile was made from: its pyramid on disk and in memory is kept under
+        it; "" when tiles must be made each time they are asked."""
+        return self.etag()
+
+    def region_version(self, box: tuple[float, float, float, float]) -> str:
+        """Within `tiles_version`, the version of the data meeting a CRS84 box (a tile and its buffer), for data
+        whose writes are logged by place: a tile kept under it stays good until a write reaches it. "": the
+        tiles version is all."""
+        return ""
+
     def changes_seen(self) -> str:
         """A marker that changes soon after the data change, maybe some seconds late: for what may lag, as a
         small-scale map's overview. "" when there is none."""

@@ -14,7 +14,7 @@ from features.metadata import DATASET_KEYS, DatasetMetadata, MetadataError, pars
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 KEYS = {"title", "description", "keywords", "source", "layer", "crs", "x", "y", "wkt", "latlon", "id", "encoding",
-        "time", "access", "style", *DATASET_KEYS}
+        "time", "access", "style", "changes", *DATASET_KEYS}
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -70,6 +70,7 @@ class CollectionSpec:
     encoding: str | None = None
     time: str | None = None  # the column `datetime=` filters on
     access: str = "public"
+    changes: str = "none"  # a PostGIS table: "trigger" logs where its writes happen (provider_plugins.postgis_changes)
     metadata: DatasetMetadata = field(default=DatasetMetadata(), compare=False)  # themes, licence, … (catalogue)
     style: MapStyle = field(default=MapStyle(), compare=False)  # colour and label on maps
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -119,6 +120,11 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
         access = body.get("access", "public")
         if access not in ("public", "internal"):
             raise SpecError(f"{where}.access: must be public or internal, got {access!r}")
+        changes = body.get("changes", "none")
+        if changes not in ("none", "trigger"):
+            raise SpecError(f"{where}.changes: must be trigger or none, got {changes!r}")
+        if changes == "trigger" and not source.startswith(("postgresql://", "postgres://")):
+            raise SpecError(f"{where}.changes: trigger is for a PostGIS table (a file's changes are its re-import)")
         encoding = body.get("encoding")
         if encoding is not None:
             import codecs
@@ -137,7 +143,7 @@ def parse_collections(doc: Any, base: Path, taken: Collection[str] = ()) -> dict
             layer=_opt(body, "layer", where), crs=None if crs is None else str(crs), x=_opt(body, "x", where),
             y=_opt(body, "y", where), wkt=_opt(body, "wkt", where), latlon=_opt(body, "latlon", where),
             id_column=_opt(body, "id", where), encoding=None if encoding is None else str(encoding),
-            time=_opt(body, "time", where), access=access, metadata=metadata,
+            time=_opt(body, "time", where), access=access, changes=changes, metadata=metadata,
             style=parse_style(body.get("style"), f"{where}.style"))
     return out
 

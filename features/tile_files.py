@@ -3,9 +3,12 @@ data have a version (imports, files): a tile once made is read again for as long
 seeder (`udp seed`, which `udp serve` starts) makes a collection's WebMercatorQuad tiles down to SEED_ZOOM ahead of
 the first map, so that no map waits for a tile of a big layer.
 
-A collection's tiles are in a folder named by the hash of its data version, the properties its tiles carry and
-the tiles' format: a change of any of them is a new folder, and old folders are removed once unused. Each file is
-written under a temporary name and renamed into place; an empty tile is an empty file.
+A collection's tiles are in a folder named by the hash of its tiles version, the properties its tiles carry and
+the tiles' format: a change of any of them is a new folder, and old folders are removed once unused. Data whose
+writes are logged by place (a PostGIS table with `changes: trigger`) keep one folder, and each tile's file is
+named by its region's version as well: a write makes new files for the tiles it reaches only, and the file of
+the region's earlier version is removed when the new one is written. Each file is written under a temporary name
+and renamed into place; an empty tile is an empty file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ SEED_TMS = "WebMercatorQuad"
 KEEP_S = 300.0  # an unused old folder is removed after this long
 
 
+def tile_version(source: FeatureSource, req: TileRequest) -> tuple[str, str]:
+    """What a kept tile is kept under: the source's tiles version and, within it, its region's version ("", ""
+    when the tile is made each time)."""
+    version = source.tiles_version()
+    return version, source.region_version(req.crs84_bounds()) if version else ""
+
+
 class TileFiles:
     """The tiles of every versioned collection under one directory."""
 
@@ -51,44 +61,49 @@ class TileFiles:
         if source.item_type != "feature":
             return None
         try:
-            return self.folder(source, source.etag())
+            return self.folder(source, source.tiles_version())
         except SourceUnavailable:
             return None
 
     @staticmethod
-    def get(folder: Path, req: TileRequest) -> bytes | None:
+    def get(folder: Path, req: TileRequest, region: str = "") -> bytes | None:
         """The kept tile, None when it was not made yet."""
         try:
-            return _path(folder, req).read_bytes()
+            return _path(folder, req, region).read_bytes()
         except FileNotFoundError:
             return None
 
     @staticmethod
-    def put(folder: Path, req: TileRequest, data: bytes) -> None:
-        """Keep a tile (another worker writing the same one at once writes the same bytes)."""
-        path = _path(folder, req)
+    def put(folder: Path, req: TileRequest, data: bytes, region: str = "") -> None:
+        """Keep a tile (another worker writing the same one at once writes the same bytes); of a region's
+        version, the files of its earlier versions go."""
+        path = _path(folder, req, region)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_whole(path, data)
+        if region:
+            for old in path.parent.glob(f"{req.col}.*.mvt"):
+                if old != path and old.name.count(".") == 2:  # not a file being written (its temporary name)
+                    old.unlink(missing_ok=True)
 
     @staticmethod
     def seeded(folder: Path) -> bool:
         """Whether the seeder has made every tile of the folder's pyramid."""
         return (folder / "seeded").exists()
 
-    def tile(self, source: FeatureSource, version: str, req: TileRequest) -> bytes:
-        """The tile kept for this data version, else made and kept."""
-        folder = self.folder(source, version)
-        found = self.get(folder, req) if folder is not None else None
+    def tile(self, source: FeatureSource, version: tuple[str, str], req: TileRequest) -> bytes:
+        """The tile kept for this version (`tile_version`), else made and kept."""
+        folder = self.folder(source, version[0])
+        found = self.get(folder, req, version[1]) if folder is not None else None
         if found is None:
             found = make_tile(source, req)
             if folder is not None:
-                self.put(folder, req, found)
+                self.put(folder, req, found, version[1])
         return found
 
     def seed(self, source: FeatureSource, stop: threading.Event | None = None) -> int | None:
         """Make the collection's tiles down to SEED_ZOOM where it has features (a tile's children only where it is
         not empty); the number made, None when another seeder holds it or it was seeded already."""
-        version = source.etag()
+        version = source.tiles_version()
         folder = self.folder(source, version)
         if folder is None or self.seeded(folder) or source.bbox is None:
             return None
@@ -96,7 +111,7 @@ class TileFiles:
         with _locked(folder / "seeding.lock") as held:
             if not held or self.seeded(folder):
                 return None
-            made = sum(1 for _ in _pyramid(source, lambda r: self.tile(source, version, r), stop))
+            made = sum(1 for _ in _pyramid(source, lambda r: self.tile(source, tile_version(source, r), r), stop))
             if stop is not None and stop.is_set():
                 return made
             (folder / "seeded").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -107,9 +122,9 @@ class TileFiles:
         remove_unused((p for p in self.directory.iterdir() if p.is_dir()), lambda p: p in keep, KEEP_S)
 
 
-def _path(folder: Path, req: TileRequest) -> Path:
+def _path(folder: Path, req: TileRequest, region: str = "") -> Path:
     """A kept tile's file."""
-    return folder / req.tms_id / str(req.z) / str(req.row) / f"{req.col}.mvt"
+    return folder / req.tms_id / str(req.z) / str(req.row) / (f"{req.col}.{region}.mvt" if region else f"{req.col}.mvt")
 
 
 def _pyramid(source: FeatureSource, make: Callable[[TileRequest], bytes],

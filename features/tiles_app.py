@@ -19,7 +19,7 @@ from apicommon.request import public_base, sees_internal
 from features.responses import error, gone, unavailable
 from features.source import FeatureSource, SourceUnavailable
 from features.styles import maplibre_style, tile_fields, tilejson
-from features.tile_files import TileFiles
+from features.tile_files import TileFiles, tile_version
 from features.tiles import (
     MVT,
     TMS_IDS,
@@ -101,8 +101,8 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
                                   "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}
         return doc
 
-    def layer(source: FeatureSource, version: str, req: TileRequest) -> bytes:
-        key = (source.id, version, req) if version else None
+    def layer(source: FeatureSource, version: tuple[str, str], req: TileRequest) -> bytes:
+        key = (source.id, version, req) if version[0] else None
         found = _cache.get(key) if key else None
         if found is None:
             found = files.tile(source, version, req) if files is not None else make_tile(source, req)
@@ -110,27 +110,32 @@ def tiles_routes(sources: Mapping[str, FeatureSource], source_of: Callable[[Requ
                 _cache.put(key, found)
         return found
 
+    def made(layers: list[FeatureSource], req: TileRequest, known: str | None) -> tuple[str, bytes | None]:
+        """The tile's ETag ("" when only the body can tell) and body (None: the client's `known` ETag is it)."""
+        versions = [tile_version(s, req) for s in layers]
+        etag = ""
+        if all(v[0] for v in versions):
+            raw = orjson.dumps([[s.id for s in layers], versions, [req.tms_id, req.z, req.row, req.col]])
+            etag = '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
+            if known == etag:
+                return etag, None
+        # a tile of several layers is the layers' tiles one after the other (MVT's layers are a repeated field)
+        return etag, b"".join([layer(s, v, req) for s, v in zip(layers, versions, strict=True)])
+
     async def answer(request: Request, layers: list[FeatureSource], req: TileRequest) -> Response:
-        versions = [s.etag() for s in layers]
         internal = any(s.access == "internal" for s in layers)
         headers = {"Cache-Control": "private, no-cache" if internal else layers[0].cache_control,
                    "Vary": "Accept, Authorization"}
-        if all(versions):
-            raw = orjson.dumps([[s.id for s in layers], versions, [req.tms_id, req.z, req.row, req.col]])
-            headers["ETag"] = '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
-            if request.headers.get("if-none-match") == headers["ETag"]:
-                return Response(status_code=304, headers=headers)
+        known = request.headers.get("if-none-match")
         try:
-            # a tile of several layers is the layers' tiles one after the other (MVT's layers are a repeated field)
-            body = b"".join([await run_in_threadpool(layer, s, v, req) for s, v in zip(layers, versions, strict=True)])
+            etag, body = await run_in_threadpool(made, layers, req, known)
         except SourceUnavailable as exc:
             return gone(str(exc))
         except DBAPIError as exc:
             return unavailable(exc)
-        if "ETag" not in headers:
-            headers["ETag"] = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
-            if request.headers.get("if-none-match") == headers["ETag"]:
-                return Response(status_code=304, headers=headers)
+        headers["ETag"] = etag or '"' + hashlib.sha1(body or b"").hexdigest()[:20] + '"'
+        if body is None or known == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
         return Response(body, status_code=200 if body else 204, media_type=MVT, headers=headers)
 
     def collection(request: Request) -> FeatureSource | Response:

@@ -10,6 +10,10 @@ guess for a count.
 
 No ETag is computed in advance (`etag()` is ""): the OGC API derives it from the body, so it changes exactly
 when the answer does, and `Cache-Control: no-cache` makes every client ask again.
+
+Vector tiles are made when asked, unless the collection says `changes: trigger`: the platform then logs where
+the table's writes happen (provider_plugins/postgis_changes.py), and a tile is kept, and seeded ahead for a big
+table, until a write reaches its region.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from features import crs as crsmod
 from features.cql_sql import TIME, PostgisSql, kind_of
 from features.spec import CollectionSpec
+from provider_plugins import postgis_changes
 from provider_plugins.sql_table import Layout, SqlTableSource, unavailable
 from provider_plugins.table import SourceError
 
@@ -118,7 +123,22 @@ class PostgisSource(SqlTableSource):
             if time is None:
                 time = next((n for n, c in self.columns.items() if kind_of(c.type) == TIME), None)
             self._bbox = self._extent(conn)
+            self._changes = ""
+            if spec.changes == "trigger":
+                self._changes = "log" + self._track(conn)
         self._layout = Layout(self.table, self.columns, key, self.geom, srid, time, PostgisSql(srid))
+
+    def _track(self, conn: Connection) -> str:
+        """The change log's triggers on the table, installed where missing (committed at once: every worker and
+        the seeder see them); the log's identity."""
+        try:
+            postgis_changes.install(conn, self.schema, self.name, str(self.geom.name), self.srid)
+        except DBAPIError as exc:
+            raise SourceError(self.spec.id, f"changes: trigger needs the table's owner or the TRIGGER privilege and "
+                                            f"CREATE on schema {self.schema} ({self.where}): "
+                                            f"{str(exc.orig).strip().splitlines()[0]}") from None
+        conn.commit()
+        return postgis_changes.log_identity(conn, self.schema)
 
     def _key(self) -> Column:
         if self.spec.id_column is not None:
@@ -153,9 +173,24 @@ class PostgisSource(SqlTableSource):
         """None in advance: the body's hash is the ETag (the table changes under us)."""
         return ""
 
+    def tiles_version(self) -> str:
+        """With `changes: trigger`, the change log's identity (each tile has its region's version within it)."""
+        return self._changes
+
+    def region_version(self, box: tuple[float, float, float, float]) -> str:
+        """The logged writes that met the box."""
+        if not self._changes:
+            return ""
+        with self.connect() as conn:
+            return postgis_changes.marker(conn, self.schema, self.name, box)
+
     def changes_seen(self) -> str:
-        """The rows written to the table as PostgreSQL's statistics have counted them (they are a second or so
-        behind the commits, and start again after a statistics reset, which changes the marker too)."""
+        """The logged writes (`changes: trigger`), else the rows written to the table as PostgreSQL's statistics
+        have counted them (they lag the commits by a second to ten, and start again after a statistics reset,
+        which changes the marker too)."""
+        if self._changes:
+            with self.connect() as conn:
+                return self._changes + ":" + postgis_changes.marker(conn, self.schema, self.name)
         try:
             with self.connect() as conn:
                 row = conn.execute(text(

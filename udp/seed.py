@@ -32,7 +32,7 @@ def _answers(url: str) -> bool:
 
 def big(source: FeatureSource) -> bool:
     """Whether a collection is worth seeding: a versioned collection of features with SEED_MIN or more."""
-    if source.item_type != "feature" or not source.etag():
+    if source.item_type != "feature" or not source.tiles_version():
         return False
     return source.search(ItemsQuery(limit=0, hits=True)).number_matched >= SEED_MIN
 
