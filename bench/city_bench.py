@@ -279,12 +279,13 @@ def wait_ready(server: Server, urls: list[str], timeout: float) -> None:
 
 
 def start_platform(kind: str, work: Path, sources: dict[str, str], workers: int, log_level: str,
-                   timeout: float, store: str | None = None, seed: bool = False) -> Server:
+                   timeout: float, store: str | None = None, seed: bool = False, changes: bool = False) -> Server:
     """`udp serve --workers N` with one collection per layer (`sources`: layer → PostGIS URL or file), on a SQLite
     store of its own or `store`; `seed`: with `udp seed` making the tiles ahead (off: nothing runs beside the
-    workers that the features figures did not have)."""
+    workers that the features figures did not have); `changes`: PostGIS tables with `changes: trigger`."""
     config = work / f"udp-{kind}.yml"
-    collections = {f"{name}_{kind.replace('-', '_')}": {"title": f"{name} ({kind})", "source": source, "id": "id"}
+    collections = {f"{name}_{kind.replace('-', '_')}": {"title": f"{name} ({kind})", "source": source, "id": "id",
+                                                        **({"changes": "trigger"} if changes else {})}
                    for name, source in sources.items()}
     config.write_text(yaml.safe_dump({"title": "City-scale features benchmark", "collections": collections},
                                      sort_keys=False), encoding="utf-8")

@@ -1,6 +1,10 @@
 """Vector tiles at city scale: the platform (PostGIS tables, and the same data as GeoPackages imported into the SQLite
 store) against tipg on the same PostGIS tables, in one run, each server with 2 workers.
 
+The platform serves the PostGIS tables twice: as they are (`pg`: each tile made when asked) and with
+`changes: trigger` (`pg-tracked`: its writes logged by place, so `udp seed` makes the tiles ahead and keeps them
+until a write reaches them); the bench waits for the seeder before it asks for tiles of a seeded kind.
+
 The data is bench/city_bench.py's (1,000,000 street-tree points and 300,000 footprints around Seoul, cached under
 --cache-dir). At z10, z12 and z14 it asks for the --tiles distinct WebMercatorQuad tiles nearest the data's
 median place, each once (a tile asked again would come from the platform's tile cache, which tipg has not), and
@@ -9,6 +13,7 @@ features; a point with `point_count` stands for that many). tipg cuts a tile at 
 (TIPG_MAX_FEATURES_PER_TILE); the platform counts points per cell below z14 instead of cutting them.
 
     python bench/tiles.py [--points 1000000] [--polygons 300000] [--tiles 9] [--pg postgresql://…]
+                          [--kinds pg,pg-tracked,gpkg]
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="~/.cache/udp-bench-features")
     ap.add_argument("--pg", default=os.environ.get("UDP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--start-timeout", type=float, default=600)
+    ap.add_argument("--kinds", default="pg,pg-tracked,gpkg", help="the platform's runs, in order")
     args = ap.parse_args()
     cache, work, layers = city_layers(args.cache_dir, args.points, args.polygons, "tiles")
     db: Database = create_pg(args.pg, "udp_bench_tiles")
@@ -80,12 +86,15 @@ def main() -> int:
         centre = {name: (float(np.median(layer.lon)), float(np.median(layer.lat)))
                   for name, (layer, _, _) in layers.items()}
         servers = []
-        for kind in ("pg", "gpkg"):
-            sources = {n: f"{db.url}#public.{n}" if kind == "pg" else str(gpkg) for n, (_, gpkg, _) in layers.items()}
-            server = start_platform(kind, work, sources, args.workers, "warning", args.start_timeout, seed=True)
-            if kind == "gpkg":  # imports have a data version: `udp seed` makes their tiles ahead
-                wait_seeded(server, [f"{n}_{kind}" for n in layers], args.start_timeout)
-            servers.append((f"platform-{kind}", server, lambda s, n, t, k=kind: (
+        for kind in args.kinds.split(","):
+            pg = kind.startswith("pg")
+            sources = {n: f"{db.url}#public.{n}" if pg else str(gpkg) for n, (_, gpkg, _) in layers.items()}
+            server = start_platform(kind, work, sources, args.workers, "warning", args.start_timeout, seed=True,
+                                    changes=kind == "pg-tracked")
+            key = kind.replace("-", "_")
+            if kind != "pg":  # imports and tracked tables have a tiles version: `udp seed` makes their tiles ahead
+                wait_seeded(server, [f"{n}_{key}" for n in layers], args.start_timeout)
+            servers.append((f"platform-{kind}", server, lambda s, n, t, k=key: (
                 f"{s.base}/collections/{n}_{k}/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}")))
             measure(servers[-1], layers, centre, args.tiles, rows)
             server.stop()

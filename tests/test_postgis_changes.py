@@ -13,7 +13,6 @@ import httpx
 import mapbox_vector_tile
 import morecantile
 import pytest
-import yaml
 
 from tests.conftest import PG_URL, Server, _pg_database, serve_config, stop_server
 
@@ -218,17 +217,3 @@ def test_changes_trigger_is_refused_where_it_cannot_work(db: str, tmp_path: Path
         PostgisSource(specs["v"])
     # the untracked view serves as before
     assert PostgisSource(parse_collections({"v": {"source": f"{db}#public.seen", "id": "id"}}, tmp_path)["v"])
-
-
-def test_config_says_changes_in_udp_check(db: str, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    source = _places(db, "checked", [(1, "a", HERE)])
-    (tmp_path / "config.yml").write_text(yaml.safe_dump({"collections": {"c": {"source": source,
-                                                                               "changes": "trigger"}}}))
-    out = subprocess.run([sys.executable, "-m", "udp.cli", "check", "--config", str(tmp_path / "config.yml")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
