@@ -292,7 +292,8 @@ def start_platform(kind: str, work: Path, sources: dict[str, str], workers: int,
     # files: `udp load` imports them into the store (the first-import time); PostGIS tables: `udp check` reflects
     # and counts them. Then the server starts from a store already loaded.
     store = store or f"sqlite:///{work / f'udp-{kind}.db'}"
-    step = ["check", "--config", str(config)] if kind == "pg" else ["load", "--config", str(config), "--store", store]
+    step = (["check", "--config", str(config)] if kind.startswith("pg")
+            else ["load", "--config", str(config), "--store", store])
     t = time.perf_counter()
     with (work / f"udp-{step[0]}-{kind}.log").open("w") as log:
         code = subprocess.run([sys.executable, "-m", "udp.cli", *step], stdout=log, stderr=subprocess.STDOUT).returncode
