@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,11 +111,11 @@ class Progress:
 
 def replay(records: list[Record], client: mqtt.Client, *, speed: float = 60.0, rate: float | None = None,
            qos: int = 1, limit: int | None = None, now: datetime | None = None, report: Any = None,
-           live: bool = False) -> Progress:
+           live: bool = False, stop: threading.Event | None = None) -> Progress:
     """Publish the records as if they happened now: paced by their own times divided by `speed`, or at a
     fixed `rate` of messages per second. The last record's time is now: the replay catches up with it.
     With `live`, each message carries the moment it is published instead (a demo's live feed, where a
-    speed-up must not put readings hours in the past)."""
+    speed-up must not put readings hours in the past). `stop`: ends it before the next record."""
     if limit is not None:
         records = records[:limit]
     progress = Progress()
@@ -128,7 +129,10 @@ def replay(records: list[Record], client: mqtt.Client, *, speed: float = 60.0, r
     for i, record in enumerate(records):
         due = (record.at - first).total_seconds() / speed if rate is None else i / rate
         wait = wall0 + due - time.monotonic()
-        if wait > 0:
+        if stop is not None:
+            if stop.wait(max(wait, 0.0)):
+                break
+        elif wait > 0:
             time.sleep(wait)
         shift = datetime.now(UTC) - record.at if live else offset
         client.publish(record.topic, message(record, shift), qos=qos)

@@ -38,6 +38,7 @@ from udp.auth import Oidc
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
 from udp.landing_page import landing_html
+from udp.leadership import holders
 from udp.load import bring_in
 from udp.sources import load_sources
 
@@ -135,6 +136,9 @@ def build_app(config: Config) -> Starlette:
         body["ingest"] = store.writer.stats()
         if db_ok:  # the collections whose vector tiles `udp seed` has made for their current data
             body["tiles"] = {"seeded": await run_in_threadpool(_seeded, sources, tile_files)}
+            # several nodes on one store: which one runs each singleton (the same answer on every node)
+            body["node"] = {"name": os.environ.get("UDP_NODE"),
+                            "singletons": await run_in_threadpool(holders, config.store, config.singletons())}
         if notifier is not None:
             body["mqtt"] = notifier.stats()
             if asked:

@@ -131,10 +131,18 @@ def _serve(args: argparse.Namespace) -> int:
     # the serve process runs several busy threads (broker, bridge, notifier): switch between them
     # more often, or a database round trip waits long for the GIL after each reply
     sys.setswitchinterval(0.0005)
+    from udp.leadership import Lease, node_name
+
+    node = os.environ["UDP_NODE"] = getattr(args, "node", None) or node_name(args.port)
     mqtt = _start_mqtt(args, config, store_url, public, shown)
     from udp.load import Watcher
 
-    watcher = Watcher(store_url, config.collections).start()
+    # several nodes on one store: one of them re-imports a changed file
+    watching: list[Watcher] = []
+    watcher = Lease(store_url, "reimports", node=node,
+                    start=lambda: watching.append(Watcher(store_url, config.collections).start()),
+                    stop=lambda: watching.pop().stop()).start() if any(
+        not spec.is_postgis for spec in config.collections.values()) else None
     seeder = _start_seeder(args) if not args.no_seed else None
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
@@ -151,7 +159,8 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level=args.log_level, access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
     finally:
-        watcher.stop()
+        if watcher is not None:
+            watcher.close()
         mqtt.stop()
         if seeder is not None:
             seeder.terminate()
@@ -210,7 +219,7 @@ class _Mqtt:
 
     def stop(self) -> None:
         if self.indicators is not None:
-            self.indicators.stop()  # type: ignore[attr-defined]
+            self.indicators.close()  # type: ignore[attr-defined]
         if self.bridge is not None:
             self.bridge.terminate()  # type: ignore[attr-defined]
             self.bridge.join(30)  # type: ignore[attr-defined]
@@ -296,13 +305,19 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create",
                         limits=config.limits(), qos=config.mqtt_notify_qos, client=creator.client)
     store.listeners.append(notifier)
+    from udp.leadership import Lease, exclusive
+
     if config.sensors:
-        _provision(Service(store), config)  # here, so that what it makes is notified too
+        with exclusive(store_url, "provision"):  # nodes starting together make each Thing once
+            _provision(Service(store), config)  # here, so that what it makes is notified too
     indicators = None
     if config.indicators:
         from udp.indicators import IndicatorEngine
 
-        indicators = IndicatorEngine(store, config.indicators).start()
+        engines: list[IndicatorEngine] = []  # one node of several computes them
+        indicators = Lease(store_url, "indicators", node=os.environ["UDP_NODE"],
+                           start=lambda: engines.append(IndicatorEngine(store, config.indicators).start()),
+                           stop=lambda: engines.pop().stop()).start()
     bridge = None
     if config.bridge:
         ctx = multiprocessing.get_context("spawn")
@@ -411,8 +426,20 @@ def _demo(args: argparse.Namespace) -> int:
         client = connect(BrokerAddress.parse(os.environ["UDP_MQTT_URL"]), f"udp-demo-{os.getpid()}", inflight=1000)
         print(f"  live          Melbourne's per-minute pedestrian counts replayed over MQTT at {args.speed:g}x "
               "(topics city/pedestrians/{sensor}/count)", flush=True)
-        while True:  # round and round: a demo runs as long as it is watched
-            replay(records, client, speed=args.speed, live=True)
+        running: list[threading.Event] = []
+
+        def run(stop: threading.Event) -> None:
+            while not stop.is_set():  # round and round: a demo runs as long as it is watched
+                replay(records, client, speed=args.speed, live=True, stop=stop)
+
+        def begin() -> None:
+            running.append(threading.Event())
+            threading.Thread(target=run, args=(running[-1],), name="udp-demo-replay", daemon=True).start()
+
+        # demo nodes sharing a store: one of them replays
+        Lease(store_url, "demo-replay", begin, lambda: running.pop().set(), node=os.environ.get("UDP_NODE")).start()
+
+    from udp.leadership import Lease
 
     threading.Thread(target=live, name="udp-demo-live", daemon=True).start()
     return _serve(serve_args)
@@ -484,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--mqtt-ws-port", type=int, help="the embedded broker's WebSocket port (9001; 0: none)")
     serve.add_argument("--log-level", default="warning")
     serve.add_argument("--no-seed", action="store_true", help="make no vector tiles ahead (`udp seed` not started)")
+    serve.add_argument("--node", help="this node's name among several on one store (else UDP_NODE, else host:port)")
     dead = sub.add_parser("dead-letters", help="list or re-drive device messages the bridge could not map")
     dead.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
     dead.add_argument("--config", help="config.yml (its bridge rules and store)")

@@ -71,6 +71,11 @@ class Config:
         key = hashlib.sha1(f"{self.store}\0{self.path}".encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"udp-{key}"
 
+    def singletons(self) -> list[str]:
+        """What only one node of several runs with this configuration (udp/leadership.py's lock names)."""
+        return (["indicators"] if self.indicators else []) + (
+            ["reimports"] if any(not spec.is_postgis for spec in self.collections.values()) else [])
+
     def limits(self) -> Limits:
         """The `server:` limits on queries, for every way a query comes in (HTTP, `$batch`, MQTT topics)."""
         return Limits(max_top=self.max_top, max_expand_depth=self.max_expand_depth)
