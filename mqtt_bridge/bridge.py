@@ -49,11 +49,13 @@ class Bridge:
 
     With a `creator` it also takes the SensorThings creates (`v1.1/…/Observations`) on its connection, which is
     then MQTT 5 with No Local subscriptions, and `before_start` may attach a notifier publishing through it: the
-    broker never sends the notifications of what it wrote back to it (they share the creates' topics)."""
+    broker never sends the notifications of what it wrote back to it (they share the creates' topics).
+    `shared`: its subscriptions in that shared subscription group (mqtt_bridge/sessions.py), where No Local does
+    not apply: the notifications come back, and the creator passes them over by their content."""
 
     def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
                  batch_size: int = 1000, max_wait: float = 0.002, creator: Creator | None = None,
-                 before_start: Callable[[mqtt.Client], None] | None = None) -> None:
+                 before_start: Callable[[mqtt.Client], None] | None = None, shared: str | None = None) -> None:
         self.store = store
         self.rules = rules
         self.received = 0
@@ -64,13 +66,16 @@ class Bridge:
         topics = subscriptions(rules) + ([(t, 1) for t in CREATE_TOPICS] if creator is not None else [])
 
         def attach(client: mqtt.Client) -> None:
+            # before it connects: a persistent session's messages come as soon as it has, and are acknowledged
+            # through it
+            self.client = client
             if creator is not None:
-                creator.client = client  # it acknowledges the creates
+                creator.client = client
             if before_start is not None:
                 before_start(client)
 
         self.client = connect(address, cid, on_message=self.handle, clean_session=False, manual_ack=True,
-                              subscriptions=topics, inflight=1000, no_local=creator is not None,
+                              subscriptions=topics, inflight=1000, no_local=creator is not None, shared=shared,
                               before_start=attach)
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
@@ -152,41 +157,89 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
 
 def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, limits: Limits,
                 ready: Any = None, parent: int | None = None, notify_qos: int = 1,
-                creates: int | None = None) -> None:
+                creates: int | None = None, node: str | None = None) -> None:
     """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
     rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
     workers and the broker. With `creates` (the largest payload, in bytes: an external broker) it takes the
-    SensorThings creates too, on the same MQTT 5 connection as its device topics and its notifications.
+    SensorThings creates too. With `node` (`mqtt.shared`: nodes sharing the broker and the store) its sessions
+    are those of mqtt_bridge/sessions.py, its own in the nodes' shared subscription group and those of absent
+    nodes, and its notifications go over a connection of their own; without, one session, on the same MQTT 5
+    connection as its notifications (`udp serve` makes sure that no other node runs one on the store then).
     Stops cleanly (queued messages written) on SIGTERM."""
     import os
     import socket
     import threading
 
     from apicommon.stopping import stop_on_signals
+    from mqtt_bridge.sessions import Sessions, client_id, creates_client_id, group
     from sensorthings.mqtt.notify import Notifier
     from sensorthings.service import Service
+    from sensorthings.store.leadership import Lease
 
     store = Store.open(store_url)
-    creator = Creator(Service(store, limits=limits), base, creates) if creates is not None else None
-    notifiers: list[Notifier] = []
-
-    def notify(client: mqtt.Client) -> None:
-        # through the bridge's connection when it takes the creates (No Local), else over one of its own
-        notifier = Notifier(store, address, base, f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge",
-                            limits=limits, qos=notify_qos, client=client if creator is not None else None)
-        store.listeners.append(notifier)  # before the first message can be written
-        notifiers.append(notifier)
-
-    bridge = Bridge(store, rules, address, creator=creator, before_start=notify)
-    notifier = notifiers[0]
-    if ready is not None:
-        ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
+    notify_id = f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge"
     stop = threading.Event()
     stop_on_signals(stop)
+
+    def creator() -> Creator | None:
+        return Creator(Service(store, limits=limits), base, creates) if creates is not None else None
+
+    if node is None:
+        notifiers: list[Notifier] = []
+        single = creator()
+
+        def notify(client: mqtt.Client) -> None:
+            # through the bridge's connection when it takes the creates (No Local), else over one of its own
+            notifier = Notifier(store, address, base, notify_id, limits=limits, qos=notify_qos,
+                                client=client if single is not None else None)
+            store.listeners.append(notifier)  # before the first message can be written
+            notifiers.append(notifier)
+
+        bridge = Bridge(store, rules, address, creator=single, before_start=notify)
+
+        def close() -> None:
+            bridge.close(then=notifiers[0].close)
+    else:
+        notifier = Notifier(store, address, base, notify_id, limits=limits, qos=notify_qos)
+        store.listeners.append(notifier)  # before the first message can be written
+        own = threading.Event()
+
+        def open_session(owner: str) -> Bridge:
+            session = Bridge(store, rules, address, client_id(store_url, owner), shared=group(store_url))
+            if owner == node:
+                own.set()
+            return session
+
+        sessions = Sessions(store, node, open_session).start()
+        while not own.wait(1.0) and not stop.is_set():
+            pass  # an adopter hands this node's session back within seconds
+        # the creates are not in the shared group: the notifications share their topics, and the broker would
+        # queue them for the session of a node that is gone, beside its device messages; one node takes them in
+        # the platform's one creates session (No Local spares it its own notifications), another when it dies
+        takers: list[Creator] = []
+
+        def take_creates() -> None:
+            taker = creator()
+            if taker is not None:
+                taker.subscribe(address, creates_client_id(store_url))
+                takers.append(taker)
+
+        def leave_creates() -> None:
+            if takers:
+                takers.pop().close()
+
+        creates_lease = Lease(store_url, "creates", take_creates, leave_creates, node=node).start()
+
+        def close() -> None:
+            creates_lease.close()
+            sessions.close()
+            notifier.close()
+    if ready is not None:
+        ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     # the pid `udp serve` passed: read here, getppid() may already name init if serve died meanwhile
     parent = parent or os.getppid()
     # a bridge whose `udp serve` died (even by SIGKILL) stops too
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
-    bridge.close(then=notifier.close)
+    close()
     store.close()

@@ -34,11 +34,11 @@ from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
 from sensorthings.store import version_watch
 from sensorthings.store.base import Store
+from sensorthings.store.leadership import holders
 from udp.auth import Oidc
 from udp.cockpit.routes import cockpit_routes
 from udp.config import Config, load_config
 from udp.landing_page import landing_html
-from udp.leadership import holders
 from udp.load import bring_in
 from udp.sources import load_sources
 

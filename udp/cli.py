@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -56,14 +55,16 @@ def _prepare_sources(config: Config, store_url: str) -> None:
     from provider_plugins import postgis
     from provider_plugins.table import SourceError
     from sensorthings.store.base import Store
+    from sensorthings.store.leadership import exclusive
     from udp.load import bring_in
     from udp.sources import open_source
 
     store = None
     try:
         store = Store.open(store_url)
-        for cid in bring_in(store, config.collections):
-            print(f"  imported      {cid}", file=sys.stderr)
+        with exclusive(store_url, "imports"):  # nodes starting together: one imports, the others find it done
+            for cid in bring_in(store, config.collections):
+                print(f"  imported      {cid}", file=sys.stderr)
         for spec in config.collections.values():
             open_source(spec, store)  # a PostGIS table is only reflected, an import only looked up
     except SourceError as exc:
@@ -131,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     # the serve process runs several busy threads (broker, bridge, notifier): switch between them
     # more often, or a database round trip waits long for the GIL after each reply
     sys.setswitchinterval(0.0005)
-    from udp.leadership import Lease, node_name
+    from sensorthings.store.leadership import Lease, node_name
 
     node = os.environ["UDP_NODE"] = getattr(args, "node", None) or node_name(args.port)
     mqtt = _start_mqtt(args, config, store_url, public, shown)
@@ -213,9 +214,9 @@ class _Mqtt:
     the indicator engine."""
 
     def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object,
-                 bridge: object | None, indicators: object | None = None) -> None:
+                 bridge: object | None, indicators: object | None = None, claim: object | None = None) -> None:
         self.endpoints, self.broker, self.creator, self.notifier = endpoints, broker, creator, notifier
-        self.bridge, self.indicators = bridge, indicators
+        self.bridge, self.indicators, self.claim = bridge, indicators, claim
 
     def stop(self) -> None:
         if self.indicators is not None:
@@ -228,6 +229,8 @@ class _Mqtt:
         self.creator.close()  # type: ignore[attr-defined]
         if self.broker is not None:
             self.broker.stop()  # type: ignore[attr-defined]
+        if self.claim is not None:
+            self.claim.close()  # type: ignore[attr-defined]
 
 
 def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public: str, host: str) -> _Mqtt:
@@ -294,18 +297,14 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     endpoints = config.mqtt_endpoints or endpoints
     os.environ["UDP_MQTT_ENDPOINTS"] = " ".join(endpoints)
     address = BrokerAddress.parse(url)
-    # on an external broker the bridge's process takes the creates when there is one (its connection publishes
-    # their notifications, so the broker does not send them back), else a connection of the creator's own
-    creates_in_bridge = broker is None and bool(config.bridge)
-    if broker is None and not creates_in_bridge:
-        # one persistent session per store: a restart picks up what was published meanwhile
-        creator.subscribe(address, "udp-sta-create-" + hashlib.sha1(store_url.encode()).hexdigest()[:10])
+    # on an external broker, which other nodes may share, the bridge's process takes the creates and the device
+    # messages, in this node's session of the nodes' shared subscription group (mqtt_bridge/sessions.py)
+    external = broker is None
     # Observations created by publishing, and by the bridge, notify like any other write
-    # on an external broker through the creator's connection: its notifications are not sent back to it
     notifier = Notifier(store, address, public + "/v1.1", f"udp-notify-{socket.gethostname()}-{os.getpid()}-create",
-                        limits=config.limits(), qos=config.mqtt_notify_qos, client=creator.client)
+                        limits=config.limits(), qos=config.mqtt_notify_qos)
     store.listeners.append(notifier)
-    from udp.leadership import Lease, exclusive
+    from sensorthings.store.leadership import Lease, exclusive
 
     if config.sensors:
         with exclusive(store_url, "provision"):  # nodes starting together make each Thing once
@@ -318,18 +317,28 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         indicators = Lease(store_url, "indicators", node=os.environ["UDP_NODE"],
                            start=lambda: engines.append(IndicatorEngine(store, config.indicators).start()),
                            stop=lambda: engines.pop().stop()).start()
-    bridge = None
-    if config.bridge:
+    bridge = claim = None
+    if external:
+        from sensorthings.store.leadership import Claim, Taken
+
+        try:  # held while this node lives: nodes that do not share the broker's topics would each store every message
+            claim = Claim(store_url, "bridge", os.environ["UDP_NODE"], shared=config.mqtt_shared)
+        except Taken:
+            raise SystemExit("another node takes the device messages from this broker into this store"
+                             + (" without mqtt.shared" if config.mqtt_shared else "")
+                             + ": nodes that share a broker and a store all say `mqtt: {shared: true}`") from None
+    if config.bridge or external:
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         bridge = ctx.Process(target=run_bridge, name="udp-bridge", daemon=True,
                              args=(config.bridge, store_url, address, public + "/v1.1", config.limits(), ready,
                                    os.getpid(), config.mqtt_notify_qos,
-                                   config.mqtt_max_payload_kb * 1024 if creates_in_bridge else None))
+                                   config.mqtt_max_payload_kb * 1024 if external else None,
+                                   os.environ["UDP_NODE"] if config.mqtt_shared else None))
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)
-    return _Mqtt(endpoints, broker, creator, notifier, bridge, indicators)
+    return _Mqtt(endpoints, broker, creator, notifier, bridge, indicators, claim)
 
 
 def _provision(service: object, config: Config) -> None:
@@ -439,7 +448,7 @@ def _demo(args: argparse.Namespace) -> int:
         # demo nodes sharing a store: one of them replays
         Lease(store_url, "demo-replay", begin, lambda: running.pop().set(), node=os.environ.get("UDP_NODE")).start()
 
-    from udp.leadership import Lease
+    from sensorthings.store.leadership import Lease
 
     threading.Thread(target=live, name="udp-demo-live", daemon=True).start()
     return _serve(serve_args)

@@ -30,7 +30,7 @@ KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", 
               "server", "publisher", "contact", "license", "catalogue", "feedback"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s",
                "cors")
-MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos")
+MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos", "shared")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Config:
     mqtt_ws_port: int = 9001
     mqtt_endpoints: list[str] = field(default_factory=list)  # the broker URLs clients are told (serverSettings)
     mqtt_notify_qos: int = 1  # the QoS notifications are published with
+    mqtt_shared: bool = False  # nodes share the external broker's topics (MQTT 5 shared subscriptions)
     bridge: list[Rule] = field(default_factory=list)
     collections: dict[str, CollectionSpec] = field(default_factory=dict)
     sensors: list[SensorsEntry] = field(default_factory=list)
@@ -72,7 +73,7 @@ class Config:
         return Path(tempfile.gettempdir()) / f"udp-{key}"
 
     def singletons(self) -> list[str]:
-        """What only one node of several runs with this configuration (udp/leadership.py's lock names)."""
+        """What only one node of several runs with this configuration (the lock names of store/leadership.py)."""
         return (["indicators"] if self.indicators else []) + (
             ["reimports"] if any(not spec.is_postgis for spec in self.collections.values()) else [])
 
@@ -150,6 +151,13 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.mqtt_endpoints = eps
     if "notify_qos" in mqtt:
         cfg.mqtt_notify_qos = whole_number(mqtt["notify_qos"], "mqtt.notify_qos", 0, 2)
+    if "shared" in mqtt:
+        if not isinstance(mqtt["shared"], bool):
+            raise ConfigError("mqtt.shared: true or false")
+        if mqtt["shared"] and "url" not in mqtt:
+            raise ConfigError("mqtt.shared: nodes share an external broker (mqtt.url); the embedded one is each "
+                              "node's own")
+        cfg.mqtt_shared = mqtt["shared"]
     if "max_payload_kb" in mqtt:
         cfg.mqtt_max_payload_kb = whole_number(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
     if "bridge" in doc:

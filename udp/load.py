@@ -19,6 +19,7 @@ from features.spec import CollectionSpec
 from provider_plugins.imports import fingerprint, import_sources, stale
 from provider_plugins.table import SourceError
 from sensorthings.store.base import Store
+from sensorthings.store.leadership import exclusive
 
 log = logging.getLogger("udp.load")
 
@@ -109,7 +110,8 @@ class Watcher:
                     todo = [s for s in stale(store, self.files.values()) if failed.get(s.id) != fingerprint(s)]
                     if not todo:
                         continue
-                    done = import_elsewhere(self.store_url, todo, False)
+                    with exclusive(self.store_url, "imports"):  # not while a node starting imports
+                        done = import_elsewhere(self.store_url, todo, False)
                     log.warning("re-imported %s", ", ".join(done))
                 except SourceError as exc:  # a file half-written, or broken: the last import goes on serving
                     log.warning("re-import failed, the last import is served: %s", exc)

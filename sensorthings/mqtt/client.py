@@ -42,17 +42,23 @@ SESSION_EXPIRY = 7 * 24 * 3600  # seconds an MQTT 5 broker keeps a persistent se
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
             manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False,
-            before_start: Callable[[mqtt.Client], None] | None = None) -> mqtt.Client:
+            shared: str | None = None, before_start: Callable[[mqtt.Client], None] | None = None) -> mqtt.Client:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection.
 
     `no_local`: MQTT 5, its subscriptions with No Local, so that the broker never sends the client what it
     published itself (a platform that takes creates and publishes notifications on the same topics).
+    `shared`: MQTT 5, its subscriptions in that shared subscription group (`$share/{group}/…`), where the broker
+    hands each message to one of the group's sessions (No Local does not apply to them).
     `before_start`: called with the client before it connects (a persistent session's messages may come at once),
     e.g. to attach what publishes through it."""
+    if shared is not None:
+        subscriptions = [(f"$share/{shared}/{topic}", qos) for topic, qos in subscriptions or []]
+    v5 = no_local or shared is not None
+    no_local = no_local and shared is None
     # MQTT 5 has no clean session flag: a session's persistence is said on connecting
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5 if no_local else mqtt.MQTTv311,
-                         clean_session=None if no_local else clean_session,
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                         clean_session=None if v5 else clean_session,
                          transport=address.transport, manual_ack=manual_ack)
     if address.username:
         client.username_pw_set(address.username, address.password)
@@ -79,7 +85,7 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
         client.on_message = lambda _c, _u, msg: on_message(msg)
     if before_start is not None:
         before_start(client)
-    if no_local:
+    if v5:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 

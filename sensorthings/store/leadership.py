@@ -1,6 +1,6 @@
-"""Which node runs what only one node may (the indicator engine, the re-imports, the demo's replay, adopting a dead
-node's bridge session): the holder of a named lock in the store, taken again by another node within seconds when
-its holder dies.
+"""Which node runs what only one node may (the indicator engine, the re-imports, the demo's replay, a node's bridge
+session): the holder of a named lock in the store, taken again by another node within seconds when its holder
+dies.
 
 PostgreSQL: a session advisory lock on a connection of its own, named after the node (`application_name`), so
 that any node can tell who holds it and the lock goes with the holder's process or its database connection.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("udp.leadership")
+log = logging.getLogger("sensorthings.store.leadership")
 
 EVERY_S = 2.0  # how often a node that does not hold a lock tries it, and a holder checks it still has it
 _SPACE = 0x7564706C  # "udpl": the first key of the platform's advisory locks
@@ -59,14 +59,31 @@ class _PgLock:
         self.dsn, self.key, self.node = _dsn(store_url), _key(name), node
         self.conn: Any = None
 
-    def try_take(self) -> bool:
+    def _session(self) -> Any:
         import psycopg
 
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"udp {self.node}",
                                         connect_timeout=5, keepalives=1, keepalives_idle=5, keepalives_interval=2,
                                         keepalives_count=2)
-        return bool(self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (_SPACE, self.key)).fetchone()[0])
+        return self.conn
+
+    def try_take(self) -> bool:
+        return bool(self._session().execute("SELECT pg_try_advisory_lock(%s, %s)", (_SPACE, self.key)).fetchone()[0])
+
+    def take(self, within: float) -> bool:
+        """Wait for the lock, at most `within` seconds: meanwhile the holder sees it wanted."""
+        import psycopg
+
+        conn = self._session()
+        try:
+            conn.execute(f"SET lock_timeout = {int(within * 1000)}")
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SPACE, self.key))
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            conn.execute("SET lock_timeout = 0")
 
     def still_held(self) -> None:
         """Raises when the session is gone (a session's advisory lock lasts as long as the session)."""
@@ -105,6 +122,10 @@ class _FileLock:
         self.fh = fh
         return True
 
+    def take(self, within: float) -> bool:
+        """As `try_take` (nobody can see a wait on a file lock)."""
+        return self.try_take()
+
     def still_held(self) -> None:
         """A lock on an open file lasts while it is open."""
 
@@ -122,6 +143,9 @@ class _NoLock:
     """An in-memory store: one process, always the holder."""
 
     def try_take(self) -> bool:
+        return True
+
+    def take(self, within: float) -> bool:
         return True
 
     def still_held(self) -> None:
@@ -143,16 +167,18 @@ def _lock(store_url: str, name: str, node: str) -> _PgLock | _FileLock | _NoLock
 
 class Lease:
     """Runs `start` while this node holds the lock `name`, and `stop` when it loses it or stops; polled in a
-    thread of its own. `yield_when_wanted`: hand the lock over as soon as another session waits for it (a dead
-    node's bridge session, wanted back by that node restarted)."""
+    thread of its own. `yield_when_wanted`: hand the lock over as soon as another node waits for it (a dead
+    node's bridge session, wanted back by that node restarted); `wait`: wait for the lock, so that a holder that
+    yields when wanted sees this node wants it."""
 
     def __init__(self, store_url: str, name: str, start: Callable[[], None], stop: Callable[[], None],
-                 node: str | None = None, every: float = EVERY_S, yield_when_wanted: bool = False) -> None:
+                 node: str | None = None, every: float = EVERY_S, yield_when_wanted: bool = False,
+                 wait: bool = False) -> None:
         self.name, self.node, self.every = name, node or node_name(), every
         self._start, self._stop = start, stop
         self._lock = _lock(store_url, name, self.node)
-        self._yield = yield_when_wanted
-        self.held = False
+        self._yield, self._wait = yield_when_wanted, wait
+        self.held = self._failed = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"udp-lease-{name}", daemon=True)
 
@@ -168,16 +194,19 @@ class Lease:
         self._thread.join(30)
 
     def _run(self) -> None:
-        while not self._done.wait(self.every):
+        # waiting for the lock already takes its time; after a failure (the database away), the interval
+        while not self._done.wait(0 if self._wait and not self.held and not self._failed else self.every):
             self._attempt()
         if self.held:
             self._lose()
         self._lock.release()
 
     def _attempt(self) -> None:
+        self._failed = False
         try:
             self._step()
         except Exception as exc:  # the database away: whatever ran here may now run elsewhere
+            self._failed = True
             if self.held:
                 log.warning("%s: lost the lock %r (%s); stopping it here", self.node, self.name, exc)
                 self._lose()
@@ -185,7 +214,7 @@ class Lease:
 
     def _step(self) -> None:
         if not self.held:
-            if self._lock.try_take():
+            if self._lock.take(self.every) if self._wait else self._lock.try_take():
                 log.info("%s: holds %r", self.node, self.name)
                 try:
                     self._start()
@@ -239,6 +268,45 @@ def _file_holder(store_url: str, name: str) -> str | None:
             return fh.read() or None  # held: the holder wrote its name
         fcntl.flock(fh, fcntl.LOCK_UN)
         return None
+
+
+class Taken(Exception):
+    """The lock is another node's in a way that excludes this one."""
+
+
+class Claim:
+    """A lock held for as long as this process lives or until `close()`: exclusive, or shared with the other nodes
+    that claim it shared (`pg_try_advisory_lock_shared`, `LOCK_SH`)."""
+
+    def __init__(self, store_url: str, name: str, node: str, shared: bool) -> None:
+        self._conn: Any = None
+        self._fh: Any = None
+        if _is_postgres(store_url):
+            import psycopg
+
+            self._conn = psycopg.connect(_dsn(store_url), autocommit=True, application_name=f"udp {node}")
+            how = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            if not self._conn.execute(f"SELECT {how}(%s, %s)", (_SPACE, _key(name))).fetchone()[0]:
+                self.close()
+                raise Taken(name)
+            return
+        path = _lock_file(store_url, name)
+        if path is None:
+            return
+        self._fh = path.open("a+")
+        try:
+            fcntl.flock(self._fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise Taken(name) from None
+
+    def close(self) -> None:
+        """Give it up."""
+        for held in (self._conn, self._fh):
+            if held is not None:
+                with contextlib.suppress(Exception):
+                    held.close()
+        self._conn = self._fh = None
 
 
 @contextlib.contextmanager
