@@ -3,6 +3,7 @@
     python bench/mqtt_ingest.py [--duration 20] [--sensors 100] [--publishers 2] [--window 1000]
                                 [--latency-rate 1000] [--latency-seconds 10] [--baseline-seconds 10]
                                 [--standard-mosquitto 40000] [--standard-embedded 20000] [--skip-bridge]
+                                [--nodes 2]
                                 [--py-spy /tmp/bridge.txt [--py-spy-args=--gil]]
 
 It starts a private Mosquitto on a free port (persistence off, no queue or in-flight limits, so
@@ -586,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--standard-embedded", type=int, default=20_000,
                     help="the same to the embedded broker of a second `udp serve` (0: skip)")
     ap.add_argument("--skip-bridge", action="store_true", help="only the standard-topic phases")
+    ap.add_argument("--nodes", type=int, default=1,
+                    help="with N > 1: the platform with mqtt.shared, the sustained ingest on one node and then on "
+                         "N nodes (one more `udp serve --node` each) in the same run")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir (server and mosquitto logs)")
     args = ap.parse_args(argv)
 
@@ -620,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         db = create_pg(args.pg, "udp_bench_mqtt")
         say(f"store: {db.url}")
         config = workdir / "config.yml"
-        config.write_text(RULES)
+        shared = f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', shared: true}}\n" if args.nodes > 1 else ""
+        config.write_text(RULES + shared)
         server = start_server(db.url, config, broker.port, workdir / "server.log", args.server_log_level)
         server.wait()
         sta = f"{server.url}/v1.1"
@@ -673,87 +678,107 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             report.print()
             return 0
 
-        # -- 2. sustained ingest ---------------------------------------------------------------
+        # -- 2. sustained ingest, on one node and then on --nodes ----------------------------------
         topics = [f"bench/{s}/count" for s in sensors]
-        pubs = Publishers(ctx, children, broker.port, list(range(args.publishers)), topics, args.duration,
-                          args.window)
-        serve_pid = server.proc.pid
-        meter = CpuMeter({
-            "serve": lambda: process_tree(serve_pid),
-            "postgres": postgres_pids,
-            "mosquitto": lambda: [broker.proc.pid],  # type: ignore[union-attr]
-            "publishers": pubs.pids,
-            "bench": lambda: [os.getpid()],
-        })
-        if args.py_spy:
-            exe = shutil.which("py-spy")
-            if exe is None:
-                say("py-spy is not installed (pip install py-spy): not profiling")
-            else:
-                cmd = [exe, "record", "--pid", str(serve_pid), "--duration", str(int(args.duration)),
-                       "--format", "raw", "--threads", "--subprocesses", "--nonblocking", "--rate", "100",
-                       "-o", args.py_spy,
-                       *shlex.split(args.py_spy_args)]
-                spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(workdir / "py-spy.log", "w"))  # noqa: SIM115
-                say(f"profiling: {' '.join(cmd)}")
-                time.sleep(0.5)
-        before = counter.count()
-        say(f"sustained ingest: {args.publishers} publishers × window {args.window}, QoS 1, "
-            f"{args.duration:.0f}s over {len(sensors)} sensors ...")
-        meter.start()
-        t0 = pubs.start()
-        samples = [(t0, before)]
-        end = t0 + args.duration
-        while True:
-            nxt = samples[-1][0] + 1.0
-            if nxt > end - 0.05:
-                nxt = end
-            time.sleep(max(0.0, nxt - time.time()))
-            samples.append((time.time(), counter.count()))
-            if samples[-1][0] >= end - 0.01:
-                break
-        cpu = meter.stop()
-        t_end, c_end = samples[-1]
-        pub = pubs.collect()
-        window_rate = (c_end - before) / (t_end - t0)
-        per_sec = [(c2 - c1) / (t2 - t1) for (t1, c1), (t2, c2) in zip(samples, samples[1:], strict=False)]
-        say("  stored per second: " + " ".join(f"{r / 1000:.1f}k" for r in per_sec))
-        say(f"  publishers: {pub.sent:,} published, {pub.acked:,} acknowledged, {pub.failed} refused by paho, "
-            f"in {pub.seconds:.1f}s = {pub.rate:,.0f} msg/s")
-        say(f"  stored in the window: {c_end - before:,} in {t_end - t0:.1f}s = {window_rate:,.0f} Observations/s "
-            f"(per-second median {statistics.median(per_sec):,.0f}, min {min(per_sec):,.0f}, "
-            f"max {max(per_sec):,.0f})")
-        say(f"  CPU during the window: {fmt_cpu(cpu)}")
-        backlog = pub.acked - (c_end - before)
-        say(f"  backlog at the end of publishing: {backlog:,} messages; draining ...")
-        final, grew, drained = wait_until_stable(
-            counter.count, before + pub.acked, args.drain_timeout, quiet=5,
-            progress=lambda v: say(f"    ... {v - before:,} of {pub.acked:,} stored"))
-        stored = final - before
-        drain = max(0.0, grew - t_end)
-        e2e = stored / (grew - t0) if grew > t0 else float("nan")
-        if not drained:
-            say(f"  WARNING: still storing after --drain-timeout {args.drain_timeout:.0f}s: "
-                "'lost' below counts messages not stored yet")
-        say(f"  drained in {drain:.1f}s: {stored:,} stored in {grew - t0:.1f}s since publishing started = "
-            f"{e2e:,.0f} Observations/s end to end")
-        rows, distinct = counter.seqs(0, args.publishers * SEQ_BLOCK)
-        lost = pub.acked - distinct
-        dup = rows - distinct
-        dead = counter.scalar("SELECT count(*) FROM dead_letters")
-        say(f"  check by parameters.seq: {pub.acked:,} acknowledged, {rows:,} rows, {distinct:,} distinct "
-            f"→ lost {lost:,}, duplicated {dup:,}; dead letters {dead}")
-        # the bridge remembers a batch's fingerprints with the batch's last arrival time: its batch sizes
-        nb, med, big = counter.row(
-            "SELECT count(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY n), max(n) FROM "
-            "(SELECT count(*) AS n FROM bridge_seen_messages WHERE at >= to_timestamp(%s) GROUP BY at) b", (t0,))
-        say(f"  bridge transactions (from bridge_seen_messages): {nb:,}, median {med} messages, max {big}")
-        if spy is not None:
-            try:
-                spy.wait(args.duration + 30)
-            except subprocess.TimeoutExpired:
-                spy.terminate()
-                spy.wait(5)
+
+        def sustained(first: int, nodes: list[Udp]) -> dict[str, object]:
+            """The publishers with seq blocks from `first` for --duration s: rates, loss and CPU."""
+            pubs = Publishers(ctx, children, broker.port, list(range(first, first + args.publishers)), topics,
+                              args.duration, args.window)
+            meter = CpuMeter({
+                "serve": lambda: [p for n in nodes for p in process_tree(n.proc.pid)],
+                "postgres": postgres_pids,
+                "mosquitto": lambda: [broker.proc.pid],  # type: ignore[union-attr]
+                "publishers": pubs.pids,
+                "bench": lambda: [os.getpid()],
+            })
+            spy = None
+            if args.py_spy and first == 0:
+                exe = shutil.which("py-spy")
+                if exe is None:
+                    say("py-spy is not installed (pip install py-spy): not profiling")
+                else:
+                    cmd = [exe, "record", "--pid", str(nodes[0].proc.pid), "--duration", str(int(args.duration)),
+                           "--format", "raw", "--threads", "--subprocesses", "--nonblocking", "--rate", "100",
+                           "-o", args.py_spy, *shlex.split(args.py_spy_args)]
+                    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                           stderr=open(workdir / "py-spy.log", "w"))  # noqa: SIM115
+                    say(f"profiling: {' '.join(cmd)}")
+                    time.sleep(0.5)
+            before = counter.count()
+            say(f"sustained ingest on {len(nodes)} node{'s' if len(nodes) > 1 else ''}: {args.publishers} "
+                f"publishers × window {args.window}, QoS 1, {args.duration:.0f}s over {len(sensors)} sensors ...")
+            meter.start()
+            t0 = pubs.start()
+            samples = [(t0, before)]
+            end = t0 + args.duration
+            while True:
+                nxt = samples[-1][0] + 1.0
+                if nxt > end - 0.05:
+                    nxt = end
+                time.sleep(max(0.0, nxt - time.time()))
+                samples.append((time.time(), counter.count()))
+                if samples[-1][0] >= end - 0.01:
+                    break
+            cpu = meter.stop()
+            t_end, c_end = samples[-1]
+            pub = pubs.collect()
+            window_rate = (c_end - before) / (t_end - t0)
+            per_sec = [(c2 - c1) / (t2 - t1) for (t1, c1), (t2, c2) in zip(samples, samples[1:], strict=False)]
+            say("  stored per second: " + " ".join(f"{r / 1000:.1f}k" for r in per_sec))
+            say(f"  publishers: {pub.sent:,} published, {pub.acked:,} acknowledged, {pub.failed} refused by paho, "
+                f"in {pub.seconds:.1f}s = {pub.rate:,.0f} msg/s")
+            say(f"  stored in the window: {c_end - before:,} in {t_end - t0:.1f}s = {window_rate:,.0f} "
+                f"Observations/s (per-second median {statistics.median(per_sec):,.0f}, min {min(per_sec):,.0f}, "
+                f"max {max(per_sec):,.0f})")
+            say(f"  CPU during the window: {fmt_cpu(cpu)}")
+            backlog = pub.acked - (c_end - before)
+            say(f"  backlog at the end of publishing: {backlog:,} messages; draining ...")
+            final, grew, drained = wait_until_stable(
+                counter.count, before + pub.acked, args.drain_timeout, quiet=5,
+                progress=lambda v: say(f"    ... {v - before:,} of {pub.acked:,} stored"))
+            stored = final - before
+            drain = max(0.0, grew - t_end)
+            e2e = stored / (grew - t0) if grew > t0 else float("nan")
+            if not drained:
+                say(f"  WARNING: still storing after --drain-timeout {args.drain_timeout:.0f}s: "
+                    "'lost' below counts messages not stored yet")
+            say(f"  drained in {drain:.1f}s: {stored:,} stored in {grew - t0:.1f}s since publishing started = "
+                f"{e2e:,.0f} Observations/s end to end")
+            rows, distinct = counter.seqs(first * SEQ_BLOCK, (first + args.publishers) * SEQ_BLOCK)
+            lost = pub.acked - distinct
+            dup = rows - distinct
+            dead = counter.scalar("SELECT count(*) FROM dead_letters")
+            say(f"  check by parameters.seq: {pub.acked:,} acknowledged, {rows:,} rows, {distinct:,} distinct "
+                f"→ lost {lost:,}, duplicated {dup:,}; dead letters {dead}")
+            # the bridge remembers a batch's fingerprints with the batch's last arrival time: its batch sizes
+            nb, med, big = counter.row(
+                "SELECT count(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY n), max(n) FROM "
+                "(SELECT count(*) AS n FROM bridge_seen_messages WHERE at >= to_timestamp(%s) GROUP BY at) b",
+                (t0,))
+            say(f"  bridge transactions (from bridge_seen_messages): {nb:,}, median {med} messages, max {big}")
+            if spy is not None:
+                try:
+                    spy.wait(args.duration + 30)
+                except subprocess.TimeoutExpired:
+                    spy.terminate()
+                    spy.wait(5)
+            return {"window_rate": window_rate, "e2e": e2e, "drain": drain, "pub": pub, "lost": lost, "dup": dup,
+                    "cpu": cpu}
+
+        one = sustained(0, [server])
+        window_rate, e2e, drain, pub, lost, dup, cpu = (one["window_rate"], one["e2e"], one["drain"], one["pub"],
+                                                         one["lost"], one["dup"], one["cpu"])
+        more = None
+        if args.nodes > 1:
+            for k in range(2, args.nodes + 1):
+                node = Udp("serve", "--config", str(config), "--store", db.url, "--mqtt",
+                           f"mqtt://127.0.0.1:{broker.port}", "--workers", "1", "--log-level",
+                           args.server_log_level, "--node", f"n{k}", log=workdir / f"server-n{k}.log")
+                extra_servers.append(node)
+                node.wait()
+                say(f"node n{k}: {' '.join(node.cmd)} (pid {node.pid})")
+            more = sustained(100, [server, *extra_servers[-(args.nodes - 1):]])
 
         # -- 3. latency at a fixed rate --------------------------------------------------------
         import orjson
@@ -824,6 +849,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                    f"{window_rate:,.0f} obs/s", f">= {TARGETS['ingest']:,.0f} obs/s",
                    at_least(window_rate, TARGETS["ingest"]))
         report.add("  end to end (stored / time until drained)", f"{e2e:,.0f} obs/s (drain {drain:.1f}s)")
+        if more is not None:
+            report.add(f"sustained ingest on {args.nodes} nodes (mqtt.shared, same run)",
+                       f"{more['window_rate']:,.0f} obs/s, end to end {more['e2e']:,.0f} "
+                       f"({more['window_rate'] / window_rate:.2f}× one node)")
+            report.add(f"  lost / duplicated on {args.nodes} nodes", f"{more['lost']:,} / {more['dup']:,}", "0 / 0",
+                       "yes" if more["lost"] == more["dup"] == 0 else "NO")
+            report.add(f"  CPU on {args.nodes} nodes", fmt_cpu(more["cpu"]))
         report.add("  publish rate achieved (acknowledged by mosquitto)", f"{pub.rate:,.0f} msg/s")
         if args.baseline_seconds > 0:
             report.add("mosquitto QoS 1 ceiling (publishers → broker → paho subscriber)",

@@ -55,6 +55,15 @@ def test_one_node_runs_each_singleton_and_another_takes_over(store: str, tmp_pat
         things = httpx.get(f"{nodes['a'].url}/v1.1/Things", params={"$filter": "startswith(name, 'air ')"},
                            timeout=30).json()["value"]
         assert sorted(t["name"] for t in things) == ["air g1", "air g2", "air j1"]
+        # a read on one node sees a write made on the other at once, through the response cache
+        on_b = httpx.Client(base_url=f"{nodes['b'].url}/v1.1/", timeout=30)
+        for _ in range(2):  # the second answer comes from b's cache
+            assert on_b.get("Things", params={"$filter": "name eq 'written on a'"}).json()["value"] == []
+        made = httpx.post(f"{nodes['a'].url}/v1.1/Things", json={"name": "written on a", "description": "d"},
+                          timeout=30)
+        assert made.status_code == 201
+        assert [t["name"] for t in on_b.get("Things", params={"$filter": "name eq 'written on a'"}).json()["value"]] \
+            == ["written on a"]
         # the holder of the indicators dies without a word: the other node takes what it held
         holder = held["indicators"]
         other = next(n for n in nodes if n != holder)
