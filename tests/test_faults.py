@@ -96,7 +96,8 @@ bridge:
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster on a free port (socket and data in a temp dir), stoppable at will."""
 
-    def __init__(self) -> None:
+    def __init__(self, primary: PrivatePostgres | None = None) -> None:
+        """A new cluster; with `primary`, a streaming replica of it (pg_basebackup, standby.signal)."""
         assert PG_BIN is not None
         self.dir = Path(tempfile.mkdtemp(prefix="udp-faults-pg-"))
         if _ROOT:
@@ -105,7 +106,11 @@ class PrivatePostgres:
         self.port = free_port()
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        if primary is None:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        else:
+            self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D",
+                      str(self.data), "-R", "-X", "stream", "--checkpoint=fast")
         self.start()
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:

@@ -56,7 +56,7 @@ class ORJSONResponse(JSONResponse):
 
 def build_app(config: Config) -> Starlette:
     """The platform's ASGI app for a configuration."""
-    store = Store.open(config.store, statement_timeout=config.statement_timeout_s)
+    store = Store.open(config.store, statement_timeout=config.statement_timeout_s, replicas=config.store_replicas)
     bring_in(store, config.collections, show=False)  # `udp serve` did already; an app built directly not
     cache = ResponseCache(config.cache_mb * 1024 * 1024) if config.cache_mb > 0 else None
     mqtt_url = os.environ.get("UDP_MQTT_URL")
@@ -130,6 +130,9 @@ def build_app(config: Config) -> Starlette:
         down = [] if db_ok else ["store"]
         body = {"status": "ok" if db_ok else "degraded", "down": down, "uptime_s": round(time.time() - started, 1),
                 "store": {"kind": store.dialect.name, "ok": db_ok}}
+        if store.replicas is not None:
+            body["store"]["replicas"] = store.replicas.stats()
+            body["store"]["primary_reads"] = store.replicas.primary_reads
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
             body["worker"] = os.getpid()  # the stats are this worker's

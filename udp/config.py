@@ -39,6 +39,7 @@ class Config:
 
     title: str = "Urban Data Platform"
     store: str = "sqlite:///udp.db"
+    store_replicas: tuple[str, ...] = ()  # PostgreSQL streaming replicas that take the reads
     public_url: str | None = None
     threads: int = 4  # threads per worker for blocking database calls
     cache_mb: int = 64  # response cache per worker; 0 turns it off
@@ -120,6 +121,17 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg.title = doc["title"]
     if "store" in doc:
         store = doc["store"]
+        if isinstance(store, dict):  # {url: …, replicas: […]}
+            declared(store, "store", ("url", "replicas"), ConfigError)
+            replicas = store.get("replicas") or []
+            if not isinstance(replicas, list) or not all(isinstance(r, str) and r.startswith(("postgresql:",
+                                                                                               "postgres:"))
+                                                         for r in replicas):
+                raise ConfigError("store.replicas: a list of postgresql://… URLs (streaming replicas of store.url)")
+            store = store.get("url")
+            if replicas and not str(store).startswith(("postgresql:", "postgres:")):
+                raise ConfigError("store.replicas: replicas are PostgreSQL's: store.url must be postgresql://…")
+            cfg.store_replicas = tuple(replicas)
         if not isinstance(store, str) or not store.startswith(("sqlite:", "postgresql:", "postgres:")):
             raise ConfigError(f"store: {store!r} is not sqlite:///file.db or postgresql://…")
         if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):

@@ -30,6 +30,7 @@ from sensorthings.query.sql import SqlDialect
 from sensorthings.store import observations, versions
 from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
+from sensorthings.store.replicas import Replicas
 from sensorthings.store.schema import TABLES, metadata
 from sensorthings.times import now
 
@@ -91,24 +92,43 @@ class Store:
         self.url = url
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
+        self.replicas: Replicas | None = None
         versions.track_reads(engine)
         # the process's group-commit writer of Observations (its thread starts on first use)
         self.writer = ObservationWriter(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, statement_timeout: float | None = None) -> Store:
+    def open(cls, url: str, statement_timeout: float | None = None, replicas: tuple[str, ...] = ()) -> Store:
         """A store for `sqlite:///path.db` or `postgresql://…`; the schema is created if missing.
 
         With `statement_timeout` (seconds), a statement running longer is cancelled and raises QueryTimeout.
+        `replicas`: PostgreSQL streaming replicas of `url` that take the reads (sensorthings/store/replicas.py).
         """
         if statement_timeout and url not in ("sqlite://", "sqlite:///:memory:"):
             # the schema first, without the limit: creating it (or waiting for another worker to) is no client's query
             cls.open(url).close()
-            return cls._connect(url, statement_timeout)
-        store = cls._connect(url, statement_timeout)
-        store.create_schema()
+            store = cls._connect(url, statement_timeout)
+        else:
+            store = cls._connect(url, statement_timeout)
+            store.create_schema()
+        if replicas:
+            store.use_replicas(replicas)
         return store
+
+    def use_replicas(self, urls: tuple[str, ...]) -> None:
+        """Send reads to these streaming replicas of the store."""
+        from sensorthings.store import postgres
+
+        if self.dialect.name != "postgresql":
+            raise ValueError("store replicas are PostgreSQL streaming replicas: the store must be PostgreSQL")
+        engines = []
+        for url in urls:
+            engine = postgres.create_postgres_engine(url, _json_dumps, orjson.loads,
+                                                     statement_timeout=self.statement_timeout)
+            versions.track_reads(engine)
+            engines.append((url, engine.execution_options(isolation_level="AUTOCOMMIT")))
+        self.replicas = Replicas(self.read_engine, engines)
 
     @classmethod
     def _connect(cls, url: str, statement_timeout: float | None) -> Store:
@@ -147,6 +167,8 @@ class Store:
         """Write what is queued, then release every connection."""
         self.writer.close()
         self.engine.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
     def versions(self, conn: Connection, rows: tuple[str, ...] = ()) -> dict[str, int]:
         """Every table's change version now, and those of the row keys `rows` (sensorthings.store.versions),
@@ -168,7 +190,12 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reading (autocommit on PostgreSQL: no BEGIN/ROLLBACK round trips)."""
+        """A connection for reading (autocommit on PostgreSQL: no BEGIN/ROLLBACK round trips), on a replica when
+        the store has them (one that has replayed every commit made before this call)."""
+        if self.replicas is not None:
+            with self.replicas.read() as conn:
+                yield conn
+            return
         with self.read_engine.connect() as conn:
             yield conn
 
