@@ -215,7 +215,8 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
             pass  # an adopter hands this node's session back within seconds
         # the creates are not in the shared group: the notifications share their topics, and the broker would
         # queue them for the session of a node that is gone, beside its device messages; one node takes them in
-        # the platform's one creates session (No Local spares it its own notifications), another when it dies
+        # the platform's one creates session, another when it dies, and publishes its notifications through it
+        # (No Local: the broker does not send them back to it; other nodes' notifications still come)
         takers: list[Creator] = []
 
         def take_creates() -> None:
@@ -223,9 +224,11 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
             if taker is not None:
                 taker.subscribe(address, creates_client_id(store_url))
                 takers.append(taker)
+                notifier.publish_through(taker.client)
 
         def leave_creates() -> None:
             if takers:
+                notifier.publish_through(None)
                 takers.pop().close()
 
         creates_lease = Lease(store_url, "creates", take_creates, leave_creates, node=node).start()

@@ -109,7 +109,7 @@ class Notifier:
         self.published = 0
         self.internal = InternalIndex(store)
         self.owns_client = client is None
-        self.client = client if client is not None else connect(
+        self.client = self.own = client if client is not None else connect(
             address, client_id, on_message=self._on_message, subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
         self.thread.start()
@@ -130,6 +130,11 @@ class Notifier:
         subscribed = self.subscribed
         return {t: None if subscribed is None else t in subscribed for t in topics}
 
+    def publish_through(self, client: mqtt.Client | None) -> None:
+        """Publish through `client` from now on (one whose subscriptions are No Local: the broker does not send it
+        back the notifications, which share the creates' topics), or through the notifier's own again (None)."""
+        self.client = client if client is not None else self.own
+
     def announce(self, topic: str, payload: bytes) -> None:
         """Publish a message of the platform's own beside the SensorThings notifications (citizen feedback)."""
         self._send(topic, payload)
@@ -139,8 +144,8 @@ class Notifier:
         self.queue.put(None)
         self.thread.join(10)
         if self.owns_client:
-            self.client.loop_stop()
-            self.client.disconnect()
+            self.own.loop_stop()
+            self.own.disconnect()
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == SUBSCRIPTIONS_TOPIC:
