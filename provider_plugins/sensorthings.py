@@ -31,7 +31,7 @@ from sensorthings.query.tree import (
     QueryOptions,
     UnaryOp,
 )
-from sensorthings.read import Reader
+from sensorthings.read import Estimate, Reader
 from sensorthings.store.base import Store
 
 PUBLIC_BASE = "http://udp-public-base.invalid"  # replaced by the request's base URL in every answer
@@ -172,7 +172,7 @@ class SensorThingsSource(FeatureSource):
                 docs = reader.serialize_rows(conn, self.entity, rows, options) if rows else []
         except QueryError as exc:
             raise ParamError(f"filter: {exc}") from None
-        return Page(count or 0, self._encode(docs, q))
+        return Page(count or 0, self._encode(docs, q), exact=not isinstance(count, Estimate))
 
     def feature(self, fid: str, q: ItemsQuery) -> bytes | None:
         """One entity by id."""

@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     true,
     tuple_,
 )
@@ -44,6 +45,18 @@ from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
 from sensorthings.times import format_instant, format_time
 
+ESTIMATE_COUNT_ABOVE = 1_000_000  # rows of a whole table (PostgreSQL's reltuples) whose `$count` is estimated
+
+
+class Estimate(int):
+    """A count that is the planner's estimate, not counted."""
+
+
+def count_annotations(count: int) -> dict[str, Any]:
+    """`@iot.count`, and `@udp.countEstimated` when it is an estimate (`Prefer: count=exact` counts)."""
+    return {"@iot.count": int(count), "@udp.countEstimated": True} if isinstance(count, Estimate) \
+        else {"@iot.count": count}
+
 
 @dataclass
 class Reader:
@@ -53,6 +66,7 @@ class Reader:
     base: str
     default_top: int = Limits.default_top
     hide_internal: bool = False  # for a reader without the read role: see sensorthings.access
+    exact_count: bool = False  # count a huge set too (else its `$count` is the planner's estimate)
 
     def __post_init__(self) -> None:
         self.translator = Translator(self.store.dialect)
@@ -67,7 +81,8 @@ class Reader:
         after: tuple[Any, ...] | None = None,
         shape: Hashable | None = None,
     ) -> tuple[list[Mapping[str, Any]], str | None, int | None]:
-        """One page of rows of a set: (rows, a skiptoken when more follow, the count when `$count=true`).
+        """One page of rows of a set: (rows, a skiptoken when more follow, the count when `$count=true`: an
+        `Estimate` on a huge set unless the reader counts exactly).
 
         `after` continues from a skiptoken: the sort keys of the previous page's last row, so that
         deep pages seek through the index instead of counting past every earlier row. `shape` names
@@ -78,7 +93,10 @@ class Reader:
         count = None
         if options.count:
             conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
-            count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
+            if where(table) is None and options.filter is None and not self.exact_count:  # a whole set
+                count = self._estimate(conn, table, conds)
+            if count is None:
+                count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
 
         def build() -> Select:
             conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
@@ -103,6 +121,24 @@ class Reader:
             token = "" if any(v is None for v in values) else encode_token(values)
         return rows[:top], token, count
 
+    def _estimate(self, conn: Connection, table: FromClause, shown: list[ColumnElement]) -> Estimate | None:
+        """A whole set's count as PostgreSQL's planner knows it, when its table is over ESTIMATE_COUNT_ABOVE rows
+        (counting would read every row of an index); None: count it. `shown`: what a reader without the read role
+        may see (the planner's estimate of the rows that meet it)."""
+        if self.store.dialect.name != "postgresql":
+            return None
+        rows = conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                            {"t": getattr(table, "name", "")}).scalar()
+        if rows is None or rows <= ESTIMATE_COUNT_ABOVE:
+            return None
+        if shown:
+            # the visibility conditions hold only names and constants: written out, EXPLAIN can plan them
+            sql = select(literal(1)).select_from(table).where(*shown).compile(
+                dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}".replace("%", "%%")).scalar()
+            rows = (orjson.loads(plan) if isinstance(plan, (str, bytes)) else plan)[0]["Plan"]["Plan Rows"]
+        return Estimate(rows)
+
     def collection(
         self,
         conn: Connection,
@@ -117,7 +153,7 @@ class Reader:
         rows, token, count = self.page(conn, entity, where, options, after, shape)
         out: dict[str, Any] = {}
         if count is not None:
-            out["@iot.count"] = count
+            out.update(count_annotations(count))
         out["value"] = self.serialize_rows(conn, entity, rows, options)
         if token is not None:
             out["@iot.nextLink"] = next_url(token or None)

@@ -39,7 +39,7 @@ from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
 from sensorthings.query.unparse import next_link
-from sensorthings.read import Reader, decode_token, serializer
+from sensorthings.read import Reader, count_annotations, decode_token, serializer
 from sensorthings.resource import PathError, Resource, condition, parse_path
 from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, StoreError
 from sensorthings.store.group_commit import Written
@@ -66,6 +66,7 @@ class ApiRequest:
     query_string: str = ""
     if_none_match: str = ""
     sees_internal: bool = True  # False for a reader without the read role (sensorthings.access)
+    exact_count: bool = False  # `Prefer: count=exact`: `$count` counted even on a huge set
 
 
 @dataclass
@@ -135,7 +136,8 @@ class Service:
         depends on the clock, not only on the data)."""
         if self.cache is None or any("now(" in v.lower() for v in req.params.values()):
             return None
-        return CachePlan((req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal),
+        return CachePlan((req.path.strip("/"), tuple(sorted(req.params.items())), req.base, req.sees_internal,
+                          req.exact_count),
                          _confinement(req))
 
     def cached(self, req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> ApiResponse | None:
@@ -328,7 +330,8 @@ class Service:
         """Read an entity, a set, a property, a `$value` or `$ref`s."""
         entity = resource.entity
         opts = parsed = self.options(req, entity)
-        reader = Reader(self.store, req.base, self.limits.default_top, hide_internal=not req.sees_internal)
+        reader = Reader(self.store, req.base, self.limits.default_top, hide_internal=not req.sees_internal,
+                        exact_count=req.exact_count)
         where = condition(resource)
         with self._reading(tx) as conn:
             if resource.single:
@@ -398,7 +401,7 @@ class Service:
             groups.setdefault(stream, []).append([doc["@iot.id" if c == "id" else c] for c in components])
         out: dict[str, Any] = {}
         if count is not None:
-            out["@iot.count"] = count
+            out.update(count_annotations(count))
         out["value"] = []
         for stream, items in groups.items():
             key, link = stream.split("\0")

@@ -70,6 +70,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             query_string=request.url.query,
             if_none_match=request.headers.get("if-none-match", ""),
             sees_internal=sees_internal(request.scope),
+            exact_count="count=exact" in request.headers.get("prefer", "").replace(" ", ""),
         )
         if request.method == "GET":
             res, now = await _from_cache(req)
