@@ -39,6 +39,27 @@ if os.environ.get("UDP_CI"):
 _pg_database = pg_database  # the name the tests know: a fresh PostgreSQL database while the generator lives
 
 
+@pytest.fixture(scope="module")
+def db() -> Iterator[str]:
+    """A fresh PostgreSQL database for a module's tests (a department's, beside the platform's store)."""
+    pg = _pg_database()
+    try:
+        yield next(pg)
+    finally:
+        pg.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store of each kind for one test: a SQLite file, a PostgreSQL database (skipped without UDP_TEST_PG)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'udp.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
+    yield from _pg_database()
+
+
 def _on_store(kind: str, tmp_path_factory: pytest.TempPathFactory,
               start: Callable[[str, str], Server]) -> Iterator[Server]:
     """A platform made by `start(store URL, kind)` on a fresh store of `kind` while the generator lives;

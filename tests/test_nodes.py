@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,31 +19,17 @@ from tests.test_indicators import CONFIG, GANGNAM, JONGNO
 TAKEOVER_S = 15.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'udp.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
-    db = create_pg(PG_URL)
-    try:
-        yield db.url
-    finally:
-        db.drop()
-
-
 def _singletons(node: Udp) -> dict[str, str | None]:
     return httpx.get(f"{node.url}/health", timeout=30).json()["node"]["singletons"]
 
 
-def test_one_node_runs_each_singleton_and_another_takes_over(store: str, tmp_path: Path) -> None:
+def test_one_node_runs_each_singleton_and_another_takes_over(store_url: str, tmp_path: Path) -> None:
     rows = ["id,lon,lat", f"g1,{GANGNAM[0][0]},{GANGNAM[0][1]}", f"g2,{GANGNAM[1][0]},{GANGNAM[1][1]}",
             f"j1,{JONGNO[0]},{JONGNO[1]}"]
     (tmp_path / "sensors.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (tmp_path / "config.yml").write_text(CONFIG, encoding="utf-8")
     # both start at once: the `sensors:` Things are made by one while the other waits, then found by it
-    nodes = {name: Udp("serve", "--config", str(tmp_path / "config.yml"), "--store", store, "--node", name,
+    nodes = {name: Udp("serve", "--config", str(tmp_path / "config.yml"), "--store", store_url, "--node", name,
                        log=tmp_path / f"node-{name}.log") for name in ("a", "b")}
     try:
         for node in nodes.values():

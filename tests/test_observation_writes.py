@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import PG_URL, Server, _pg_database, serve_on
+from tests.conftest import Server, serve_on
 from tests.test_bridge import dead_letter_reasons, publisher, wait_for
 from tests.test_mqtt import Listener, wait_subscribed
 from tests.test_sta_api import OM, UNIT, create
@@ -130,16 +130,6 @@ def test_instants_come_back_as_precise_as_they_were_sent(sta: httpx.Client, sent
 
 
 # -- in-process ways in, on real stores ---------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'writes.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("UDP_TEST_PG is not set: PostgreSQL store tests skipped")
-    yield from _pg_database()
-
-
 def test_bridge_forgets_old_fingerprints_but_knows_recent_ones(store_url: str) -> None:
     from sqlalchemy import func, select
 

@@ -14,7 +14,7 @@ import mapbox_vector_tile
 import morecantile
 import pytest
 
-from tests.conftest import PG_URL, Server, _pg_database, serve_config, stop_server
+from tests.conftest import PG_URL, Server, serve_config, stop_server
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="UDP_TEST_PG is not set: PostGIS sources need PostgreSQL")
 
@@ -30,15 +30,6 @@ def _tile_path(cid: str, lonlat: tuple[float, float], z: int = 14) -> str:
 def _names(res: httpx.Response, cid: str) -> set[str]:
     layers = mapbox_vector_tile.decode(res.content) if res.content else {}
     return {f["properties"]["name"] for f in layers.get(cid, {}).get("features", [])}
-
-
-@pytest.fixture(scope="module")
-def db() -> Iterator[str]:
-    pg = _pg_database()
-    try:
-        yield next(pg)
-    finally:
-        pg.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from tests.conftest import (
     PG_URL,
     ROOT,
     Server,
-    _pg_database,
     create_pg,
     serve_config,
     start_server,
@@ -85,15 +84,6 @@ def _big_table(url: str) -> str:
         conn.execute("ALTER TABLE big ALTER weekday SET NOT NULL")  # keyset paging's row comparison
         conn.execute("ANALYZE big")
     return f"{url}#public.big"
-
-
-@pytest.fixture(scope="module")
-def db() -> Iterator[str]:
-    pg = _pg_database()
-    try:
-        yield next(pg)
-    finally:
-        pg.close()
 
 
 @pytest.fixture(scope="module")

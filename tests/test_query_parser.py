@@ -738,3 +738,21 @@ def test_fuzz_expand(text: str) -> None:
 )
 def test_fuzz_query_options(params: dict[str, str]) -> None:
     _only_query_errors(_options, params)
+
+
+@pytest.mark.parametrize("text, bound", [
+    ("phenomenonTime lt 2026-10-21T00:00:00Z", "observations.phenomenon_time_start < "),
+    ("phenomenonTime le 2026-10-21T00:00:00Z", "observations.phenomenon_time_start <= "),
+    ("2026-10-21T00:00:00Z gt phenomenonTime", "observations.phenomenon_time_start < "),
+    ("2026-10-21T00:00:00Z ge phenomenonTime", "observations.phenomenon_time_start <= "),
+])
+def test_an_interval_before_a_time_bounds_its_start_too(text: str, bound: str) -> None:
+    """`phenomenonTime lt t` means the interval ends before t; its start does too, and says so in SQL, so that the
+    (Datastream, phenomenonTime) index bounds a day's scan on both sides (else it read on to the Datastream's end)."""
+    from sensorthings.model import OBSERVATION
+    from sensorthings.query.sql import Translator
+    from sensorthings.store.postgres import PostgresDialect
+    from sensorthings.store.schema import TABLES
+
+    sql = str(Translator(PostgresDialect()).where(OBSERVATION, TABLES["observations"], parse_filter(text)).compile())
+    assert bound in sql and "coalesce(observations.phenomenon_time_end" in sql

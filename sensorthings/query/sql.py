@@ -409,13 +409,16 @@ class Translator:
             return and_(ls == rs, le == re_)
         if op == "ne":
             return or_(ls != rs, le != re_)
+        # an interval never ends before it starts (sensorthings.times): a start before (after) the time is implied,
+        # and said as well, so that the (Datastream, phenomenonTime) index bounds the scan on both sides (a day's
+        # chart read the Datastream's whole rest from the day on without it: 190 ms of 100 million rows)
         if op == "lt":
-            return le < rs
+            return and_(ls < rs, le < rs) if left.type == INTERVAL else le < rs
         if op == "le":
-            return le <= rs
+            return and_(ls <= rs, le <= rs) if left.type == INTERVAL else le <= rs
         if op == "gt":
-            return ls > re_
-        return ls >= re_
+            return and_(ls > rs, ls > re_) if right.type == INTERVAL else ls > re_
+        return and_(ls >= rs, ls >= re_) if right.type == INTERVAL else ls >= re_
 
     # -- functions ------------------------------------------------------------------------------
     def _call(self, entity: EntityType, scope: _Scope, node: Call) -> Val:
