@@ -6,6 +6,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Database, Mosquitto, Ports, Process, Udp, create_pg, process_tree, say, tail  # noqa: E402
+from tests.harness import (  # noqa: E402
+    Database,
+    Mosquitto,
+    Ports,
+    PrivatePostgres,
+    Process,
+    Udp,
+    create_pg,
+    process_tree,
+    say,
+    tail,
+)
 
-__all__ = ["Database", "Mosquitto", "Ports", "Process", "Udp", "create_pg", "process_tree", "say", "tail"]
+__all__ = ["Database", "Mosquitto", "Ports", "PrivatePostgres", "Process", "Udp", "create_pg", "process_tree", "say",
+           "tail"]

@@ -91,9 +91,11 @@ def create_sqlite() -> Database:
 class Server(Udp):
     """`udp serve` as a subprocess in its own process group (uvicorn forks its workers into it)."""
 
-    def __init__(self, store: str, workers: int, log_dir: Path, log_level: str = "warning") -> None:
+    def __init__(self, store: str, workers: int, log_dir: Path, log_level: str = "warning",
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         log = log_dir / f"udp-bench-{uuid.uuid4().hex[:8]}.log"
-        super().__init__("serve", "--store", store, "--workers", str(workers), "--log-level", log_level, log=log)
+        super().__init__("serve", "--store", store, "--workers", str(workers), "--log-level", log_level, *extra,
+                         log=log, env=env)
         say(f"server: {' '.join(self.cmd)} (pid {self.pid}, log {self.log_path})")
 
     def worker_pids(self) -> list[int]:

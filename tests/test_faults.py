@@ -9,10 +9,7 @@ user, so their directories are made theirs.
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,50 +24,15 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.conftest import Server, free_port, start_server, stop_server, wait_until
-from tests.harness import MOSQUITTO, Mosquitto, listening, tail
+from tests.conftest import Server, start_server, stop_server, wait_until
+from tests.harness import MOSQUITTO, Mosquitto, PrivatePostgres, private_postgres_missing, tail
 from tests.test_bridge import add_thing, sta_store_thing
 
 
-def _pg_bin() -> Path | None:
-    """The directory of the newest installed PostgreSQL's initdb and pg_ctl (Debian layout), or of PATH's."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
-                   if p.parent.parent.name.isdigit() else 0)
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
-
-
-def _postgis_installed(bin_dir: Path) -> bool:
-    """True when PostGIS's extension files are installed for that PostgreSQL."""
-    try:
-        share = subprocess.run([str(bin_dir / "pg_config"), "--sharedir"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except OSError:
-        share = f"/usr/share/postgresql/{bin_dir.parent.name}"
-    return any(Path(share, "extension").glob("postgis.control"))
-
-
-PG_BIN = _pg_bin()
-_ROOT = os.geteuid() == 0
-
-
 def _why_skip() -> str | None:
-    if PG_BIN is None or not (PG_BIN / "pg_ctl").exists():
-        return "PostgreSQL's initdb/pg_ctl are not installed (Debian package postgresql)"
-    if not _postgis_installed(PG_BIN):
-        return "PostGIS is not installed for that PostgreSQL (Debian package postgresql-15-postgis-3)"
     if MOSQUITTO is None:
         return "mosquitto is not installed (Debian package mosquitto)"
-    if _ROOT:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "run as root without a `postgres` user: initdb cannot run as root"
-        if shutil.which("runuser") is None:
-            return "run as root without `runuser` to run initdb/pg_ctl as user postgres"
-    return None
+    return private_postgres_missing()
 
 
 _SKIP = _why_skip()
@@ -91,60 +53,6 @@ bridge:
     phenomenonTime: $.time
     parameters: {seq: $.seq}
 """
-
-
-class PrivatePostgres:
-    """A throwaway PostgreSQL cluster on a free port (socket and data in a temp dir), stoppable at will."""
-
-    def __init__(self, primary: PrivatePostgres | None = None) -> None:
-        """A new cluster; with `primary`, a streaming replica of it (pg_basebackup, standby.signal)."""
-        assert PG_BIN is not None
-        self.dir = Path(tempfile.mkdtemp(prefix="udp-faults-pg-"))
-        if _ROOT:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self.port = free_port()
-        self.data = self.dir / "data"
-        self.log = self.dir / "postgres.log"
-        if primary is None:
-            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
-        else:
-            self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D",
-                      str(self.data), "-R", "-X", "stream", "--checkpoint=fast")
-        self.start()
-
-    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
-        cmd = [str(PG_BIN / tool), *args]  # type: ignore[operator]
-        if _ROOT:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if out.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stdout}{out.stderr}\n{tail(self.log)}")
-
-    def url(self, db: str = "postgres") -> str:
-        """A connection URL for database `db`."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections (after crash recovery, if any)."""
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
-
-    def stop(self, mode: str = "immediate") -> None:
-        """Stop the server: `immediate` is a crash as far as clients can tell (no clean disconnects)."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def running(self) -> bool:
-        """True when the server accepts TCP connections."""
-        return listening(self.port)
-
-    def close(self) -> None:
-        """Stop the server and remove its files."""
-        try:
-            self.stop("immediate")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import start_server, stop_server
-from tests.test_faults import PrivatePostgres, needs_servers
+from tests.harness import PrivatePostgres
+from tests.test_faults import needs_servers
 
 pytestmark = needs_servers
 
