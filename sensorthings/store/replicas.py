@@ -33,6 +33,7 @@ class _Replica:
     url: str
     engine: Engine
     down_until: float = 0.0
+    replayed: int = 0  # the furthest log position seen replayed: a replica never goes back
     reads: int = 0
     given_away: int = 0  # reads it passed on, lagging or down
     last_error: str = field(default="")
@@ -48,11 +49,11 @@ class Replicas:
         self._lock = threading.Lock()
         self.primary_reads = 0
 
-    def _flushed(self) -> str | None:
+    def _flushed(self) -> int | None:
         """The primary's flushed write-ahead log position; None when the primary cannot tell now."""
         try:
             with self.primary.connect() as conn:
-                return str(conn.execute(text("SELECT pg_current_wal_flush_lsn()")).scalar_one())
+                return _lsn(conn.execute(text("SELECT pg_current_wal_flush_lsn()::text")).scalar_one())
         except DBAPIError as exc:
             log.warning("the primary cannot tell its log position (%s): replicas read without waiting",
                         str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
@@ -67,11 +68,15 @@ class Replicas:
         return [r for r in turn if r.down_until <= now]
 
     @staticmethod
-    def _caught_up(conn: Connection, lsn: str) -> bool:
+    def _caught_up(replica: _Replica, conn: Connection, lsn: int) -> bool:
+        if replica.replayed >= lsn:  # seen already: no round trip
+            return True
         deadline = time.monotonic() + MAX_WAIT_S
         waits = iter(_POLL_S)
         while True:
-            if conn.execute(text("SELECT pg_last_wal_replay_lsn() >= CAST(:l AS pg_lsn)"), {"l": lsn}).scalar():
+            replayed = _lsn(conn.execute(text("SELECT pg_last_wal_replay_lsn()::text")).scalar())
+            replica.replayed = max(replica.replayed, replayed)
+            if replayed >= lsn:
                 return True
             wait = next(waits, _POLL_S[-1])
             if time.monotonic() + wait > deadline:
@@ -89,7 +94,7 @@ class Replicas:
                 self._failed(replica, exc)
                 continue
             try:
-                if lsn is not None and not self._caught_up(conn, lsn):
+                if lsn is not None and not self._caught_up(replica, conn, lsn):
                     replica.given_away += 1
                     conn.close()
                     continue
@@ -107,6 +112,7 @@ class Replicas:
 
     def _failed(self, replica: _Replica, exc: DBAPIError) -> None:
         replica.down_until = time.monotonic() + DOWN_S
+        replica.replayed = 0  # restarted, it replays again from its last restart point: look again
         replica.given_away += 1
         replica.last_error = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         log.warning("replica %s is down (%s): reads go elsewhere for %.0f s", _host(replica.url),
@@ -122,6 +128,14 @@ class Replicas:
         """Release every replica connection."""
         for r in self.replicas:
             r.engine.dispose()
+
+
+def _lsn(text_form: str | None) -> int:
+    """A log position `16/B374D848` as a number (0 for none: a server that is no replica)."""
+    if not text_form:
+        return 0
+    high, _, low = text_form.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _host(url: str) -> str:
