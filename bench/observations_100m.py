@@ -110,7 +110,7 @@ def fill(url: str, streams: list[int], rows: int, end: datetime) -> None:
                 "INSERT INTO observations (phenomenon_time_start, result_time, result_type, result_number, "
                 "datastream_id, feature_of_interest_id) "
                 "SELECT %s::timestamptz - make_interval(mins => (g / %s)::int), "
-                "%s::timestamptz - make_interval(mins => (g / %s)::int), 0, (g %% 997) / 10.0, "
+                "%s::timestamptz - make_interval(mins => (g / %s)::int), 2, (g %% 997) / 10.0, "
                 "%s + g %% %s, %s FROM generate_series(%s::bigint, %s::bigint) g",
                 (end, len(streams), end, len(streams), lo, hi - lo + 1, foi, done, done + n - 1))
             done += n

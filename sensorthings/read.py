@@ -104,7 +104,8 @@ class Reader:
             if after is not None:
                 conds.append(_after(keys, after))
             labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-            q = select(*readable_columns(table), *labels).where(*conds).order_by(*_directed(keys))
+            columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
+            q = select(*columns, *labels).where(*conds).order_by(*_directed(keys))
             return q.limit(top + 1).offset(options.skip if after is None else 0)
 
         if shape is None or after is not None:
@@ -406,6 +407,25 @@ def decode_token(token: str) -> tuple[Any, ...]:
 def readable_columns(table: FromClause) -> list[Any]:
     """Every column an entity is written from (the stored geometry is derived from its GeoJSON)."""
     return [c for c in table.c if c.name != "geom"]
+
+
+def selected_columns(entity: EntityType, table: FromClause, select_: tuple[str, ...] | None) -> list[Any]:
+    """The columns a page's rows need for `$select` (every readable one without it): the id, the links' keys and
+    the selected properties' columns. A chart of 1,440 Observations reads 10 columns of 15."""
+    if select_ is None:
+        return readable_columns(table)
+    names = {c.name for c in table.c if c.name == "id" or c.name.endswith("_id")}
+    for name in select_:
+        prop = entity.prop_by_name.get(name)
+        if prop is None:
+            continue  # the id, the selfLink or a navigation link: the id and the keys above
+        if prop.kind in (Kind.INTERVAL, Kind.TIME_OR_INTERVAL):
+            names |= {f"{prop.column}_start", f"{prop.column}_end"}
+        elif prop.kind is Kind.RESULT:
+            names |= {"result_type", "result_number", "result_string", "result_json"}
+        else:
+            names.add(prop.column)
+    return [c for c in readable_columns(table) if c.name in names]
 
 
 # -- serialization ---------------------------------------------------------------------------------

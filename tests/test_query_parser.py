@@ -756,3 +756,17 @@ def test_an_interval_before_a_time_bounds_its_start_too(text: str, bound: str) -
 
     sql = str(Translator(PostgresDialect()).where(OBSERVATION, TABLES["observations"], parse_filter(text)).compile())
     assert bound in sql and "coalesce(observations.phenomenon_time_end" in sql
+
+
+def test_a_select_reads_only_the_columns_it_writes() -> None:
+    """`$select=result,phenomenonTime` reads the result's and the time's columns, the id and the links' keys, not
+    the parameters, quality or validTime of every row (a day's chart of 1,440 rows: 10 columns of 15)."""
+    from sensorthings.model import OBSERVATION
+    from sensorthings.read import readable_columns, selected_columns
+    from sensorthings.store.schema import TABLES
+
+    table = TABLES["observations"]
+    names = {c.name for c in selected_columns(OBSERVATION, table, ("result", "phenomenonTime"))}
+    assert names == {"id", "phenomenon_time_start", "phenomenon_time_end", "result_type", "result_number",
+                     "result_string", "result_json", "datastream_id", "multi_datastream_id", "feature_of_interest_id"}
+    assert selected_columns(OBSERVATION, table, None) == readable_columns(table)
