@@ -217,21 +217,20 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
         # queue them for the session of a node that is gone, beside its device messages; one node takes them in
         # the platform's one creates session, another when it dies, and publishes its notifications through it
         # (No Local: the broker does not send them back to it; other nodes' notifications still come)
-        takers: list[Creator] = []
-
-        def take_creates() -> None:
+        def take_creates() -> Callable[[], None]:
             taker = creator()
-            if taker is not None:
-                taker.subscribe(address, creates_client_id(store_url))
-                takers.append(taker)
-                notifier.publish_through(taker.client)
+            if taker is None:
+                return lambda: None
+            taker.subscribe(address, creates_client_id(store_url))
+            notifier.publish_through(taker.client)
 
-        def leave_creates() -> None:
-            if takers:
+            def leave() -> None:
                 notifier.publish_through(None)
-                takers.pop().close()
+                taker.close()
 
-        creates_lease = Lease(store_url, "creates", take_creates, leave_creates, node=node).start()
+            return leave
+
+        creates_lease = Lease(store_url, "creates", take_creates, node=node).start()
 
         def close() -> None:
             creates_lease.close()

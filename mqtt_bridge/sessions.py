@@ -91,7 +91,6 @@ class Sessions:
                  every: float = EVERY_S) -> None:
         self.store, self.node, self.every = store, node, every
         self._open = open_session
-        self._open_now: dict[str, Session] = {}
         self._leases: dict[str, Lease] = {}
         self._adopt = store.dialect.name == "postgresql"
         self._done = threading.Event()
@@ -100,17 +99,19 @@ class Sessions:
     def _lease(self, node: str) -> Lease:
         own = node == self.node
 
-        def start() -> None:
+        def start() -> Callable[[], None]:
             if not own:
                 log.warning("%s: adopting the bridge session of node %s (away)", self.node, node)
-            self._open_now[node] = self._open(node)
+            session = self._open(node)
 
-        def stop() -> None:
-            if not own:
-                log.warning("%s: handing the bridge session of node %s back", self.node, node)
-            self._open_now.pop(node).close()
+            def stop() -> None:
+                if not own:
+                    log.warning("%s: handing the bridge session of node %s back", self.node, node)
+                session.close()
 
-        return Lease(self.store.url, f"bridge-session:{node}", start, stop, node=self.node, every=self.every,
+            return stop
+
+        return Lease(self.store.url, f"bridge-session:{node}", start, node=self.node, every=self.every,
                      yield_when_wanted=not own, wait=own)
 
     def start(self) -> Sessions:
@@ -120,11 +121,6 @@ class Sessions:
         if self._adopt:
             self._thread.start()
         return self
-
-    @property
-    def adopted(self) -> list[str]:
-        """The other nodes whose sessions this node holds now."""
-        return sorted(n for n in self._open_now if n != self.node)
 
     def _watch(self) -> None:
         while not self._done.wait(self.every):

@@ -31,6 +31,7 @@ from features.spec import CollectionSpec
 from provider_plugins import postgis_changes
 from provider_plugins.sql_table import Layout, SqlTableSource, unavailable
 from provider_plugins.table import SourceError
+from sensorthings.store.reasons import reason
 
 ESTIMATE_ABOVE = 100_000  # rows (pg_class.reltuples) above which an unfiltered page's count is estimated
 _ENGINES: dict[tuple[str, float | None], Engine] = {}
@@ -136,7 +137,7 @@ class PostgisSource(SqlTableSource):
         except DBAPIError as exc:
             raise SourceError(self.spec.id, f"changes: trigger needs the table's owner or the TRIGGER privilege and "
                                             f"CREATE on schema {self.schema} ({self.where}): "
-                                            f"{str(exc.orig).strip().splitlines()[0]}") from None
+                                            f"{reason(exc)}") from None
         conn.commit()
         return postgis_changes.log_identity(conn, self.schema)
 

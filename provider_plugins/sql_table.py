@@ -57,6 +57,7 @@ from features.cql import FilterError
 from features.cql_sql import BOOL, NUMBER, TEXT, TIME, SpatialSql, kind_of, render
 from features.request import ItemsQuery, ParamError, encode_cursor
 from features.source import DatabaseTable, FeatureSource, Page, SourceUnavailable, TileFeatures, geometry_kind
+from sensorthings.store.reasons import reason
 
 EXTENT = 4096  # MVT's grid, as features.tiles encodes it
 DETAILED = 20_000  # rows a generalised tile is made of one by one; past them the database counts them per cell
@@ -498,4 +499,4 @@ def unavailable(collection: str, where: str, exc: DBAPIError) -> Exception:
     if isinstance(exc, DataError):
         return exc
     return SourceUnavailable(f"collection {collection!r}: {where} cannot be read now "
-                             f"({str(exc.orig).strip().splitlines()[0]})")
+                             f"({reason(exc)})")

@@ -92,8 +92,9 @@ class Reader:
         top = self.default_top if options.top is None else options.top
         count = None
         if options.count:
-            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
-            if where(table) is None and options.filter is None and not self.exact_count:  # a whole set
+            path = where(table)
+            conds = [c for c in (path, self._filter(entity, table, options)) if c is not None]
+            if path is None and options.filter is None and not self.exact_count:  # a whole set
                 count = self._estimate(conn, table, conds)
             if count is None:
                 count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()

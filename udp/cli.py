@@ -139,11 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
     from udp.load import Watcher
 
     # several nodes on one store: one of them re-imports a changed file
-    watching: list[Watcher] = []
-    watcher = Lease(store_url, "reimports", node=node,
-                    start=lambda: watching.append(Watcher(store_url, config.collections).start()),
-                    stop=lambda: watching.pop().stop()).start() if any(
-        not spec.is_postgis for spec in config.collections.values()) else None
+    watcher = Lease(store_url, "reimports", lambda: Watcher(store_url, config.collections).start().stop,
+                    node=node).start() if "reimports" in config.singletons() else None
     seeder = _start_seeder(args) if not args.no_seed else None
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
@@ -313,10 +310,9 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
     if config.indicators:
         from udp.indicators import IndicatorEngine
 
-        engines: list[IndicatorEngine] = []  # one node of several computes them
-        indicators = Lease(store_url, "indicators", node=os.environ["UDP_NODE"],
-                           start=lambda: engines.append(IndicatorEngine(store, config.indicators).start()),
-                           stop=lambda: engines.pop().stop()).start()
+        # one node of several computes them
+        indicators = Lease(store_url, "indicators", lambda: IndicatorEngine(store, config.indicators).start().stop,
+                           node=os.environ["UDP_NODE"]).start()
     bridge = claim = None
     if external:
         from sensorthings.store.leadership import Claim, Taken
@@ -367,11 +363,13 @@ def _demo(args: argparse.Namespace) -> int:
     """Build the demo city once (progress bar), then serve it with live replayed counts."""
     import threading
     import time
+    from collections.abc import Callable
     from pathlib import Path
 
     from tqdm import tqdm
 
     from sensorthings.store.base import Store
+    from sensorthings.store.leadership import Lease
     from udp.demo.build import CONFIG, DATA, build, feedback_examples, is_built
 
     started = time.perf_counter()
@@ -435,20 +433,17 @@ def _demo(args: argparse.Namespace) -> int:
         client = connect(BrokerAddress.parse(os.environ["UDP_MQTT_URL"]), f"udp-demo-{os.getpid()}", inflight=1000)
         print(f"  live          Melbourne's per-minute pedestrian counts replayed over MQTT at {args.speed:g}x "
               "(topics city/pedestrians/{sensor}/count)", flush=True)
-        running: list[threading.Event] = []
-
         def run(stop: threading.Event) -> None:
             while not stop.is_set():  # round and round: a demo runs as long as it is watched
                 replay(records, client, speed=args.speed, live=True, stop=stop)
 
-        def begin() -> None:
-            running.append(threading.Event())
-            threading.Thread(target=run, args=(running[-1],), name="udp-demo-replay", daemon=True).start()
+        def begin() -> Callable[[], None]:
+            stop = threading.Event()
+            threading.Thread(target=run, args=(stop,), name="udp-demo-replay", daemon=True).start()
+            return stop.set
 
         # demo nodes sharing a store: one of them replays
-        Lease(store_url, "demo-replay", begin, lambda: running.pop().set(), node=os.environ.get("UDP_NODE")).start()
-
-    from sensorthings.store.leadership import Lease
+        Lease(store_url, "demo-replay", begin, node=os.environ.get("UDP_NODE")).start()
 
     threading.Thread(target=live, name="udp-demo-live", daemon=True).start()
     return _serve(serve_args)

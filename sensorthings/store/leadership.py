@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sensorthings.store.postgres import libpq_url
+
 log = logging.getLogger("sensorthings.store.leadership")
 
 EVERY_S = 2.0  # how often a node that does not hold a lock tries it, and a holder checks it still has it
@@ -40,12 +42,6 @@ def _is_postgres(store_url: str) -> bool:
     return store_url.startswith(("postgresql", "postgres://"))
 
 
-def _dsn(store_url: str) -> str:
-    """A libpq URL from the store's SQLAlchemy one."""
-    scheme, _, rest = store_url.partition("://")
-    return "postgresql://" + rest if scheme.startswith("postgres") else store_url
-
-
 def _lock_file(store_url: str, name: str) -> Path | None:
     """The SQLite store's lock file for `name`; None for an in-memory store (one process: always the holder)."""
     path = store_url.split("///", 1)[1] if "///" in store_url else ""
@@ -56,7 +52,7 @@ def _lock_file(store_url: str, name: str) -> Path | None:
 
 class _PgLock:
     def __init__(self, store_url: str, name: str, node: str) -> None:
-        self.dsn, self.key, self.node = _dsn(store_url), _key(name), node
+        self.dsn, self.key, self.node = libpq_url(store_url), _key(name), node
         self.conn: Any = None
 
     def _session(self) -> Any:
@@ -68,8 +64,9 @@ class _PgLock:
                                         keepalives_count=2)
         return self.conn
 
-    def try_take(self) -> bool:
-        return bool(self._session().execute("SELECT pg_try_advisory_lock(%s, %s)", (_SPACE, self.key)).fetchone()[0])
+    def try_take(self, shared: bool = False) -> bool:
+        how = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        return bool(self._session().execute(f"SELECT {how}(%s, %s)", (_SPACE, self.key)).fetchone()[0])
 
     def take(self, within: float) -> bool:
         """Wait for the lock, at most `within` seconds: meanwhile the holder sees it wanted."""
@@ -108,17 +105,18 @@ class _FileLock:
         self.path, self.node = path, node
         self.fh: Any = None
 
-    def try_take(self) -> bool:
+    def try_take(self, shared: bool = False) -> bool:
         fh = self.path.open("a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
             return False
-        fh.seek(0)
-        fh.truncate()
-        fh.write(self.node)
-        fh.flush()
+        if not shared:  # the holder's name, for `holders`
+            fh.seek(0)
+            fh.truncate()
+            fh.write(self.node)
+            fh.flush()
         self.fh = fh
         return True
 
@@ -142,7 +140,7 @@ class _FileLock:
 class _NoLock:
     """An in-memory store: one process, always the holder."""
 
-    def try_take(self) -> bool:
+    def try_take(self, shared: bool = False) -> bool:
         return True
 
     def take(self, within: float) -> bool:
@@ -166,21 +164,27 @@ def _lock(store_url: str, name: str, node: str) -> _PgLock | _FileLock | _NoLock
 
 
 class Lease:
-    """Runs `start` while this node holds the lock `name`, and `stop` when it loses it or stops; polled in a
-    thread of its own. `yield_when_wanted`: hand the lock over as soon as another node waits for it (a dead
-    node's bridge session, wanted back by that node restarted); `wait`: wait for the lock, so that a holder that
-    yields when wanted sees this node wants it."""
+    """Runs `start` while this node holds the lock `name`, and what `start` returned (how to stop what it started)
+    when it loses it or stops; polled in a thread of its own. `yield_when_wanted`: hand the lock over as soon as
+    another node waits for it (a dead node's bridge session, wanted back by that node restarted); `wait`: wait for
+    the lock, so that a holder that yields when wanted sees this node wants it."""
 
-    def __init__(self, store_url: str, name: str, start: Callable[[], None], stop: Callable[[], None],
+    def __init__(self, store_url: str, name: str, start: Callable[[], Callable[[], None]],
                  node: str | None = None, every: float = EVERY_S, yield_when_wanted: bool = False,
                  wait: bool = False) -> None:
         self.name, self.node, self.every = name, node or node_name(), every
-        self._start, self._stop = start, stop
+        self._start = start
+        self._stop: Callable[[], None] | None = None  # while held
         self._lock = _lock(store_url, name, self.node)
         self._yield, self._wait = yield_when_wanted, wait
-        self.held = self._failed = False
+        self._failed = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"udp-lease-{name}", daemon=True)
+
+    @property
+    def held(self) -> bool:
+        """Whether this node holds the lock (and runs the work)."""
+        return self._stop is not None
 
     def start(self) -> Lease:
         """Try for the lock now (a node alone runs the work before it serves), then from the thread."""
@@ -217,12 +221,10 @@ class Lease:
             if self._lock.take(self.every) if self._wait else self._lock.try_take():
                 log.info("%s: holds %r", self.node, self.name)
                 try:
-                    self._start()
+                    self._stop = self._start()
                 except Exception:
                     log.exception("%s: starting %r", self.node, self.name)
                     self._lock.release()  # another node may do better
-                    return
-                self.held = True
             return
         self._lock.still_held()
         if self._yield and self._lock.wanted():
@@ -231,9 +233,10 @@ class Lease:
             self._lock.release()
 
     def _lose(self) -> None:
-        self.held = False
+        stop, self._stop = self._stop, None
         try:
-            self._stop()
+            if stop is not None:
+                stop()
         except Exception:
             log.exception("%s: stopping %r", self.node, self.name)
 
@@ -243,7 +246,7 @@ def holders(store_url: str, names: list[str]) -> dict[str, str | None]:
     if _is_postgres(store_url):
         import psycopg
 
-        with psycopg.connect(_dsn(store_url), autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(libpq_url(store_url), autocommit=True, connect_timeout=5) as conn:
             rows = conn.execute(
                 "SELECT l.objid::bigint, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.classid = %s::bigint::oid AND l.objsubid = 2 AND l.granted",
@@ -276,37 +279,17 @@ class Taken(Exception):
 
 class Claim:
     """A lock held for as long as this process lives or until `close()`: exclusive, or shared with the other nodes
-    that claim it shared (`pg_try_advisory_lock_shared`, `LOCK_SH`)."""
+    that claim it shared (`pg_try_advisory_lock_shared`, `LOCK_SH`); Taken when another node's excludes it."""
 
     def __init__(self, store_url: str, name: str, node: str, shared: bool) -> None:
-        self._conn: Any = None
-        self._fh: Any = None
-        if _is_postgres(store_url):
-            import psycopg
-
-            self._conn = psycopg.connect(_dsn(store_url), autocommit=True, application_name=f"udp {node}")
-            how = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-            if not self._conn.execute(f"SELECT {how}(%s, %s)", (_SPACE, _key(name))).fetchone()[0]:
-                self.close()
-                raise Taken(name)
-            return
-        path = _lock_file(store_url, name)
-        if path is None:
-            return
-        self._fh = path.open("a+")
-        try:
-            fcntl.flock(self._fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.close()
-            raise Taken(name) from None
+        self._lock = _lock(store_url, name, node)
+        if not self._lock.try_take(shared):
+            self._lock.release()
+            raise Taken(name)
 
     def close(self) -> None:
         """Give it up."""
-        for held in (self._conn, self._fh):
-            if held is not None:
-                with contextlib.suppress(Exception):
-                    held.close()
-        self._conn = self._fh = None
+        self._lock.release()
 
 
 @contextlib.contextmanager
@@ -316,7 +299,7 @@ def exclusive(store_url: str, name: str) -> Iterator[None]:
     if _is_postgres(store_url):
         import psycopg
 
-        with psycopg.connect(_dsn(store_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(store_url), autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SPACE, _key(name)))
             yield  # the lock goes with the connection
         return

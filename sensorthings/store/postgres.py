@@ -95,6 +95,11 @@ def engine_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url}")
 
 
+def libpq_url(url: str) -> str:
+    """The store's URL as psycopg connects to it without SQLAlchemy (`postgresql://…`)."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
 def create_postgres_engine(url: str, json_serializer: Any, json_deserializer: Any, pool_size: int = 10,
                            statement_timeout: float | None = None) -> Engine:
     """An engine whose sessions run in UTC, with PostGIS made available; statements running longer than

@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
+
+from sensorthings.store.reasons import reason
 
 log = logging.getLogger("udp.store")
 
@@ -36,7 +38,6 @@ class _Replica:
     replayed: int = 0  # the furthest log position seen replayed: a replica never goes back
     reads: int = 0
     given_away: int = 0  # reads it passed on, lagging or down
-    last_error: str = field(default="")
 
 
 class Replicas:
@@ -55,8 +56,7 @@ class Replicas:
             with self.primary.connect() as conn:
                 return _lsn(conn.execute(text("SELECT pg_current_wal_flush_lsn()::text")).scalar_one())
         except DBAPIError as exc:
-            log.warning("the primary cannot tell its log position (%s): replicas read without waiting",
-                        str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
+            log.warning("the primary cannot tell its log position (%s): replicas read without waiting", reason(exc))
             return None
 
     def _order(self) -> list[_Replica]:
@@ -114,9 +114,8 @@ class Replicas:
         replica.down_until = time.monotonic() + DOWN_S
         replica.replayed = 0  # restarted, it replays again from its last restart point: look again
         replica.given_away += 1
-        replica.last_error = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        log.warning("replica %s is down (%s): reads go elsewhere for %.0f s", _host(replica.url),
-                    replica.last_error, DOWN_S)
+        log.warning("replica %s is down (%s): reads go elsewhere for %.0f s", _host(replica.url), reason(exc),
+                    DOWN_S)
 
     def stats(self) -> list[dict[str, object]]:
         """What /health shows of each replica (this worker's counts)."""

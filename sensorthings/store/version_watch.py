@@ -104,8 +104,9 @@ class SqliteVersions:
 def watch(url: str) -> VersionWatch | None:
     """A reader of the versions of the store at `url`; None for an in-memory SQLite database (no file to read)."""
     if url.startswith(("postgresql", "postgres")):
-        conninfo = url.split("://", 1)[1]
-        return PostgresVersions("postgresql://" + conninfo)
+        from sensorthings.store.postgres import libpq_url
+
+        return PostgresVersions(libpq_url(url))
     if url.startswith("sqlite:///") and url not in ("sqlite:///:memory:",):
         return SqliteVersions(url[len("sqlite:///"):])
     return None
