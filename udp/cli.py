@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 from udp.config import Config, ConfigError, load_config
 
@@ -141,6 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
     # several nodes on one store: one of them re-imports a changed file
     watcher = Lease(store_url, "reimports", lambda: Watcher(store_url, config.collections).start().stop,
                     node=node).start() if "reimports" in config.singletons() else None
+    retention = Lease(store_url, "retention", lambda: _retention(store_url, config), node=node).start() \
+        if config.retention else None
     seeder = _start_seeder(args) if not args.no_seed else None
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")
@@ -157,8 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level=args.log_level, access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
     finally:
-        if watcher is not None:
-            watcher.close()
+        for lease in (watcher, retention):
+            if lease is not None:
+                lease.close()
         mqtt.stop()
         if seeder is not None:
             seeder.terminate()
@@ -167,6 +171,21 @@ def _serve(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 seeder.kill()
     return 0
+
+
+def _retention(store_url: str, config: Config) -> Callable[[], None]:
+    """Start the retention engine on its own store; how to stop it and close that store."""
+    from sensorthings.store.base import Store
+    from udp.retention import RetentionEngine
+
+    store = Store.open(store_url)
+    engine = RetentionEngine(store, config.retention).start()
+
+    def stop() -> None:
+        engine.stop()
+        store.close()
+
+    return stop
 
 
 def _start_seeder(args: argparse.Namespace) -> subprocess.Popen:
@@ -363,7 +382,6 @@ def _demo(args: argparse.Namespace) -> int:
     """Build the demo city once (progress bar), then serve it with live replayed counts."""
     import threading
     import time
-    from collections.abc import Callable
     from pathlib import Path
 
     from tqdm import tqdm

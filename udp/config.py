@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from provider_plugins.feedback import FeedbackSpec
     from udp.auth import AuthSpec
     from udp.indicators import IndicatorSpec
+    from udp.retention import Rule as RetentionRule
     from udp.sensors import SensorsEntry
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_KEYS = {"title", "store", "public_url", "mqtt", "collections", "sensors", "bridge", "indicators", "auth",
-              "server", "publisher", "contact", "license", "catalogue", "feedback"}
+              "server", "publisher", "contact", "license", "catalogue", "feedback", "retention"}
 SERVER_KEYS = ("threads", "response_cache_mb", "max_body_mb", "max_top", "max_expand_depth", "statement_timeout_s",
                "cors")
 MQTT_KEYS = ("url", "port", "ws_port", "endpoints", "max_payload_kb", "notify_qos", "shared")
@@ -61,6 +62,7 @@ class Config:
     collections: dict[str, CollectionSpec] = field(default_factory=dict)
     sensors: list[SensorsEntry] = field(default_factory=list)
     indicators: dict[str, IndicatorSpec] = field(default_factory=dict)
+    retention: list[RetentionRule] = field(default_factory=list)  # raw Observations deleted, aggregates kept
     feedback: FeedbackSpec | None = None  # citizens' feedback (`feedback:`), None: none taken
     auth: AuthSpec | None = None  # None: the platform runs open
     catalogue: CatalogueMetadata = field(default_factory=CatalogueMetadata)  # publisher, contact, licence, …
@@ -75,7 +77,7 @@ class Config:
 
     def singletons(self) -> list[str]:
         """What only one node of several runs with this configuration (the lock names of store/leadership.py)."""
-        return (["indicators"] if self.indicators else []) + (
+        return (["indicators"] if self.indicators else []) + (["retention"] if self.retention else []) + (
             ["reimports"] if any(not spec.is_postgis for spec in self.collections.values()) else [])
 
     def limits(self) -> Limits:
@@ -198,6 +200,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         from udp.indicators import parse_indicators
 
         cfg.indicators = parse_indicators(doc["indicators"], cfg.collections)
+    if "retention" in doc:
+        from udp.retention import parse_retention
+
+        cfg.retention = parse_retention(doc["retention"])
     if "feedback" in doc:
         from features.spec import SpecError
         from provider_plugins.feedback import COLLECTION, parse_feedback

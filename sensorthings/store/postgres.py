@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ColumnElement,
     Connection,
@@ -59,6 +60,9 @@ class PostgresDialect:
         if part == "fractionalseconds":
             return func.extract("second", utc) - func.floor(func.extract("second", utc))
         return cast(func.floor(func.extract(_PARTS[part], utc)), Integer)
+
+    def time_bucket(self, expr: ColumnElement, seconds: int) -> ColumnElement:
+        return cast(func.floor(func.extract("epoch", expr) / seconds), BigInteger)
 
     def to_date(self, expr: ColumnElement) -> ColumnElement:
         return cast(func.timezone("UTC", expr), Date())

@@ -67,6 +67,11 @@ class SqliteDialect:
             return func.cast(func.strftime("%f", expr), Float()) - func.cast(func.strftime("%S", expr), Float())
         return func.cast(func.strftime(_PARTS[part], expr), Integer())
 
+    def time_bucket(self, expr: ColumnElement, seconds: int) -> ColumnElement:
+        epoch = func.cast(func.strftime("%s", expr), Integer())
+        # SQLite's integer division truncates towards zero: floor it for times before 1970
+        return (epoch - ((epoch % seconds) + seconds) % seconds) / seconds
+
     def to_date(self, expr: ColumnElement) -> ColumnElement:
         return func.date(expr)
 
