@@ -127,7 +127,7 @@ def compose() -> dict[str, Any]:
 # -- the compose file ----------------------------------------------------------------------------------------
 
 def test_compose_has_the_three_services_with_healthchecks(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+    services = {name: s for name, s in compose["services"].items() if not s.get("profiles")}
     assert set(services) == {"postgis", "mosquitto", "platform"}
     assert services["postgis"]["image"] == "postgis/postgis:15-3.4"
     assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
@@ -195,6 +195,7 @@ def test_example_config_loads_from_the_compose_environment(compose: dict[str, An
         monkeypatch.setenv(key, value)
     cfg = load_config(DOCKER / "config.yml")
     assert cfg.store == env["UDP_STORE"] and cfg.mqtt_url == env["UDP_MQTT_URL"]
+    assert cfg.store_replicas == () and not cfg.mqtt_shared  # one node unless docker/.env says otherwise
     assert cfg.public_url == env["UDP_PUBLIC_URL"]
     assert set(cfg.collections) == {"districts", "bike_stations"}
     assert [r.topic for r in cfg.bridge] == ["city/pedestrians/{sensor}/count", "cctv/{camera}/counts",
@@ -338,6 +339,24 @@ def run_healthchecks(compose: dict[str, Any], pg_host: str, pg_port: int, role: 
         assert out.returncode == 0 and out.stdout.strip(), out.stdout + out.stderr
 
 
+def run_platform(service: dict[str, Any], env: dict[str, str]) -> tuple[Process, str, Path]:
+    """A platform service's command as compose runs it: the image's CMD, with the volumes' container paths mapped
+    back to docker/, the published port on a free one, and `udp` run by this interpreter; (process, URL, log)."""
+    command = image_command()
+    assert command[:2] == ["sh", "-c"]
+    line = command[2]
+    for volume in service["volumes"]:
+        host, container = volume.split(":")[:2]
+        line = line.replace(container, str((DOCKER / host).resolve()))
+    ports = Ports(1)
+    port = ports[0]
+    assert "--port 8080" in line
+    line = line.replace("--port 8080", f"--port {port}")
+    line = line.replace("exec udp ", f"exec {shlex.quote(sys.executable)} -m udp.cli ", 1)
+    log = Path(tempfile.gettempdir()) / f"udp-docker-test-{port}.log"
+    return Process(["sh", "-c", line], log, env, "udp serve", ports), f"http://127.0.0.1:{port}", log
+
+
 def test_platform_service_runs_as_compose_runs_it(compose: dict[str, Any], mosquitto_from_conf: tuple[int, int, Path],
                                                   postgis_like_database: tuple[str, str, str]) -> None:
     mqtt_port, ws_port, broker_log = mosquitto_from_conf
@@ -357,22 +376,7 @@ def test_platform_service_runs_as_compose_runs_it(compose: dict[str, Any], mosqu
     env["UDP_MQTT_URL"] = f"mqtt://127.0.0.1:{mqtt_port}"
     # compose starts the platform once both healthchecks pass: run them here, pointed at the same servers
     run_healthchecks(compose, pg.hostname or "127.0.0.1", pg.port or 5432, role, database, mqtt_port)
-    # the command: the image's CMD, with the volumes' container paths mapped back to docker/, the published
-    # port on a free one, and `udp` run by this interpreter
-    command = image_command()
-    assert command[:2] == ["sh", "-c"]
-    line = command[2]
-    for volume in platform["volumes"]:
-        host, container = volume.split(":")[:2]
-        line = line.replace(container, str((DOCKER / host).resolve()))
-    ports = Ports(1)
-    port = ports[0]
-    assert "--port 8080" in line
-    line = line.replace("--port 8080", f"--port {port}")
-    line = line.replace("exec udp ", f"exec {shlex.quote(sys.executable)} -m udp.cli ", 1)
-    log = Path(tempfile.gettempdir()) / f"udp-docker-test-{port}.log"
-    proc = Process(["sh", "-c", line], log, env, "udp serve", ports)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, log = run_platform(platform, env)
     device = None
     listener = None
     try:

@@ -85,6 +85,15 @@ class Config:
         return Limits(max_top=self.max_top, max_expand_depth=self.max_expand_depth)
 
 
+def _flag(value: Any, where: str) -> bool:
+    """A yes/no config value: true or false, or that text (from the environment: ${UDP_MQTT_SHARED})."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: true or false, got {value!r}")
+    return value
+
+
 def _expand(value: Any, where: str) -> Any:
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
@@ -126,6 +135,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         if isinstance(store, dict):  # {url: …, replicas: […]}
             declared(store, "store", ("url", "replicas"), ConfigError)
             replicas = store.get("replicas") or []
+            if isinstance(replicas, str):  # from the environment (${UDP_STORE_REPLICAS}): URLs apart, "" for none
+                replicas = replicas.split()
             if not isinstance(replicas, list) or not all(isinstance(r, str) and r.startswith(("postgresql:",
                                                                                                "postgres:"))
                                                          for r in replicas):
@@ -166,12 +177,11 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if "notify_qos" in mqtt:
         cfg.mqtt_notify_qos = whole_number(mqtt["notify_qos"], "mqtt.notify_qos", 0, 2)
     if "shared" in mqtt:
-        if not isinstance(mqtt["shared"], bool):
-            raise ConfigError("mqtt.shared: true or false")
-        if mqtt["shared"] and "url" not in mqtt:
+        shared = _flag(mqtt["shared"], "mqtt.shared")
+        if shared and "url" not in mqtt:
             raise ConfigError("mqtt.shared: nodes share an external broker (mqtt.url); the embedded one is each "
                               "node's own")
-        cfg.mqtt_shared = mqtt["shared"]
+        cfg.mqtt_shared = shared
     if "max_payload_kb" in mqtt:
         cfg.mqtt_max_payload_kb = whole_number(mqtt["max_payload_kb"], "mqtt.max_payload_kb", 1, 256 * 1024)
     if "bridge" in doc:
