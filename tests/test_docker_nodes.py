@@ -21,8 +21,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from tests.harness import _ROOT, PG_BIN, PrivatePostgres, Process, free_port, private_postgres_missing, tail, \
-    wait_until
+from tests.harness import _ROOT, PG_BIN, PrivatePostgres, Process, free_port, private_postgres_missing, tail, wait_until
 from tests.test_bridge import add_thing
 from tests.test_docker import DOCKER, compose, interpolate, mosquitto_from_conf, run_platform, service_env
 
