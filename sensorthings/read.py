@@ -24,6 +24,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     func,
     literal,
     or_,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     text,
     true,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -40,7 +42,7 @@ from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
 from sensorthings.query.tree import Call, Expand, QueryError, QueryOptions
 from sensorthings.query.unparse import next_link
-from sensorthings.results import decode_result
+from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES
 from sensorthings.times import format_instant, format_time
@@ -106,7 +108,8 @@ class Reader:
                 conds.append(_after(keys, after))
             labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
             columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
-            q = select(*columns, *labels).where(*conds).order_by(*_directed(keys))
+            covered = _covered(table, columns, labels) if self.store.dialect.name == "postgresql" else None
+            q = (select(*columns, *labels) if covered is None else covered).where(*conds).order_by(*_directed(keys))
             return q.limit(top + 1).offset(options.skip if after is None else 0)
 
         if shape is None or after is not None:
@@ -411,15 +414,18 @@ def readable_columns(table: FromClause) -> list[Any]:
 
 
 def selected_columns(entity: EntityType, table: FromClause, select_: tuple[str, ...] | None) -> list[Any]:
-    """The columns a page's rows need for `$select` (every readable one without it): the id, the links' keys and
-    the selected properties' columns. A chart of 1,440 Observations reads 10 columns of 15."""
+    """The columns a page's rows need for `$select` (every readable one without it): the id and the selected
+    properties' columns (navigation links are written from the id). A chart of 1,440 Observations reads 7 of 15."""
     if select_ is None:
         return readable_columns(table)
-    names = {c.name for c in table.c if c.name == "id" or c.name.endswith("_id")}
+    names = {"id"}
     for name in select_:
         prop = entity.prop_by_name.get(name)
         if prop is None:
-            continue  # the id, the selfLink or a navigation link: the id and the keys above
+            nav = entity.nav_by_name.get(name)
+            if nav is not None and nav.kind is NavKind.FK:
+                names.add(nav.column)  # its link is written from the id; its key is for whoever reads the rows
+            continue  # the id, the selfLink or a navigation link: the id above
         if prop.kind in (Kind.INTERVAL, Kind.TIME_OR_INTERVAL):
             names |= {f"{prop.column}_start", f"{prop.column}_end"}
         elif prop.kind is Kind.RESULT:
@@ -427,6 +433,31 @@ def selected_columns(entity: EntityType, table: FromClause, select_: tuple[str, 
         else:
             names.add(prop.column)
     return [c for c in readable_columns(table) if c.name in names]
+
+
+# the Observation columns the (Datastream, phenomenonTime) index holds (schema.py), and the results it cannot
+_IN_SERIES_INDEX = frozenset({"id", "datastream_id", "phenomenon_time_start", "phenomenon_time_end", "result_type",
+                              "result_number"})
+_TEXT_RESULTS = ("result_string", "result_json")
+
+
+def _covered(table: FromClause, columns: list[Any], labels: list[Any]) -> Select | None:
+    """PostgreSQL: a page of Observations that needs no column but the series index's and the results, read from
+    that index alone (an index-only scan: some ten pages for a day's chart, where the table would give a page per
+    row). A text or JSON result, which the index cannot hold, comes from its row by id: a subquery that CASE runs
+    only for a row whose result is one. None when the page needs other columns."""
+    names = {c.name for c in columns}
+    if getattr(table, "name", None) != "observations" or not set(_TEXT_RESULTS) <= names \
+            or not names <= _IN_SERIES_INDEX | set(_TEXT_RESULTS):
+        return None
+    row = table.alias("text_result")
+
+    def looked_up(name: str, kind: int) -> Any:
+        found = select(row.c[name]).where(row.c.id == table.c.id).scalar_subquery()
+        return type_coerce(case((table.c.result_type == kind, found)), table.c[name].type).label(name)
+
+    indexed = [c for c in columns if c.name not in _TEXT_RESULTS]
+    return select(*indexed, looked_up("result_string", STRING), looked_up("result_json", JSON), *labels)
 
 
 # -- serialization ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -387,7 +387,9 @@ class Service:
         for name in components:
             if name not in DATA_ARRAY_COMPONENTS:
                 raise QueryError(f"{name} cannot be a dataArray component", "$select")
-        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), opts, self.after(req),
+        # the rows are grouped by their (Multi)Datastream: read its key too
+        keyed = replace(opts, select=(*components, "Datastream", "MultiDatastream"))
+        rows, token, count = reader.page(conn, OBSERVATION, condition(resource), keyed, self.after(req),
                                          resource.steps)
         write = serializer(OBSERVATION, req.base, tuple(dict.fromkeys(("id", *components))))
         groups: dict[str, list[list[Any]]] = {}

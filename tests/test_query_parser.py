@@ -759,8 +759,9 @@ def test_an_interval_before_a_time_bounds_its_start_too(text: str, bound: str) -
 
 
 def test_a_select_reads_only_the_columns_it_writes() -> None:
-    """`$select=result,phenomenonTime` reads the result's and the time's columns, the id and the links' keys, not
-    the parameters, quality or validTime of every row (a day's chart of 1,440 rows: 10 columns of 15)."""
+    """`$select=result,phenomenonTime` reads the result's and the time's columns and the id, not the parameters,
+    quality or validTime of every row (a day's chart of 1,440 rows: 7 columns of 15); a selected link to one entity
+    reads its key."""
     from sensorthings.model import OBSERVATION
     from sensorthings.read import readable_columns, selected_columns
     from sensorthings.store.schema import TABLES
@@ -768,5 +769,25 @@ def test_a_select_reads_only_the_columns_it_writes() -> None:
     table = TABLES["observations"]
     names = {c.name for c in selected_columns(OBSERVATION, table, ("result", "phenomenonTime"))}
     assert names == {"id", "phenomenon_time_start", "phenomenon_time_end", "result_type", "result_number",
-                     "result_string", "result_json", "datastream_id", "multi_datastream_id", "feature_of_interest_id"}
+                     "result_string", "result_json"}
+    assert {c.name for c in selected_columns(OBSERVATION, table, ("result", "Datastream", "Observations"))} == {
+        "id", "result_type", "result_number", "result_string", "result_json", "datastream_id"}
     assert selected_columns(OBSERVATION, table, None) == readable_columns(table)
+
+
+def test_a_chart_reads_the_series_index_only() -> None:
+    """On PostgreSQL a page of Observations needing only the series index's columns and the result selects text and
+    JSON results by subqueries that CASE runs for such rows only (so that the plan is an index-only scan)."""
+    from sqlalchemy.dialects import postgresql
+
+    from sensorthings.model import OBSERVATION
+    from sensorthings.read import _covered, selected_columns
+    from sensorthings.store.schema import TABLES
+
+    table = TABLES["observations"]
+    chart = selected_columns(OBSERVATION, table, ("result", "phenomenonTime"))
+    sql = str(_covered(table, chart, []).where(table.c.datastream_id == 1).compile(dialect=postgresql.dialect()))
+    outer = sql.split("FROM observations \n")[-1]
+    assert "text_result" not in outer and "CASE WHEN (observations.result_type" in sql
+    assert _covered(table, selected_columns(OBSERVATION, table, ("result", "parameters")), []) is None
+    assert _covered(table, selected_columns(OBSERVATION, table, ("phenomenonTime",)), []) is None

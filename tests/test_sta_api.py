@@ -185,6 +185,12 @@ def test_results_of_any_json_type_round_trip(sta: httpx.Client, thing: dict, res
     assert got["resultTime"] == "2024-02-01T06:00:05Z"
     assert got["parameters"] == {"k": "v"} and got["resultQuality"] == ["good"]
     assert got["validTime"] == "2024-02-01T00:00:00Z/2024-03-01T00:00:00Z"
+    # a chart's page (its Datastream, results and times only): on PostgreSQL read from the series index, a text or
+    # JSON result looked up from its row
+    charted = one(sta, f"Datastreams({ds})/Observations", **{"$filter": f"id eq {created['@iot.id']}",
+                                                               "$select": "result,phenomenonTime"})["value"]
+    assert charted == [{"result": result, "phenomenonTime": "2024-02-01T00:00:00Z/2024-02-01T01:00:00Z"}]
+    assert type(charted[0]["result"]) is type(result)
 
 
 def test_link_existing_entities_by_id(sta: httpx.Client, thing: dict) -> None:
