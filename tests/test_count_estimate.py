@@ -39,3 +39,33 @@ def test_a_huge_sets_count_is_the_planners_estimate_unless_exactness_is_asked(
     assert asked["@iot.count"] == exact["@iot.count"] and "@udp.countEstimated" not in asked
     filtered = api.get("/Things", params={"$count": "true", "$filter": "startswith(name, 'c')"}).json()
     assert filtered["@iot.count"] == 40 and "@udp.countEstimated" not in filtered
+
+
+def test_a_database_made_before_the_covering_series_index_is_told_how_to_rebuild_it(
+        store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A PostgreSQL store whose (Datastream, phenomenonTime) index holds no results (made by an earlier release)
+    logs, at start, the statements that rebuild it without locking writers; once rebuilt, nothing is logged."""
+    from sensorthings.store.base import Store
+
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite has no INCLUDE columns: its index is the same either way")
+    import psycopg
+
+    Store.open(store_url).close()
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX observations_datastream_time")
+        conn.execute("CREATE INDEX observations_datastream_time ON observations "
+                     "(datastream_id, phenomenon_time_start, id)")
+    with caplog.at_level("WARNING", logger="sensorthings.store"):
+        Store.open(store_url).close()
+    told = [r.getMessage() for r in caplog.records if "observations_datastream_time" in r.getMessage()]
+    assert len(told) == 1
+    statements = told[0].split("(no lock on writers): ")[1]
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        for statement in statements.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sensorthings.store"):
+        Store.open(store_url).close()
+    assert not [r for r in caplog.records if "observations_datastream_time" in r.getMessage()]

@@ -161,6 +161,10 @@ class Store:
                     conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS postgis")
                 metadata.create_all(conn)
                 self.spatial_indexes(conn)
+                if self.dialect.name == "postgresql":
+                    from sensorthings.store import postgres
+
+                    postgres.warn_if_series_index_uncovered(conn)
                 versions.install(conn, TABLES)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date, time
 from typing import Any
 
@@ -29,6 +30,8 @@ from sqlalchemy.dialects.postgresql import JSONB, array
 from sensorthings.store.base import QueryTimeout
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
+
+log = logging.getLogger("sensorthings.store")
 
 
 class PostgresDialect:
@@ -146,6 +149,21 @@ def create_spatial_indexes(conn: Connection) -> None:
     for name in ("locations", "features_of_interest", "datastreams", "multi_datastreams"):
         if f"{name}_geom_gist" not in have:
             conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name}_geom_gist ON {name} USING gist (geom)")
+
+
+def warn_if_series_index_uncovered(conn: Connection) -> None:
+    """Log how to rebuild the (Datastream, phenomenonTime) index of a database made before it held the results
+    (schema.py): charts read a table page per row without it. Not rebuilt here: on a big table that takes minutes."""
+    row = conn.exec_driver_sql(
+        "SELECT i.indnatts - i.indnkeyatts FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = 'observations_datastream_time' AND c.relnamespace = current_schema()::regnamespace").first()
+    if row is not None and row[0] == 0:
+        log.warning(
+            "observations_datastream_time holds no results: charts read a table page per Observation. Rebuild it "
+            "once (no lock on writers): CREATE INDEX CONCURRENTLY observations_series ON observations (datastream_id, "
+            "phenomenon_time_start, id) INCLUDE (phenomenon_time_end, result_type, result_number); DROP INDEX "
+            "CONCURRENTLY observations_datastream_time; ALTER INDEX observations_series RENAME TO "
+            "observations_datastream_time;")
 
 
 OBSERVATION_COLUMNS = (
