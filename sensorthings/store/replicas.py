@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -49,9 +49,14 @@ class Replicas:
         self._next = 0
         self._lock = threading.Lock()
         self.primary_reads = 0
+        self._position = _Shared(self._ask_primary)
 
     def _flushed(self) -> int | None:
-        """The primary's flushed write-ahead log position; None when the primary cannot tell now."""
+        """The primary's flushed write-ahead log position, read after this call began (shared with the reads of
+        this process that arrive while it is read); None when the primary cannot tell now."""
+        return self._position.get()
+
+    def _ask_primary(self) -> int | None:
         try:
             with self.primary.connect() as conn:
                 return _lsn(conn.execute(text("SELECT pg_current_wal_flush_lsn()::text")).scalar_one())
@@ -127,6 +132,43 @@ class Replicas:
         """Release every replica connection."""
         for r in self.replicas:
             r.engine.dispose()
+
+
+class _Shared:
+    """A value read by `fetch`, shared by the callers that arrive while it is being read: each caller gets a value
+    whose reading began after the caller arrived (so never one older than its own request), and concurrent
+    callers share one reading instead of making one each."""
+
+    def __init__(self, fetch: Callable[[], int | None]) -> None:
+        self.fetch = fetch
+        self._cond = threading.Condition()
+        self._started = 0  # readings begun
+        self._finished = 0  # the reading whose value is held
+        self._running = False
+        self._value: int | None = None
+        self.readings = 0
+
+    def get(self) -> int | None:
+        """A value read after this call began."""
+        with self._cond:
+            need = self._started + 1  # a reading that begins from now on
+            while self._finished < need:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                mine = self._started
+                self._cond.release()
+                try:
+                    value = self.fetch()
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._finished, self._value = mine, value
+                self.readings += 1
+            return self._value
 
 
 def _lsn(text_form: str | None) -> int:
