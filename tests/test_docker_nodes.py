@@ -188,3 +188,19 @@ def test_nodes_profile_runs_as_compose_runs_it(compose: dict[str, Any], mosquitt
         for proc, _url, log in nodes:
             proc.stop(20)
             log.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(("given", "taken"), [(True, True), ("true", True), (" TRUE ", True), ("false", False),
+                                              (False, False), ("yes", None), (1, None)])
+def test_mqtt_shared_from_the_environment(given: object, taken: bool | None, tmp_path: Path) -> None:
+    """`shared: ${UDP_MQTT_SHARED}` (docker/config.yml) gives text: true or false, any case; anything else refused."""
+    import yaml
+
+    from udp.config import ConfigError, load_config
+
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({"mqtt": {"url": "mqtt://b:1883", "shared": given}}))
+    if taken is None:
+        with pytest.raises(ConfigError, match="mqtt.shared: true or false"):
+            load_config(tmp_path / "config.yml")
+    else:
+        assert load_config(tmp_path / "config.yml").mqtt_shared is taken

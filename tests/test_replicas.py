@@ -94,7 +94,14 @@ def test_replicas_need_a_postgresql_store(tmp_path: Path) -> None:
                                                                    "replicas": ["postgresql://r/db"]}}))
     with pytest.raises(ConfigError, match="store.replicas"):
         load_config(tmp_path / "config.yml")
-    (tmp_path / "config.yml").write_text(yaml.safe_dump({"store": {"url": "postgresql://p/db",
-                                                                   "replicas": "postgresql://r/db"}}))
-    with pytest.raises(ConfigError, match="store.replicas: a list"):
-        load_config(tmp_path / "config.yml")
+    # from the environment (${UDP_STORE_REPLICAS}, docker/config.yml): URLs apart, "" for none
+    for given, taken in (("postgresql://r/db  postgresql://s/db", ("postgresql://r/db", "postgresql://s/db")),
+                         ("", ())):
+        (tmp_path / "config.yml").write_text(yaml.safe_dump({"store": {"url": "postgresql://p/db",
+                                                                       "replicas": given}}))
+        assert load_config(tmp_path / "config.yml").store_replicas == taken
+    for bad in ("mysql://r/db", 42):
+        (tmp_path / "config.yml").write_text(yaml.safe_dump({"store": {"url": "postgresql://p/db",
+                                                                       "replicas": bad}}))
+        with pytest.raises(ConfigError, match="store.replicas: a list"):
+            load_config(tmp_path / "config.yml")
