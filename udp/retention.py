@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,6 +121,8 @@ class Round:
 
     aggregated: int = 0  # aggregate Observations written (again, for late ones)
     deleted: int = 0  # raw Observations deleted
+    aggregating_s: float = 0.0
+    deleting_s: float = 0.0
 
 
 class RetentionEngine:
@@ -187,9 +190,13 @@ class RetentionEngine:
         done = Round()
         done.aggregated += self._late()
         for target in list(self.targets.values()):
+            t0 = time.perf_counter()
             for seconds, aggregate in target.aggregates.items():
                 done.aggregated += self._catch_up(target, seconds, aggregate, now)
+            t1 = time.perf_counter()
             done.deleted += self._delete(target, now)
+            done.aggregating_s += t1 - t0
+            done.deleting_s += time.perf_counter() - t1
         return done
 
     def _catch_up(self, target: Target, seconds: int, aggregate: int, now: datetime) -> int:
