@@ -108,7 +108,8 @@ class Reader:
                 conds.append(_after(keys, after))
             labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
             columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
-            covered = _covered(table, columns, labels) if self.store.dialect.name == "postgresql" else None
+            covered = _covered(table, columns, labels, self.store.dialect) \
+                if self.store.dialect.name == "postgresql" else None
             q = (select(*columns, *labels) if covered is None else covered).where(*conds).order_by(*_directed(keys))
             return q.limit(top + 1).offset(options.skip if after is None else 0)
 
@@ -441,7 +442,7 @@ _IN_SERIES_INDEX = frozenset({"id", "datastream_id", "phenomenon_time_start", "p
 _TEXT_RESULTS = ("result_string", "result_json")
 
 
-def _covered(table: FromClause, columns: list[Any], labels: list[Any]) -> Select | None:
+def _covered(table: FromClause, columns: list[Any], labels: list[Any], dialect: Any) -> Select | None:
     """PostgreSQL: a page of Observations that needs no column but the series index's and the results, read from
     that index alone (an index-only scan: some ten pages for a day's chart, where the table would give a page per
     row). A text or JSON result, which the index cannot hold, comes from its row by id: a subquery that CASE runs
@@ -456,7 +457,9 @@ def _covered(table: FromClause, columns: list[Any], labels: list[Any]) -> Select
         found = select(row.c[name]).where(row.c.id == table.c.id).scalar_subquery()
         return type_coerce(case((table.c.result_type == kind, found)), table.c[name].type).label(name)
 
-    indexed = [c for c in columns if c.name not in _TEXT_RESULTS]
+    # the times as text written by the database: a third of a chart's time in Python went to reading and writing them
+    indexed = [dialect.instant_text(c).label(c.name) if c.name.startswith("phenomenon_time") else c
+               for c in columns if c.name not in _TEXT_RESULTS]
     return select(*indexed, looked_up("result_string", STRING), looked_up("result_json", JSON), *labels)
 
 

@@ -40,13 +40,15 @@ def parse_time_or_interval(text: str) -> tuple[datetime, datetime | None]:
     return parse_instant(text), None
 
 
-def format_instant(value: datetime) -> str:
+def format_instant(value: datetime | str) -> str:
     """ISO 8601 in UTC with a `Z`, fractional seconds only as far as they are not zero.
 
     `2015-03-03T00:00:00Z` comes back as it was sent, `…00.5Z` as `…00.5Z`, as FROST-Server and
     istSOS4 write them (and PostgreSQL, whose text form of a timestamp drops trailing zeros too).
     The store keeps microseconds; a client that sent `…00.500Z` gets the same instant as `…00.5Z`.
     """
+    if isinstance(value, str):  # written so by the database already (PostgresDialect.instant_text)
+        return value
     if value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
     # isoformat() (in C) cut to its first 19 or 26 characters: a third faster than formatting the fields here, on
@@ -57,7 +59,7 @@ def format_instant(value: datetime) -> str:
     return text[:19] + "Z"
 
 
-def format_time(start: datetime | None, end: datetime | None) -> str | None:
+def format_time(start: datetime | str | None, end: datetime | str | None) -> str | None:
     """An instant, or `start/end` when `end` is given."""
     if start is None:
         return None

@@ -782,12 +782,15 @@ def test_a_chart_reads_the_series_index_only() -> None:
 
     from sensorthings.model import OBSERVATION
     from sensorthings.read import _covered, selected_columns
+    from sensorthings.store.postgres import PostgresDialect
     from sensorthings.store.schema import TABLES
 
     table = TABLES["observations"]
     chart = selected_columns(OBSERVATION, table, ("result", "phenomenonTime"))
-    sql = str(_covered(table, chart, []).where(table.c.datastream_id == 1).compile(dialect=postgresql.dialect()))
+    sql = str(_covered(table, chart, [], PostgresDialect()).where(table.c.datastream_id == 1)
+              .compile(dialect=postgresql.dialect()))
     outer = sql.split("FROM observations \n")[-1]
     assert "text_result" not in outer and "CASE WHEN (observations.result_type" in sql
-    assert _covered(table, selected_columns(OBSERVATION, table, ("result", "parameters")), []) is None
-    assert _covered(table, selected_columns(OBSERVATION, table, ("phenomenonTime",)), []) is None
+    assert _covered(table, selected_columns(OBSERVATION, table, ("result", "parameters")), [], PostgresDialect()) \
+        is None
+    assert _covered(table, selected_columns(OBSERVATION, table, ("phenomenonTime",)), [], PostgresDialect()) is None

@@ -64,6 +64,12 @@ class PostgresDialect:
             return func.extract("second", utc) - func.floor(func.extract("second", utc))
         return cast(func.floor(func.extract(_PARTS[part], utc)), Integer)
 
+    def instant_text(self, expr: ColumnElement) -> ColumnElement:
+        """A timestamp as times.format_instant writes it (UTC, `Z`, fractional seconds only as far as not zero),
+        made in the database: a page of 1,440 rows spends milliseconds on it in Python."""
+        full = func.to_char(func.timezone("UTC", expr), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+        return func.rtrim(func.rtrim(full, "0"), ".").concat("Z")
+
     def time_bucket(self, expr: ColumnElement, seconds: int) -> ColumnElement:
         return cast(func.floor(func.extract("epoch", expr) / seconds), BigInteger)
 
