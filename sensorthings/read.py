@@ -438,7 +438,7 @@ def selected_columns(entity: EntityType, table: FromClause, select_: tuple[str, 
 
 # the Observation columns the (Datastream, phenomenonTime) index holds (schema.py), and the results it cannot
 _IN_SERIES_INDEX = frozenset({"id", "datastream_id", "phenomenon_time_start", "phenomenon_time_end", "result_type",
-                              "result_number"})
+                              "result_number", "multi_datastream_id"})
 _TEXT_RESULTS = ("result_string", "result_json")
 
 

@@ -4,6 +4,7 @@ WFS at /wms and /wfs."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -160,6 +161,11 @@ def build_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # a few threads per worker: more only contend for the GIL (measured in bench/sta_http.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
+        # what start-up made (modules, config, sources) lives as long as the worker: out of the collector's sight,
+        # so that a full collection, triggered by the objects each request makes, does not walk it every time
+        # (30–80 ms pauses on a day's chart of 1,440 rows before)
+        gc.collect()
+        gc.freeze()
         yield
         if versions is not None:
             await versions.close()

@@ -166,10 +166,10 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
     if row is not None and row[0] == 0:
         log.warning(
             "observations_datastream_time holds no results: charts read a table page per Observation. Rebuild it "
-            "once (no lock on writers): CREATE INDEX CONCURRENTLY observations_series ON observations (datastream_id, "
-            "phenomenon_time_start, id) INCLUDE (phenomenon_time_end, result_type, result_number); DROP INDEX "
-            "CONCURRENTLY observations_datastream_time; ALTER INDEX observations_series RENAME TO "
-            "observations_datastream_time;")
+            "once (no lock on writers): CREATE INDEX CONCURRENTLY observations_series ON observations "
+            "(datastream_id, phenomenon_time_start, id) INCLUDE (phenomenon_time_end, result_type, result_number, "
+            "multi_datastream_id); DROP INDEX CONCURRENTLY observations_datastream_time; "
+            "ALTER INDEX observations_series RENAME TO observations_datastream_time;")
 
 
 OBSERVATION_COLUMNS = (

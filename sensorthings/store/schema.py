@@ -201,9 +201,10 @@ observations = Table(
     Column("multi_datastream_id", ID, ForeignKey("multi_datastreams.id", ondelete="CASCADE")),
     Column("feature_of_interest_id", ID, ForeignKey("features_of_interest.id", ondelete="CASCADE"), nullable=False),
     # a chart (a Datastream's results over a time range) reads this index only, not a heap page per row: the
-    # rows of one Datastream lie far apart in the table when many write side by side (read.py: `_covered`)
+    # rows of one Datastream lie far apart in the table when many write side by side (read.py: `_covered`); the
+    # MultiDatastream key for the public's visibility condition (sensorthings/access.py), null and free here
     Index("observations_datastream_time", "datastream_id", "phenomenon_time_start", "id",
-          postgresql_include=["phenomenon_time_end", "result_type", "result_number"]),
+          postgresql_include=["phenomenon_time_end", "result_type", "result_number", "multi_datastream_id"]),
     # most Observations belong to a Datastream: index only those of MultiDatastreams here
     Index("observations_multi_datastream_time", "multi_datastream_id", "phenomenon_time_start", "id",
           postgresql_where=text("multi_datastream_id IS NOT NULL"),
