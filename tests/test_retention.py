@@ -4,6 +4,7 @@ Datastreams; on both stores, through the engine and through `udp serve`."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -101,80 +102,81 @@ def check(aggregate: dict[str, Any], want: dict[datetime, tuple[float, float, fl
         assert o["parameters"] == {"min": pytest.approx(low), "max": pytest.approx(high), "count": count}
 
 
-def test_rules_delete_past_keep_and_keep_aggregates(store_url: str) -> None:
+@pytest.fixture
+def station(store_url: str) -> Iterator[tuple[Store, Service, dict[str, int]]]:
+    """A store of each kind with the station's four Datastreams and their three days of readings."""
     store = Store.open(store_url)
     try:
         service = Service(store)
         ids = make(service)
         fill(store, ids)
-        engine = RetentionEngine(store, parse_retention(RULES))
-        done = engine.run_once(NOW)
-        cutoff = NOW - timedelta(days=1)
-        hours_until = NOW - timedelta(hours=1)  # 11:55 has not settled the 11:00 hour
-        days_until = datetime(2026, 12, 5, tzinfo=UTC)
-
-        pm = aggregates_of(service, ids["pm"])
-        assert set(pm) == {"PT1H", "P1D"}
-        check(pm["PT1H"], expected(3600, START, hours_until))
-        check(pm["P1D"], expected(86400, datetime(2026, 12, 2, tzinfo=UTC), days_until))
-        hourly = pm["PT1H"]["ds"]
-        assert hourly["name"] == "pm10 station (hourly)" and hourly["unitOfMeasurement"]["symbol"] == "µg/m³"
-        assert hourly["observationType"].endswith("OM_Measurement")
-        assert hourly["phenomenonTime"] == f"{START.isoformat().replace('+00:00', 'Z')}/" \
-                                           f"{hours_until.isoformat().replace('+00:00', 'Z')}"
-        # raw kept from the cutoff on, and the Datastream's phenomenonTime narrowed to them
-        left = raw_times(service, ids["pm"])
-        assert left[0] == cutoff and len(left) == 144
-        assert service.call("GET", f"Datastreams({ids['pm']})")["phenomenonTime"].startswith("2026-12-04T12:00:00")
-        # the rule by name wins: kept ten days, hourly only
-        special = aggregates_of(service, ids["special"])
-        assert set(special) == {"PT1H"}
-        check(special["PT1H"], expected(3600, START, hours_until))
-        assert len(raw_times(service, ids["special"])) == 432
-        # categories are deleted and never aggregated; another property is left alone
-        assert aggregates_of(service, ids["category"]) == {}
-        assert len(raw_times(service, ids["category"])) == 144
-        assert len(raw_times(service, ids["no2"])) == 432 and aggregates_of(service, ids["no2"]) == {}
-        assert done.deleted == 2 * 288 and done.aggregated == 71 + 3 + 71
-
-        # a second round the same minute does nothing, and makes no second aggregate Datastream
-        again = engine.run_once(NOW)
-        assert (again.aggregated, again.deleted) == (0, 0)
-        assert {k: len(v["obs"]) for k, v in aggregates_of(service, ids["pm"]).items()} == {"PT1H": 71, "P1D": 3}
-
-        # a reading arriving late for an hour already aggregated: that hour (only) again; one not yet settled waits
-        late = {datetime(2026, 12, 5, 5, 31, tzinfo=UTC): 100.0, datetime(2026, 12, 5, 11, 58, tzinfo=UTC): 50.0}
-        with store.write() as (conn, changes):
-            store.write_observations(conn, [ObservationRow.of(v, phenomenon_time_start=t, datastream_id=ids["pm"])
-                                            for t, v in late.items()], changes)
-        assert engine.run_once(NOW).aggregated == 1
-        check(aggregates_of(service, ids["pm"])["PT1H"], expected(3600, START, hours_until, late))
-
-        # another engine (a node taking over) goes on from what is stored: an hour later, 11:00 and 12:00... settle
-        later = NOW + timedelta(hours=1)
-        other = RetentionEngine(store, parse_retention(RULES))
-        assert other.run_once(later).aggregated == 2 * 1  # the 11:00 hour of pm and of pm special
-        check(aggregates_of(service, ids["pm"])["PT1H"], expected(3600, START, later - timedelta(hours=1), late))
-        assert raw_times(service, ids["pm"])[0] == later - timedelta(days=1)
+        yield store, service, ids
     finally:
         store.close()
 
 
-def test_nothing_is_deleted_before_it_is_aggregated(store_url: str) -> None:
+def test_rules_delete_past_keep_and_keep_aggregates(station: tuple[Store, Service, dict[str, int]]) -> None:
+    store, service, ids = station
+    engine = RetentionEngine(store, parse_retention(RULES))
+    done = engine.run_once(NOW)
+    cutoff = NOW - timedelta(days=1)
+    hours_until = NOW - timedelta(hours=1)  # 11:55 has not settled the 11:00 hour
+    days_until = datetime(2026, 12, 5, tzinfo=UTC)
+
+    pm = aggregates_of(service, ids["pm"])
+    assert set(pm) == {"PT1H", "P1D"}
+    check(pm["PT1H"], expected(3600, START, hours_until))
+    check(pm["P1D"], expected(86400, datetime(2026, 12, 2, tzinfo=UTC), days_until))
+    hourly = pm["PT1H"]["ds"]
+    assert hourly["name"] == "pm10 station (hourly)" and hourly["unitOfMeasurement"]["symbol"] == "µg/m³"
+    assert hourly["observationType"].endswith("OM_Measurement")
+    assert hourly["phenomenonTime"] == f"{START.isoformat().replace('+00:00', 'Z')}/" \
+                                       f"{hours_until.isoformat().replace('+00:00', 'Z')}"
+    # raw kept from the cutoff on, and the Datastream's phenomenonTime narrowed to them
+    left = raw_times(service, ids["pm"])
+    assert left[0] == cutoff and len(left) == 144
+    assert service.call("GET", f"Datastreams({ids['pm']})")["phenomenonTime"].startswith("2026-12-04T12:00:00")
+    # the rule by name wins: kept ten days, hourly only
+    special = aggregates_of(service, ids["special"])
+    assert set(special) == {"PT1H"}
+    check(special["PT1H"], expected(3600, START, hours_until))
+    assert len(raw_times(service, ids["special"])) == 432
+    # categories are deleted and never aggregated; another property is left alone
+    assert aggregates_of(service, ids["category"]) == {}
+    assert len(raw_times(service, ids["category"])) == 144
+    assert len(raw_times(service, ids["no2"])) == 432 and aggregates_of(service, ids["no2"]) == {}
+    assert done.deleted == 2 * 288 and done.aggregated == 71 + 3 + 71
+
+    # a second round the same minute does nothing, and makes no second aggregate Datastream
+    again = engine.run_once(NOW)
+    assert (again.aggregated, again.deleted) == (0, 0)
+    assert {k: len(v["obs"]) for k, v in aggregates_of(service, ids["pm"]).items()} == {"PT1H": 71, "P1D": 3}
+
+    # a reading arriving late for an hour already aggregated: that hour (only) again; one not yet settled waits
+    late = {datetime(2026, 12, 5, 5, 31, tzinfo=UTC): 100.0, datetime(2026, 12, 5, 11, 58, tzinfo=UTC): 50.0}
+    with store.write() as (conn, changes):
+        store.write_observations(conn, [ObservationRow.of(v, phenomenon_time_start=t, datastream_id=ids["pm"])
+                                        for t, v in late.items()], changes)
+    assert engine.run_once(NOW).aggregated == 1
+    check(aggregates_of(service, ids["pm"])["PT1H"], expected(3600, START, hours_until, late))
+
+    # another engine (a node taking over) goes on from what is stored: an hour later, 11:00 and 12:00... settle
+    later = NOW + timedelta(hours=1)
+    other = RetentionEngine(store, parse_retention(RULES))
+    assert other.run_once(later).aggregated == 2 * 1  # the 11:00 hour of pm and of pm special
+    check(aggregates_of(service, ids["pm"])["PT1H"], expected(3600, START, later - timedelta(hours=1), late))
+    assert raw_times(service, ids["pm"])[0] == later - timedelta(days=1)
+
+
+def test_nothing_is_deleted_before_it_is_aggregated(station: tuple[Store, Service, dict[str, int]]) -> None:
     """Raw readings past `keep` whose interval has not settled stay until it has been aggregated."""
-    store = Store.open(store_url)
-    try:
-        service = Service(store)
-        ids = make(service)
-        fill(store, ids)
-        engine = RetentionEngine(store, parse_retention([{"observedProperty": "PM10", "keep": "PT1M",
-                                                          "aggregates": ["P1D"]}]))
-        engine.run_once(NOW)
-        # a minute's retention, but today has not ended: today's readings wait for the daily aggregate
-        assert raw_times(service, ids["pm"])[0] == datetime(2026, 12, 5, tzinfo=UTC)
-        assert len(aggregates_of(service, ids["pm"])["P1D"]["obs"]) == 3
-    finally:
-        store.close()
+    store, service, ids = station
+    engine = RetentionEngine(store, parse_retention([{"observedProperty": "PM10", "keep": "PT1M",
+                                                      "aggregates": ["P1D"]}]))
+    engine.run_once(NOW)
+    # a minute's retention, but today has not ended: today's readings wait for the daily aggregate
+    assert raw_times(service, ids["pm"])[0] == datetime(2026, 12, 5, tzinfo=UTC)
+    assert len(aggregates_of(service, ids["pm"])["P1D"]["obs"]) == 3
 
 
 @pytest.mark.parametrize(("doc", "message"), [
