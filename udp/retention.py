@@ -10,7 +10,7 @@
 Each aggregate is a Datastream on the raw Datastream's Thing, with its Sensor, ObservedProperty and unit
 (`properties.aggregateOf`: the raw one's id, `properties.aggregate`: the period), holding one Observation per
 interval: phenomenonTime the interval, result the mean of the numeric results, parameters `min`, `max` and
-`count`. Intervals are aligned to 1970-01-01T00:00Z (hours and days in UTC) and aggregated once they ended
+`count`, FeatureOfInterest that of the last reading aggregated in the same pass. Intervals are aligned to 1970-01-01T00:00Z (hours and days in UTC) and aggregated once they ended
 `SETTLE` ago; an Observation arriving later for an interval already aggregated makes it aggregated again.
 Raw Observations are deleted only once every aggregate has passed them, so nothing is lost unaggregated.
 
@@ -121,6 +121,7 @@ class Round:
 
     aggregated: int = 0  # aggregate Observations written (again, for late ones)
     deleted: int = 0  # raw Observations deleted
+    read: int = 0  # raw Observations aggregated
     aggregating_s: float = 0.0
     deleting_s: float = 0.0
 
@@ -192,15 +193,18 @@ class RetentionEngine:
         for target in list(self.targets.values()):
             t0 = time.perf_counter()
             for seconds, aggregate in target.aggregates.items():
-                done.aggregated += self._catch_up(target, seconds, aggregate, now)
+                written, read = self._catch_up(target, seconds, aggregate, now)
+                done.aggregated += written
+                done.read += read
             t1 = time.perf_counter()
             done.deleted += self._delete(target, now)
             done.aggregating_s += t1 - t0
             done.deleting_s += time.perf_counter() - t1
         return done
 
-    def _catch_up(self, target: Target, seconds: int, aggregate: int, now: datetime) -> int:
-        """Aggregate the intervals of one raw Datastream that ended `settle` ago and are not yet aggregated."""
+    def _catch_up(self, target: Target, seconds: int, aggregate: int, now: datetime) -> tuple[int, int]:
+        """Aggregate the intervals of one raw Datastream that ended `settle` ago and are not yet aggregated;
+        (aggregate Observations written, raw ones read)."""
         obs, ds = TABLES["observations"], TABLES["datastreams"]
         step = timedelta(seconds=seconds)
         until = _floor(now - self.settle, seconds)
@@ -211,9 +215,9 @@ class RetentionEngine:
                 first = None if end is not None else conn.execute(
                     select(func.min(obs.c.phenomenon_time_start)).where(obs.c.datastream_id == target.id)).scalar()
             if end is None and first is None:
-                return 0
+                return 0, 0
             start = _utc(end) if end is not None else _floor(_utc(first), seconds)
-        written = 0
+        written = read = 0
         while start < until:
             stop = min(until, start + step * CHUNK)
             with self.store.write() as (conn, changes):
@@ -221,24 +225,32 @@ class RetentionEngine:
                 if rows:
                     self.store.write_observations(conn, rows, changes)
             written += len(rows)
+            read += sum(row.parameters["count"] for row in rows)
             start = stop
         target.done[seconds] = max(start, target.done.get(seconds, start))
-        return written
+        return written, read
 
     def _aggregate(self, conn: Connection, raw: int, aggregate: int, seconds: int, start: datetime,
                    stop: datetime) -> list[ObservationRow]:
         """The aggregate Observations of the intervals in [start, stop) of a raw Datastream."""
         obs = TABLES["observations"]
         bucket = self.store.dialect.time_bucket(obs.c.phenomenon_time_start, seconds).label("bucket")
+        span = and_(obs.c.datastream_id == raw, obs.c.phenomenon_time_start >= start,
+                    obs.c.phenomenon_time_start < stop, obs.c.result_type.in_((INT, FLOAT)))
+        # only columns of the series index (schema.py): on PostgreSQL an index-only scan, no table page per row
         found = conn.execute(
             select(bucket, func.avg(obs.c.result_number), func.min(obs.c.result_number),
-                   func.max(obs.c.result_number), func.count(), func.max(obs.c.feature_of_interest_id))
-            .where(and_(obs.c.datastream_id == raw, obs.c.phenomenon_time_start >= start,
-                        obs.c.phenomenon_time_start < stop, obs.c.result_type.in_((INT, FLOAT))))
-            .group_by(bucket).order_by(bucket)).all()
+                   func.max(obs.c.result_number), func.count())
+            .where(span).group_by(bucket).order_by(bucket)).all()
+        if not found:
+            return []
+        # the FeatureOfInterest of the span's last reading for all its intervals (one row read; a sensor that
+        # moves within a span gives its aggregates where it ended up)
+        foi = conn.execute(select(obs.c.feature_of_interest_id).where(span)
+                           .order_by(obs.c.phenomenon_time_start.desc()).limit(1)).scalar()
         step = timedelta(seconds=seconds)
         rows = []
-        for b, mean, low, high, count, foi in found:
+        for b, mean, low, high, count in found:
             begin = datetime.fromtimestamp(int(b) * seconds, UTC)
             rows.append(ObservationRow.of(float(mean), phenomenon_time_start=begin, phenomenon_time_end=begin + step,
                                           result_time=begin + step, datastream_id=aggregate,
