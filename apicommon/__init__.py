@@ -6,5 +6,6 @@ platform, so that the OGC API needs neither the SensorThings API's HTTP app nor 
 SensorThings core stays free of anything above it. `request`: the public base URL and who may see
 internal data; `unavailable`: what a database error means to the client (down: a 503; a value it cannot
 evaluate: a 400); `declaration`: a config mapping with only known keys, every error naming the key path alike;
-`stopping`: a process's SIGTERM as an Event, without the handler deadlocking on a second signal.
+`stopping`: a process's SIGTERM as an Event, without the handler deadlocking on a second signal; `heap`: start-up's
+objects out of the garbage collector's sight.
 """

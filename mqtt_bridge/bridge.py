@@ -170,6 +170,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     import socket
     import threading
 
+    from apicommon.heap import freeze_startup
     from apicommon.stopping import stop_on_signals
     from mqtt_bridge.sessions import Sessions, client_id, creates_client_id, group
     from sensorthings.mqtt.notify import Notifier
@@ -236,6 +237,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
             creates_lease.close()
             sessions.close()
             notifier.close()
+    freeze_startup()
     if ready is not None:
         ready.set()  # subscribed: `udp serve` starts answering only now, so no early message goes unheard
     # the pid `udp serve` passed: read here, getppid() may already name init if serve died meanwhile

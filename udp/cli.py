@@ -154,6 +154,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  MQTT          {' '.join(mqtt.endpoints)}")
     print(f"  store         {store_url}")
     sys.stdout.flush()
+    from apicommon.heap import freeze_startup
+
+    freeze_startup()  # this process's broker, notifier and creates subscriber run all day
     try:
         # a worker reading large sources at start-up holds the GIL for seconds at a time, so it can miss uvicorn's
         # 5 s health ping and be killed and restarted over and over (seen in bench/features.py --scale city)
