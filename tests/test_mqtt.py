@@ -124,6 +124,23 @@ def test_notifications_for_sets_navigation_and_entities(server: Server, setup: d
         listener.close()
 
 
+def test_a_bulk_write_nobody_listens_to_leaves_no_notification_work(server: Server, setup: dict) -> None:
+    """Once 20,000 Observations by CreateObservations are committed, with nobody subscribed to their topics on the
+    embedded broker, nothing is left to publish within a second (the notifier skips topics without subscribers and
+    builds each notification from the written rows)."""
+    sta, ds = setup["sta"], setup["ds"]
+    unheard = [f"v1.1/Datastreams({ds})/Observations", "v1.1/Observations"]
+    wait_until(lambda: not any(httpx.get(f"{server.url}/health", params={"subscribed": unheard}).json()["mqtt"]
+                               ["subscribed"].values()), 10, "no subscriber left on the bulk's topics")
+    rows = [[f"2025-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", i] for i in range(20_000)]
+    r = sta.post("CreateObservations", json=[{"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"],
+                                              "dataArray": rows}])
+    assert r.status_code == 201 and len(r.json()) == 20_000
+    committed = time.monotonic()
+    wait_until(lambda: httpx.get(f"{server.url}/health").json()["mqtt"]["queued"] == 0, 1, "nothing queued")
+    assert time.monotonic() - committed < 1
+
+
 def test_websocket_subscription(server: Server, setup: dict) -> None:
     ds = setup["ds"]
     topic = f"v1.1/Datastreams({ds})/Observations"
