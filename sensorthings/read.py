@@ -44,7 +44,7 @@ from sensorthings.query.tree import Call, Expand, QueryError, QueryOptions
 from sensorthings.query.unparse import next_link
 from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
-from sensorthings.store.schema import TABLES
+from sensorthings.store.schema import TABLES, series_index_columns
 from sensorthings.times import format_instant, format_time
 
 ESTIMATE_COUNT_ABOVE = 1_000_000  # rows of a whole table (PostgreSQL's reltuples) whose `$count` is estimated
@@ -437,8 +437,7 @@ def selected_columns(entity: EntityType, table: FromClause, select_: tuple[str, 
 
 
 # the Observation columns the (Datastream, phenomenonTime) index holds (schema.py), and the results it cannot
-_IN_SERIES_INDEX = frozenset({"id", "datastream_id", "phenomenon_time_start", "phenomenon_time_end", "result_type",
-                              "result_number", "multi_datastream_id"})
+_IN_SERIES_INDEX = frozenset(name for names in series_index_columns() for name in names)
 _TEXT_RESULTS = ("result_string", "result_json")
 
 

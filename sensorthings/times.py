@@ -68,6 +68,11 @@ def format_time(start: datetime | str | None, end: datetime | str | None) -> str
     return f"{format_instant(start)}/{format_instant(end)}"
 
 
+def stored_utc(value: datetime) -> datetime:
+    """A time read from a store as aware UTC (a SQLite text column may give it back without a zone)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def now() -> datetime:
     """The current time, aware, in UTC."""
     return datetime.now(UTC)

@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     watcher = Lease(store_url, "reimports", lambda: Watcher(store_url, config.collections).start().stop,
                     node=node).start() if "reimports" in config.singletons() else None
     retention = Lease(store_url, "retention", lambda: _retention(store_url, config), node=node).start() \
-        if config.retention else None
+        if "retention" in config.singletons() else None
     seeder = _start_seeder(args) if not args.no_seed else None
     print(f"Urban data platform: {config.title}")
     print(f"  landing page  {base}/")

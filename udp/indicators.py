@@ -42,6 +42,7 @@ from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
+from sensorthings.times import stored_utc
 from udp.errors import ConfigError, whole_number
 
 if TYPE_CHECKING:
@@ -326,7 +327,7 @@ class IndicatorEngine:
         for area in [*(areas.names if areas else []), CITY]:
             members = groups.get(area, [])
             if spec.feedback == "time-to-answer":
-                hours = [(_utc(r[2]) - _utc(r[1])).total_seconds() / 3600 for r in members]
+                hours = [(stored_utc(r[2]) - stored_utc(r[1])).total_seconds() / 3600 for r in members]
                 out[area] = (float(pd.Series(hours).median()) if hours else None, len(members))
             else:
                 out[area] = (float(len(members)), len(members))
@@ -442,10 +443,6 @@ def _aggregate(kind: str, rows: list[tuple], latest: dict[int, float]) -> float 
     newest = max(rows, key=lambda r: r[5])
     return latest.get(newest[0])
 
-
-def _utc(value: datetime) -> datetime:
-    """A stored time as aware UTC (SQLite gives it back without a zone)."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _row(stream: Stream, now: datetime, value: float | None, count: int) -> ObservationRow:

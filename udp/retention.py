@@ -37,6 +37,7 @@ from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
+from sensorthings.times import stored_utc
 from udp.errors import ConfigError
 
 log = logging.getLogger("udp.retention")
@@ -59,7 +60,6 @@ class Rule:
     """One `retention:` entry: which Datastreams, how long their raw Observations stay, what is kept past it."""
 
     keep: timedelta | isodate.Duration
-    keep_text: str
     aggregates: tuple[int, ...]  # interval lengths in seconds
     observed_property: str | None = None
     datastream: str | None = None
@@ -87,7 +87,7 @@ def parse_retention(doc: Any) -> list[Rule]:
                                   f"got {text!r}")
             aggregates.append(seconds)
         key = "observedProperty" if "observedProperty" in body else "datastream"
-        rules.append(Rule(keep, str(body["keep"]), tuple(sorted(set(aggregates))),
+        rules.append(Rule(keep, tuple(sorted(set(aggregates))),
                           **{("observed_property" if key == "observedProperty" else "datastream"): str(body[key])}))
     return rules
 
@@ -220,7 +220,7 @@ class RetentionEngine:
                     select(func.min(obs.c.phenomenon_time_start)).where(obs.c.datastream_id == target.id)).scalar()
             if end is None and first is None:
                 return 0, 0
-            start = _utc(end) if end is not None else _floor(_utc(first), seconds)
+            start = stored_utc(end) if end is not None else _floor(stored_utc(first), seconds)
         written = read = 0
         while start < until:
             stop = min(until, start + step * CHUNK)
@@ -277,16 +277,14 @@ class RetentionEngine:
                 .where(and_(obs.c.id > self.seen_id, obs.c.id <= newest, obs.c.phenomenon_time_start < max(ends),
                             obs.c.datastream_id.in_(list(self.targets)), obs.c.result_type.in_((INT, FLOAT))))).all()
         self.seen_id = newest
-        redo: set[tuple[int, int, int]] = set()  # (raw, seconds, bucket)
+        redo: set[tuple[int, int, datetime]] = set()  # (raw, seconds, the interval's start)
         for raw, when in arrived:
-            target = self.targets[raw]
-            for seconds, end in target.done.items():
-                if _utc(when) < end:
-                    redo.add((raw, seconds, int(_utc(when).timestamp()) // seconds))
+            for seconds, end in self.targets[raw].done.items():
+                if stored_utc(when) < end:
+                    redo.add((raw, seconds, _floor(stored_utc(when), seconds)))
         written = 0
-        for raw, seconds, b in sorted(redo):
+        for raw, seconds, start in sorted(redo):
             aggregate = self.targets[raw].aggregates[seconds]
-            start = datetime.fromtimestamp(b * seconds, UTC)
             with self.store.write() as (conn, changes):
                 conn.execute(delete(obs).where(and_(obs.c.datastream_id == aggregate,
                                                     obs.c.phenomenon_time_start == start)))
@@ -349,7 +347,3 @@ class RetentionEngine:
 
 def _floor(when: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(int(when.timestamp()) // seconds * seconds, UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

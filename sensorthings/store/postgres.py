@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, array
 
 from sensorthings.store.base import QueryTimeout
+from sensorthings.store.schema import series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
 
@@ -164,11 +165,11 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
         "SELECT i.indnatts - i.indnkeyatts FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE c.relname = 'observations_datastream_time' AND c.relnamespace = current_schema()::regnamespace").first()
     if row is not None and row[0] == 0:
+        keys, held = series_index_columns()
         log.warning(
             "observations_datastream_time holds no results: charts read a table page per Observation. Rebuild it "
             "once (no lock on writers): CREATE INDEX CONCURRENTLY observations_series ON observations "
-            "(datastream_id, phenomenon_time_start, id) INCLUDE (phenomenon_time_end, result_type, result_number, "
-            "multi_datastream_id); DROP INDEX CONCURRENTLY observations_datastream_time; "
+            f"({', '.join(keys)}) INCLUDE ({', '.join(held)}); DROP INDEX CONCURRENTLY observations_datastream_time; "
             "ALTER INDEX observations_series RENAME TO observations_datastream_time;")
 
 

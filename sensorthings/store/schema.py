@@ -214,3 +214,9 @@ observations = Table(
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}
+SERIES_INDEX = next(i for i in observations.indexes if i.name == "observations_datastream_time")
+
+
+def series_index_columns() -> tuple[list[str], list[str]]:
+    """The series index's key columns and the columns it holds besides (INCLUDE on PostgreSQL)."""
+    return [c.name for c in SERIES_INDEX.columns], list(SERIES_INDEX.dialect_options["postgresql"]["include"])
