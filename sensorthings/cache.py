@@ -4,18 +4,24 @@ Each entry remembers the change versions of the tables its answer was read from
 (sensorthings.store.versions: kept by the database, raised by every commit that writes a table,
 in any process). A read finds an entry while those versions stand: a new Observation makes
 every answer built from Observations fresh at once and leaves the cached Things alone.
+
+While writes keep coming, an answer that every write changes (the newest Observations of all) is computed
+again and again. Requests for it share the computations in flight (`Flight`): one that gathers the
+requests arriving until it starts reading (then the versions it reads are at least as new as theirs), and
+those already reading at the very versions a request saw. Computations overlap: a request never waits
+for one that began before it came, so under writes a read costs one computation's time, not a queue of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from apicommon.lru import SizedLRU
-from sensorthings.store.versions import as_new, holds
+from sensorthings.store.versions import holds
 
 Versions = tuple[tuple[str, int], ...]
 
@@ -31,58 +37,97 @@ class Entry:
     etag: str
 
 
+@dataclass(eq=False)
+class Flight:
+    """One computation of a request's answer and the requests that take it: its future gives the entry (None
+    when the answer is not one to keep: those who waited compute their own)."""
+
+    key: tuple
+    future: Future[Entry | None] = field(default_factory=Future)
+    basis: tuple | None = None  # the versions it reads at, once it has begun (None: still gathering)
+    followers: int = 0
+
+
+def basis(now: Mapping[str, int], rows: tuple[str, ...]) -> tuple:
+    """What of `now` a request's answer can depend on: every table's version and those of its row keys (`now`
+    may hold other requests' row keys too: they were read together)."""
+    return (tuple(sorted((k, v) for k, v in now.items() if "@" not in k)), tuple(now.get(r, 0) for r in rows))
+
+
 class ResponseCache:
     """A bounded LRU of responses keyed by request, checked against the tables' current versions."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entry: int = 4 * 1024 * 1024) -> None:
         self.max_entry = max_entry
         self._entries: SizedLRU[Entry] = SizedLRU(max_bytes, lambda e: len(e.body))
-        self._lock = threading.Lock()  # the counters and the computations in flight
-        self._flights: dict[tuple, tuple[threading.Lock, list[int]]] = {}
+        self._lock = threading.Lock()  # the counters and the flights
+        self._gathering: dict[tuple, Flight] = {}
+        self._reading: dict[tuple, list[Flight]] = {}
         self.hits = 0
         self.misses = 0
+        self.shared = 0  # misses answered by another request's computation
 
-    def get(self, key: tuple, now: Mapping[str, int], or_newer: bool = False) -> Entry | None:
-        """The entry for `key` if no table it was read from has been written since (counted as a hit).
-
-        `or_newer`: also an entry read at later versions than `now` (versions only grow), for a request that
-        waited while another computed its answer: an answer read after the request came is fresh for it."""
-        entry = self._entries.get(key, lambda e: holds(e.versions, now) or (or_newer and as_new(e.versions, now)))
+    def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
+        """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
+        entry = self._entries.get(key, lambda e: holds(e.versions, now))
         if entry is not None:
             with self._lock:
                 self.hits += 1
         return entry
 
-    @contextmanager
-    def computing(self, key: tuple) -> Iterator[bool]:
-        """Held while one request computes the answer for `key`, counted as a miss; yields whether it waited.
-
-        The same request arriving meanwhile waits, then looks again (`get(or_newer=True)`): after a write, a
-        crowd of readers costs one query, not one each. A waiter takes the answer only if it was read at the
-        versions the waiter itself saw or later, so waiting never makes an answer stale. One that finds none
-        (writes went on while it waited) computes with versions read anew, so that the crowd that gathered
-        behind it takes its answer: while writes keep coming, a request costs one computation per crowd,
-        not one each in a row.
-        """
+    def join(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> Flight | None:
+        """The computation of `key` whose answer is fresh for a request that read the versions `now`, joined (a
+        miss): the one still gathering, or one reading at those versions; None when there is none."""
+        seen = basis(now, rows)
         with self._lock:
             self.misses += 1
-            flight = self._flights.get(key)
-            if flight is None:
-                flight = self._flights[key] = (threading.Lock(), [0])
-            flight[1][0] += 1
-        try:
-            waited = not flight[0].acquire(blocking=False)
-            if waited:
-                flight[0].acquire()
-            try:
-                yield waited
-            finally:
-                flight[0].release()
-        finally:
-            with self._lock:
-                flight[1][0] -= 1
-                if flight[1][0] == 0:
-                    del self._flights[key]
+            # one reading already ends sooner than one still gathering
+            flight = next((f for f in self._reading.get(key, ()) if f.basis == seen), None) or self._gathering.get(key)
+            if flight is not None:
+                flight.followers += 1
+                self.shared += 1
+            return flight
+
+    def board(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> tuple[Flight, bool]:
+        """A computation of `key` to take the answer from (False) or, when none can serve, a new one that this
+        request leads (True): then `depart`, `read_at` and `land` it."""
+        flight = self.join(key, now, rows)
+        if flight is not None:
+            return flight, False
+        with self._lock:
+            flight = self._gathering.get(key)
+            if flight is not None:  # gathered meanwhile by another
+                flight.followers += 1
+                self.shared += 1
+                return flight, False
+            flight = self._gathering[key] = Flight(key)
+            return flight, True
+
+    def depart(self, flight: Flight) -> bool:
+        """Stop gathering requests for `flight` (later ones start another); True when some joined: then the
+        leader reads the versions anew, after theirs."""
+        with self._lock:
+            if self._gathering.get(flight.key) is flight:
+                del self._gathering[flight.key]
+            return flight.followers > 0
+
+    def read_at(self, flight: Flight, now: Mapping[str, int], rows: tuple[str, ...]) -> None:
+        """Note the versions `flight` reads at: a request that saw the same ones takes its answer."""
+        with self._lock:
+            flight.basis = basis(now, rows)
+            self._reading.setdefault(flight.key, []).append(flight)
+
+    def land(self, flight: Flight, entry: Entry | None) -> None:
+        """End `flight` with its entry (None: an answer not kept, or a failure): those who joined go on."""
+        with self._lock:
+            if self._gathering.get(flight.key) is flight:
+                del self._gathering[flight.key]
+            reading = self._reading.get(flight.key)
+            if reading is not None and flight in reading:
+                reading.remove(flight)
+                if not reading:
+                    del self._reading[flight.key]
+        flight.future.set_result(entry)
 
     def put(self, key: tuple, versions: Versions, status: int, body: bytes, headers: dict[str, str]) -> Entry:
         """Remember a response; large ones are not kept."""
@@ -93,7 +138,8 @@ class ResponseCache:
         return entry
 
     def stats(self) -> dict[str, int]:
-        """Hits, misses, entries and bytes held."""
+        """Hits, misses (of them shared: answered by another request's computation), entries and bytes held."""
         entries, size = self._entries.stats()
         with self._lock:
-            return {"hits": self.hits, "misses": self.misses, "entries": entries, "bytes": size}
+            return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "entries": entries,
+                    "bytes": size}

@@ -147,6 +147,23 @@ class Service:
         entry = self.cache.get(plan.key, now)
         return None if entry is None else self._from_entry(req, entry)
 
+    def joined(self, req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> Future[ApiResponse | None] | None:
+        """For a GET `cached` did not answer: the answer of a computation already under way that is fresh for it
+        (versions `now`), without a thread of its own to wait in; None when there is none (then `handle`
+        computes it). The future gives None when that answer was not one to keep."""
+        assert self.cache is not None
+        flight = self.cache.join(plan.key, now, plan.rows)
+        if flight is None:
+            return None
+        answer: Future[ApiResponse | None] = Future()
+
+        def settle(done: Future[Entry | None]) -> None:
+            entry = done.result()
+            answer.set_result(None if entry is None else self._from_entry(req, entry))
+
+        flight.future.add_done_callback(settle)
+        return answer
+
     def _from_entry(self, req: ApiRequest, entry: Entry) -> ApiResponse:
         if req.if_none_match and entry.etag in req.if_none_match:
             return ApiResponse(304, headers={"ETag": entry.etag})
@@ -235,16 +252,22 @@ class Service:
                 now = self.store.versions(conn, plan.rows)
             entry = self.cache.get(key, now)
             if entry is None:
-                with self.cache.computing(key) as waited:
-                    # computed while this request waited?
-                    entry = self.cache.get(key, now, or_newer=True) if waited else None
-                    if entry is None:
+                flight, leads = self.cache.board(key, now, plan.rows)
+                if not leads:
+                    entry = flight.future.result()
+                    if entry is None:  # its answer was not one to keep
+                        return self._route(req, Tx(conn, []))
+                else:
+                    try:
                         self.store.writer.yield_to()
-                        if waited:  # those waiting behind this one came before now
+                        if self.cache.depart(flight):  # those who joined read their versions before now
                             now = self.store.versions(conn, plan.rows)
+                        self.cache.read_at(flight, now, plan.rows)
                         res, entry = self._read_into_cache(req, conn, plan, now)
-                        if entry is None:
-                            return res
+                    finally:
+                        self.cache.land(flight, entry)
+                    if entry is None:
+                        return res
         return self._from_entry(req, entry)
 
     def _read_into_cache(self, req: ApiRequest, conn: Connection, plan: CachePlan,

@@ -7,7 +7,9 @@ worker's hit counter in /health shows it, no timing involved).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -247,3 +249,86 @@ def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str
         store.close()
         if db is not None:
             db.drop()
+
+
+def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server: Server) -> None:
+    """Readers crowd one answer that every write changes (they share its computations) while writers post:
+    each writer, reading right after its 201, finds its Observation or a newer one, on either worker."""
+    with httpx.Client(base_url=server.url, timeout=60) as setup:
+        made = setup.post("/v1.1/Things", json={
+            "name": unique("crowd"), "description": "d",
+            "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
+                             "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
+                                        "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "p", "description": "d"}}]})
+        assert made.status_code == 201, made.text
+        ds = sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    # a heavier answer keeps computations in flight longer: more chances for a stale one to be taken
+    newest = {"$orderby": "id desc", "$top": "100",
+              "$expand": "Datastream($expand=Thing($expand=Locations,Datastreams)),FeatureOfInterest"}
+    stop = threading.Event()
+    stale: list[tuple[int, int]] = []
+    checked = [0]
+
+    def read() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                sta_get(client, "Observations", newest)
+
+    def write(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for i in range(40):
+                r = client.post("/v1.1/Observations", json={"phenomenonTime": f"2024-05-01T00:{k:02d}:{i:02d}Z",
+                                                            "result": i, "Datastream": {"@iot.id": ds}})
+                assert r.status_code == 201, r.text
+                mine = r.json()["@iot.id"]
+                seen = sta_get(client, "Observations", newest)["value"][0]["@iot.id"]
+                checked[0] += 1
+                if seen < mine:
+                    stale.append((mine, seen))
+
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    for t in readers:
+        t.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert checked[0] == 160
+    assert not stale, f"reads older than the reader's own write: {stale[:5]}"
+
+
+def test_a_burst_of_new_connections_is_spread_over_the_workers(server: Server) -> None:
+    """16 connections opened at once (a load test, a proxy's pool): each worker listens on a socket of its own
+    (udp.workers), so the kernel hands them to both, where one shared socket gave nearly all to one."""
+    barrier = threading.Barrier(16)
+
+    def connect(_: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            barrier.wait()
+            return worker(client)
+
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(connect, range(16)))
+    assert len(set(served)) == 2, served
+
+
+def test_a_second_platform_on_a_taken_port_stops_instead_of_sharing_it(server: Server) -> None:
+    import uvicorn
+
+    from udp import workers
+
+    port = int(server.url.rsplit(":", 1)[1])
+    config = uvicorn.Config("udp.app:app_from_env", factory=True, host="127.0.0.1", port=port, workers=2)
+    with pytest.raises(SystemExit) as stopped:
+        workers.run(config)
+    assert stopped.value.code == 1
+    # the workers' sockets, each in the port's SO_REUSEPORT group, would have joined it without that check
+    extra = workers.listening_socket("127.0.0.1", port)
+    extra.close()

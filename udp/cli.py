@@ -160,8 +160,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # a worker reading large sources at start-up holds the GIL for seconds at a time, so it can miss uvicorn's
         # 5 s health ping and be killed and restarted over and over (seen in bench/features.py --scale city)
-        uvicorn.run("udp.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=args.log_level, access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
+        settings = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                        access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
+        from udp import workers
+
+        if args.workers > 1 and workers.spreads():
+            workers.run(uvicorn.Config("udp.app:app_from_env", **settings))
+        else:
+            uvicorn.run("udp.app:app_from_env", **settings)
     finally:
         for lease in (watcher, retention):
             if lease is not None:

@@ -101,7 +101,10 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
             log.debug("versions not read on the event loop: %s", exc)
             return None, None
-        return service.cached(req, plan, now), now
+        res = service.cached(req, plan, now)
+        if res is None and (joined := service.joined(req, plan, now)) is not None:
+            res = await asyncio.wrap_future(joined)
+        return res, now
 
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"

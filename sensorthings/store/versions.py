@@ -205,11 +205,6 @@ def holds(versions: tuple[tuple[str, int], ...], now: Mapping[str, int]) -> bool
     return all(now.get(name, 0) == version for name, version in versions)
 
 
-def as_new(versions: tuple[tuple[str, int], ...], now: Mapping[str, int]) -> bool:
-    """True when `versions` are no older than `now` for every table in them (versions only grow)."""
-    return all(now.get(name, 0) <= version for name, version in versions)
-
-
 # -- which tables a read touched -------------------------------------------------------------------
 _TABLES_OF: dict[Any, frozenset[str]] = {}  # statement -> the tables it reads (statements are reused)
 READ_KEY = "udp_tables_read"

@@ -1,0 +1,123 @@
+"""The response cache's computations in flight (sensorthings.cache.Flight), with real threads.
+
+Requests for an answer being computed share the computation when its answer is fresh for them: the one still
+gathering (it reads the versions after they joined), or one reading at the very versions they saw. A request
+that saw newer versions never takes an older computation's answer; it starts its own at once, beside the
+older one, instead of queueing behind it.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sensorthings.cache import Entry, ResponseCache
+
+KEY = ("Observations", (("$top", "100"),))
+
+
+def entry(cache: ResponseCache, versions: dict[str, int], body: bytes) -> Entry:
+    return cache.put(KEY, tuple(sorted(versions.items())), 200, body, {})
+
+
+def test_a_crowd_gathered_before_the_computation_reads_takes_its_answer() -> None:
+    cache = ResponseCache()
+    flight, leads = cache.board(KEY, {"observations": 1}, ())
+    assert leads
+    # three more arrive with the same or newer versions while the leader has not begun reading
+    followers = [cache.board(KEY, {"observations": v}, ()) for v in (1, 2, 3)]
+    assert all(f is flight and not lead for f, lead in followers)
+    assert cache.depart(flight)  # some joined: the leader reads the versions anew, after theirs
+    cache.read_at(flight, {"observations": 3}, ())
+    made = entry(cache, {"observations": 3}, b"at 3")
+    cache.land(flight, made)
+    assert flight.future.result(1) is made
+    assert cache.stats()["shared"] == 3
+    assert cache.get(KEY, {"observations": 3}) is made
+    assert cache.get(KEY, {"observations": 4}) is None
+
+
+def test_a_request_that_saw_newer_versions_starts_its_own_computation_beside_the_older() -> None:
+    cache = ResponseCache()
+    first, _ = cache.board(KEY, {"observations": 1}, ())
+    assert not cache.depart(first)  # nobody joined: it reads at the leader's own versions
+    cache.read_at(first, {"observations": 1}, ())
+    # a write committed; a request that saw it may not take the first computation's answer
+    second, leads = cache.board(KEY, {"observations": 2}, ())
+    assert leads and second is not first
+    # one that saw the versions the first reads at takes the first's
+    same, leads = cache.board(KEY, {"observations": 1}, ())
+    assert same is first and not leads
+    # a request for the same key with other row keys read beside the tables still matches on its own ones
+    assert cache.join(KEY, {"observations": 1, "observations@d9": 4}, ()) is first
+    cache.land(first, None)  # an answer not kept: those who joined compute their own
+    assert first.future.result(1) is None
+    assert not second.future.done()
+    cache.land(second, entry(cache, {"observations": 2}, b"at 2"))
+
+
+def test_row_keys_tell_computations_apart() -> None:
+    cache = ResponseCache()
+    rows = ("datastreams@7", "observations@d7")
+    first, _ = cache.board(KEY, {"observations": 5, "observations@d7": 1}, rows)
+    cache.depart(first)
+    cache.read_at(first, {"observations": 5, "observations@d7": 1}, rows)
+    assert cache.join(KEY, {"observations": 5, "observations@d7": 1}, rows) is first
+    assert cache.join(KEY, {"observations": 5, "observations@d7": 2}, rows) is None
+    cache.land(first, None)
+
+
+def test_under_constant_writes_computations_overlap_and_every_answer_is_fresh() -> None:
+    """Threads asking while a counter (the data) keeps rising: each answer was read at versions at least as new
+    as those its request saw, and computations ran side by side (none waits for an older one to end)."""
+    cache = ResponseCache()
+    data = [0]
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            data[0] += 1
+            stop.wait(0.0005)
+
+    def compute(at: int) -> Entry:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            stop.wait(0.005)  # a query's round trip: the GIL is free meanwhile
+            return entry(cache, {"observations": at}, str(at).encode())
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def ask(_: int) -> None:
+        now = {"observations": data[0]}
+        found = cache.get(KEY, now)
+        if found is None:
+            flight, leads = cache.board(KEY, now, ())
+            if leads:
+                at = data[0] if cache.depart(flight) else now["observations"]
+                cache.read_at(flight, {"observations": at}, ())
+                found = None
+                try:
+                    found = compute(at)
+                finally:
+                    cache.land(flight, found)
+            else:
+                found = flight.future.result(5)
+        assert found is not None
+        assert int(found.body) >= now["observations"]
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(ask, range(2000)))
+    finally:
+        stop.set()
+        thread.join()
+    stats = cache.stats()
+    assert running[1] > 1  # computations overlapped
+    assert stats["shared"] > 0  # and were shared
