@@ -368,9 +368,9 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
         stored = writers.stored / writers.seconds
         ratio = busy.rps / quiet.rps if quiet.rps else float("nan")
         say(f"{name}: quiet {quiet.rps:,.0f} req/s (p99 {quiet.p99_ms:.1f} ms, connections per worker {quiet.split}), "
-            f"under writes {busy.rps:,.0f} req/s (p99 {busy.p99_ms:.1f} ms, {busy.split}) = {ratio:.2f}x; writes stored {stored:,.0f}/s of {args.live_rate:,.0f}/s "
-            f"offered ({writers.failed} failed)" + (f", NON-2XX {quiet.non2xx + busy.non2xx}"
-                                                    if quiet.non2xx + busy.non2xx else ""))
+            f"under writes {busy.rps:,.0f} req/s (p99 {busy.p99_ms:.1f} ms, {busy.split}) = {ratio:.2f}x; "
+            f"writes stored {stored:,.0f}/s of {args.live_rate:,.0f}/s offered ({writers.failed} failed)"
+            + (f", NON-2XX {quiet.non2xx + busy.non2xx}" if quiet.non2xx + busy.non2xx else ""))
         target = LIVE_TARGETS[key]
         report.add(f"{name}: quiet", f"{quiet.rps:,.0f} req/s", f">= {target:,.0f} req/s", verdict(quiet.rps, target))
         report.add(f"{name}: under writes", f"{busy.rps:,.0f} req/s = {ratio:.2f}x quiet", ">= 0.50x",
