@@ -31,6 +31,7 @@ from sqlalchemy.pool import StaticPool
 from sensorthings.geometry import to_wkb
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.schema import TABLES
+from sensorthings.store.sqlite_turns import take_turns
 
 _PARTS = {"year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S"}
 
@@ -245,6 +246,9 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
         cur.execute("PRAGMA case_sensitive_like=ON")  # CQL2's LIKE is (ILIKE is lower() LIKE lower())
         cur.close()
         register_functions(dbapi_conn)
+
+    if not memory:
+        take_turns(engine, url[len("sqlite:///"):])
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
