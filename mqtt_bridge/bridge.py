@@ -54,7 +54,7 @@ class Bridge:
     not apply: the notifications come back, and the creator passes them over by their content."""
 
     def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
-                 batch_size: int = 1000, max_wait: float = 0.002, creator: Creator | None = None,
+                 batch_size: int = 1000, max_wait: float = 0.0, creator: Creator | None = None,
                  before_start: Callable[[mqtt.Client], None] | None = None, shared: str | None = None) -> None:
         self.store = store
         self.rules = rules

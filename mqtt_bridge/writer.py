@@ -1,4 +1,9 @@
-"""Writing mapped messages in batches: by size and by a few milliseconds, one transaction a batch.
+"""Writing mapped messages in batches, one transaction a batch: what arrived while the last one was written.
+
+No wait for more by default (`max_wait` 0), as the HTTP group commit: under load the messages that came during a
+transaction make the next batch (up to `batch_size`), and a quiet stream's message is written at once. Waiting
+2 ms for company cost latency and throughput alike (`bench/mqtt_ingest.py`: notification p99 at 1,000 messages/s
+24.9 → 12.4–13.7 ms; sustained bridge 5,002 → 6,110–6,346 Observations/s).
 
 A message is acknowledged only after the transaction holding its Observations (or its dead
 letter) has committed, so a crash or a database outage loses nothing: the broker delivers the
@@ -51,7 +56,7 @@ class Writer:
     `prune_every` seconds.
     """
 
-    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.002,
+    def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.0,
                  keep_seen: int | None = None, prune_every: float = 10.0) -> None:
         self.store = store
         self.batch_size = batch_size
