@@ -193,11 +193,16 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
     errors = [0]
     failed: list[str] = []
     lock = threading.Lock()
+    workers: dict[int, int] = {}
 
     def send(body: bytes) -> None:
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(timeout=300)
+            # which worker this client's connection went to (the kernel hashes connections to them)
+            served = client.get(sta.removesuffix("/v1.1") + "/health").json().get("worker")
+            with lock:
+                workers[served] = workers.get(served, 0) + 1
         try:
             r = client.post(f"{sta}/CreateObservations", content=body, headers={"Content-Type": "application/json"})
         except httpx.TransportError as exc:
@@ -220,6 +225,7 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
     secs = time.perf_counter() - started
     if failed:
         say(f"  WARNING: {len(failed)} of {len(bodies)} CreateObservations requests failed, e.g. {failed[0]}")
+    say(f"  clients per worker: {'/'.join(str(n) for _, n in sorted(workers.items()))} (workers {sorted(workers)})")
     return rows_ok[0], secs, errors[0]
 
 
