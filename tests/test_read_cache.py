@@ -8,11 +8,14 @@ worker's hit counter in /health shows it, no timing involved).
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import Server, serve_on, unique
@@ -332,3 +335,105 @@ def test_a_second_platform_on_a_taken_port_stops_instead_of_sharing_it(server: S
     # the workers' sockets, each in the port's SO_REUSEPORT group, would have joined it without that check
     extra = workers.listening_socket("127.0.0.1", port)
     extra.close()
+
+
+def test_reads_writes_and_garbage_together_give_no_server_error_and_lose_nothing(server: Server) -> None:
+    """Issue 17's faults: readers, HTTP writers (single POSTs and CreateObservations with a bad row among good
+    ones), malformed requests and a device publishing good and malformed Observations to the standard topic, all
+    at once on two workers: no answer is a 5xx, every bad request a 4xx, and the Datastream holds exactly what
+    was acknowledged."""
+    import paho.mqtt.client as mqtt
+
+    with httpx.Client(base_url=server.url, timeout=60) as setup:
+        made = setup.post("/v1.1/Things", json={
+            "name": unique("faults"), "description": "d",
+            "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
+                             "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
+                                        "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "p", "description": "d"}}]})
+        assert made.status_code == 201, made.text
+        ds = sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    stop = threading.Event()
+    lock = threading.Lock()
+    server_errors: list[str] = []
+    accepted: list[float] = []  # results acknowledged as stored
+
+    def check(r: httpx.Response, what: str) -> None:
+        if r.status_code >= 500:
+            with lock:
+                server_errors.append(f"{what}: {r.status_code} {r.text[:200]}")
+
+    def read() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                for params in ({"$orderby": "phenomenonTime desc", "$top": "50", "$expand": "Datastream"},
+                               {"$filter": "result gt 'x' and", "$top": "5"}):  # the second is malformed: a 400
+                    r = client.get("/v1.1/Observations", params=params)
+                    check(r, "GET")
+                    assert r.status_code in (200, 400), r.text
+
+    def write(k: int) -> None:
+        bad_bodies = [b"{not json", b'{"result": "text", "Datastream": {"@iot.id": %d}}' % ds,
+                      b'{"result": 1, "Datastream": {"@iot.id": 999999999}}', b'{"result": 1}', b"[]"]
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                value = k * 100_000 + i
+                r = client.post("/v1.1/Observations", json={"result": value, "Datastream": {"@iot.id": ds}})
+                check(r, "POST")
+                if r.status_code == 201:
+                    with lock:
+                        accepted.append(float(value))
+                bad = client.post("/v1.1/Observations", content=bad_bodies[i % len(bad_bodies)],
+                                  headers={"Content-Type": "application/json"})
+                check(bad, "bad POST")
+                assert 400 <= bad.status_code < 500, bad.text
+                rows = [[f"2024-06-01T00:00:{i % 60:02d}Z", value + 0.25], ["yesterday", 5],
+                        [f"2024-06-01T00:01:{i % 60:02d}Z", value + 0.5]]
+                r = client.post("/v1.1/CreateObservations", json=[
+                    {"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"], "dataArray": rows}])
+                check(r, "CreateObservations")
+                if r.status_code == 201:
+                    links = r.json()
+                    assert links[1] == "error" and "error" not in (links[0], links[2]), links
+                    with lock:
+                        accepted.extend([value + 0.25, value + 0.5])
+
+    def publish() -> None:
+        device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"faults-{uuid.uuid4().hex[:6]}")
+        device.connect("127.0.0.1", server.mqtt_port)
+        device.loop_start()
+        try:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                value = 900_000 + i
+                info = device.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": value}), qos=1)
+                device.publish(f"v1.1/Datastreams({ds})/Observations", b"\xff not json", qos=1)
+                device.publish(f"v1.1/Datastreams({ds})/Observations", b'{"result": "text"}', qos=1)
+                info.wait_for_publish(30)  # the embedded broker acknowledges after the commit
+                if info.is_published():
+                    with lock:
+                        accepted.append(float(value))
+        finally:
+            device.loop_stop()
+            device.disconnect()
+
+    threads = [threading.Thread(target=read) for _ in range(3)] + [
+        threading.Thread(target=write, args=(k,)) for k in (1, 2)] + [threading.Thread(target=publish)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not server_errors, server_errors[:5]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        stored = [o["result"] for o in sta_get(client, f"Datastreams({ds})/Observations",
+                                               {"$select": "result", "$top": "10000"})["value"]]
+    assert len(accepted) > 50
+    assert sorted(stored) == sorted(accepted)  # nothing lost, nothing stored that was refused, nothing twice
