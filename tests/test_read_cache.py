@@ -254,12 +254,11 @@ def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str
             db.drop()
 
 
-def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server: Server) -> None:
-    """Readers crowd one answer that every write changes (they share its computations) while writers post:
-    each writer, reading right after its 201, finds its Observation or a newer one, on either worker."""
+def new_datastream(server: Server, name: str) -> int:
+    """A new Thing with a Location and one numeric Datastream: the Datastream's id."""
     with httpx.Client(base_url=server.url, timeout=60) as setup:
         made = setup.post("/v1.1/Things", json={
-            "name": unique("crowd"), "description": "d",
+            "name": unique(name), "description": "d",
             "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
                            "location": {"type": "Point", "coordinates": [10, 53]}}],
             "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
@@ -268,7 +267,13 @@ def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server:
                                         "metadata": "m"},
                              "ObservedProperty": {"name": "p", "definition": "p", "description": "d"}}]})
         assert made.status_code == 201, made.text
-        ds = sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        return sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+
+
+def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server: Server) -> None:
+    """Readers crowd one answer that every write changes (they share its computations) while writers post:
+    each writer, reading right after its 201, finds its Observation or a newer one, on either worker."""
+    ds = new_datastream(server, "crowd")
     # a heavier answer keeps computations in flight longer: more chances for a stale one to be taken
     newest = {"$orderby": "id desc", "$top": "100",
               "$expand": "Datastream($expand=Thing($expand=Locations,Datastreams)),FeatureOfInterest"}
@@ -344,18 +349,7 @@ def test_reads_writes_and_garbage_together_give_no_server_error_and_lose_nothing
     was acknowledged."""
     import paho.mqtt.client as mqtt
 
-    with httpx.Client(base_url=server.url, timeout=60) as setup:
-        made = setup.post("/v1.1/Things", json={
-            "name": unique("faults"), "description": "d",
-            "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
-                           "location": {"type": "Point", "coordinates": [10, 53]}}],
-            "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
-                             "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
-                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
-                                        "metadata": "m"},
-                             "ObservedProperty": {"name": "p", "definition": "p", "description": "d"}}]})
-        assert made.status_code == 201, made.text
-        ds = sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    ds = new_datastream(server, "faults")
     stop = threading.Event()
     lock = threading.Lock()
     server_errors: list[str] = []
