@@ -259,11 +259,12 @@ class Service:
                         return self._route(req, Tx(conn, []))
                 else:
                     try:
-                        self.store.writer.yield_to()
-                        if self.cache.depart(flight):  # those who joined read their versions before now
-                            now = self.store.versions(conn, plan.rows)
-                        self.cache.read_at(flight, now, plan.rows)
-                        res, entry = self._read_into_cache(req, conn, plan, now)
+                        with self.cache.turn(key):
+                            self.store.writer.yield_to()
+                            if self.cache.depart(flight):  # those who joined read their versions before now
+                                now = self.store.versions(conn, plan.rows)
+                            self.cache.read_at(flight, now, plan.rows)
+                            res, entry = self._read_into_cache(req, conn, plan, now)
                     finally:
                         self.cache.land(flight, entry)
                     if entry is None:

@@ -121,3 +121,50 @@ def test_under_constant_writes_computations_overlap_and_every_answer_is_fresh() 
     stats = cache.stats()
     assert running[1] > 1  # computations overlapped
     assert stats["shared"] > 0  # and were shared
+
+
+def test_at_most_overlap_computations_of_one_answer_run_at_once_and_others_gather_meanwhile() -> None:
+    """A leader waits for its turn before it departs: at most `overlap` computations of a key run together, and
+    the requests arriving while it waits join its flight (one computation for all of them)."""
+    cache = ResponseCache(overlap=2)
+    running = [0, 0]
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def lead(now: int) -> None:
+        flight, leads = cache.board(KEY, {"observations": now}, ())
+        assert leads
+        with cache.turn(KEY):
+            with lock:
+                running[0] += 1
+                running[1] = max(running[1], running[0])
+            cache.depart(flight)
+            cache.read_at(flight, {"observations": now}, ())
+            release.wait(5)
+            with lock:
+                running[0] -= 1
+            cache.land(flight, entry(cache, {"observations": now}, str(now).encode()))
+
+    first = [threading.Thread(target=lead, args=(v,)) for v in (1, 2)]
+    for t in first:
+        t.start()
+    for _ in range(100):  # both hold a turn
+        with lock:
+            if running[0] == 2:
+                break
+        threading.Event().wait(0.01)
+    third = threading.Thread(target=lead, args=(3,))
+    third.start()
+    for _ in range(100):  # the third is gathering: waiting for a turn, not departed
+        if KEY in cache._gathering:
+            break
+        threading.Event().wait(0.01)
+    joined, leads = cache.board(KEY, {"observations": 3}, ())
+    assert not leads
+    with lock:
+        assert running[0] == 2
+    release.set()
+    for t in [*first, third]:
+        t.join(5)
+    assert running[1] == 2
+    assert joined.future.result(5) is not None and joined.future.result().body == b"3"
