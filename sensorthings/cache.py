@@ -82,31 +82,28 @@ class ResponseCache:
 
     def join(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> Flight | None:
         """The computation of `key` whose answer is fresh for a request that read the versions `now`, joined (a
-        miss): the one still gathering, or one reading at those versions; None when there is none."""
-        seen = basis(now, rows)
+        miss): one reading at those versions, or the one still gathering; None when there is none."""
         with self._lock:
-            self.misses += 1
-            # one reading already ends sooner than one still gathering
-            flight = next((f for f in self._reading.get(key, ()) if f.basis == seen), None) or self._gathering.get(key)
-            if flight is not None:
-                flight.followers += 1
-                self.shared += 1
-            return flight
+            return self._join(key, basis(now, rows))
 
     def board(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> tuple[Flight, bool]:
         """A computation of `key` to take the answer from (False) or, when none can serve, a new one that this
-        request leads (True): then `depart`, `read_at` and `land` it."""
-        flight = self.join(key, now, rows)
-        if flight is not None:
-            return flight, False
+        request leads (True): then `turn`, `depart`, `read_at` and `land` it."""
         with self._lock:
-            flight = self._gathering.get(key)
-            if flight is not None:  # gathered meanwhile by another
-                flight.followers += 1
-                self.shared += 1
+            flight = self._join(key, basis(now, rows))
+            if flight is not None:
                 return flight, False
             flight = self._gathering[key] = Flight(key)
             return flight, True
+
+    def _join(self, key: tuple, seen: tuple) -> Flight | None:
+        # under the lock; one reading already ends sooner than one still gathering
+        self.misses += 1
+        flight = next((f for f in self._reading.get(key, ()) if f.basis == seen), None) or self._gathering.get(key)
+        if flight is not None:
+            flight.followers += 1
+            self.shared += 1
+        return flight
 
     @contextmanager
     def turn(self, key: tuple) -> Iterator[None]:
