@@ -22,11 +22,11 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from apicommon.lru import SizedLRU
-from sensorthings.store.versions import holds
-
-Versions = tuple[tuple[str, int], ...]
+from sensorthings.fragments import FragmentCache
+from sensorthings.store.versions import Versions, holds
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class ResponseCache:
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_entry: int = 4 * 1024 * 1024, overlap: int = 2) -> None:
         self.max_entry = max_entry
+        # the JSON of single entities of a page, for answers computed again (a quarter of the budget)
+        self.fragments = FragmentCache(max_bytes // 4)
         self.overlap = overlap  # computations of one answer at once, at most
         self._entries: SizedLRU[Entry] = SizedLRU(max_bytes, lambda e: len(e.body))
         self._lock = threading.Lock()  # the counters and the flights
@@ -158,9 +160,10 @@ class ResponseCache:
             self._entries.put(key, entry)
         return entry
 
-    def stats(self) -> dict[str, int]:
-        """Hits, misses (of them shared: answered by another request's computation), entries and bytes held."""
+    def stats(self) -> dict[str, Any]:
+        """Hits, misses (of them shared: answered by another request's computation), entries and bytes held; the
+        same of the fragments."""
         entries, size = self._entries.stats()
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "entries": entries,
-                    "bytes": size}
+                    "bytes": size, "fragments": self.fragments.stats()}

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.access import visible
+from sensorthings.fragments import Fragment, FragmentCache, keeps, owned_versions
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
@@ -45,6 +46,7 @@ from sensorthings.query.unparse import next_link
 from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES, series_index_columns
+from sensorthings.store.versions import ALL, NOW_KEY, READ_KEY
 from sensorthings.times import format_instant, format_time
 
 ESTIMATE_COUNT_ABOVE = 1_000_000  # rows of a whole table (PostgreSQL's reltuples) whose `$count` is estimated
@@ -69,6 +71,7 @@ class Reader:
     default_top: int = Limits.default_top
     hide_internal: bool = False  # for a reader without the read role: see sensorthings.access
     exact_count: bool = False  # count a huge set too (else its `$count` is the planner's estimate)
+    fragments: FragmentCache | None = None  # entities' JSON kept across answers (sensorthings.fragments)
 
     def __post_init__(self) -> None:
         self.translator = Translator(self.store.dialect)
@@ -160,7 +163,7 @@ class Reader:
         out: dict[str, Any] = {}
         if count is not None:
             out.update(count_annotations(count))
-        out["value"] = self.serialize_rows(conn, entity, rows, options)
+        out["value"] = self._serialize_page(conn, entity, rows, options)
         if token is not None:
             out["@iot.nextLink"] = next_url(token or None)
         return out
@@ -188,6 +191,52 @@ class Reader:
         return out
 
     # -- pieces ----------------------------------------------------------------------------------
+    def _serialize_page(self, conn: Connection, entity: EntityType, rows: Sequence[Mapping[str, Any]],
+                        options: QueryOptions) -> list[Any]:
+        """A page's entities as `serialize_rows` writes them; in a read the response cache keeps (versions known),
+        the JSON of every entity nothing under it has changed since is taken from its fragment
+        (sensorthings.fragments) and only the others are read."""
+        now = conn.info.get(NOW_KEY)
+        if self.fragments is None or now is None or not rows or not keeps(entity, options):
+            return self.serialize_rows(conn, entity, rows, options)
+        tracked = conn.info.pop(READ_KEY, None)  # what the streams are is not part of the answer
+        try:
+            owned = owned_versions(conn, entity, [r["id"] for r in rows])
+        finally:
+            if tracked is not None:
+                conn.info[READ_KEY] = tracked
+        shape = self.fragments.shape((entity.table, self.base, self.hide_internal, options.select, options.expand))
+        found: dict[int, Fragment] = {}
+        missing = []
+        for row in rows:
+            fragment = self.fragments.get((shape, row["id"]), owned[row["id"]], now)
+            if fragment is None:
+                missing.append(row)
+            else:
+                found[row["id"]] = fragment
+        docs: dict[int, Any] = {}
+        if missing:
+            read = {entity.table}  # the rows themselves came from the page's statement
+            conn.info[READ_KEY] = read
+            try:
+                written = self.serialize_rows(conn, entity, missing, options)
+            finally:
+                if tracked is None:
+                    conn.info.pop(READ_KEY, None)
+                else:
+                    conn.info[READ_KEY] = tracked
+                    tracked |= read
+            for row, doc in zip(missing, written, strict=True):
+                if ALL in read:  # raw SQL: what it depends on is unknown
+                    docs[row["id"]] = doc
+                else:
+                    found[row["id"]] = self.fragments.put((shape, row["id"]), owned[row["id"]], read, now,
+                                                          orjson.dumps(doc))
+        if tracked is not None:
+            for fragment in found.values():
+                tracked |= fragment.read
+        return [orjson.Fragment(found[id_].body) if id_ in found else docs[id_] for id_ in (r["id"] for r in rows)]
+
     def _filter(self, entity: EntityType, table: FromClause, options: QueryOptions) -> ColumnElement | None:
         conds = []
         if options.filter is not None:

@@ -45,7 +45,7 @@ from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, Store
 from sensorthings.store.group_commit import Written
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
-from sensorthings.store.versions import READ_KEY, confined, stamp
+from sensorthings.store.versions import NOW_KEY, READ_KEY, confined, stamp
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -122,6 +122,9 @@ class Service:
                                      "http://udp.local/v1.1", "application/json"))
         if res.status >= 400:
             raise RuntimeError(f"{method} {path}: {res.status} {res.content().decode(errors='replace')[:300]}")
+        if res.raw is not None or (self.cache is not None and res.text is None and res.body is not None):
+            # from the response cache: encoded, or holding encoded fragments (sensorthings.fragments)
+            return orjson.loads(res.content())
         return res.body
 
     def handle(self, req: ApiRequest, tx: Tx | None = None, now: dict[str, int] | None = None) -> ApiResponse:
@@ -277,10 +280,12 @@ class Service:
         assert self.cache is not None
         read: set[str] = set()
         conn.info[READ_KEY] = read
+        conn.info[NOW_KEY] = now
         try:
             res = self._route(req, Tx(conn, []))
         finally:
             conn.info.pop(READ_KEY, None)
+            conn.info.pop(NOW_KEY, None)
         if res.status != 200 or res.text is not None:
             return res, None
         return res, self.cache.put(plan.key, stamp(read, now, TABLES, plan.scope), res.status, res.content(),
@@ -355,7 +360,7 @@ class Service:
         entity = resource.entity
         opts = parsed = self.options(req, entity)
         reader = Reader(self.store, req.base, self.limits.default_top, hide_internal=not req.sees_internal,
-                        exact_count=req.exact_count)
+                        exact_count=req.exact_count, fragments=None if self.cache is None else self.cache.fragments)
         where = condition(resource)
         with self._reading(tx) as conn:
             if resource.single:

@@ -32,6 +32,7 @@ ROW_VERSIONS = "sta_row_versions"
 ROW_TABLES = ("observations", "datastreams", "multi_datastreams")  # the tables whose rows have versions
 SHARDS = 8
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
+Versions = tuple[tuple[str, int], ...]  # (table or row key, version), sorted
 
 def _row_key(table: str, row: str = "") -> str:
     """The SQL of a row's version key (`confined` makes the same keys): an Observation's stream, a stream's id.
@@ -190,7 +191,7 @@ def confined(entity_table: str, id_: int) -> dict[str, str]:
 
 
 def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str],
-          scope: Mapping[str, str] | None = None) -> tuple[tuple[str, int], ...]:
+          scope: Mapping[str, str] | None = None) -> Versions:
     """The versions a read depends on: of the tables it read (of `every` table when it read raw SQL, or
     when nothing was noted: an answer is never kept as if it depended on nothing); with `scope` (`confined`),
     of the row keys standing for the tables it names."""
@@ -200,7 +201,7 @@ def stamp(read: set[str], now: Mapping[str, int], every: Iterable[str],
     return tuple(sorted((name, now.get(name, 0)) for name in names))
 
 
-def holds(versions: tuple[tuple[str, int], ...], now: Mapping[str, int]) -> bool:
+def holds(versions: Versions, now: Mapping[str, int]) -> bool:
     """True while no table in `versions` has been written since."""
     return all(now.get(name, 0) == version for name, version in versions)
 
@@ -208,6 +209,7 @@ def holds(versions: tuple[tuple[str, int], ...], now: Mapping[str, int]) -> bool
 # -- which tables a read touched -------------------------------------------------------------------
 _TABLES_OF: dict[Any, frozenset[str]] = {}  # statement -> the tables it reads (statements are reused)
 READ_KEY = "udp_tables_read"
+NOW_KEY = "udp_versions_now"  # conn.info: the versions a cached read reads at (sensorthings.fragments uses them)
 
 
 def track_reads(engine: Engine) -> None:

@@ -1,0 +1,197 @@
+"""Entity fragments: each entity of a page kept as its JSON with its expansions, while what it was read from stands.
+
+A write changes a whole answer but seldom a whole page: an Observation posted to one Datastream changes the
+expanded Things (`Things?$expand=Locations,Datastreams($expand=Observations($top=1))`) in one Thing of a hundred.
+So an answer the response cache must compute again reuses the JSON of every entity nothing under it has changed,
+and reads only the others.
+
+What stands under an entity is told in two parts:
+- its *own* streams: a Thing owns its Datastreams and MultiDatastreams and their Observations, a (Multi)Datastream
+  itself and its Observations. Those are told by the row versions the database keeps per stream
+  (sensorthings.store.versions: `datastreams@7`, `observations@d7`), read for the streams the entity has now: a
+  stream added, moved or deleted changes the list, a write to one changes its versions;
+- every other table the fragment was read from: by the tables' versions, as the response cache does.
+
+A fragment may reach its own streams only along the way down from its entity (`Thing → Datastreams → Observations`):
+one that reads Datastreams or Observations any other way (`Datastreams/Thing/Datastreams`, a `$filter` inside
+`$expand` that navigates) depends on streams the entity does not own, and is not kept in fragments.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    CompoundSelect,
+    Connection,
+    MetaData,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from apicommon.lru import SizedLRU
+from sensorthings.model import EntityType, target_of
+from sensorthings.query.tree import BinaryOp, Call, Expand, Expr, OrderBy, Path, QueryOptions, UnaryOp
+from sensorthings.store.schema import TABLES
+from sensorthings.store.versions import ROW_VERSIONS, Versions, holds
+
+_row_versions = Table(ROW_VERSIONS, MetaData(), Column("key", Text, primary_key=True), Column("version", BigInteger))
+
+# per entity: its own streams, as (stream table, the column naming their owner, the stream kind in row keys)
+_STREAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "things": (("datastreams", "thing_id", "d"), ("multi_datastreams", "thing_id", "m")),
+    "datastreams": (("datastreams", "id", "d"),),
+    "multi_datastreams": (("multi_datastreams", "id", "m"),),
+}
+# the steps down from an entity to what it owns
+_OWNING_STEPS = frozenset({("things", "datastreams"), ("things", "multi_datastreams"),
+                           ("datastreams", "observations"), ("multi_datastreams", "observations")})
+OWNED_TABLES = frozenset({"datastreams", "multi_datastreams", "observations"})
+
+_NUMBERS = itertools.count()
+Owned = tuple[tuple[str, int, int, int], ...]  # (kind, stream id, its row's version, its Observations' version)
+
+
+def keeps(entity: EntityType, options: QueryOptions) -> bool:
+    """True when `entity`'s JSON under `options` can be kept as fragments: it owns streams, something is expanded
+    (else reading it costs no more than finding a fragment), and every expansion reaches owned tables only down
+    from the entity."""
+    return entity.table in _STREAMS and bool(options.expand) and _within(entity, options.expand, True)
+
+
+def _within(entity: EntityType, items: Iterable[Expand], owning: bool) -> bool:
+    for item in items:
+        nav = entity.nav_by_name[item.name]
+        target = target_of(nav)
+        down = owning and (entity.table, target.table) in _OWNING_STEPS
+        if target.table in OWNED_TABLES and not down:
+            return False
+        opts = item.options
+        exprs = [opts.filter, *(o.expr for o in opts.orderby)]
+        if any(_navigates(target, e) for e in exprs if e is not None):
+            return False
+        if not _within(target, opts.expand, down):
+            return False
+    return True
+
+
+def _navigates(entity: EntityType, expr: Expr | OrderBy) -> bool:
+    """True when an expression reads another entity (a path through a navigation property)."""
+    if isinstance(expr, Path):
+        return expr.segments[0] in entity.nav_by_name
+    if isinstance(expr, BinaryOp):
+        return _navigates(entity, expr.left) or _navigates(entity, expr.right)
+    if isinstance(expr, UnaryOp):
+        return _navigates(entity, expr.operand)
+    if isinstance(expr, Call):
+        return any(_navigates(entity, a) for a in expr.args)
+    return False
+
+
+def owned_versions(conn: Connection, entity: EntityType, ids: list[int]) -> dict[int, Owned]:
+    """Per entity id: its own streams now and their row versions (read before the fragments they stand for)."""
+    dialect = conn.dialect.name
+    statement = _OWNED.get((dialect, entity.table))
+    if statement is None:
+        statement = _OWNED[(dialect, entity.table)] = _owned_statement(dialect, entity.table)
+    out: dict[int, list[tuple[str, int, int, int]]] = {id_: [] for id_ in ids}
+    bound = ids if dialect == "postgresql" else orjson.dumps(ids).decode()
+    for owner_id, kind, id_, row_version, obs_version in conn.execute(statement, {"ids": bound}).all():
+        out[owner_id].append((kind, id_, row_version or 0, obs_version or 0))
+    return {id_: tuple(streams_) for id_, streams_ in out.items()}
+
+
+_OWNED: dict[tuple[str, str], Select | CompoundSelect] = {}
+
+
+def _owned_statement(dialect: str, table_name: str) -> Select | CompoundSelect:
+    """The streams of the entities whose ids are bound as `ids` (an array on PostgreSQL, a JSON array on SQLite)
+    and their row versions: built once, since building it cost more than running it."""
+    if dialect == "postgresql":
+        def among(column: Any) -> Any:
+            return column == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+    else:
+        def among(column: Any) -> Any:
+            return column.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value))
+    parts = []
+    for stream_table, owner, kind in _STREAMS[table_name]:
+        table = TABLES[stream_table]
+        row, obs = _row_versions.alias(f"{kind}_row_version"), _row_versions.alias(f"{kind}_observations_version")
+        # the keys spelled as the triggers spell them (sensorthings.store.versions), constants written out so that
+        # the planner looks each up in the primary key
+        id_text = cast(table.c.id, Text)
+        parts.append(
+            select(table.c[owner].label("owner"), literal_column(f"'{kind}'", Text).label("kind"), table.c.id,
+                   row.c.version.label("row_version"), obs.c.version.label("observations_version"))
+            .select_from(table.outerjoin(row, row.c.key == literal_column(f"'{stream_table}@'", Text) + id_text)
+                         .outerjoin(obs, obs.c.key == literal_column(f"'observations@{kind}'", Text) + id_text))
+            .where(among(table.c[owner])))
+    return union_all(*parts) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One entity's JSON, the streams it owned and the versions of the other tables it was read from."""
+
+    owned: Owned
+    versions: Versions
+    body: bytes
+    read: frozenset[str]  # the tables it was read from: an answer built from it depends on them too
+
+
+class FragmentCache:
+    """Fragments by (request shape, entity id), bounded by their bytes."""
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self._items: SizedLRU[Fragment] = SizedLRU(max_bytes, lambda f: len(f.body))
+        self._shapes: dict[Hashable, int] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def shape(self, shape: Hashable) -> int:
+        """A number for a request shape (its options are deep: hashed once per request, not once per entity)."""
+        found = self._shapes.get(shape)
+        if found is None:
+            if len(self._shapes) > 1024:
+                # numbers are never given twice: the fragments of forgotten shapes age out of the LRU
+                self._shapes.clear()
+            found = self._shapes[shape] = next(_NUMBERS)
+        return found
+
+    def get(self, key: Hashable, owned: Owned, now: Mapping[str, int]) -> Fragment | None:
+        """The fragment for `key` if its entity owns the same streams at the same versions and nothing else it was
+        read from has been written since."""
+        found = self._items.get(key, lambda f: f.owned == owned and holds(f.versions, now))
+        # counted without a lock: a statistic, and a lost increment under a race does no harm
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key: Hashable, owned: Owned, read: set[str], now: Mapping[str, int], body: bytes) -> Fragment:
+        """Keep an entity's JSON read at `now` (the versions read before it) from the tables `read`."""
+        others = sorted(read - OWNED_TABLES)
+        fragment = Fragment(owned, tuple((name, now.get(name, 0)) for name in others), body, frozenset(read))
+        self._items.put(key, fragment)
+        return fragment
+
+    def stats(self) -> dict[str, Any]:
+        """Hits, misses, entries and bytes held."""
+        entries, size = self._items.stats()
+        return {"hits": self.hits, "misses": self.misses, "entries": entries, "bytes": size}
