@@ -312,6 +312,55 @@ def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server:
     assert not stale, f"reads older than the reader's own write: {stale[:5]}"
 
 
+def test_expanded_things_built_from_fragments_always_show_the_writers_own_writes(server: Server) -> None:
+    """Readers crowd the expanded Things (an answer each worker builds again from the Things' fragments, reading
+    only the Things written under: sensorthings.fragments) while four writers post, each to a Datastream of its
+    own Thing: each, reading right after its 201, finds its Observation as its Datastream's newest, on either
+    worker."""
+    tag = unique("fragments")
+    streams = [new_datastream(server, f"{tag}-{k}") for k in range(4)]
+    expanded = {"$filter": f"startswith(name,'{tag}')", "$orderby": "id",
+                "$expand": "Locations,Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"}
+    stop = threading.Event()
+    stale: list[tuple[int, int | None]] = []
+    checked = [0]
+
+    def read() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                sta_get(client, "Things", expanded)
+
+    def write(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for i in range(40):
+                r = client.post("/v1.1/Observations", json={"phenomenonTime": f"2024-06-01T00:{i:02d}:00Z",
+                                                            "result": i, "Datastream": {"@iot.id": streams[k]}})
+                assert r.status_code == 201, r.text
+                mine = r.json()["@iot.id"]
+                things = sta_get(client, "Things", expanded)["value"]
+                assert len(things) == 4
+                newest = things[k]["Datastreams"][0]["Observations"]
+                checked[0] += 1
+                if not newest or newest[0]["@iot.id"] != mine:
+                    stale.append((mine, newest[0]["@iot.id"] if newest else None))
+
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    for t in readers:
+        t.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert checked[0] == 160
+    assert not stale, f"expanded Things older than the writer's own write: {stale[:5]}"
+    kept = [client_health["response_cache"]["fragments"]["hits"] for client_health in
+            (httpx.get(f"{server.url}/health", timeout=30).json() for _ in range(8))]
+    assert max(kept) > 0, "no answer was built from kept fragments"
+
+
 def test_a_burst_of_new_connections_is_spread_over_the_workers(server: Server) -> None:
     """16 connections opened at once (a load test, a proxy's pool): each worker listens on a socket of its own
     (udp.workers), so the kernel hands them to both, where one shared socket gave nearly all to one."""
