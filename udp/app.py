@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -251,16 +250,8 @@ CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "Accept-Language", "I
 CORS_EXPOSED = ("ETag", "Location", "Content-Crs", "Link", "Retry-After", "WWW-Authenticate")
 
 
-def switch_often() -> None:
-    """Let the interpreter switch threads every 0.5 ms instead of 5: a serving process runs busy threads (reads
-    computed, the Observation writer, broker, bridge, notifier), and a database round trip would otherwise wait
-    up to 5 ms for the GIL after each reply. Per process: a worker spawned by uvicorn sets it again."""
-    sys.setswitchinterval(0.0005)
-
-
 def app_from_env() -> Starlette:
     """App factory for uvicorn workers: the configuration comes from UDP_* environment variables."""
-    switch_often()
     config = load_config(os.environ.get("UDP_CONFIG") or None)
     if os.environ.get("UDP_STORE"):
         config.store = os.environ["UDP_STORE"]
