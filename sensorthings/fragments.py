@@ -12,6 +12,10 @@ What stands under an entity is told in two parts:
   stream added, moved or deleted changes the list, a write to one changes its versions;
 - every other table the fragment was read from: by the tables' versions, as the response cache does.
 
+Observations without expansions are kept by row too: an Observation's JSON is its row's, and rows once written
+change only by an update or a delete (each raises the version `observations_rewritten`): a chart read again after a
+write reads one Observation's JSON anew, not two hundred.
+
 A fragment may reach its own streams only along the way down from its entity (`Thing → Datastreams → Observations`):
 one that reads Datastreams or Observations any other way (`Datastreams/Thing/Datastreams`, a `$filter` inside
 `$expand` that navigates) depends on streams the entity does not own, and is not kept in fragments.
@@ -72,6 +76,13 @@ def keeps(entity: EntityType, options: QueryOptions) -> bool:
     (else reading it costs no more than finding a fragment), and every expansion reaches owned tables only down
     from the entity."""
     return entity.table in _STREAMS and bool(options.expand) and _within(entity, options.expand, True)
+
+
+def keeps_rows(entity: EntityType, options: QueryOptions) -> bool:
+    """True when `entity`'s JSON under `options` is its row's alone and can be kept by row: Observations with nothing
+    expanded. Observations are written once and seldom changed: such a fragment stands while no Observation
+    already written is updated or deleted (sensorthings.store.versions.REWRITTEN), however many are added."""
+    return entity.table == "observations" and not options.expand
 
 
 def _within(entity: EntityType, items: Iterable[Expand], owning: bool) -> bool:

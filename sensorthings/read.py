@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.access import visible
-from sensorthings.fragments import Fragment, FragmentCache, keeps, owned_versions
+from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, owned_versions
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
@@ -46,7 +46,7 @@ from sensorthings.query.unparse import next_link
 from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES, series_index_columns
-from sensorthings.store.versions import ALL, NOW_KEY, READ_KEY
+from sensorthings.store.versions import ALL, NOW_KEY, READ_KEY, REWRITTEN
 from sensorthings.times import format_instant, format_time
 
 ESTIMATE_COUNT_ABOVE = 1_000_000  # rows of a whole table (PostgreSQL's reltuples) whose `$count` is estimated
@@ -197,11 +197,19 @@ class Reader:
         the JSON of every entity nothing under it has changed since is taken from its fragment
         (sensorthings.fragments) and only the others are read."""
         now = conn.info.get(NOW_KEY)
-        if self.fragments is None or now is None or not rows or not keeps(entity, options):
+        if self.fragments is None or now is None or not rows:
             return self.serialize_rows(conn, entity, rows, options)
-        tracked = conn.info.pop(READ_KEY, None)  # what the streams are is not part of the answer
+        tracked = conn.info.pop(READ_KEY, None)
         try:
-            owned = owned_versions(conn, entity, [r["id"] for r in rows])
+            if keeps(entity, options):
+                # what the streams are is not part of the answer: read untracked
+                owned = owned_versions(conn, entity, [r["id"] for r in rows])
+                depends = {entity.table}  # the rows themselves came from the page's statement
+            elif keeps_rows(entity, options):
+                owned = {}
+                depends = {REWRITTEN}
+            else:
+                return self.serialize_rows(conn, entity, rows, options)
         finally:
             if tracked is not None:
                 conn.info[READ_KEY] = tracked
@@ -209,14 +217,14 @@ class Reader:
         found: dict[int, Fragment] = {}
         missing = []
         for row in rows:
-            fragment = self.fragments.get((shape, row["id"]), owned[row["id"]], now)
+            fragment = self.fragments.get((shape, row["id"]), owned.get(row["id"], ()), now)
             if fragment is None:
                 missing.append(row)
             else:
                 found[row["id"]] = fragment
         docs: dict[int, Any] = {}
         if missing:
-            read = {entity.table}  # the rows themselves came from the page's statement
+            read = set(depends)
             conn.info[READ_KEY] = read
             try:
                 written = self.serialize_rows(conn, entity, missing, options)
@@ -230,7 +238,7 @@ class Reader:
                 if ALL in read:  # raw SQL: what it depends on is unknown
                     docs[row["id"]] = doc
                 else:
-                    found[row["id"]] = self.fragments.put((shape, row["id"]), owned[row["id"]], read, now,
+                    found[row["id"]] = self.fragments.put((shape, row["id"]), owned.get(row["id"], ()), read, now,
                                                           orjson.dumps(doc))
         if tracked is not None:
             for fragment in found.values():

@@ -11,6 +11,8 @@ the tables it read; while they stand, its answer stands (sensorthings.cache).
   wait for each other. The versions become visible in the same commit as the data.
 - SQLite: one writer at a time, so a row trigger raises the version inside the writing transaction.
 
+Besides the tables, `observations_rewritten` (REWRITTEN): raised by updates and deletes of Observations only.
+
 Besides the tables, rows: each (Multi)Datastream has a version of its own row and one of its Observations
 (`sta_row_versions`, keys `datastreams@7`, `observations@d7`; `m` for a MultiDatastream), kept the same way
 (PostgreSQL: statement triggers read the rows from their transition tables). A read confined to one
@@ -31,6 +33,9 @@ VERSIONS = "sta_versions"
 ROW_VERSIONS = "sta_row_versions"
 ROW_TABLES = ("observations", "datastreams", "multi_datastreams")  # the tables whose rows have versions
 SHARDS = 8
+# raised by every change to Observations already written (an update, a delete), not by new ones: while it stands, an
+# Observation's JSON stands (sensorthings.fragments)
+REWRITTEN = "observations_rewritten"
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
 Versions = tuple[tuple[str, int], ...]  # (table or row key, version), sorted
 
@@ -51,13 +56,15 @@ CREATE UNLOGGED TABLE IF NOT EXISTS sta_version_flush (xid bigint NOT NULL);
 CREATE OR REPLACE FUNCTION sta_note_write() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     noted text := coalesce(current_setting('sta.written', true), '');
+    -- the version to raise: the table's, or the one the trigger names (REWRITTEN)
+    written text := coalesce(TG_ARGV[0], TG_TABLE_NAME);
 BEGIN
     IF noted = '' THEN
-        PERFORM set_config('sta.written', TG_TABLE_NAME, true);
+        PERFORM set_config('sta.written', written, true);
         -- a row here fires sta_flush_versions once, at commit
         INSERT INTO sta_version_flush VALUES (txid_current());
-    ELSIF position(',' || TG_TABLE_NAME || ',' IN ',' || noted || ',') = 0 THEN
-        PERFORM set_config('sta.written', noted || ',' || TG_TABLE_NAME, true);
+    ELSIF position(',' || written || ',' IN ',' || noted || ',') = 0 THEN
+        PERFORM set_config('sta.written', noted || ',' || written, true);
     END IF;
     RETURN NULL;
 END $$;
@@ -120,7 +127,8 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         # process opening the store while others write (`udp seed`, a re-import) deadlocked with them
         have = {(t, n) for t, n in conn.exec_driver_sql(
             "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE t.tgname IN ('sta_note_write', 'sta_flush_versions') AND pg_table_is_visible(c.oid)").all()}
+            "WHERE t.tgname IN ('sta_note_write', 'sta_flush_versions', 'sta_note_rewrite') "
+            "AND pg_table_is_visible(c.oid)").all()}
         if ("sta_version_flush", "sta_flush_versions") not in have:
             conn.exec_driver_sql(_PG_FLUSH_TRIGGER)
         for name in names:
@@ -128,6 +136,10 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
                 conn.exec_driver_sql(
                     f"CREATE TRIGGER sta_note_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {name} "
                     "FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write()")
+        if "observations" in names and ("observations", "sta_note_rewrite") not in have:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER sta_note_rewrite AFTER UPDATE OR DELETE OR TRUNCATE ON observations "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{REWRITTEN}')")
         row_triggers = {(t, n) for t, n in conn.exec_driver_sql(
             "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
             "WHERE left(t.tgname, 9) = 'sta_rows_' AND pg_table_is_visible(c.oid)").all()}
@@ -144,12 +156,16 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         return
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) VALUES "
-                         + ", ".join(f"('{name}', 0)" for name in names))
+                         + ", ".join(f"('{name}', 0)" for name in [*names, REWRITTEN]))
     bump = f"BEGIN UPDATE {VERSIONS} SET version = version + 1 WHERE name = '{{name}}'; END"
     for name in names:
         for op in ("INSERT", "UPDATE", "DELETE"):
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_version_{op.lower()}_{name} AFTER {op} ON {name} "
                                  + bump.format(name=name))
+    if "observations" in names:
+        for op in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rewrite_{op.lower()}_observations AFTER {op} "
+                                 "ON observations " + bump.format(name=REWRITTEN))
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {ROW_VERSIONS} (key TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     for name in ROW_TABLES:
         if name not in names:
