@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -270,6 +270,27 @@ def new_datastream(server: Server, name: str) -> int:
         return sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
 
 
+def crowded(server: Server, path: str, params: dict[str, str], write: Callable[[int], None]) -> None:
+    """Six readers crowd one answer (`path` with `params`) while four writers run `write(0)` … `write(3)`."""
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                sta_get(client, path, params)
+
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    for t in readers:
+        t.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+
+
 def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server: Server) -> None:
     """Readers crowd one answer that every write changes (they share its computations) while writers post:
     each writer, reading right after its 201, finds its Observation or a newer one, on either worker."""
@@ -277,14 +298,8 @@ def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server:
     # a heavier answer keeps computations in flight longer: more chances for a stale one to be taken
     newest = {"$orderby": "id desc", "$top": "100",
               "$expand": "Datastream($expand=Thing($expand=Locations,Datastreams)),FeatureOfInterest"}
-    stop = threading.Event()
     stale: list[tuple[int, int]] = []
     checked = [0]
-
-    def read() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            while not stop.is_set():
-                sta_get(client, "Observations", newest)
 
     def write(k: int) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -298,16 +313,7 @@ def test_reads_in_crowds_under_writes_always_show_the_readers_own_writes(server:
                 if seen < mine:
                     stale.append((mine, seen))
 
-    readers = [threading.Thread(target=read) for _ in range(6)]
-    for t in readers:
-        t.start()
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(write, range(4)))
-    finally:
-        stop.set()
-        for t in readers:
-            t.join()
+    crowded(server, "Observations", newest, write)
     assert checked[0] == 160
     assert not stale, f"reads older than the reader's own write: {stale[:5]}"
 
@@ -321,14 +327,8 @@ def test_expanded_things_built_from_fragments_always_show_the_writers_own_writes
     streams = [new_datastream(server, f"{tag}-{k}") for k in range(4)]
     expanded = {"$filter": f"startswith(name,'{tag}')", "$orderby": "id",
                 "$expand": "Locations,Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"}
-    stop = threading.Event()
     stale: list[tuple[int, int | None]] = []
     checked = [0]
-
-    def read() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            while not stop.is_set():
-                sta_get(client, "Things", expanded)
 
     def write(k: int) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -344,16 +344,7 @@ def test_expanded_things_built_from_fragments_always_show_the_writers_own_writes
                 if not newest or newest[0]["@iot.id"] != mine:
                     stale.append((mine, newest[0]["@iot.id"] if newest else None))
 
-    readers = [threading.Thread(target=read) for _ in range(6)]
-    for t in readers:
-        t.start()
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(write, range(4)))
-    finally:
-        stop.set()
-        for t in readers:
-            t.join()
+    crowded(server, "Things", expanded, write)
     assert checked[0] == 160
     assert not stale, f"expanded Things older than the writer's own write: {stale[:5]}"
     kept = [client_health["response_cache"]["fragments"]["hits"] for client_health in
