@@ -216,3 +216,34 @@ def test_new_observations_leave_the_rewritten_version_standing(store_url: str) -
         assert after.get("observations_rewritten", 0) == before.get("observations_rewritten", 0)
     finally:
         store.close()
+
+
+def test_a_store_made_before_the_rewritten_version_gets_it_on_open(store_url: str) -> None:
+    """An existing database (its triggers made by an older platform) gets the triggers of `observations_rewritten`
+    when the store opens: an update raises it from then on."""
+    store = Store.open(store_url)
+    try:
+        with store.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("DROP TRIGGER sta_note_rewrite ON observations")
+            else:
+                for op in ("update", "delete"):
+                    conn.exec_driver_sql(f"DROP TRIGGER sta_rewrite_{op}_observations")
+    finally:
+        store.close()
+    store = Store.open(store_url)
+    try:
+        pair = Pair(store)
+        made = pair.cached.call("POST", "Things", {
+            "name": "t", "description": "d", "Datastreams": [stream("x")],
+            "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [10, 53]}}]})
+        ds = pair.cached.call("GET", f"Things({made['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        obs = pair.post_observation(ds, 1.0, "2026-01-01T00:00:00Z")
+        before = rewritten(pair)
+        pair.cached.call("PATCH", f"Observations({obs})", {"result": 2.0})
+        assert rewritten(pair) > before
+        pair.cached.call("DELETE", f"Observations({obs})")
+        assert rewritten(pair) > before + 1
+    finally:
+        store.close()
