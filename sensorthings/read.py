@@ -234,11 +234,12 @@ class Reader:
                 else:
                     conn.info[READ_KEY] = tracked
                     tracked |= read
+            basis = self.fragments.basis(read, now)
             for row, doc in zip(missing, written, strict=True):
                 if ALL in read:  # raw SQL: what it depends on is unknown
                     docs[row["id"]] = doc
                 else:
-                    found[row["id"]] = self.fragments.put((shape, row["id"]), owned.get(row["id"], ()), read, now,
+                    found[row["id"]] = self.fragments.put((shape, row["id"]), owned.get(row["id"], ()), basis,
                                                           orjson.dumps(doc))
         if tracked is not None:
             for fragment in found.values():
