@@ -46,7 +46,7 @@ from sensorthings.query.unparse import next_link
 from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
 from sensorthings.store.schema import TABLES, series_index_columns
-from sensorthings.store.versions import ALL, NOW_KEY, READ_KEY, REWRITTEN
+from sensorthings.store.versions import ALL, NOW_KEY, READ_KEY, REWRITTEN, noting_reads
 from sensorthings.times import format_instant, format_time
 
 ESTIMATE_COUNT_ABOVE = 1_000_000  # rows of a whole table (PostgreSQL's reltuples) whose `$count` is estimated
@@ -199,20 +199,15 @@ class Reader:
         now = conn.info.get(NOW_KEY)
         if self.fragments is None or now is None or not rows:
             return self.serialize_rows(conn, entity, rows, options)
-        tracked = conn.info.pop(READ_KEY, None)
-        try:
-            if keeps(entity, options):
-                # what the streams are is not part of the answer: read untracked
+        if keeps(entity, options):
+            with noting_reads(conn, None):  # what the streams are is not part of the answer
                 owned = owned_versions(conn, entity, [r["id"] for r in rows])
-                depends = {entity.table}  # the rows themselves came from the page's statement
-            elif keeps_rows(entity, options):
-                owned = {}
-                depends = {REWRITTEN}
-            else:
-                return self.serialize_rows(conn, entity, rows, options)
-        finally:
-            if tracked is not None:
-                conn.info[READ_KEY] = tracked
+            depends = {entity.table}  # the rows themselves came from the page's statement
+        elif keeps_rows(entity, options):
+            owned = {}
+            depends = {REWRITTEN}
+        else:
+            return self.serialize_rows(conn, entity, rows, options)
         shape = self.fragments.shape((entity.table, self.base, self.hide_internal, options.select, options.expand))
         found: dict[int, Fragment] = {}
         missing = []
@@ -223,17 +218,10 @@ class Reader:
             else:
                 found[row["id"]] = fragment
         docs: dict[int, Any] = {}
+        read = set(depends)
         if missing:
-            read = set(depends)
-            conn.info[READ_KEY] = read
-            try:
+            with noting_reads(conn, read):
                 written = self.serialize_rows(conn, entity, missing, options)
-            finally:
-                if tracked is None:
-                    conn.info.pop(READ_KEY, None)
-                else:
-                    conn.info[READ_KEY] = tracked
-                    tracked |= read
             basis = self.fragments.basis(read, now)
             for row, doc in zip(missing, written, strict=True):
                 if ALL in read:  # raw SQL: what it depends on is unknown
@@ -241,7 +229,9 @@ class Reader:
                 else:
                     found[row["id"]] = self.fragments.put((shape, row["id"]), owned.get(row["id"], ()), basis,
                                                           orjson.dumps(doc))
-        if tracked is not None:
+        tracked = conn.info.get(READ_KEY)
+        if tracked is not None:  # the answer depends on what its fragments were read from
+            tracked |= read
             for fragment in found.values():
                 tracked |= fragment.read
         return [orjson.Fragment(found[id_].body) if id_ in found else docs[id_] for id_ in (r["id"] for r in rows)]

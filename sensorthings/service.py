@@ -45,7 +45,7 @@ from sensorthings.store.base import Change, NotFound, QueryTimeout, Store, Store
 from sensorthings.store.group_commit import Written
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.schema import TABLES
-from sensorthings.store.versions import NOW_KEY, READ_KEY, confined, stamp
+from sensorthings.store.versions import NOW_KEY, confined, noting_reads, stamp
 
 log = logging.getLogger("udp.sensorthings")
 
@@ -279,12 +279,11 @@ class Service:
         """Answer a GET, noting the tables it reads; a 200 JSON answer is remembered at their versions."""
         assert self.cache is not None
         read: set[str] = set()
-        conn.info[READ_KEY] = read
         conn.info[NOW_KEY] = now
         try:
-            res = self._route(req, Tx(conn, []))
+            with noting_reads(conn, read):
+                res = self._route(req, Tx(conn, []))
         finally:
-            conn.info.pop(READ_KEY, None)
             conn.info.pop(NOW_KEY, None)
         if res.status != 200 or res.text is not None:
             return res, None

@@ -52,6 +52,15 @@ class Pair:
                                                          "Datastream": {"@iot.id": datastream}})["@iot.id"]
 
 
+def station(pair: Pair) -> int:
+    """A new Thing with a Location and one Datastream: the Datastream's id."""
+    made = pair.cached.call("POST", "Things", {
+        "name": "t", "description": "d", "Datastreams": [stream("x")],
+        "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [10, 53]}}]})
+    return pair.cached.call("GET", f"Things({made['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+
+
 def rewritten(pair: Pair) -> int:
     """The version raised by every change to an Observation already written (sensorthings.store.versions)."""
     store = pair.cached.store
@@ -198,11 +207,7 @@ def test_new_observations_leave_the_rewritten_version_standing(store_url: str) -
     store = Store.open(store_url)
     try:
         pair = Pair(store)
-        made = pair.cached.call("POST", "Things", {
-            "name": "t", "description": "d", "Datastreams": [stream("x")],
-            "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
-                           "location": {"type": "Point", "coordinates": [10, 53]}}]})
-        ds = pair.cached.call("GET", f"Things({made['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        ds = station(pair)
         pair.post_observation(ds, 1.0, "2026-01-01T00:00:00Z")
         with store.read() as conn:
             before = store.versions(conn)
@@ -234,11 +239,7 @@ def test_a_store_made_before_the_rewritten_version_gets_it_on_open(store_url: st
     store = Store.open(store_url)
     try:
         pair = Pair(store)
-        made = pair.cached.call("POST", "Things", {
-            "name": "t", "description": "d", "Datastreams": [stream("x")],
-            "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
-                           "location": {"type": "Point", "coordinates": [10, 53]}}]})
-        ds = pair.cached.call("GET", f"Things({made['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        ds = station(pair)
         obs = pair.post_observation(ds, 1.0, "2026-01-01T00:00:00Z")
         before = rewritten(pair)
         pair.cached.call("PATCH", f"Observations({obs})", {"result": 2.0})

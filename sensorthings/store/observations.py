@@ -190,10 +190,8 @@ def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
         (multi, span), = ((m, items[0]) for m, items in spans_of(good).items() if items)
         ids = [conn.execute(_INSERT_ONE_WIDENING[multi], {**good[0], **span}).scalar_one()]
     else:
-        if len(good) == 1:  # one statement where the bulk way takes two
-            ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()]
-        else:
-            ids = bulk_insert(conn, good)
+        # one statement where the bulk way takes two
+        ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()] if len(good) == 1 else bulk_insert(conn, good)
         cover(conn, good)
     for id_, values in zip(ids, good, strict=True):
         values["id"] = id_

@@ -23,7 +23,8 @@ table versions only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -226,6 +227,21 @@ def holds(versions: Versions, now: Mapping[str, int]) -> bool:
 _TABLES_OF: dict[Any, frozenset[str]] = {}  # statement -> the tables it reads (statements are reused)
 READ_KEY = "udp_tables_read"
 NOW_KEY = "udp_versions_now"  # conn.info: the versions a cached read reads at (sensorthings.fragments uses them)
+
+
+@contextmanager
+def noting_reads(conn: Connection, into: set[str] | None) -> Iterator[None]:
+    """Within, the tables the statements on `conn` read are noted in `into` (with None: not noted); whatever noted
+    them before notes again after."""
+    before = conn.info.pop(READ_KEY, None)
+    if into is not None:
+        conn.info[READ_KEY] = into
+    try:
+        yield
+    finally:
+        conn.info.pop(READ_KEY, None)
+        if before is not None:
+            conn.info[READ_KEY] = before
 
 
 def track_reads(engine: Engine) -> None:
