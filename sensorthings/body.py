@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,43 +58,92 @@ def _is_annotation(key: str) -> bool:
     return key.startswith("@iot.") or "@iot." in key
 
 
+Converter = Callable[[Any, dict[str, Any]], None]
+
+
 def convert_value(entity: EntityType, name: str, value: Any, values: dict[str, Any]) -> None:
     """Put one property's value into `values` as the store's columns."""
+    converter(entity, name)(value, values)
+
+
+_CONVERTERS: dict[tuple[str, str], Converter] = {}
+
+
+def converter(entity: EntityType, name: str) -> Converter:
+    """What puts a value of the property `name` into a row's columns (a BodyError names the property). Made once
+    per property: CreateObservations converts a million values a minute, each through the same few."""
+    key = (entity.name, name)  # not the entity: hashing its properties costs more than converting a value
+    found = _CONVERTERS.get(key)
+    if found is None:
+        found = _CONVERTERS[key] = _converter(entity, name)
+    return found
+
+
+def _converter(entity: EntityType, name: str) -> Converter:
     prop = entity.prop_by_name[name]
-    col = prop.column
+    col, kind = prop.column, prop.kind
     where = f"{entity.name}.{name}"
-    try:
-        if value is None:
-            # a null result is a value (nothing was measured); other required properties need one
-            if prop.required and prop.kind is not Kind.RESULT:
-                raise BodyError(f"{where} must not be null")
-            _set_null(prop.kind, col, values)
-        elif prop.kind is Kind.TEXT:
-            if not isinstance(value, str):
-                raise BodyError(f"{where} must be a string")
-            values[col] = value
-        elif prop.kind is Kind.JSON:
-            if name == "properties" and not isinstance(value, dict):
-                raise BodyError(f"{where} must be a JSON object")
-            values[col] = value
-        elif prop.kind is Kind.TIME:
-            values[col] = parse_instant(value)
-        elif prop.kind is Kind.INTERVAL:
-            values[f"{col}_start"], values[f"{col}_end"] = parse_interval(value)
-        elif prop.kind is Kind.TIME_OR_INTERVAL:
-            values[f"{col}_start"], values[f"{col}_end"] = parse_time_or_interval(value)
-        elif prop.kind is Kind.GEOJSON:
+
+    def null(values: dict[str, Any]) -> None:
+        # a null result is a value (nothing was measured); other required properties need one
+        if prop.required and kind is not Kind.RESULT:
+            raise BodyError(f"{where} must not be null")
+        _set_null(kind, col, values)
+
+    def typed(check: Callable[[Any], bool], message: str) -> Converter:
+        def convert(value: Any, values: dict[str, Any]) -> None:
+            if value is None:
+                null(values)
+            elif not check(value):
+                raise BodyError(f"{where} {message}")
+            else:
+                values[col] = value
+        return convert
+
+    def parsed(parse: Callable[[Any], Any], *cols: str) -> Converter:
+        def convert(value: Any, values: dict[str, Any]) -> None:
+            if value is None:
+                null(values)
+                return
+            try:
+                out = parse(value)
+            except BodyError:
+                raise
+            except ValueError as exc:
+                raise BodyError(f"{where}: {exc}") from None
+            if one:
+                values[first] = out
+            else:
+                values.update(zip(cols, out, strict=True))
+        one, first = len(cols) == 1, cols[0]
+        return convert
+
+    if kind is Kind.TEXT:
+        return typed(lambda v: isinstance(v, str), "must be a string")
+    if kind is Kind.JSON:
+        return typed((lambda v: isinstance(v, dict)) if name == "properties" else (lambda _v: True),
+                     "must be a JSON object")
+    if kind is Kind.TIME:
+        return parsed(parse_instant, col)
+    if kind is Kind.INTERVAL:
+        return parsed(parse_interval, f"{col}_start", f"{col}_end")
+    if kind is Kind.TIME_OR_INTERVAL:
+        return parsed(parse_time_or_interval, f"{col}_start", f"{col}_end")
+    if kind is Kind.GEOJSON:
+        def geojson(value: Any) -> tuple[Any, bytes]:
             if not isinstance(value, dict):
                 raise BodyError(f"{where} must be a GeoJSON object")
-            values[col] = value
-            values["geom"] = to_wkb(geometry_of(value))
-        elif prop.kind is Kind.RESULT:
-            (values["result_type"], values["result_number"], values["result_string"],
-             values["result_json"]) = encode_result(value)
-    except ValueError as exc:
-        if isinstance(exc, BodyError):
-            raise
-        raise BodyError(f"{where}: {exc}") from None
+            return value, to_wkb(geometry_of(value))
+        return parsed(geojson, col, "geom")
+    # Kind.RESULT: a null is a value here, typed by encode_result
+    result = parsed(encode_result, "result_type", "result_number", "result_string", "result_json")
+
+    def convert_result(value: Any, values: dict[str, Any]) -> None:
+        if value is None:
+            _set_null(kind, col, values)
+        else:
+            result(value, values)
+    return convert_result
 
 
 def _set_null(kind: Kind, col: str, values: dict[str, Any]) -> None:

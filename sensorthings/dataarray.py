@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensorthings.body import BodyError, convert_value, parse_id
+from sensorthings.body import BodyError, Converter, converter, parse_id
 from sensorthings.model import DATASTREAM, MULTI_DATASTREAM, OBSERVATION, EntityType
 from sensorthings.store.base import Store, StoreError
 from sensorthings.store.observations import ObservationRow
@@ -60,7 +60,8 @@ def _parse(store: Store, conn: Any, data: Any) -> list[ObservationRow | None]:
             raise BodyError("components must include result")
         if not isinstance(rows, list):
             raise BodyError("dataArray must be an array of arrays")
-        out.extend(_row(components, row, stream_col, stream_id) for row in rows)
+        converters = [_foi_id if c == "FeatureOfInterest/id" else converter(OBSERVATION, c) for c in components]
+        out.extend(_row(converters, row, stream_col, stream_id) for row in rows)
     # a request naming a Datastream that does not exist is wrong as a whole, not row by row
     for entity, ids in named.items():
         if missing := store.missing(conn, entity, ids):
@@ -80,16 +81,17 @@ def _stream(group: dict[str, Any]) -> tuple[EntityType, str, int]:
     return entity, col, parse_id(ref["@iot.id"], entity.name)
 
 
-def _row(components: list[str], row: Any, stream_col: str, stream_id: int) -> ObservationRow | None:
-    if not isinstance(row, list) or len(row) != len(components):
+def _foi_id(value: Any, values: dict[str, Any]) -> None:
+    values["feature_of_interest_id"] = parse_id(value, "FeatureOfInterest/id")
+
+
+def _row(converters: list[Converter], row: Any, stream_col: str, stream_id: int) -> ObservationRow | None:
+    if not isinstance(row, list) or len(row) != len(converters):
         return None
     values: dict[str, Any] = {stream_col: stream_id}
     try:
-        for name, value in zip(components, row, strict=True):
-            if name == "FeatureOfInterest/id":
-                values["feature_of_interest_id"] = parse_id(value, "FeatureOfInterest/id")
-            else:
-                convert_value(OBSERVATION, name, value, values)
-    except (BodyError, ValueError):
+        for convert, value in zip(converters, row, strict=True):
+            convert(value, values)
+    except ValueError:  # BodyError among them
         return None
     return ObservationRow(**values)

@@ -26,6 +26,15 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.engine import Dialect
 
 
+def _utc_text(value: datetime | str | None) -> str | None:
+    """SQLite's text of a time: fixed-width ISO 8601 in UTC with microseconds and a Z."""
+    if value is None or isinstance(value, str):
+        return value
+    # isoformat() pads the year to four digits (strftime's %Y writes year 999 as "999", which breaks both the fixed
+    # width and reading back), and it is in C
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
+
+
 class UtcDateTime(types.TypeDecorator):
     """An aware UTC datetime: `timestamptz` on PostgreSQL, fixed-width ISO text on SQLite
     (so that text order is time order and SQLite's date functions read it)."""
@@ -41,12 +50,11 @@ class UtcDateTime(types.TypeDecorator):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None or dialect.name == "postgresql":
             return value
-        if isinstance(value, str):
-            return value
-        v = value.astimezone(UTC)
-        # not strftime: its %Y writes year 999 as "999", which breaks both the fixed width and reading back
-        return (f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}."
-                f"{v.microsecond:06d}Z")
+        return _utc_text(value)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # the text itself, not TypeDecorator's wrapper around process_bind_param: a bulk insert binds a time per row
+        return None if dialect.name == "postgresql" else _utc_text
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None or isinstance(value, datetime):

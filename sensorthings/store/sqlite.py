@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
+from sensorthings.store import versions
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.schema import TABLES
 from sensorthings.store.sqlite_turns import take_turns
@@ -305,18 +306,26 @@ def _limit_statements(engine: Engine, seconds: float) -> None:
 def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """Bulk insert with ids assigned after the highest one (the write lock is held): one executemany of the
     driver's, each value through its column type's bind processor (SQLAlchemy's own per-row parameter handling was
-    a third of a CreateObservations request)."""
+    a third of a CreateObservations request), the versions raised once for the statement."""
     obs = TABLES["observations"]
     start = conn.execute(select(func.coalesce(func.max(obs.c.id), 0))).scalar_one() + 1
     ids = list(range(start, start + len(rows)))
     if not rows:
         return ids
     names = list(rows[0])
-    cols = [obs.c[n] for n in names]
-    procs = [c.type.bind_processor(conn.dialect) for c in cols]
+    # the columns whose values the driver does not take as they are (times, JSON), by place in the parameters
+    converted = [(k, p) for k, n in enumerate(names, 1) if (p := obs.c[n].type.bind_processor(conn.dialect))]
     quoted = ", ".join(f'"{n}"' for n in names)
     sql = f"INSERT INTO observations (id, {quoted}) VALUES ({', '.join('?' * (len(names) + 1))})"
-    params = [(id_, *(v if p is None or v is None else p(v) for p, v in zip(procs, row.values(), strict=True)))
-              for id_, row in zip(ids, rows, strict=True)]
-    conn.connection.driver_connection.executemany(sql, params)  # type: ignore[union-attr]
+    params = []
+    for id_, row in zip(ids, rows, strict=True):
+        values = [id_, *row.values()]
+        for k, process in converted:
+            if (value := values[k]) is not None:
+                values[k] = process(value)
+        params.append(values)
+    streams = {("datastreams", r["datastream_id"]) if r["datastream_id"] is not None
+               else ("multi_datastreams", r["multi_datastream_id"]) for r in rows}
+    with versions.raising_once(conn, streams):
+        conn.connection.driver_connection.executemany(sql, params)  # type: ignore[union-attr]
     return ids

@@ -1,0 +1,117 @@
+"""SQLite: Observations inserted in bulk raise their versions once per statement (versions.raising_once), while every
+other writer of the file still raises them by its row triggers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sensorthings.service import Service
+from sensorthings.store import sqlite as sqlite_store
+from sensorthings.store.base import Store
+from sensorthings.store.versions import QUIET
+from tests.test_fragments import stream
+
+
+def _city(tmp_path: Path) -> tuple[Store, Service, list[int]]:
+    store = Store.open(f"sqlite:///{tmp_path / 'city.db'}")
+    service = Service(store)
+    service.call("POST", "Things", {
+        "name": "t", "description": "d", "Datastreams": [stream("a"), stream("b"), stream("c")],
+        "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [10, 53]}}]})
+    return store, service, [d["@iot.id"] for d in service.call("GET", "Datastreams")["value"]]
+
+
+def _versions(store: Store, streams: list[int]) -> dict[str, int]:
+    with store.read() as conn:
+        now = store.versions(conn)
+        rows = dict(conn.exec_driver_sql("SELECT key, version FROM sta_row_versions").all())
+    return {"observations": now["observations"], **{f"d{d}": rows.get(f"observations@d{d}", 0) for d in streams}}
+
+
+def _create(service: Service, datastream: int, times: list[str]) -> None:
+    service.call("POST", "CreateObservations", [{
+        "Datastream": {"@iot.id": datastream}, "components": ["phenomenonTime", "result"],
+        "dataArray": [[t, 1.5] for t in times]}])
+
+
+def test_a_bulk_insert_raises_each_version_once(tmp_path: Path) -> None:
+    store, service, (a, b, c) = _city(tmp_path)
+    try:
+        before = _versions(store, [a, b, c])
+        service.call("POST", "CreateObservations", [
+            {"Datastream": {"@iot.id": a}, "components": ["phenomenonTime", "result"],
+             "dataArray": [["2026-01-01T00:00:00Z", 1], ["2026-01-01T01:00:00Z", 2], ["2026-01-01T02:00:00Z", 3]]},
+            {"Datastream": {"@iot.id": b}, "components": ["phenomenonTime", "result"],
+             "dataArray": [["2026-01-01T00:00:00Z", 4], ["2026-01-01T01:00:00Z", 5]]}])
+        after = _versions(store, [a, b, c])
+        assert after == {**before, "observations": before["observations"] + 1, f"d{a}": before[f"d{a}"] + 1,
+                         f"d{b}": before[f"d{b}"] + 1}
+        with store.read() as conn:
+            assert conn.exec_driver_sql(f"SELECT count(*) FROM {QUIET}").scalar_one() == 0
+        assert service.call("GET", f"Datastreams({a})/Observations", **{"$count": "true"})["@iot.count"] == 3
+    finally:
+        store.close()
+
+
+def test_another_program_writing_the_file_still_raises_them(tmp_path: Path) -> None:
+    store, service, (a, b, c) = _city(tmp_path)
+    try:
+        _create(service, a, ["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"])
+        before = _versions(store, [a, b, c])
+        other = sqlite3.connect(tmp_path / "city.db")
+        with other:
+            foi = other.execute("SELECT feature_of_interest_id FROM observations LIMIT 1").fetchone()[0]
+            other.executemany(
+                "INSERT INTO observations (phenomenon_time_start, result_type, result_number, datastream_id, "
+                "feature_of_interest_id) VALUES (?, 1, 7, ?, ?)",
+                [("2026-02-01T00:00:00.000000Z", c, foi), ("2026-02-01T01:00:00.000000Z", c, foi)])
+        other.close()
+        after = _versions(store, [a, b, c])
+        assert after["observations"] == before["observations"] + 2  # row triggers: once per row
+        assert after[f"d{c}"] == before[f"d{c}"] + 2
+        assert after[f"d{a}"] == before[f"d{a}"]
+    finally:
+        store.close()
+
+
+def test_a_refused_bulk_insert_leaves_the_triggers_at_work(tmp_path: Path) -> None:
+    store, service, (a, _b, _c) = _city(tmp_path)
+    try:
+        rows = [{"phenomenon_time_start": "2026-01-01T00:00:00.000000Z", "result_type": 1, "result_number": 1.0,
+                 "datastream_id": a, "feature_of_interest_id": 999_999}]
+        with store.write() as (conn, _changes):
+            with pytest.raises(sqlite3.IntegrityError):  # no such FeatureOfInterest
+                sqlite_store.insert_observations(conn, rows * 2)
+            assert conn.exec_driver_sql(f"SELECT count(*) FROM {QUIET}").scalar_one() == 0
+        before = _versions(store, [a])
+        _create(service, a, ["2026-01-01T00:00:00Z"])  # one row: the single insert, the triggers' way
+        assert _versions(store, [a])["observations"] == before["observations"] + 1
+    finally:
+        store.close()
+
+
+def test_a_store_made_with_row_triggers_gets_the_quiet_ones_on_open(tmp_path: Path) -> None:
+    store, _service, _streams = _city(tmp_path)
+    store.close()
+    # the triggers as an older platform made them, and no QUIET table
+    old = sqlite3.connect(tmp_path / "city.db")
+    with old:
+        for name in ("sta_version_insert_observations", "sta_rows_insert_observations"):
+            sql = old.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+            old.execute(f"DROP TRIGGER {name}")
+            old.execute(sql.replace(f"WHEN NOT EXISTS (SELECT 1 FROM {QUIET}) ", ""))
+        old.execute(f"DROP TABLE {QUIET}")
+    old.close()
+    store = Store.open(f"sqlite:///{tmp_path / 'city.db'}")
+    try:
+        service = Service(store)
+        a = service.call("GET", "Datastreams")["value"][0]["@iot.id"]
+        before = _versions(store, [a])
+        _create(service, a, ["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"])
+        assert _versions(store, [a]) == {"observations": before["observations"] + 1, f"d{a}": before[f"d{a}"] + 1}
+    finally:
+        store.close()
