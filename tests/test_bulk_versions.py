@@ -115,3 +115,27 @@ def test_a_store_made_with_row_triggers_gets_the_quiet_ones_on_open(tmp_path: Pa
         assert _versions(store, [a]) == {"observations": before["observations"] + 1, f"d{a}": before[f"d{a}"] + 1}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("numbers", [(1.5, -2.0), (1.5, float("inf"))], ids=["finite", "infinite"])
+def test_rows_go_in_as_they_were_given(tmp_path: Path, numbers: tuple[float, float]) -> None:
+    """The rows go in as one JSON array, which has no infinity: a batch holding one goes in by parameters. JSON
+    columns, times and nulls come back as they went in either way."""
+    store, service, (a, _b, _c) = _city(tmp_path)
+    try:
+        _create(service, a, ["2025-01-01T00:00:00Z"])  # its FeatureOfInterest
+        with store.write() as (conn, _changes):
+            foi = conn.exec_driver_sql("SELECT min(id) FROM features_of_interest").scalar_one()
+            ids = sqlite_store.insert_observations(conn, [
+                {"phenomenon_time_start": "2026-01-01T00:00:00.000000Z", "phenomenon_time_end": None,
+                 "result_type": 2, "result_number": number, "result_json": {"why": "a 'test'", "n": [1, None]},
+                 "parameters": None, "datastream_id": a, "feature_of_interest_id": foi}
+                for number in numbers])
+        with store.read() as conn:
+            got = conn.exec_driver_sql(
+                "SELECT phenomenon_time_start, phenomenon_time_end, result_number, result_json, parameters "
+                f"FROM observations WHERE id IN ({ids[0]}, {ids[1]}) ORDER BY id").all()
+        assert [tuple(r) for r in got] == [
+            ("2026-01-01T00:00:00.000000Z", None, n, '{"why":"a \'test\'","n":[1,null]}', None) for n in numbers]
+    finally:
+        store.close()
