@@ -196,26 +196,34 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
     lock = threading.Lock()
     workers: dict[int, int] = {}
 
+    url = urlsplit(f"{sta}/CreateObservations")
+
     def send(body: bytes) -> None:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(timeout=300)
+        # http.client, not httpx: httpx and its JSON decoding of the 1,000 links took a third of a core from the
+        # server on the same 2 cores (37,000 rows/s with httpx, 50,000 with this, the same server)
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
             # which worker this client's connection went to (the kernel hashes connections to them)
-            served = client.get(sta.removesuffix("/v1.1") + "/health").json().get("worker")
+            conn.request("GET", "/health")
+            served = orjson.loads(conn.getresponse().read()).get("worker")
             with lock:
                 workers[served] = workers.get(served, 0) + 1
         try:
-            r = client.post(f"{sta}/CreateObservations", content=body, headers={"Content-Type": "application/json"})
-        except httpx.TransportError as exc:
+            conn.request("POST", url.path, body, {"Content-Type": "application/json"})
+            res = conn.getresponse()
+            text = res.read()
+        except (OSError, http.client.HTTPException) as exc:
             with lock:
                 failed.append(f"{type(exc).__name__}: {exc}")
-            local.client = None
+            conn.close()
+            local.conn = None
             return
-        if r.status_code != 201:
+        if res.status != 201:
             with lock:
-                failed.append(f"{r.status_code} {r.text[:300]}")
+                failed.append(f"{res.status} {text[:300]!r}")
             return
-        links = r.json()
+        links = orjson.loads(text)
         with lock:
             rows_ok[0] += sum(1 for x in links if x != "error")
             errors[0] += sum(1 for x in links if x == "error")
