@@ -252,14 +252,14 @@ def test_bridge_takes_the_creates_on_one_connection_without_hearing_its_notifica
         private.stop()
 
 
-def test_redelivered_message_is_not_stored_twice(tmp_path: Path) -> None:
+def test_redelivered_message_is_not_stored_twice(store_url: str) -> None:
     from mqtt_bridge.mapping import map_message, match
     from mqtt_bridge.rules import parse_rules
     from mqtt_bridge.writer import Message, Writer
     from sensorthings.store.base import Store
     from sensorthings.times import now
 
-    store = Store.open(f"sqlite:///{tmp_path / 'dup.db'}")
+    store = Store.open(store_url)
     sta_store_thing(store)
     rules = parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}])
     writer = Writer(store)
@@ -272,8 +272,12 @@ def test_redelivered_message_is_not_stored_twice(tmp_path: Path) -> None:
     writer.write([message(False)])
     writer.write([message(True)])  # the broker's redelivery of a message already committed
     writer.write([message(False)])  # the same reading sent again on purpose is a new Observation
+    # a batch holding a message twice (sent twice on purpose, both new): both stored, the fingerprint kept once
+    writer.write([Message("d/1", b'{"v": 8}', now(), map_message(rule, captures, b'{"v": 8}', now()))] * 2)
+    writer.write([Message("d/1", b'{"v": 8}', now(), map_message(rule, captures, b'{"v": 8}', now()), dup=True)])
     writer.close()
-    assert (writer.stored, writer.duplicates) == (2, 1)
+    store.close()
+    assert (writer.stored, writer.duplicates) == (4, 2)
 
 
 def sta_store_thing(store: object) -> None:
