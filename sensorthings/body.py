@@ -101,6 +101,8 @@ def _converter(entity: EntityType, name: str) -> Converter:
         return convert
 
     def parsed(parse: Callable[[Any], Any], *cols: str) -> Converter:
+        one, first = len(cols) == 1, cols[0]
+
         def convert(value: Any, values: dict[str, Any]) -> None:
             if value is None:
                 null(values)
@@ -115,7 +117,6 @@ def _converter(entity: EntityType, name: str) -> Converter:
                 values[first] = out
             else:
                 values.update(zip(cols, out, strict=True))
-        one, first = len(cols) == 1, cols[0]
         return convert
 
     if kind is Kind.TEXT:
@@ -135,15 +136,7 @@ def _converter(entity: EntityType, name: str) -> Converter:
                 raise BodyError(f"{where} must be a GeoJSON object")
             return value, to_wkb(geometry_of(value))
         return parsed(geojson, col, "geom")
-    # Kind.RESULT: a null is a value here, typed by encode_result
-    result = parsed(encode_result, "result_type", "result_number", "result_string", "result_json")
-
-    def convert_result(value: Any, values: dict[str, Any]) -> None:
-        if value is None:
-            _set_null(kind, col, values)
-        else:
-            result(value, values)
-    return convert_result
+    return parsed(encode_result, "result_type", "result_number", "result_string", "result_json")  # Kind.RESULT
 
 
 def _set_null(kind: Kind, col: str, values: dict[str, Any]) -> None:
