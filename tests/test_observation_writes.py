@@ -285,3 +285,56 @@ def test_each_observation_gets_its_own_things_feature_in_a_shared_write(store_ur
         assert len(service.call("GET", "FeaturesOfInterest")["value"]) == 3
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("size", [2, 9, 33], ids=["two", "few", "bulk"])
+def test_a_shared_write_gives_each_row_its_id_and_each_stream_its_span(store_url: str, size: int) -> None:
+    """Rows of two Datastreams and a MultiDatastream interleaved in one write (up to FEW rows a statement each on
+    PostgreSQL, sent together; more by COPY): each id is its own row's, each stream's phenomenonTime and resultTime
+    span its own rows, JSON columns come back whole."""
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+    from sensorthings.store.observations import ObservationRow
+    from sensorthings.times import parse_instant
+
+    store = Store.open(store_url)
+    service = Service(store)
+    try:
+        sensor = {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"}
+        prop = {"name": "p", "definition": "d", "description": "d"}
+        thing = service.call("POST", "Things", {
+            "name": "t", "description": "d", "Locations": [{
+                "name": "here", "description": "", "encodingType": "application/geo+json",
+                "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": f"s{k}", "description": "d", "observationType": OM + "OM_Measurement",
+                             "unitOfMeasurement": UNIT, "Sensor": sensor, "ObservedProperty": prop} for k in range(2)],
+            "MultiDatastreams": [{"name": "m", "description": "d", "unitOfMeasurements": [UNIT],
+                                  "observationType": OM + "OM_ComplexObservation",
+                                  "multiObservationDataTypes": [OM + "OM_Measurement"], "Sensor": sensor,
+                                  "ObservedProperties": [prop]}]})
+        a, b = (d["@iot.id"] for d in service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"])
+        multi = service.call("GET", f"Things({thing['@iot.id']})/MultiDatastreams")["value"][0]["@iot.id"]
+        owners = [("d", a), ("d", b), ("m", multi)]
+        rows = []
+        for i in range(size):
+            kind, stream = owners[i % 3]
+            rows.append(ObservationRow.of(
+                [float(i)] if kind == "m" else float(i), phenomenon_time_start=parse_instant(f"2026-03-01T00:{i:02d}Z"),
+                result_time=parse_instant(f"2026-03-02T00:{i:02d}Z"), parameters={"i": i, "kind": [kind]},
+                datastream_id=stream if kind == "d" else None, multi_datastream_id=stream if kind == "m" else None))
+        ids = store.writer.write(rows).ids
+        assert len(set(ids)) == size
+        for i, id_ in enumerate(ids):
+            got = service.call("GET", f"Observations({id_})")
+            assert (got["result"], got["parameters"]) == ([float(i)] if i % 3 == 2 else float(i),
+                                                          {"i": i, "kind": ["m" if i % 3 == 2 else "d"]})
+        for k, (kind, stream) in enumerate(owners):
+            hours = [i for i in range(size) if i % 3 == k]
+            if not hours:
+                continue
+            doc = service.call("GET", f"{'MultiDatastreams' if kind == 'm' else 'Datastreams'}({stream})")
+            first, last = hours[0], hours[-1]
+            assert doc["phenomenonTime"] == f"2026-03-01T00:{first:02d}:00Z/2026-03-01T00:{last:02d}:00Z"
+            assert doc["resultTime"] == f"2026-03-02T00:{first:02d}:00Z/2026-03-02T00:{last:02d}:00Z"
+    finally:
+        store.close()
