@@ -213,17 +213,17 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     kinds: dict[bool, list[int]] = {False: [], True: []}
     for i, row in enumerate(rows):
         kinds[row["datastream_id"] is None].append(i)
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    for multi, places in kinds.items():
-        if not places:
-            continue
-        # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
-        params = [{**{c: orjson.dumps(v).decode() if c in _JSON_COLUMNS and v is not None else v
-                      for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
-        cursor.executemany(_widening_sql(multi, tuple(rows[places[0]])), params, returning=True)
-        for i in places:
-            ids[i] = cursor.fetchone()[0]
-            cursor.nextset()
+    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        for multi, places in kinds.items():
+            if not places:
+                continue
+            # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
+            params = [{**{c: orjson.dumps(v).decode() if c in _JSON_COLUMNS and v is not None else v
+                          for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
+            cursor.executemany(_widening_sql(multi, tuple(rows[places[0]])), params, returning=True)
+            for i in places:
+                ids[i] = cursor.fetchone()[0]
+                cursor.nextset()
     return ids
 
 
