@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from sensorthings.service import Service
 from sensorthings.store import sqlite as sqlite_store
@@ -84,7 +85,7 @@ def test_a_refused_bulk_insert_leaves_the_triggers_at_work(tmp_path: Path) -> No
         rows = [{"phenomenon_time_start": "2026-01-01T00:00:00.000000Z", "result_type": 1, "result_number": 1.0,
                  "datastream_id": a, "feature_of_interest_id": 999_999}]
         with store.write() as (conn, _changes):
-            with pytest.raises(sqlite3.IntegrityError):  # no such FeatureOfInterest
+            with pytest.raises(IntegrityError):  # no such FeatureOfInterest
                 sqlite_store.insert_observations(conn, rows * 2)
             assert conn.exec_driver_sql(f"SELECT count(*) FROM {QUIET}").scalar_one() == 0
         before = _versions(store, [a])

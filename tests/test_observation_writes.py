@@ -338,3 +338,37 @@ def test_a_shared_write_gives_each_row_its_id_and_each_stream_its_span(store_url
             assert doc["resultTime"] == f"2026-03-02T00:{first:02d}:00Z/2026-03-02T00:{last:02d}:00Z"
     finally:
         store.close()
+
+
+def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(store_url: str) -> None:
+    """The writes run on the driver's own connection (COPY, one JSON array, a pipeline) raise what SQLAlchemy raises
+    for every other statement, which is what the writer, the bridge and HTTP tell apart (a refused row from a
+    database gone); a driver's own error class escaped them all."""
+    from sqlalchemy.exc import IntegrityError
+
+    from sensorthings.service import Service
+    from sensorthings.store import observations
+    from sensorthings.store.base import Store
+    from sensorthings.times import parse_instant
+
+    store = Store.open(store_url)
+    service = Service(store)
+    try:
+        thing = service.call("POST", "Things", {
+            "name": "t", "description": "d",
+            "Datastreams": [{"name": "s", "description": "d", "observationType": OM + "OM_Measurement",
+                             "unitOfMeasurement": UNIT,
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
+        ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        row = observations.ObservationRow.of(1.0, phenomenon_time_start=parse_instant("2026-01-01T00:00Z"),
+                                             datastream_id=ds, feature_of_interest_id=999_999).columns()
+        paths = [store.bulk_insert]
+        if store.engine.dialect.name == "postgresql":
+            paths.append(observations._insert_widening)
+        for insert in paths:
+            with pytest.raises(IntegrityError), store.write() as (conn, _changes):  # no such FeatureOfInterest
+                insert(conn, [row, row])
+        assert service.call("GET", f"Datastreams({ds})/Observations")["value"] == []
+    finally:
+        store.close()

@@ -20,6 +20,7 @@ from sqlalchemy import JSON, Connection, bindparam, case, func, insert, select, 
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from sensorthings.results import decode_result, encode_result
+from sensorthings.store.driver import driver
 from sensorthings.store.schema import TABLES, UtcDateTime
 from sensorthings.times import now
 
@@ -213,14 +214,15 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     kinds: dict[bool, list[int]] = {False: [], True: []}
     for i, row in enumerate(rows):
         kinds[row["datastream_id"] is None].append(i)
-    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-        for multi, places in kinds.items():
-            if not places:
-                continue
-            # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
-            params = [{**{c: orjson.dumps(v).decode() if c in _JSON_COLUMNS and v is not None else v
-                          for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
-            cursor.executemany(_widening_sql(multi, tuple(rows[places[0]])), params, returning=True)
+    for multi, places in kinds.items():
+        if not places:
+            continue
+        # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
+        params = [{**{c: orjson.dumps(v).decode() if c in _JSON_COLUMNS and v is not None else v
+                      for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
+        sql = _widening_sql(multi, tuple(rows[places[0]]))
+        with driver(conn, sql) as db, db.cursor() as cursor:
+            cursor.executemany(sql, params, returning=True)
             for i in places:
                 ids[i] = cursor.fetchone()[0]
                 cursor.nextset()

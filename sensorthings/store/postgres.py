@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, array
 
 from sensorthings.store.base import QueryTimeout
+from sensorthings.store.driver import driver
 from sensorthings.store.schema import series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -191,8 +192,7 @@ def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[in
         "FROM generate_series(1, %s)", (len(rows),)).scalar_one()
     json_cols = {c for c, t in OBSERVATION_COLUMNS if t == "jsonb"}
     names = [c for c, _ in OBSERVATION_COLUMNS]
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(_COPY_OBSERVATIONS) as copy:
+    with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor, cursor.copy(_COPY_OBSERVATIONS) as copy:
         for id_, row in zip(ids, rows, strict=True):
             copy.write_row([id_, *(orjson.dumps(row[c]).decode() if c in json_cols and row.get(c) is not None
                                    else row.get(c) for c in names)])

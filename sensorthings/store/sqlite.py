@@ -32,6 +32,7 @@ from sqlalchemy.pool import StaticPool
 from sensorthings.geometry import to_wkb
 from sensorthings.store import versions
 from sensorthings.store.base import QueryTimeout
+from sensorthings.store.driver import driver
 from sensorthings.store.schema import TABLES
 from sensorthings.store.sqlite_turns import take_turns
 
@@ -341,14 +342,14 @@ def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[in
     quoted = ", ".join(f'"{n}"' for n in ["id", *names])
     streams = {("datastreams", r["datastream_id"]) if r["datastream_id"] is not None
                else ("multi_datastreams", r["multi_datastream_id"]) for r in rows}
-    driver = conn.connection.driver_connection
-    with versions.raising_once(conn, streams):
+    if finite:
+        extracted = ", ".join(f"json_extract(value, '$[{k}]')" for k in range(len(names) + 1))
+        sql = f"INSERT INTO observations ({quoted}) SELECT {extracted} FROM json_each(?)"
+    else:  # JSON has no infinity
+        sql = f"INSERT INTO observations ({quoted}) VALUES ({', '.join('?' * (len(names) + 1))})"
+    with versions.raising_once(conn, streams), driver(conn, sql) as db:
         if finite:
-            extracted = ", ".join(f"json_extract(value, '$[{k}]')" for k in range(len(names) + 1))
-            driver.execute(  # type: ignore[union-attr]
-                f"INSERT INTO observations ({quoted}) SELECT {extracted} FROM json_each(?)",
-                (orjson.dumps(params),))
-        else:  # JSON has no infinity
-            driver.executemany(  # type: ignore[union-attr]
-                f"INSERT INTO observations ({quoted}) VALUES ({', '.join('?' * (len(names) + 1))})", params)
+            db.execute(sql, (orjson.dumps(params),))
+        else:
+            db.executemany(sql, params)
     return ids
