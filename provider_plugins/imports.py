@@ -52,6 +52,7 @@ from sqlalchemy.types import UserDefinedType
 from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
+from sensorthings.store.driver import driver
 
 FORMAT = 4  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
@@ -313,14 +314,16 @@ def _insert(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) 
     third of an import (the values are already what the columns hold)."""
     cols = ", ".join(f'"{c.name}"' for c in table.columns)
     marks = ", ".join("?" for _ in table.columns)
-    conn.connection.driver_connection.executemany(f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})', records)
+    sql = f'INSERT INTO "{table.name}" ({cols}) VALUES ({marks})'
+    with driver(conn, sql) as db:
+        db.executemany(sql, records)
 
 
 def _copy(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) -> None:
     """Rows into a PostgreSQL table by COPY (the geometry as hex EWKB text)."""
     cols = ", ".join(f'"{c.name}"' for c in table.columns)
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as copy:
+    sql = f'COPY "{table.name}" ({cols}) FROM STDIN'
+    with driver(conn, sql) as db, db.cursor() as cur, cur.copy(sql) as copy:
         for record in records:
             copy.write_row(record)
 
