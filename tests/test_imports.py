@@ -213,3 +213,24 @@ def test_sqlite_scans_a_wide_range_and_takes_the_index_for_a_narrow_one(tmp_path
             assert ("SEARCH" not in plan) == scanned, (text, plan, sql)  # SEARCH: an index range; SCAN: every row
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("width", [6, 40], ids=["narrow", "wide"])
+def test_sqlite_rows_go_in_many_to_a_statement_all_of_them_in_order(tmp_path: Path, width: int) -> None:
+    """The import's SQLite insert binds many rows per statement (up to the driver's variable limit): every row,
+    blobs and nulls as given, whether the last statement is full or not."""
+    from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, Text, create_engine
+
+    from provider_plugins.imports import _insert
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'rows.db'}")
+    table = Table("t", MetaData(), Column("rid", Integer, primary_key=True), Column("g", LargeBinary),
+                  *[Column(f"p{k}", Text) for k in range(width - 2)])
+    table.create(engine)
+    rows = [(i, bytes([i % 256, 0, 1]) if i % 7 else None, *[None if (i + k) % 5 == 0 else f"{i}.{k}"
+                                                            for k in range(width - 2)]) for i in range(2_345)]
+    with engine.begin() as conn:
+        _insert(conn, table, iter(rows))
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(table.select().order_by(table.c.rid))] == rows
+    engine.dispose()
