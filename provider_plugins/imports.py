@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from features.spec import CollectionSpec
 from provider_plugins.table import Rows, encode_rows, read_rows
 from sensorthings.store.base import Store
 from sensorthings.store.driver import driver
+from sensorthings.store.sqlite import insert_many
 
 FORMAT = 4  # bump when the imported tables' layout changes: every file is imported again
 CHUNK = 20_000  # rows per insert transaction: an embedded store's other writers wait at most this long
@@ -311,27 +311,9 @@ def _fill(store: Store, table: Table, features_table: Table, rows: Rows, meta: d
 
 
 def _insert(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) -> None:
-    """Rows into a SQLite table, many rows per statement with the values bound by the driver: SQLAlchemy's per-row
-    parameter handling cost a third of an import (the values are already what the columns hold), and the driver's
-    executemany lets go of the interpreter lock for every row, waiting a switch interval to take it back whenever
-    another thread of the process runs Python (the serve process's broker and bridge: 431,000 rows/s alone, 18,000
-    beside a busy thread)."""
-    cols = ", ".join(f'"{c.name}"' for c in table.columns)
-    one = "(" + ", ".join("?" for _ in table.columns) + ")"
-    into = f'INSERT INTO "{table.name}" ({cols}) VALUES '
-    with driver(conn, into + one) as db:
-        per = max(1, min(1000, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(table.columns)))
-        full = into + ", ".join([one] * per)
-        values: list[Any] = []
-        rows = 0
-        for record in records:
-            values.extend(record)
-            rows += 1
-            if rows == per:
-                db.execute(full, values)
-                values, rows = [], 0
-        if rows:
-            db.execute(into + ", ".join([one] * rows), values)
+    """Rows into a SQLite table by the driver, many to a statement (`sqlite.insert_many`): SQLAlchemy's per-row
+    parameter handling cost a third of an import (the values are already what the columns hold)."""
+    insert_many(conn, table.name, [c.name for c in table.columns], records)
 
 
 def _copy(conn: Connection, table: Table, records: Iterable[tuple[Any, ...]]) -> None:

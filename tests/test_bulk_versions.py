@@ -120,8 +120,8 @@ def test_a_store_made_with_row_triggers_gets_the_quiet_ones_on_open(tmp_path: Pa
 
 @pytest.mark.parametrize("numbers", [(1.5, -2.0), (1.5, float("inf"))], ids=["finite", "infinite"])
 def test_rows_go_in_as_they_were_given(tmp_path: Path, numbers: tuple[float, float]) -> None:
-    """The rows go in as one JSON array, which has no infinity: a batch holding one goes in by parameters. JSON
-    columns, times and nulls come back as they went in either way."""
+    """The rows go in many to a statement, bound by the driver: numbers (infinity too), JSON columns, times and nulls
+    come back as they went in."""
     store, service, (a, _b, _c) = _city(tmp_path)
     try:
         _create(service, a, ["2025-01-01T00:00:00Z"])  # its FeatureOfInterest

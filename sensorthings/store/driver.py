@@ -1,4 +1,4 @@
-"""Statements run on the driver's own connection (COPY, one JSON array, a pipeline), their errors raised as
+"""Statements run on the driver's own connection (COPY, many rows to a statement, a pipeline), their errors raised as
 SQLAlchemy raises every other statement's."""
 
 from __future__ import annotations
