@@ -9,7 +9,8 @@ the tables it read; while they stand, its answer stands (sensorthings.cache).
   version rows in crossing orders (no deadlock) and hold them only while committing. The rows are
   sharded by transaction id and summed by readers, so that concurrent writers to one table rarely
   wait for each other. The versions become visible in the same commit as the data.
-- SQLite: one writer at a time, so a row trigger raises the version inside the writing transaction.
+- SQLite: one writer at a time, so a row trigger raises the version inside the writing transaction (the store's own
+  bulk inserts of Observations raise them once for the statement instead: `raising_once`).
 
 Besides the tables, `observations_rewritten` (REWRITTEN): raised by updates and deletes of Observations only.
 
