@@ -218,7 +218,7 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         if not places:
             continue
         # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
-        params = [{**{c: orjson.dumps(v).decode() if c in _JSON_COLUMNS and v is not None else v
+        params = [{**{c: orjson.dumps(v).decode() if c in JSON_COLUMNS and v is not None else v
                       for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
         sql = _widening_sql(multi, tuple(rows[places[0]]))
         with driver(conn, sql) as db, db.cursor() as cursor:
@@ -405,4 +405,5 @@ _GENERATED_FEATURES = (select(_FOI.c.generated_from, func.min(_FOI.c.id))
 _INSERT_ONE = insert(TABLES["observations"]).returning(TABLES["observations"].c.id)
 _INSERT_ONE_WIDENING = {multi: _INSERT_ONE.add_cte(_WIDEN[multi].cte("widened")) for multi in (False, True)}
 _PG_DIALECT = psycopg_dialect()
-_JSON_COLUMNS = frozenset(c.name for c in TABLES["observations"].c if isinstance(c.type, JSON))
+# the columns the driver's own connection takes as JSON text (the pipelined small writes here, PostgreSQL's COPY)
+JSON_COLUMNS = frozenset(c.name for c in TABLES["observations"].c if isinstance(c.type, JSON))

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, array
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
+from sensorthings.store.observations import JSON_COLUMNS
 from sensorthings.store.schema import series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -175,13 +176,11 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
 
 
 OBSERVATION_COLUMNS = (
-    ("phenomenon_time_start", "timestamptz"), ("phenomenon_time_end", "timestamptz"), ("result_time", "timestamptz"),
-    ("result_type", "smallint"), ("result_number", "float8"), ("result_string", "text"), ("result_json", "jsonb"),
-    ("result_quality", "jsonb"), ("valid_time_start", "timestamptz"), ("valid_time_end", "timestamptz"),
-    ("parameters", "jsonb"), ("datastream_id", "bigint"), ("multi_datastream_id", "bigint"),
-    ("feature_of_interest_id", "bigint"),
+    "phenomenon_time_start", "phenomenon_time_end", "result_time", "result_type", "result_number", "result_string",
+    "result_json", "result_quality", "valid_time_start", "valid_time_end", "parameters", "datastream_id",
+    "multi_datastream_id", "feature_of_interest_id",
 )
-_COPY_OBSERVATIONS = "COPY observations (id, " + ", ".join(c for c, _ in OBSERVATION_COLUMNS) + ") FROM STDIN"
+_COPY_OBSERVATIONS = "COPY observations (id, " + ", ".join(OBSERVATION_COLUMNS) + ") FROM STDIN"
 
 
 def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
@@ -190,10 +189,8 @@ def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[in
     ids = conn.exec_driver_sql(
         "SELECT array_agg(nextval((SELECT pg_get_serial_sequence('observations', 'id')::regclass))) "
         "FROM generate_series(1, %s)", (len(rows),)).scalar_one()
-    json_cols = {c for c, t in OBSERVATION_COLUMNS if t == "jsonb"}
-    names = [c for c, _ in OBSERVATION_COLUMNS]
     with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor, cursor.copy(_COPY_OBSERVATIONS) as copy:
         for id_, row in zip(ids, rows, strict=True):
-            copy.write_row([id_, *(orjson.dumps(row[c]).decode() if c in json_cols and row.get(c) is not None
-                                   else row.get(c) for c in names)])
+            copy.write_row([id_, *(orjson.dumps(row[c]).decode() if c in JSON_COLUMNS and row.get(c) is not None
+                                   else row.get(c) for c in OBSERVATION_COLUMNS)])
     return list(ids)

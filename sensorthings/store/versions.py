@@ -193,10 +193,11 @@ _QUIET_WHEN = {("observations", "INSERT"): f"WHEN NOT EXISTS (SELECT 1 FROM {QUI
 
 
 def _replace_unquiet(conn: Connection) -> None:
-    """Drop the insert triggers of observations made before they could stand aside (made again by `install`)."""
+    """Drop the triggers of `_QUIET_WHEN` made before they could stand aside (made again by `install`)."""
+    names = [f"sta_{kind}_{op.lower()}_{table}" for table, op in _QUIET_WHEN for kind in ("version", "rows")]
     for name, sql in conn.exec_driver_sql(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'observations' "
-            "AND name IN ('sta_version_insert_observations', 'sta_rows_insert_observations')").all():
+            f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({', '.join('?' * len(names))})",
+            tuple(names)).all():
         if QUIET not in sql:
             conn.exec_driver_sql(f"DROP TRIGGER {name}")
 
