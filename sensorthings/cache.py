@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -154,7 +155,10 @@ class ResponseCache:
 
     def put(self, key: tuple, versions: Versions, status: int, body: bytes, headers: dict[str, str]) -> Entry:
         """Remember a response; large ones are not kept."""
-        etag = '"' + hashlib.blake2b(repr(versions).encode() + b"\0" + body, digest_size=12).hexdigest() + '"'
+        # the versions tell the data apart; the body's CRC only answers at the same versions (another configuration,
+        # another release): hashing a large body cost more than a third of computing it again after a write (the
+        # expanded Things: 0.56 ms of their 531 kB, of 1.6 ms)
+        etag = '"' + hashlib.blake2b(f"{versions!r}\0{zlib.crc32(body)}".encode(), digest_size=12).hexdigest() + '"'
         entry = Entry(versions, status, body, tuple(headers.items()), etag)
         if len(body) <= self.max_entry:
             self._entries.put(key, entry)

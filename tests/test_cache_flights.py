@@ -168,3 +168,12 @@ def test_at_most_overlap_computations_of_one_answer_run_at_once_and_others_gathe
         t.join(5)
     assert running[1] == 2
     assert joined.future.result(5) is not None and joined.future.result().body == b"3"
+
+
+def test_the_etag_follows_the_versions_and_the_body() -> None:
+    cache = ResponseCache()
+    at_1 = entry(cache, {"observations": 1}, b'{"value": [1]}').etag
+    assert entry(cache, {"observations": 1}, b'{"value": [1]}').etag == at_1  # the same answer: the same tag
+    assert entry(cache, {"observations": 2}, b'{"value": [1]}').etag != at_1  # written since, the same text
+    assert entry(cache, {"observations": 1}, b'{"value": [2]}').etag != at_1  # another body at the same versions
+    assert at_1.startswith('"') and at_1.endswith('"')
