@@ -9,19 +9,21 @@
 It starts a private Mosquitto on a free port (persistence off, no queue or in-flight limits, so
 QoS 1 messages are never dropped), creates a fresh PostgreSQL database on --pg, writes a config.yml
 with one bridge rule (`bench/{sensor}/count` → Datastream "bench {sensor}", result $.count,
-phenomenonTime $.time, parameters seq and sent), starts `udp serve --workers 1 --mqtt mqtt://…`
-(the bridge runs in the serve process) and creates --sensors Things, each with a Location and one
-OM_Measurement Datastream. Then:
+phenomenonTime $.time, parameters seq and sent), starts `udp serve --workers 1 --mqtt mqtt://… --no-seed`
+(the bridge runs in the serve process; no tile seeder beside what is measured) and creates --sensors Things,
+each with a Location and one OM_Measurement Datastream. Then:
 
 1. baseline: the same publishers → Mosquitto → a plain paho subscriber (no platform): Mosquitto's
    own QoS 1 ceiling on this machine, measured before the platform starts (on a small machine the
    Python clients rather than Mosquitto set it: the CPU line says which);
-1b. standard topic: --publishers processes publish --standard-mosquitto SensorThings Observations
-   (QoS 1) to `v1.1/Datastreams(n)/Observations` through Mosquitto, as fast as their windows allow;
-   the rate is Observations stored (by parameters.seq) per second from the start until the last is
-   stored, with lost and duplicated counted. Then the same with --standard-embedded messages on the
-   embedded broker of a second `udp serve` (no --mqtt) on a second database, where a PUBACK comes
-   only after commit. --skip-bridge stops after these phases;
+1a. standard topic on the embedded broker: --publishers processes publish --standard-embedded SensorThings
+   Observations (QoS 1) to `v1.1/Datastreams(n)/Observations` on the embedded broker of a `udp serve` of its
+   own (no --mqtt, on a second database, where a PUBACK comes only after commit), as fast as their windows
+   allow; the rate is Observations stored (by parameters.seq) per second from the start until the last is
+   stored, with lost and duplicated counted. That platform runs alone, before the one on Mosquitto starts,
+   and is stopped after;
+1b. standard topic through Mosquitto: the same with --standard-mosquitto Observations. --skip-bridge stops
+   after these phases;
 2. sustained ingest: --publishers processes (paho, QoS 1, a bounded in-flight window each) publish
    as fast as they can for --duration seconds, round-robin over the sensors; the Observations
    table's row count is polled every second; after publishing stops it waits for the count to
@@ -119,9 +121,10 @@ def broker_for_bench(workdir: Path, inflight: int) -> Mosquitto:
 
 def start_server(store: str, config: Path, mqtt_port: int, log_path: Path, log_level: str = "info",
                  workers: int = 1) -> Udp:
-    """`udp serve --workers N` with the bridge, in its own process group."""
+    """`udp serve --workers N` with the bridge (no tile seeder), in its own process group."""
+    # no vector tiles to seed here: the seeder would only take CPU from what is measured
     server = Udp("serve", "--config", str(config), "--store", store, "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
-                 "--workers", str(workers), "--log-level", log_level, log=log_path)
+                 "--workers", str(workers), "--log-level", log_level, "--no-seed", log=log_path)
     say(f"server: {' '.join(server.cmd)} (pid {server.pid})")
     return server
 
@@ -620,6 +623,34 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             base_rate, base_pub, base_got, base_sent = baseline(ctx, children, args, broker.port,
                                                              broker.proc.pid, sensors)
 
+        # -- standard topic on the embedded broker, of a platform of its own, measured alone: first, and stopped
+        # before the platform on Mosquitto starts (an idle platform beside it took a quarter of a core) ---------
+        if args.standard_embedded:
+            db2 = create_pg(args.pg, "udp_bench_mqtt")
+            extra_dbs.append(db2)
+            embedded = Udp("serve", "--store", db2.url, "--workers", "1", "--log-level", args.server_log_level,
+                           "--no-seed", log=workdir / "embedded.log")
+            extra_servers.append(embedded)
+            embedded.wait()
+            say(f"embedded-broker server: {' '.join(embedded.cmd)} (MQTT port {embedded.mqtt_port})")
+            create_sensors(f"{embedded.url}/v1.1", sensors)
+            counter2 = RowCounter(db2.url)
+            try:
+                rate, lost, dup = standard_topic(ctx, children, args, embedded.mqtt_port, f"{embedded.url}/v1.1",
+                                                 counter2, args.standard_embedded, EMBEDDED_PUBLISHER,
+                                                 "on the embedded broker")
+            finally:
+                counter2.close()
+                say(f"embedded-broker server stopped (exit {embedded.stop()})")
+            report.add(f"standard topic, {args.standard_embedded:,} QoS 1 on the embedded broker",
+                       f"{rate:,.0f} obs/s", f">= {TARGETS['standard_embedded']:,.0f} obs/s",
+                       at_least(rate, TARGETS["standard_embedded"]))
+            report.add("  lost / duplicated", f"{lost:,} / {dup:,}", "0 / 0", "yes" if lost == dup == 0 else "NO")
+        if args.skip_bridge and not args.standard_mosquitto:
+            say("")
+            report.print()
+            return 0
+
         # -- the platform ----------------------------------------------------------------------
         db = create_pg(args.pg, "udp_bench_mqtt")
         say(f"store: {db.url}")
@@ -645,33 +676,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if got == 0:
             raise RuntimeError(f"the bridge stored nothing; server log:\n{tail(server.log_path)}")
 
-        # -- standard topic: through Mosquitto, then on the embedded broker of a second platform ---------
+        # -- standard topic through Mosquitto ------------------------------------------------------------
         if args.standard_mosquitto:
             rate, lost, dup = standard_topic(ctx, children, args, broker.port, sta, counter, args.standard_mosquitto,
                                              STANDARD_PUBLISHER, "through mosquitto")
             report.add(f"standard topic, {args.standard_mosquitto:,} QoS 1 through mosquitto", f"{rate:,.0f} obs/s",
                        f">= {TARGETS['standard_mosquitto']:,.0f} obs/s",
                        at_least(rate, TARGETS["standard_mosquitto"]))
-            report.add("  lost / duplicated", f"{lost:,} / {dup:,}", "0 / 0", "yes" if lost == dup == 0 else "NO")
-        if args.standard_embedded:
-            db2 = create_pg(args.pg, "udp_bench_mqtt")
-            extra_dbs.append(db2)
-            embedded = Udp("serve", "--store", db2.url, "--workers", "1", "--log-level", args.server_log_level,
-                           log=workdir / "embedded.log")
-            extra_servers.append(embedded)
-            embedded.wait()
-            say(f"embedded-broker server: {' '.join(embedded.cmd)} (MQTT port {embedded.mqtt_port})")
-            create_sensors(f"{embedded.url}/v1.1", sensors)
-            counter2 = RowCounter(db2.url)
-            try:
-                rate, lost, dup = standard_topic(ctx, children, args, embedded.mqtt_port, f"{embedded.url}/v1.1",
-                                                 counter2, args.standard_embedded, EMBEDDED_PUBLISHER,
-                                                 "on the embedded broker")
-            finally:
-                counter2.close()
-            report.add(f"standard topic, {args.standard_embedded:,} QoS 1 on the embedded broker",
-                       f"{rate:,.0f} obs/s", f">= {TARGETS['standard_embedded']:,.0f} obs/s",
-                       at_least(rate, TARGETS["standard_embedded"]))
             report.add("  lost / duplicated", f"{lost:,} / {dup:,}", "0 / 0", "yes" if lost == dup == 0 else "NO")
         if args.skip_bridge:
             say("")
@@ -774,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             for k in range(2, args.nodes + 1):
                 node = Udp("serve", "--config", str(config), "--store", db.url, "--mqtt",
                            f"mqtt://127.0.0.1:{broker.port}", "--workers", "1", "--log-level",
-                           args.server_log_level, "--node", f"n{k}", log=workdir / f"server-n{k}.log")
+                           args.server_log_level, "--node", f"n{k}", "--no-seed", log=workdir / f"server-n{k}.log")
                 extra_servers.append(node)
                 node.wait()
                 say(f"node n{k}: {' '.join(node.cmd)} (pid {node.pid})")

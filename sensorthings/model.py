@@ -235,8 +235,18 @@ def target_of(nav: Nav) -> EntityType:
     return BY_NAME[nav.target]
 
 
+_REVERSE: dict[tuple[str, str], Nav | None] = {}  # (entity, nav) names -> the way back: asked for every write
+
+
 def reverse_nav(entity: EntityType, nav: Nav) -> Nav | None:
     """The navigation property of the target that leads back (Datastream.Thing for Thing.Datastreams)."""
+    key = (entity.name, nav.name)
+    if key not in _REVERSE:
+        _REVERSE[key] = _find_reverse(entity, nav)
+    return _REVERSE[key]
+
+
+def _find_reverse(entity: EntityType, nav: Nav) -> Nav | None:
     target = target_of(nav)
     for back in target.navs:
         if back.target != entity.name:

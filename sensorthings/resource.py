@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlalchemy import ColumnElement, FromClause, Select, and_, select
 
@@ -73,8 +74,10 @@ def _parse_id(raw: str, segment: str) -> int:
     return id_
 
 
+@lru_cache(maxsize=4096)
 def parse_path(path: str) -> Resource:
-    """A Resource from the path after the version prefix (no leading slash)."""
+    """A Resource from the path after the version prefix (no leading slash). Kept for the paths asked most (devices
+    post to their Datastream's path over and over); a Resource is never changed."""
     parts = [p for p in path.strip("/").split("/") if p]
     if not parts:
         raise PathError("no entity set given")
