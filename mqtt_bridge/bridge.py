@@ -75,7 +75,7 @@ class Bridge:
                 before_start(client)
 
         self.client = connect(address, cid, on_message=self.handle, clean_session=False, manual_ack=True,
-                              subscriptions=topics, inflight=1000, no_local=creator is not None, shared=shared,
+                              subscriptions=topics, no_local=creator is not None, shared=shared,
                               before_start=attach)
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
+from sensorthings.mqtt.client import publish
 from sensorthings.times import format_instant, parse_time_or_interval
 
 
@@ -106,6 +107,7 @@ class Progress:
     """How far a replay got."""
 
     published: int = 0
+    dropped: int = 0  # not taken: the broker made no room for them while it was there (sensorthings.mqtt.client)
     seconds: float = 0.0
 
 
@@ -135,7 +137,9 @@ def replay(records: list[Record], client: mqtt.Client, *, speed: float = 60.0, r
         elif wait > 0:
             time.sleep(wait)
         shift = datetime.now(UTC) - record.at if live else offset
-        client.publish(record.topic, message(record, shift), qos=qos)
+        if not publish(client, record.topic, message(record, shift), qos):
+            progress.dropped += 1
+            continue
         progress.published += 1
         if report is not None and progress.published % 1000 == 0:
             report(progress.published, len(records))

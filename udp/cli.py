@@ -457,7 +457,7 @@ def _demo(args: argparse.Namespace) -> int:
         if args.no_live:
             return
         records = read(DATA / "pedestrian_per_minute_counts_2023-09-19.csv")
-        client = connect(BrokerAddress.parse(os.environ["UDP_MQTT_URL"]), f"udp-demo-{os.getpid()}", inflight=1000)
+        client = connect(BrokerAddress.parse(os.environ["UDP_MQTT_URL"]), f"udp-demo-{os.getpid()}")
         print(f"  live          Melbourne's per-minute pedestrian counts replayed over MQTT at {args.speed:g}x "
               "(topics city/pedestrians/{sensor}/count)", flush=True)
         def run(stop: threading.Event) -> None:
@@ -508,7 +508,7 @@ def _replay(args: argparse.Namespace) -> int:
     except (OSError, ReplayError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
-    client = connect(address, f"udp-replay-{os.getpid()}", inflight=1000)
+    client = connect(address, f"udp-replay-{os.getpid()}")
     total = min(len(records), args.limit or len(records))
     pace = f"{args.rate:g} messages/s" if args.rate else f"{args.speed:g}x real time"
     print(f"replaying {total} readings from {args.file} to {args.mqtt} at {pace}")
@@ -522,7 +522,8 @@ def _replay(args: argparse.Namespace) -> int:
                       report=report)
     client.loop_stop()
     client.disconnect()
-    print(f"\npublished {progress.published} messages in {progress.seconds:.1f} s")
+    print(f"\npublished {progress.published} messages in {progress.seconds:.1f} s"
+          + (f"; {progress.dropped} not taken by the broker" if progress.dropped else ""))
     return 0
 
 

@@ -49,7 +49,7 @@ class Creator:
         its Observation is committed. Notifications published through `self.client` (Notifier's `client`) are
         never sent back to it (No Local): they share the creates' topics."""
         self.client = connect(address, client_id, on_message=self.on_message, clean_session=False,
-                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], inflight=1000, no_local=True)
+                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], no_local=True)
 
     def on_message(self, msg: mqtt.MQTTMessage) -> None:
         """A message from the external broker on the creates' topics (`TOPICS`), acknowledged through `self.client`

@@ -30,7 +30,7 @@ from sensorthings.access import InternalIndex
 from sensorthings.conformance import MQTT_CREATE, MQTT_RECEIVE
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
-from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.mqtt.client import BrokerAddress, connect, publish
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -41,6 +41,7 @@ from sensorthings.store.schema import TABLES
 
 log = logging.getLogger("udp.mqtt.notify")
 VERSION = "v1.1"
+BACKLOG_MAX = 200_000  # changes waiting to be notified: past it, new ones are dropped (and counted), never the writes
 
 
 def mqtt_conformance(endpoints: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -107,6 +108,9 @@ class Notifier:
         self.queue: queue.Queue[list[Change] | None] = queue.Queue()
         self.subscribed: set[str] | None = None  # known only with the embedded broker
         self.published = 0
+        self.dropped = 0  # notifications not sent: the broker took them too slowly, or was away with the client full
+        self._backlog = 0  # changes queued and not yet published
+        self._count_lock = threading.Lock()
         self.internal = InternalIndex(store)
         self.owns_client = client is None
         self.client = self.own = client if client is not None else connect(
@@ -115,12 +119,23 @@ class Notifier:
         self.thread.start()
 
     def __call__(self, changes: list[Change]) -> None:
-        """Store listener: take the changes of a committed transaction."""
+        """Store listener: take the changes of a committed transaction (dropped, and counted, while BACKLOG_MAX
+        are waiting: a broker slower than the writes for long must not grow the process without end)."""
+        with self._count_lock:
+            if self._backlog >= BACKLOG_MAX:
+                self.dropped += len(changes)
+                full = True
+            else:
+                self._backlog += len(changes)
+                full = False
+        if full:
+            log.warning("%d changes waiting for the broker: %d not notified", BACKLOG_MAX, len(changes))
+            return
         self.queue.put(changes)
 
     def stats(self) -> dict[str, Any]:
         """What /health shows: connection, notifications sent, topics with subscribers."""
-        return {"connected": self.client.is_connected(), "published": self.published,
+        return {"connected": self.client.is_connected(), "published": self.published, "dropped": self.dropped,
                 "queued": self.queue.qsize(),
                 "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
 
@@ -174,6 +189,9 @@ class Notifier:
                 self.publish(batch)
             except Exception:  # a failed notification must not stop later ones
                 log.exception("publishing %d notifications failed", len(batch))
+            finally:
+                with self._count_lock:
+                    self._backlog -= len(batch)
 
     def publish(self, changes: list[Change]) -> None:
         """Read the changed entities and publish them to their topics."""
@@ -241,5 +259,10 @@ class Notifier:
             self._send(q.topic, orjson.dumps(doc))
 
     def _send(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=self.qos)
+        # a broker slower than the writes: the later notifications wait here, in order, for it to make room
+        if not publish(self.client, topic, payload, self.qos):
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("the broker does not take the notifications: %d dropped so far", self.dropped)
+            return
         self.published += 1
