@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -201,6 +202,25 @@ def test_observations_are_kept_by_row_until_one_already_written_changes(
     assert pair.read(f"Datastreams({ds})/Observations", **chart) == (0, 0)  # the whole answer, cached
     # with something expanded an Observation's JSON is not its row's alone: not kept by row
     assert pair.read(f"Datastreams({ds})/Observations", **{"$expand": "FeatureOfInterest"}) == (0, 0)
+
+
+def test_the_newest_of_all_read_again_after_a_write_reads_only_the_new_row(
+        city: tuple[Pair, list[int], dict[int, list[int]]]) -> None:
+    """The newest of all, which every write changes: only the rows written since are serialized again, and the
+    answer, its order and its nextLink stay those of a plain read."""
+    pair, things, streams = city
+    newest = {"$orderby": "phenomenonTime desc", "$top": "5"}
+    assert pair.read("Observations", **newest) == (0, 5)
+    assert "@iot.nextLink" in pair.cached.call("GET", "Observations", **newest)  # 16 in all
+    pair.post_observation(streams[things[2]][1], 9.5, "2026-02-01T00:00:00Z")
+    pair.post_observation(streams[things[3]][0], 8.5, "2026-01-31T00:00:00Z")
+    assert pair.read("Observations", **newest) == (3, 2)  # the two new ones read, three kept
+    assert pair.read("Observations", **{**newest, "$select": "result"}) == (0, 5)  # another shape
+    first = pair.cached.call("GET", "Observations", **newest)
+    assert [o["result"] for o in first["value"][:2]] == [9.5, 8.5]
+    following = dict(parse_qsl(urlsplit(first["@iot.nextLink"]).query))
+    assert "$skiptoken" in following
+    pair.read("Observations", **following)  # the next page: the cached and the plain read agree on it too
 
 
 def test_new_observations_leave_the_rewritten_version_standing(store_url: str) -> None:
