@@ -134,7 +134,7 @@ class Notifier:
         self.queue.put(changes)
 
     def stats(self) -> dict[str, Any]:
-        """What /health shows: connection, notifications sent, topics with subscribers."""
+        """What /health shows: connection, notifications sent and dropped, topics with subscribers."""
         return {"connected": self.client.is_connected(), "published": self.published, "dropped": self.dropped,
                 "queued": self.queue.qsize(),
                 "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
@@ -261,8 +261,10 @@ class Notifier:
     def _send(self, topic: str, payload: bytes) -> None:
         # a broker slower than the writes: the later notifications wait here, in order, for it to make room
         if not publish(self.client, topic, payload, self.qos):
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("the broker does not take the notifications: %d dropped so far", self.dropped)
+            with self._count_lock:  # the writers' thread counts the backlog's drops too
+                self.dropped += 1
+                dropped = self.dropped
+            if dropped % 1000 == 1:
+                log.warning("the broker does not take the notifications: %d dropped so far", dropped)
             return
         self.published += 1
