@@ -218,8 +218,8 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         if not places:
             continue
         # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
-        params = [{**{c: orjson.dumps(v).decode() if c in JSON_COLUMNS and v is not None else v
-                      for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]} for i in places]
+        params = [{**{c: driver_value(c, v) for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]}
+                  for i in places]
         sql = _widening_sql(multi, tuple(rows[places[0]]))
         with driver(conn, sql) as db, db.cursor() as cursor:
             cursor.executemany(sql, params, returning=True)
@@ -407,3 +407,8 @@ _INSERT_ONE_WIDENING = {multi: _INSERT_ONE.add_cte(_WIDEN[multi].cte("widened"))
 _PG_DIALECT = psycopg_dialect()
 # the columns the driver's own connection takes as JSON text (the pipelined small writes here, PostgreSQL's COPY)
 JSON_COLUMNS = frozenset(c.name for c in TABLES["observations"].c if isinstance(c.type, JSON))
+
+
+def driver_value(column: str, value: Any) -> Any:
+    """An Observation column's value as PostgreSQL's driver takes it on its own connection: JSON columns as text."""
+    return orjson.dumps(value).decode() if column in JSON_COLUMNS and value is not None else value

@@ -6,7 +6,6 @@ import logging
 from datetime import date, time
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -29,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB, array
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
-from sensorthings.store.observations import JSON_COLUMNS
+from sensorthings.store.observations import driver_value
 from sensorthings.store.schema import series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -191,6 +190,5 @@ def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[in
         "FROM generate_series(1, %s)", (len(rows),)).scalar_one()
     with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor, cursor.copy(_COPY_OBSERVATIONS) as copy:
         for id_, row in zip(ids, rows, strict=True):
-            copy.write_row([id_, *(orjson.dumps(row[c]).decode() if c in JSON_COLUMNS and row.get(c) is not None
-                                   else row.get(c) for c in OBSERVATION_COLUMNS)])
+            copy.write_row([id_, *(driver_value(c, row.get(c)) for c in OBSERVATION_COLUMNS)])
     return list(ids)
