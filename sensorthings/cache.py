@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apicommon.lru import SizedLRU
+from sensorthings.appended import KeptPages
 from sensorthings.fragments import FragmentCache
 from sensorthings.store.versions import Versions, holds
 
@@ -65,6 +66,8 @@ class ResponseCache:
         self.max_entry = max_entry
         # the JSON of single entities of a page, for answers computed again (a quarter of the budget)
         self.fragments = FragmentCache(max_bytes // 4)
+        # pages of Observations with their rows, extended by the rows written since (an eighth)
+        self.pages: KeptPages | None = KeptPages(max_bytes // 8)
         self.overlap = overlap  # computations of one answer at once, at most
         self._entries: SizedLRU[Entry] = SizedLRU(max_bytes, lambda e: len(e.body))
         self._lock = threading.Lock()  # the counters and the flights
@@ -74,6 +77,7 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self.shared = 0  # misses answered by another request's computation
+        self._costs: dict[tuple, float] = {}  # key -> the CPU seconds its last computation took
 
     def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
         """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
@@ -153,6 +157,21 @@ class ResponseCache:
                     del self._reading[flight.key]
         flight.future.set_result(entry)
 
+    def note_cost(self, key: tuple, seconds: float) -> None:
+        """Note the CPU seconds a computation of `key` took."""
+        if len(self._costs) > 4096 and key not in self._costs:
+            self._costs.clear()  # bounded: a client inventing requests must not grow it
+        self._costs[key] = seconds
+
+    def cost_of(self, key: tuple) -> float | None:
+        """The CPU seconds the last computation of `key` took (None: none noted)."""
+        return self._costs.get(key)
+
+    def computing(self, key: tuple) -> bool:
+        """True while a computation of `key` gathers, reads, or waits for its turn."""
+        with self._lock:
+            return key in self._slots or key in self._gathering or key in self._reading
+
     def put(self, key: tuple, versions: Versions, status: int, body: bytes, headers: dict[str, str]) -> Entry:
         """Remember a response; large ones are not kept."""
         # the versions tell the data apart; the body's CRC only answers at the same versions (another configuration,
@@ -166,8 +185,9 @@ class ResponseCache:
 
     def stats(self) -> dict[str, Any]:
         """Hits, misses (of them shared: answered by another request's computation), entries and bytes held; the
-        same of the fragments."""
+        same of the fragments; pages read whole and extended (sensorthings.appended)."""
         entries, size = self._entries.stats()
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "entries": entries,
-                    "bytes": size, "fragments": self.fragments.stats()}
+                    "bytes": size, "fragments": self.fragments.stats(),
+                    "pages": None if self.pages is None else self.pages.stats()}

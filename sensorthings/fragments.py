@@ -95,23 +95,23 @@ def _within(entity: EntityType, items: Iterable[Expand], owning: bool) -> bool:
             return False
         opts = item.options
         exprs = [opts.filter, *(o.expr for o in opts.orderby)]
-        if any(_navigates(target, e) for e in exprs if e is not None):
+        if any(navigates(target, e) for e in exprs if e is not None):
             return False
         if not _within(target, opts.expand, down):
             return False
     return True
 
 
-def _navigates(entity: EntityType, expr: Expr | OrderBy) -> bool:
+def navigates(entity: EntityType, expr: Expr | OrderBy | None) -> bool:
     """True when an expression reads another entity (a path through a navigation property)."""
     if isinstance(expr, Path):
         return expr.segments[0] in entity.nav_by_name
     if isinstance(expr, BinaryOp):
-        return _navigates(entity, expr.left) or _navigates(entity, expr.right)
+        return navigates(entity, expr.left) or navigates(entity, expr.right)
     if isinstance(expr, UnaryOp):
-        return _navigates(entity, expr.operand)
+        return navigates(entity, expr.operand)
     if isinstance(expr, Call):
-        return any(_navigates(entity, a) for a in expr.args)
+        return any(navigates(entity, a) for a in expr.args)
     return False
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -37,7 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.access import visible
-from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, owned_versions
+from sensorthings.appended import KeptPage, KeptPages, appends_by_id, basis, kinds, merged, sort_keys
+from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, navigates, owned_versions
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
@@ -72,6 +73,7 @@ class Reader:
     hide_internal: bool = False  # for a reader without the read role: see sensorthings.access
     exact_count: bool = False  # count a huge set too (else its `$count` is the planner's estimate)
     fragments: FragmentCache | None = None  # entities' JSON kept across answers (sensorthings.fragments)
+    pages: KeptPages | None = None  # pages of Observations kept with their rows (sensorthings.appended)
 
     def __post_init__(self) -> None:
         self.translator = Translator(self.store.dialect)
@@ -93,42 +95,56 @@ class Reader:
         deep pages seek through the index instead of counting past every earlier row. `shape` names
         what `where` selects (a request path's steps): the statement is then built once per shape.
         """
-        table = TABLES[entity.table]
         top = self.default_top if options.top is None else options.top
-        count = None
-        if options.count:
-            path = where(table)
-            conds = [c for c in (path, self._filter(entity, table, options)) if c is not None]
-            if path is None and options.filter is None and not self.exact_count:  # a whole set
-                count = self._estimate(conn, table, conds)
-            if count is None:
-                count = conn.execute(select(func.count()).select_from(table).where(*conds)).scalar()
+        count = self._count(conn, entity, where, options) if options.count else None
+        rows = self._rows(conn, entity, where, options, top, after, shape)
+        return rows[:top], _token(rows, top), count
+
+    def _count(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+               options: QueryOptions, above: int | None = None) -> int:
+        """The rows of a set (`above`: of them, those with a higher id); an `Estimate` on a huge set unless the
+        reader counts exactly."""
+        table = TABLES[entity.table]
+        path = where(table)
+        conds = [c for c in (path, self._filter(entity, table, options)) if c is not None]
+        if above is not None:
+            conds.append(table.c.id > above)
+        elif path is None and options.filter is None and not self.exact_count:  # a whole set
+            estimate = self._estimate(conn, table, conds)
+            if estimate is not None:
+                return estimate
+        return conn.execute(select(func.count()).select_from(table).where(*conds)).scalar_one()
+
+    def _rows(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+              options: QueryOptions, top: int, after: tuple[Any, ...] | None, shape: Hashable | None,
+              above: int | None = None) -> list[Mapping[str, Any]]:
+        """A page's rows and one more (whether more follow), with their sort keys (`_k0`, `_k1` …); `above`: every
+        row of the set with a higher id, unsorted."""
+        if top <= 0:
+            return []
+        table = TABLES[entity.table]
 
         def build() -> Select:
             conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
             keys = self._keys(entity, table, options)
             if after is not None:
                 conds.append(_after(keys, after))
+            if above is not None:
+                conds.append(table.c.id > bindparam("above", type_=BigInteger))
             labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
             columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
             covered = _covered(table, columns, labels, self.store.dialect) \
                 if self.store.dialect.name == "postgresql" else None
-            q = (select(*columns, *labels) if covered is None else covered).where(*conds).order_by(*_directed(keys))
-            return q.limit(top + 1).offset(options.skip if after is None else 0)
+            q = (select(*columns, *labels) if covered is None else covered).where(*conds)
+            if above is not None:  # a few new rows, sought by id and sorted by the caller
+                return q
+            return q.order_by(*_directed(keys)).limit(top + 1).offset(options.skip if after is None else 0)
 
         if shape is None or after is not None:
             q = build()
         else:
-            q = self._statement(("page", entity.name, shape, options, top), options, build)
-        nkeys = sum(1 for c in q.selected_columns if c.key.startswith("_k"))
-        rows = list(conn.execute(q).mappings().all()) if top > 0 else []
-        token = None
-        if len(rows) > top:
-            last = rows[top - 1] if top > 0 else None
-            values = [last[f"_k{i}"] for i in range(nkeys)] if last is not None else [None]
-            # NULL sort keys cannot be sought past portably: such pages continue by $skip ("")
-            token = "" if any(v is None for v in values) else encode_token(values)
-        return rows[:top], token, count
+            q = self._statement(("page", entity.name, shape, options, top, above is not None), options, build)
+        return list(conn.execute(q, {} if above is None else {"above": above}).mappings().all())
 
     def _estimate(self, conn: Connection, table: FromClause, shown: list[ColumnElement]) -> Estimate | None:
         """A whole set's count as PostgreSQL's planner knows it, when its table is over ESTIMATE_COUNT_ABOVE rows
@@ -159,14 +175,99 @@ class Reader:
         shape: Hashable | None = None,
     ) -> dict[str, Any]:
         """A set: `{"@iot.count"?, "value": [...], "@iot.nextLink"?}`; next_url gets the skiptoken."""
-        rows, token, count = self.page(conn, entity, where, options, after, shape)
+        kept = self._kept_page(conn, entity, where, options, shape) if self._keeps_page(conn, entity, options, after,
+                                                                                      shape) else None
+        if kept is None:
+            rows, token, count = self.page(conn, entity, where, options, after, shape)
+            values = self._serialize_page(conn, entity, rows, options)
+        else:
+            top = self.default_top if options.top is None else options.top
+            token, count, values = _token(list(kept.rows), top), kept.count, list(kept.values)
         out: dict[str, Any] = {}
         if count is not None:
             out.update(count_annotations(count))
-        out["value"] = self._serialize_page(conn, entity, rows, options)
+        out["value"] = values
         if token is not None:
             out["@iot.nextLink"] = next_url(token or None)
         return out
+
+    def _keeps_page(self, conn: Connection, entity: EntityType, options: QueryOptions,
+                    after: tuple[Any, ...] | None, shape: Hashable | None) -> bool:
+        """True when a page is read through `pages` (sensorthings.appended): the first page of Observations with
+        nothing expanded, in a read the response cache keeps (versions known), where new rows are told by id."""
+        return (self.pages is not None and entity.table == "observations" and not options.expand
+                and after is None and not options.skip and shape is not None and NOW_KEY in conn.info
+                and not (options.filter is not None and _calls_now(options.filter)) and appends_by_id(conn))
+
+    def _kept_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+                   options: QueryOptions, shape: Hashable) -> KeptPage | None:
+        """A page from its kept rows and those written since (sensorthings.appended), read whole when it has none
+        that stands; kept again. None when it cannot be kept: `page` reads it."""
+        assert self.pages is not None
+        now = conn.info[NOW_KEY]
+        top = self.default_top if options.top is None else options.top
+        key = (self.base, self.hide_internal, self.exact_count, shape, options, top)
+        read: set[str] = set()
+        with noting_reads(conn, read):
+            high = conn.execute(_HIGHEST).scalar_one()
+            kept = self.pages.get(key, now, high)
+            page = None if kept is None else self._extend_page(conn, entity, where, options, shape, top, high, kept)
+            if page is None:
+                page = self._read_page(conn, entity, where, options, shape, top, high, now, read)
+        tracked = conn.info.get(READ_KEY)
+        if tracked is not None:  # the answer depends on what the page was read from
+            tracked |= read
+            if page is not None:
+                tracked |= page.read
+        if page is not None:
+            self.pages.put(key, page)
+        return page
+
+    def _read_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+                   options: QueryOptions, shape: Hashable, top: int, high: int, now: Mapping[str, int],
+                   read: set[str]) -> KeptPage | None:
+        """A page read whole, to be kept; None when it cannot be (its JSON not all encoded, raw SQL read)."""
+        assert self.pages is not None
+        self.pages.read += 1
+        count = self._count(conn, entity, where, options) if options.count else None
+        rows = self._rows(conn, entity, where, options, top, None, shape)
+        values = self._serialize_page(conn, entity, rows[:top], options)
+        hidden = self.hide_internal and not any(
+            navigates(entity, e) for e in (options.filter, *(o.expr for o in options.orderby)))
+        stands_on = basis(read, now, hidden)
+        if stands_on is None or any(not isinstance(v, orjson.Fragment) for v in values):
+            return None
+        directions = tuple(d for _, d in self._keys(entity, TABLES[entity.table], options))
+        return KeptPage(stands_on, high, tuple(rows), sort_keys(rows, len(directions)), tuple(values), count,
+                        directions, kinds(rows, len(directions)) if rows else None, frozenset(read))
+
+    def _extend_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+                     options: QueryOptions, shape: Hashable, top: int, high: int, kept: KeptPage) -> KeptPage | None:
+        """A kept page with the rows written since it was read; None when it must be read whole (more new rows than
+        a page, or rows that cannot be sorted in)."""
+        assert self.pages is not None
+        if high == kept.high:
+            return kept
+        if high - kept.high > top:  # ids follow one another here: more new rows than a page, read it whole
+            return None
+        new = self._rows(conn, entity, where, options, top, None, shape, above=kept.high)
+        count = None if kept.count is None else kept.count + self._count(conn, entity, where, options, kept.high)
+        if not new:
+            self.pages.extended += 1
+            return replace(kept, high=high, count=count)
+        entries = merged(kept, new, top + 1)
+        if entries is None:
+            return None
+        fresh = self._serialize_page(conn, entity, [new[-1 - i] for _, i in entries[:top] if i < 0], options)
+        if any(not isinstance(v, orjson.Fragment) for v in fresh):
+            return None
+        written = iter(fresh)
+        # the row read one over has no JSON: rows only move down the page as new ones come in before them
+        values = [kept.values[i] if i >= 0 else next(written) for _, i in entries[:top]]
+        rows = [kept.rows[i] if i >= 0 else new[-1 - i] for _, i in entries]
+        self.pages.extended += 1
+        return replace(kept, high=high, rows=tuple(rows), keys=tuple(k for k, _ in entries), values=tuple(values),
+                       count=count)
 
     def entity(
         self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
@@ -412,6 +513,19 @@ def _calls_now(expr: Any) -> bool:
 
 def _directed(keys: list[tuple[Any, bool]]) -> list[Any]:
     return [k.desc() if desc else k.asc() for k, desc in keys]
+
+
+def _token(rows: Sequence[Mapping[str, Any]], top: int) -> str | None:
+    """The skiptoken after a page of `top` of `rows` (read one over) when more follow: the sort keys of its last row;
+    "" where one is NULL (NULLs cannot be sought past portably: such pages continue by $skip)."""
+    if len(rows) <= top or top <= 0:
+        return None
+    last = rows[top - 1]
+    values = [last[k] for k in last.keys() if k.startswith("_k")]
+    return "" if any(v is None for v in values) else encode_token(values)
+
+
+_HIGHEST = select(func.coalesce(func.max(TABLES["observations"].c.id), 0))
 
 
 def _after(keys: list[tuple[Any, bool]], values: tuple[Any, ...]) -> ColumnElement:

@@ -14,13 +14,15 @@ from starlette.routing import Route
 
 from apicommon.request import public_base, sees_internal
 from sensorthings.openapi import openapi_document
-from sensorthings.service import ApiRequest, ApiResponse, Service
+from sensorthings.service import ApiRequest, ApiResponse, CachePlan, Service
+from sensorthings.store.group_commit import YIELD_S
 from sensorthings.store.version_watch import VersionWatch
 
 log = logging.getLogger("udp.sensorthings.http")
 
 MAX_BODY_MB = 64  # server.max_body_mb unless the platform says otherwise
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+IDLE_POLL_S = 0.0005  # how often a read waiting on the event loop for the writer looks again
 WRITE_THREADS = 16  # per worker, besides the threads that serve reads (server.threads)
 
 
@@ -101,10 +103,30 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
             log.debug("versions not read on the event loop: %s", exc)
             return None, None
+        res = await _taken(req, plan, now)
+        if res is None and service.computes_inline(plan):
+            if not service.store.writer.idle.is_set():
+                # devices' writes first, as a thread computing it would (`yield_to`); then the versions again
+                await _writer_idle()
+                now = await versions.current(plan.rows)
+                res = await _taken(req, plan, now)
+            if res is None:
+                res = service.handle(req, None, now, inline=True)
+        return res, now
+
+    async def _taken(req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> ApiResponse | None:
+        """The answer from the cache or from a computation under way that is fresh at `now`; None: neither."""
         res = service.cached(req, plan, now)
         if res is None and (joined := service.joined(req, plan, now)) is not None:
             res = await asyncio.wrap_future(joined)
-        return res, now
+        return res
+
+    async def _writer_idle() -> None:
+        """Wait, at most as long as `yield_to` does, while this process's writer has Observations to write."""
+        idle = service.store.writer.idle
+        deadline = asyncio.get_running_loop().time() + YIELD_S
+        while not idle.is_set() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(IDLE_POLL_S)
 
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"

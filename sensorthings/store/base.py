@@ -192,6 +192,12 @@ class Store:
                 continue
         return False
 
+    def reads_at_once(self) -> bool:
+        """True when `read` would not wait for a connection (fewer taken than the pool keeps)."""
+        pool = self.read_engine.pool
+        size, taken = getattr(pool, "size", None), getattr(pool, "checkedout", None)
+        return self.replicas is None and (size is None or taken is None or taken() < size())
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for reading (autocommit on PostgreSQL: no BEGIN/ROLLBACK round trips), on a replica when

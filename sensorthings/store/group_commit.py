@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sensorthings.store.base import Store
 
 log = logging.getLogger("udp.sensorthings.writer")
+YIELD_S = 0.05  # the longest a read to be computed waits for this process's writer (`yield_to`)
 
 
 @dataclass(slots=True)
@@ -72,7 +73,7 @@ class ObservationWriter:
             self.queue.put(_Job(rows, together, future))
         return future
 
-    def yield_to(self, at_most: float = 0.05) -> None:
+    def yield_to(self, at_most: float = YIELD_S) -> None:
         """Wait (at most `at_most` seconds) while this process has Observations to write: a read computed meanwhile
         would take the interpreter and the CPU from the writer, and devices' writes must keep their pace under
         any read load."""

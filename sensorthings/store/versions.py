@@ -38,6 +38,11 @@ SHARDS = 8
 # raised by every change to Observations already written (an update, a delete), not by new ones: while it stands, an
 # Observation's JSON stands (sensorthings.fragments)
 REWRITTEN = "observations_rewritten"
+# SQLite: raised by every change that may show or hide Observations already written from a reader without the read
+# role (sensorthings.access): a Thing changed (its `udpAccess`), a (Multi)Datastream moved to another Thing. Deletes
+# take their Observations along (REWRITTEN). What a hidden page stands on besides its rows (sensorthings.appended),
+# where the tables themselves change with every Observation (each widens its Datastream's phenomenonTime).
+SHOWN = "observations_shown"
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
 Versions = tuple[tuple[str, int], ...]  # (table or row key, version), sorted
 
@@ -158,7 +163,7 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         return
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) VALUES "
-                         + ", ".join(f"('{name}', 0)" for name in [*names, REWRITTEN]))
+                         + ", ".join(f"('{name}', 0)" for name in [*names, REWRITTEN, SHOWN]))
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {QUIET} (held INTEGER NOT NULL)")
     _replace_unquiet(conn)
     bump = f"BEGIN UPDATE {VERSIONS} SET version = version + 1 WHERE name = '{{name}}'; END"
@@ -170,6 +175,11 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         for op in ("UPDATE", "DELETE"):
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rewrite_{op.lower()}_observations AFTER {op} "
                                  "ON observations " + bump.format(name=REWRITTEN))
+    for name, change in (("things", "UPDATE"), ("datastreams", "UPDATE OF thing_id"),
+                         ("multi_datastreams", "UPDATE OF thing_id")):
+        if name in names:
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_shown_{name} AFTER {change} ON {name} "
+                                 + bump.format(name=SHOWN))
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {ROW_VERSIONS} (key TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     for name in ROW_TABLES:
         if name not in names:
@@ -308,6 +318,8 @@ def _tables_of(clause: Any) -> frozenset[str]:
         return frozenset({ALL})
     names = set()
     for table in find_tables(clause, check_columns=True, include_crud=True):
+        if table is None:  # a column of no table: `count(*)`, a literal
+            continue
         name = getattr(table, "name", None)
         if name is None:
             return frozenset({ALL})

@@ -1,0 +1,183 @@
+"""Kept pages of Observations (sensorthings.appended): a page read again after new Observations were written reads
+only those, and answers what a full read answers.
+
+Every answer of the caching service is compared with the same request to a service without a cache on the same
+store, after each write: single Observations landing on the page, past it and between its rows, a bulk of more than
+a page, an update and a delete of an Observation written before, a Datastream renamed. The pages' counters say
+whether a page was extended or read whole.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from sensorthings.cache import ResponseCache
+from sensorthings.service import ApiRequest, Service
+from sensorthings.store.base import Store
+
+OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+UNIT = {"name": "degree Celsius", "symbol": "degC", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
+ASKED: list[tuple[str, dict[str, str]]] = [
+    ("Observations", {"$top": "5", "$orderby": "phenomenonTime desc"}),
+    ("Observations", {"$top": "5", "$orderby": "phenomenonTime asc"}),
+    ("Observations", {"$top": "4"}),  # by id: new rows come last
+    ("Observations", {"$top": "4", "$orderby": "id desc", "$select": "result,phenomenonTime"}),
+    ("Observations", {"$top": "4", "$orderby": "result desc,phenomenonTime asc"}),  # two directions
+    ("Observations", {"$top": "3", "$filter": "result gt 50", "$count": "true", "$orderby": "phenomenonTime desc"}),
+    ("Observations", {"$top": "3", "$orderby": "resultTime desc"}),  # NULL sort keys: read whole every time
+    ("Observations", {"$top": "50", "$orderby": "phenomenonTime desc"}),  # the whole set on one page
+    ("Datastreams({ds})/Observations", {"$top": "3", "$orderby": "phenomenonTime desc"}),
+]
+
+
+def stream(name: str) -> dict[str, Any]:
+    return {"name": name, "description": "d", "observationType": OM, "unitOfMeasurement": UNIT,
+            "Sensor": {"name": f"sensor {name}", "description": "d", "encodingType": "text/html", "metadata": "m"},
+            "ObservedProperty": {"name": "temperature", "definition": "t", "description": "d"}}
+
+
+class Pair:
+    """A caching service and a plain one on the same store: the second says what the first must answer."""
+
+    def __init__(self, store: Store) -> None:
+        self.cached = Service(store, cache=ResponseCache())
+        self.plain = Service(store)
+        self.pages = self.cached.cache.pages  # type: ignore[union-attr]
+
+    def read_all(self, ds: int) -> None:
+        for path, params in ASKED:
+            path = path.format(ds=ds)
+            got = self.cached.call("GET", path, **params)
+            assert got == self.plain.call("GET", path, **params), (path, params)
+
+    def post(self, ds: int, result: float, time: str) -> int:
+        return self.cached.call("POST", "Observations", {"result": result, "phenomenonTime": time,
+                                                         "Datastream": {"@iot.id": ds}})["@iot.id"]
+
+
+@pytest.fixture
+def pair(store_url: str) -> Iterator[tuple[Pair, list[int]]]:
+    """Two Datastreams with ten Observations each."""
+    store = Store.open(store_url)
+    try:
+        p = Pair(store)
+        made = p.cached.call("POST", "Things", {
+            "name": "t", "description": "d", "Datastreams": [stream("a"), stream("b")],
+            "Locations": [{"name": "here", "description": "d", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [10, 53]}}]})
+        ds = [d["@iot.id"] for d in p.cached.call("GET", f"Things({made['@iot.id']})/Datastreams",
+                                                  **{"$orderby": "id"})["value"]]
+        for i in range(20):
+            p.post(ds[i % 2], float(i * 5), f"2026-01-01T{i:02d}:00:00Z")
+        yield p, ds
+    finally:
+        store.close()
+
+
+def test_pages_read_again_after_writes_answer_as_a_full_read(pair: tuple[Pair, list[int]]) -> None:
+    p, ds = pair
+    sqlite = p.cached.store.dialect.name == "sqlite"
+    p.read_all(ds[0])
+    rnd = random.Random(7)
+    for step in range(12):
+        before = p.pages.stats()
+        # newest, oldest and between the page's rows; results above and below the filter's bound
+        hour = rnd.choice([0, 5, 10, 23]) if step % 3 else 23
+        p.post(ds[step % 2], rnd.choice([1.0, 55.0, 99.0]), f"2026-01-0{1 + step % 3}T{hour:02d}:30:{step:02d}Z")
+        p.read_all(ds[0])
+        after = p.pages.stats()
+        if sqlite:  # every page extended but those ordered by resultTime (NULLs) and result (a number or a text)
+            # and the other Datastream's, which a write to this one leaves standing
+            assert after["extended"] - before["extended"] >= len(ASKED) - 2 - step % 2
+            assert after["read"] == before["read"] + 2
+        else:  # PostgreSQL's ids do not follow the commits: pages are read whole
+            assert after["extended"] == before["extended"] == 0
+
+    # more new rows than a page: read whole
+    p.cached.call("POST", "CreateObservations", [{
+        "Datastream": {"@iot.id": ds[1]}, "components": ["phenomenonTime", "result"],
+        "dataArray": [[f"2026-02-01T00:00:{s:02d}Z", float(s)] for s in range(60)]}])
+    p.read_all(ds[0])
+
+    # an Observation written before, changed or deleted: pages read whole, then extended again
+    first = p.cached.call("GET", "Observations", **{"$orderby": "phenomenonTime desc", "$top": "1"})["value"][0]
+    p.cached.call("PATCH", f"Observations({first['@iot.id']})", {"result": 1000.0})
+    before = p.pages.stats()
+    p.read_all(ds[0])
+    assert p.pages.stats()["extended"] == before["extended"]
+    assert p.cached.call("GET", "Observations", **{"$orderby": "result desc", "$top": "1"})["value"][0]["result"] == 1000.0
+    p.cached.call("DELETE", f"Observations({first['@iot.id']})")
+    p.read_all(ds[0])
+    p.post(ds[0], 77.0, "2026-03-01T00:00:00Z")
+    before = p.pages.stats()
+    p.read_all(ds[0])
+    assert p.pages.stats()["extended"] > before["extended"] or not sqlite
+
+    # something else a page was read from changed (the Datastreams: a reader's visibility depends on them)
+    p.cached.call("PATCH", f"Datastreams({ds[0]})", {"name": "renamed"})
+    p.post(ds[0], 78.0, "2026-03-02T00:00:00Z")
+    p.read_all(ds[0])
+
+
+def test_a_page_newer_than_the_reader_is_not_taken(pair: tuple[Pair, list[int]]) -> None:
+    """A kept page read at a later snapshot than a reader's (its highest id above the reader's) is not extended
+    backwards: the reader reads its page whole."""
+    p, ds = pair
+    if p.cached.store.dialect.name != "sqlite":
+        pytest.skip("pages are kept on SQLite only")
+    params = {"$top": "3", "$orderby": "phenomenonTime desc"}
+    p.cached.call("GET", "Observations", **params)
+    key, page = next(iter(p.pages._items._items.items()))
+    p.pages._items.put(key, page.__class__(**{**{f: getattr(page, f) for f in page.__slots__},
+                                               "high": page.high + 10}))
+    p.post(ds[0], 1.0, "2026-04-01T00:00:00Z")
+    before = p.pages.stats()
+    assert p.cached.call("GET", "Observations", **params) == p.plain.call("GET", "Observations", **params)
+    assert p.pages.stats()["read"] == before["read"] + 1
+
+
+def test_a_hidden_page_is_read_whole_when_what_it_hides_changes(pair: tuple[Pair, list[int]]) -> None:
+    """A reader without the read role: the page is extended while Observations come in (each widens its
+    Datastream, which the hiding reads), read whole when a Thing turns internal or a Datastream moves to one."""
+    p, ds = pair
+    sqlite = p.cached.store.dialect.name == "sqlite"
+    params = {"$top": "6", "$orderby": "phenomenonTime desc"}
+
+    def hidden_read() -> list[int]:
+        def get(service: Service) -> Any:
+            res = service.handle(ApiRequest("GET", "Observations", params, None, "http://udp.local/v1.1",
+                                            sees_internal=False))
+            assert res.status == 200
+            return orjson.loads(res.content())
+        got = get(p.cached)
+        assert got == get(p.plain)
+        return [o["@iot.id"] for o in got["value"]]
+
+    other = p.cached.call("POST", "Things", {
+        "name": "other", "description": "d", "properties": {"udpAccess": "internal"}, "Datastreams": [stream("c")],
+        "Locations": [{"name": "there", "description": "d", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [11, 53]}}]})["@iot.id"]
+    first = hidden_read()
+    p.post(ds[0], 1.0, "2026-05-01T00:00:00Z")
+    before = p.pages.stats()
+    assert hidden_read()[0] not in first
+    assert p.pages.stats()["extended"] == before["extended"] + sqlite
+
+    # a Datastream moved to the internal Thing: its Observations hide
+    p.cached.call("PATCH", f"Datastreams({ds[0]})", {"Thing": {"@iot.id": other}})
+    before = p.pages.stats()
+    shown = hidden_read()
+    assert p.pages.stats()["read"] == before["read"] + sqlite
+    assert len(shown) == 6 and all(p.cached.call("GET", f"Observations({i})/Datastream")["@iot.id"] == ds[1]
+                                   for i in shown)
+    # the Thing no longer internal: they show again
+    p.cached.call("PATCH", f"Things({other})", {"properties": {}})
+    before = p.pages.stats()
+    newest = hidden_read()[0]
+    assert p.pages.stats()["read"] == before["read"] + sqlite
+    assert p.cached.call("GET", f"Observations({newest})/Datastream")["@iot.id"] == ds[0]
