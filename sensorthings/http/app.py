@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Future
 
 import anyio.to_thread
 import orjson
@@ -43,6 +44,17 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _settle(back: asyncio.Future[ApiResponse], done: Future[ApiResponse]) -> None:
+    """Resolve `back` as `done` was, unless its request is gone (cancelled: the write went on without it)."""
+    if back.done():
+        return
+    exc = done.exception()
+    if exc is not None:
+        back.set_exception(exc)
+    else:
+        back.set_result(done.result())
+
+
 def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1",
                         max_body_mb: int = MAX_BODY_MB, versions: VersionWatch | None = None) -> list[Route]:
     """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
@@ -79,8 +91,8 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             if res is None:
                 res = await run_in_threadpool(service.handle, req, None, now)
         elif (submitted := service.submit(req)) is not None:
-            # shielded: a client gone before the commit leaves the write and its answer to finish unbothered
-            res = await asyncio.shield(asyncio.wrap_future(submitted))
+            # a client gone before the commit leaves the write to finish unbothered: the writer holds it
+            res = await _handed_back(submitted)
         else:
             # writes mostly wait for the group commit: threads of their own, so that reads filling every
             # thread of the pool never hold a device's write back
@@ -93,6 +105,20 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         if res.status in (204, 304):
             return Response(status_code=res.status, headers=res.headers)
         return Response(res.content(), res.status, headers=res.headers, media_type=media)
+
+    async def _handed_back(written: Future[ApiResponse]) -> ApiResponse:
+        """The answer of a write handed to the group-commit writer, back on the event loop in one turn of it:
+        `shield(wrap_future(…))` took three, each a whole turn behind the requests ready then (under cheap reads
+        3.6 ms of a POST's 10, not 5.6)."""
+        loop = asyncio.get_running_loop()
+        back: asyncio.Future[ApiResponse] = loop.create_future()
+
+        def hand_back(done: Future[ApiResponse]) -> None:
+            if not loop.is_closed():  # shutting down: nobody waits
+                loop.call_soon_threadsafe(_settle, back, done)
+
+        written.add_done_callback(hand_back)
+        return await back
 
     async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
         plan = service.cache_plan(req) if versions is not None else None
