@@ -24,6 +24,7 @@ one that reads Datastreams or Observations any other way (`Datastreams/Thing/Dat
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,104 @@ def owned_versions(conn: Connection, entity: EntityType, ids: list[int]) -> dict
     bound = ids if dialect == "postgresql" else orjson.dumps(ids).decode()
     for owner_id, kind, id_, row_version, obs_version in conn.execute(statement, {"ids": bound}).all():
         out[owner_id].append((kind, id_, row_version or 0, obs_version or 0))
-    return {id_: tuple(streams_) for id_, streams_ in out.items()}
+    return {id_: tuple(sorted(streams_)) for id_, streams_ in out.items()}
+
+
+class StreamIndex:
+    """SQLite: every stream's owner and row versions, kept in this process and brought up to date from the row
+    versions changed since (sensorthings.store.versions.ROW_SEQUENCE), so that the owned versions of a page's
+    entities are looked up, not read by a statement over all their streams (the expanded Things: 0.6 of 1.9 ms).
+    `owned` answers as `owned_versions` does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seq = -1  # the sequence's number it is up to date with (-1: nothing read yet)
+        self._versions: dict[str, int] = {}
+        self._owners: dict[tuple[str, int], int] = {}  # (kind, stream id) -> its Thing
+        self._owned_by: dict[int, set[tuple[str, int]]] = {}  # Thing -> its streams
+        self._made: dict[tuple[str, int], Owned] = {}  # what `owned` answered, by (kind, id) of the entity
+
+    def owned(self, conn: Connection, entity: EntityType, ids: list[int]) -> dict[int, Owned] | None:
+        """Per entity id: its own streams and their row versions in `conn`'s snapshot; None when this index is
+        ahead of that snapshot (another thread read a later one): then `owned_versions` reads them."""
+        with self._lock:
+            # the rows changed since, and the sequence's number: the highest row version there is
+            changed = conn.execute(_CHANGED, {"seq": self.seq}).all()
+            seq = changed.pop()[1] or 0
+            if seq < self.seq:
+                return None
+            if seq > self.seq:
+                self._catch_up(conn, changed, seq)
+            kind = _KINDS[entity.table]
+            made = self._made
+            out = {}
+            for id_ in ids:
+                found = made.get((kind, id_))
+                if found is None:
+                    found = made[(kind, id_)] = self._owned(kind, id_)
+                out[id_] = found
+            return out
+
+    def _owned(self, kind: str, id_: int) -> Owned:
+        if kind == "t":
+            streams = sorted(self._owned_by.get(id_, ()))
+        else:
+            streams = [(kind, id_)] if (kind, id_) in self._owners else []
+        versions = self._versions
+        return tuple((k, sid, versions.get(f"{_TABLE_OF[k]}@{sid}", 0), versions.get(f"observations@{k}{sid}", 0))
+                     for k, sid in streams)
+
+    def _catch_up(self, conn: Connection, changed: list[Any], seq: int) -> None:
+        """Take the row versions `changed` since `self.seq` (every one, the first time), as of `seq`, and read
+        again whose streams those whose rows changed are (added, moved, gone)."""
+        first = self.seq < 0
+        self._versions.update(changed)
+        touched: set[tuple[str, int]] = set()
+        rows: dict[str, list[tuple[str, int]]] = {"d": [], "m": []}
+        for key, _version in changed:
+            table, _, rest = key.partition("@")
+            if table == "observations":
+                touched.add((rest[0], int(rest[1:])))
+            else:
+                stream = (_KIND_OF[table], int(rest))
+                touched.add(stream)
+                rows[stream[0]].append(stream)
+        for kind, table_name in _TABLE_OF.items():
+            if not first and not rows[kind]:
+                continue
+            for stream in rows[kind]:
+                self._own(stream, None)
+            owners = _OWNERS[table_name] if first else _OWNERS_OF[table_name]
+            for sid, thing in conn.execute(owners, {} if first else {"ids": [sid for _k, sid in rows[kind]]}).all():
+                self._own((kind, sid), thing)
+        for kind, sid in touched:  # what `owned` answered for them and their Things is answered anew
+            self._made.pop((kind, sid), None)
+            thing = self._owners.get((kind, sid))
+            if thing is not None:
+                self._made.pop(("t", thing), None)
+        self.seq = seq
+
+    def _own(self, stream: tuple[str, int], thing: int | None) -> None:
+        before = self._owners.pop(stream, None)
+        if before is not None:
+            self._owned_by[before].discard(stream)
+            self._made.pop(("t", before), None)
+        if thing is not None:
+            self._owners[stream] = thing
+            self._owned_by.setdefault(thing, set()).add(stream)
+            self._made.pop(("t", thing), None)
+
+
+_KINDS = {"things": "t", "datastreams": "d", "multi_datastreams": "m"}
+_KIND_OF = {"datastreams": "d", "multi_datastreams": "m"}
+_TABLE_OF = {"d": "datastreams", "m": "multi_datastreams"}
+# one statement: the row versions above `seq` and, last, the highest of all (the sequence's number: the last one
+# given is the row's it was given to, as nothing gives lower numbers after)
+_CHANGED = union_all(
+    select(_row_versions.c.key, _row_versions.c.version).where(_row_versions.c.version > bindparam("seq")),
+    select(literal_column("''", Text), func.max(_row_versions.c.version)))
+_OWNERS = {name: select(TABLES[name].c.id, TABLES[name].c.thing_id) for name in _TABLE_OF.values()}
+_OWNERS_OF = {name: q.where(TABLES[name].c.id.in_(bindparam("ids", expanding=True))) for name, q in _OWNERS.items()}
 
 
 _OWNED: dict[tuple[str, str], Select | CompoundSelect] = {}
@@ -174,8 +272,17 @@ class FragmentCache:
         # two thirds of an Observation's JSON again, which the budget would otherwise leave out
         self._items: SizedLRU[Fragment] = SizedLRU(max_bytes, lambda f: len(f.body) + ENTRY_OVERHEAD)
         self._shapes: dict[Hashable, int] = {}
+        self.streams = StreamIndex()
         self.hits = 0
         self.misses = 0
+
+    def owned(self, conn: Connection, entity: EntityType, ids: list[int]) -> dict[int, Owned]:
+        """Per entity id: its own streams now and their row versions (`owned_versions`; on SQLite looked up)."""
+        if conn.dialect.name == "sqlite":
+            found = self.streams.owned(conn, entity, ids)
+            if found is not None:
+                return found
+        return owned_versions(conn, entity, ids)
 
     def shape(self, shape: Hashable) -> int:
         """A number for a request shape (its options are deep: hashed once per request, not once per entity)."""

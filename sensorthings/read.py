@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.access import visible
 from sensorthings.appended import KeptPage, KeptPages, appends_by_id, basis, kinds, merged, sort_keys
-from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, navigates, owned_versions
+from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, navigates
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
@@ -302,7 +302,7 @@ class Reader:
             return self.serialize_rows(conn, entity, rows, options)
         if keeps(entity, options):
             with noting_reads(conn, None):  # what the streams are is not part of the answer
-                owned = owned_versions(conn, entity, [r["id"] for r in rows])
+                owned = self.fragments.owned(conn, entity, [r["id"] for r in rows])
             depends = {entity.table}  # the rows themselves came from the page's statement
         elif keeps_rows(entity, options):
             owned = {}

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from sensorthings.cache import ResponseCache
-from sensorthings.fragments import keeps
+from sensorthings.fragments import StreamIndex, keeps, owned_versions
 from sensorthings.model import DATASTREAM, OBSERVATION, THING
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
@@ -271,3 +271,37 @@ def test_a_store_made_before_the_rewritten_version_gets_it_on_open(store_url: st
         assert rewritten(pair) > before + 1
     finally:
         store.close()
+
+
+def test_the_stream_index_answers_as_the_statement(city: tuple[Pair, list[int], dict[int, list[int]]]) -> None:
+    """SQLite's StreamIndex, brought up to date by the row versions changed since, gives every entity the owned
+    streams and versions that `owned_versions` reads, through adds, writes, moves and deletes."""
+    pair, things, streams = city
+    store = pair.cached.store
+    if store.dialect.name != "sqlite":
+        pytest.skip("the stream index is SQLite's")
+    index = StreamIndex()
+    all_streams = [d for ds in streams.values() for d in ds]
+
+    def agree() -> None:
+        with store.read() as conn:
+            for entity, ids in ((THING, [*things, 999]), (DATASTREAM, [*all_streams, 999])):
+                assert index.owned(conn, entity, ids) == owned_versions(conn, entity, ids)
+
+    agree()
+    pair.post_observation(streams[things[1]][0], 1.0, "2026-03-01T00:00:00Z")
+    agree()
+    added = pair.cached.call("POST", f"Things({things[0]})/Datastreams", stream("new"))["@iot.id"]
+    all_streams.append(added)
+    agree()
+    pair.cached.call("PATCH", f"Datastreams({added})", {"Thing": {"@iot.id": things[2]}})
+    pair.post_observation(added, 2.0, "2026-03-02T00:00:00Z")
+    agree()
+    pair.cached.call("DELETE", f"Datastreams({streams[things[3]][1]})")
+    agree()
+    pair.cached.call("DELETE", f"Things({things[3]})")
+    agree()
+    # an index ahead of a reader's snapshot leaves the reader to the statement
+    with store.read() as conn:
+        index.seq += 1
+        assert index.owned(conn, THING, things) is None

@@ -14,6 +14,9 @@ the tables it read; while they stand, its answer stands (sensorthings.cache).
 
 Besides the tables, `observations_rewritten` (REWRITTEN): raised by updates and deletes of Observations only.
 
+On SQLite every row version is a number of one rising sequence (ROW_SEQUENCE), so that the rows changed since a
+moment can be read as those above its number (sensorthings.fragments.StreamIndex).
+
 Besides the tables, rows: each (Multi)Datastream has a version of its own row and one of its Observations
 (`sta_row_versions`, keys `datastreams@7`, `observations@d7`; `m` for a MultiDatastream), kept the same way
 (PostgreSQL: statement triggers read the rows from their transition tables). A read confined to one
@@ -181,15 +184,32 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_shown_{name} AFTER {change} ON {name} "
                                  + bump.format(name=SHOWN))
     conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {ROW_VERSIONS} (key TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {ROW_VERSIONS}_version ON {ROW_VERSIONS} (version)")
+    # above every version given before the sequence was (each key counted for itself then)
+    conn.exec_driver_sql(f"INSERT OR IGNORE INTO {VERSIONS} (name, version) "
+                         f"SELECT '{ROW_SEQUENCE}', coalesce(max(version), 0) FROM {ROW_VERSIONS}")
+    _replace_outdated(conn, [f"sta_rows_{op}_{name}" for name in ROW_TABLES for op in ("insert", "delete", "update")],
+                      ROW_SEQUENCE)
     for name in ROW_TABLES:
         if name not in names:
             continue
         for op, rows in (("insert", ("NEW",)), ("delete", ("OLD",)), ("update", ("OLD", "NEW"))):
-            bumps = "".join(
-                f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES ({_row_key(name, row)}, 1) "
-                "ON CONFLICT (key) DO UPDATE SET version = version + 1; " for row in rows)
+            bumps = "".join(f"{_NEXT_ROW_VERSION}; {_row_upsert(_row_key(name, row))}; " for row in rows)
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rows_{op}_{name} AFTER {op.upper()} ON {name} "
                                  f"{_QUIET_WHEN.get((name, op.upper()), '')}BEGIN {bumps}END")
+
+
+# SQLite: every row version is a number of one rising sequence, so that the rows changed since a moment are those
+# above the sequence's number then (sensorthings.fragments.StreamIndex); the version table keeps its last number
+ROW_SEQUENCE = "sta_row_sequence"
+_NEXT_ROW_VERSION = f"UPDATE {VERSIONS} SET version = version + 1 WHERE name = '{ROW_SEQUENCE}'"
+
+
+def _row_upsert(key: str) -> str:
+    """SQLite: the statement giving the row key `key` (SQL) the sequence's number."""
+    return (f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES "
+            f"({key}, (SELECT version FROM {VERSIONS} WHERE name = '{ROW_SEQUENCE}')) "
+            "ON CONFLICT (key) DO UPDATE SET version = excluded.version")
 
 
 # -- SQLite: Observations inserted in bulk raise their versions once ----------------------------------------------
@@ -204,11 +224,16 @@ _QUIET_WHEN = {("observations", "INSERT"): f"WHEN NOT EXISTS (SELECT 1 FROM {QUI
 
 def _replace_unquiet(conn: Connection) -> None:
     """Drop the triggers of `_QUIET_WHEN` made before they could stand aside (made again by `install`)."""
-    names = [f"sta_{kind}_{op.lower()}_{table}" for table, op in _QUIET_WHEN for kind in ("version", "rows")]
+    _replace_outdated(conn, [f"sta_{kind}_{op.lower()}_{table}" for table, op in _QUIET_WHEN
+                             for kind in ("version", "rows")], QUIET)
+
+
+def _replace_outdated(conn: Connection, names: list[str], marker: str) -> None:
+    """Drop the triggers among `names` whose SQL lacks `marker`: made by an older release (made again by `install`)."""
     for name, sql in conn.exec_driver_sql(
             f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({', '.join('?' * len(names))})",
             tuple(names)).all():
-        if QUIET not in sql:
+        if marker not in sql:
             conn.exec_driver_sql(f"DROP TRIGGER {name}")
 
 
@@ -223,8 +248,8 @@ def raising_once(conn: Connection, streams: Iterable[tuple[str, int]]) -> Iterat
         conn.exec_driver_sql(f"DELETE FROM {QUIET}")
     conn.exec_driver_sql(f"UPDATE {VERSIONS} SET version = version + 1 WHERE name = 'observations'")
     keys = sorted({confined(table, id_)["observations"] for table, id_ in streams})
-    conn.exec_driver_sql(f"INSERT INTO {ROW_VERSIONS} (key, version) VALUES (?, 1) "
-                         "ON CONFLICT (key) DO UPDATE SET version = version + 1", [(k,) for k in keys])
+    conn.exec_driver_sql(_NEXT_ROW_VERSION)
+    conn.exec_driver_sql(_row_upsert("?"), [(k,) for k in keys])
 
 
 _TABLES_SQL = {
