@@ -19,9 +19,8 @@ import pytest
 from sensorthings.cache import ResponseCache
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
+from tests.test_fragments import stream
 
-OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
-UNIT = {"name": "degree Celsius", "symbol": "degC", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
 ASKED: list[tuple[str, dict[str, str]]] = [
     ("Observations", {"$top": "5", "$orderby": "phenomenonTime desc"}),
     ("Observations", {"$top": "5", "$orderby": "phenomenonTime asc"}),
@@ -33,12 +32,6 @@ ASKED: list[tuple[str, dict[str, str]]] = [
     ("Observations", {"$top": "50", "$orderby": "phenomenonTime desc"}),  # the whole set on one page
     ("Datastreams({ds})/Observations", {"$top": "3", "$orderby": "phenomenonTime desc"}),
 ]
-
-
-def stream(name: str) -> dict[str, Any]:
-    return {"name": name, "description": "d", "observationType": OM, "unitOfMeasurement": UNIT,
-            "Sensor": {"name": f"sensor {name}", "description": "d", "encodingType": "text/html", "metadata": "m"},
-            "ObservedProperty": {"name": "temperature", "definition": "t", "description": "d"}}
 
 
 class Pair:
