@@ -521,7 +521,7 @@ def _token(rows: Sequence[Mapping[str, Any]], top: int) -> str | None:
     if len(rows) <= top or top <= 0:
         return None
     last = rows[top - 1]
-    values = [last[k] for k in last.keys() if k.startswith("_k")]
+    values = [last[f"_k{i}"] for i in range(sum(1 for k in last.keys() if k.startswith("_k")))]
     return "" if any(v is None for v in values) else encode_token(values)
 
 

@@ -134,9 +134,14 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             if not service.store.writer.idle.is_set():
                 # devices' writes first, as a thread computing it would (`yield_to`); then the versions again
                 await _writer_idle()
-                now = await versions.current(plan.rows)
+                try:
+                    now = await versions.current(plan.rows)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    log.debug("versions not read on the event loop: %s", exc)
+                    return None, None
                 res = await _taken(req, plan, now)
-            if res is None:
+            # others ran meanwhile: still nothing under way to wait for (the event loop must not block on one)
+            if res is None and service.computes_inline(plan):
                 res = service.handle(req, None, now, inline=True)
         return res, now
 
