@@ -147,9 +147,14 @@ class StreamIndex:
         """Per entity id: its own streams and their row versions in `conn`'s snapshot; None when this index is
         ahead of that snapshot (another thread read a later one): then `owned_versions` reads them."""
         with self._lock:
-            # the rows changed since, and the sequence's number: the highest row version there is
-            changed = conn.execute(_CHANGED, {"seq": self.seq}).all()
-            seq = changed.pop()[1] or 0
+            # the rows changed since, and the sequence's number: the highest row version there is (keyed '')
+            changed = []
+            seq = 0
+            for key, version in conn.execute(_CHANGED, {"seq": self.seq}).all():
+                if key:
+                    changed.append((key, version))
+                else:
+                    seq = version or 0
             if seq < self.seq:
                 return None
             if seq > self.seq:
@@ -217,7 +222,7 @@ class StreamIndex:
 _KINDS = {"things": "t", "datastreams": "d", "multi_datastreams": "m"}
 _KIND_OF = {"datastreams": "d", "multi_datastreams": "m"}
 _TABLE_OF = {"d": "datastreams", "m": "multi_datastreams"}
-# one statement: the row versions above `seq` and, last, the highest of all (the sequence's number: the last one
+# one statement: the row versions above `seq` and the highest of all, keyed '' (the sequence's number: the last one
 # given is the row's it was given to, as nothing gives lower numbers after)
 _CHANGED = union_all(
     select(_row_versions.c.key, _row_versions.c.version).where(_row_versions.c.version > bindparam("seq")),
