@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from apicommon.lru import SizedLRU
-from sensorthings.store.versions import ALL, REWRITTEN, SHOWN, Versions
+from sensorthings.store.versions import ALL, REWRITTEN, SHOWN, Versions, holds
 
 HIDING = frozenset({"things", "datastreams", "multi_datastreams"})  # what sensorthings.access reads for Observations
 ROW_BYTES = 2_000  # per kept row: a row mapping of 15 columns and its sort keys, and an Observation's JSON
@@ -124,7 +124,7 @@ class KeptPages:
     def get(self, key: Hashable, now: Mapping[str, int], high: int) -> KeptPage | None:
         """The page kept for `key` if nothing it stands on has changed at `now` and it is no newer than a snapshot
         whose highest Observation id is `high`."""
-        return self._items.get(key, lambda p: p.high <= high and all(now.get(n, 0) == v for n, v in p.basis))
+        return self._items.get(key, lambda p: p.high <= high and holds(p.basis, now))
 
     def put(self, key: Hashable, page: KeptPage) -> None:
         """Keep a page, unless one read later on the same basis is kept already (after a delete, a page read later

@@ -53,7 +53,7 @@ from apicommon.lru import SizedLRU
 from sensorthings.model import EntityType, target_of
 from sensorthings.query.tree import BinaryOp, Call, Expand, Expr, OrderBy, Path, QueryOptions, UnaryOp
 from sensorthings.store.schema import TABLES
-from sensorthings.store.versions import ROW_VERSIONS, Versions, holds
+from sensorthings.store.versions import ROW_VERSIONS, Versions, confined, holds
 
 _row_versions = Table(ROW_VERSIONS, MetaData(), Column("key", Text, primary_key=True), Column("version", BigInteger))
 
@@ -174,9 +174,11 @@ class StreamIndex:
             streams = sorted(self._owned_by.get(id_, ()))
         else:
             streams = [(kind, id_)] if (kind, id_) in self._owners else []
-        versions = self._versions
-        return tuple((k, sid, versions.get(f"{_TABLE_OF[k]}@{sid}", 0), versions.get(f"observations@{k}{sid}", 0))
-                     for k, sid in streams)
+        out = []
+        for k, sid in streams:
+            keys = confined(_TABLE_OF[k], sid)  # the row keys as the triggers spell them
+            out.append((k, sid, self._versions.get(keys[_TABLE_OF[k]], 0), self._versions.get(keys["observations"], 0)))
+        return tuple(out)
 
     def _catch_up(self, conn: Connection, changed: list[Any], seq: int) -> None:
         """Take the row versions `changed` since `self.seq` (every one, the first time), as of `seq`, and read

@@ -122,28 +122,29 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
 
     async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
         plan = service.cache_plan(req) if versions is not None else None
-        if plan is None:
-            return None, None
-        try:
-            now = await versions.current(plan.rows)
-        except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
-            log.debug("versions not read on the event loop: %s", exc)
+        if plan is None or (now := await _versions_now(plan)) is None:
             return None, None
         res = await _taken(req, plan, now)
         if res is None and service.computes_inline(plan):
             if not service.store.writer.idle.is_set():
                 # devices' writes first, as a thread computing it would (`yield_to`); then the versions again
                 await _writer_idle()
-                try:
-                    now = await versions.current(plan.rows)
-                except Exception as exc:  # noqa: BLE001 - as above
-                    log.debug("versions not read on the event loop: %s", exc)
+                if (now := await _versions_now(plan)) is None:
                     return None, None
                 res = await _taken(req, plan, now)
             # others ran meanwhile: still nothing under way to wait for (the event loop must not block on one)
             if res is None and service.computes_inline(plan):
                 res = service.handle(req, None, now, inline=True)
         return res, now
+
+    async def _versions_now(plan: CachePlan) -> dict[str, int] | None:
+        """The versions `plan` reads at, read on the event loop; None when they could not be read here."""
+        assert versions is not None
+        try:
+            return await versions.current(plan.rows)
+        except Exception as exc:  # noqa: BLE001 - the thread reads them again and answers a 503 if it must
+            log.debug("versions not read on the event loop: %s", exc)
+            return None
 
     async def _taken(req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> ApiResponse | None:
         """The answer from the cache or from a computation under way that is fresh at `now`; None: neither."""
