@@ -3,7 +3,7 @@
     python bench/mqtt_ingest.py [--duration 20] [--sensors 100] [--publishers 2] [--window 1000]
                                 [--latency-rate 1000] [--latency-seconds 10] [--baseline-seconds 10]
                                 [--standard-mosquitto 40000] [--standard-embedded 20000] [--skip-bridge]
-                                [--nodes 2]
+                                [--nodes 2] [--notify-qos 0]
                                 [--py-spy /tmp/bridge.txt [--py-spy-args=--gil]]
 
 It starts a private Mosquitto on a free port (persistence off, no queue or in-flight limits, so
@@ -589,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     help="Observations published to v1.1/Datastreams(n)/Observations through Mosquitto (0: skip)")
     ap.add_argument("--standard-embedded", type=int, default=20_000,
                     help="the same to the embedded broker of a second `udp serve` (0: skip)")
+    ap.add_argument("--notify-qos", type=int, choices=[0, 1, 2],
+                    help="mqtt.notify_qos of the platform on mosquitto (default: the platform's default)")
     ap.add_argument("--skip-bridge", action="store_true", help="only the standard-topic phases")
     ap.add_argument("--nodes", type=int, default=1,
                     help="with N > 1: the platform with mqtt.shared, the sustained ingest on one node and then on "
@@ -655,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         db = create_pg(args.pg, "udp_bench_mqtt")
         say(f"store: {db.url}")
         config = workdir / "config.yml"
-        shared = f"mqtt: {{url: 'mqtt://127.0.0.1:{broker.port}', shared: true}}\n" if args.nodes > 1 else ""
-        config.write_text(RULES + shared)
+        mqtt_keys = ([f"url: 'mqtt://127.0.0.1:{broker.port}'", "shared: true"] if args.nodes > 1 else []) + \
+            ([f"notify_qos: {args.notify_qos}"] if args.notify_qos is not None else [])
+        config.write_text(RULES + (f"mqtt: {{{', '.join(mqtt_keys)}}}\n" if mqtt_keys else ""))
         server = start_server(db.url, config, broker.port, workdir / "server.log", args.server_log_level)
         server.wait()
         sta = f"{server.url}/v1.1"

@@ -155,8 +155,8 @@ class Writer:
                 if batch[i].error is None:
                     batch[i].readings = [r for r in batch[i].readings if not r.forward]
                     self.forwarded += 1
+        prints = [deadletters.fingerprint(m.topic, m.payload) for m in batch]
         with self.store.write() as (conn, changes):
-            prints = [deadletters.fingerprint(m.topic, m.payload) for m in batch]
             seen = deadletters.already_seen(conn, [p for p, m in zip(prints, batch, strict=True) if m.dup])
             rows: list[ObservationRow] = []
             owners: list[Message] = []  # the message of each group of rows

@@ -4,6 +4,7 @@ other writer of the file still raises them by its row triggers."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sensorthings.service import Service
 from sensorthings.store import sqlite as sqlite_store
 from sensorthings.store.base import Store
+from sensorthings.store.observations import ObservationRow
 from sensorthings.store.versions import QUIET, ROW_SEQUENCE
 from tests.test_fragments import stream
 
@@ -92,8 +94,9 @@ def test_another_program_writing_the_file_still_raises_them(tmp_path: Path) -> N
 def test_a_refused_bulk_insert_leaves_the_triggers_at_work(tmp_path: Path) -> None:
     store, service, (a, _b, _c) = _city(tmp_path)
     try:
-        rows = [{"phenomenon_time_start": "2026-01-01T00:00:00.000000Z", "result_type": 1, "result_number": 1.0,
-                 "datastream_id": a, "feature_of_interest_id": 999_999}]
+        columns = ObservationRow(1, 1.0, datastream_id=a, feature_of_interest_id=999_999,
+                                 phenomenon_time_start=datetime(2026, 1, 1, tzinfo=UTC)).columns()
+        rows = [store.bind_observation(columns)]
         with store.write() as (conn, _changes):
             with pytest.raises(IntegrityError):  # no such FeatureOfInterest
                 sqlite_store.insert_observations(conn, rows * 2)
@@ -138,11 +141,9 @@ def test_rows_go_in_as_they_were_given(tmp_path: Path, numbers: tuple[float, flo
         _create(service, a, ["2025-01-01T00:00:00Z"])  # its FeatureOfInterest
         with store.write() as (conn, _changes):
             foi = conn.exec_driver_sql("SELECT min(id) FROM features_of_interest").scalar_one()
-            ids = sqlite_store.insert_observations(conn, [
-                {"phenomenon_time_start": "2026-01-01T00:00:00.000000Z", "phenomenon_time_end": None,
-                 "result_type": 2, "result_number": number, "result_json": {"why": "a 'test'", "n": [1, None]},
-                 "parameters": None, "datastream_id": a, "feature_of_interest_id": foi}
-                for number in numbers])
+            ids = sqlite_store.insert_observations(conn, [store.bind_observation(ObservationRow(
+                2, number, result_json={"why": "a 'test'", "n": [1, None]}, datastream_id=a, feature_of_interest_id=foi,
+                phenomenon_time_start=datetime(2026, 1, 1, tzinfo=UTC)).columns()) for number in numbers])
         with store.read() as conn:
             got = conn.exec_driver_sql(
                 "SELECT phenomenon_time_start, phenomenon_time_end, result_number, result_json, parameters "

@@ -363,12 +363,13 @@ def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(st
         ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
         row = observations.ObservationRow.of(1.0, phenomenon_time_start=parse_instant("2026-01-01T00:00Z"),
                                              datastream_id=ds, feature_of_interest_id=999_999).columns()
-        paths = [store.bulk_insert]
+        bound = store.bind_observation(row)
+        paths = [(store.bulk_insert, bound)]
         if store.engine.dialect.name == "postgresql":
-            paths.append(observations._insert_widening)
-        for insert in paths:
+            paths.append((observations._insert_widening, row))
+        for insert, given in paths:
             with pytest.raises(IntegrityError), store.write() as (conn, _changes):  # no such FeatureOfInterest
-                insert(conn, [row, row])
+                insert(conn, [given, given])
         assert service.call("GET", f"Datastreams({ds})/Observations")["value"] == []
     finally:
         store.close()

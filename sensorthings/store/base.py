@@ -82,12 +82,13 @@ class Store:
 
     def __init__(self, engine: Engine, dialect: SqlDialect, url: str,
                  spatial_indexes: Callable[[Connection], None],
-                 bulk_insert: Callable[[Connection, list[dict[str, Any]]], list[int]]) -> None:
+                 bulk_insert: observations.BulkInsert, bind_observation: observations.Bind) -> None:
         self.engine = engine
         self.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if dialect.name == "postgresql" else engine
         self.spatial_indexes = spatial_indexes
         self.bulk_insert = bulk_insert
+        self.bind_observation = bind_observation
         self.dialect = dialect
         self.url = url
         self.listeners: list[Callable[[list[Change]], None]] = []
@@ -137,14 +138,14 @@ class Store:
 
             engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads, statement_timeout)
             store = cls(engine, sqlite.SqliteDialect(), url, sqlite.create_spatial_indexes,
-                        sqlite.insert_observations)
+                        sqlite.insert_observations, sqlite.observation_binder(engine.dialect))
         elif url.startswith(("postgresql", "postgres")):
             from sensorthings.store import postgres
 
             engine = postgres.create_postgres_engine(url, _json_dumps, orjson.loads,
                                                      statement_timeout=statement_timeout)
             store = cls(engine, postgres.PostgresDialect(), url, postgres.create_spatial_indexes,
-                        postgres.insert_observations)
+                        postgres.insert_observations, postgres.bind_observation)
         else:
             raise ValueError(f"unsupported store URL {url!r}: use sqlite:///file.db or postgresql://…")
         store.statement_timeout = statement_timeout or None
@@ -339,7 +340,8 @@ class Store:
 
     # -- observations --------------------------------------------------------------------------
     def write_observations(self, conn: Connection, rows: list[ObservationRow], changes: list[Change],
-                           refused: Callable[[int, str], None] | None = None) -> list[int | None]:
+                           refused: Callable[[int, str], None] | None = None,
+                           prepared: observations.Prepared | None = None) -> list[int | None]:
         """Write Observations, however they came in: the one way into the observations table.
 
         Each row's result must fit its Datastream's observationType (or its MultiDatastream's
@@ -348,11 +350,17 @@ class Store:
         and resultTime are widened over the rows, and each row is recorded in `changes` (notifications).
         A row the rules refuse raises StoreError with the reason (nothing is written), or, with
         `refused`, is reported to it as (index, reason) and skipped. Returns the new ids in row order
-        (None for a refused row).
+        (None for a refused row). `prepared`: the rows' `prepare_observations`, made before the transaction began.
         """
-        ids, written = observations.write(conn, self.bulk_insert, rows, refused or _refuse)
+        ids, written = observations.write(conn, self.bulk_insert, rows, refused or _refuse,
+                                          prepared or self.prepare_observations(rows))
         changes.extend(Change(OBSERVATION, values["id"], "create", values) for values in written)
         return ids
+
+    def prepare_observations(self, rows: list[ObservationRow]) -> observations.Prepared:
+        """What `write_observations` needs of the rows beyond the database, done before a write transaction begins
+        so that it holds the write lock for less (a bulk write's columns and driver values)."""
+        return observations.Prepared.of(rows, self.bind_observation)
 
     def feature_for(self, conn: Connection, datastream_id: int | None, multi_datastream_id: int | None) -> int:
         """The FeatureOfInterest generated from the Thing's Location, made once and reused."""

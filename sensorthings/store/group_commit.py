@@ -162,8 +162,9 @@ class ObservationWriter:
             k, i = owner[index]
             results[k].reasons[i] = reason
 
+        prepared = self.store.prepare_observations(rows)
         with self.store.write() as (conn, changes):
-            ids = self.store.write_observations(conn, rows, changes, refused=refused)
+            ids = self.store.write_observations(conn, rows, changes, refused=refused, prepared=prepared)
             written = iter(changes)
             for (k, i), id_ in zip(owner, ids, strict=True):
                 if id_ is not None:

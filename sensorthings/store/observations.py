@@ -150,13 +150,44 @@ class _Stream:
     rule: tuple[str, str, Callable[[Any], bool]] | None = None  # a Datastream's, looked up once
 
 
-BulkInsert = Callable[[Connection, list[dict[str, Any]]], list[int]]
+# the observations table's columns in the order a store's bulk insert takes them: a bound row is its id (None until
+# the insert draws it) and the driver's values of these
+OBSERVATION_COLUMNS = (
+    "phenomenon_time_start", "phenomenon_time_end", "result_time", "result_type", "result_number", "result_string",
+    "result_json", "result_quality", "valid_time_start", "valid_time_end", "parameters", "datastream_id",
+    "multi_datastream_id", "feature_of_interest_id",
+)
+BOUND_COLUMNS = ("id", *OBSERVATION_COLUMNS)
+FEATURE_AT, DATASTREAM_AT, MULTI_AT = (BOUND_COLUMNS.index(c) for c in (
+    "feature_of_interest_id", "datastream_id", "multi_datastream_id"))
+Bind = Callable[[dict[str, Any]], list[Any]]  # a row's columns → the driver's values, in BOUND_COLUMNS order
+BulkInsert = Callable[[Connection, list[list[Any]]], list[int]]  # bound rows → their new ids (set in the rows too)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Observation rows made ready for their insert before the write transaction begins: their columns (the
+    default phenomenonTime filled in) and the driver's values of them. The Python work of a bulk write that needs
+    nothing from the database, done without holding the write lock (on SQLite every process's writers wait on it)."""
+
+    values: list[dict[str, Any]]
+    bound: list[list[Any]]
+
+    @classmethod
+    def of(cls, rows: list[ObservationRow], bind: Bind) -> Prepared:
+        """Prepare `rows` with a store's `bind`; a row without a phenomenonTime gets now."""
+        stamp = now()
+        values = [row.columns() for row in rows]
+        for v in values:
+            if v["phenomenon_time_start"] is None:
+                v["phenomenon_time_start"] = stamp
+        return cls(values, [bind(v) for v in values])
 
 
 def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
-          refused: Callable[[int, str], None]) -> tuple[list[int | None], list[dict[str, Any]]]:
-    """Insert Observation rows (see `Store.write_observations`): each one's new id in order (None where
-    refused), and the rows written as columns with their ids."""
+          refused: Callable[[int, str], None], prepared: Prepared) -> tuple[list[int | None], list[dict[str, Any]]]:
+    """Insert Observation rows (see `Store.write_observations`), `prepared` from them: each one's new id in order
+    (None where refused), and the rows written as columns with their ids."""
     if not rows:
         return [], []
     streams = _streams(conn, _stream_ids(rows))
@@ -175,24 +206,24 @@ def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
     wanted -= features.keys()
     if wanted:
         features.update(generated_features(conn, wanted))  # type: ignore[arg-type]
-    stamp = now()
     good: list[dict[str, Any]] = []
+    bound: list[list[Any]] = []
     for i, row in enumerate(rows):
         if i in reasons:
             continue
-        values = row.columns()
-        if values["phenomenon_time_start"] is None:
-            values["phenomenon_time_start"] = stamp
+        values = prepared.values[i]
         if values["feature_of_interest_id"] is None:
-            values["feature_of_interest_id"] = features[streams[_key(row)].location]  # type: ignore[index]
+            values["feature_of_interest_id"] = prepared.bound[i][FEATURE_AT] = \
+                features[streams[_key(row)].location]  # type: ignore[index]
         good.append(values)
+        bound.append(prepared.bound[i])
     if not good:
         return [None] * len(rows), []
     if len(good) <= FEW and conn.dialect.name == "postgresql":
         ids = _insert_widening(conn, good)
     else:
         # one statement where the bulk way takes two
-        ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()] if len(good) == 1 else bulk_insert(conn, good)
+        ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()] if len(good) == 1 else bulk_insert(conn, bound)
         cover(conn, good)
     for id_, values in zip(ids, good, strict=True):
         values["id"] = id_

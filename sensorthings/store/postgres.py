@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB, array
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
-from sensorthings.store.observations import driver_value
+from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS, driver_value
 from sensorthings.store.schema import series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -174,21 +174,22 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
             "ALTER INDEX observations_series RENAME TO observations_datastream_time;")
 
 
-OBSERVATION_COLUMNS = (
-    "phenomenon_time_start", "phenomenon_time_end", "result_time", "result_type", "result_number", "result_string",
-    "result_json", "result_quality", "valid_time_start", "valid_time_end", "parameters", "datastream_id",
-    "multi_datastream_id", "feature_of_interest_id",
-)
-_COPY_OBSERVATIONS = "COPY observations (id, " + ", ".join(OBSERVATION_COLUMNS) + ") FROM STDIN"
+_COPY_OBSERVATIONS = "COPY observations (" + ", ".join(BOUND_COLUMNS) + ") FROM STDIN"
 
 
-def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Bulk insert by COPY, the fastest way into PostgreSQL; the ids are drawn from the sequence first."""
+def bind_observation(values: dict[str, Any]) -> list[Any]:
+    """An Observation row's columns as COPY takes them (`observations.Bind`): JSON columns as text."""
+    return [None, *(driver_value(c, values[c]) for c in OBSERVATION_COLUMNS)]
+
+
+def insert_observations(conn: Connection, rows: list[list[Any]]) -> list[int]:
+    """Bulk insert of bound rows by COPY, the fastest way into PostgreSQL; the ids are drawn from the sequence first."""
     # the sequence looked up once (a subquery), not once per id: 1,000 ids 3.2 -> 0.7 ms
     ids = conn.exec_driver_sql(
         "SELECT array_agg(nextval((SELECT pg_get_serial_sequence('observations', 'id')::regclass))) "
         "FROM generate_series(1, %s)", (len(rows),)).scalar_one()
     with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor, cursor.copy(_COPY_OBSERVATIONS) as copy:
         for id_, row in zip(ids, rows, strict=True):
-            copy.write_row([id_, *(driver_value(c, row.get(c)) for c in OBSERVATION_COLUMNS)])
+            row[0] = id_
+            copy.write_row(row)
     return list(ids)

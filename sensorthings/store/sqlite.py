@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import date, time
 from functools import lru_cache
+from operator import itemgetter
 from time import monotonic
 from typing import Any
 
@@ -27,12 +28,14 @@ from sqlalchemy import (
     select,
     table,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import StaticPool
 
 from sensorthings.geometry import to_wkb
 from sensorthings.store import versions
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
+from sensorthings.store.observations import BOUND_COLUMNS, DATASTREAM_AT, MULTI_AT, OBSERVATION_COLUMNS, Bind
 from sensorthings.store.schema import TABLES
 from sensorthings.store.sqlite_turns import take_turns
 
@@ -313,28 +316,38 @@ def _limit_statements(engine: Engine, seconds: float) -> None:
         return None
 
 
-def insert_observations(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Bulk insert with ids assigned after the highest one (the write lock is held), many rows to a statement
-    (`insert_many`), the versions raised once for it all."""
+def observation_binder(dialect: Dialect) -> Bind:
+    """`observations.Bind` for an engine's dialect: the driver's values of a row's columns, as its own statements
+    would bind them (times as fixed-width text, JSON as text)."""
+    obs = TABLES["observations"]
+    processors = [obs.c[name].type.bind_processor(dialect) for name in OBSERVATION_COLUMNS]
+    converted = [(k, p) for k, p in enumerate(processors, 1) if p is not None]
+    columns = itemgetter(*OBSERVATION_COLUMNS)
+
+    def bind(values: dict[str, Any]) -> list[Any]:
+        out = [None, *columns(values)]
+        for k, process in converted:
+            if (value := out[k]) is not None:
+                out[k] = process(value)
+        return out
+
+    return bind
+
+
+def insert_observations(conn: Connection, rows: list[list[Any]]) -> list[int]:
+    """Bulk insert of bound rows with ids assigned after the highest one (the write lock is held), many rows to a
+    statement (`insert_many`), the versions raised once for it all."""
     obs = TABLES["observations"]
     start = conn.execute(select(func.coalesce(func.max(obs.c.id), 0))).scalar_one() + 1
     ids = list(range(start, start + len(rows)))
     if not rows:
         return ids
-    names = list(rows[0])
-    # the columns whose values the driver does not take as they are (times, JSON), by place in the parameters
-    converted = [(k, p) for k, n in enumerate(names, 1) if (p := obs.c[n].type.bind_processor(conn.dialect))]
-    params = []
     for id_, row in zip(ids, rows, strict=True):
-        values = [id_, *row.values()]
-        for k, process in converted:
-            if (value := values[k]) is not None:
-                values[k] = process(value)
-        params.append(values)
-    streams = {("datastreams", r["datastream_id"]) if r["datastream_id"] is not None
-               else ("multi_datastreams", r["multi_datastream_id"]) for r in rows}
+        row[0] = id_
+    streams = {("datastreams", r[DATASTREAM_AT]) if r[DATASTREAM_AT] is not None
+               else ("multi_datastreams", r[MULTI_AT]) for r in rows}
     with versions.raising_once(conn, streams):
-        insert_many(conn, "observations", ["id", *names], params)
+        insert_many(conn, "observations", list(BOUND_COLUMNS), rows)
     return ids
 
 
