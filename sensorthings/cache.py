@@ -28,6 +28,7 @@ from typing import Any
 from apicommon.lru import SizedLRU
 from sensorthings.appended import KeptPages
 from sensorthings.fragments import FragmentCache
+from sensorthings.keptrows import KeptRowsCache
 from sensorthings.store.versions import Versions, holds
 
 
@@ -68,6 +69,8 @@ class ResponseCache:
         self.fragments = FragmentCache(max_bytes // 4)
         # pages of Observations with their rows, extended by the rows written since (an eighth)
         self.pages: KeptPages | None = KeptPages(max_bytes // 8)
+        # pages of rows of other sets, while what they were read from stands (a sixteenth)
+        self.rows = KeptRowsCache(max_bytes // 16)
         self.overlap = overlap  # computations of one answer at once, at most
         self._entries: SizedLRU[Entry] = SizedLRU(max_bytes, lambda e: len(e.body))
         self._lock = threading.Lock()  # the counters and the flights
@@ -185,9 +188,10 @@ class ResponseCache:
 
     def stats(self) -> dict[str, Any]:
         """Hits, misses (of them shared: answered by another request's computation), entries and bytes held; the
-        same of the fragments; pages read whole and extended (sensorthings.appended)."""
+        same of the fragments; pages read whole and extended (sensorthings.appended); kept rows
+        (sensorthings.keptrows)."""
         entries, size = self._entries.stats()
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "entries": entries,
                     "bytes": size, "fragments": self.fragments.stats(),
-                    "pages": None if self.pages is None else self.pages.stats()}
+                    "pages": None if self.pages is None else self.pages.stats(), "rows": self.rows.stats()}

@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sensorthings.access import visible
 from sensorthings.appended import KeptPage, KeptPages, appends_by_id, basis, kinds, merged, sort_keys
 from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, navigates
+from sensorthings.keptrows import KeptRowsCache
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.sql import Translator
@@ -74,6 +75,7 @@ class Reader:
     exact_count: bool = False  # count a huge set too (else its `$count` is the planner's estimate)
     fragments: FragmentCache | None = None  # entities' JSON kept across answers (sensorthings.fragments)
     pages: KeptPages | None = None  # pages of Observations kept with their rows (sensorthings.appended)
+    kept_rows: KeptRowsCache | None = None  # pages of rows of other sets (sensorthings.keptrows)
 
     def __post_init__(self) -> None:
         self.translator = Translator(self.store.dialect)
@@ -96,9 +98,35 @@ class Reader:
         what `where` selects (a request path's steps): the statement is then built once per shape.
         """
         top = self.default_top if options.top is None else options.top
-        count = self._count(conn, entity, where, options) if options.count else None
-        rows = self._rows(conn, entity, where, options, top, after, shape)
+        key = self._rows_key(conn, entity, options, after, shape, top)
+        if key is None:
+            count = self._count(conn, entity, where, options) if options.count else None
+            rows = self._rows(conn, entity, where, options, top, after, shape)
+            return rows[:top], _token(rows, top), count
+        assert self.kept_rows is not None
+        now = conn.info[NOW_KEY]
+        tracked = conn.info.get(READ_KEY)
+        kept = self.kept_rows.get(key, now)
+        if kept is None:
+            read: set[str] = set()
+            with noting_reads(conn, read):
+                count = self._count(conn, entity, where, options) if options.count else None
+                rows = self._rows(conn, entity, where, options, top, after, shape)
+            self.kept_rows.put(key, rows, count, read, now)
+        else:
+            read, rows, count = set(kept.read), list(kept.rows), kept.count
+        if tracked is not None:  # the answer depends on what the rows were read from
+            tracked |= read
         return rows[:top], _token(rows, top), count
+
+    def _rows_key(self, conn: Connection, entity: EntityType, options: QueryOptions, after: tuple[Any, ...] | None,
+                  shape: Hashable | None, top: int) -> Hashable | None:
+        """What a page's rows are kept by (sensorthings.keptrows): a first page read in a read the response cache
+        keeps (versions known), of a set other than the Observations, whose filter does not call now(); else None."""
+        if (self.kept_rows is None or NOW_KEY not in conn.info or shape is None or after is not None
+                or entity.table == "observations" or (options.filter is not None and _calls_now(options.filter))):
+            return None
+        return entity.name, shape, self.hide_internal, self.exact_count, options, top
 
     def _count(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
                options: QueryOptions, above: int | None = None) -> int:

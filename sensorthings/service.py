@@ -379,7 +379,8 @@ class Service:
         opts = parsed = self.options(req, entity)
         reader = Reader(self.store, req.base, self.limits.default_top, hide_internal=not req.sees_internal,
                         exact_count=req.exact_count, fragments=None if self.cache is None else self.cache.fragments,
-                        pages=None if self.cache is None else self.cache.pages)
+                        pages=None if self.cache is None else self.cache.pages,
+                        kept_rows=None if self.cache is None else self.cache.rows)
         where = condition(resource)
         with self._reading(tx) as conn:
             if resource.single:

@@ -8,8 +8,9 @@ is built or run.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
-from sensorthings.model import EntityType, target_of
+from sensorthings.model import BY_NAME, EntityType, target_of
 from sensorthings.query.limits import Limits
 from sensorthings.query.parser import parse_query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -20,8 +21,15 @@ _ALWAYS_SELECTABLE = frozenset({"id", "@iot.id", "@iot.selfLink", "selfLink"})
 
 def query_options(params: Mapping[str, str], entity: EntityType, limits: Limits) -> QueryOptions:
     """The `$` options of a request addressing `entity`, parsed within `limits` and checked against the model."""
-    options = parse_query_options(params, limits)
-    check_names(entity, options)
+    return _parsed(tuple(params.items()), entity.name, limits)
+
+
+# the same options come again and again (a cockpit's requests, an answer the response cache computes after every
+# write): parsed once. The options are immutable; what fails to parse is not kept (lru_cache keeps no exceptions)
+@lru_cache(maxsize=1024)
+def _parsed(params: tuple[tuple[str, str], ...], entity: str, limits: Limits) -> QueryOptions:
+    options = parse_query_options(dict(params), limits)
+    check_names(BY_NAME[entity], options)
     return options
 
 
