@@ -389,6 +389,8 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
     ds = ds_ids[len(ds_ids) // 2]
     client = httpx.Client(timeout=120)
     for key, name, path in LIVE_READS:
+        if args.live_reads and key not in args.live_reads.split(","):
+            continue
         url = encode(sta + path.format(ds=ds))
         r = client.get(url)
         if r.status_code != 200:
@@ -543,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--ingest-only", action="store_true", help="load and time the ingest, skip the reads")
     ap.add_argument("--live", action="store_true", help="reads quiet and while single POSTs arrive (issue 17)")
     ap.add_argument("--live-rate", type=float, default=300.0, help="single POSTs per second offered with --live")
+    ap.add_argument("--live-reads", default="", help="with --live, only these reads (comma-separated keys of "
+                    f"{', '.join(k for k, _, _ in LIVE_READS)}; default all)")
     ap.add_argument("--live-threads", type=int, default=4, help="client threads pacing the --live writes")
     ap.add_argument("--writes-only", action="store_true",
                     help="load and time the writes only: CreateObservations, single POSTs, deep inserts")
