@@ -67,6 +67,8 @@ def test_a_writer_waits_for_another_process_and_goes_on_when_it_lets_go(tmp_path
     try:
         assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline().strip() == "held"
+        assert store.write_turns is not None
+        before = store.write_turns.stats()
         events: list[str] = []
         done = threading.Event()
 
@@ -86,6 +88,11 @@ def test_a_writer_waits_for_another_process_and_goes_on_when_it_lets_go(tmp_path
         assert holder.stdout.readline().strip() == "released"
         writer.join(10)
         assert done.is_set() and events == ["let go", "writing"]
+        # /health's `ingest.write_turns`: the turn counted, with the wait for the other process in it
+        after = store.write_turns.stats()
+        assert after["turns"] == before["turns"] + 1
+        assert after["waited_ms"] - before["waited_ms"] >= 300
+        assert after["held_ms"] > before["held_ms"] and after["longest_held_ms"] > 0
     finally:
         holder.kill()
         holder.wait()

@@ -32,6 +32,7 @@ from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.replicas import Replicas
 from sensorthings.store.schema import TABLES, metadata
+from sensorthings.store.sqlite_turns import Turns, turns_of
 from sensorthings.times import now
 
 COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
@@ -94,6 +95,7 @@ class Store:
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
         self.replicas: Replicas | None = None
+        self.write_turns: Turns | None = None  # SQLite: this process's turns at the write lock (sqlite_turns)
         versions.track_reads(engine)
         # the process's group-commit writer of Observations (its thread starts on first use)
         self.writer = ObservationWriter(self)
@@ -139,6 +141,7 @@ class Store:
             engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads, statement_timeout)
             store = cls(engine, sqlite.SqliteDialect(), url, sqlite.create_spatial_indexes,
                         sqlite.insert_observations, sqlite.observation_binder(engine.dialect))
+            store.write_turns = turns_of(engine)
         elif url.startswith(("postgresql", "postgres")):
             from sensorthings.store import postgres
 

@@ -14,7 +14,9 @@ import errno
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, event
 
@@ -23,17 +25,34 @@ try:
 except ImportError:  # not on Windows: there SQLite's busy handler alone orders the writers
     fcntl = None  # type: ignore[assignment]
 
-HELD = "udp_write_turn"  # in a pooled connection's info while it holds the lock
+HELD = "udp_write_turn"  # in a pooled connection's info while it holds the lock: (waited from, taken at)
 _FD = "udp_write_turn_fd"
 WAIT_S = 30.0  # as long as the busy timeout: then the writer gives up as SQLite would
 
 
-def take_turns(engine: Engine, database: str) -> None:
+@dataclass
+class Turns:
+    """This process's write turns on one file: how many, how long they waited for the lock and how long they held it
+    (the lock bounds SQLite's ingest: held most of the time, the writers wait on each other, not on the CPU)."""
+
+    turns: int = 0
+    waited_s: float = 0.0
+    held_s: float = 0.0
+    longest_s: float = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """What /health shows under `ingest.write_turns`."""
+        return {"turns": self.turns, "waited_ms": round(self.waited_s * 1000, 1),
+                "held_ms": round(self.held_s * 1000, 1), "longest_held_ms": round(self.longest_s * 1000, 1)}
+
+
+def take_turns(engine: Engine, database: str) -> Turns | None:
     """Make `engine`'s write transactions (those marked `conn.info["write"]`) take turns with every other
-    process's on the file `database`."""
+    process's on the file `database`; their counts and times (None where the platform has no file locks)."""
     if fcntl is None:
-        return
+        return None
     path = f"{database}-write.lock"
+    turns = Turns()
 
     @event.listens_for(engine, "begin")
     def _take(conn: Any) -> None:
@@ -44,13 +63,22 @@ def take_turns(engine: Engine, database: str) -> None:
         fd = info.get(_FD)
         if fd is None:
             fd = info[_FD] = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        asked = time.perf_counter()
         _lock(fd)
-        info[HELD] = True
+        info[HELD] = (asked, time.perf_counter())
 
     @event.listens_for(engine, "checkin")
     def _give(_dbapi_conn: Any, record: Any) -> None:
-        if record.info.pop(HELD, False):
+        held = record.info.pop(HELD, None)
+        if held is not None:
             fcntl.flock(record.info[_FD], fcntl.LOCK_UN)
+            # counted without a lock: a statistic (the GIL keeps each sum whole; a lost turn under a race is harmless)
+            asked, taken = held
+            holding = time.perf_counter() - taken
+            turns.turns += 1
+            turns.waited_s += taken - asked
+            turns.held_s += holding
+            turns.longest_s = max(turns.longest_s, holding)
 
     @event.listens_for(engine, "close")
     def _close(_dbapi_conn: Any, record: Any) -> None:
@@ -58,6 +86,17 @@ def take_turns(engine: Engine, database: str) -> None:
         fd = record.info.pop(_FD, None)
         if fd is not None:
             os.close(fd)  # lets go of the lock too
+
+    _TURNS[engine] = turns
+    return turns
+
+
+_TURNS: WeakKeyDictionary[Engine, Turns] = WeakKeyDictionary()
+
+
+def turns_of(engine: Engine) -> Turns | None:
+    """The write turns `take_turns` counts for `engine` (None: it takes none, an in-memory database)."""
+    return _TURNS.get(engine)
 
 
 def _lock(fd: int) -> None:
