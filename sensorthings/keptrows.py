@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from apicommon.lru import SizedLRU
-from sensorthings.store.versions import ALL, Versions, holds
+from sensorthings.store.versions import ALL, Versions, holds, stamp
 
-ROW_BYTES = 2_000  # per kept row: a row mapping of some fifteen columns (as sensorthings.appended counts them)
+ROW_BYTES = 2_000  # per kept row: its row mapping, counted as sensorthings.appended counts a row with its JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,7 @@ class KeptRowsCache:
         depends on is unknown)."""
         if ALL in read or not read:
             return
-        basis = tuple((name, now.get(name, 0)) for name in sorted(read))
-        self._items.put(key, KeptRows(basis, tuple(rows), count, frozenset(read)))
+        self._items.put(key, KeptRows(stamp(read, now, ()), tuple(rows), count, frozenset(read)))
 
     def stats(self) -> dict[str, int]:
         """Hits, misses, entries and bytes held."""

@@ -114,7 +114,7 @@ class Reader:
                 rows = self._rows(conn, entity, where, options, top, after, shape)
             self.kept_rows.put(key, rows, count, read, now)
         else:
-            read, rows, count = set(kept.read), list(kept.rows), kept.count
+            rows, count, read = list(kept.rows), kept.count, kept.read
         if tracked is not None:  # the answer depends on what the rows were read from
             tracked |= read
         return rows[:top], _token(rows, top), count
@@ -123,8 +123,8 @@ class Reader:
                   shape: Hashable | None, top: int) -> Hashable | None:
         """What a page's rows are kept by (sensorthings.keptrows): a first page read in a read the response cache
         keeps (versions known), of a set other than the Observations, whose filter does not call now(); else None."""
-        if (self.kept_rows is None or NOW_KEY not in conn.info or shape is None or after is not None
-                or entity.table == "observations" or (options.filter is not None and _calls_now(options.filter))):
+        if self.kept_rows is None or entity.table == "observations" or not _first_page_kept(conn, options, after,
+                                                                                                shape):
             return None
         return entity.name, shape, self.hide_internal, self.exact_count, options, top
 
@@ -224,8 +224,7 @@ class Reader:
         """True when a page is read through `pages` (sensorthings.appended): the first page of Observations with
         nothing expanded, in a read the response cache keeps (versions known), where new rows are told by id."""
         return (self.pages is not None and entity.table == "observations" and not options.expand
-                and after is None and not options.skip and shape is not None and NOW_KEY in conn.info
-                and not (options.filter is not None and _calls_now(options.filter)) and appends_by_id(conn))
+                and not options.skip and _first_page_kept(conn, options, after, shape) and appends_by_id(conn))
 
     def _kept_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
                    options: QueryOptions, shape: Hashable) -> KeptPage | None:
@@ -541,6 +540,15 @@ def _calls_now(expr: Any) -> bool:
 
 def _directed(keys: list[tuple[Any, bool]]) -> list[Any]:
     return [k.desc() if desc else k.asc() for k, desc in keys]
+
+
+def _first_page_kept(conn: Connection, options: QueryOptions, after: tuple[Any, ...] | None,
+                     shape: Hashable | None) -> bool:
+    """True when a page may be kept across reads (sensorthings.appended, sensorthings.keptrows): a first page (no
+    skiptoken) of a known request shape, in a read the response cache keeps (versions known), whose filter does not
+    call now() (then it depends on the clock, not only on the data)."""
+    return (after is None and shape is not None and NOW_KEY in conn.info
+            and not (options.filter is not None and _calls_now(options.filter)))
 
 
 def _token(rows: Sequence[Mapping[str, Any]], top: int) -> str | None:

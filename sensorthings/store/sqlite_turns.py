@@ -46,11 +46,11 @@ class Turns:
                 "held_ms": round(self.held_s * 1000, 1), "longest_held_ms": round(self.longest_s * 1000, 1)}
 
 
-def take_turns(engine: Engine, database: str) -> Turns | None:
+def take_turns(engine: Engine, database: str) -> None:
     """Make `engine`'s write transactions (those marked `conn.info["write"]`) take turns with every other
-    process's on the file `database`; their counts and times (None where the platform has no file locks)."""
+    process's on the file `database`, counted in its `turns_of`."""
     if fcntl is None:
-        return None
+        return
     path = f"{database}-write.lock"
     turns = Turns()
 
@@ -88,14 +88,14 @@ def take_turns(engine: Engine, database: str) -> Turns | None:
             os.close(fd)  # lets go of the lock too
 
     _TURNS[engine] = turns
-    return turns
 
 
 _TURNS: WeakKeyDictionary[Engine, Turns] = WeakKeyDictionary()
 
 
 def turns_of(engine: Engine) -> Turns | None:
-    """The write turns `take_turns` counts for `engine` (None: it takes none, an in-memory database)."""
+    """The write turns `take_turns` counts for `engine` (None: it takes none: an in-memory database, or no file
+    locks on the platform)."""
     return _TURNS.get(engine)
 
 
