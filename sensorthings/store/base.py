@@ -27,7 +27,7 @@ from sensorthings.model import (
     target_of,
 )
 from sensorthings.query.sql import SqlDialect
-from sensorthings.store import observations, versions
+from sensorthings.store import observations, references, versions
 from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.replicas import Replicas
@@ -169,6 +169,7 @@ class Store:
                     from sensorthings.store import postgres
 
                     postgres.warn_if_series_index_uncovered(conn)
+                    references.install(conn)
                 versions.install(conn, TABLES)
 
     def close(self) -> None:
