@@ -36,6 +36,7 @@ from sensorthings.model import (
     reverse_nav,
     target_of,
 )
+from sensorthings.pending import Pending
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -188,7 +189,7 @@ class Service:
             return ApiResponse(304, headers={"ETag": entry.etag})
         return ApiResponse(entry.status, raw=entry.body, headers={**dict(entry.headers), "ETag": entry.etag})
 
-    def submit(self, req: ApiRequest, data: Any = None) -> Future[ApiResponse] | None:
+    def submit(self, req: ApiRequest, data: Any = None) -> Pending[ApiResponse] | None:
         """A POST of one Observation handed to the group-commit writer without waiting: its answer once
         committed. None for any other request (and for a deep insert), which `handle` answers in a thread.
         Parses only, so an event loop may call it."""
@@ -200,7 +201,7 @@ class Service:
             return None  # `handle` says what is wrong with it
         if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
             return None
-        pending: list[tuple[Future[Written], Callable[[], ApiResponse]]] = []
+        pending: list[tuple[Pending[Written], Callable[[], ApiResponse]]] = []
 
         def start() -> ApiResponse | None:
             submitted = self._submit_observation(req, resource, _json_body(req) if data is None else data,
@@ -211,25 +212,22 @@ class Service:
             return ApiResponse(202)
 
         refused = self._answer(start)  # type: ignore[arg-type]
-        answer: Future[ApiResponse] = Future()
         if not pending:
-            if refused is None:
-                return None
-            answer.set_result(refused)  # bad input: answered at once
-            return answer
+            # bad input: answered at once
+            return None if refused is None else Pending.of(refused)
+        answer: Pending[ApiResponse] = Pending()
         written, finish = pending[0]
         written.add_done_callback(lambda _f: _settle(answer, lambda: self._answer(finish)))
         return answer
 
-    def create_observation(self, req: ApiRequest, data: Any = None) -> Future[ApiResponse]:
+    def create_observation(self, req: ApiRequest, data: Any = None) -> Pending[ApiResponse]:
         """A POST of one Observation, answered once it is committed, without waiting here: MQTT creates take
         their PUBACK from the future. Through the group-commit writer like an HTTP POST's. `data`: the body
         already parsed; then the answer is only a status (201 with the Location, or the refusal): nobody reads
         the Observation back over MQTT."""
         answer = self.submit(req, data)
         if answer is None:  # not a simple Observation (a deep insert: in a transaction of its own)
-            answer = Future()
-            answer.set_result(self.handle(req))
+            answer = Pending.of(self.handle(req))
         return answer
 
     def _answer(self, run: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
@@ -516,7 +514,7 @@ class Service:
         return ApiResponse(201, doc, {"Location": link})
 
     def _submit_observation(self, req: ApiRequest, resource: Resource, data: Any,
-                            bare: bool = False) -> tuple[Future[Written], Callable[[], ApiResponse]] | None:
+                            bare: bool = False) -> tuple[Pending[Written], Callable[[], ApiResponse]] | None:
         """One POSTed Observation handed to the group-commit writer: its future and what answers once it is
         done (201 with the Observation as written, or the refusal); None for a deep insert (a new
         FeatureOfInterest inside), which takes a transaction of its own."""
@@ -676,7 +674,7 @@ def _confinement(req: ApiRequest) -> dict[str, str] | None:
     return confined(parent.entity.table, parent.id)
 
 
-def _settle(answer: Future[ApiResponse], finish: Callable[[], ApiResponse]) -> None:
+def _settle(answer: Pending[ApiResponse], finish: Callable[[], ApiResponse]) -> None:
     """Resolve `answer` with what `finish` answers, or with what it raised beyond the errors it answers."""
     try:
         answer.set_result(finish())

@@ -15,7 +15,6 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import INCOMING
+
+from sensorthings.pending import Pending
 
 log = logging.getLogger("udp.mqtt.broker")
 
@@ -46,7 +47,7 @@ def _internal_topic(topic: str) -> bool:
 
 # what a broker hands every client publish to: the topic and payload in, the create's completion out (None:
 # nothing to wait for)
-Receiver = Callable[[str, bytes], "Future[Any] | None"]
+Receiver = Callable[[str, bytes], "Pending[Any] | None"]
 
 
 class SubscriptionPlugin(BasePlugin):
@@ -209,7 +210,7 @@ class _LimitedBroker(Broker):
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         message = wait_deliver.result()
         ready = getattr(handler, "acks", {}).get(id(message))
-        done: Future[Any] | None = None
+        done: Pending[Any] | None = None
         try:
             data = getattr(message, "data", None) or b""
             if len(data) > self.max_payload and not is_platform(client_session):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import Future
 
 import orjson
 import paho.mqtt.client as mqtt
 
 from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.pending import Pending
 from sensorthings.service import ApiRequest, ApiResponse, Service
 
 log = logging.getLogger("udp.mqtt.create")
@@ -65,12 +65,12 @@ class Creator:
             done.add_done_callback(lambda f: self._ack(client, mid, qos, f))
 
     @staticmethod
-    def _ack(client: mqtt.Client, mid: int, qos: int, answer: Future[ApiResponse]) -> None:
+    def _ack(client: mqtt.Client, mid: int, qos: int, answer: Pending[ApiResponse]) -> None:
         # the database down (503): left unacknowledged, the broker delivers it again when the session resumes
         if answer.exception() is None and answer.result().status < 500:
             client.ack(mid, qos)
 
-    def create(self, topic: str, payload: bytes) -> Future[ApiResponse] | None:
+    def create(self, topic: str, payload: bytes) -> Pending[ApiResponse] | None:
         """Create the Observation a message carries: the answer once committed, or None when there is nothing
         to wait for (the platform's own notifications are passed over, bad messages refused at once)."""
         if not CREATE_TOPIC.match(topic):
@@ -99,7 +99,7 @@ class Creator:
         answer.add_done_callback(lambda f: self._count(topic, f))
         return answer
 
-    def _count(self, topic: str, answer: Future[ApiResponse]) -> None:
+    def _count(self, topic: str, answer: Pending[ApiResponse]) -> None:
         res = answer.result() if answer.exception() is None else ApiResponse(500)
         if res.status >= 400:
             self._reject(topic, res.body.get("message", "") if isinstance(res.body, dict) else str(res.status))

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sensorthings.pending import Pending
 from sensorthings.store.observations import ObservationRow
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Written:
 class _Job:
     rows: list[ObservationRow]
     together: bool  # refuse all of the rows when one is refused (one POSTed Observation, one device message)
-    future: Future[Written]
+    future: Pending[Written]
 
 
 class ObservationWriter:
@@ -59,13 +59,12 @@ class ObservationWriter:
         self.idle = threading.Event()
         self.idle.set()
 
-    def submit(self, rows: list[ObservationRow], together: bool = False) -> Future[Written]:
+    def submit(self, rows: list[ObservationRow], together: bool = False) -> Pending[Written]:
         """Queue rows for the next transaction; the future is resolved once they are committed (or raises what
         the database raised). `together`: one refused row refuses them all."""
-        future: Future[Written] = Future()
         if not rows:
-            future.set_result(Written([], []))
-            return future
+            return Pending.of(Written([], []))
+        future: Pending[Written] = Pending()
         self._start()
         self.submitted += 1
         with self._lock:  # with the writer's emptiness check below: idle is never set while a job waits
