@@ -68,7 +68,8 @@ class ObservationWriter:
         self._start()
         self.submitted += 1
         with self._lock:  # with the writer's emptiness check below: idle is never set while a job waits
-            self.idle.clear()
+            if self.idle.is_set():  # clearing takes the Event's own lock: under load it is clear already
+                self.idle.clear()
             self.queue.put(_Job(rows, together, future))
         return future
 
