@@ -69,9 +69,11 @@ def test_the_foreign_keys_are_replaced(city: tuple[str, Store, Service, dict[str
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'observations'::regclass "
                             "AND contype = 'f'").fetchone() == (0,)
-        triggers = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sta_references_%' "
-                                               "OR tgname = 'sta_cascade_observations'")}
-    assert triggers == {"sta_references_insert", "sta_references_update", "sta_cascade_observations"}
+        triggers = {r[0] for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sta_references_%' "
+            "OR tgname IN ('sta_cascade_observations', 'sta_truncate_observations')")}
+    assert triggers == {"sta_references_insert", "sta_references_update", "sta_cascade_observations",
+                        "sta_truncate_observations"}
 
 
 @pytest.mark.parametrize("column, table", references.REFERENCES)
@@ -123,6 +125,20 @@ def test_a_feature_deleted_takes_its_observations(city: tuple[str, Store, Servic
     url, _store, service, ids = city
     assert _count(url) == 3
     service.call("DELETE", f"FeaturesOfInterest({ids['foi']})")
+    assert _count(url) == 0
+
+
+@pytest.mark.parametrize("table", [table for _column, table in references.REFERENCES])
+def test_truncating_a_table_observations_name_is_refused_unless_they_go_too(
+        city: tuple[str, Store, Service, dict[str, int]], table: str) -> None:
+    """As the foreign key refused it: the rows named would be gone and the Observations left."""
+    url, _store, _service, _ids = city
+    with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.FeatureNotSupported) as raised:
+        conn.execute(f"TRUNCATE {table} CASCADE")
+    assert raised.value.diag.message_detail == f'Table "observations" references "{table}".'
+    assert _count(url) == 3
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {table}, observations CASCADE")
     assert _count(url) == 0
 
 
@@ -199,4 +215,5 @@ def test_a_database_made_with_the_foreign_keys_loses_them_on_opening() -> None:
                 assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'observations'::regclass "
                                     "AND contype = 'f'").fetchone() == (0,)
                 assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname IN ('sta_references_insert', "
-                                    "'sta_references_update', 'sta_cascade_observations')").fetchone() == (5,)
+                                    "'sta_references_update', 'sta_cascade_observations', "
+                                    "'sta_truncate_observations')").fetchone() == (8,)

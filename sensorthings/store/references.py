@@ -10,8 +10,8 @@ with the same guarantees as the foreign keys it replaces:
   Observations along; an insert naming a row deleted meanwhile fails. A missing one raises what the foreign key
   raised (SQLSTATE 23503, its constraint's name, `Key (column)=(id) is not present in table "…"`);
 - deleting a Datastream, MultiDatastream or FeatureOfInterest deletes its Observations (ON DELETE CASCADE), once per
-  statement. TRUNCATE, which a foreign key would refuse, leaves Observations naming rows gone: truncate Observations
-  too (nothing here truncates).
+  statement; truncating one is refused while Observations name its rows, unless they are truncated in the same
+  statement (as the foreign key refused it; TRUNCATE … CASCADE does not reach them now).
 SQLite keeps its foreign keys: its checks run in-process, a lookup in an index the insert reads anyway.
 """
 
@@ -58,6 +58,17 @@ BEGIN
     DELETE FROM observations WHERE {column} IN (SELECT id FROM gone);
     RETURN NULL;
 END $$;
+CREATE OR REPLACE FUNCTION sta_truncated_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- after every table of the statement is truncated: Observations truncated with it have none left
+    IF EXISTS (SELECT 1 FROM observations WHERE {column} IS NOT NULL) THEN
+        RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+            MESSAGE = 'cannot truncate a table referenced in a foreign key constraint',
+            DETAIL = 'Table "observations" references "{table}".',
+            HINT = 'Truncate table "observations" in the same statement.';
+    END IF;
+    RETURN NULL;
+END $$;
 """ for column, table in REFERENCES)
 
 # (table, trigger name, its definition): a trigger with transition tables takes one event
@@ -69,6 +80,9 @@ _TRIGGERS = [
     *((table, "sta_cascade_observations", f"AFTER DELETE ON {table} REFERENCING OLD TABLE AS gone "
                                           f"FOR EACH STATEMENT EXECUTE FUNCTION sta_cascade_{table}()")
       for _column, table in REFERENCES),
+    *((table, "sta_truncate_observations", f"AFTER TRUNCATE ON {table} "
+                                           f"FOR EACH STATEMENT EXECUTE FUNCTION sta_truncated_{table}()")
+      for _column, table in REFERENCES),
 ]
 
 
@@ -79,7 +93,8 @@ def install(conn: Connection) -> None:
     # only the triggers missing: creating one locks its table against writers (see sensorthings.store.versions)
     have = {(t, n) for t, n in conn.exec_driver_sql(
         "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "WHERE t.tgname IN ('sta_references_insert', 'sta_references_update', 'sta_cascade_observations') "
+        "WHERE t.tgname IN ('sta_references_insert', 'sta_references_update', 'sta_cascade_observations', "
+        "'sta_truncate_observations') "
         "AND pg_table_is_visible(c.oid)").all()}
     for table, name, definition in _TRIGGERS:
         if (table, name) not in have:
