@@ -373,3 +373,46 @@ def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(st
         assert service.call("GET", f"Datastreams({ds})/Observations")["value"] == []
     finally:
         store.close()
+
+
+def test_every_kind_of_value_comes_back_whole_from_a_bulk_write(store_url: str) -> None:
+    """40 rows (PostgreSQL: one COPY in its binary format, each value written by its column's type) of an
+    OM_Observation Datastream: results of every JSON kind, text with quotes, tabs and non-ASCII, resultQuality,
+    parameters, validTime and resultTime come back as they were sent."""
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+    from sensorthings.store.observations import ObservationRow
+    from sensorthings.times import parse_instant
+
+    store = Store.open(store_url)
+    service = Service(store)
+    try:
+        thing = service.call("POST", "Things", {
+            "name": "t", "description": "d", "Locations": [{
+                "name": "here", "description": "", "encodingType": "application/geo+json",
+                "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": "any", "description": "d", "observationType": OM + "OM_Observation",
+                             "unitOfMeasurement": UNIT,
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
+        ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        results = [1.5, -7, 10**15, "plain", 'quotes " and \\ back\tslash, tab\nline, Zürich 서울', True, False,
+                   {"nested": {"list": [1, "two", None, 3.25]}, "é": "ü"}, [1, [2, [3]]], "", 0, {"": None}]
+        sent = []
+        for i in range(40):
+            result = results[i % len(results)]
+            sent.append({"result": result, "resultQuality": {"flag": i % 2 == 0, "note": "ok\t✓"},
+                         "parameters": {"i": i, "tags": ["a", "ß"]},
+                         "validTime": f"2026-04-01T00:{i:02d}:00Z/2026-04-01T01:{i:02d}:00Z",
+                         "resultTime": f"2026-04-02T00:{i:02d}:00.123456Z"})
+        rows = [ObservationRow.of(
+            s["result"], phenomenon_time_start=parse_instant(f"2026-04-01T00:{i:02d}:00Z"),
+            result_time=parse_instant(s["resultTime"]), result_quality=s["resultQuality"], parameters=s["parameters"],
+            valid_time_start=parse_instant(s["validTime"].split("/")[0]),
+            valid_time_end=parse_instant(s["validTime"].split("/")[1]), datastream_id=ds) for i, s in enumerate(sent)]
+        ids = store.writer.write(rows).ids
+        for id_, s in zip(ids, sent, strict=True):
+            got = service.call("GET", f"Observations({id_})")
+            assert {k: got[k] for k in s} == s, (got, s)
+    finally:
+        store.close()

@@ -436,7 +436,7 @@ _GENERATED_FEATURES = (select(_FOI.c.generated_from, func.min(_FOI.c.id))
 _INSERT_ONE = insert(TABLES["observations"]).returning(TABLES["observations"].c.id)
 _INSERT_ONE_WIDENING = {multi: _INSERT_ONE.add_cte(_WIDEN[multi].cte("widened")) for multi in (False, True)}
 _PG_DIALECT = psycopg_dialect()
-# the columns the driver's own connection takes as JSON text (the pipelined small writes here, PostgreSQL's COPY)
+# the columns the driver's own connection takes as JSON text (the pipelined small writes here)
 JSON_COLUMNS = frozenset(c.name for c in TABLES["observations"].c if isinstance(c.type, JSON))
 
 

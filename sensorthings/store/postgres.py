@@ -6,6 +6,8 @@ import logging
 from datetime import date, time
 from typing import Any
 
+import orjson
+from psycopg.types.json import set_json_dumps
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,11 +27,12 @@ from sqlalchemy import (
     literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
-from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS, driver_value
-from sensorthings.store.schema import series_index_columns
+from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS
+from sensorthings.store.schema import TABLES, series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
 
@@ -174,12 +177,21 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
             "ALTER INDEX observations_series RENAME TO observations_datastream_time;")
 
 
-_COPY_OBSERVATIONS = "COPY observations (" + ", ".join(BOUND_COLUMNS) + ") FROM STDIN"
+# COPY in PostgreSQL's binary format: the driver's own C code writes each value by its column's type, where the text
+# format had it make and escape text (bench/pg_copy.py: a CreateObservations request of 1,000 rows 24.2 -> 20.9 ms,
+# its CPU 15.2 -> 11.9 ms)
+_COPY_OBSERVATIONS = "COPY observations (" + ", ".join(BOUND_COLUMNS) + ") FROM STDIN (FORMAT BINARY)"
+_DRIVER_TYPES = {"BIGINT": "int8", "TIMESTAMP WITH TIME ZONE": "timestamptz", "SMALLINT": "int2", "FLOAT": "float8",
+                 "TEXT": "text", "JSONB": "jsonb"}
+# the columns' types as the schema makes them (a type not named above fails here, at import, not in a COPY)
+_COPY_TYPES = [_DRIVER_TYPES[str(TABLES["observations"].c[c].type.compile(dialect=postgresql_dialect()))]
+               for c in BOUND_COLUMNS]
 
 
 def bind_observation(values: dict[str, Any]) -> list[Any]:
-    """An Observation row's columns as COPY takes them (`observations.Bind`): JSON columns as text."""
-    return [None, *(driver_value(c, values[c]) for c in OBSERVATION_COLUMNS)]
+    """An Observation row's columns as the binary COPY takes them (`observations.Bind`): JSON as its value (the
+    driver encodes it, with orjson)."""
+    return [None, *(values[c] for c in OBSERVATION_COLUMNS)]
 
 
 def insert_observations(conn: Connection, rows: list[list[Any]]) -> list[int]:
@@ -188,8 +200,11 @@ def insert_observations(conn: Connection, rows: list[list[Any]]) -> list[int]:
     ids = conn.exec_driver_sql(
         "SELECT array_agg(nextval((SELECT pg_get_serial_sequence('observations', 'id')::regclass))) "
         "FROM generate_series(1, %s)", (len(rows),)).scalar_one()
-    with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor, cursor.copy(_COPY_OBSERVATIONS) as copy:
-        for id_, row in zip(ids, rows, strict=True):
-            row[0] = id_
-            copy.write_row(row)
+    with driver(conn, _COPY_OBSERVATIONS) as db, db.cursor() as cursor:
+        set_json_dumps(orjson.dumps, context=cursor)
+        with cursor.copy(_COPY_OBSERVATIONS) as copy:
+            copy.set_types(_COPY_TYPES)
+            for id_, row in zip(ids, rows, strict=True):
+                row[0] = id_
+                copy.write_row(row)
     return list(ids)
