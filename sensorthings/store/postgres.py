@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, time
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -188,10 +189,13 @@ _COPY_TYPES = [_DRIVER_TYPES[str(TABLES["observations"].c[c].type.compile(dialec
                for c in BOUND_COLUMNS]
 
 
+_COLUMNS = itemgetter(*OBSERVATION_COLUMNS)
+
+
 def bind_observation(values: dict[str, Any]) -> list[Any]:
     """An Observation row's columns as the binary COPY takes them (`observations.Bind`): JSON as its value (the
     driver encodes it, with orjson)."""
-    return [None, *(values[c] for c in OBSERVATION_COLUMNS)]
+    return [None, *_COLUMNS(values)]
 
 
 def insert_observations(conn: Connection, rows: list[list[Any]]) -> list[int]:
