@@ -16,15 +16,13 @@ import statistics
 import time
 from typing import Any
 
-import psycopg
 import sta_http
 from harness import say
-from pg_references import _stream
+from pg_city import pg_city
 from sqlalchemy import Connection
 
-from sensorthings.service import ApiRequest, Service
+from sensorthings.service import ApiRequest
 from sensorthings.store import postgres
-from sensorthings.store.base import Store
 from sensorthings.store.driver import driver
 from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS, driver_value
 
@@ -53,19 +51,7 @@ def main() -> int:
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--observations", type=int, default=300_000)
     args = ap.parse_args()
-    name = f"udp_bench_copy_{int(time.time())}"
-    with psycopg.connect(args.pg, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{args.pg.rpartition('/')[0]}/{name}"
-    store = Store.open(url)
-    try:
-        service = Service(store)
-        for t in range(100):
-            service.call("POST", "Things", {
-                "name": f"t{t}", "description": "d", "Datastreams": [_stream(3 * t + k) for k in range(3)],
-                "Locations": [{"name": f"l{t}", "description": "d", "encodingType": "application/geo+json",
-                               "location": {"type": "Point", "coordinates": [10 + t / 100, 53]}}]})
-        streams = [d["@iot.id"] for d in service.call("GET", "Datastreams", **{"$top": "1000"})["value"]]
+    with pg_city(args.pg, "udp_bench_copy") as (_url, store, service, streams):
         bodies = sta_http.dataarray_bodies(streams, args.observations)
         ways = {"binary COPY": (postgres.bind_observation, postgres.insert_observations),
                 "text COPY": (text_bind, text_insert)}
@@ -86,10 +72,6 @@ def main() -> int:
                 f"process CPU {statistics.median(cpus) * 1000:6.2f} ms")
         ratio = statistics.median(spent["binary COPY"][0]) / statistics.median(spent["text COPY"][0])
         say(f"binary / text, wall: {ratio:.2f}x")
-    finally:
-        store.close()
-        with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

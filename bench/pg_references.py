@@ -19,20 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from harness import say
+from pg_city import pg_city
 
-from sensorthings.service import Service
 from sensorthings.store import references
-from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
-
-OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
-UNIT = {"name": "degree Celsius", "symbol": "degC", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
-
-
-def _stream(n: int) -> dict[str, object]:
-    return {"name": f"s{n}", "description": "d", "observationType": OM, "unitOfMeasurement": UNIT,
-            "Sensor": {"name": f"sensor {n}", "description": "d", "encodingType": "text/html", "metadata": "m"},
-            "ObservedProperty": {"name": "temperature", "definition": "t", "description": "d"}}
 
 
 def main() -> int:
@@ -41,19 +31,7 @@ def main() -> int:
     ap.add_argument("--observations", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=40)
     args = ap.parse_args()
-    name = f"udp_bench_refs_{int(time.time())}"
-    with psycopg.connect(args.pg, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{args.pg.rpartition('/')[0]}/{name}"
-    store = Store.open(url)
-    try:
-        service = Service(store)
-        for t in range(100):
-            service.call("POST", "Things", {
-                "name": f"t{t}", "description": "d", "Datastreams": [_stream(3 * t + k) for k in range(3)],
-                "Locations": [{"name": f"l{t}", "description": "d", "encodingType": "application/geo+json",
-                               "location": {"type": "Point", "coordinates": [10 + t / 100, 53]}}]})
-        streams = [d["@iot.id"] for d in service.call("GET", "Datastreams", **{"$top": "1000"})["value"]]
+    with pg_city(args.pg, "udp_bench_refs") as (url, store, service, streams):
         for ds in streams:  # one Observation each makes the Things' FeatureOfInterest
             service.call("POST", f"Datastreams({ds})/Observations", {"result": 0})
         foi = service.call("GET", "FeaturesOfInterest")["value"][0]["@iot.id"]
@@ -104,10 +82,6 @@ def main() -> int:
                     f"(quartiles {q[0] * 1000:.2f}-{q[2] * 1000:.2f})")
             ratio = statistics.median(times["statement triggers"]) / statistics.median(times["foreign keys"])
             say(f"{size:5,} rows, statement triggers / foreign keys: {ratio:.2f}x")
-    finally:
-        store.close()
-        with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 
