@@ -95,7 +95,6 @@ class Store:
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
         self.replicas: Replicas | None = None
-        self.write_turns: Turns | None = None  # SQLite: this process's turns at the write lock (sqlite_turns)
         versions.track_reads(engine)
         # the process's group-commit writer of Observations (its thread starts on first use)
         self.writer = ObservationWriter(self)
@@ -141,7 +140,6 @@ class Store:
             engine = sqlite.create_sqlite_engine(url, _json_dumps, orjson.loads, statement_timeout)
             store = cls(engine, sqlite.SqliteDialect(), url, sqlite.create_spatial_indexes,
                         sqlite.insert_observations, sqlite.observation_binder(engine.dialect))
-            store.write_turns = turns_of(engine)
         elif url.startswith(("postgresql", "postgres")):
             from sensorthings.store import postgres
 
@@ -178,6 +176,11 @@ class Store:
         self.engine.dispose()
         if self.replicas is not None:
             self.replicas.dispose()
+
+    @property
+    def write_turns(self) -> Turns | None:
+        """SQLite: this process's turns at the write lock every process shares (sqlite_turns); None elsewhere."""
+        return turns_of(self.engine)
 
     def versions(self, conn: Connection, rows: tuple[str, ...] = ()) -> dict[str, int]:
         """Every table's change version now, and those of the row keys `rows` (sensorthings.store.versions),

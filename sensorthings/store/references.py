@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from sensorthings.store.versions import pg_triggers
+
 # (column of observations, the table it names)
 REFERENCES = (("datastream_id", "datastreams"), ("multi_datastream_id", "multi_datastreams"),
               ("feature_of_interest_id", "features_of_interest"))
@@ -90,12 +92,7 @@ def install(conn: Connection) -> None:
     """PostgreSQL: the triggers that keep the Observations' references, then the foreign keys they replace dropped
     (idempotent; in the schema's transaction, so that no moment is without either)."""
     conn.exec_driver_sql(_FUNCTIONS)
-    # only the triggers missing: creating one locks its table against writers (see sensorthings.store.versions)
-    have = {(t, n) for t, n in conn.exec_driver_sql(
-        "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "WHERE t.tgname IN ('sta_references_insert', 'sta_references_update', 'sta_cascade_observations', "
-        "'sta_truncate_observations') "
-        "AND pg_table_is_visible(c.oid)").all()}
+    have = pg_triggers(conn, tuple({name for _table, name, _definition in _TRIGGERS}))
     for table, name, definition in _TRIGGERS:
         if (table, name) not in have:
             conn.exec_driver_sql(f"CREATE TRIGGER {name} {definition}")

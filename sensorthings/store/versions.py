@@ -128,6 +128,14 @@ _PG_FLUSH_TRIGGER = """CREATE CONSTRAINT TRIGGER sta_flush_versions AFTER INSERT
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sta_flush_versions()"""
 
 
+def pg_triggers(conn: Connection, names: tuple[str, ...]) -> set[tuple[str, str]]:
+    """PostgreSQL: the triggers of those `names` there are, as (table, trigger), on the tables the search path
+    shows: an installer creates only the missing ones (creating one locks its table against writers)."""
+    return {(t, n) for t, n in conn.exec_driver_sql(
+        "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname = ANY(%s) AND pg_table_is_visible(c.oid)", (list(names),)).all()}
+
+
 def install(conn: Connection, tables: Iterable[str]) -> None:
     """The version table and the triggers that keep it, on every table in `tables` (idempotent)."""
     names = sorted(tables)
@@ -135,10 +143,7 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         conn.exec_driver_sql(_PG_FUNCTIONS)
         # only the triggers missing: creating one locks its table against writers (SHARE ROW EXCLUSIVE), and a
         # process opening the store while others write (`udp seed`, a re-import) deadlocked with them
-        have = {(t, n) for t, n in conn.exec_driver_sql(
-            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE t.tgname IN ('sta_note_write', 'sta_flush_versions', 'sta_note_rewrite') "
-            "AND pg_table_is_visible(c.oid)").all()}
+        have = pg_triggers(conn, ("sta_note_write", "sta_flush_versions", "sta_note_rewrite"))
         if ("sta_version_flush", "sta_flush_versions") not in have:
             conn.exec_driver_sql(_PG_FLUSH_TRIGGER)
         for name in names:
@@ -150,9 +155,7 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
             conn.exec_driver_sql(
                 "CREATE TRIGGER sta_note_rewrite AFTER UPDATE OR DELETE OR TRUNCATE ON observations "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{REWRITTEN}')")
-        row_triggers = {(t, n) for t, n in conn.exec_driver_sql(
-            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE left(t.tgname, 9) = 'sta_rows_' AND pg_table_is_visible(c.oid)").all()}
+        row_triggers = pg_triggers(conn, tuple(f"sta_rows_{op}" for op in ("insert", "delete", "update")))
         for name in ROW_TABLES:
             if name not in names:
                 continue
