@@ -340,6 +340,77 @@ def test_a_shared_write_gives_each_row_its_id_and_each_stream_its_span(store_url
         store.close()
 
 
+def inserted_at_once(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: rows begun, inserted and committed in one pipeline, as the group-commit writer writes a few."""
+    from sensorthings.store import observations
+
+    with observations._at_once(conn, True) as begins:
+        assert begins
+        observations._insert_widening(conn, rows, True)
+
+
+def test_a_few_rows_alone_in_a_write_take_two_round_trips_and_wait_for_a_begun_transaction(store_url: str,
+                                                                                         tmp_path: Path) -> None:
+    """PostgreSQL: the group-commit writer's few rows (`commits`): their streams read without a transaction, then
+    begun, inserted and committed in one pipeline: two round trips where a single POST took five. In a transaction
+    that has begun already they are written in it, and are gone with its rollback."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's round trips")
+    import psycopg
+    from sqlalchemy import text
+
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+    from sensorthings.store.observations import ObservationRow
+    from sensorthings.times import parse_instant
+
+    store = Store.open(store_url)
+    service = Service(store)
+    try:
+        thing = service.call("POST", "Things", {
+            "name": "t", "description": "d", "Locations": [{
+                "name": "here", "description": "", "encodingType": "application/geo+json",
+                "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": "s", "description": "d", "observationType": OM + "OM_Measurement",
+                             "unitOfMeasurement": UNIT,
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
+        ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        service.call("POST", "Observations", {"result": 0, "Datastream": {"@iot.id": ds}})  # its feature made
+
+        def rows() -> list[ObservationRow]:
+            return [ObservationRow.of(float(i), phenomenon_time_start=parse_instant(f"2026-03-01T00:{i:02d}Z"),
+                                      datastream_id=ds) for i in range(3)]
+
+        def stored() -> int:
+            with psycopg.connect(store_url.replace("postgresql+psycopg://", "postgresql://")) as other:
+                return other.execute("SELECT count(*) FROM observations").fetchone()[0]  # type: ignore[index]
+
+        trace = tmp_path / "trace.txt"
+        with store.write() as (conn, changes), trace.open("w") as out:
+            pgconn = conn.connection.driver_connection.pgconn
+            pgconn.trace(out.fileno())
+            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            try:
+                ids = store.write_observations(conn, rows(), changes, commits=True)
+            finally:
+                pgconn.untrace()
+            assert stored() == 4  # committed already: the transaction's own commit has nothing left to do
+        sent = [line.split("\t")[2] for line in trace.read_text().splitlines() if line.split("\t")[0] == "F"]
+        assert sent.count("Sync") + sent.count("Query") == 2, sent  # each ends a round trip
+        assert len(set(ids)) == 3 and None not in ids
+
+        with pytest.raises(RuntimeError), store.write() as (conn, changes):
+            conn.execute(text("SELECT 1"))  # begun
+            store.write_observations(conn, rows(), changes, commits=True)
+            assert stored() == 4  # not committed by the write
+            raise RuntimeError("rolled back")
+        assert stored() == 4
+        assert service.call("GET", f"Datastreams({ds})")["phenomenonTime"].startswith("2026-03-01T00:00:00Z/")
+    finally:
+        store.close()
+
+
 def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(store_url: str) -> None:
     """The writes run on the driver's own connection (COPY, one JSON array, a pipeline) raise what SQLAlchemy raises
     for every other statement, which is what the writer, the bridge and HTTP tell apart (a refused row from a
@@ -365,12 +436,25 @@ def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(st
                                              datastream_id=ds, feature_of_interest_id=999_999).columns()
         bound = store.bind_observation(row)
         paths = [(store.bulk_insert, bound)]
+        used: list[Any] = []
         if store.engine.dialect.name == "postgresql":
-            paths.append((observations._insert_widening, row))
+            paths.append((lambda conn, rows: observations._insert_widening(conn, rows, False), row))
+
+            def at_once(conn: Any, rows: list[Any]) -> None:
+                used.append(conn.connection.driver_connection)
+                inserted_at_once(conn, rows)
+
+            paths.append((at_once, row))
         for insert, given in paths:
             with pytest.raises(IntegrityError), store.write() as (conn, _changes):  # no such FeatureOfInterest
                 insert(conn, [given, given])
         assert service.call("GET", f"Datastreams({ds})/Observations")["value"] == []
+        for db in used:  # the connection the refused pipeline ran on is as it was: no transaction, no autocommit
+            assert not db.autocommit and db.info.transaction_status.name == "IDLE"
+        service.call("POST", "Observations", {"result": 1, "Datastream": {"@iot.id": ds}, "FeatureOfInterest": {
+            "name": "f", "description": "d", "encodingType": "application/geo+json",
+            "feature": {"type": "Point", "coordinates": [10, 53]}}})
+        assert len(service.call("GET", f"Datastreams({ds})/Observations")["value"]) == 1
     finally:
         store.close()
 

@@ -20,6 +20,7 @@ from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
 from tests.harness import PG_URL, pg_database
 from tests.test_fragments import OM, UNIT, stream
+from tests.test_observation_writes import inserted_at_once
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="UDP_TEST_PG is not set: PostgreSQL store tests skipped")
 
@@ -95,14 +96,17 @@ def test_a_reference_to_a_missing_row_is_refused_as_the_foreign_key_refused_it(
 
 
 def test_every_write_path_is_refused_with_an_integrity_error(city: tuple[str, Store, Service, dict[str, int]]) -> None:
-    """COPY (bulk) and the pipelined few-rows insert: many rows naming one missing Datastream, refused at once."""
+    """COPY (bulk) and the pipelined few-rows insert, in a transaction or committing its own: many rows naming one
+    missing Datastream, refused at once."""
     from sensorthings.store import observations
 
     url, store, _service, ids = city
     before = _count(url)
     row = ObservationRow(1, 1.0, datastream_id=999_999, feature_of_interest_id=ids["foi"],
                          phenomenon_time_start=datetime(2026, 1, 1, tzinfo=UTC)).columns()
-    for insert, given in ((store.bulk_insert, store.bind_observation(row)), (observations._insert_widening, row)):
+    for insert, given in ((store.bulk_insert, store.bind_observation(row)),
+                          (lambda conn, rows: observations._insert_widening(conn, rows, False), row),
+                          (inserted_at_once, row)):
         with pytest.raises(IntegrityError), store.write() as (conn, _changes):
             insert(conn, [given] * 40)  # many rows, one missing reference: refused once
     assert _count(url) == before

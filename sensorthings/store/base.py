@@ -348,7 +348,7 @@ class Store:
     # -- observations --------------------------------------------------------------------------
     def write_observations(self, conn: Connection, rows: list[ObservationRow], changes: list[Change],
                            refused: Callable[[int, str], None] | None = None,
-                           prepared: observations.Prepared | None = None) -> list[int | None]:
+                           prepared: observations.Prepared | None = None, commits: bool = False) -> list[int | None]:
         """Write Observations, however they came in: the one way into the observations table.
 
         Each row's result must fit its Datastream's observationType (or its MultiDatastream's
@@ -358,9 +358,12 @@ class Store:
         A row the rules refuse raises StoreError with the reason (nothing is written), or, with
         `refused`, is reported to it as (index, reason) and skipped. Returns the new ids in row order
         (None for a refused row). `prepared`: the rows' `prepare_observations`, made before the transaction began.
+        `commits`: the rows are all that `conn`'s transaction writes, and it has not begun: a few rows may be
+        written and committed at once (PostgreSQL: one round trip); the transaction's own commit then has nothing
+        left to do.
         """
         ids, written = observations.write(conn, self.bulk_insert, rows, refused or _refuse,
-                                          prepared or self.prepare_observations(rows))
+                                          prepared or self.prepare_observations(rows), commits)
         changes.extend(Change(OBSERVATION, values["id"], "create", values) for values in written)
         return ids
 

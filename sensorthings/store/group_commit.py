@@ -164,7 +164,8 @@ class ObservationWriter:
 
         prepared = self.store.prepare_observations(rows)
         with self.store.write() as (conn, changes):
-            ids = self.store.write_observations(conn, rows, changes, refused=refused, prepared=prepared)
+            ids = self.store.write_observations(conn, rows, changes, refused=refused, prepared=prepared,
+                                               commits=True)
             written = iter(changes)
             for (k, i), id_ in zip(owner, ids, strict=True):
                 if id_ is not None:

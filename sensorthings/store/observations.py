@@ -9,13 +9,15 @@ are made from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
+from psycopg.pq import TransactionStatus
 from sqlalchemy import JSON, Connection, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
@@ -185,11 +187,42 @@ class Prepared:
 
 
 def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
-          refused: Callable[[int, str], None], prepared: Prepared) -> tuple[list[int | None], list[dict[str, Any]]]:
+          refused: Callable[[int, str], None], prepared: Prepared,
+          commits: bool = False) -> tuple[list[int | None], list[dict[str, Any]]]:
     """Insert Observation rows (see `Store.write_observations`), `prepared` from them: each one's new id in order
-    (None where refused), and the rows written as columns with their ids."""
+    (None where refused), and the rows written as columns with their ids. `commits`: the rows are all that `conn`'s
+    transaction, not begun yet, writes (see `_at_once`)."""
     if not rows:
         return [], []
+    with _at_once(conn, commits and len(rows) <= FEW) as at_once:
+        return _write(conn, bulk_insert, rows, refused, prepared, at_once)
+
+
+@contextmanager
+def _at_once(conn: Connection, wanted: bool) -> Iterator[bool]:
+    """PostgreSQL, `wanted` and no transaction begun on `conn` yet: True while the driver's connection is in
+    autocommit, so that a few rows' write reads what it checks them against without a transaction (no BEGIN round
+    trip: nothing it reads needs one, the references are checked again by the insert's triggers) and then begins,
+    inserts and commits in one round trip (`_insert_widening`). A single POST took five round trips (BEGIN, the
+    streams, the inserts, a pipeline's sync, COMMIT), each a wait for the CPU when it is busy. False elsewhere."""
+    if not wanted or conn.dialect.name != "postgresql":
+        yield False
+        return
+    db = conn.connection.driver_connection
+    if db.autocommit or db.info.transaction_status != TransactionStatus.IDLE:
+        yield False
+        return
+    db.autocommit = True
+    try:
+        yield True
+    finally:
+        if db.info.transaction_status != TransactionStatus.IDLE:  # failed before its COMMIT, or in it
+            db.rollback()
+        db.autocommit = False
+
+
+def _write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow], refused: Callable[[int, str], None],
+           prepared: Prepared, at_once: bool) -> tuple[list[int | None], list[dict[str, Any]]]:
     streams = _streams(conn, _stream_ids(rows))
     given = {r.feature_of_interest_id for r in rows if r.feature_of_interest_id is not None}
     known = _existing_features(conn, given) if given else set()
@@ -220,7 +253,7 @@ def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
     if not good:
         return [None] * len(rows), []
     if len(good) <= FEW and conn.dialect.name == "postgresql":
-        ids = _insert_widening(conn, good)
+        ids = _insert_widening(conn, good, at_once)
     else:
         # one statement where the bulk way takes two
         ids = [conn.execute(_INSERT_ONE, good[0]).scalar_one()] if len(good) == 1 else bulk_insert(conn, bound)
@@ -239,25 +272,21 @@ def write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow],
 FEW = 32
 
 
-def _insert_widening(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """PostgreSQL: insert rows by `_INSERT_ONE_WIDENING`, sent in one pipeline; their ids in order."""
-    ids: list[int] = [0] * len(rows)
-    kinds: dict[bool, list[int]] = {False: [], True: []}
-    for i, row in enumerate(rows):
-        kinds[row["datastream_id"] is None].append(i)
-    for multi, places in kinds.items():
-        if not places:
-            continue
-        # not SQLAlchemy's executemany: it makes one INSERT of many VALUES with the first row's widening alone
-        params = [{**{c: driver_value(c, v) for c, v in rows[i].items()}, **spans_of([rows[i]])[multi][0]}
-                  for i in places]
-        sql = _widening_sql(multi, tuple(rows[places[0]]))
-        with driver(conn, sql) as db, db.cursor() as cursor:
-            cursor.executemany(sql, params, returning=True)
-            for i in places:
-                ids[i] = cursor.fetchone()[0]
-                cursor.nextset()
-    return ids
+def _insert_widening(conn: Connection, rows: list[dict[str, Any]], commits: bool) -> list[int]:
+    """PostgreSQL: insert rows by `_INSERT_ONE_WIDENING`, sent in one pipeline; their ids in order. `commits`: the
+    pipeline begins and commits the transaction too (`_at_once`)."""
+    cursors = []
+    with driver(conn, "INSERT INTO observations") as db, db.pipeline():
+        if commits:
+            db.execute("BEGIN")
+        for row in rows:
+            multi = row["datastream_id"] is None
+            # one statement a row, not executemany: that waits for its results before anything else is sent
+            params = {**{c: driver_value(c, v) for c, v in row.items()}, **spans_of([row])[multi][0]}
+            cursors.append(db.execute(_widening_sql(multi, tuple(row)), params))
+        if commits:
+            db.execute("COMMIT")
+    return [cursor.fetchone()[0] for cursor in cursors]
 
 
 @lru_cache(maxsize=8)
