@@ -52,6 +52,19 @@ class Flight:
     future: Future[Entry | None] = field(default_factory=Future)
     basis: tuple | None = None  # the versions it reads at, once it has begun (None: still gathering)
     followers: int = 0
+    seen: dict[str, int] | None = None  # the newest versions the requests that joined it while gathering had read
+
+
+def newest(a: Mapping[str, int] | None, b: Mapping[str, int]) -> dict[str, int]:
+    """The newer of two reads of the versions, key by key (versions only rise: the data read after both is at
+    least as new as either)."""
+    if a is None:
+        return dict(b)
+    out = dict(a)
+    for k, v in b.items():
+        if v > out.get(k, -1):
+            out[k] = v
+    return out
 
 
 def basis(now: Mapping[str, int], rows: tuple[str, ...]) -> tuple:
@@ -94,22 +107,24 @@ class ResponseCache:
         """The computation of `key` whose answer is fresh for a request that read the versions `now`, joined (a
         miss): one reading at those versions, or the one still gathering; None when there is none."""
         with self._lock:
-            return self._join(key, basis(now, rows))
+            return self._join(key, basis(now, rows), now)
 
     def board(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> tuple[Flight, bool]:
         """A computation of `key` to take the answer from (False) or, when none can serve, a new one that this
         request leads (True): then `turn`, `depart`, `read_at` and `land` it."""
         with self._lock:
-            flight = self._join(key, basis(now, rows))
+            flight = self._join(key, basis(now, rows), now)
             if flight is not None:
                 return flight, False
             flight = self._gathering[key] = Flight(key)
             return flight, True
 
-    def _join(self, key: tuple, seen: tuple) -> Flight | None:
+    def _join(self, key: tuple, seen: tuple, now: Mapping[str, int]) -> Flight | None:
         # under the lock; one reading already ends sooner than one still gathering
         self.misses += 1
-        flight = next((f for f in self._reading.get(key, ()) if f.basis == seen), None) or self._gathering.get(key)
+        flight = next((f for f in self._reading.get(key, ()) if f.basis == seen), None)
+        if flight is None and (flight := self._gathering.get(key)) is not None:
+            flight.seen = newest(flight.seen, now)
         if flight is not None:
             flight.followers += 1
             self.shared += 1
@@ -134,13 +149,13 @@ class ResponseCache:
                 if slot[1] == 0:
                     del self._slots[key]
 
-    def depart(self, flight: Flight) -> bool:
-        """Stop gathering requests for `flight` (later ones start another); True when some joined: then the
-        leader reads the versions anew, after theirs."""
+    def depart(self, flight: Flight) -> dict[str, int] | None:
+        """Stop gathering requests for `flight` (later ones start another); the newest versions those who joined
+        had read (None: nobody joined): the leader reads at versions no older than theirs (`newest`)."""
         with self._lock:
             if self._gathering.get(flight.key) is flight:
                 del self._gathering[flight.key]
-            return flight.followers > 0
+            return flight.seen
 
     def read_at(self, flight: Flight, now: Mapping[str, int], rows: tuple[str, ...]) -> None:
         """Note the versions `flight` reads at: a request that saw the same ones takes its answer."""

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from apicommon.unavailable import client_fault, database_unavailable
 from sensorthings.body import BodyError, Draft, Ref, parse_entity, parse_id
-from sensorthings.cache import Entry, ResponseCache
+from sensorthings.cache import Entry, ResponseCache, newest
 from sensorthings.conformance import conformance
 from sensorthings.dataarray import create_observations
 from sensorthings.model import (
@@ -279,8 +279,9 @@ class Service:
                         with self.cache.turn(key):
                             if not inline:  # on the event loop the caller waited for the writer (`computes_inline`)
                                 self.store.writer.yield_to()
-                            if self.cache.depart(flight):  # those who joined read their versions before now
-                                now = self.store.versions(conn, plan.rows)
+                            if (seen := self.cache.depart(flight)) is not None:
+                                # those who joined read their versions before now: read at the newest of theirs
+                                now = newest(seen, now)
                             self.cache.read_at(flight, now, plan.rows)
                             spent = time.thread_time()
                             res, entry = self._read_into_cache(req, conn, plan, now)

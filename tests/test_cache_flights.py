@@ -1,7 +1,8 @@
 """The response cache's computations in flight (sensorthings.cache.Flight), with real threads.
 
 Requests for an answer being computed share the computation when its answer is fresh for them: the one still
-gathering (it reads the versions after they joined), or one reading at the very versions they saw. A request
+gathering (it reads at the newest versions they had read, and reads the data after), or one reading at the very
+versions they saw. A request
 that saw newer versions never takes an older computation's answer; it starts its own at once, beside the
 older one, instead of queueing behind it.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sensorthings.cache import Entry, ResponseCache
+from sensorthings.cache import Entry, ResponseCache, newest
 
 KEY = ("Observations", (("$top", "100"),))
 
@@ -25,9 +26,10 @@ def test_a_crowd_gathered_before_the_computation_reads_takes_its_answer() -> Non
     flight, leads = cache.board(KEY, {"observations": 1}, ())
     assert leads
     # three more arrive with the same or newer versions while the leader has not begun reading
-    followers = [cache.board(KEY, {"observations": v}, ()) for v in (1, 2, 3)]
+    followers = [cache.board(KEY, {"observations": v}, ()) for v in (3, 1, 2)]
     assert all(f is flight and not lead for f, lead in followers)
-    assert cache.depart(flight)  # some joined: the leader reads the versions anew, after theirs
+    # some joined: the leader reads at the newest versions they had read, not its own older ones
+    assert cache.depart(flight) == {"observations": 3}
     cache.read_at(flight, {"observations": 3}, ())
     made = entry(cache, {"observations": 3}, b"at 3")
     cache.land(flight, made)
@@ -40,7 +42,7 @@ def test_a_crowd_gathered_before_the_computation_reads_takes_its_answer() -> Non
 def test_a_request_that_saw_newer_versions_starts_its_own_computation_beside_the_older() -> None:
     cache = ResponseCache()
     first, _ = cache.board(KEY, {"observations": 1}, ())
-    assert not cache.depart(first)  # nobody joined: it reads at the leader's own versions
+    assert cache.depart(first) is None  # nobody joined: it reads at the leader's own versions
     cache.read_at(first, {"observations": 1}, ())
     # a write committed; a request that saw it may not take the first computation's answer
     second, leads = cache.board(KEY, {"observations": 2}, ())
@@ -54,6 +56,19 @@ def test_a_request_that_saw_newer_versions_starts_its_own_computation_beside_the
     assert first.future.result(1) is None
     assert not second.future.done()
     cache.land(second, entry(cache, {"observations": 2}, b"at 2"))
+
+
+def test_the_newest_versions_are_taken_key_by_key() -> None:
+    """Requests joining one computation read the versions at different moments, each with its own row keys: the
+    leader reads at the newest of each key, so that its answer is fresh for every one of them."""
+    cache = ResponseCache()
+    flight, _ = cache.board(KEY, {"observations": 5, "things": 2}, ())
+    cache.join(KEY, {"observations": 7, "things": 2, "observations@d1": 3}, ())
+    cache.join(KEY, {"observations": 6, "things": 4, "observations@d2": 1}, ())
+    seen = cache.depart(flight)
+    assert seen == {"observations": 7, "things": 4, "observations@d1": 3, "observations@d2": 1}
+    assert newest(seen, {"observations": 5, "things": 2}) == seen
+    cache.land(flight, None)
 
 
 def test_row_keys_tell_computations_apart() -> None:
@@ -98,7 +113,7 @@ def test_under_constant_writes_computations_overlap_and_every_answer_is_fresh() 
         if found is None:
             flight, leads = cache.board(KEY, now, ())
             if leads:
-                at = data[0] if cache.depart(flight) else now["observations"]
+                at = newest(cache.depart(flight), now)["observations"]
                 cache.read_at(flight, {"observations": at}, ())
                 found = None
                 try:
