@@ -340,6 +340,18 @@ def test_a_shared_write_gives_each_row_its_id_and_each_stream_its_span(store_url
         store.close()
 
 
+def placed_stream(service: Any, kind: str) -> int:
+    """A new Thing with a Location and one Datastream of observationType `kind`: the Datastream's id."""
+    thing = service.call("POST", "Things", {
+        "name": "t", "description": "d", "Locations": [{
+            "name": "here", "description": "", "encodingType": "application/geo+json",
+            "location": {"type": "Point", "coordinates": [10, 53]}}],
+        "Datastreams": [{"name": kind, "description": "d", "observationType": OM + kind, "unitOfMeasurement": UNIT,
+                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                         "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
+    return service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+
+
 def inserted_at_once(conn: Any, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL: rows begun, inserted and committed in one pipeline, as the group-commit writer writes a few."""
     from sensorthings.store import observations
@@ -367,15 +379,7 @@ def test_a_few_rows_alone_in_a_write_take_two_round_trips_and_wait_for_a_begun_t
     store = Store.open(store_url)
     service = Service(store)
     try:
-        thing = service.call("POST", "Things", {
-            "name": "t", "description": "d", "Locations": [{
-                "name": "here", "description": "", "encodingType": "application/geo+json",
-                "location": {"type": "Point", "coordinates": [10, 53]}}],
-            "Datastreams": [{"name": "s", "description": "d", "observationType": OM + "OM_Measurement",
-                             "unitOfMeasurement": UNIT,
-                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
-                             "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
-        ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        ds = placed_stream(service, "OM_Measurement")
         service.call("POST", "Observations", {"result": 0, "Datastream": {"@iot.id": ds}})  # its feature made
 
         def rows() -> list[ObservationRow]:
@@ -471,15 +475,7 @@ def test_every_kind_of_value_comes_back_whole_from_a_bulk_write(store_url: str) 
     store = Store.open(store_url)
     service = Service(store)
     try:
-        thing = service.call("POST", "Things", {
-            "name": "t", "description": "d", "Locations": [{
-                "name": "here", "description": "", "encodingType": "application/geo+json",
-                "location": {"type": "Point", "coordinates": [10, 53]}}],
-            "Datastreams": [{"name": "any", "description": "d", "observationType": OM + "OM_Observation",
-                             "unitOfMeasurement": UNIT,
-                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
-                             "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
-        ds = service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+        ds = placed_stream(service, "OM_Observation")
         results = [1.5, -7, 10**15, "plain", 'quotes " and \\ back\tslash, tab\nline, Zürich 서울', True, False,
                    {"nested": {"list": [1, "two", None, 3.25]}, "é": "ü"}, [1, [2, [3]]], "", 0, {"": None}]
         sent = []
