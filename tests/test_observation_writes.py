@@ -415,6 +415,38 @@ def test_a_few_rows_alone_in_a_write_take_two_round_trips_and_wait_for_a_begun_t
         store.close()
 
 
+def test_a_single_post_whose_connection_was_cut_answers_503_and_the_next_is_stored(store_url: str) -> None:
+    """PostgreSQL: the database ends the connection a single POST's write takes from the pool (a restart, an
+    administrator): the POST answers 503 (retry), nothing half-written stays, and the next POST is stored."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections")
+    import psycopg
+
+    from sensorthings.service import ApiRequest, Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(store_url)
+    service = Service(store)
+    admin = store_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        ds = placed_stream(service, "OM_Measurement")
+
+        def post(result: float) -> int:
+            body = orjson.dumps({"result": result, "Datastream": {"@iot.id": ds}})
+            return service.handle(ApiRequest("POST", "Observations", {}, body, "http://x/v1.1")).status
+
+        assert post(1) == 201
+        with psycopg.connect(admin, autocommit=True) as conn:  # every pooled connection ended
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert post(2) == 503
+        assert post(3) == 201
+        got = service.call("GET", f"Datastreams({ds})/Observations", **{"$orderby": "result"})["value"]
+        assert [o["result"] for o in got] == [1, 3]
+    finally:
+        store.close()
+
+
 def test_a_row_the_database_refuses_is_an_integrity_error_on_every_write_path(store_url: str) -> None:
     """The writes run on the driver's own connection (COPY, one JSON array, a pipeline) raise what SQLAlchemy raises
     for every other statement, which is what the writer, the bridge and HTTP tell apart (a refused row from a

@@ -216,9 +216,11 @@ def _at_once(conn: Connection, wanted: bool) -> Iterator[bool]:
     try:
         yield True
     finally:
-        if db.info.transaction_status != TransactionStatus.IDLE:  # failed before its COMMIT, or in it
-            db.rollback()
-        db.autocommit = False
+        status = db.info.transaction_status
+        if status != TransactionStatus.UNKNOWN:  # UNKNOWN: the connection is gone, and the pool discards it
+            if status != TransactionStatus.IDLE:  # failed before its COMMIT, or in it
+                db.rollback()
+            db.autocommit = False
 
 
 def _write(conn: Connection, bulk_insert: BulkInsert, rows: list[ObservationRow], refused: Callable[[int, str], None],
