@@ -51,7 +51,6 @@ class Flight:
     key: tuple
     future: Future[Entry | None] = field(default_factory=Future)
     basis: tuple | None = None  # the versions it reads at, once it has begun (None: still gathering)
-    followers: int = 0
     seen: dict[str, int] | None = None  # the newest versions the requests that joined it while gathering had read
 
 
@@ -126,7 +125,6 @@ class ResponseCache:
         if flight is None and (flight := self._gathering.get(key)) is not None:
             flight.seen = newest(flight.seen, now)
         if flight is not None:
-            flight.followers += 1
             self.shared += 1
         return flight
 

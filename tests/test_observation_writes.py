@@ -374,6 +374,7 @@ def test_a_few_rows_alone_in_a_write_take_two_round_trips_and_wait_for_a_begun_t
     from sensorthings.service import Service
     from sensorthings.store.base import Store
     from sensorthings.store.observations import ObservationRow
+    from sensorthings.store.postgres import libpq_url
     from sensorthings.times import parse_instant
 
     store = Store.open(store_url)
@@ -387,7 +388,7 @@ def test_a_few_rows_alone_in_a_write_take_two_round_trips_and_wait_for_a_begun_t
                                       datastream_id=ds) for i in range(3)]
 
         def stored() -> int:
-            with psycopg.connect(store_url.replace("postgresql+psycopg://", "postgresql://")) as other:
+            with psycopg.connect(libpq_url(store_url)) as other:
                 return other.execute("SELECT count(*) FROM observations").fetchone()[0]  # type: ignore[index]
 
         trace = tmp_path / "trace.txt"
@@ -424,10 +425,11 @@ def test_a_single_post_whose_connection_was_cut_answers_503_and_the_next_is_stor
 
     from sensorthings.service import ApiRequest, Service
     from sensorthings.store.base import Store
+    from sensorthings.store.postgres import libpq_url
 
     store = Store.open(store_url)
     service = Service(store)
-    admin = store_url.replace("postgresql+psycopg://", "postgresql://")
+    admin = libpq_url(store_url)
     try:
         ds = placed_stream(service, "OM_Measurement")
 

@@ -293,7 +293,7 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]], commits: bool
 
 @lru_cache(maxsize=8)
 def _widening_sql(multi: bool, columns: tuple[str, ...]) -> str:
-    return str(_INSERT_ONE_WIDENING[multi].compile(dialect=_PG_DIALECT, column_keys=list(columns)))
+    return str(_INSERT_ONE_WIDENING[multi].compile(dialect=PG_DIALECT, column_keys=list(columns)))
 
 
 def misfit(conn: Connection, row: ObservationRow) -> str | None:
@@ -466,7 +466,8 @@ _GENERATED_FEATURES = (select(_FOI.c.generated_from, func.min(_FOI.c.id))
                        .group_by(_FOI.c.generated_from))
 _INSERT_ONE = insert(TABLES["observations"]).returning(TABLES["observations"].c.id)
 _INSERT_ONE_WIDENING = {multi: _INSERT_ONE.add_cte(_WIDEN[multi].cte("widened")) for multi in (False, True)}
-_PG_DIALECT = psycopg_dialect()
+# what the statements and column types run on the driver's own connection are compiled with
+PG_DIALECT = psycopg_dialect()
 # the columns the driver's own connection takes as JSON text (the pipelined small writes here)
 JSON_COLUMNS = frozenset(c.name for c in TABLES["observations"].c if isinstance(c.type, JSON))
 

@@ -28,11 +28,10 @@ from sqlalchemy import (
     literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB, array
-from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
-from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS
+from sensorthings.store.observations import BOUND_COLUMNS, OBSERVATION_COLUMNS, PG_DIALECT
 from sensorthings.store.schema import TABLES, series_index_columns
 
 _PARTS = {"year": "year", "month": "month", "day": "day", "hour": "hour", "minute": "minute", "second": "second"}
@@ -185,7 +184,7 @@ _COPY_OBSERVATIONS = "COPY observations (" + ", ".join(BOUND_COLUMNS) + ") FROM 
 _DRIVER_TYPES = {"BIGINT": "int8", "TIMESTAMP WITH TIME ZONE": "timestamptz", "SMALLINT": "int2", "FLOAT": "float8",
                  "TEXT": "text", "JSONB": "jsonb"}
 # the columns' types as the schema makes them (a type not named above fails here, at import, not in a COPY)
-_COPY_TYPES = [_DRIVER_TYPES[str(TABLES["observations"].c[c].type.compile(dialect=postgresql_dialect()))]
+_COPY_TYPES = [_DRIVER_TYPES[str(TABLES["observations"].c[c].type.compile(dialect=PG_DIALECT))]
                for c in BOUND_COLUMNS]
 
 
