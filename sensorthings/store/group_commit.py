@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ class ObservationWriter:
         # set while nothing is queued or being written: reads that must be computed wait for it (`yield_to`)
         self.idle = threading.Event()
         self.idle.set()
+        self._when_idle: list[Callable[[], object]] = []  # called once it is idle next (`when_idle`)
 
     def submit(self, rows: list[ObservationRow], together: bool = False) -> Pending[Written]:
         """Queue rows for the next transaction; the future is resolved once they are committed (or raises what
@@ -79,6 +81,15 @@ class ObservationWriter:
         any read load."""
         if not self.idle.is_set():
             self.idle.wait(at_most)
+
+    def when_idle(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once nothing is queued or being written: from the writer's thread when it gets there, or
+        here at once when it is idle now (an event loop's reads wait for it so, without polling)."""
+        with self._lock:
+            if not self.idle.is_set():
+                self._when_idle.append(callback)
+                return
+        callback()
 
     def stats(self) -> dict[str, int]:
         """What /health shows: submissions taken, transactions committed, Observations written, submissions waiting."""
@@ -125,9 +136,16 @@ class ObservationWriter:
                 batch.append(more)
                 size += len(more.rows)
             self._commit(batch)
+            idle: list[Callable[[], object]] = []
             with self._lock:
                 if self.queue.empty():
                     self.idle.set()
+                    idle, self._when_idle = self._when_idle, []
+            for callback in idle:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - a waiter gone (its event loop closed) must not stop the writes
+                    log.exception("a callback waiting for the writer to be idle failed")
             if stop:
                 return
 
