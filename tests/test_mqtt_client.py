@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from sensorthings.mqtt.client import RECV_CHUNK, BrokerAddress, BufferedSocket, connect
 from tests.harness import MOSQUITTO, Mosquitto
+from tests.test_mqtt_backpressure import broker  # noqa: F401 - a private Mosquitto without limits
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (Debian package mosquitto)")
 
 
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    own = Mosquitto("max_inflight_messages 0\nmax_queued_messages 0")
-    try:
-        yield own
-    finally:
-        own.close()
-
-
-def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto) -> None:
+def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto) -> None:  # noqa: F811
     got: queue.Queue[bytes] = queue.Queue()
     client = connect(BrokerAddress("127.0.0.1", broker.port), "buffered-reader",
                      on_message=lambda msg: got.put(bytes(msg.payload)), subscriptions=[("buf/#", 1)])
