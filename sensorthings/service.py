@@ -145,8 +145,8 @@ class Service:
         Under load a thread costs more than such an answer: the hop there and back, and a turn at the interpreter
         lock beside the event loop around every statement (a page of new Observations, 0.5 ms in-process, took
         1.4-2.5 ms in a thread while readers and writers were busy). On PostgreSQL the event loop also waits for
-        the answer's round trips (one or two statements for such a page): the newest 100 Observations under 300
-        POSTs/s 2,181-2,613 req/s so against 1,142-1,261 in threads (kept servers, alternating), writes kept."""
+        the answer's round trips (one or two statements for such a page): computed so, the newest 100 Observations
+        under 300 POSTs/s 2,181-2,613 req/s against 1,142-1,261 in threads (kept servers, alternating), writes kept."""
         assert self.cache is not None
         if not self.store.reads_at_once():
             return False

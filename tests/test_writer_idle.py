@@ -78,3 +78,52 @@ def test_a_failing_waiter_does_not_stop_the_writer(held: Held) -> None:
     held.blocker.execute("COMMIT")
     assert pending.result(30).ids[0] is not None
     assert writer.write([row(held.ds, 1)]).ids[0] is not None
+
+
+def test_reads_on_the_event_loop_wait_for_the_writer_with_one_callback_however_long_it_is_busy(
+        held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads computed on the event loop wait (at most YIELD_S each time) for a busy writer through one shared future
+    and one callback at the writer, not one per read or per wait: a writer held for a while by another connection's
+    lock, reads arriving all along; all answered, and nothing left at the writer once it is idle."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from sensorthings import service as service_module
+    from sensorthings.cache import ResponseCache
+    from sensorthings.http.app import sensorthings_routes
+    from sensorthings.store import version_watch
+
+    monkeypatch.setattr(service_module, "INLINE_CPU_S", 1.0)  # every answer cheap enough for the event loop
+    service = Service(held.store, cache=ResponseCache(max_entry=1))  # no answer kept: each read is computed
+    writer = held.store.writer
+    newest = {"$top": "5", "$orderby": "phenomenonTime desc"}
+
+    async def scenario() -> None:
+        watch = version_watch.watch(held.store.url)
+        app = Starlette(routes=sensorthings_routes(service, versions=watch))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://udp.local") as client:
+            assert (await client.get("/v1.1/Observations", params=newest)).status_code == 200  # its cost noted
+            held.blocker.execute("BEGIN IMMEDIATE")
+            post = asyncio.create_task(client.post("/v1.1/Observations", json={
+                "result": 7, "phenomenonTime": "2026-03-01T00:07Z", "Datastream": {"@iot.id": held.ds}}))
+            for _ in range(100):
+                if not writer.idle.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert not writer.idle.is_set()
+            answers = []
+            for _ in range(6):  # several of YIELD_S's rounds, reads arriving in each
+                answers += await asyncio.gather(*(client.get("/v1.1/Observations", params=newest)
+                                                  for _ in range(5)))
+                assert len(writer._when_idle) == 1
+            assert all(a.status_code == 200 for a in answers)
+            held.blocker.execute("COMMIT")
+            assert (await post).status_code == 201
+            got = await client.get("/v1.1/Observations", params=newest)
+            assert got.json()["value"][0]["result"] == 7
+            assert writer._when_idle == []
+        await watch.close()  # type: ignore[union-attr]
+
+    asyncio.run(scenario())

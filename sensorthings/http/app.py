@@ -54,6 +54,11 @@ def _settle(back: asyncio.Future[ApiResponse], done: Pending[ApiResponse]) -> No
         back.set_result(done.result())
 
 
+def _settle_idle(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
 def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1",
                         max_body_mb: int = MAX_BODY_MB, versions: VersionWatch | None = None) -> list[Route]:
     """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
@@ -67,6 +72,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
     documents: dict[str, bytes] = {}
     write_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first write
     idle_wait: list[asyncio.Future[None]] = []  # what reads waiting for the writer share (`_writer_idle`)
+    asked: list[bool] = []  # not empty while this event loop has a callback waiting at the writer
 
     async def endpoint(request: Request) -> Response:
         body = None
@@ -160,18 +166,21 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         writer = service.store.writer
         if writer.idle.is_set():
             return
+        loop = asyncio.get_running_loop()
         if not idle_wait or idle_wait[0].done():
-            loop = asyncio.get_running_loop()
             woken: asyncio.Future[None] = loop.create_future()
             idle_wait[:] = [woken]
-
-            def wake() -> None:
-                if not woken.done():
-                    woken.set_result(None)
-
-            timer = loop.call_later(YIELD_S, wake)
+            timer = loop.call_later(YIELD_S, _settle_idle, woken)
             woken.add_done_callback(lambda _f: timer.cancel())
-            writer.when_idle(lambda: loop.is_closed() or loop.call_soon_threadsafe(wake))
+        if not asked:  # one callback at the writer however long it stays busy (a database away for an hour)
+
+            def idle_now() -> None:
+                asked.clear()
+                if idle_wait:
+                    _settle_idle(idle_wait[0])
+
+            asked.append(True)
+            writer.when_idle(lambda: loop.is_closed() or loop.call_soon_threadsafe(idle_now))
         await asyncio.shield(idle_wait[0])
 
     async def openapi(request: Request) -> Response:
