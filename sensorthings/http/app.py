@@ -72,7 +72,6 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
     documents: dict[str, bytes] = {}
     write_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first write
     idle_wait: list[asyncio.Future[None]] = []  # what reads waiting for the writer share (`_writer_idle`)
-    asked: list[bool] = []  # not empty while this event loop has a callback waiting at the writer
 
     async def endpoint(request: Request) -> Response:
         body = None
@@ -161,27 +160,21 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
 
     async def _writer_idle() -> None:
         """Wait, at most as long as `yield_to` does, while this process's writer has Observations to write. The
-        reads waiting share one future, settled from the writer's thread once it is idle (`when_idle`) or by a timer:
-        each polling every half millisecond took a tenth of a worker's time under writes."""
+        reads waiting share one future, settled from the writer's thread once it is idle (`when_idle`): one callback
+        at the writer however long it stays busy (a database away for an hour), where each read polling every half
+        millisecond took a tenth of a worker's time under writes."""
         writer = service.store.writer
         if writer.idle.is_set():
             return
-        loop = asyncio.get_running_loop()
         if not idle_wait or idle_wait[0].done():
+            loop = asyncio.get_running_loop()
             woken: asyncio.Future[None] = loop.create_future()
             idle_wait[:] = [woken]
-            timer = loop.call_later(YIELD_S, _settle_idle, woken)
-            woken.add_done_callback(lambda _f: timer.cancel())
-        if not asked:  # one callback at the writer however long it stays busy (a database away for an hour)
-
-            def idle_now() -> None:
-                asked.clear()
-                if idle_wait:
-                    _settle_idle(idle_wait[0])
-
-            asked.append(True)
-            writer.when_idle(lambda: loop.is_closed() or loop.call_soon_threadsafe(idle_now))
-        await asyncio.shield(idle_wait[0])
+            writer.when_idle(lambda: loop.is_closed() or loop.call_soon_threadsafe(_settle_idle, woken))
+        try:
+            await asyncio.wait_for(asyncio.shield(idle_wait[0]), YIELD_S)
+        except TimeoutError:
+            pass  # still busy: the read goes on, the future waits for the next
 
     async def openapi(request: Request) -> Response:
         base = f"{public_base(request, public_url)}{prefix}"
