@@ -2,9 +2,8 @@
 
 Requests for an answer being computed share the computation when its answer is fresh for them: the one still
 gathering (it reads at the newest versions they had read, and reads the data after), or one reading at the very
-versions they saw. A request
-that saw newer versions never takes an older computation's answer; it starts its own at once, beside the
-older one, instead of queueing behind it.
+versions they saw. A request that saw newer versions never takes an older computation's answer; it starts its own
+at once, beside the older one, instead of queueing behind it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ from sensorthings.cache import ResponseCache
 from sensorthings.service import INLINE_CPU_S, ApiRequest, Service
 from sensorthings.store.base import Store
 from tests.test_observation_writes import placed_stream
-
-NEWEST = {"$top": "5", "$orderby": "phenomenonTime desc"}
+from tests.test_read_cache import NEWEST
 
 
 def test_a_cheap_answer_is_computed_on_the_event_loop_on_either_store(store_url: str) -> None:

@@ -17,6 +17,7 @@ from sensorthings.store.base import Store
 from sensorthings.store.observations import ObservationRow
 from sensorthings.times import parse_instant
 from tests.test_observation_writes import placed_stream
+from tests.test_read_cache import NEWEST
 
 
 @dataclass
@@ -98,13 +99,12 @@ def test_reads_on_the_event_loop_wait_for_the_writer_with_one_callback_however_l
     monkeypatch.setattr(service_module, "INLINE_CPU_S", 1.0)  # every answer cheap enough for the event loop
     service = Service(held.store, cache=ResponseCache(max_entry=1))  # no answer kept: each read is computed
     writer = held.store.writer
-    newest = {"$top": "5", "$orderby": "phenomenonTime desc"}
 
     async def scenario() -> None:
         watch = version_watch.watch(held.store.url)
         app = Starlette(routes=sensorthings_routes(service, versions=watch))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://udp.local") as client:
-            assert (await client.get("/v1.1/Observations", params=newest)).status_code == 200  # its cost noted
+            assert (await client.get("/v1.1/Observations", params=NEWEST)).status_code == 200  # its cost noted
             held.blocker.execute("BEGIN IMMEDIATE")
             post = asyncio.create_task(client.post("/v1.1/Observations", json={
                 "result": 7, "phenomenonTime": "2026-03-01T00:07Z", "Datastream": {"@iot.id": held.ds}}))
@@ -115,13 +115,13 @@ def test_reads_on_the_event_loop_wait_for_the_writer_with_one_callback_however_l
             assert not writer.idle.is_set()
             answers = []
             for _ in range(6):  # several of YIELD_S's rounds, reads arriving in each
-                answers += await asyncio.gather(*(client.get("/v1.1/Observations", params=newest)
+                answers += await asyncio.gather(*(client.get("/v1.1/Observations", params=NEWEST)
                                                   for _ in range(5)))
                 assert len(writer._when_idle) == 1
             assert all(a.status_code == 200 for a in answers)
             held.blocker.execute("COMMIT")
             assert (await post).status_code == 201
-            got = await client.get("/v1.1/Observations", params=newest)
+            got = await client.get("/v1.1/Observations", params=NEWEST)
             assert got.json()["value"][0]["result"] == 7
             assert writer._when_idle == []
         await watch.close()  # type: ignore[union-attr]
