@@ -24,13 +24,16 @@ each with a Location and one OM_Measurement Datastream. Then:
    and is stopped after;
 1b. standard topic through Mosquitto: the same with --standard-mosquitto Observations. --skip-bridge stops
    after these phases;
-2. sustained ingest: --publishers processes (paho, QoS 1, a bounded in-flight window each) publish
-   as fast as they can for --duration seconds, round-robin over the sensors; the Observations
+2. sustained ingest: --publishers processes (QoS 1, a bounded in-flight window each) offer --offered
+   messages/s together for --duration seconds, round-robin over the sensors; the Observations
    table's row count is polled every second; after publishing stops it waits for the count to
    stop growing, then counts messages lost (published but not stored, by parameters.seq) and
    duplicated (stored more than once);
 3. latency: one publisher at --latency-rate messages/s for --latency-seconds; a paho subscriber on
    `v1.1/Observations` takes receive time - parameters.sent of every notification.
+
+Publishers speak the MQTT wire themselves (bench/mqtt_wire.py: a few µs of CPU a message, as wrk is to HTTP);
+--paho-publishers uses paho (~50 µs), whose two processes took ~0.9 of this machine's 2 cores from the platform.
 
 It prints the figures and a table with the targets beside them, then stops the server and
 Mosquitto, drops the database and removes its temp dir, also on Ctrl-C or an error. It asserts
@@ -58,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from harness import (  # bench/ is the script's own directory
     Database,
     Mosquitto,
@@ -180,6 +184,67 @@ class CpuMeter:
 
 
 # -- MQTT clients in their own processes -----------------------------------------------------------
+def message(i: int, base: int, sta: bool) -> bytes:
+    """The `i`th message of a publisher whose seqs start at `base`, stamped with the time it is sent: a SensorThings
+    Observation (`sta`) or a device message for the bridge rule."""
+    sent = time.time()
+    if sta:
+        return orjson.dumps({"result": float(i % 1000) + 0.5, "phenomenonTime": iso(sent),
+                             "parameters": {"seq": base + i, "sent": sent}})
+    return orjson.dumps({"count": float(i % 1000) + 0.5, "time": iso(sent), "seq": base + i, "sent": sent})
+
+
+WIRE_BATCH = 64  # messages written to the socket at once by a wire publisher
+
+
+def wire_publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
+                        ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
+                        sta: bool = False) -> None:
+    """`publisher_main` over mqtt_wire.WirePublisher (the default): the same messages, a few µs of CPU each."""
+    from mqtt_wire import WirePublisher
+
+    try:
+        pub = WirePublisher("127.0.0.1", port, f"bench-pub-{idx}-{os.getpid()}")
+        ready.put(idx)
+        while not go.wait(0.5):
+            pub.flush()  # keep the connection alive while waiting
+        start = time.time()
+        end = start + duration
+        n = len(topics)
+        base = idx * SEQ_BLOCK
+        step = max(1, int(rate / 1000))
+        i = 0
+        while True:
+            now = time.time()
+            if now >= end or (limit and i >= limit):
+                break
+            room = window - (i - pub.acked)
+            if room <= 0:  # the window is full: wait for PUBACKs
+                pub.read(0.01)
+                continue
+            if rate:
+                due = int((now - start) * rate) + 1 - i  # messages due by now
+                if due < step:  # sent a millisecond's worth at a time (one at a time up to 1,000/s)
+                    pub.read(start + (i + step - 1) / rate - now)
+                    continue
+                room = min(room, due)
+            for _ in range(min(room, WIRE_BATCH, limit - i if limit else WIRE_BATCH)):
+                pub.publish(topics[i % n], message(i, base, sta))
+                i += 1
+            pub.flush()
+            pub.read(0)
+        seconds = time.time() - start
+        deadline = time.time() + 120
+        while pub.acked < i and time.time() < deadline:
+            pub.read(0.05)
+        if limit:
+            seconds = time.time() - start
+        out.put((idx, i, pub.acked, 0, seconds))
+        pub.close()
+    except KeyboardInterrupt:
+        pass
+
+
 def publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
                    ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
                    sta: bool = False) -> None:
@@ -194,7 +259,6 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
     fight over the GIL and a process manages ~3,000 msg/s instead of ~15,000."""
     import select
 
-    import orjson
     import paho.mqtt.client as mqtt
 
     try:
@@ -229,7 +293,6 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
         n = len(topics)
         base = idx * SEQ_BLOCK
         i = failed = 0
-        dumps = orjson.dumps
         publish = client.publish
         while True:
             now = time.time()
@@ -249,13 +312,7 @@ def publisher_main(idx: int, port: int, topics: list[str], duration: float, wind
                     select.select([sock], [], [], due - now)
                     client.loop_read()
                     continue
-            sent = time.time()
-            if sta:
-                payload = dumps({"result": float(i % 1000) + 0.5, "phenomenonTime": iso(sent),
-                                 "parameters": {"seq": base + i, "sent": sent}})
-            else:
-                payload = dumps({"count": float(i % 1000) + 0.5, "time": iso(sent), "seq": base + i, "sent": sent})
-            if publish(topics[i % n], payload, qos=1).rc != mqtt.MQTT_ERR_SUCCESS:
+            if publish(topics[i % n], message(i, base, sta), qos=1).rc != mqtt.MQTT_ERR_SUCCESS:
                 failed += 1
             i += 1
         seconds = time.time() - start
@@ -307,9 +364,10 @@ class Publishers:
 
     def __init__(self, ctx: mp.context.BaseContext, children: list, port: int, indexes: list[int],
                  topics: list[str], duration: float, window: int, rate: float = 0.0, limit: int = 0,
-                 sta: bool = False) -> None:
+                 sta: bool = False, paho: bool = False) -> None:
         self.ready, self.out, self.go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        self.procs = [ctx.Process(target=publisher_main, daemon=True, name=f"publisher-{i}",
+        target = publisher_main if paho else wire_publisher_main
+        self.procs = [ctx.Process(target=target, daemon=True, name=f"publisher-{i}",
                                   args=(i, port, topics, duration, window, rate, self.ready, self.go, self.out,
                                         limit, sta))
                       for i in indexes]
@@ -510,7 +568,7 @@ def baseline(ctx: mp.context.BaseContext, children: list, args: argparse.Namespa
         raise RuntimeError("the baseline subscriber did not subscribe")
     topics = [f"baseline/{s}/count" for s in sensors]
     pubs = Publishers(ctx, children, port, [BASELINE_PUBLISHER + i for i in range(args.publishers)], topics,
-                      args.baseline_seconds, args.window)
+                      args.baseline_seconds, args.window, paho=args.paho_publishers)
     meter = CpuMeter({"mosquitto": lambda: [port_owner], "publishers": pubs.pids, "subscriber": lambda: [sub.pid]})
     meter.start()
     t0 = pubs.start()
@@ -546,7 +604,8 @@ def standard_topic(ctx: mp.context.BaseContext, children: list, args: argparse.N
     topics = stream_topics(sta)
     indexes = [first_publisher + i for i in range(args.publishers)]
     per = total // args.publishers
-    pubs = Publishers(ctx, children, port, indexes, topics, 3600, args.window, limit=per, sta=True)
+    pubs = Publishers(ctx, children, port, indexes, topics, 3600, args.window, limit=per, sta=True,
+                      paho=args.paho_publishers)
     lo, hi = indexes[0] * SEQ_BLOCK, (indexes[-1] + 1) * SEQ_BLOCK
     say(f"standard topic, {label}: {args.publishers} publishers × {per:,} QoS 1 Observations, window "
         f"{args.window} ...")
@@ -569,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                     help="an admin URL of the PostgreSQL server (a new database is created next to it)")
     ap.add_argument("--duration", type=float, default=20, help="seconds of sustained publishing")
+    ap.add_argument("--offered", type=float, default=30_000,
+                    help="messages/s the publishers offer together in the sustained phase, above what the platform "
+                         "takes (0: as fast as they can: ~180,000/s of the wire publishers into Mosquitto's memory)")
     ap.add_argument("--sensors", type=int, default=100)
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--window", type=int, default=1000, help="unacknowledged QoS 1 messages per publisher")
@@ -592,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--notify-qos", type=int, choices=[0, 1, 2],
                     help="mqtt.notify_qos of the platform on mosquitto (default: the platform's default)")
     ap.add_argument("--skip-bridge", action="store_true", help="only the standard-topic phases")
+    ap.add_argument("--paho-publishers", action="store_true",
+                    help="publish with paho (~50 µs of CPU a message) instead of bench/mqtt_wire.py (a few µs)")
     ap.add_argument("--nodes", type=int, default=1,
                     help="with N > 1: the platform with mqtt.shared, the sustained ingest on one node and then on "
                          "N nodes (one more `udp serve --node` each) in the same run")
@@ -671,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         # warm-up: one message per sensor (the bridge looks up each Datastream and makes its
         # FeatureOfInterest on its first message)
         warm = Publishers(ctx, children, broker.port, [WARMUP_PUBLISHER], [f"bench/{s}/count" for s in sensors],
-                          1.0, 100, rate=len(sensors))
+                          1.0, 100, rate=len(sensors), paho=args.paho_publishers)
         warm.start()
         wres = warm.collect()
         got, _, _ = wait_until_stable(counter.count, wres.acked, 60, quiet=10)
@@ -698,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         def sustained(first: int, nodes: list[Udp]) -> dict[str, object]:
             """The publishers with seq blocks from `first` for --duration s: rates, loss and CPU."""
             pubs = Publishers(ctx, children, broker.port, list(range(first, first + args.publishers)), topics,
-                              args.duration, args.window)
+                              args.duration, args.window, rate=args.offered / args.publishers,
+                              paho=args.paho_publishers)
             meter = CpuMeter({
                 "serve": lambda: [p for n in nodes for p in process_tree(n.proc.pid)],
                 "postgres": postgres_pids,
@@ -720,8 +785,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     say(f"profiling: {' '.join(cmd)}")
                     time.sleep(0.5)
             before = counter.count()
+            offered = f"{args.offered:,.0f} msg/s offered" if args.offered else "as fast as they can"
             say(f"sustained ingest on {len(nodes)} node{'s' if len(nodes) > 1 else ''}: {args.publishers} "
-                f"publishers × window {args.window}, QoS 1, {args.duration:.0f}s over {len(sensors)} sensors ...")
+                f"publishers × window {args.window}, QoS 1, {offered}, {args.duration:.0f}s over {len(sensors)} "
+                "sensors ...")
             meter.start()
             t0 = pubs.start()
             samples = [(t0, before)]
@@ -839,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             say(f"  notification backlog of the sustained phase: {arrivals[0]:,} arrived after the drain, "
                 f"quiet after {time.time() - quiet_since:.1f}s")
             lpub = Publishers(ctx, children, broker.port, [LATENCY_PUBLISHER], topics, args.latency_seconds,
-                              args.window, rate=args.latency_rate)
+                              args.window, rate=args.latency_rate, paho=args.paho_publishers)
             say(f"latency: 1 publisher at {args.latency_rate:,.0f} msg/s for {args.latency_seconds:.0f}s, "
                 f"listening on v1.1/Observations ...")
             lpub.start()

@@ -1,15 +1,20 @@
 """The platform's paho client (sensorthings/mqtt/client.py) reads its socket in large pieces: every message comes
-whole, once and in order, whatever its size and however the reads cut the stream; a real Mosquitto."""
+whole, once and in order, whatever its size and however the reads cut the stream; under a flood it still writes
+(acknowledgements, keep-alives) between reads; other threads may append to what it sends while it reconnects.
+A real Mosquitto."""
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
+import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from sensorthings.mqtt.client import RECV_CHUNK, BrokerAddress, BufferedSocket, connect
+from sensorthings.mqtt.client import HELD_PACKETS, RECV_CHUNK, BrokerAddress, BufferedSocket, connect
 from tests.harness import MOSQUITTO, Mosquitto
 from tests.test_mqtt_backpressure import broker  # noqa: F401 - a private Mosquitto without limits
 
@@ -40,3 +45,111 @@ def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto) -> No
         sender.loop_stop()
         client.loop_stop()
         client.disconnect()
+
+
+def test_under_a_flood_it_writes_between_reads(broker: Mosquitto) -> None:  # noqa: F811
+    # 20,000 QoS 1 messages wait in a persistent session; the client comes and acknowledges each as it takes it.
+    # Its PUBACKs (and keep-alives) go out only when paho's loop writes: a read going on while a packet was held
+    # took a whole flood without one write, until the broker dropped the connection for its keep-alive
+    address = BrokerAddress("127.0.0.1", broker.port)
+    first = connect(address, "flooded", subscriptions=[("flood/#", 1)], clean_session=False, manual_ack=True)
+    first.loop_stop()
+    first.disconnect()
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    total = 20_000
+    try:
+        infos = [sender.publish(f"flood/{i % 5}", b"x" * 100, qos=1) for i in range(total)]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+    taken = [0]
+    since_write = [0]
+    most = [0]
+    done = threading.Event()
+    holder: list[mqtt.Client] = []
+
+    def on_message(msg: mqtt.MQTTMessage) -> None:
+        taken[0] += 1
+        since_write[0] += 1
+        most[0] = max(most[0], since_write[0])
+        holder[0].ack(msg.mid, msg.qos)
+        if taken[0] >= total:
+            done.set()
+
+    def counting_writes(client: mqtt.Client) -> None:
+        holder.append(client)
+        write = client.loop_write
+
+        def loop_write() -> mqtt.MQTTErrorCode:
+            since_write[0] = 0
+            return write()
+
+        client.loop_write = loop_write  # type: ignore[method-assign]
+
+    client = connect(address, "flooded", on_message=on_message, subscriptions=[("flood/#", 1)],
+                     clean_session=False, manual_ack=True, before_start=counting_writes)
+    try:
+        assert done.wait(60), f"{taken[0]} of {total} messages taken"
+        # paho's loop: one read per turn, then a write when anything waits to be sent
+        assert most[0] <= 2 * (HELD_PACKETS + 1), f"{most[0]} messages taken without a write between"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_reconnecting_while_other_threads_append_to_what_it_sends(broker: Mosquitto) -> None:  # noqa: F811
+    # paho empties its queue of outgoing packets when it reconnects and queues the CONNECT; the bridge's writer
+    # queues PUBACKs from its own thread meanwhile. Unguarded, one raised "deque mutated during iteration" in paho's
+    # network thread, which ended, and those queued before the CONNECT made the broker drop each new connection.
+    # Here a thread acknowledges without pause while the broker drops the client five times (another client taking
+    # its id), the interpreter switching threads every µs.
+    address = BrokerAddress("127.0.0.1", broker.port)
+    connects = [0]
+
+    def counting(client: mqtt.Client) -> None:
+        on_connect = client.on_connect
+
+        def wrapped(*args: object) -> None:
+            connects[0] += 1
+            on_connect(*args)
+
+        client.on_connect = wrapped
+
+    client = connect(address, "taken-over", manual_ack=True, before_start=counting)
+    stop = threading.Event()
+
+    def acknowledge() -> None:
+        while not stop.is_set():
+            client.ack(1, 1)
+
+    acker = threading.Thread(target=acknowledge, daemon=True)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    acker.start()
+    try:
+        for kick in range(5):
+            before = connects[0]
+            thief = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="taken-over")
+            thief.connect("127.0.0.1", broker.port)
+            thief.loop(1)
+            thief.disconnect()
+            deadline = time.monotonic() + 30
+            while connects[0] == before and time.monotonic() < deadline and _looping(client):
+                time.sleep(0.05)
+            assert _looping(client), f"paho's network thread ended at kick {kick}"
+            assert connects[0] > before, f"not connected again after kick {kick}"
+    finally:
+        stop.set()
+        acker.join(10)
+        sys.setswitchinterval(switch)
+        client.loop_stop()
+        client.disconnect()
+
+
+def _looping(client: mqtt.Client) -> bool:
+    thread = client._thread  # paho's network thread (None once it has ended)
+    return thread is not None and thread.is_alive()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -84,10 +85,27 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
-class BufferedClient(mqtt.Client):
-    """paho's client, its plain TCP socket read in large pieces (`BufferedSocket`)."""
+HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffer before paho's loop writes again
 
-    # paho's own method (2.2, pinned in constraints.txt; tests/test_mqtt_client.py sees the socket wrapped)
+
+class BufferedClient(mqtt.Client):
+    """paho's client, its plain TCP socket read in large pieces (`BufferedSocket`), reconnecting while other threads
+    send (`reconnect`)."""
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        """paho's, while no other thread queues a packet. paho empties its queue of packets to send and queues the
+        CONNECT first; meanwhile the bridge's writer queues PUBACKs and notifiers PUBLISHes from their threads. One
+        queued while paho walked the queue raised in paho's network thread and ended it (the bridge took nothing more
+        until restarted); one queued before the CONNECT went out before it, and the broker dropped the connection,
+        again while they kept coming. paho holds this lock, an RLock, wherever it queues a publish."""
+        with self._out_message_mutex:
+            return super().reconnect()
+
+    # paho's own methods (2.2, pinned in constraints.txt; tests/test_mqtt_client.py sees them at work)
+    def _packet_queue(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
+        with self._out_message_mutex:
+            return super()._packet_queue(*args, **kwargs)
+
     def _create_socket(self):  # type: ignore[no-untyped-def]
         sock = super()._create_socket()
         if type(sock) is socket.socket:  # TLS and WebSocket transports wrap it: they read their own records
@@ -95,13 +113,18 @@ class BufferedClient(mqtt.Client):
         return sock
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        """Process what arrived; on, while a packet read before is held (paho reads one when nothing waits to be
-        acknowledged, then waits in select again: a select per message)."""
+        """Process what arrived; on, while a packet read before is held, up to HELD_PACKETS (paho reads one when
+        nothing waits to be acknowledged, then waits in select again: a select per message). Bounded, so that paho's
+        loop writes between: under a flood a packet is always held (each read ends inside one), and a loop going on
+        while one was sent nothing, no PUBACK and no PINGREQ, until the broker dropped the connection for its
+        keep-alive."""
         rc = super().loop_read(max_packets)
         sock = self.socket()
+        held = HELD_PACKETS
         while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, BufferedSocket) and sock.pending() \
-                and self.socket() is sock:
+                and self.socket() is sock and held:
             rc = super().loop_read(max_packets)
+            held -= 1
         return rc
 
 
