@@ -53,11 +53,13 @@ class Writer:
 
     It keeps the fingerprints of the newest `keep_seen` committed messages (by default twenty times what
     can be queued and written at once, at least `deadletters.KEEP_SEEN`) and drops older ones every
-    `prune_every` seconds.
+    `prune_every` seconds (None: only when `prune` is called), in a thread of its own: pruned between two
+    batches, the writes waited for it (a DELETE of ~10,000 fingerprints after finding the 100,000th newest, every
+    10 s), and notifications at 1,000 messages/s after a burst came with p99 27.5-74.8 ms instead of 14.5-17.0.
     """
 
     def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.0,
-                 keep_seen: int | None = None, prune_every: float = 10.0) -> None:
+                 keep_seen: int | None = None, prune_every: float | None = 10.0) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_wait = max_wait
@@ -67,8 +69,8 @@ class Writer:
         # when the session resumes: never more than the queue and a batch behind the newest
         self.keep_seen = keep_seen if keep_seen is not None else max(deadletters.KEEP_SEEN, 20 * 5 * batch_size)
         self.prune_every = prune_every
-        self.pruned_at = time.monotonic()
         self.forgotten = 0
+        self._stopping = threading.Event()
         # (name or id, by id, multi) → the (Multi)Datastream's id
         self.streams: dict[tuple[str, bool, bool], int] = {}
         self.stored = 0
@@ -80,6 +82,11 @@ class Writer:
         deadletters.create_tables(store)
         self.thread = threading.Thread(target=self._run, name="bridge-writer", daemon=True)
         self.thread.start()
+        self.pruner: threading.Thread | None = None
+        if prune_every is not None:
+            self.pruner = threading.Thread(target=self._prune_every, args=(prune_every,), name="bridge-prune",
+                                           daemon=True)
+            self.pruner.start()
 
     def submit(self, message: Message) -> None:
         """Queue a mapped message for the next batch."""
@@ -89,7 +96,19 @@ class Writer:
         """Write what is queued, then stop."""
         self.queue.put(None)
         self.thread.join(30)
+        self._stopping.set()
+        if self.pruner is not None:
+            self.pruner.join(30)
         self.forwarder.close()
+
+    def _prune_every(self, seconds: float) -> None:
+        while not self._stopping.wait(seconds):
+            try:
+                self.prune()
+            except DBAPIError as exc:  # the database away: the next turn prunes what this one left
+                log.warning("pruning the bridge's fingerprints failed: %s", exc.orig)
+            except Exception:  # a failed turn must not end the pruning
+                log.exception("pruning the bridge's fingerprints failed")
 
     def _run(self) -> None:
         stopping = False
@@ -193,17 +212,11 @@ class Writer:
             deadletters.remember(conn, committed, batch[-1].received)
         self.stored += sum(1 for i in ids if i is not None)
         self.dead += len(dead)
-        if time.monotonic() - self.pruned_at >= self.prune_every:
-            try:
-                self.prune()
-            except DBAPIError as exc:  # the batch is committed: pruning can wait for the next one
-                log.warning("pruning the bridge's fingerprints failed: %s", exc.orig)
 
     def prune(self) -> int:
         """Forget the fingerprints no redelivery can need any more; how many were dropped."""
         with self.store.write() as (conn, _):
             dropped = deadletters.forget_old(conn, self.keep_seen)
-        self.pruned_at = time.monotonic()
         self.forgotten += dropped
         return dropped
 
