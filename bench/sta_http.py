@@ -106,8 +106,9 @@ class Server(Udp):
                                  text=True, check=False).stdout
         except OSError:
             return []
-        # skip multiprocessing's resource tracker, which is a child too
-        return [int(line.split()[0]) for line in out.splitlines() if line.strip() and "resource_tracker" not in line]
+        # skip multiprocessing's resource tracker and `udp seed` (the tile seeder), which are children too
+        return [int(line.split()[0]) for line in out.splitlines()
+                if line.strip() and "resource_tracker" not in line and "udp.cli seed" not in line]
 
     def connection_split(self) -> dict[int, int]:
         """Established connections on the server port per worker pid (from `ss -tnp`)."""
