@@ -97,7 +97,9 @@ class BufferedClient(mqtt.Client):
         CONNECT first; meanwhile the bridge's writer queues PUBACKs and notifiers PUBLISHes from their threads. One
         queued while paho walked the queue raised in paho's network thread and ended it (the bridge took nothing more
         until restarted); one queued before the CONNECT went out before it, and the broker dropped the connection,
-        again while they kept coming. paho holds this lock, an RLock, wherever it queues a publish."""
+        again while they kept coming. paho holds this lock, an RLock, wherever it queues a publish; here it is held
+        through the connection attempt too (at most paho's connect timeout, 5 s), while acknowledging would be in
+        vain: the broker sends an unacknowledged message again to the resumed session."""
         with self._out_message_mutex:
             return super().reconnect()
 
