@@ -146,42 +146,47 @@ def create_stream(sta: Any, name: str) -> None:
                          "ObservedProperty": {"name": "o", "definition": "d", "description": "d"}}]})
 
 
-def test_bridge_forgets_old_fingerprints_but_knows_recent_ones(store_url: str) -> None:
+def device_message(i: int, dup: bool = False, ack: Any = None) -> Any:
+    """The bridge's Message for `{"v": i}` on topic d/1, mapped by the rule d/{s} → Datastream "ds {s}"."""
+    from mqtt_bridge.mapping import map_message, match
+    from mqtt_bridge.rules import parse_rules
+    from mqtt_bridge.writer import Message
+    from sensorthings.times import now
+
+    rule, captures = match(parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}]), "d/1")
+    payload = orjson.dumps({"v": i})
+    return Message("d/1", payload, now(), map_message(rule, captures, payload, now()), dup=dup, ack=ack)
+
+
+def fingerprints_kept(store: Any) -> int:
+    """How many committed messages' fingerprints the bridge keeps in `store`."""
     from sqlalchemy import func, select
 
     from mqtt_bridge import deadletters
-    from mqtt_bridge.mapping import map_message, match
-    from mqtt_bridge.rules import parse_rules
-    from mqtt_bridge.writer import Message, Writer
+
+    with store.read() as conn:
+        return conn.execute(select(func.count()).select_from(deadletters.seen_messages)).scalar_one()
+
+
+def test_bridge_forgets_old_fingerprints_but_knows_recent_ones(store_url: str) -> None:
+    from mqtt_bridge.writer import Writer
     from sensorthings.service import Service
     from sensorthings.store.base import Store
-    from sensorthings.times import now
 
     store = Store.open(store_url)
     try:
         create_stream(Service(store), "ds 1")
-        rules = parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}])
-        rule, captures = match(rules, "d/1")
         writer = Writer(store, batch_size=20, keep_seen=50, prune_every=None)
-
-        def message(i: int, dup: bool = False) -> Message:
-            payload = orjson.dumps({"v": i})
-            return Message("d/1", payload, now(), map_message(rule, captures, payload, now()), dup=dup)
-
-        def kept() -> int:
-            with store.read() as conn:
-                return conn.execute(select(func.count()).select_from(deadletters.seen_messages)).scalar_one()
-
         sizes = []
         for batch in range(10):
-            writer.write([message(batch * 20 + k) for k in range(20)])
+            writer.write([device_message(batch * 20 + k) for k in range(20)])
             writer.prune()
-            sizes.append(kept())
+            sizes.append(fingerprints_kept(store))
         # the table stays within what is kept plus one batch, however many messages go through
         assert max(sizes) <= 50 + 20 and sizes[-1] == sizes[-3], sizes
         assert writer.forgotten == 200 - sizes[-1] and writer.stored == 200
-        writer.write([message(199, dup=True)])  # the redelivery of a recent message is still recognised
-        writer.write([message(0, dup=True)])  # one older than any redelivery can be is a new message again
+        writer.write([device_message(199, dup=True)])  # the redelivery of a recent message is still recognised
+        writer.write([device_message(0, dup=True)])  # one older than any redelivery can be is a new message again
         writer.close()
         assert (writer.duplicates, writer.stored) == (1, 201)
     finally:
@@ -194,31 +199,20 @@ def test_bridge_writes_while_its_fingerprints_are_pruned(store_url: str) -> None
     # oldest fingerprints, and the writer goes on storing and acknowledging meanwhile
     if not store_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer: a prune and a batch wait for each other whichever thread prunes")
-    from sqlalchemy import func, select, text
+    from sqlalchemy import text
 
-    from mqtt_bridge import deadletters
-    from mqtt_bridge.mapping import map_message, match
-    from mqtt_bridge.rules import parse_rules
     from mqtt_bridge.writer import Message, Writer
     from sensorthings.service import Service
     from sensorthings.store.base import Store
-    from sensorthings.times import now
 
     store = Store.open(store_url)
     blocker = store.engine.connect()
     try:
         create_stream(Service(store), "ds 1")
-        rule, captures = match(parse_rules([{"topic": "d/{s}", "datastream": "ds {s}", "result": "$.v"}]), "d/1")
         acked: list[int] = []
 
         def message(i: int) -> Message:
-            payload = orjson.dumps({"v": i})
-            return Message("d/1", payload, now(), map_message(rule, captures, payload, now()),
-                           ack=lambda: acked.append(i))
-
-        def kept() -> int:
-            with store.read() as conn:
-                return conn.execute(select(func.count()).select_from(deadletters.seen_messages)).scalar_one()
+            return device_message(i, ack=lambda: acked.append(i))
 
         seeding = Writer(store, prune_every=None)
         for batch in range(4):  # a batch's fingerprints share its time: four times
@@ -240,7 +234,7 @@ def test_bridge_writes_while_its_fingerprints_are_pruned(store_url: str) -> None
         wait_for(lambda: len(acked) == 50, timeout=10)
         assert writer.stored == 50 and pruning_waits()
         blocker.rollback()
-        wait_for(lambda: kept() <= 10 + 20, timeout=10)
+        wait_for(lambda: fingerprints_kept(store) <= 10 + 20, timeout=10)
         writer.close()
         assert writer.forgotten >= 20
     finally:
