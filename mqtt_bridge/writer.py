@@ -68,7 +68,6 @@ class Writer:
         # only a message committed but not acknowledged can come again, and the broker sends those first
         # when the session resumes: never more than the queue and a batch behind the newest
         self.keep_seen = keep_seen if keep_seen is not None else max(deadletters.KEEP_SEEN, 20 * 5 * batch_size)
-        self.prune_every = prune_every
         self.forgotten = 0
         self._stopping = threading.Event()
         # (name or id, by id, multi) → the (Multi)Datastream's id
