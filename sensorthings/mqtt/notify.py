@@ -94,6 +94,12 @@ def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[
     return topics
 
 
+def _set_named(topic: str) -> str:
+    """The entity set a standard topic follows: its path's last segment without a key (`Observations` of
+    `v1.1/Datastreams(1)/Observations` and of `v1.1/Observations(5)`)."""
+    return topic.partition("?")[0].rsplit("/", 1)[-1].partition("(")[0]
+
+
 class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
@@ -207,30 +213,37 @@ class Notifier:
         subscribed = self.subscribed
         queries = [q for q in (parse_topic(t, self.limits) for t in subscribed or ()) if q is not None]
         everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
+        # the entity sets someone follows: a bulk write of Observations nobody follows costs nothing per row here
+        followed = everything or {_set_named(t) for t in subscribed}  # type: ignore[union-attr]
         with self.store.read() as conn:
             reader = Reader(self.store, self.base, hide_internal=True)
             for (name, kind), ids in groups.items():
                 entity = BY_NAME[name]
-                table = TABLES[entity.table]
-                rows = written[(name, kind)]
-                if len(rows) != len(ids):
-                    rows = [dict(r) for r in conn.execute(
-                        select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
-                if not rows:
-                    continue
-                write = serializer(entity, self.base, None)
-                rows = [r for r in rows if not self.internal.hidden(entity, r)]
-                for row in rows:
-                    topics = standard_topics(entity, row, kind)
-                    if not everything:
-                        topics = [t for t in topics if t in subscribed]  # type: ignore[operator]
-                    if topics:
-                        payload = orjson.dumps(write(row))
-                        for topic in topics:
-                            self._send(topic, payload)
+                if followed is True or entity.set_name in followed:
+                    self._publish_standard(conn, entity, kind, ids, written[(name, kind)], everything)
                 for q in queries:
                     if q.options != QueryOptions() or q.resource.prop is not None:
                         self._publish_query(conn, reader, entity, kind, ids, q)
+
+    def _publish_standard(self, conn: Any, entity: EntityType, kind: str, ids: list[int],
+                          rows: list[dict[str, Any]], everything: bool) -> None:
+        """Publish changed entities to their standard topics (all of them, or those with subscribers)."""
+        if len(rows) != len(ids):
+            table = TABLES[entity.table]
+            rows = [dict(r) for r in conn.execute(
+                select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
+        write = serializer(entity, self.base, None)
+        subscribed = self.subscribed
+        for row in rows:
+            if self.internal.hidden(entity, row):
+                continue
+            topics = standard_topics(entity, row, kind)
+            if not everything:
+                topics = [t for t in topics if t in subscribed]  # type: ignore[operator]
+            if topics:
+                payload = orjson.dumps(write(row))
+                for topic in topics:
+                    self._send(topic, payload)
 
     def _publish_query(self, conn: Any, reader: Reader, entity: EntityType, kind: str, ids: list[int],
                        q: TopicQuery) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sensorthings.pending import Pending
-from sensorthings.store.observations import ObservationRow
+from sensorthings.store.observations import ObservationRow, Prepared
 
 if TYPE_CHECKING:
     from sensorthings.store.base import Store
@@ -42,6 +42,9 @@ class _Job:
     rows: list[ObservationRow]
     together: bool  # refuse all of the rows when one is refused (one POSTed Observation, one device message)
     future: Pending[Written]
+    # made by the submitting thread: the writer's thread is the one that cannot be doubled, and a bulk write's
+    # preparing (its driver values, times as text) took a fifth of its time there (SQLite: 1,000 rows 7-8 ms of ~38)
+    prepared: Prepared
 
 
 class ObservationWriter:
@@ -67,12 +70,13 @@ class ObservationWriter:
         if not rows:
             return Pending.of(Written([], []))
         future: Pending[Written] = Pending()
+        prepared = self.store.prepare_observations(rows)
         self._start()
         self.submitted += 1
         with self._lock:  # with the writer's emptiness check below: idle is never set while a job waits
             if self.idle.is_set():  # clearing takes the Event's own lock: under load it is clear already
                 self.idle.clear()
-            self.queue.put(_Job(rows, together, future))
+            self.queue.put(_Job(rows, together, future, prepared))
         return future
 
     def yield_to(self, at_most: float = YIELD_S) -> None:
@@ -156,6 +160,8 @@ class ObservationWriter:
             if len(batch) > 1:
                 # one submission the database refuses (a Datastream deleted meanwhile) must not fail the others
                 for job in batch:
+                    # the failed write filled in its rows' prepared columns (ids, FeatureOfInterest): afresh
+                    job.prepared = self.store.prepare_observations(job.rows)
                     self._commit([job])
                 return
             batch[0].future.set_exception(exc)
@@ -180,7 +186,8 @@ class ObservationWriter:
             k, i = owner[index]
             results[k].reasons[i] = reason
 
-        prepared = self.store.prepare_observations(rows)
+        prepared = batch[0].prepared if len(batch) == 1 else Prepared(
+            [v for job in batch for v in job.prepared.values], [b for job in batch for b in job.prepared.bound])
         with self.store.write() as (conn, changes):
             ids = self.store.write_observations(conn, rows, changes, refused=refused, prepared=prepared,
                                                commits=True)
