@@ -48,6 +48,7 @@ from harness import Database, Udp, create_pg, say  # bench/ is the script's own 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
 ROWS_PER_REQUEST = 1000
+SPREAD_ATTEMPTS = 50  # connections a CreateObservations client makes at most to reach a worker short of clients
 
 LIVE_READS = [
     ("things", "Things?$top=100", "/Things?$top=100"),
@@ -188,8 +189,9 @@ def dataarray_bodies(ds_ids: list[int], total: int) -> list[bytes]:
     return bodies
 
 
-def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int]:  # noqa: C901
-    """POST every body to CreateObservations with `clients` concurrent clients: (rows, seconds, errors)."""
+def ingest(sta: str, bodies: list[bytes], clients: int, spread: int = 0) -> tuple[int, float, int]:  # noqa: C901
+    """POST every body to CreateObservations with `clients` concurrent clients: (rows, seconds, errors).
+    `spread`: the server's workers, to spread the clients over as evenly as they divide."""
     local = threading.local()
     rows_ok = [0]
     errors = [0]
@@ -204,12 +206,19 @@ def ingest(sta: str, bodies: list[bytes], clients: int) -> tuple[int, float, int
         # server on the same 2 cores (37,000 rows/s with httpx, 50,000 with this, the same server)
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
-            # which worker this client's connection went to (the kernel hashes connections to them)
-            conn.request("GET", "/health")
-            served = orjson.loads(conn.getresponse().read()).get("worker")
-            with lock:
-                workers[served] = workers.get(served, 0) + 1
+            # which worker this client's connection went to: the kernel hashes connections to them, and half the
+            # time both clients of two workers land on one, whose interpreter then bounds the figure while the
+            # other idles. With `spread`, a connection to a worker that has its share already is made again.
+            share = -(-clients // spread) if spread else clients
+            for attempt in range(SPREAD_ATTEMPTS):
+                conn = local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
+                conn.request("GET", "/health")
+                served = orjson.loads(conn.getresponse().read()).get("worker")
+                with lock:
+                    if workers.get(served, 0) < share or attempt == SPREAD_ATTEMPTS - 1:
+                        workers[served] = workers.get(served, 0) + 1
+                        break
+                conn.close()
         try:
             conn.request("POST", url.path, body, {"Content-Type": "application/json"})
             res = conn.getresponse()
@@ -534,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--ingest-clients", type=int, default=2,
                     help="concurrent CreateObservations clients (default 2: one per worker)")
+    ap.add_argument("--any-worker", action="store_true",
+                    help="leave the CreateObservations clients where the kernel puts them (default: spread evenly)")
     ap.add_argument("--post-seconds", type=float, default=5.0)
     ap.add_argument("--post-clients", type=int, default=8)
     ap.add_argument("--wrk-threads", type=int, default=2)
@@ -588,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         bodies = dataarray_bodies(ds_ids, args.observations)
         say(f"CreateObservations: {len(bodies)} requests of <= {ROWS_PER_REQUEST} rows, "
             f"{args.ingest_clients} concurrent clients ...")
-        n, secs, errs = ingest(sta, bodies, args.ingest_clients)
+        n, secs, errs = ingest(sta, bodies, args.ingest_clients, 0 if args.any_worker else args.workers)
         ingest_rate = n / secs
         say(f"  {n} Observations in {secs:.2f}s = {ingest_rate:,.0f} Observations/s "
             f"({len(bodies) / secs:.1f} requests/s, {errs} rows refused)")
