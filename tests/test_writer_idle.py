@@ -1,6 +1,7 @@
 """Reads wait for the group-commit writer without polling (sensorthings/store/group_commit.py `when_idle`): a
-callback waiting for the writer runs once nothing is queued or being written, at once when it is idle now. The
-writer is held busy for real: another connection holds SQLite's write lock."""
+callback waiting for the writer runs once nothing is queued or being written, at once when it is idle now; and a
+submission the database refuses in a shared transaction fails alone. The writer is held busy for real: another
+connection holds SQLite's write lock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from sensorthings.service import Service
 from sensorthings.store.base import Store
@@ -127,3 +130,34 @@ def test_reads_on_the_event_loop_wait_for_the_writer_with_one_callback_however_l
         await watch.close()  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_a_submission_the_database_refuses_in_a_shared_write_fails_alone(held: Held) -> None:
+    """Submissions queued together share a transaction; when the database refuses one (here a row without its
+    result's kind, which the schema does not allow), each is written again alone: the refused one fails, the others
+    are stored with the ids and columns they report. Their rows were prepared by the submitting threads, and the
+    failed write had filled them in already."""
+    writer = held.store.writer
+    held.blocker.execute("BEGIN IMMEDIATE")
+    first = writer.submit([row(held.ds, 0)])  # taken by the writer, which waits for the lock
+    for _ in range(100):
+        if writer.queue.empty():
+            break
+        threading.Event().wait(0.01)
+    bad = ObservationRow(None, 5.0, phenomenon_time_start=parse_instant("2026-03-01T00:05Z"),  # type: ignore[arg-type]
+                         datastream_id=held.ds)
+    refused = writer.submit([bad])
+    good = writer.submit([row(held.ds, 1), row(held.ds, 2)])
+    assert writer.queue.qsize() == 2  # queued behind the first: the next transaction takes both
+    held.blocker.execute("COMMIT")
+    assert first.result(30).ids[0] is not None
+    with pytest.raises(IntegrityError):
+        refused.result(30)
+    written = good.result(30)
+    assert len(set(written.ids)) == 2 and None not in written.ids
+    assert [r["id"] for r in written.rows] == written.ids  # type: ignore[index]
+    with held.store.read() as conn:
+        stored = dict(conn.execute(text("SELECT id, result_number FROM observations WHERE datastream_id = :ds"),
+                                   {"ds": held.ds}).all())
+    assert stored == {first.result().ids[0]: 0.0, written.ids[0]: 1.0, written.ids[1]: 2.0}
+    assert all(r["feature_of_interest_id"] is not None for r in written.rows)  # type: ignore[index]
