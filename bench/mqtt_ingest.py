@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -194,17 +195,76 @@ def message(i: int, base: int, sta: bool) -> bytes:
     return orjson.dumps({"count": float(i % 1000) + 0.5, "time": iso(sent), "seq": base + i, "sent": sent})
 
 
-WIRE_BATCH = 64  # messages written to the socket at once by a wire publisher
+PUBLISH_BATCH = 64  # messages a publisher writes to the socket at once
 
 
-def wire_publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
-                        ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
-                        sta: bool = False) -> None:
-    """`publisher_main` over mqtt_wire.WirePublisher (the default): the same messages, a few µs of CPU each."""
+class PahoPublisher:
+    """`mqtt_wire.WirePublisher`'s interface over paho's client (`--paho-publishers`: the publishers of the figures
+    before the wire ones; ~50 µs of CPU a message). paho's network loop runs in the publishing thread (no
+    loop_start): publish() writes to the socket at once and PUBACKs are read by `read`; with loop_start the two
+    threads fight over the GIL and a process manages ~3,000 msg/s instead of ~15,000."""
+
+    def __init__(self, port: int, client_id: str, window: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.mqtt = mqtt
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.max_inflight_messages_set(window)
+        self.client.max_queued_messages_set(0)
+        self.acked = 0
+        self.failed = 0  # publishes paho refused (counted apart: they were never sent)
+        connected = [False]
+
+        def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
+            self.acked += 1
+
+        def on_connect(*_: object) -> None:
+            connected[0] = True
+
+        self.client.on_publish = on_publish
+        self.client.on_connect = on_connect
+        self.client.connect("127.0.0.1", port, keepalive=60)
+        deadline = time.time() + 10
+        while not connected[0]:
+            if time.time() > deadline:
+                raise RuntimeError(f"{client_id}: no connection to the broker")
+            self.client.loop(0.05)
+        self._misc = time.time() + 1
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 (written at once)."""
+        if self.client.publish(topic, payload, qos=1).rc != self.mqtt.MQTT_ERR_SUCCESS:
+            self.failed += 1
+
+    def flush(self) -> None:
+        """paho's keep-alive, once a second: what it publishes is written already."""
+        if time.time() >= self._misc:
+            self.client.loop_misc()
+            self._misc = time.time() + 1
+
+    def read(self, timeout: float = 0.0) -> None:
+        """Read what has arrived, waiting up to `timeout` s for something (PUBACKs count in `acked`)."""
+        if select.select([self.client.socket()], [], [], timeout)[0]:
+            self.client.loop_read()
+
+    def close(self) -> None:
+        """DISCONNECT."""
+        self.client.disconnect()
+
+
+def publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
+                   ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
+                   sta: bool = False, paho: bool = False) -> None:
+    """Publish QoS 1 messages round-robin over `topics` for `duration` s after `go` (or until `limit` messages are
+    sent): as fast as a window of `window` unacknowledged messages allows, or at `rate` messages/s. `sta`:
+    SensorThings Observations (for `v1.1/Datastreams(n)/Observations`), else device messages for the bridge rule.
+    Over mqtt_wire.WirePublisher (a few µs of CPU a message), or over paho (`paho`). Reports (idx, sent, acked,
+    failed, seconds until all were acknowledged with a limit, else of publishing) on `out`."""
     from mqtt_wire import WirePublisher
 
     try:
-        pub = WirePublisher("127.0.0.1", port, f"bench-pub-{idx}-{os.getpid()}")
+        client_id = f"bench-pub-{idx}-{os.getpid()}"
+        pub = PahoPublisher(port, client_id, window) if paho else WirePublisher("127.0.0.1", port, client_id)
         ready.put(idx)
         while not go.wait(0.5):
             pub.flush()  # keep the connection alive while waiting
@@ -218,7 +278,7 @@ def wire_publisher_main(idx: int, port: int, topics: list[str], duration: float,
             now = time.time()
             if now >= end or (limit and i >= limit):
                 break
-            room = window - (i - pub.acked)
+            room = window - (i - pub.failed - pub.acked)
             if room <= 0:  # the window is full: wait for PUBACKs
                 pub.read(0.01)
                 continue
@@ -228,101 +288,20 @@ def wire_publisher_main(idx: int, port: int, topics: list[str], duration: float,
                     pub.read(start + (i + step - 1) / rate - now)
                     continue
                 room = min(room, due)
-            for _ in range(min(room, WIRE_BATCH, limit - i if limit else WIRE_BATCH)):
+            for _ in range(min(room, PUBLISH_BATCH, limit - i if limit else PUBLISH_BATCH)):
                 pub.publish(topics[i % n], message(i, base, sta))
                 i += 1
             pub.flush()
             pub.read(0)
+        failed = pub.failed
         seconds = time.time() - start
         deadline = time.time() + 120
-        while pub.acked < i and time.time() < deadline:
+        while pub.acked < i - failed and time.time() < deadline:
             pub.read(0.05)
         if limit:
             seconds = time.time() - start
-        out.put((idx, i, pub.acked, 0, seconds))
+        out.put((idx, i - failed, pub.acked, failed, seconds))
         pub.close()
-    except KeyboardInterrupt:
-        pass
-
-
-def publisher_main(idx: int, port: int, topics: list[str], duration: float, window: int, rate: float,
-                   ready: mp.Queue, go: mp.Event, out: mp.Queue, limit: int = 0,  # type: ignore[valid-type]
-                   sta: bool = False) -> None:
-    """Publish QoS 1 messages round-robin over `topics` for `duration` s after `go` (or until `limit`
-    messages are sent): as fast as a window of `window` unacknowledged messages allows, or at `rate`
-    messages/s. `sta`: SensorThings Observations (for `v1.1/Datastreams(n)/Observations`), else device
-    messages for the bridge rule. Reports (idx, sent, acked, failed, seconds until all were acknowledged
-    with a limit, else of publishing) on `out`.
-
-    paho's network loop runs in this thread (no loop_start): publish() then writes to the socket at once
-    and PUBACKs are read between publishes. With loop_start the publishing thread and paho's thread
-    fight over the GIL and a process manages ~3,000 msg/s instead of ~15,000."""
-    import select
-
-    import paho.mqtt.client as mqtt
-
-    try:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{idx}-{os.getpid()}",
-                             clean_session=True)
-        client.max_inflight_messages_set(window)
-        client.max_queued_messages_set(0)
-        acked = [0]
-        connected = [False]
-
-        def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
-            acked[0] += 1
-
-        def on_connect(*_: object) -> None:
-            connected[0] = True
-
-        client.on_publish = on_publish
-        client.on_connect = on_connect
-        client.connect("127.0.0.1", port, keepalive=60)
-        deadline = time.time() + 10
-        while not connected[0]:
-            if time.time() > deadline:
-                raise RuntimeError(f"publisher {idx}: no connection to the broker")
-            client.loop(0.05)
-        sock = client.socket()
-        ready.put(idx)
-        while not go.wait(0.5):
-            client.loop(0)  # keep the connection alive while waiting
-        start = time.time()
-        end = start + duration
-        misc = start + 1
-        n = len(topics)
-        base = idx * SEQ_BLOCK
-        i = failed = 0
-        publish = client.publish
-        while True:
-            now = time.time()
-            if now >= end or (limit and i >= limit):
-                break
-            if now >= misc:
-                client.loop_misc()
-                misc = now + 1
-            if i % 64 == 0:
-                client.loop_read()
-            if i - failed - acked[0] >= window:  # the window is full: wait for PUBACKs
-                client.loop(0.01)
-                continue
-            if rate:
-                due = start + i / rate
-                if due > now:
-                    select.select([sock], [], [], due - now)
-                    client.loop_read()
-                    continue
-            if publish(topics[i % n], message(i, base, sta), qos=1).rc != mqtt.MQTT_ERR_SUCCESS:
-                failed += 1
-            i += 1
-        seconds = time.time() - start
-        deadline = time.time() + 120
-        while acked[0] < i - failed and time.time() < deadline:
-            client.loop(0.01)
-        if limit:
-            seconds = time.time() - start
-        out.put((idx, i - failed, acked[0], failed, seconds))
-        client.disconnect()
     except KeyboardInterrupt:
         pass
 
@@ -366,10 +345,9 @@ class Publishers:
                  topics: list[str], duration: float, window: int, rate: float = 0.0, limit: int = 0,
                  sta: bool = False, paho: bool = False) -> None:
         self.ready, self.out, self.go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        target = publisher_main if paho else wire_publisher_main
-        self.procs = [ctx.Process(target=target, daemon=True, name=f"publisher-{i}",
+        self.procs = [ctx.Process(target=publisher_main, daemon=True, name=f"publisher-{i}",
                                   args=(i, port, topics, duration, window, rate, self.ready, self.go, self.out,
-                                        limit, sta))
+                                        limit, sta, paho))
                       for i in indexes]
         children.extend(self.procs)
         for p in self.procs:

@@ -50,6 +50,7 @@ class WirePublisher:
             raise ConnectionError(f"the broker refused the connection: CONNACK {ack.hex()}")
         self.sock.settimeout(None)
         self.acked = 0
+        self.failed = 0  # publishes refused before they were sent: none here (paho's client may refuse some)
         self._next_id = 0
         self._out: list[bytes] = []
         self._in = b""
