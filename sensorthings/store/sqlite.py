@@ -37,6 +37,7 @@ from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
 from sensorthings.store.observations import BOUND_COLUMNS, DATASTREAM_AT, MULTI_AT, OBSERVATION_COLUMNS, Bind
 from sensorthings.store.schema import TABLES
+from sensorthings.store.sqlite_checkpoints import checkpoint_beside_writes
 from sensorthings.store.sqlite_turns import take_turns
 
 _PARTS = {"year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S"}
@@ -263,6 +264,7 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
 
     if not memory:
         take_turns(engine, url[len("sqlite:///"):])
+        checkpoint_beside_writes(engine, url[len("sqlite:///"):])
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
