@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.sqlite_checkpoints import checkpointer_of
-
-
-def _threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name == "sqlite-checkpoints"]
 
 
 def _in_file_alone(db: Path, tmp_path: Path, name: str) -> int:
@@ -45,10 +40,10 @@ def test_a_commit_reaches_the_database_file_long_before_the_wal_fills(tmp_path: 
         assert checkpointer.runs >= 1
         # thousands of pages below the automatic checkpoint, and the Thing is in the file already
         assert _in_file_alone(db, tmp_path, "in the file") == 1
-        assert _threads() == ["sqlite-checkpoints"]
+        assert checkpointer.running
     finally:
         store.close()
-    assert _threads() == []
+    assert not checkpointer.running
 
 
 def test_a_store_writing_again_after_its_engine_was_disposed_checkpoints_again(tmp_path: Path) -> None:
@@ -57,12 +52,15 @@ def test_a_store_writing_again_after_its_engine_was_disposed_checkpoints_again(t
     try:
         service = Service(store)
         service.call("POST", "Things", {"name": "first", "description": "d"})
+        checkpointer = checkpointer_of(store.engine)
+        assert checkpointer is not None and checkpointer.running
         store.engine.dispose()  # the thread ends with it
-        assert _threads() == []
-        runs = checkpointer_of(store.engine).runs  # type: ignore[union-attr]
+        assert not checkpointer.running
+        runs = checkpointer.runs
         service.call("POST", "Things", {"name": "second", "description": "d"})
+        assert checkpointer.running
         deadline = time.monotonic() + 10
-        while checkpointer_of(store.engine).runs == runs and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while checkpointer.runs == runs and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _in_file_alone(db, tmp_path, "second") == 1
     finally:

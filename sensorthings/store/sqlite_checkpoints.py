@@ -37,6 +37,12 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()  # the running thread's
 
+    @property
+    def running(self) -> bool:
+        """True while its thread runs (from the first write until the engine is disposed)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def wake(self) -> None:
         """A write committed (or is committing): checkpoint within `period`; the thread starts on the first."""
         if self._thread is None:
