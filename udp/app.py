@@ -140,6 +140,8 @@ def build_app(config: Config) -> Starlette:
         body["ingest"] = store.writer.stats()
         if store.write_turns is not None:  # SQLite: this worker's turns at the write lock every process shares
             body["ingest"]["write_turns"] = store.write_turns.stats()
+        if store.checkpoints is not None:  # SQLite: this worker's passive checkpoints beside the writes
+            body["ingest"]["checkpoints"] = store.checkpoints.runs
         if db_ok:  # the collections whose vector tiles `udp seed` has made for their current data
             body["tiles"] = {"seeded": await run_in_threadpool(_seeded, sources, tile_files)}
             # several nodes on one store: which one runs each singleton (the same answer on every node)

@@ -32,6 +32,7 @@ from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.replicas import Replicas
 from sensorthings.store.schema import TABLES, metadata
+from sensorthings.store.sqlite_checkpoints import Checkpointer, checkpointer_of
 from sensorthings.store.sqlite_turns import Turns, turns_of
 from sensorthings.times import now
 
@@ -181,6 +182,12 @@ class Store:
     def write_turns(self) -> Turns | None:
         """SQLite: this process's turns at the write lock every process shares (sqlite_turns); None elsewhere."""
         return turns_of(self.engine)
+
+    @property
+    def checkpoints(self) -> Checkpointer | None:
+        """SQLite: this process's thread of passive checkpoints beside the writes (sqlite_checkpoints); None
+        elsewhere."""
+        return checkpointer_of(self.engine)
 
     def versions(self, conn: Connection, rows: tuple[str, ...] = ()) -> dict[str, int]:
         """Every table's change version now, and those of the row keys `rows` (sensorthings.store.versions),
