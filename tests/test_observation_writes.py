@@ -135,17 +135,6 @@ def test_instants_come_back_as_precise_as_they_were_sent(sta: httpx.Client, sent
 
 
 # -- in-process ways in, on real stores ---------------------------------------------------------------
-def create_stream(sta: Any, name: str) -> None:
-    """A Thing with a Location and one Datastream called `name`, through the service `sta`."""
-    sta.call("POST", "Things", {
-        "name": "t", "description": "d", "Locations": [{"name": "l", "description": "d",
-        "encodingType": "application/geo+json", "location": {"type": "Point", "coordinates": [1, 2]}}],
-        "Datastreams": [{"name": name, "description": "d", "observationType": OM + "OM_Measurement",
-                         "unitOfMeasurement": UNIT, "Sensor": {"name": "s", "description": "d",
-                                                               "encodingType": "t", "metadata": "m"},
-                         "ObservedProperty": {"name": "o", "definition": "d", "description": "d"}}]})
-
-
 def device_message(i: int, dup: bool = False, ack: Any = None) -> Any:
     """The bridge's Message for `{"v": i}` on topic d/1, mapped by the rule d/{s} → Datastream "ds {s}"."""
     from mqtt_bridge.mapping import map_message, match
@@ -175,7 +164,7 @@ def test_bridge_forgets_old_fingerprints_but_knows_recent_ones(store_url: str) -
 
     store = Store.open(store_url)
     try:
-        create_stream(Service(store), "ds 1")
+        placed_stream(Service(store), "OM_Measurement", "ds 1")
         writer = Writer(store, batch_size=20, keep_seen=50, prune_every=None)
         sizes = []
         for batch in range(10):
@@ -208,7 +197,7 @@ def test_bridge_writes_while_its_fingerprints_are_pruned(store_url: str) -> None
     store = Store.open(store_url)
     blocker = store.engine.connect()
     try:
-        create_stream(Service(store), "ds 1")
+        placed_stream(Service(store), "OM_Measurement", "ds 1")
         acked: list[int] = []
 
         def message(i: int) -> Message:
@@ -399,13 +388,15 @@ def test_a_shared_write_gives_each_row_its_id_and_each_stream_its_span(store_url
         store.close()
 
 
-def placed_stream(service: Any, kind: str) -> int:
-    """A new Thing with a Location and one Datastream of observationType `kind`: the Datastream's id."""
+def placed_stream(service: Any, kind: str, name: str | None = None) -> int:
+    """A new Thing with a Location and one Datastream of observationType `kind`, called `name` (by default `kind`):
+    the Datastream's id."""
     thing = service.call("POST", "Things", {
         "name": "t", "description": "d", "Locations": [{
             "name": "here", "description": "", "encodingType": "application/geo+json",
             "location": {"type": "Point", "coordinates": [10, 53]}}],
-        "Datastreams": [{"name": kind, "description": "d", "observationType": OM + kind, "unitOfMeasurement": UNIT,
+        "Datastreams": [{"name": name or kind, "description": "d", "observationType": OM + kind,
+                         "unitOfMeasurement": UNIT,
                          "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
                          "ObservedProperty": {"name": "p", "definition": "d", "description": "d"}}]})
     return service.call("GET", f"Things({thing['@iot.id']})/Datastreams")["value"][0]["@iot.id"]

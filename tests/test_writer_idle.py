@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_a_submission_the_database_refuses_in_a_shared_write_fails_alone(held: H
     for _ in range(100):
         if writer.queue.empty():
             break
-        threading.Event().wait(0.01)
+        time.sleep(0.01)
     bad = ObservationRow(None, 5.0, phenomenon_time_start=parse_instant("2026-03-01T00:05Z"),  # type: ignore[arg-type]
                          datastream_id=held.ds)
     refused = writer.submit([bad])
