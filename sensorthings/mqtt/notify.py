@@ -220,26 +220,26 @@ class Notifier:
             for (name, kind), ids in groups.items():
                 entity = BY_NAME[name]
                 if followed is True or entity.set_name in followed:
-                    self._publish_standard(conn, entity, kind, ids, written[(name, kind)], everything)
+                    self._publish_standard(conn, entity, kind, ids, written[(name, kind)],
+                                           None if everything else subscribed)
                 for q in queries:
                     if q.options != QueryOptions() or q.resource.prop is not None:
                         self._publish_query(conn, reader, entity, kind, ids, q)
 
     def _publish_standard(self, conn: Any, entity: EntityType, kind: str, ids: list[int],
-                          rows: list[dict[str, Any]], everything: bool) -> None:
-        """Publish changed entities to their standard topics (all of them, or those with subscribers)."""
+                          rows: list[dict[str, Any]], only: set[str] | None) -> None:
+        """Publish changed entities to their standard topics: all of them, or those in `only` (the subscribed)."""
         if len(rows) != len(ids):
             table = TABLES[entity.table]
             rows = [dict(r) for r in conn.execute(
                 select(*readable_columns(table)).where(table.c.id.in_(ids))).mappings()]
         write = serializer(entity, self.base, None)
-        subscribed = self.subscribed
         for row in rows:
             if self.internal.hidden(entity, row):
                 continue
             topics = standard_topics(entity, row, kind)
-            if not everything:
-                topics = [t for t in topics if t in subscribed]  # type: ignore[operator]
+            if only is not None:
+                topics = [t for t in topics if t in only]
             if topics:
                 payload = orjson.dumps(write(row))
                 for topic in topics:
