@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -37,26 +38,40 @@ def say(*args: object) -> None:
 _HANDED_OUT: set[int] = set()  # every port given in this process: none twice, however quickly it is freed
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux's ip_local_port_range; its default elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+# Ports are reserved below the ephemeral range: a reserved port is free between `release()` and the moment its
+# process listens on it (seconds for `udp serve`, which imports its configured data first), and any outgoing
+# connection made meanwhile (the server's own MQTT clients to its embedded broker) could be given it by the kernel:
+# `udp serve` then failed with "address already in use" on its HTTP port.
+_RESERVED = range(max(1024, _ephemeral_ports().start - 12_000), _ephemeral_ports().start)  # 20768-32767 on Linux
+
+
 class Ports:
     """Distinct TCP ports on 127.0.0.1, kept bound (so no other socket gets them) until `release()`, which
     comes just before the process that listens on them starts."""
 
     def __init__(self, count: int) -> None:
         self._held: list[socket.socket] = []
-        refused: list[socket.socket] = []
-        try:
-            while len(self._held) < count:
-                s = socket.socket()
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-                if port in _HANDED_OUT:
-                    refused.append(s)  # kept open while we look on, or the kernel offers it again
-                    continue
-                _HANDED_OUT.add(port)
-                self._held.append(s)
-        finally:
-            for s in refused:
+        while len(self._held) < count:
+            port = random.choice(_RESERVED)
+            if port in _HANDED_OUT:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # something else has it
                 s.close()
+                continue
+            _HANDED_OUT.add(port)
+            self._held.append(s)
         self.numbers = [s.getsockname()[1] for s in self._held]
 
     def __getitem__(self, index: int) -> int:
