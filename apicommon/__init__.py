@@ -7,5 +7,6 @@ SensorThings core stays free of anything above it. `request`: the public base UR
 internal data; `unavailable`: what a database error means to the client (down: a 503; a value it cannot
 evaluate: a 400); `declaration`: a config mapping with only known keys, every error naming the key path alike;
 `stopping`: a process's SIGTERM as an Event, without the handler deadlocking on a second signal; `heap`: start-up's
-objects out of the garbage collector's sight.
+objects out of the garbage collector's sight; `switching`: how often a process's threads take turns at the interpreter
+lock, set by each long-lived process itself.
 """

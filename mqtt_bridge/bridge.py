@@ -172,11 +172,13 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
 
     from apicommon.heap import freeze_startup
     from apicommon.stopping import stop_on_signals
+    from apicommon.switching import switch_often
     from mqtt_bridge.sessions import Sessions, client_id, creates_client_id, group
     from sensorthings.mqtt.notify import Notifier
     from sensorthings.service import Service
     from sensorthings.store.leadership import Lease
 
+    switch_often()  # spawned: CPython's default again (measured: notification latency p99 41.9 → 25.9 ms)
     store = Store.open(store_url)
     notify_id = f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge"
     stop = threading.Event()

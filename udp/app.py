@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from apicommon.heap import freeze_startup
 from apicommon.request import public_base, refusal
+from apicommon.switching import switch_often
 from features.app import features_routes
 from features.source import FeatureSource
 from features.tile_files import TileFiles
@@ -165,6 +166,7 @@ def build_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # a few threads per worker: more only contend for the GIL (measured in bench/sta_http.py)
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.threads
+        switch_often()  # a uvicorn worker is spawned: it does not inherit `udp serve`'s setting
         freeze_startup()
         yield
         if versions is not None:

@@ -130,9 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
     base = f"http://{shown}:{args.port}"
     public = (args.public_url or config.public_url or base).rstrip("/")
     os.environ["UDP_BASE_URL"] = public
-    # the serve process runs several busy threads (broker, bridge, notifier): switch between them
-    # more often, or a database round trip waits long for the GIL after each reply
-    sys.setswitchinterval(0.0005)
+    from apicommon.switching import switch_often
+
+    switch_often()  # the serve process runs several busy threads (broker, notifier, creates subscriber)
     from sensorthings.store.leadership import Lease, node_name
 
     node = os.environ["UDP_NODE"] = getattr(args, "node", None) or node_name(args.port)
