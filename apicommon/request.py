@@ -1,7 +1,9 @@
-"""What a request tells both APIs: the base URL its links are written under, and whether it sees internal data."""
+"""What a request tells both APIs: the base URL its links are written under, whether it sees internal data, and how
+stale an answer it takes."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -46,3 +48,22 @@ def client_of(scope: Any) -> str:
         return str(found)
     peer = scope.get("client")
     return str(peer[0]) if peer else ""
+
+
+def max_stale(cache_control: str) -> float | None:
+    """The seconds a request's `Cache-Control: max-stale` accepts an answer to be behind the data (RFC 9111
+    5.2.1.2; without a value: any age), or None: only a current answer. `no-cache` asks for a current answer
+    whatever else the header says; a malformed value is not an opt-in."""
+    stale: float | None = None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            return None
+        if name == "max-stale":
+            value = value.strip().strip('"')
+            if not value:
+                stale = math.inf
+            elif value.isascii() and value.isdigit():
+                stale = float(value)
+    return stale

@@ -18,7 +18,9 @@ With --live (issue 17: reads that hold while devices write; use --observations 1
 on each of `Things?$top=100`, `Observations` newest 100, a Datastream's newest 200 (a chart) and Things
 with Locations and Datastreams each with its newest Observation: wrk quiet, then wrk while --live-threads
 client threads pace --live-rate single `POST /v1.1/Observations` per second in all; it prints req/s quiet,
-req/s under writes, their ratio and the writes stored per second (201s) of those offered.
+req/s under writes, their ratio and the writes stored per second (201s) of those offered; then, while the
+writers go on, the same read as a dashboard polling every few seconds may send it, with `Cache-Control:
+max-stale=N` (--live-max-stale; 0 skips it): answers up to N seconds behind the data are good enough for it.
 """
 
 from __future__ import annotations
@@ -347,6 +349,7 @@ class PacedWriters:
         self._stop = threading.Event()
         self._pool: list[threading.Thread] = []
         self.seconds = 0.0
+        self.started = time.perf_counter()
 
     def _run(self, k: int) -> None:
         rnd = random.Random(1000 + k)
@@ -381,7 +384,7 @@ class PacedWriters:
             conn.close()
 
     def __enter__(self) -> PacedWriters:
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()
         self._pool = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.threads)]
         for t in self._pool:
             t.start()
@@ -391,7 +394,7 @@ class PacedWriters:
         self._stop.set()
         for t in self._pool:
             t.join()
-        self.seconds = time.perf_counter() - self._started
+        self.seconds = time.perf_counter() - self.started
 
 
 def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Namespace, report: Report) -> None:
@@ -410,7 +413,13 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
         with PacedWriters(sta, ds_ids, args.live_rate, args.live_threads) as writers:
             time.sleep(1.0)  # the writers reach their pace
             busy = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
-        stored = writers.stored / writers.seconds
+            stored = writers.stored / (time.perf_counter() - writers.started)
+            stale, stale_stored = None, 0.0
+            if args.live_max_stale:
+                before, t = writers.stored, time.perf_counter()
+                stale = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections,
+                                headers=(f"Cache-Control: max-stale={args.live_max_stale}",))
+                stale_stored = (writers.stored - before) / (time.perf_counter() - t)
         ratio = busy.rps / quiet.rps if quiet.rps else float("nan")
         say(f"{name}: quiet {quiet.rps:,.0f} req/s (p99 {quiet.p99_ms:.1f} ms, connections per worker {quiet.split}), "
             f"under writes {busy.rps:,.0f} req/s (p99 {busy.p99_ms:.1f} ms, {busy.split}) = {ratio:.2f}x; "
@@ -422,6 +431,13 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
                    verdict(ratio, 0.5))
         report.add(f"{name}: writes stored", f"{stored:,.0f}/s of {args.live_rate:,.0f}/s",
                    f">= {0.95 * args.live_rate:,.0f}/s", verdict(stored, 0.95 * args.live_rate))
+        if stale is not None:
+            ratio = stale.rps / quiet.rps if quiet.rps else float("nan")
+            say(f"{name}: under writes with max-stale={args.live_max_stale} {stale.rps:,.0f} req/s (p99 "
+                f"{stale.p99_ms:.1f} ms) = {ratio:.2f}x quiet; writes stored {stale_stored:,.0f}/s"
+                + (f", NON-2XX {stale.non2xx}" if stale.non2xx else ""))
+            report.add(f"{name}: under writes, max-stale={args.live_max_stale}",
+                       f"{stale.rps:,.0f} req/s = {ratio:.2f}x quiet, writes {stale_stored:,.0f}/s", "", "")
     client.close()
 
 
@@ -467,9 +483,10 @@ def parse_wrk(out: str) -> WrkResult:
                      err.group(0) if err else "")
 
 
-def run_wrk(server: Server, url: str, duration: int, threads: int, conns: int, script: str | None = None) -> WrkResult:
+def run_wrk(server: Server, url: str, duration: int, threads: int, conns: int, script: str | None = None,
+            headers: tuple[str, ...] = ()) -> WrkResult:
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "30s",
-           *(["-s", script] if script else []), url]
+           *(["-s", script] if script else []), *(a for h in headers for a in ("-H", h)), url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(min(1.0, duration / 2))
     split = server.connection_split()
@@ -560,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--live-reads", default="", help="with --live, only these reads (comma-separated keys of "
                     f"{', '.join(k for k, _, _ in LIVE_READS)}; default all)")
     ap.add_argument("--live-threads", type=int, default=4, help="client threads pacing the --live writes")
+    ap.add_argument("--live-max-stale", type=int, default=1,
+                    help="with --live, each read under writes again with `Cache-Control: max-stale=N` (0: not)")
     ap.add_argument("--writes-only", action="store_true",
                     help="load and time the writes only: CreateObservations, single POSTs, deep inserts")
     ap.add_argument("--deep-things", type=int, default=47, help="Things posted with Observations embedded")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -32,7 +33,7 @@ from sensorthings.keptrows import KeptRowsCache
 from sensorthings.store.versions import Versions, holds
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Entry:
     """A cached response and the table versions it was read at."""
 
@@ -41,6 +42,9 @@ class Entry:
     body: bytes
     headers: tuple[tuple[str, str], ...]
     etag: str
+    # time.monotonic() when the answer was last known to be current: computed (at versions read moments before), or
+    # found standing by `get`
+    checked: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -92,15 +96,30 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self.shared = 0  # misses answered by another request's computation
+        self.stale = 0  # answers given behind the data, to clients taking them (`recent`)
         self._costs: dict[tuple, float] = {}  # key -> the CPU seconds its last computation took
 
     def get(self, key: tuple, now: Mapping[str, int]) -> Entry | None:
         """The entry for `key` if no table it was read from has been written since (counted as a hit)."""
         entry = self._entries.get(key, lambda e: holds(e.versions, now))
         if entry is not None:
+            entry.checked = time.monotonic()
             with self._lock:
                 self.hits += 1
         return entry
+
+    def recent(self, key: tuple, max_age: float) -> tuple[Entry, float] | None:
+        """The entry for `key` and its age (seconds since it was last known current) if that is at most `max_age`,
+        whatever has been written since (counted as stale): for a client that said it takes such an answer."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = time.monotonic() - entry.checked
+        if age > max_age:
+            return None
+        with self._lock:
+            self.stale += 1
+        return entry, age
 
     def join(self, key: tuple, now: Mapping[str, int], rows: tuple[str, ...]) -> Flight | None:
         """The computation of `key` whose answer is fresh for a request that read the versions `now`, joined (a
@@ -200,11 +219,13 @@ class ResponseCache:
         return entry
 
     def stats(self) -> dict[str, Any]:
-        """Hits, misses (of them shared: answered by another request's computation), entries and bytes held; the
+        """Hits, misses (of them shared: answered by another request's computation), stale answers given to clients
+        taking them, entries and bytes held; the
         same of the fragments; pages read whole and extended (sensorthings.appended); kept rows
         (sensorthings.keptrows)."""
         entries, size = self._entries.stats()
         with self._lock:
-            return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "entries": entries,
+            return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "stale": self.stale,
+                    "entries": entries,
                     "bytes": size, "fragments": self.fragments.stats(),
                     "pages": None if self.pages is None else self.pages.stats(), "rows": self.rows.stats()}

@@ -70,6 +70,8 @@ class ApiRequest:
     if_none_match: str = ""
     sees_internal: bool = True  # False for a reader without the read role (sensorthings.access)
     exact_count: bool = False  # `Prefer: count=exact`: `$count` counted even on a huge set
+    # `Cache-Control: max-stale`: the seconds an answer may be behind the data for this client (None: current only)
+    max_stale: float | None = None
 
 
 @dataclass
@@ -168,6 +170,20 @@ class Service:
         assert self.cache is not None
         entry = self.cache.get(plan.key, now)
         return None if entry is None else self._from_entry(req, entry)
+
+    def stale_enough(self, req: ApiRequest, plan: CachePlan) -> ApiResponse | None:
+        """For a GET whose client takes an answer `req.max_stale` seconds behind the data: the cached one if it was
+        current that recently, with its `Age`, without reading the versions; None otherwise (then `cached`)."""
+        assert self.cache is not None
+        if req.max_stale is None:
+            return None
+        found = self.cache.recent(plan.key, req.max_stale)
+        if found is None:
+            return None
+        entry, age = found
+        res = self._from_entry(req, entry)
+        res.headers["Age"] = str(int(age))
+        return res
 
     def joined(self, req: ApiRequest, plan: CachePlan, now: dict[str, int]) -> Future[ApiResponse | None] | None:
         """For a GET `cached` did not answer: the answer of a computation already under way that is fresh for it

@@ -183,6 +183,58 @@ def test_a_conditional_read_after_a_write_gets_the_new_answer(clients: tuple[htt
     assert again.status_code == 200 and again.json()["description"] == "changed"
 
 
+def test_a_client_taking_stale_answers_gets_the_cached_one_with_its_age(
+        clients: tuple[httpx.Client, httpx.Client]) -> None:
+    """`Cache-Control: max-stale=N` (RFC 9111): an answer current within N seconds is given as it is, with `Age`,
+    though writes came since; a client not asking, or asking `no-cache` too, gets the current answer; one
+    older than N is read afresh."""
+    reader, writer = clients
+    made = writer.post("/v1.1/Things", json={
+        "name": unique("stale"), "description": "d",
+        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                       "location": {"type": "Point", "coordinates": [10, 53]}}],
+        "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
+                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
+                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
+                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}]})
+    assert made.status_code == 201, made.text
+    ds = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    path = f"/v1.1/Datastreams({ds})/Observations"
+    first = reader.get(path, params=NEWEST)
+    assert first.status_code == 200 and "Age" not in first.headers
+    posted = writer.post("/v1.1/Observations", json={"phenomenonTime": "2024-02-01T00:00:00Z", "result": 2,
+                                                     "Datastream": {"@iot.id": ds}})
+    assert posted.status_code == 201, posted.text
+    new_id = posted.json()["@iot.id"]
+
+    stats = reader.get("/health").json()["response_cache"]
+    stale = reader.get(path, params=NEWEST, headers={"Cache-Control": "max-stale=60"})
+    assert stale.status_code == 200
+    assert stale.content == first.content  # the answer from before the write, as the client allowed
+    assert 0 <= int(stale.headers["Age"]) <= 60 and stale.headers["ETag"] == first.headers["ETag"]
+    after = reader.get("/health").json()["response_cache"]
+    assert after["stale"] == stats["stale"] + 1 and after["misses"] == stats["misses"]
+    # no value: any age; a conditional request with the old tag: 304
+    again = reader.get(path, params=NEWEST, headers={"Cache-Control": "max-stale",
+                                                    "If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and "Age" in again.headers
+    for headers in ({}, {"Cache-Control": "no-cache, max-stale=60"}, {"Cache-Control": "max-stale=soon"}):
+        current = reader.get(path, params=NEWEST, headers=headers)
+        assert current.status_code == 200 and "Age" not in current.headers, headers
+        assert current.json()["value"][0]["@iot.id"] == new_id, headers
+    # found standing at the current versions just now: current again, so the next stale answer is this one
+    assert reader.get(path, params=NEWEST, headers={"Cache-Control": "max-stale=60"}).content == current.content
+
+    # too old for the client: read afresh, and the new write is in it
+    writer.post("/v1.1/Observations", json={"phenomenonTime": "2024-03-01T00:00:00Z", "result": 3,
+                                            "Datastream": {"@iot.id": ds}})
+    time.sleep(1.1)
+    fresh = reader.get(path, params=NEWEST, headers={"Cache-Control": "max-stale=1"})
+    assert fresh.status_code == 200 and "Age" not in fresh.headers
+    assert [o["result"] for o in fresh.json()["value"]][:3] == [3, 2, 1]
+
+
 def test_opening_a_store_while_a_write_is_open_does_not_wait_for_it() -> None:
     """A process opening the store (`udp seed`, a re-import, a CLI command) while a writer's transaction is open
     neither waits for it nor deadlocks with it: the schema, its triggers and indexes are there, nothing is created

@@ -250,10 +250,12 @@ def _middleware(config: Config) -> list[Middleware]:
 
 
 CORS_METHODS = ("GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS")
-# what a web app sends: credentials of its own (Basic, a bearer token), bodies, conditional requests
-CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "Accept-Language", "If-None-Match", "If-Match", "Prefer")
+# what a web app sends: credentials of its own (Basic, a bearer token), bodies, conditional requests, how stale an
+# answer it takes (Cache-Control: max-stale)
+CORS_HEADERS = ("Authorization", "Content-Type", "Accept", "Accept-Language", "If-None-Match", "If-Match", "Prefer",
+                "Cache-Control")
 # what it may read of an answer beyond the safelisted headers
-CORS_EXPOSED = ("ETag", "Location", "Content-Crs", "Link", "Retry-After", "WWW-Authenticate")
+CORS_EXPOSED = ("ETag", "Location", "Content-Crs", "Link", "Retry-After", "WWW-Authenticate", "Age")
 
 
 def app_from_env() -> Starlette:

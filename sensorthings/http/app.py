@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apicommon.request import public_base, sees_internal
+from apicommon.request import max_stale, public_base, sees_internal
 from sensorthings.openapi import openapi_document
 from sensorthings.pending import Pending
 from sensorthings.service import ApiRequest, ApiResponse, CachePlan, Service
@@ -90,6 +90,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             if_none_match=request.headers.get("if-none-match", ""),
             sees_internal=sees_internal(request.scope),
             exact_count="count=exact" in request.headers.get("prefer", "").replace(" ", ""),
+            max_stale=max_stale(request.headers.get("cache-control", "")),
         )
         if request.method == "GET":
             res, now = await _from_cache(req)
@@ -127,7 +128,13 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
 
     async def _from_cache(req: ApiRequest) -> tuple[ApiResponse | None, dict[str, int] | None]:
         plan = service.cache_plan(req) if versions is not None else None
-        if plan is None or (now := await _versions_now(plan)) is None:
+        if plan is None:
+            return None, None
+        # a client taking an answer behind the data (a dashboard polling every few seconds) spares the versions'
+        # round trip and, while devices write, the computations every write would otherwise ask for
+        if (res := service.stale_enough(req, plan)) is not None:
+            return res, None
+        if (now := await _versions_now(plan)) is None:
             return None, None
         res = await _taken(req, plan, now)
         if res is None and service.computes_inline(plan):
