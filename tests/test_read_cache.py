@@ -65,20 +65,28 @@ def sta_get(client: httpx.Client, path: str, params: dict[str, str] | None = Non
     return r.json()
 
 
+def station(name: str, streams: int = 1, observed: bool = True) -> dict[str, Any]:
+    """A Thing to POST: a Location and `streams` numeric Datastreams (ds0, ds1, …), each with one Observation
+    of 2024-01-01 unless not `observed`."""
+    return {"name": name, "description": "d",
+            "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
+                           "location": {"type": "Point", "coordinates": [10, 53]}}],
+            "Datastreams": [{"name": f"ds{k}", "description": "d", "observationType": OM,
+                             "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
+                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
+                                        "metadata": "m"},
+                             "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
+                             **({"Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}
+                                if observed else {})}
+                            for k in range(streams)]}
+
+
 def test_a_write_is_seen_by_the_other_worker_and_spares_other_tables(
         clients: tuple[httpx.Client, httpx.Client]) -> None:
     reader, writer = clients
     pid = worker(reader)
     name = unique("cached")
-    made = writer.post("/v1.1/Things", json={
-        "name": name, "description": "d",
-        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
-                       "location": {"type": "Point", "coordinates": [10, 53]}}],
-        "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
-                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
-                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
-                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
-                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}]})
+    made = writer.post("/v1.1/Things", json=station(name))
     assert made.status_code == 201, made.text
     ds = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
     reads = {"things": ("Things", {"$top": "100"}), "chart": (f"Datastreams({ds})/Observations", NEWEST),
@@ -126,16 +134,7 @@ def test_a_chart_stays_cached_while_other_datastreams_are_written(
     devices writing to other Datastreams (which widens those Datastreams' times) leave it cached, a write to its
     own Datastream, to its row or an Observation moved to it reaches it at once, through the other worker too."""
     reader, writer = clients
-    made = writer.post("/v1.1/Things", json={
-        "name": unique("charts"), "description": "d",
-        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
-                       "location": {"type": "Point", "coordinates": [10, 53]}}],
-        "Datastreams": [{"name": f"ds{k}", "description": "d", "observationType": OM,
-                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
-                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
-                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
-                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}
-                        for k in range(2)]})
+    made = writer.post("/v1.1/Things", json=station(unique("charts"), streams=2))
     assert made.status_code == 201, made.text
     streams = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"]
     mine, other = sorted(d["@iot.id"] for d in streams)
@@ -189,15 +188,7 @@ def test_a_client_taking_stale_answers_gets_the_cached_one_with_its_age(
     though writes came since; a client not asking, or asking `no-cache` too, gets the current answer; one
     older than N is read afresh."""
     reader, writer = clients
-    made = writer.post("/v1.1/Things", json={
-        "name": unique("stale"), "description": "d",
-        "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
-                       "location": {"type": "Point", "coordinates": [10, 53]}}],
-        "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
-                         "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
-                         "Sensor": {"name": "s", "description": "d", "encodingType": "text/html", "metadata": "m"},
-                         "ObservedProperty": {"name": "p", "definition": "p", "description": "d"},
-                         "Observations": [{"phenomenonTime": "2024-01-01T00:00:00Z", "result": 1}]}]})
+    made = writer.post("/v1.1/Things", json=station(unique("stale")))
     assert made.status_code == 201, made.text
     ds = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
     path = f"/v1.1/Datastreams({ds})/Observations"
@@ -309,15 +300,7 @@ def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str
 def new_datastream(server: Server, name: str) -> int:
     """A new Thing with a Location and one numeric Datastream: the Datastream's id."""
     with httpx.Client(base_url=server.url, timeout=60) as setup:
-        made = setup.post("/v1.1/Things", json={
-            "name": unique(name), "description": "d",
-            "Locations": [{"name": "l", "description": "", "encodingType": "application/geo+json",
-                           "location": {"type": "Point", "coordinates": [10, 53]}}],
-            "Datastreams": [{"name": "ds", "description": "d", "observationType": OM,
-                             "unitOfMeasurement": {"name": "u", "symbol": "u", "definition": "u"},
-                             "Sensor": {"name": "s", "description": "d", "encodingType": "text/html",
-                                        "metadata": "m"},
-                             "ObservedProperty": {"name": "p", "definition": "p", "description": "d"}}]})
+        made = setup.post("/v1.1/Things", json=station(unique(name), observed=False))
         assert made.status_code == 201, made.text
         return sta_get(setup, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
 
