@@ -178,7 +178,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     from sensorthings.service import Service
     from sensorthings.store.leadership import Lease
 
-    switch_often()  # spawned: CPython's default again (measured: notification latency p99 41.9 → 25.9 ms)
+    switch_often()  # spawned: CPython's default again, and each message passes between three threads here
     store = Store.open(store_url)
     notify_id = f"udp-notify-{socket.gethostname()}-{os.getpid()}-bridge"
     stop = threading.Event()

@@ -12,6 +12,10 @@ those already reading at the very versions a request saw. Computations overlap, 
 (`turn`): a request never queues behind one that began before it came, and a large answer every write changes
 cannot take every thread and the CPU from the writers (measured: writes stored under the expanded Things 266–268 of
 300/s with no bound, 296 with two).
+
+Only a client that says it takes an answer behind the data (`Cache-Control: max-stale`) gets one: `recent`, the
+entry as it stands if it was known current within the seconds it allows, whatever was written since; keyed as every
+entry is (who may see internal data among it), so such an answer is never one its client could not have read then.
 """
 
 from __future__ import annotations
@@ -220,12 +224,10 @@ class ResponseCache:
 
     def stats(self) -> dict[str, Any]:
         """Hits, misses (of them shared: answered by another request's computation), stale answers given to clients
-        taking them, entries and bytes held; the
-        same of the fragments; pages read whole and extended (sensorthings.appended); kept rows
-        (sensorthings.keptrows)."""
+        taking them, entries and bytes held; the same of the fragments; pages read whole and extended
+        (sensorthings.appended); kept rows (sensorthings.keptrows)."""
         entries, size = self._entries.stats()
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "shared": self.shared, "stale": self.stale,
-                    "entries": entries,
-                    "bytes": size, "fragments": self.fragments.stats(),
+                    "entries": entries, "bytes": size, "fragments": self.fragments.stats(),
                     "pages": None if self.pages is None else self.pages.stats(), "rows": self.rows.stats()}
