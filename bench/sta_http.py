@@ -349,7 +349,6 @@ class PacedWriters:
         self._stop = threading.Event()
         self._pool: list[threading.Thread] = []
         self.seconds = 0.0
-        self.started = time.perf_counter()
 
     def _run(self, k: int) -> None:
         rnd = random.Random(1000 + k)
@@ -384,7 +383,7 @@ class PacedWriters:
             conn.close()
 
     def __enter__(self) -> PacedWriters:
-        self.started = time.perf_counter()
+        self._started = time.perf_counter()
         self._pool = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.threads)]
         for t in self._pool:
             t.start()
@@ -394,7 +393,7 @@ class PacedWriters:
         self._stop.set()
         for t in self._pool:
             t.join()
-        self.seconds = time.perf_counter() - self.started
+        self.seconds = time.perf_counter() - self._started
 
 
 def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Namespace, report: Report) -> None:
@@ -413,13 +412,15 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
         with PacedWriters(sta, ds_ids, args.live_rate, args.live_threads) as writers:
             time.sleep(1.0)  # the writers reach their pace
             busy = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
-            stored = writers.stored / (time.perf_counter() - writers.started)
-            stale, stale_stored = None, 0.0
-            if args.live_max_stale:
-                before, t = writers.stored, time.perf_counter()
+        stored = writers.stored / writers.seconds
+        stale, stale_stored = None, 0.0
+        if args.live_max_stale:
+            # writers of their own: those above, behind their pace, would catch up here and count it as this phase's
+            with PacedWriters(sta, ds_ids, args.live_rate, args.live_threads) as stale_writers:
+                time.sleep(1.0)
                 stale = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections,
                                 headers=(f"Cache-Control: max-stale={args.live_max_stale}",))
-                stale_stored = (writers.stored - before) / (time.perf_counter() - t)
+            stale_stored = stale_writers.stored / stale_writers.seconds
         ratio = busy.rps / quiet.rps if quiet.rps else float("nan")
         say(f"{name}: quiet {quiet.rps:,.0f} req/s (p99 {quiet.p99_ms:.1f} ms, connections per worker {quiet.split}), "
             f"under writes {busy.rps:,.0f} req/s (p99 {busy.p99_ms:.1f} ms, {busy.split}) = {ratio:.2f}x; "
