@@ -51,7 +51,8 @@ def _ephemeral_ports() -> range:
 # process listens on it (seconds for `udp serve`, which imports its configured data first), and any outgoing
 # connection made meanwhile (the server's own MQTT clients to its embedded broker) could be given it by the kernel:
 # `udp serve` then failed with "address already in use" on its HTTP port.
-_RESERVED = range(max(1024, _ephemeral_ports().start - 12_000), _ephemeral_ports().start)  # 20768-32767 on Linux
+_EPHEMERAL_START = _ephemeral_ports().start
+_RESERVED = range(max(1024, _EPHEMERAL_START - 12_000), _EPHEMERAL_START)  # 20768-32767 on Linux
 
 
 class Ports:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
 from sensorthings.service import Service
 from sensorthings.store.base import Store
 from sensorthings.store.sqlite_checkpoints import checkpointer_of
+from tests.harness import wait_until
 
 
 def _in_file_alone(db: Path, tmp_path: Path, name: str) -> int:
@@ -34,10 +34,7 @@ def test_a_commit_reaches_the_database_file_long_before_the_wal_fills(tmp_path: 
         assert checkpointer is not None
         service.call("POST", "Things", {"name": "in the file", "description": "a few pages of WAL"})
         assert (tmp_path / "city.db-wal").stat().st_size > 0
-        deadline = time.monotonic() + 10
-        while checkpointer.runs == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert checkpointer.runs >= 1
+        wait_until(lambda: checkpointer.runs >= 1, 10, "a checkpoint", every=0.01)
         # thousands of pages below the automatic checkpoint, and the Thing is in the file already
         assert _in_file_alone(db, tmp_path, "in the file") == 1
         assert checkpointer.running
@@ -59,9 +56,7 @@ def test_a_store_writing_again_after_its_engine_was_disposed_checkpoints_again(t
         runs = checkpointer.runs
         service.call("POST", "Things", {"name": "second", "description": "d"})
         assert checkpointer.running
-        deadline = time.monotonic() + 10
-        while checkpointer.runs == runs and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: checkpointer.runs > runs, 10, "a checkpoint after the write", every=0.01)
         assert _in_file_alone(db, tmp_path, "second") == 1
     finally:
         store.close()

@@ -263,8 +263,9 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
         register_functions(dbapi_conn)
 
     if not memory:
-        take_turns(engine, url[len("sqlite:///"):])
-        checkpoint_beside_writes(engine, url[len("sqlite:///"):])
+        path = url[len("sqlite:///"):]
+        take_turns(engine, path)
+        checkpoint_beside_writes(engine, path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
