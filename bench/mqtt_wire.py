@@ -13,23 +13,10 @@ import select
 import socket
 import time
 
-_CONNACK, _PUBACK, _PINGRESP = 0x20, 0x40, 0xD0
+from sensorthings.mqtt.packets import PUBACK, publish, remaining_length, text
+
+_CONNACK, _PINGRESP = 0x20, 0xD0
 KEEPALIVE_S = 60
-
-
-def _remaining(n: int) -> bytes:
-    """MQTT's variable-length encoding of a remaining length."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _text(s: str) -> bytes:
-    raw = s.encode()
-    return len(raw).to_bytes(2, "big") + raw
 
 
 class WirePublisher:
@@ -38,8 +25,8 @@ class WirePublisher:
     def __init__(self, host: str, port: int, client_id: str, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        body = _text("MQTT") + bytes([4, 0x02]) + KEEPALIVE_S.to_bytes(2, "big") + _text(client_id)
-        self.sock.sendall(bytes([0x10]) + _remaining(len(body)) + body)
+        body = text("MQTT") + bytes([4, 0x02]) + KEEPALIVE_S.to_bytes(2, "big") + text(client_id)
+        self.sock.sendall(bytes([0x10]) + remaining_length(len(body)) + body)
         ack = b""
         while len(ack) < 4:
             got = self.sock.recv(4 - len(ack))
@@ -61,10 +48,9 @@ class WirePublisher:
         """Queue a QoS 1 PUBLISH (sent by `flush`)."""
         head = self._heads.get(topic)
         if head is None:
-            head = self._heads[topic] = _text(topic)
+            head = self._heads[topic] = text(topic)
         self._next_id = self._next_id % 65535 + 1  # 1..65535: ids of at most a window in flight never collide
-        length = len(head) + 2 + len(payload)
-        self._out.append(b"\x32" + _remaining(length) + head + self._next_id.to_bytes(2, "big") + payload)
+        self._out.append(publish(head, payload, 1, self._next_id))
 
     def flush(self) -> None:
         """Send what `publish` queued; a PINGREQ too when the keep-alive is due."""
@@ -89,7 +75,7 @@ class WirePublisher:
             kind, size = data[i], data[i + 1]
             if i + 2 + size > end:
                 break
-            if kind == _PUBACK:
+            if kind == PUBACK:
                 acks += 1
             elif kind != _PINGRESP:
                 raise ConnectionError(f"unexpected MQTT packet 0x{kind:02x} from the broker")

@@ -19,7 +19,7 @@ from mqtt_bridge import deadletters
 from mqtt_bridge.mapping import Unmappable, map_message, match
 from mqtt_bridge.rules import Rule
 from mqtt_bridge.writer import Message, Writer
-from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
 from sensorthings.mqtt.create import CREATE_TOPIC, Creator
 from sensorthings.mqtt.create import TOPICS as CREATE_TOPICS
 from sensorthings.query.limits import Limits
@@ -61,11 +61,11 @@ class Bridge:
         self.received = 0
         self.closing = False
         self.creator = creator
-        self.writer = Writer(store, batch_size, max_wait)
+        self.writer = Writer(store, batch_size, max_wait, acknowledge=self._acknowledge)
         cid = client_id or "udp-bridge-" + hashlib.sha1(store.url.encode()).hexdigest()[:10]
         topics = subscriptions(rules) + ([(t, 1) for t in CREATE_TOPICS] if creator is not None else [])
 
-        def attach(client: mqtt.Client) -> None:
+        def attach(client: BufferedClient) -> None:
             # before it connects: a persistent session's messages come as soon as it has, and are acknowledged
             # through it
             self.client = client
@@ -90,10 +90,7 @@ class Bridge:
                 self.client.ack(msg.mid, msg.qos)
             return
         self.received += 1
-        message = Message(msg.topic, bytes(msg.payload), now(), dup=bool(msg.dup))
-        if msg.qos > 0:
-            mid, qos = msg.mid, msg.qos
-            message.ack = lambda: self.client.ack(mid, qos)
+        message = Message(msg.topic, bytes(msg.payload), now(), dup=bool(msg.dup), mid=msg.mid, qos=msg.qos)
         found = match(self.rules, msg.topic)
         if found is None:
             message.error = "unknown topic: no bridge rule matches it"
@@ -104,6 +101,13 @@ class Bridge:
             except Unmappable as exc:
                 message.error = str(exc)
         self.writer.submit(message)
+
+    def _acknowledge(self, batch: list[Message]) -> None:
+        # a batch's PUBACKs in one write: one by one, each was a wake-up of paho's loop and a system call of its own
+        self.client.ack_many([m.mid for m in batch if m.qos == 1])
+        for m in batch:
+            if m.qos == 2:
+                self.client.ack(m.mid, 2)
 
     def stats(self) -> dict[str, int]:
         """Counters for /health."""

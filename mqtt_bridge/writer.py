@@ -45,7 +45,16 @@ class Message:
     readings: list[Reading] = field(default_factory=list)
     error: str | None = None
     dup: bool = False
-    ack: Callable[[], None] | None = None
+    ack: Callable[[], None] | None = None  # acknowledges it to the broker (`Writer`'s default `acknowledge` calls it)
+    mid: int = 0  # its packet identifier, for an `acknowledge` of the batch (the bridge's): QoS 0 has none
+    qos: int = 0
+
+
+def acknowledge_each(batch: list[Message]) -> None:
+    """Acknowledge the messages of a committed batch one by one, through their `ack`."""
+    for message in batch:
+        if message.ack is not None:
+            message.ack()
 
 
 class Writer:
@@ -59,8 +68,11 @@ class Writer:
     """
 
     def __init__(self, store: Store, batch_size: int = 1000, max_wait: float = 0.0,
-                 keep_seen: int | None = None, prune_every: float | None = 10.0) -> None:
+                 keep_seen: int | None = None, prune_every: float | None = 10.0,
+                 acknowledge: Callable[[list[Message]], None] = acknowledge_each) -> None:
+        """`acknowledge`: called with each batch once committed (or dead-lettered)."""
         self.store = store
+        self.acknowledge = acknowledge
         self.batch_size = batch_size
         self.max_wait = max_wait
         # bounded: when writing falls behind, the MQTT callback waits and the broker keeps the backlog
@@ -150,9 +162,7 @@ class Writer:
                 log.warning("bridge write failed, retrying in %.1f s: %s", delay, getattr(exc, "orig", exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
-        for message in batch:
-            if message.ack is not None:
-                message.ack()
+        self.acknowledge(batch)
 
     def _write_singly(self, batch: list[Message]) -> None:
         for message in batch:

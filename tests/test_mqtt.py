@@ -137,7 +137,7 @@ def test_a_bulk_write_nobody_listens_to_leaves_no_notification_work(server: Serv
                                               "dataArray": rows}])
     assert r.status_code == 201 and len(r.json()) == 20_000
     committed = time.monotonic()
-    wait_until(lambda: httpx.get(f"{server.url}/health").json()["mqtt"]["queued"] == 0, 1, "nothing queued")
+    wait_until(lambda: httpx.get(f"{server.url}/health").json()["mqtt"]["pending"] == 0, 1, "nothing pending")
     assert time.monotonic() - committed < 1
 
 

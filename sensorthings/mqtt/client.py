@@ -8,10 +8,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+
+from sensorthings.mqtt import packets
+
+if TYPE_CHECKING:
+    from sensorthings.mqtt.outbox import Outbox
 
 log = logging.getLogger("udp.mqtt")
 
@@ -90,7 +95,24 @@ HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffe
 
 class BufferedClient(mqtt.Client):
     """paho's client, its plain TCP socket read in large pieces (`BufferedSocket`), reconnecting while other threads
-    send (`reconnect`)."""
+    send (`reconnect`), sending packets built elsewhere in one write (`send_packets`, `ack_many`, an `Outbox`)."""
+
+    outbox: Outbox | None = None  # told of the acknowledgements of its publishes, and when to send them again
+    receive_maximum = 65535  # MQTT 5: unacknowledged QoS 1 publishes the broker takes (its CONNACK says)
+
+    def send_packets(self, blob: bytes, written: mqtt.MQTTMessageInfo | None = None) -> bool:
+        """Queue packets built by hand (sensorthings.mqtt.packets) as one write; False when not connected.
+        `written`: marked published once they are written, as paho marks a QoS 0 publish."""
+        if self._sock is None:
+            return False
+        # paho acts on a written packet by its command: a QoS 0 PUBLISH marks its `info`; 0 is no packet of its own
+        self._packet_queue(packets.PUBLISH if written is not None else 0, blob, 0, 0, written)
+        return True
+
+    def ack_many(self, mids: list[int]) -> bool:
+        """Acknowledge many QoS 1 messages (manual_ack) in one write; False when not connected (the broker sends
+        them again to the resumed session)."""
+        return self.send_packets(packets.pubacks(mids)) if mids else True
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         """paho's, while no other thread queues a packet. paho empties its queue of packets to send and queues the
@@ -107,6 +129,15 @@ class BufferedClient(mqtt.Client):
     def _packet_queue(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
         with self._out_message_mutex:
             return super()._packet_queue(*args, **kwargs)
+
+    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
+        outbox = self.outbox
+        if cmd == "PUBACK" and outbox is not None:
+            body = self._in_packet["packet"]
+            # MQTT 5: a reason code from 0x80 on is a failure; none (two bytes) is success
+            if outbox.acknowledged(int.from_bytes(body[:2], "big"), len(body) > 2 and body[2] >= 0x80):
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
 
     def _create_socket(self):  # type: ignore[no-untyped-def]
         sock = super()._create_socket()
@@ -133,7 +164,7 @@ class BufferedClient(mqtt.Client):
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
             manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False,
-            shared: str | None = None, before_start: Callable[[mqtt.Client], None] | None = None) -> mqtt.Client:
+            shared: str | None = None, before_start: Callable[[mqtt.Client], None] | None = None) -> BufferedClient:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection.
 
     `inflight`: QoS 1 and 2 messages it sends before their acknowledgements come (paho walks all of them on every
@@ -163,10 +194,13 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
     client.max_inflight_messages_set(inflight)
     connected = threading.Event()
 
-    def on_connect(c: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object) -> None:
+    def on_connect(c: BufferedClient, _u: object, _f: object, reason: mqtt.ReasonCode, props: object) -> None:
         if reason.is_failure:
             log.warning("broker %s:%s refused %s: %s", address.host, address.port, client_id, reason)
             return
+        c.receive_maximum = getattr(props, "ReceiveMaximum", 65535)
+        if c.outbox is not None:
+            c.outbox.resend()
         for topic, qos in subscriptions or []:
             if no_local:
                 c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, noLocal=True))

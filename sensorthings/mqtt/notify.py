@@ -30,7 +30,8 @@ from sensorthings.access import InternalIndex
 from sensorthings.conformance import MQTT_CREATE, MQTT_RECEIVE
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
-from sensorthings.mqtt.client import BrokerAddress, connect, publish
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
+from sensorthings.mqtt.outbox import Outbox
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -42,6 +43,7 @@ from sensorthings.store.schema import TABLES
 log = logging.getLogger("udp.mqtt.notify")
 VERSION = "v1.1"
 BACKLOG_MAX = 200_000  # changes waiting to be notified: past it, new ones are dropped (and counted), never the writes
+SEND_EVERY = 500  # notifications built before they are sent together (a bulk write's first go out meanwhile)
 
 
 def mqtt_conformance(endpoints: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -104,7 +106,7 @@ class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
     def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str,
-                 limits: Limits = Limits(), qos: int = 1, client: mqtt.Client | None = None) -> None:
+                 limits: Limits = Limits(), qos: int = 1, client: BufferedClient | None = None) -> None:
         """`client`: publish through this connected client (the creator's, whose subscriptions are No Local)
         instead of a connection of its own."""
         self.store = store
@@ -121,6 +123,8 @@ class Notifier:
         self.owns_client = client is None
         self.client = self.own = client if client is not None else connect(
             address, client_id, on_message=self._on_message, subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
+        self.outbox = self._outbox(self.client)
+        self._out: list[tuple[str, bytes]] = []  # built by the notifier's thread, not yet sent
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
         self.thread.start()
 
@@ -140,9 +144,10 @@ class Notifier:
         self.queue.put(changes)
 
     def stats(self) -> dict[str, Any]:
-        """What /health shows: connection, notifications sent and dropped, topics with subscribers."""
+        """What /health shows: connection, notifications sent and dropped, changes not yet notified, QoS 1
+        notifications the broker has not acknowledged yet, topics with subscribers."""
         return {"connected": self.client.is_connected(), "published": self.published, "dropped": self.dropped,
-                "queued": self.queue.qsize(),
+                "queued": self.queue.qsize(), "pending": self._backlog, "in_flight": self.outbox.in_flight,
                 "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
 
     def knows(self, topics: list[str]) -> dict[str, bool | None]:
@@ -151,14 +156,19 @@ class Notifier:
         subscribed = self.subscribed
         return {t: None if subscribed is None else t in subscribed for t in topics}
 
-    def publish_through(self, client: mqtt.Client | None) -> None:
+    def publish_through(self, client: BufferedClient | None) -> None:
         """Publish through `client` from now on (one whose subscriptions are No Local: the broker does not send it
         back the notifications, which share the creates' topics), or through the notifier's own again (None)."""
         self.client = client if client is not None else self.own
+        self.outbox = self._outbox(self.client)
+
+    def _outbox(self, client: BufferedClient) -> Outbox:
+        known = client.outbox
+        return known if known is not None and known.qos == self.qos else Outbox(client, self.qos)
 
     def announce(self, topic: str, payload: bytes) -> None:
         """Publish a message of the platform's own beside the SensorThings notifications (citizen feedback)."""
-        self._send(topic, payload)
+        self._deliver([(topic, payload)])
 
     def close(self) -> None:
         """Publish what is queued, then disconnect."""
@@ -225,6 +235,8 @@ class Notifier:
                 for q in queries:
                     if q.options != QueryOptions() or q.resource.prop is not None:
                         self._publish_query(conn, reader, entity, kind, ids, q)
+        out, self._out = self._out, []
+        self._deliver(out)
 
     def _publish_standard(self, conn: Any, entity: EntityType, kind: str, ids: list[int],
                           rows: list[dict[str, Any]], only: set[str] | None) -> None:
@@ -272,12 +284,18 @@ class Notifier:
             self._send(q.topic, orjson.dumps(doc))
 
     def _send(self, topic: str, payload: bytes) -> None:
+        self._out.append((topic, payload))
+        if len(self._out) >= SEND_EVERY:
+            out, self._out = self._out, []
+            self._deliver(out)
+
+    def _deliver(self, out: list[tuple[str, bytes]]) -> None:
         # a broker slower than the writes: the later notifications wait here, in order, for it to make room
-        if not publish(self.client, topic, payload, self.qos):
-            with self._count_lock:  # the writers' thread counts the backlog's drops too
-                self.dropped += 1
-                dropped = self.dropped
-            if dropped % 1000 == 1:
-                log.warning("the broker does not take the notifications: %d dropped so far", dropped)
-            return
-        self.published += 1
+        taken = self.outbox.send(out)
+        with self._count_lock:  # the writers' thread counts the backlog's drops too; announce comes from others
+            self.published += taken
+            lost = len(out) - taken
+            self.dropped += lost
+            dropped = self.dropped
+        if lost and (dropped - lost) // 1000 < dropped // 1000 or dropped == lost > 0:  # the first, then every 1,000th
+            log.warning("the broker does not take the notifications: %d dropped so far", dropped)

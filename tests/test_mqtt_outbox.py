@@ -1,0 +1,125 @@
+"""Publishing in bulk (sensorthings/mqtt/outbox.py): PUBLISH packets built by hand and written many at once reach a
+subscriber whole, once and in order, on MQTT 3.1.1 and 5, at QoS 0 and 1; QoS 1 stays within the client's window and
+the broker's Receive Maximum; what the broker had not acknowledged when it went away is sent again when it is back.
+A real Mosquitto."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
+from sensorthings.mqtt.outbox import Outbox
+from tests.harness import MOSQUITTO, Mosquitto, wait_until
+
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (Debian package mosquitto)")
+
+
+class Subscriber:
+    """A plain paho client taking a topic filter at QoS 1 (persistent: it gets what came while the broker was
+    away and it was not)."""
+
+    def __init__(self, port: int, topic: str, client_id: str) -> None:
+        self.got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.on_message = lambda _c, _u, msg: self.got.put((msg.topic, bytes(msg.payload)))
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, 1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the subscriber did not subscribe"
+
+    def take(self, n: int, timeout: float = 30) -> list[tuple[str, bytes]]:
+        """The next `n` messages (fails after `timeout` s without one)."""
+        return [self.got.get(timeout=timeout) for _ in range(n)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _messages(n: int, prefix: str = "out") -> list[tuple[str, bytes]]:
+    # payloads of every size class of a remaining length (1 to 3 bytes of it)
+    return [(f"{prefix}/{i % 7}", b"%d:" % i + b"x" * (i % 5 * 7000)) for i in range(n)]
+
+
+@pytest.mark.parametrize(("v5", "qos"), [(False, 1), (True, 1), (False, 0), (True, 0)])
+def test_a_bulk_arrives_whole_once_and_in_order(v5: bool, qos: int) -> None:
+    broker = Mosquitto("max_inflight_messages 0\nmax_queued_messages 0")
+    subscriber = Subscriber(broker.port, "out/#", f"outbox-sub-{v5}-{qos}")
+    client = connect(BrokerAddress("127.0.0.1", broker.port), f"outbox-{v5}-{qos}", no_local=v5)
+    try:
+        assert (client.protocol == mqtt.MQTTv5) is v5
+        outbox = Outbox(client, qos)
+        messages = _messages(3000)
+        assert sum(outbox.send(messages[i:i + 250]) for i in range(0, 3000, 250)) == 3000
+        assert subscriber.take(3000) == messages
+        wait_until(lambda: outbox.in_flight == 0, 10, "every QoS 1 publish acknowledged")
+        time.sleep(0.3)
+        assert subscriber.got.empty()  # none twice
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        subscriber.close()
+        broker.close()
+
+
+def test_qos_1_keeps_within_the_brokers_receive_maximum() -> None:
+    # Mosquitto tells an MQTT 5 client how many unacknowledged publishes it takes (max_inflight_messages); the
+    # client's own window (100) is larger
+    broker = Mosquitto("max_inflight_messages 5\nmax_queued_messages 0")
+    subscriber = Subscriber(broker.port, "out/#", "outbox-sub-rm")
+    client = connect(BrokerAddress("127.0.0.1", broker.port), "outbox-rm", no_local=True)
+    seen_in_flight = []
+    try:
+        assert client.receive_maximum == 5
+        outbox = Outbox(client, 1)
+        sent = client.send_packets
+
+        def watched(blob: bytes, written: object = None) -> bool:
+            seen_in_flight.append(outbox.in_flight)
+            return sent(blob, written)  # type: ignore[arg-type]
+
+        client.send_packets = watched  # type: ignore[method-assign]
+        messages = _messages(500, "out")
+        assert outbox.send(messages) == 500
+        assert subscriber.take(500) == messages
+        assert max(seen_in_flight) <= 5
+        assert client.is_connected()
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        subscriber.close()
+        broker.close()
+
+
+def test_what_the_broker_did_not_acknowledge_goes_out_again_when_it_is_back() -> None:
+    broker = Mosquitto("max_inflight_messages 0\nmax_queued_messages 0", persistence=True)
+    subscriber = Subscriber(broker.port, "back/#", "outbox-sub-back")
+    client: BufferedClient = connect(BrokerAddress("127.0.0.1", broker.port), "outbox-back", clean_session=False,
+                                     no_local=True)
+    try:
+        outbox = Outbox(client, 1)
+        assert outbox.send([("back/0", b"before")]) == 1
+        assert subscriber.take(1) == [("back/0", b"before")]
+        broker.stop()
+        wait_until(lambda: not client.is_connected(), 10, "the client sees the broker gone")
+        # the window (100) takes what fits while the broker is away; past it, nothing waits for a broker that is gone
+        away = [("back/1", b"%d" % i) for i in range(150)]
+        assert outbox.send(away, wait=0.5) == 100
+        assert outbox.in_flight == 100
+        broker.start()
+        got = subscriber.take(100, timeout=60)
+        assert sorted(got) == sorted(away[:100])
+        wait_until(lambda: outbox.in_flight == 0, 10, "the resent publishes acknowledged")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        subscriber.close()
+        broker.close()
