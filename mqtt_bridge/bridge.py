@@ -19,7 +19,7 @@ from mqtt_bridge import deadletters
 from mqtt_bridge.mapping import Unmappable, map_message, match
 from mqtt_bridge.rules import Rule
 from mqtt_bridge.writer import Message, Writer
-from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, Incoming, connect
 from sensorthings.mqtt.create import CREATE_TOPIC, Creator
 from sensorthings.mqtt.create import TOPICS as CREATE_TOPICS
 from sensorthings.query.limits import Limits
@@ -78,7 +78,7 @@ class Bridge:
                               subscriptions=topics, no_local=creator is not None, shared=shared,
                               before_start=attach)
 
-    def handle(self, msg: mqtt.MQTTMessage) -> None:
+    def handle(self, msg: Incoming) -> None:
         """Map one message and queue it; it is acknowledged once written."""
         if self.closing:
             return  # not acknowledged: the broker delivers it again to the next session

@@ -13,6 +13,8 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from sensorthings.mqtt.client import HELD_PACKETS, RECV_CHUNK, BrokerAddress, BufferedSocket, connect
 from tests.harness import MOSQUITTO, Mosquitto
@@ -21,11 +23,16 @@ from tests.test_mqtt_backpressure import broker  # noqa: F401 - a private Mosqui
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (Debian package mosquitto)")
 
 
-def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto) -> None:  # noqa: F811
-    got: queue.Queue[bytes] = queue.Queue()
-    client = connect(BrokerAddress("127.0.0.1", broker.port), "buffered-reader",
-                     on_message=lambda msg: got.put(bytes(msg.payload)), subscriptions=[("buf/#", 1)])
-    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="buffered-sender")
+@pytest.mark.parametrize("v5", [False, True])
+def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto, v5: bool) -> None:  # noqa: F811
+    # read by the client itself (sensorthings.mqtt.client.Received), QoS 0 and 1; on MQTT 5 each carries properties
+    # of every length class, which it skips
+    got: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+    client = connect(BrokerAddress("127.0.0.1", broker.port), "buffered-reader", no_local=v5,
+                     on_message=lambda msg: got.put((msg.topic, bytes(msg.payload), msg.qos)),
+                     subscriptions=[("buf/#", 1)])
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="buffered-sender",
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
     sender.connect("127.0.0.1", broker.port)
     sender.loop_start()
     try:
@@ -33,13 +40,24 @@ def test_messages_of_every_size_come_whole_and_in_order(broker: Mosquitto) -> No
         # tiny ones many to a read, some across a read's end, some larger than a read, remaining lengths of 1-3 bytes
         sizes = [0, 1, 2, 127, 128, 16_383, 16_384, RECV_CHUNK - 10, RECV_CHUNK, RECV_CHUNK + 1, 3 * RECV_CHUNK + 7]
         payloads = [os.urandom(sizes[i % len(sizes)]) if i % 3 == 0 else b"%d" % i for i in range(3000)]
-        infos = [sender.publish(f"buf/{i % 7}", p, qos=1) for i, p in enumerate(payloads)]
+        sent = []
+        infos = []
+        for i, p in enumerate(payloads):
+            props = None
+            if v5:
+                props = Properties(PacketTypes.PUBLISH)
+                props.UserProperty = [("k", "v" * (i % 4 * 60))]  # property lengths of one and two bytes
+                props.ContentType = "application/octet-stream"
+            topic = f"buf/{i % 7}/ü"
+            sent.append((topic, p, i % 2))
+            infos.append(sender.publish(topic, p, qos=i % 2, properties=props))
         for info in infos:
             info.wait_for_publish(30)
         received = []
         while len(received) < len(payloads):
             received.append(got.get(timeout=30))
-        assert received == payloads
+        for qos in (0, 1):  # MQTT orders a client's messages of one QoS (the sender's window holds back QoS 1 ones)
+            assert [r for r in received if r[2] == qos] == [m for m in sent if m[2] == qos]
         assert got.empty()
     finally:
         sender.loop_stop()

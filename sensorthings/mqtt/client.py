@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -90,6 +90,50 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
+class Incoming(Protocol):
+    """A received message as the platform's handlers read it: paho's MQTTMessage (QoS 2) or a `Received`."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+
+
+@dataclass(slots=True)
+class Received:
+    """A QoS 0 or 1 PUBLISH read by `BufferedClient` itself: its properties (MQTT 5) skipped, none of the platform's
+    handlers reads any."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+
+
+def _received(command: int, body: bytes, v5: bool) -> Received:
+    """The PUBLISH of fixed-header byte `command` and remaining bytes `body`."""
+    qos = (command >> 1) & 3
+    end = 2 + int.from_bytes(body[:2], "big")
+    topic = body[2:end].decode("utf-8", "replace")
+    mid = 0
+    if qos:
+        mid = int.from_bytes(body[end:end + 2], "big")
+        end += 2
+    if v5:  # the property length, a variable byte integer, then the properties
+        size = shift = 0
+        while True:
+            byte = body[end]
+            end += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        end += size
+    return Received(topic, bytes(body[end:]), qos, mid, bool(command & 0x08))
+
+
 HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffer before paho's loop writes again
 
 
@@ -99,6 +143,17 @@ class BufferedClient(mqtt.Client):
 
     outbox: Outbox | None = None  # told of the acknowledgements of its publishes, and when to send them again
     receive_maximum = 65535  # MQTT 5: unacknowledged QoS 1 publishes the broker takes (its CONNACK says)
+    receive: Callable[[Incoming], None] | None = None  # the handler of every message (`connect`'s on_message)
+    _reading: int | None = None  # the thread in `loop_read`: its QoS 1 acknowledgements wait for the read's end
+    _deferred: list[int]  # set by `loop_read`
+
+    def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
+        """paho's; a QoS 1 acknowledgement made while handling a read (a message passed over at once) goes out with
+        the others of that read, in one write."""
+        if qos == 1 and self._reading == threading.get_ident():
+            self._deferred.append(mid)
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super().ack(mid, qos)
 
     def send_packets(self, blob: bytes, written: mqtt.MQTTMessageInfo | None = None) -> bool:
         """Queue packets built by hand (sensorthings.mqtt.packets) as one write; False when not connected.
@@ -130,6 +185,22 @@ class BufferedClient(mqtt.Client):
         with self._out_message_mutex:
             return super()._packet_queue(*args, **kwargs)
 
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        # paho's makes a message object, its properties object and a timestamp, logs, and looks for per-topic
+        # callbacks: the larger part of the bridge's receiving thread. QoS 2 keeps paho's handshake.
+        command = self._in_packet["command"]
+        handler = self.receive
+        if handler is None or (command >> 1) & 3 == 2:
+            return super()._handle_publish()
+        message = _received(command, self._in_packet["packet"], self._protocol == mqtt.MQTTv5)
+        try:
+            handler(message)
+        except Exception:  # a handler's fault must not end the client's thread (paho logs it and goes on, too)
+            log.exception("handling a message on %s failed", message.topic)
+        if message.qos == 1 and not self._manual_ack:
+            self.ack(message.mid, 1)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
         outbox = self.outbox
         if cmd == "PUBACK" and outbox is not None:
@@ -150,18 +221,24 @@ class BufferedClient(mqtt.Client):
         nothing waits to be acknowledged, then waits in select again: a select per message). Bounded, so that paho's
         loop writes between: under a flood a packet is always held (each read ends inside one), and a loop going on
         while one was sent nothing, no PUBACK and no PINGREQ, until the broker dropped the connection for its
-        keep-alive."""
-        rc = super().loop_read(max_packets)
-        sock = self.socket()
-        held = HELD_PACKETS
-        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, BufferedSocket) and sock.pending() \
-                and self.socket() is sock and held:
+        keep-alive. The QoS 1 acknowledgements its handlers made meanwhile go out together at the end."""
+        self._reading, self._deferred = threading.get_ident(), []
+        try:
             rc = super().loop_read(max_packets)
-            held -= 1
+            sock = self.socket()
+            held = HELD_PACKETS
+            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, BufferedSocket) and sock.pending() \
+                    and self.socket() is sock and held:
+                rc = super().loop_read(max_packets)
+                held -= 1
+        finally:
+            self._reading = None
+            if self._deferred:
+                self.ack_many(self._deferred)
         return rc
 
 
-def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[Incoming], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
             manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False,
             shared: str | None = None, before_start: Callable[[mqtt.Client], None] | None = None) -> BufferedClient:
@@ -210,7 +287,8 @@ def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[mqt
 
     client.on_connect = on_connect
     if on_message is not None:
-        client.on_message = lambda _c, _u, msg: on_message(msg)
+        client.receive = on_message
+        client.on_message = lambda _c, _u, msg: on_message(msg)  # QoS 2: paho's message
     if before_start is not None:
         before_start(client)
     if v5:

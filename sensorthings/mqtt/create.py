@@ -14,7 +14,7 @@ import re
 import orjson
 import paho.mqtt.client as mqtt
 
-from sensorthings.mqtt.client import BrokerAddress, connect
+from sensorthings.mqtt.client import BrokerAddress, Incoming, connect
 from sensorthings.pending import Pending
 from sensorthings.service import ApiRequest, ApiResponse, Service
 
@@ -51,7 +51,7 @@ class Creator:
         self.client = connect(address, client_id, on_message=self.on_message, clean_session=False,
                               manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], no_local=True)
 
-    def on_message(self, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, msg: Incoming) -> None:
         """A message from the external broker on the creates' topics (`TOPICS`), acknowledged through `self.client`
         once its Observation is committed."""
         self.received += 1

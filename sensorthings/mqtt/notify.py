@@ -23,14 +23,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-import paho.mqtt.client as mqtt
 from sqlalchemy import select
 
 from sensorthings.access import InternalIndex
 from sensorthings.conformance import MQTT_CREATE, MQTT_RECEIVE
 from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target_of
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
-from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, Incoming, connect
 from sensorthings.mqtt.outbox import Outbox
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
@@ -178,7 +177,7 @@ class Notifier:
             self.own.loop_stop()
             self.own.disconnect()
 
-    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Incoming) -> None:
         if msg.topic == SUBSCRIPTIONS_TOPIC:
             try:
                 self.subscribed = set(orjson.loads(msg.payload))
