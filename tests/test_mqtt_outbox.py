@@ -5,14 +5,16 @@ A real Mosquitto."""
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from sensorthings.mqtt.client import BrokerAddress, BufferedClient, connect
+from sensorthings.mqtt.client import ROOM_WAIT_S, BrokerAddress, BufferedClient, connect
 from sensorthings.mqtt.outbox import Outbox
 from tests.harness import MOSQUITTO, Mosquitto, wait_until
 
@@ -118,6 +120,39 @@ def test_what_the_broker_did_not_acknowledge_goes_out_again_when_it_is_back() ->
         got = subscriber.take(100, timeout=60)
         assert sorted(got) == sorted(away[:100])
         wait_until(lambda: outbox.in_flight == 0, 10, "the resent publishes acknowledged")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        subscriber.close()
+        broker.close()
+
+
+def test_qos_0_waits_for_a_slow_broker_as_long_as_it_is_connected() -> None:
+    # no acknowledgement tells QoS 0 of a broker that takes nothing; a busy one reads slowly (the bridge's connection
+    # carries its device messages too): what does not fit the sockets waits, and is not dropped after ROOM_WAIT_S
+    broker = Mosquitto("max_inflight_messages 0\nmax_queued_messages 0")
+    subscriber = Subscriber(broker.port, "slow/#", "outbox-sub-slow")
+    client = connect(BrokerAddress("127.0.0.1", broker.port), "outbox-slow")
+    assert broker.proc is not None
+    try:
+        outbox = Outbox(client, 0)
+        big = [("slow/0", b"%d:" % i + b"y" * 200_000) for i in range(100)]  # 20 MB: more than the sockets hold
+        taken = [0]
+
+        def send() -> None:
+            taken[0] = sum(outbox.send(big[i:i + 10]) for i in range(0, len(big), 10))
+
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+        sender = threading.Thread(target=send, daemon=True)
+        try:
+            sender.start()
+            time.sleep(ROOM_WAIT_S + 2)
+            assert sender.is_alive(), "the sender did not wait for the stopped broker"
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        sender.join(60)
+        assert taken[0] == len(big)
+        assert subscriber.take(len(big), timeout=60) == big
     finally:
         client.loop_stop()
         client.disconnect()

@@ -36,14 +36,14 @@ class Outbox:
 
     def send(self, messages: list[tuple[str, bytes]], wait: float = ROOM_WAIT_S) -> int:
         """Publish `messages` in order; how many were taken. The rest are dropped: the client was not connected, or
-        the broker acknowledged nothing for `wait` seconds."""
+        (QoS 1 and 2) the broker acknowledged nothing for `wait` seconds."""
         if self.qos == 2:  # exactly once takes paho's four-packet handshake: one by one
             for i, (topic, payload) in enumerate(messages):
                 if not publish(self.client, topic, payload, 2, wait):
                     return i
             return len(messages)
         if self.qos == 0:
-            return self._send_unacknowledged(messages, wait)
+            return self._send_unacknowledged(messages)
         deadline = time.monotonic() + wait
         sent = 0
         while sent < len(messages):
@@ -111,18 +111,29 @@ class Outbox:
             if mid not in self._unacked:
                 return mid
 
-    def _send_unacknowledged(self, messages: list[tuple[str, bytes]], wait: float) -> int:
-        # at most two writes queued in paho: the one before must have gone out (a broker slower than the writes)
-        if self._written is not None and not self._written.is_published():
-            try:
-                self._written.wait_for_publish(wait)
-            except RuntimeError:  # the connection was lost meanwhile
-                pass
-            if not self._written.is_published():
+    def _send_unacknowledged(self, messages: list[tuple[str, bytes]]) -> int:
+        # at most two writes queued in paho: the one before must have gone out first, at the socket's pace (a busy
+        # broker reads slowly: the bridge's connection also carries the device messages and their PUBACKs). No
+        # acknowledgement tells of a broker that takes nothing: the wait ends when the connection does.
+        before = self._written
+        while before is not None and not _written(before):
+            if not self.client.is_connected():
                 return 0
+            try:
+                before.wait_for_publish(0.1)
+            except RuntimeError:  # the connection was lost meanwhile: paho marked it so
+                break
         written = mqtt.MQTTMessageInfo(0)
         blob = b"".join(packets.publish(packets.text(t), p, 0, 0, self._v5) for t, p in messages)
         if not self.client.send_packets(blob, written):
             return 0
         self._written = written
         return len(messages)
+
+
+def _written(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether paho is done with a QoS 0 write: written, or given up with its connection."""
+    try:
+        return info.is_published()
+    except RuntimeError:  # paho's way of saying the connection was lost before it went out
+        return True
