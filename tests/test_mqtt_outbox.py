@@ -10,6 +10,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -153,6 +154,30 @@ def test_qos_0_waits_for_a_slow_broker_as_long_as_it_is_connected() -> None:
         sender.join(60)
         assert taken[0] == len(big)
         assert subscriber.take(len(big), timeout=60) == big
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        subscriber.close()
+        broker.close()
+
+
+def test_publishes_the_broker_refuses_are_counted() -> None:
+    # MQTT 5: Mosquitto acknowledges a publish its ACL forbids with "not authorized"; it is not delivered
+    def conf(ports: list[int], directory: Path) -> str:
+        (directory / "acl").write_text("topic readwrite ok/#\ntopic read denied/#\n", encoding="utf-8")
+        return (f"listener {ports[0]} 127.0.0.1\nallow_anonymous true\nacl_file {directory}/acl\n"
+                "persistence false\nlog_dest stdout\nlog_type error\nlog_type warning\n")
+
+    broker = Mosquitto(conf)
+    subscriber = Subscriber(broker.port, "ok/#", "outbox-sub-acl")
+    client = connect(BrokerAddress("127.0.0.1", broker.port), "outbox-acl", no_local=True)
+    try:
+        outbox = Outbox(client, 1)
+        messages = [("ok/1" if i % 3 else "denied/1", b"%d" % i) for i in range(300)]
+        assert outbox.send(messages) == 300
+        wait_until(lambda: outbox.in_flight == 0, 10, "every publish acknowledged")
+        assert outbox.refused == 100
+        assert subscriber.take(200) == [m for m in messages if m[0] == "ok/1"]
     finally:
         client.loop_stop()
         client.disconnect()

@@ -144,9 +144,10 @@ class Notifier:
 
     def stats(self) -> dict[str, Any]:
         """What /health shows: connection, notifications sent and dropped, changes not yet notified, QoS 1
-        notifications the broker has not acknowledged yet, topics with subscribers."""
+        notifications the broker has not acknowledged yet and those it refused (MQTT 5), topics with subscribers."""
         return {"connected": self.client.is_connected(), "published": self.published, "dropped": self.dropped,
                 "queued": self.queue.qsize(), "pending": self._backlog, "in_flight": self.outbox.in_flight,
+                "refused": self.outbox.refused,
                 "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
 
     def knows(self, topics: list[str]) -> dict[str, bool | None]:
@@ -296,5 +297,5 @@ class Notifier:
             lost = len(out) - taken
             self.dropped += lost
             dropped = self.dropped
-        if lost and (dropped - lost) // 1000 < dropped // 1000 or dropped == lost > 0:  # the first, then every 1,000th
+        if lost and (dropped == lost or (dropped - lost) // 1000 < dropped // 1000):  # the first, every 1,000th
             log.warning("the broker does not take the notifications: %d dropped so far", dropped)

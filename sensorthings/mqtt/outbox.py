@@ -44,11 +44,10 @@ class Outbox:
             return len(messages)
         if self.qos == 0:
             return self._send_unacknowledged(messages)
-        deadline = time.monotonic() + wait
         sent = 0
         while sent < len(messages):
             with self._room:
-                room = self._wait_for_room(len(messages) - sent, deadline)
+                room = self._wait_for_room(len(messages) - sent, time.monotonic() + wait)
                 if not room:
                     return sent
                 built = []
