@@ -47,6 +47,13 @@ class Subscriber:
         self.client.disconnect()
 
 
+def _close(client: BufferedClient, subscriber: Subscriber, broker: Mosquitto) -> None:
+    client.loop_stop()
+    client.disconnect()
+    subscriber.close()
+    broker.close()
+
+
 def _messages(n: int, prefix: str = "out") -> list[tuple[str, bytes]]:
     # payloads of every size class of a remaining length (1 to 3 bytes of it)
     return [(f"{prefix}/{i % 7}", b"%d:" % i + b"x" * (i % 5 * 7000)) for i in range(n)]
@@ -67,10 +74,7 @@ def test_a_bulk_arrives_whole_once_and_in_order(v5: bool, qos: int) -> None:
         time.sleep(0.3)
         assert subscriber.got.empty()  # none twice
     finally:
-        client.loop_stop()
-        client.disconnect()
-        subscriber.close()
-        broker.close()
+        _close(client, subscriber, broker)
 
 
 def test_qos_1_keeps_within_the_brokers_receive_maximum() -> None:
@@ -96,10 +100,7 @@ def test_qos_1_keeps_within_the_brokers_receive_maximum() -> None:
         assert max(seen_in_flight) <= 5
         assert client.is_connected()
     finally:
-        client.loop_stop()
-        client.disconnect()
-        subscriber.close()
-        broker.close()
+        _close(client, subscriber, broker)
 
 
 def test_what_the_broker_did_not_acknowledge_goes_out_again_when_it_is_back() -> None:
@@ -122,10 +123,7 @@ def test_what_the_broker_did_not_acknowledge_goes_out_again_when_it_is_back() ->
         assert sorted(got) == sorted(away[:100])
         wait_until(lambda: outbox.in_flight == 0, 10, "the resent publishes acknowledged")
     finally:
-        client.loop_stop()
-        client.disconnect()
-        subscriber.close()
-        broker.close()
+        _close(client, subscriber, broker)
 
 
 def test_qos_0_waits_for_a_slow_broker_as_long_as_it_is_connected() -> None:
@@ -155,10 +153,7 @@ def test_qos_0_waits_for_a_slow_broker_as_long_as_it_is_connected() -> None:
         assert taken[0] == len(big)
         assert subscriber.take(len(big), timeout=60) == big
     finally:
-        client.loop_stop()
-        client.disconnect()
-        subscriber.close()
-        broker.close()
+        _close(client, subscriber, broker)
 
 
 def test_publishes_the_broker_refuses_are_counted() -> None:
@@ -179,7 +174,4 @@ def test_publishes_the_broker_refuses_are_counted() -> None:
         assert outbox.refused == 100
         assert subscriber.take(200) == [m for m in messages if m[0] == "ok/1"]
     finally:
-        client.loop_stop()
-        client.disconnect()
-        subscriber.close()
-        broker.close()
+        _close(client, subscriber, broker)
