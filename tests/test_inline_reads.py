@@ -47,6 +47,8 @@ def test_a_cheap_answer_is_computed_on_the_event_loop_on_either_store(store_url:
         assert orjson.loads(answer.content())["value"][0]["result"] == 9
 
         if store_url.startswith("postgresql"):  # every pooled connection taken: a thread waits for one, not the loop
+            # the computation above noted its own CPU time, over the bar on a machine busy enough: cheap again here
+            service.cache.note_cost(plan.key, INLINE_CPU_S / 2)
             pool = store.read_engine.pool
             taken = [store.read_engine.connect() for _ in range(pool.size())]  # type: ignore[attr-defined]
             try:
