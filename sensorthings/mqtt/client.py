@@ -197,8 +197,8 @@ class BufferedClient(mqtt.Client):
             handler(message)
         except Exception:  # a handler's fault must not end the client's thread (paho logs it and goes on, too)
             log.exception("handling a message on %s failed", message.topic)
-        if message.qos == 1 and not self._manual_ack:
-            self.ack(message.mid, 1)
+        if message.qos == 1 and not self._manual_ack:  # paho's own `ack` sends nothing without manual_ack
+            self._deferred.append(message.mid)
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:

@@ -87,12 +87,15 @@ class Outbox:
         """QoS 1 publishes sent and not yet acknowledged."""
         return len(self._unacked)
 
+    def _window(self) -> int:
+        return min(self.client.max_inflight_messages, self.client.receive_maximum)
+
     def _free(self) -> int:
-        return min(self.client.max_inflight_messages, self.client.receive_maximum) - len(self._unacked)
+        return self._window() - len(self._unacked)
 
     def _wait_for_room(self, wanted: int, deadline: float) -> int:
         # woken when half the window is free (or all that is wanted fits): a PUBACK at a time would make a write each
-        need = min(wanted, max(1, min(self.client.max_inflight_messages, self.client.receive_maximum) // 2))
+        need = min(wanted, max(1, self._window() // 2))
         while self._free() < need:
             left = deadline - time.monotonic()
             if left <= 0 or (not self.client.is_connected() and self._free() <= 0):
