@@ -16,7 +16,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sensorthings.mqtt.client import HELD_PACKETS, RECV_CHUNK, BrokerAddress, BufferedSocket, connect
+from sensorthings.mqtt import packets
+from sensorthings.mqtt.client import HELD_PACKETS, RECV_CHUNK, BrokerAddress, BufferedClient, BufferedSocket, connect
 from tests.harness import MOSQUITTO, Mosquitto
 from tests.test_mqtt_backpressure import broker  # noqa: F401 - a private Mosquitto without limits
 
@@ -116,6 +117,41 @@ def test_under_a_flood_it_writes_between_reads(broker: Mosquitto) -> None:  # no
         assert most[0] <= 2 * (HELD_PACKETS + 1), f"{most[0]} messages taken without a write between"
     finally:
         client.loop_stop()
+        client.disconnect()
+
+
+def test_a_write_turn_ends_while_others_keep_queuing(broker: Mosquitto) -> None:  # noqa: F811
+    # paho's write went on until its queue was empty: a thread queuing as fast as it wrote kept it from reading (a
+    # CONNACK lay unread until the keep-alive ran out). A turn writes what was queued when it began. Here every
+    # packet written queues another, as such a thread would between two of paho's sends.
+    client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="busy-writer")
+    client.connect("127.0.0.1", broker.port)
+    # as with an event loop of its own: packets wait in the queue until loop_write, here
+    client.on_socket_register_write = lambda *_: None
+    try:
+        sock = client.socket()
+        sends = [0]
+
+        class Requeuing:
+            def send(self, data: bytes) -> int:
+                sends[0] += 1
+                if sends[0] < 10_000:  # without a bound paho's write would never return
+                    client.send_packets(packets.pubacks([1]))
+                return sock.send(data)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(sock, name)
+
+        for _ in range(5):
+            client.send_packets(packets.pubacks([1]))
+        client._sock = Requeuing()  # type: ignore[assignment]
+        assert client.loop_write() == mqtt.MQTT_ERR_SUCCESS
+        assert sends[0] == 5, f"{sends[0]} packets written in one turn, 5 were queued when it began"
+        assert client.want_write()  # what the sends queued waits for the next turn
+        client.loop_write()
+        assert sends[0] == 10
+    finally:
+        client._sock = sock  # type: ignore[assignment]
         client.disconnect()
 
 

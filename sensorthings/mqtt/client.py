@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -90,6 +91,23 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
+class WriteQueue(deque):
+    """paho's queue of packets to send, handing its writer at most `turn` packets before it lets it go.
+
+    paho's write goes on until the queue is empty: while other threads queue as fast as it writes (a thread
+    acknowledging without pause did, in tests/test_mqtt_client.py) it never returned to read, and a CONNACK lay
+    unread until the test gave up. A turn now writes what was queued when it began; the next read comes first."""
+
+    turn = 0
+
+    def popleft(self) -> Any:
+        """The next packet to write; IndexError (paho's "nothing left") once this turn's are written."""
+        if self.turn <= 0:
+            raise IndexError("this write turn is done")
+        self.turn -= 1
+        return super().popleft()
+
+
 class Incoming(Protocol):
     """A received message as the platform's handlers read it: paho's MQTTMessage (QoS 2) or a `Received`."""
 
@@ -147,6 +165,10 @@ class BufferedClient(mqtt.Client):
     _reading: int | None = None  # the thread in `loop_read`: its QoS 1 acknowledgements wait for the read's end
     _deferred: list[int]  # set by `loop_read`
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._out_packet = WriteQueue()
+
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
         """paho's; a QoS 1 acknowledgement made while handling a read (a message passed over at once) goes out with
         the others of that read, in one write."""
@@ -184,6 +206,11 @@ class BufferedClient(mqtt.Client):
     def _packet_queue(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
         with self._out_message_mutex:
             return super()._packet_queue(*args, **kwargs)
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        queue = self._out_packet
+        queue.turn = len(queue)  # a packet put back (a partial write) is popped again within the turn: it ends there
+        return super()._packet_write()
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         # paho's makes a message object, its properties object and a timestamp, logs, and looks for per-topic
