@@ -20,6 +20,7 @@ import pytest
 from sensorthings.model import OBSERVATION
 from sensorthings.mqtt import notify
 from sensorthings.mqtt.client import QUEUED_PER_INFLIGHT, BrokerAddress, connect, publish
+from sensorthings.mqtt.outbox import WINDOW
 from sensorthings.store.base import Change, Store
 from tests.harness import MOSQUITTO, Mosquitto, free_port
 
@@ -110,14 +111,15 @@ def test_a_stuck_broker_holds_the_notifications_back_and_they_all_arrive_after(b
     try:
         assert broker.proc is not None
         os.kill(broker.proc.pid, signal.SIGSTOP)
-        sender = threading.Thread(target=lambda: [notifier.announce(f"udp-bp/{i}", b"%d" % i) for i in range(1000)])
+        total = WINDOW + 500
+        sender = threading.Thread(target=lambda: [notifier.announce(f"udp-bp/{i}", b"%d" % i) for i in range(total)])
         sender.start()
         time.sleep(1.0)
-        assert notifier.published < 1000  # the client is full: the rest wait
+        assert notifier.published < total  # the outbox's window is full: the rest wait
         os.kill(broker.proc.pid, signal.SIGCONT)
         sender.join(30)
-        assert notifier.published == 1000 and notifier.dropped == 0
-        assert [int(p) for p in _received(got, 1000)] == list(range(1000))
+        assert notifier.published == total and notifier.dropped == 0
+        assert [int(p) for p in _received(got, total)] == list(range(total))
     finally:
         notifier.close()
         store.close()

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sensorthings.mqtt.client import ROOM_WAIT_S, BrokerAddress, BufferedClient, connect
-from sensorthings.mqtt.outbox import Outbox
+from sensorthings.mqtt.outbox import WINDOW, Outbox
 from tests.harness import MOSQUITTO, Mosquitto, wait_until
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (Debian package mosquitto)")
@@ -77,9 +77,54 @@ def test_a_bulk_arrives_whole_once_and_in_order(v5: bool, qos: int) -> None:
         _close(client, subscriber, broker)
 
 
+@pytest.mark.parametrize("v5", [False, True])
+def test_acknowledgements_taken_in_runs_among_other_packets(v5: bool) -> None:
+    # the client takes a run of the outbox's PUBACKs from its buffer at once (BufferedClient._take_pubacks); here
+    # PUBLISHes it receives come among them (paho's own publishes, from another thread while the bulk goes, on a
+    # topic it subscribes to: on MQTT 5 in a shared group, which No Local does not spare) with the PUBACKs of paho's
+    # publishes, which paho must still see
+    broker = Mosquitto("max_inflight_messages 0\nmax_queued_messages 0")
+    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    client = connect(BrokerAddress("127.0.0.1", broker.port), f"outbox-mixed-{v5}", shared="g" if v5 else None,
+                     on_message=lambda msg: got.put((msg.topic, bytes(msg.payload))),
+                     subscriptions=[("mix/paho/#", 1)])
+    runs: list[int] = []
+    try:
+        outbox = Outbox(client, 1)
+        acknowledged = outbox.acknowledged
+
+        def counted(acks: list[tuple[int, bool]]) -> int:
+            runs.append(len(acks))
+            return acknowledged(acks)
+
+        outbox.acknowledged = counted  # type: ignore[method-assign]
+        own: list[mqtt.MQTTMessageInfo] = []
+
+        def paho_publishes() -> None:
+            for i in range(300):
+                own.append(client.publish(f"mix/paho/{i}", b"p%d" % i, qos=1))
+                time.sleep(0.001)
+
+        other = threading.Thread(target=paho_publishes)
+        other.start()
+        messages = _messages(6000, "mix")
+        assert sum(outbox.send(messages[i:i + 250]) for i in range(0, 6000, 250)) == 6000
+        other.join(30)
+        wait_until(lambda: outbox.in_flight == 0, 30, "every outbox publish acknowledged")
+        wait_until(lambda: all(info.is_published() for info in own), 30, "paho's own publishes acknowledged")
+        received = sorted(got.get(timeout=30) for _ in range(300))
+        assert received == sorted((f"mix/paho/{i}", b"p%d" % i) for i in range(300))
+        assert max(runs) > 1, "no run of PUBACKs was taken at once"
+        assert client.is_connected()
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        broker.close()
+
+
 def test_qos_1_keeps_within_the_brokers_receive_maximum() -> None:
     # Mosquitto tells an MQTT 5 client how many unacknowledged publishes it takes (max_inflight_messages); the
-    # client's own window (100) is larger
+    # outbox's own window (`WINDOW`) is larger
     broker = Mosquitto("max_inflight_messages 5\nmax_queued_messages 0")
     subscriber = Subscriber(broker.port, "out/#", "outbox-sub-rm")
     client = connect(BrokerAddress("127.0.0.1", broker.port), "outbox-rm", no_local=True)
@@ -114,13 +159,13 @@ def test_what_the_broker_did_not_acknowledge_goes_out_again_when_it_is_back() ->
         assert subscriber.take(1) == [("back/0", b"before")]
         broker.stop()
         wait_until(lambda: not client.is_connected(), 10, "the client sees the broker gone")
-        # the window (100) takes what fits while the broker is away; past it, nothing waits for a broker that is gone
-        away = [("back/1", b"%d" % i) for i in range(150)]
-        assert outbox.send(away, wait=0.5) == 100
-        assert outbox.in_flight == 100
+        # the window takes what fits while the broker is away; past it, nothing waits for a broker that is gone
+        away = [("back/1", b"%d" % i) for i in range(WINDOW + 50)]
+        assert outbox.send(away, wait=0.5) == WINDOW
+        assert outbox.in_flight == WINDOW
         broker.start()
-        got = subscriber.take(100, timeout=60)
-        assert sorted(got) == sorted(away[:100])
+        got = subscriber.take(WINDOW, timeout=60)
+        assert sorted(got) == sorted(away[:WINDOW])
         wait_until(lambda: outbox.in_flight == 0, 10, "the resent publishes acknowledged")
     finally:
         _close(client, subscriber, broker)

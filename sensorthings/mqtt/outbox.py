@@ -19,6 +19,8 @@ import paho.mqtt.client as mqtt
 from sensorthings.mqtt import packets
 from sensorthings.mqtt.client import ROOM_WAIT_S, BufferedClient, publish
 
+WINDOW = 1000  # QoS 1 publishes unacknowledged at most (fewer when the broker's Receive Maximum says so)
+
 
 class Outbox:
     """Publishes batches of (topic, payload) through a client of `sensorthings.mqtt.client.connect` at one QoS."""
@@ -61,17 +63,23 @@ class Outbox:
             sent += len(built)
         return sent
 
-    def acknowledged(self, mid: int, refused: bool = False) -> bool:
-        """Called by the client's thread for each PUBACK: whether it was for one of this outbox's publishes."""
+    def acknowledged(self, acks: list[tuple[int, bool]]) -> int:
+        """Called by the client's thread with PUBACKs read, (identifier, refused): how many were for this outbox's
+        publishes."""
+        ours = 0
         with self._room:
-            if self._unacked.pop(mid, None) is None:
-                return False
-            if refused:
-                self.refused += 1
-            if self._need and self._free() >= self._need:
+            for mid, refused in acks:
+                if self._unacked.pop(mid, None) is not None:
+                    ours += 1
+                    self.refused += refused
+            if ours and self._need and self._free() >= self._need:
                 self._need = 0
                 self._room.notify_all()
-        return True
+        return ours
+
+    def owns(self, mid: int) -> bool:
+        """Whether `mid` is one of this outbox's unacknowledged publishes (only the client's thread removes them)."""
+        return mid in self._unacked
 
     def resend(self) -> None:
         """Send the unacknowledged publishes again, marked DUP (the client has just connected)."""
@@ -88,7 +96,7 @@ class Outbox:
         return len(self._unacked)
 
     def _window(self) -> int:
-        return min(self.client.max_inflight_messages, self.client.receive_maximum)
+        return min(WINDOW, self.client.receive_maximum)
 
     def _free(self) -> int:
         return self._window() - len(self._unacked)
