@@ -264,8 +264,7 @@ class BufferedClient(mqtt.Client):
             acks.append((mid, length > 2 and buf[pos + 4] >= 0x80))
             pos += 2 + length
         if acks:
-            sock.take(pos)
-            self._last_msg_in = time.monotonic()  # paho's keep-alive reckons from the last packet in (its clock)
+            sock.take(pos)  # paho's keep-alive reckons from bytes received: it noted these when the buffer was read
             outbox.acknowledged(acks)
 
     def _create_socket(self):  # type: ignore[no-untyped-def]
