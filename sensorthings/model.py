@@ -76,6 +76,11 @@ class EntityType:
         self.prop_by_name.update({p.name: p for p in self.props})
         self.nav_by_name.update({n.name: n for n in self.navs})
 
+    def __hash__(self) -> int:
+        # by its name, which is unique: the generated hash walked every property and navigation, and each request's
+        # parsed options (their cache key) hold a type several times over
+        return hash(self.name)
+
 
 def _t(name: str, column: str, kind: Kind = Kind.TEXT, **kw: bool) -> Prop:
     return Prop(name, column, kind, **kw)

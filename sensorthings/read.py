@@ -693,7 +693,8 @@ def serializer(entity: EntityType, base: str, select_: tuple[str, ...] | None) -
     want_id = names is None or bool(names & {"id", "@iot.id"})
     want_self = names is None or bool(names & {"@iot.selfLink", "selfLink"})
     props = [(p.name, _value_reader(entity, p.name)) for p in entity.props if names is None or p.name in names]
-    navs = [n.name for n in entity.navs if names is None or n.name in names]
+    # each navigation link's key and the end of its URL made once, not for every row
+    navs = [(f"{n.name}@iot.navigationLink", f")/{n.name}") for n in entity.navs if names is None or n.name in names]
     prefix = f"{base}/{entity.set_name}("
     # a null `properties` is left out unless $select names it, as FROST does: FROST's Python client
     # fails on `"properties": null` (its Sensor refuses anything but a dict)
@@ -711,8 +712,8 @@ def serializer(entity: EntityType, base: str, select_: tuple[str, ...] | None) -
             if value is None and name in omit_null:
                 continue
             doc[name] = value
-        for nav in navs:
-            doc[f"{nav}@iot.navigationLink"] = f"{prefix}{id_})/{nav}"
+        for link, tail in navs:
+            doc[link] = f"{prefix}{id_}{tail}"
         return doc
 
     if len(_WRITERS) > 2048:

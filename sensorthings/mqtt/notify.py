@@ -83,16 +83,30 @@ def parse_topic(topic: str, limits: Limits) -> TopicQuery | None:
 
 def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[str]:
     """The topics a change belongs to without any subscription known: sets for creates, the entity for updates."""
-    id_ = row["id"]
     if kind == "update":
-        return [f"{VERSION}/{entity.set_name}({id_})"]
-    topics = [f"{VERSION}/{entity.set_name}"]
-    for nav in entity.navs:
-        if nav.kind is NavKind.FK and row.get(nav.column) is not None:
-            back = reverse_nav(entity, nav)
-            if back is not None:
-                topics.append(f"{VERSION}/{target_of(nav).set_name}({row[nav.column]})/{back.name}")
+        return [f"{VERSION}/{entity.set_name}({row['id']})"]
+    found = _CREATE_TOPICS.get(entity.name)
+    own, linked = found if found is not None else _create_topics(entity)
+    topics = [own]
+    for column, head, tail in linked:
+        key = row.get(column)
+        if key is not None:
+            topics.append(f"{head}{key}{tail}")
     return topics
+
+
+_CREATE_TOPICS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}  # by entity name (hashing a type is slow)
+
+
+def _create_topics(entity: EntityType) -> tuple[str, list[tuple[str, str, str]]]:
+    # asked for every row of every write (three topics an Observation): the navigation worked out once per type
+    linked = []
+    for nav in entity.navs:
+        back = reverse_nav(entity, nav) if nav.kind is NavKind.FK else None
+        if back is not None:
+            linked.append((nav.column, f"{VERSION}/{target_of(nav).set_name}(", f")/{back.name}"))
+    found = _CREATE_TOPICS[entity.name] = (f"{VERSION}/{entity.set_name}", linked)
+    return found
 
 
 def _set_named(topic: str) -> str:

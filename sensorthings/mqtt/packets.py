@@ -8,12 +8,19 @@ PUBACK = 0x40
 
 def remaining_length(n: int) -> bytes:
     """MQTT's variable-length encoding of a packet's remaining length."""
+    if n < 128:  # most notifications and acknowledgements: these two cases are all but every packet's
+        return _ONE_BYTE[n]
+    if n < 16384:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
         out.append(digit | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
 def text(s: str) -> bytes:
@@ -25,11 +32,14 @@ def text(s: str) -> bytes:
 def publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, v5: bool = False, dup: bool = False) -> bytes:
     """A PUBLISH of `payload` to `topic` (already `text`-encoded); `mid` is its packet identifier when `qos` > 0.
     MQTT 5 adds an empty property list."""
-    head = bytes([PUBLISH | (0x08 if dup else 0) | (qos << 1)])
-    ident = mid.to_bytes(2, "big") if qos else b""
-    props = b"\x00" if v5 else b""
-    return head + remaining_length(len(topic) + len(ident) + len(props) + len(payload)) + topic + ident + props \
-        + payload
+    # built for every notification (three an Observation): one join, the fixed parts made once
+    length = len(topic) + len(payload) + (2 if qos else 0) + v5
+    return b"".join((_HEADS[qos << 1 | dup], remaining_length(length), topic,
+                     mid.to_bytes(2, "big") if qos else b"", b"\x00" if v5 else b"", payload))
+
+
+# the fixed header's first byte by QoS and DUP
+_HEADS = {qos << 1 | dup: bytes((PUBLISH | (0x08 if dup else 0) | (qos << 1),)) for qos in (0, 1, 2) for dup in (0, 1)}
 
 
 def set_dup(packet: bytes) -> bytes:
