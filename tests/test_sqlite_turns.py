@@ -117,3 +117,32 @@ def test_a_writer_that_never_gets_its_turn_gives_up_as_sqlite_would(tmp_path: Pa
         if fd >= 0:
             os.close(fd)
         store.close()
+
+
+def test_a_store_opened_while_another_writes_a_new_file_waits_for_wal(tmp_path: Path) -> None:
+    # a new file is in rollback-journal mode until a connection turns it to WAL, which takes its exclusive lock;
+    # while another connection holds the write lock SQLite refuses that at once ("database is locked"), without the
+    # busy handler: two nodes starting on a new file, one ended at start-up in CI
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE early (x)")
+    committed = threading.Event()
+
+    def commit_later() -> None:
+        other.execute("COMMIT")
+        committed.set()
+
+    timer = threading.Timer(1.0, commit_later)
+    timer.start()
+    try:
+        store = Store.open(f"sqlite:///{path}")
+        try:
+            assert committed.is_set()  # it waited for the other writer, then took the file
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        finally:
+            store.close()
+    finally:
+        timer.join()
+        other.close()

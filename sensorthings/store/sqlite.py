@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, time
 from functools import lru_cache
 from operator import itemgetter
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any
 
 import shapely
@@ -216,6 +216,24 @@ MMAP_BYTES = 32 * 1024 * 1024
 CHECKPOINT_PAGES = 10_000
 
 
+BUSY_TIMEOUT_S = 30  # how long a connection waits for another's write lock (the driver's busy handler)
+
+
+def _write_ahead(cur: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode, waiting while another process holds it. Turning a new file to WAL takes its
+    exclusive lock, and SQLite answers "database is locked" at once, without the busy handler, where waiting could
+    deadlock: two nodes starting on a new file (tests/test_nodes.py), one of them ended at start-up in CI."""
+    deadline = monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or monotonic() > deadline:
+                raise
+            sleep(0.05)
+
+
 def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
                          statement_timeout: float | None = None) -> Engine:
     """An engine with WAL, foreign keys (for the spec's cascades) and the spatial functions; statements
@@ -232,7 +250,7 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
         url,
         json_serializer=json_serializer,
         json_deserializer=decode_json,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
         **kwargs,
     )
 
@@ -242,7 +260,7 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _write_ahead(cur)
             # the hottest pages (indexes' upper levels, the R-tree) read in place from the operating system's page
             # cache, which every worker shares. Small, since every mapped page a worker touched counts in its
             # RSS: 256 MiB made a worker of 160 MB hold 416; imports keep their features apart from the columns
@@ -257,7 +275,7 @@ def create_sqlite_engine(url: str, json_serializer: Any, json_deserializer: Any,
             cur.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             cur.execute(f"PRAGMA journal_size_limit={2 * CHECKPOINT_PAGES * 4096}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA case_sensitive_like=ON")  # CQL2's LIKE is (ILIKE is lower() LIKE lower())
         cur.close()
         register_functions(dbapi_conn)
