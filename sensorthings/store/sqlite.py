@@ -229,7 +229,7 @@ def _write_ahead(cur: sqlite3.Cursor) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or monotonic() > deadline:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or monotonic() > deadline:
                 raise
             sleep(0.05)
 
