@@ -18,7 +18,7 @@ import queue
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -85,8 +85,7 @@ def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[
     """The topics a change belongs to without any subscription known: sets for creates, the entity for updates."""
     if kind == "update":
         return [f"{VERSION}/{entity.set_name}({row['id']})"]
-    found = _CREATE_TOPICS.get(entity.name)
-    own, linked = found if found is not None else _create_topics(entity)
+    own, linked = _create_topics(entity)
     topics = [own]
     for column, head, tail in linked:
         key = row.get(column)
@@ -95,18 +94,15 @@ def standard_topics(entity: EntityType, row: dict[str, Any], kind: str) -> list[
     return topics
 
 
-_CREATE_TOPICS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {}  # by entity name (hashing a type is slow)
-
-
-def _create_topics(entity: EntityType) -> tuple[str, list[tuple[str, str, str]]]:
+@cache
+def _create_topics(entity: EntityType) -> tuple[str, tuple[tuple[str, str, str], ...]]:
     # asked for every row of every write (three topics an Observation): the navigation worked out once per type
     linked = []
     for nav in entity.navs:
         back = reverse_nav(entity, nav) if nav.kind is NavKind.FK else None
         if back is not None:
             linked.append((nav.column, f"{VERSION}/{target_of(nav).set_name}(", f")/{back.name}"))
-    found = _CREATE_TOPICS[entity.name] = (f"{VERSION}/{entity.set_name}", linked)
-    return found
+    return f"{VERSION}/{entity.set_name}", tuple(linked)
 
 
 def _set_named(topic: str) -> str:
