@@ -55,7 +55,7 @@ class Bridge:
 
     def __init__(self, store: Store, rules: list[Rule], address: BrokerAddress, client_id: str | None = None,
                  batch_size: int = 1000, max_wait: float = 0.0, creator: Creator | None = None,
-                 before_start: Callable[[mqtt.Client], None] | None = None, shared: str | None = None) -> None:
+                 before_start: Callable[[BufferedClient], None] | None = None, shared: str | None = None) -> None:
         self.store = store
         self.rules = rules
         self.received = 0
@@ -70,7 +70,7 @@ class Bridge:
             # through it
             self.client = client
             if creator is not None:
-                creator.client = client
+                creator.take_from(client)
             if before_start is not None:
                 before_start(client)
 

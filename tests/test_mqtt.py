@@ -249,3 +249,55 @@ def test_an_external_broker_never_sends_the_creator_its_own_notifications(tmp_pa
         creator.close()
         store.close()
         private.stop()
+
+
+def test_the_creator_passes_over_the_notifications_of_other_processes(tmp_path: Any) -> None:
+    """On an external broker the HTTP workers' notifications (published through connections of their own, which No
+    Local does not spare) come back to the creator on the creates' topics: each is acknowledged as it is read and
+    never handled (`BufferedClient.passes_over`, in runs taken from what was read), and creates among them are still
+    created. Mosquitto sends a client at most 20 unacknowledged messages: a notification left unacknowledged would
+    hold back what follows."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    private = Mosquitto()
+    from sensorthings.mqtt.client import BrokerAddress
+    from sensorthings.mqtt.create import Creator
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'passover.db'}")
+    service = Service(store)
+    tid = service.call("POST", "Things", thing_body(f"po-{uuid.uuid4().hex[:6]}"))["@iot.id"]
+    ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
+    creator = Creator(service, "http://udp.test/v1.1")
+    creator.subscribe(BrokerAddress.parse(f"mqtt://127.0.0.1:{private.port}"), f"test-po-{uuid.uuid4().hex[:8]}")
+    worker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"worker-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    worker.connect("127.0.0.1", private.port)
+    worker.loop_start()
+    topics = ["v1.1/Observations", f"v1.1/Datastreams({ds})/Observations", "v1.1/FeaturesOfInterest(1)/Observations"]
+    try:
+        wait_until(lambda: creator.client.is_connected() and worker.is_connected(), 10, "both to connect")
+        time.sleep(0.5)  # the creator's SUBACK
+        sent = []
+        for k in range(3000):
+            # a notification as the notifier writes it (its selfLink first), some longer than 127 bytes
+            sent.append(worker.publish(topics[k % 3], orjson.dumps({
+                "@iot.selfLink": f"http://udp.test/v1.1/Observations({k})", "@iot.id": k, "result": k,
+                "parameters": {"pad": "x" * (k % 300)}}), qos=k % 2))
+            if k % 600 == 599:  # a create among them
+                sent.append(worker.publish(topics[1], orjson.dumps({"result": -k}), qos=1))
+        wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
+        wait_until(lambda: creator.created == 5, 30, "the five creates among the notifications")
+        # the first message of each read from the socket goes through paho (and the handler passes it over): the
+        # rest of a read's run is taken without either
+        wait_until(lambda: creator.received + creator.client.passed_over == 3005, 30, "every message read once")
+        assert creator.client.passed_over > 1500, "notifications went to the creator's handler one by one"
+        assert sorted(o["result"] for o in service.call("GET", f"Datastreams({ds})/Observations")["value"]) == \
+            sorted(-k for k in range(599, 3000, 600))
+    finally:
+        worker.loop_stop()
+        worker.disconnect()
+        creator.close()
+        store.close()
+        private.stop()

@@ -207,3 +207,31 @@ def test_reconnecting_while_other_threads_append_to_what_it_sends(broker: Mosqui
 def _looping(client: mqtt.Client) -> bool:
     thread = client._thread  # paho's network thread (None once it has ended)
     return thread is not None and thread.is_alive()
+
+
+@pytest.mark.parametrize("v5", [False, True])
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_message_passed_over_is_read_whole_from_the_buffer_or_left_to_paho(v5: bool, qos: int) -> None:
+    # `_passed_over` reads a PUBLISH from the client's buffer by itself: its remaining length over one to three bytes,
+    # the packet identifier at QoS 1, MQTT 5's properties (one of them here); anything cut short or another payload is
+    # paho's
+    from sensorthings.mqtt import packets
+    from sensorthings.mqtt.client import _passed_over
+
+    echo = b'{"@iot.selfLink"'
+    topic = packets.text("v1.1/Datastreams(7)/Observations")
+    for size in (0, 20, 80, 127, 128, 16_383, 16_384, 70_000):
+        payload = echo + b"x" * size
+        packet = packets.publish(topic, payload, qos, 4242, v5)
+        if v5:  # a Topic Alias among the properties: a broker may add properties
+            at = packet.index(topic)  # the topic with its length
+            head_end = at + len(topic) + (2 if qos else 0)
+            rest = packet[at:head_end] + b"\x03\x23\x00\x01" + packet[head_end + 1:]
+            packet = bytes([packet[0]]) + packets.remaining_length(len(rest)) + rest
+        before, after = b"\x40\x02\x00\x01", b"\xd0\x00"  # a PUBACK before, a PINGRESP after
+        buf = before + packet + after
+        whole = (len(before) + len(packet), 4242 if qos else 0)
+        assert _passed_over(buf, len(before), len(buf), qos, v5, echo) == whole
+        for cut in (1, 2, len(packet) // 2, len(packet) - 1):
+            assert _passed_over(buf, len(before), len(before) + cut, qos, v5, echo) is None, (size, cut)
+        assert _passed_over(buf, len(before), len(buf), qos, v5, b'{"result"') is None

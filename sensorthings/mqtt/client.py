@@ -147,17 +147,51 @@ def _received(command: int, body: bytes, v5: bool) -> Received:
     if qos:
         mid = int.from_bytes(body[end:end + 2], "big")
         end += 2
-    if v5:  # the property length, a variable byte integer, then the properties
-        size = shift = 0
-        while True:
-            byte = body[end]
-            end += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+    if v5:  # the property length, then the properties
+        size, end = _variable(body, end, len(body)) or (0, len(body))
         end += size
     return Received(topic, bytes(body[end:]), qos, mid, bool(command & 0x08))
+
+
+def _variable(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer (its lengths) at `at` of `buf`: its value and the position after it; None when
+    `end` cuts it short or it runs past four bytes."""
+    value = shift = 0
+    while at < end and shift <= 21:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return None
+
+
+def _passed_over(buf: bytes, pos: int, end: int, qos: int, v5: bool, echo: bytes) -> tuple[int, int] | None:
+    """The end and packet identifier of the PUBLISH at `pos` of `buf` when it is whole there and its payload starts
+    with `echo`; None otherwise (paho reads it)."""
+    remaining = _variable(buf, pos + 1, end)
+    if remaining is None:
+        return None
+    length, at = remaining
+    stop = at + length
+    if stop > end or length < 2:
+        return None
+    at += 2 + (buf[at] << 8 | buf[at + 1])  # the topic
+    mid = 0
+    if qos:
+        if at + 2 > stop:
+            return None
+        mid = buf[at] << 8 | buf[at + 1]
+        at += 2
+    if v5:  # the properties' length, then the properties
+        properties = _variable(buf, at, stop)
+        if properties is None:
+            return None
+        at = properties[1] + properties[0]
+    if at + len(echo) > stop or not buf.startswith(echo, at):
+        return None
+    return stop, mid
 
 
 HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffer before paho's loop writes again
@@ -170,6 +204,9 @@ class BufferedClient(mqtt.Client):
     outbox: Outbox | None = None  # told of the acknowledgements of its publishes, and when to send them again
     receive_maximum = 65535  # MQTT 5: unacknowledged QoS 1 publishes the broker takes (its CONNACK says)
     receive: Callable[[Incoming], None] | None = None  # the handler of every message (`connect`'s on_message)
+    # QoS 0 and 1 messages whose payload starts so are acknowledged and never handled (`_take_run`); None: none
+    passes_over: bytes | None = None
+    passed_over = 0  # how many
     _reading: int | None = None  # the thread in `loop_read`: its QoS 1 acknowledgements wait for the read's end
     _deferred: list[int]  # set by `loop_read`
 
@@ -245,27 +282,51 @@ class BufferedClient(mqtt.Client):
                 return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._handle_pubackcomp(cmd)
 
-    def _take_pubacks(self, sock: BufferedSocket) -> None:
-        # The PUBACKs of an outbox's bulk come back-to-back: 150,000 for a bulk of 50,000 Observations, read by paho a
-        # byte at a time, then a packet dictionary and a lock each (most of its thread's time, the outbox waiting for
-        # room meanwhile). A run of them held in the buffer is taken here at once; paho reads from the first other.
-        outbox = self.outbox
-        if outbox is None or self._in_packet["command"] != 0:  # paho is within a packet of its own
+    def _take_run(self, sock: BufferedSocket) -> None:
+        # Runs of packets this client settles without handling, taken from the buffer at once, where paho reads each a
+        # byte at a time and handles it with a packet dictionary, a lock and (for a message) a handler call:
+        # - the PUBACKs of an outbox's bulk, back-to-back: 150,000 for a bulk of 50,000 Observations (most of paho's
+        #   thread's time, the outbox waiting for room meanwhile);
+        # - the messages it `passes_over`: on an external broker every notification another process publishes comes
+        #   back to the creates' subscriber (their topics are the creates' topics; No Local spares only its own
+        #   connection's), three for each Observation an HTTP worker writes.
+        # paho reads from the first other packet on.
+        outbox, echo = self.outbox, self.passes_over
+        if (outbox is None and echo is None) or self._in_packet["command"] != 0:  # paho is within a packet of its own
             return
         buf, start = sock.held()
-        pos, end, acks = start, len(buf), []
-        while pos + 4 <= end and buf[pos] == packets.PUBACK:
-            length = buf[pos + 1]  # 2 (3.1.1, MQTT 5 success), 3 (a reason), more (properties); one byte under 128
-            if not 2 <= length < 128 or pos + 2 + length > end:
+        pos, end, acks, passed, skipped = start, len(buf), [], [], 0
+        v5 = self._protocol == mqtt.MQTTv5
+        while pos + 4 <= end:
+            command = buf[pos]
+            if command == packets.PUBACK and outbox is not None:
+                length = buf[pos + 1]  # 2 (3.1.1, MQTT 5 success), 3 (a reason), more (properties); one byte under 128
+                if not 2 <= length < 128 or pos + 2 + length > end:
+                    break
+                mid = buf[pos + 2] << 8 | buf[pos + 3]
+                if not outbox.owns(mid):  # one of paho's own publishes (QoS 2 goes through paho; announcements)
+                    break
+                # MQTT 5: a reason code from 0x80 on is a failure; none (two bytes) is success
+                acks.append((mid, length > 2 and buf[pos + 4] >= 0x80))
+                pos += 2 + length
+            elif command & 0xF0 == packets.PUBLISH and echo is not None and (qos := command >> 1 & 3) < 2:
+                after = _passed_over(buf, pos, end, qos, v5, echo)
+                if after is None:
+                    break
+                pos, mid = after
+                skipped += 1
+                if qos:
+                    passed.append(mid)
+            else:
                 break
-            mid = buf[pos + 2] << 8 | buf[pos + 3]
-            if not outbox.owns(mid):  # one of paho's own publishes (QoS 2 goes through paho; announcements)
-                break
-            acks.append((mid, length > 2 and buf[pos + 4] >= 0x80))
-            pos += 2 + length
+        if pos == start:
+            return
+        sock.take(pos)  # paho's keep-alive reckons from bytes received: it noted these when the buffer was read
         if acks:
-            sock.take(pos)  # paho's keep-alive reckons from bytes received: it noted these when the buffer was read
-            outbox.acknowledged(acks)
+            outbox.acknowledged(acks)  # type: ignore[union-attr]
+        if passed:
+            self._deferred.extend(passed)  # acknowledged with the read's others, in one write (`loop_read`)
+        self.passed_over += skipped
 
     def _create_socket(self):  # type: ignore[no-untyped-def]
         sock = super()._create_socket()
@@ -286,7 +347,7 @@ class BufferedClient(mqtt.Client):
             held = HELD_PACKETS
             while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, BufferedSocket) and sock.pending() \
                     and self.socket() is sock and held:
-                self._take_pubacks(sock)
+                self._take_run(sock)
                 if not sock.pending():
                     break
                 rc = super().loop_read(max_packets)
@@ -301,7 +362,7 @@ class BufferedClient(mqtt.Client):
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[Incoming], None] | None = None,
             subscriptions: list[tuple[str, int]] | None = None, clean_session: bool = True,
             manual_ack: bool = False, inflight: int = 100, wait: float = 10, no_local: bool = False,
-            shared: str | None = None, before_start: Callable[[mqtt.Client], None] | None = None) -> BufferedClient:
+            shared: str | None = None, before_start: Callable[[BufferedClient], None] | None = None) -> BufferedClient:
     """A started client that (re)subscribes on every (re)connect; waits for the first connection.
 
     `inflight`: QoS 1 and 2 messages it sends before their acknowledgements come (paho walks all of them on every

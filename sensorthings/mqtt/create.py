@@ -14,7 +14,7 @@ import re
 import orjson
 import paho.mqtt.client as mqtt
 
-from sensorthings.mqtt.client import BrokerAddress, Incoming, connect
+from sensorthings.mqtt.client import BrokerAddress, BufferedClient, Incoming, connect
 from sensorthings.pending import Pending
 from sensorthings.service import ApiRequest, ApiResponse, Service
 
@@ -23,6 +23,8 @@ TOPICS = ("v1.1/Observations", "v1.1/+/Observations")
 
 
 CREATE_TOPIC = re.compile(r"^v1\.1/(Observations|[A-Za-z]+\(\d+\)/Observations)$")
+# how every notification on these topics starts (its selfLink first), and no create does
+NOTIFICATION_START = b'{"@iot.selfLink"'
 
 
 class Creator:
@@ -42,14 +44,21 @@ class Creator:
         self.created = 0
         self.rejected = 0
         self.received = 0  # messages from an external broker
-        self.client: mqtt.Client | None = None
+        self.client: BufferedClient | None = None
 
     def subscribe(self, address: BrokerAddress, client_id: str) -> None:
         """Take creates from an external broker (MQTT 5), in a persistent session; each message is acknowledged once
         its Observation is committed. Notifications published through `self.client` (Notifier's `client`) are
         never sent back to it (No Local): they share the creates' topics."""
-        self.client = connect(address, client_id, on_message=self.on_message, clean_session=False,
-                              manual_ack=True, subscriptions=[(t, 1) for t in TOPICS], no_local=True)
+        connect(address, client_id, on_message=self.on_message, clean_session=False, manual_ack=True,
+                subscriptions=[(t, 1) for t in TOPICS], no_local=True, before_start=self.take_from)
+
+    def take_from(self, client: BufferedClient) -> None:
+        """Acknowledge creates through `client`, which takes them (before it connects). The notifications of other
+        connections (the HTTP workers') come back on it, the creates' topics being theirs: it acknowledges them as it
+        reads them, in runs, and hands none on (`BufferedClient.passes_over`)."""
+        self.client = client
+        client.passes_over = NOTIFICATION_START
 
     def on_message(self, msg: Incoming) -> None:
         """A message from the external broker on the creates' topics (`TOPICS`), acknowledged through `self.client`
@@ -76,7 +85,7 @@ class Creator:
         if not CREATE_TOPIC.match(topic):
             return None
         # notifications share these topics and always start with their selfLink: skip them unparsed
-        if payload.startswith(b'{"@iot.selfLink"'):
+        if payload.startswith(NOTIFICATION_START):
             return None
         if len(payload) > self.max_payload:
             self._reject(topic, f"the payload of {len(payload)} bytes is over the limit of "
