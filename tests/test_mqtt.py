@@ -7,6 +7,7 @@ import queue
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -205,50 +206,63 @@ def test_external_broker(mosquitto_server: Server) -> None:
         listener.close()
 
 
+@contextmanager
+def creator_on_a_broker(tmp_path: Any) -> Iterator[tuple[Any, int, int]]:
+    """A Creator taking creates from a Mosquitto of its own (other tests' platforms publish notifications to the same
+    small ids on a shared one), over a SQLite store with one Thing: (the creator, the broker's port, the Thing's
+    Datastream)."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
+    private = Mosquitto()
+    from sensorthings.mqtt.client import BrokerAddress
+    from sensorthings.mqtt.create import Creator
+    from sensorthings.service import Service
+    from sensorthings.store.base import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'creator.db'}")
+    service = Service(store)
+    tid = service.call("POST", "Things", thing_body(f"cr-{uuid.uuid4().hex[:6]}"))["@iot.id"]
+    ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
+    creator = Creator(service, "http://udp.test/v1.1")
+    creator.subscribe(BrokerAddress.parse(f"mqtt://127.0.0.1:{private.port}"), f"test-create-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_until(lambda: creator.client.is_connected(), 10, "the creator to connect")
+        time.sleep(0.5)  # its SUBACK
+        yield creator, private.port, ds
+    finally:
+        creator.close()
+        store.close()
+        private.stop()
+
+
 def test_an_external_broker_never_sends_the_creator_its_own_notifications(tmp_path: Any) -> None:
     """On an external broker the platform takes creates on the topics it publishes notifications to: through one
     MQTT 5 connection whose subscriptions are No Local, each create comes in once and its notifications (to
     `v1.1/Observations` and `v1.1/Datastreams(n)/Observations`, which the creator subscribes to) reach other
     clients but not the creator."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
-    # a broker of its own: other tests' platforms publish notifications to the same small ids on a shared one
-    private = Mosquitto()
     from sensorthings.mqtt.client import BrokerAddress
-    from sensorthings.mqtt.create import Creator
     from sensorthings.mqtt.notify import Notifier
-    from sensorthings.service import Service
-    from sensorthings.store.base import Store
 
-    store = Store.open(f"sqlite:///{tmp_path / 'nolocal.db'}")
-    service = Service(store)
-    tid = service.call("POST", "Things", thing_body(f"nl-{uuid.uuid4().hex[:6]}"))["@iot.id"]
-    ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
-    address = BrokerAddress.parse(f"mqtt://127.0.0.1:{private.port}")
-    creator = Creator(service, "http://udp.test/v1.1")
-    creator.subscribe(address, f"test-create-{uuid.uuid4().hex[:8]}")
-    notifier = Notifier(store, address, "http://udp.test/v1.1", "unused", client=creator.client)
-    store.listeners.append(notifier)
-    listener = Listener("127.0.0.1", private.port, [f"v1.1/Datastreams({ds})/Observations"])
-    try:
-        wait_until(lambda: creator.client.is_connected(), 10, "the creator to connect")
-        time.sleep(0.5)  # its SUBACK
-        for k in range(5):
-            listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": k}), qos=1)
-        for k in range(5):
-            listener.wait(f"v1.1/Datastreams({ds})/Observations", where=lambda p, k=k: p == {"result": k})
-            assert listener.wait(f"v1.1/Datastreams({ds})/Observations",
-                                 where=lambda p, k=k: p.get("result") == k and "@iot.id" in p)
-        wait_until(lambda: creator.created == 5, 10, "five creates")
-        time.sleep(0.5)  # anything the broker would send back has come by now
-        assert creator.received == 5, "the creator heard its own notifications"
-        assert notifier.published >= 10  # each to the Observations and the Datastream's set
-    finally:
-        listener.close()
-        notifier.close()
-        creator.close()
-        store.close()
-        private.stop()
+    with creator_on_a_broker(tmp_path) as (creator, port, ds):
+        store = creator.service.store
+        notifier = Notifier(store, BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "http://udp.test/v1.1", "unused",
+                            client=creator.client)
+        store.listeners.append(notifier)
+        listener = Listener("127.0.0.1", port, [f"v1.1/Datastreams({ds})/Observations"])
+        topic = f"v1.1/Datastreams({ds})/Observations"
+        try:
+            for k in range(5):
+                listener.client.publish(topic, orjson.dumps({"result": k}), qos=1)
+            for k in range(5):
+                listener.wait(topic, where=lambda p, k=k: p == {"result": k})
+                assert listener.wait(topic, where=lambda p, k=k: p.get("result") == k and "@iot.id" in p)
+            wait_until(lambda: creator.created == 5, 10, "five creates")
+            time.sleep(0.5)  # anything the broker would send back has come by now
+            assert creator.received == 5, "the creator heard its own notifications"
+            assert notifier.published >= 10  # each to the Observations and the Datastream's set
+        finally:
+            listener.close()
+            notifier.close()
 
 
 def test_the_creator_passes_over_the_notifications_of_other_processes(tmp_path: Any) -> None:
@@ -257,47 +271,31 @@ def test_the_creator_passes_over_the_notifications_of_other_processes(tmp_path: 
     never handled (`BufferedClient.passes_over`, in runs taken from what was read), and creates among them are still
     created. Mosquitto sends a client at most 20 unacknowledged messages: a notification left unacknowledged would
     hold back what follows."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (Debian package mosquitto)")
-    private = Mosquitto()
-    from sensorthings.mqtt.client import BrokerAddress
-    from sensorthings.mqtt.create import Creator
-    from sensorthings.service import Service
-    from sensorthings.store.base import Store
-
-    store = Store.open(f"sqlite:///{tmp_path / 'passover.db'}")
-    service = Service(store)
-    tid = service.call("POST", "Things", thing_body(f"po-{uuid.uuid4().hex[:6]}"))["@iot.id"]
-    ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
-    creator = Creator(service, "http://udp.test/v1.1")
-    creator.subscribe(BrokerAddress.parse(f"mqtt://127.0.0.1:{private.port}"), f"test-po-{uuid.uuid4().hex[:8]}")
-    worker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"worker-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    worker.connect("127.0.0.1", private.port)
-    worker.loop_start()
-    topics = ["v1.1/Observations", f"v1.1/Datastreams({ds})/Observations", "v1.1/FeaturesOfInterest(1)/Observations"]
-    try:
-        wait_until(lambda: creator.client.is_connected() and worker.is_connected(), 10, "both to connect")
-        time.sleep(0.5)  # the creator's SUBACK
-        sent = []
-        for k in range(3000):
-            # a notification as the notifier writes it (its selfLink first), some longer than 127 bytes
-            sent.append(worker.publish(topics[k % 3], orjson.dumps({
-                "@iot.selfLink": f"http://udp.test/v1.1/Observations({k})", "@iot.id": k, "result": k,
-                "parameters": {"pad": "x" * (k % 300)}}), qos=k % 2))
-            if k % 600 == 599:  # a create among them
-                sent.append(worker.publish(topics[1], orjson.dumps({"result": -k}), qos=1))
-        wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
-        wait_until(lambda: creator.created == 5, 30, "the five creates among the notifications")
-        # the first message of each read from the socket goes through paho (and the handler passes it over): the
-        # rest of a read's run is taken without either
-        wait_until(lambda: creator.received + creator.client.passed_over == 3005, 30, "every message read once")
-        assert creator.client.passed_over > 1500, "notifications went to the creator's handler one by one"
-        assert sorted(o["result"] for o in service.call("GET", f"Datastreams({ds})/Observations")["value"]) == \
-            sorted(-k for k in range(599, 3000, 600))
-    finally:
-        worker.loop_stop()
-        worker.disconnect()
-        creator.close()
-        store.close()
-        private.stop()
+    with creator_on_a_broker(tmp_path) as (creator, port, ds):
+        worker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"worker-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)
+        worker.connect("127.0.0.1", port)
+        worker.loop_start()
+        topics = ["v1.1/Observations", f"v1.1/Datastreams({ds})/Observations",
+                  "v1.1/FeaturesOfInterest(1)/Observations"]
+        try:
+            wait_until(worker.is_connected, 10, "the other process's client to connect")
+            sent = []
+            for k in range(3000):
+                # a notification as the notifier writes it (its selfLink first), some longer than 127 bytes
+                sent.append(worker.publish(topics[k % 3], orjson.dumps({
+                    "@iot.selfLink": f"http://udp.test/v1.1/Observations({k})", "@iot.id": k, "result": k,
+                    "parameters": {"pad": "x" * (k % 300)}}), qos=k % 2))
+                if k % 600 == 599:  # a create among them
+                    sent.append(worker.publish(topics[1], orjson.dumps({"result": -k}), qos=1))
+            wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
+            wait_until(lambda: creator.created == 5, 30, "the five creates among the notifications")
+            # the first message of each read from the socket goes through paho (and the handler passes it over): the
+            # rest of a read's run is taken without either
+            wait_until(lambda: creator.received + creator.client.passed_over == 3005, 30, "every message read once")
+            assert creator.client.passed_over > 1500, "notifications went to the creator's handler one by one"
+            results = [o["result"] for o in creator.service.call("GET", f"Datastreams({ds})/Observations")["value"]]
+            assert sorted(results) == sorted(-k for k in range(599, 3000, 600))
+        finally:
+            worker.loop_stop()
+            worker.disconnect()
