@@ -8,7 +8,6 @@ same; single Observations and CreateObservations are written by the store's grou
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -53,11 +52,11 @@ from sensorthings.store.versions import NOW_KEY, confined, noting_reads, stamp
 log = logging.getLogger("udp.sensorthings")
 
 CONFORMANCE = conformance()
-# answers computed in less CPU than this are computed on the event loop (`computes_inline`): a thread computing for
-# less than the interpreter's switch interval holds the interpreter lock throughout, so the event loop waits as long
-# either way, and the thread adds its hops (the expanded Things after a write, ~1-3 ms: under 300 POSTs/s 4,293-4,482
-# req/s on SQLite against 2,227 in threads, 2,326 on PostgreSQL against 1,140)
-INLINE_CPU_S = sys.getswitchinterval()
+# answers computed in less CPU than this are computed on the event loop (`computes_inline`), which they hold that long
+# at most: the hop to a thread and back and the thread's turns at the interpreter lock beside the loop cost more than
+# such an answer (the expanded Things after a write, ~1-3 ms: under 300 POSTs/s 4,293-4,482 req/s on SQLite against
+# 2,227 in threads, 2,326 on PostgreSQL against 1,140; writes kept at 297-300/s)
+INLINE_CPU_S = 0.005
 DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime", "parameters")
 
 
