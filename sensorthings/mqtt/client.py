@@ -141,16 +141,28 @@ class Received:
 def _received(command: int, body: bytes, v5: bool) -> Received:
     """The PUBLISH of fixed-header byte `command` and remaining bytes `body`."""
     qos = (command >> 1) & 3
-    end = 2 + int.from_bytes(body[:2], "big")
-    topic = body[2:end].decode("utf-8", "replace")
+    topic_end, mid, payload = _layout(body, 0, len(body), qos, v5)
+    return Received(body[2:topic_end].decode("utf-8", "replace"), bytes(body[payload:]), qos, mid,
+                    bool(command & 0x08))
+
+
+def _layout(buf: bytes, at: int, stop: int, qos: int, v5: bool) -> tuple[int, int, int]:
+    """A PUBLISH's variable header at `at` of `buf`, the packet ending at `stop`: where its topic (from `at` + 2)
+    ends, its packet identifier (0 at QoS 0) and where its payload begins, each no further than `stop` (a packet cut
+    short has an empty payload)."""
+    # read by index, not through slices: this is on the path of every message received
+    if at + 2 <= stop:
+        topic_end = payload = min(at + 2 + (buf[at] << 8 | buf[at + 1]), stop)
+    else:
+        topic_end = payload = stop
     mid = 0
     if qos:
-        mid = int.from_bytes(body[end:end + 2], "big")
-        end += 2
-    if v5:  # the property length, then the properties
-        size, end = _variable(body, end, len(body)) or (0, len(body))
-        end += size
-    return Received(topic, bytes(body[end:]), qos, mid, bool(command & 0x08))
+        mid = buf[payload] << 8 | buf[payload + 1] if payload + 2 <= stop else int.from_bytes(buf[payload:stop], "big")
+        payload += 2
+    if v5:  # the properties' length, then the properties
+        size, payload = _variable(buf, payload, stop) or (0, stop)
+        payload += size
+    return topic_end, mid, min(payload, stop)
 
 
 def _variable(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
@@ -175,23 +187,10 @@ def _passed_over(buf: bytes, pos: int, end: int, qos: int, v5: bool, echo: bytes
         return None
     length, at = remaining
     stop = at + length
-    if stop > end or length < 2:
+    if stop > end:
         return None
-    at += 2 + (buf[at] << 8 | buf[at + 1])  # the topic
-    mid = 0
-    if qos:
-        if at + 2 > stop:
-            return None
-        mid = buf[at] << 8 | buf[at + 1]
-        at += 2
-    if v5:  # the properties' length, then the properties
-        properties = _variable(buf, at, stop)
-        if properties is None:
-            return None
-        at = properties[1] + properties[0]
-    if at + len(echo) > stop or not buf.startswith(echo, at):
-        return None
-    return stop, mid
+    _topic_end, mid, payload = _layout(buf, at, stop, qos, v5)
+    return (stop, mid) if buf.startswith(echo, payload, stop) else None
 
 
 HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffer before paho's loop writes again
