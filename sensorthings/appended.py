@@ -11,8 +11,11 @@ the old page and the rows written since, sorted together and cut to size, provid
 
 On SQLite the rows written since are those above the highest id the page saw: one writer at a time, and each new
 row's id is above every committed one (sensorthings.store.sqlite.insert_observations, SQLite's own rowid). On
-PostgreSQL a sequence hands out ids before commit, so a row committed later may have a lower id: there, pages are
-read whole (`appends_by_id`).
+PostgreSQL a sequence hands out ids before commit, so a row committed later may have a lower id: there the page
+keeps the snapshot it was read after (`Snapshot`), and the rows written since are those whose writing transaction
+(`xmin`) that snapshot did not see, sought among the rows that sort before the page's last one (`Snapshot.unseen`),
+where an index on the sort keys finds them. That needs sort keys the database and Python order alike without a
+collation and that are never NULL (a NULL sorts first there and would escape the seek): `seeks`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Select,
+    String,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from apicommon.lru import SizedLRU
 from sensorthings.store.versions import ALL, REWRITTEN, SHOWN, Versions, holds
@@ -37,13 +54,67 @@ def appends_by_id(conn: Connection) -> bool:
     return conn.dialect.name == "sqlite"
 
 
+def seeks(keys: Sequence[tuple[Any, bool]]) -> bool:
+    """PostgreSQL: True when a page ordered by `keys` (expression, descending) can be extended by `Snapshot.unseen`:
+    every key a column that holds no NULLs and no text (compared by a collation Python does not know)."""
+    return all(getattr(k, "table", None) is not None and not getattr(k, "nullable", True)
+               and not isinstance(k.type, String) for k, _ in keys)
+
+
+_WRAP = 1 << 32  # PostgreSQL's xmin is a transaction id modulo 2^32; a snapshot's are whole (xid8)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """PostgreSQL: the transactions a snapshot sees: those below `xmax` but the ones in progress (`xip`)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, value: str) -> Snapshot:
+        """From `pg_current_snapshot()`'s text, `xmin:xmax:xip,xip…`."""
+        low, high, running = value.split(":")
+        return cls(int(low), int(high), frozenset(int(x) for x in running.split(",") if x))
+
+    def within(self, other: Snapshot) -> bool:
+        """True when every transaction this snapshot sees, `other` sees too."""
+        return self.xmax <= other.xmax and all(x in self.xip for x in other.xip if x < self.xmax)
+
+    def unseen_params(self) -> dict[str, Any]:
+        """The values `unseen`'s condition is bound to."""
+        return {"snap_xmax": self.xmax % _WRAP, "snap_xip": [x % _WRAP for x in self.xip]}
+
+
+def unseen(table: FromClause) -> ColumnElement[bool]:
+    """The rows of `table` whose writing transaction a snapshot did not see (bound by `Snapshot.unseen_params`):
+    begun at or after its `xmax` or in progress then. Compared as PostgreSQL compares transaction ids, modulo 2^32
+    within half of it: a row frozen long ago may pass for unseen too, which costs a row read again and taken for one
+    the page has already, never a row missed."""
+    xid = f"CAST(CAST({table.name}.xmin AS TEXT) AS BIGINT)"
+    return text(f"(mod({xid} - :snap_xmax + {_WRAP}, {_WRAP}) < {_WRAP // 2} OR {xid} = ANY(:snap_xip))").bindparams(
+        bindparam("snap_xmax", type_=BigInteger), bindparam("snap_xip", type_=ARRAY(BigInteger)))
+
+
+# the snapshot a page's rows are read after (no table read: it stands on nothing)
+SNAPSHOT: Select = select(cast(func.pg_current_snapshot(), Text))
+Mark = int | Snapshot  # what a kept page was read at: SQLite the highest Observation id, PostgreSQL a snapshot
+
+
+def no_newer(page: Mark, now: Mark) -> bool:
+    """True when a page read at `page` holds nothing a read at `now` cannot see."""
+    if isinstance(page, Snapshot):
+        return isinstance(now, Snapshot) and page.within(now)
+    return isinstance(now, int) and page <= now
+
+
 @dataclass(frozen=True, slots=True)
 class KeptPage:
-    """A page's rows (one more than the page: whether more follow) and their JSON, as read when the highest
-    Observation id was `high`."""
+    """A page's rows (one more than the page: whether more follow) and their JSON, as read at `mark`."""
 
     basis: Versions  # the versions of what the page was read from besides the Observations table
-    high: int
+    mark: Mark
     rows: tuple[Mapping[str, Any], ...]
     keys: tuple[tuple[Any, ...], ...]  # each row's sort keys (`sort_keys`)
     values: tuple[Any, ...]  # the JSON of rows[:top], encoded (orjson.Fragment)
@@ -121,16 +192,16 @@ class KeptPages:
         self.extended = 0
         self.read = 0
 
-    def get(self, key: Hashable, now: Mapping[str, int], high: int) -> KeptPage | None:
-        """The page kept for `key` if nothing it stands on has changed at `now` and it is no newer than a snapshot
-        whose highest Observation id is `high`."""
-        return self._items.get(key, lambda p: p.high <= high and holds(p.basis, now))
+    def get(self, key: Hashable, now: Mapping[str, int], mark: Mark | None = None) -> KeptPage | None:
+        """The page kept for `key` if nothing it stands on has changed at `now` and it is no newer than a read at
+        `mark` (None: the caller asks `no_newer` itself)."""
+        return self._items.get(key, lambda p: (mark is None or no_newer(p.mark, mark)) and holds(p.basis, now))
 
     def put(self, key: Hashable, page: KeptPage) -> None:
         """Keep a page, unless one read later on the same basis is kept already (after a delete, a page read later
-        may have a lower `high`: its basis tells it apart)."""
+        may have a lower highest id: its basis tells it apart)."""
         found = self._items.get(key)
-        if found is None or found.basis != page.basis or found.high <= page.high:
+        if found is None or found.basis != page.basis or no_newer(found.mark, page.mark):
             self._items.put(key, page)
 
     def stats(self) -> dict[str, int]:

@@ -37,7 +37,21 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensorthings.access import visible
-from sensorthings.appended import KeptPage, KeptPages, appends_by_id, basis, kinds, merged, sort_keys
+from sensorthings.appended import (
+    SNAPSHOT,
+    KeptPage,
+    KeptPages,
+    Mark,
+    Snapshot,
+    appends_by_id,
+    basis,
+    kinds,
+    merged,
+    no_newer,
+    seeks,
+    sort_keys,
+    unseen,
+)
 from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, navigates
 from sensorthings.keptrows import KeptRowsCache
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
@@ -222,9 +236,22 @@ class Reader:
     def _keeps_page(self, conn: Connection, entity: EntityType, options: QueryOptions,
                     after: tuple[Any, ...] | None, shape: Hashable | None) -> bool:
         """True when a page is read through `pages` (sensorthings.appended): the first page of Observations with
-        nothing expanded, in a read the response cache keeps (versions known), where new rows are told by id."""
-        return (self.pages is not None and entity.table == "observations" and not options.expand
-                and not options.skip and _first_page_kept(conn, options, after, shape) and appends_by_id(conn))
+        nothing expanded, in a read the response cache keeps (versions known), where new rows are told by id
+        (SQLite) or sought by transaction among those sorting before the page's last (PostgreSQL: no count, whose
+        new rows that seek would not find)."""
+        if not (self.pages is not None and entity.table == "observations" and not options.expand
+                and not options.skip and _first_page_kept(conn, options, after, shape)):
+            return False
+        if appends_by_id(conn):
+            return True
+        if conn.dialect.name != "postgresql" or options.count or not self.store.seeks_pages:
+            return False
+        found = _SEEKS.get((entity.name, options))
+        if found is None:  # building the keys costs more than the rest of the decision
+            if len(_SEEKS) > 512:
+                _SEEKS.clear()
+            found = _SEEKS[(entity.name, options)] = seeks(self._keys(entity, TABLES[entity.table], options))
+        return found
 
     def _kept_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
                    options: QueryOptions, shape: Hashable) -> KeptPage | None:
@@ -236,11 +263,22 @@ class Reader:
         key = (self.base, self.hide_internal, self.exact_count, shape, options, top)
         read: set[str] = set()
         with noting_reads(conn, read):
-            high = conn.execute(_HIGHEST).scalar_one()
-            kept = self.pages.get(key, now, high)
-            page = None if kept is None else self._extend_page(conn, entity, where, options, shape, top, high, kept)
+            page: KeptPage | None = None
+            if appends_by_id(conn):
+                mark: Mark | None = conn.execute(_HIGHEST).scalar_one()
+                kept = self.pages.get(key, now, mark)
+                if kept is not None:
+                    page = self._extend_page(conn, entity, where, options, shape, top, mark, kept)  # type: ignore[arg-type]
+            else:
+                # the snapshot comes with the rows it did not see, read in one statement
+                mark, kept = None, self.pages.get(key, now)
+                if kept is not None:
+                    mark, new = self._unseen_rows(conn, entity, where, options, top, shape, kept)
+                    if no_newer(kept.mark, mark):
+                        page = self._extend_page(conn, entity, where, options, shape, top, mark, kept, new)
             if page is None:
-                page = self._read_page(conn, entity, where, options, shape, top, high, now, read)
+                page = self._read_page(conn, entity, where, options, shape, top,
+                                       _mark(conn) if mark is None else mark, now, read)
         tracked = conn.info.get(READ_KEY)
         if tracked is not None:  # the answer depends on what the page was read from
             tracked |= read
@@ -251,7 +289,7 @@ class Reader:
         return page
 
     def _read_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
-                   options: QueryOptions, shape: Hashable, top: int, high: int, now: Mapping[str, int],
+                   options: QueryOptions, shape: Hashable, top: int, mark: Mark, now: Mapping[str, int],
                    read: set[str]) -> KeptPage | None:
         """A page read whole, to be kept; None when it cannot be (its JSON not all encoded, raw SQL read)."""
         assert self.pages is not None
@@ -265,23 +303,27 @@ class Reader:
         if stands_on is None or any(not isinstance(v, orjson.Fragment) for v in values):
             return None
         directions = tuple(d for _, d in self._keys(entity, TABLES[entity.table], options))
-        return KeptPage(stands_on, high, tuple(rows), sort_keys(rows, len(directions)), tuple(values), count,
+        return KeptPage(stands_on, mark, tuple(rows), sort_keys(rows, len(directions)), tuple(values), count,
                         directions, kinds(rows, len(directions)) if rows else None, frozenset(read))
 
     def _extend_page(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
-                     options: QueryOptions, shape: Hashable, top: int, high: int, kept: KeptPage) -> KeptPage | None:
-        """A kept page with the rows written since it was read; None when it must be read whole (more new rows than
-        a page, or rows that cannot be sorted in)."""
+                     options: QueryOptions, shape: Hashable, top: int, mark: Mark, kept: KeptPage,
+                     new: list[Mapping[str, Any]] | None = None) -> KeptPage | None:
+        """A kept page with the rows written since it was read (`new`, or SQLite: read here by id); None when it must
+        be read whole (more new rows than a page, or rows that cannot be sorted in)."""
         assert self.pages is not None
-        if high == kept.high:
-            return kept
-        if high - kept.high > top:  # ids follow one another here: more new rows than a page, read it whole
-            return None
-        new = self._rows(conn, entity, where, options, top, None, shape, above=kept.high)
-        count = None if kept.count is None else kept.count + self._count(conn, entity, where, options, kept.high)
+        count = kept.count
+        if new is None:
+            assert isinstance(mark, int) and isinstance(kept.mark, int)
+            if mark == kept.mark:
+                return kept
+            if mark - kept.mark > top:  # ids follow one another here: more new rows than a page, read it whole
+                return None
+            new = self._rows(conn, entity, where, options, top, None, shape, above=kept.mark)
+            count = None if kept.count is None else kept.count + self._count(conn, entity, where, options, kept.mark)
         if not new:
             self.pages.extended += 1
-            return replace(kept, high=high, count=count)
+            return replace(kept, mark=mark, count=count)
         entries = merged(kept, new, top + 1)
         if entries is None:
             return None
@@ -293,8 +335,44 @@ class Reader:
         values = [kept.values[i] if i >= 0 else next(written) for _, i in entries[:top]]
         rows = [kept.rows[i] if i >= 0 else new[-1 - i] for _, i in entries]
         self.pages.extended += 1
-        return replace(kept, high=high, rows=tuple(rows), keys=tuple(k for k, _ in entries), values=tuple(values),
+        return replace(kept, mark=mark, rows=tuple(rows), keys=tuple(k for k, _ in entries), values=tuple(values),
                        count=count)
+
+    def _unseen_rows(self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
+                     options: QueryOptions, top: int, shape: Hashable,
+                     kept: KeptPage) -> tuple[Snapshot, list[Mapping[str, Any]]]:
+        """PostgreSQL: the snapshot now, and the first rows in the page's order that the snapshot `kept` was read at
+        did not see, of those sorting up to its last row (all, when the set was shorter than a page), but the ones
+        it holds already. One statement: the snapshot, joined to the rows (none: one row of NULLs beside it)."""
+        table = TABLES[entity.table]
+        full = len(kept.rows) > top  # the page read one over: rows past its last cannot come onto it
+        last = f"_k{len(kept.directions) - 1}"  # the id, the last sort key
+
+        def build() -> Select:
+            keys = self._keys(entity, table, options)
+            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
+            conds.append(unseen(table))
+            if full:  # the index on the sort keys finds them: the rows after the last are never read
+                conds.append(~_seek(keys, [bindparam(f"seek{i}", type_=k.type) for i, (k, _) in enumerate(keys)]))
+            labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
+            columns = selected_columns(entity, table, options.select)
+            covered = _covered(table, columns, labels, self.store.dialect)
+            rows = ((select(*columns, *labels) if covered is None else covered).where(*conds)
+                    .order_by(*_directed(keys)).limit(top + 1).lateral("unseen"))
+            snap = SNAPSHOT.subquery("snap")
+            return (select(snap.c[0].label("_snapshot"), *rows.c).select_from(snap.outerjoin(rows, true()))
+                    .order_by(*(rows.c[f"_k{i}"].desc() if d else rows.c[f"_k{i}"]
+                                for i, d in enumerate(kept.directions))))
+
+        q = self._statement(("unseen", entity.name, shape, options, top, full), options, build)
+        assert isinstance(kept.mark, Snapshot)
+        params = kept.mark.unseen_params()
+        if full:
+            params.update({f"seek{i}": v for i, v in enumerate(kept.keys[-1])})
+        held = {k[-1] for k in kept.keys}  # the rows read again that the page holds
+        found = conn.execute(q, params).mappings().all()
+        return (Snapshot.parse(found[0]["_snapshot"]),
+                [r for r in found if r[last] is not None and r[last] not in held])
 
     def entity(
         self, conn: Connection, entity: EntityType, where: Callable[[FromClause], ColumnElement | None],
@@ -561,7 +639,16 @@ def _token(rows: Sequence[Mapping[str, Any]], top: int) -> str | None:
     return "" if any(v is None for v in values) else encode_token(values)
 
 
+_SEEKS: dict[tuple[str, QueryOptions], bool] = {}  # PostgreSQL: whether a page's order seeks (appended.seeks)
 _HIGHEST = select(func.coalesce(func.max(TABLES["observations"].c.id), 0))
+
+
+def _mark(conn: Connection) -> Mark:
+    """What a kept page is read at (sensorthings.appended): SQLite the highest Observation id, PostgreSQL the
+    snapshot, taken before the rows are read (a row read that it did not see is sought again, and found held)."""
+    if appends_by_id(conn):
+        return conn.execute(_HIGHEST).scalar_one()
+    return Snapshot.parse(conn.execute(SNAPSHOT).scalar_one())
 
 
 def _after(keys: list[tuple[Any, bool]], values: tuple[Any, ...]) -> ColumnElement:
@@ -571,6 +658,11 @@ def _after(keys: list[tuple[Any, bool]], values: tuple[Any, ...]) -> ColumnEleme
     bound = [literal(v, k.type) for (k, _), v in zip(keys, values, strict=True)]
     if any(v is None for v in values):
         raise QueryError("the $skiptoken holds an empty sort key", "$skiptoken", 0)
+    return _seek(keys, bound)
+
+
+def _seek(keys: list[tuple[Any, bool]], bound: list[Any]) -> ColumnElement:
+    """Rows after the sort-key values `bound` (SQL expressions) in the order `keys` gives."""
     directions = {desc for _, desc in keys}
     if len(directions) == 1:
         lhs = tuple_(*(k for k, _ in keys))

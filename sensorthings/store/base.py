@@ -96,6 +96,9 @@ class Store:
         self.listeners: list[Callable[[list[Change]], None]] = []
         self.statement_timeout: float | None = None
         self.replicas: Replicas | None = None
+        # PostgreSQL: pages of Observations are extended by seeking on their sort keys, the phenomenonTime NOT NULL
+        # (postgres.require_phenomenon_time, at create_schema)
+        self.seeks_pages = dialect.name == "postgresql"
         versions.track_reads(engine)
         # the process's group-commit writer of Observations (its thread starts on first use)
         self.writer = ObservationWriter(self)
@@ -110,8 +113,10 @@ class Store:
         """
         if statement_timeout and url not in ("sqlite://", "sqlite:///:memory:"):
             # the schema first, without the limit: creating it (or waiting for another worker to) is no client's query
-            cls.open(url).close()
+            schema = cls.open(url)
+            schema.close()
             store = cls._connect(url, statement_timeout)
+            store.seeks_pages = schema.seeks_pages
         else:
             store = cls._connect(url, statement_timeout)
             store.create_schema()
@@ -168,6 +173,7 @@ class Store:
                     from sensorthings.store import postgres
 
                     postgres.warn_if_series_index_uncovered(conn)
+                    self.seeks_pages = postgres.require_phenomenon_time(conn)
                     references.install(conn)
                 versions.install(conn, TABLES)
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.exc import DBAPIError
 
 from sensorthings.store.base import QueryTimeout
 from sensorthings.store.driver import driver
@@ -175,6 +176,27 @@ def warn_if_series_index_uncovered(conn: Connection) -> None:
             "once (no lock on writers): CREATE INDEX CONCURRENTLY observations_series ON observations "
             f"({', '.join(keys)}) INCLUDE ({', '.join(held)}); DROP INDEX CONCURRENTLY observations_datastream_time; "
             "ALTER INDEX observations_series RENAME TO observations_datastream_time;")
+
+
+def require_phenomenon_time(conn: Connection) -> bool:
+    """Make the Observations' phenomenonTime NOT NULL in a database made before the schema said so (a scan of the
+    table, once); True when it is. Kept pages are extended by seeking on it (sensorthings.appended.seeks); a database
+    holding an Observation without one (never written by this platform) keeps reading them whole, and says so."""
+    nullable = conn.exec_driver_sql(
+        "SELECT NOT a.attnotnull FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.relname = 'observations' AND c.relnamespace = current_schema()::regnamespace "
+        "AND a.attname = 'phenomenon_time_start'").scalar()
+    if not nullable:
+        return True
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql("ALTER TABLE observations ALTER COLUMN phenomenon_time_start SET NOT NULL")
+    except DBAPIError as exc:
+        log.warning("observations.phenomenon_time_start stays nullable (%s): pages of Observations are read whole "
+                    "after each write; give the Observations without a phenomenonTime one, then restart",
+                    str(exc.orig).strip())
+        return False
+    return True
 
 
 # COPY in PostgreSQL's binary format: the driver's own C code writes each value by its column's type, where the text

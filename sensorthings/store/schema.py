@@ -93,8 +93,8 @@ def _fk(name: str, target: str, nullable: bool = False) -> Column:
     return Column(name, ID, ForeignKey(f"{target}.id", ondelete="CASCADE"), nullable=nullable, index=True)
 
 
-def _interval(name: str) -> list[Column]:
-    return [Column(f"{name}_start", UtcDateTime()), Column(f"{name}_end", UtcDateTime())]
+def _interval(name: str, required: bool = False) -> list[Column]:
+    return [Column(f"{name}_start", UtcDateTime(), nullable=not required), Column(f"{name}_end", UtcDateTime())]
 
 
 things = Table(
@@ -196,7 +196,8 @@ features_of_interest = Table(
 # result_type says which column holds the result: see sensorthings.results
 observations = Table(
     "observations", metadata, _id(),
-    *_interval("phenomenon_time"),
+    # OGC 18-088: an Observation's phenomenonTime is mandatory (the writer gives now to one without)
+    *_interval("phenomenon_time", required=True),
     Column("result_time", UtcDateTime()),
     Column("result_type", SmallInteger, nullable=False),
     Column("result_number", Float),

@@ -41,11 +41,13 @@ SHARDS = 8
 # raised by every change to Observations already written (an update, a delete), not by new ones: while it stands, an
 # Observation's JSON stands (sensorthings.fragments)
 REWRITTEN = "observations_rewritten"
-# SQLite: raised by every change that may show or hide Observations already written from a reader without the read
+# raised by every change that may show or hide Observations already written from a reader without the read
 # role (sensorthings.access): a Thing changed (its `udpAccess`), a (Multi)Datastream moved to another Thing. Deletes
 # take their Observations along (REWRITTEN). What a hidden page stands on besides its rows (sensorthings.appended),
 # where the tables themselves change with every Observation (each widens its Datastream's phenomenonTime).
 SHOWN = "observations_shown"
+# what raises SHOWN: a Thing changed, a (Multi)Datastream moved to another Thing
+_SHOWN_BY = (("things", "UPDATE"), ("datastreams", "UPDATE OF thing_id"), ("multi_datastreams", "UPDATE OF thing_id"))
 ALL = "*"  # a read whose tables are unknown (raw SQL): it depends on every table
 Versions = tuple[tuple[str, int], ...]  # (table or row key, version), sorted
 
@@ -155,6 +157,11 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
             conn.exec_driver_sql(
                 "CREATE TRIGGER sta_note_rewrite AFTER UPDATE OR DELETE OR TRUNCATE ON observations "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{REWRITTEN}')")
+        shown = pg_triggers(conn, ("sta_note_shown",))
+        for name, change in _SHOWN_BY:
+            if name in names and (name, "sta_note_shown") not in shown:
+                conn.exec_driver_sql(f"CREATE TRIGGER sta_note_shown AFTER {change} ON {name} "
+                                     f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{SHOWN}')")
         row_triggers = pg_triggers(conn, tuple(f"sta_rows_{op}" for op in ("insert", "delete", "update")))
         for name in ROW_TABLES:
             if name not in names:
@@ -181,8 +188,7 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         for op in ("UPDATE", "DELETE"):
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_rewrite_{op.lower()}_observations AFTER {op} "
                                  "ON observations " + bump.format(name=REWRITTEN))
-    for name, change in (("things", "UPDATE"), ("datastreams", "UPDATE OF thing_id"),
-                         ("multi_datastreams", "UPDATE OF thing_id")):
+    for name, change in _SHOWN_BY:
         if name in names:
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS sta_shown_{name} AFTER {change} ON {name} "
                                  + bump.format(name=SHOWN))
