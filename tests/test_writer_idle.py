@@ -133,6 +133,53 @@ def test_reads_on_the_event_loop_wait_for_the_writer_with_one_callback_however_l
     asyncio.run(scenario())
 
 
+def test_reads_wait_for_the_posts_in_flight_before_them_at_most_posts_first_s(held: Held) -> None:
+    """A GET, even one the response cache answers, waits for the answers of the POSTed Observations its worker had
+    in flight when it came (the POST's turns on the event loop before the reads'), but no longer than
+    POSTS_FIRST_S: with the writer held back by another connection's lock, the read is answered after that bound;
+    once the POST is answered, reads wait for nothing."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from sensorthings.cache import ResponseCache
+    from sensorthings.http.app import POSTS_FIRST_S, sensorthings_routes
+    from sensorthings.store import version_watch
+
+    service = Service(held.store, cache=ResponseCache())
+
+    async def timed_get(client: httpx.AsyncClient) -> float:
+        began = time.perf_counter()
+        assert (await client.get("/v1.1/Observations", params=NEWEST)).status_code == 200
+        return time.perf_counter() - began
+
+    async def scenario() -> None:
+        watch = version_watch.watch(held.store.url)
+        app = Starlette(routes=sensorthings_routes(service, versions=watch))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://udp.local") as client:
+            await timed_get(client)  # in the cache now
+            quiet = min([await timed_get(client) for _ in range(5)])
+            held.blocker.execute("BEGIN IMMEDIATE")
+            post = asyncio.create_task(client.post("/v1.1/Observations", json={
+                "result": 7, "phenomenonTime": "2026-03-01T00:07Z", "Datastream": {"@iot.id": held.ds}}))
+            for _ in range(100):
+                if not held.store.writer.idle.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            waited = [await timed_get(client) for _ in range(3)]
+            assert all(POSTS_FIRST_S <= w < POSTS_FIRST_S + 0.5 for w in waited), (quiet, waited)
+            held.blocker.execute("COMMIT")
+            assert (await post).status_code == 201
+            got = await client.get("/v1.1/Observations", params=NEWEST)
+            assert got.json()["value"][0]["result"] == 7
+            after = min([await timed_get(client) for _ in range(5)])
+            assert after < POSTS_FIRST_S, (quiet, after)
+        await watch.close()  # type: ignore[union-attr]
+
+    asyncio.run(scenario())
+
+
 def test_a_submission_the_database_refuses_in_a_shared_write_fails_alone(held: Held) -> None:
     """Submissions queued together share a transaction; when the database refuses one (here a row without its
     result's kind, which the schema does not allow), each is written again alone: the refused one fails, the others
