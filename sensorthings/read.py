@@ -264,14 +264,15 @@ class Reader:
         read: set[str] = set()
         with noting_reads(conn, read):
             page: KeptPage | None = None
+            mark: Mark | None = None
             if appends_by_id(conn):
-                mark: Mark | None = conn.execute(_HIGHEST).scalar_one()
-                kept = self.pages.get(key, now, mark)
+                high: int = conn.execute(_HIGHEST).scalar_one()
+                mark, kept = high, self.pages.get(key, now, high)
                 if kept is not None:
-                    page = self._extend_page(conn, entity, where, options, shape, top, mark, kept)  # type: ignore[arg-type]
+                    page = self._extend_page(conn, entity, where, options, shape, top, high, kept)
             else:
                 # the snapshot comes with the rows it did not see, read in one statement
-                mark, kept = None, self.pages.get(key, now)
+                kept = self.pages.get(key, now)
                 if kept is not None:
                     mark, new = self._unseen_rows(conn, entity, where, options, top, shape, kept)
                     if no_newer(kept.mark, mark):
