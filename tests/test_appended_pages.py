@@ -244,3 +244,56 @@ def test_a_database_made_before_phenomenon_time_was_required_is_brought_up(
         assert p.pages.stats()["read"] == 0  # not kept: read as any page is
     finally:
         store.close()
+
+
+def test_pages_extended_while_transactions_overlap_answer_as_a_full_read(pair: tuple[Pair, list[int]]) -> None:
+    """PostgreSQL: POSTs from three threads and slow transactions on a connection of their own (rows committed long
+    after their ids were drawn) while the page is read again and again; once all is committed, the page the cache
+    extended all along answers as a full read."""
+    import threading
+    import time
+
+    p, ds = pair
+    if p.cached.store.dialect.name != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time: ids follow the commits")
+    params = {"$top": "10", "$orderby": "phenomenonTime desc"}
+    foi = p.cached.call("GET", "Observations", **{"$top": "1", "$expand": "FeatureOfInterest"})["value"][0]
+    foi_id = foi["FeatureOfInterest"]["@iot.id"]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def posting(k: int) -> None:
+        rnd = random.Random(k)
+        try:
+            for i in range(25):
+                p.post(ds[i % 2], float(i), f"2026-06-{1 + rnd.randrange(28):02d}T{rnd.randrange(24):02d}:00:{k:02d}Z")
+                time.sleep(rnd.uniform(0, 0.02))  # the reads in between
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def slow() -> None:
+        rnd = random.Random(9)
+        try:
+            while not stop.is_set():
+                with p.cached.store.engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        "INSERT INTO observations (phenomenon_time_start, result_type, result_number, datastream_id, "
+                        "feature_of_interest_id) VALUES (%s, %s, 1.0, %s, %s)",
+                        (f"2026-06-{1 + rnd.randrange(28):02d}T12:00:00Z", FLOAT, ds[0], foi_id))
+                    time.sleep(rnd.uniform(0.001, 0.03))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=posting, args=(k,)) for k in range(3)] + [threading.Thread(target=slow)]
+    for t in threads:
+        t.start()
+    before = p.pages.stats()
+    while any(t.is_alive() for t in threads[:3]):
+        p.cached.call("GET", "Observations", **params)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert p.cached.call("GET", "Observations", **params) == p.plain.call("GET", "Observations", **params)
+    after = p.pages.stats()
+    assert after["extended"] > before["extended"] + 10, (before, after)
