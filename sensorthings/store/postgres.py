@@ -188,6 +188,7 @@ def require_phenomenon_time(conn: Connection) -> bool:
         "AND a.attname = 'phenomenon_time_start'").scalar()
     if not nullable:
         return True
+    log.info("observations.phenomenon_time_start made NOT NULL (once: a scan of the table, writers wait for it)")
     try:
         with conn.begin_nested():
             conn.exec_driver_sql("ALTER TABLE observations ALTER COLUMN phenomenon_time_start SET NOT NULL")
