@@ -28,7 +28,7 @@ WRITE_THREADS = 16  # per worker, besides the threads that serve reads (server.t
 # Under reads that keep the event loop busy a POST waits for its turns there (its answer back from the writer took
 # 7.5 of 10 ms at p50 under the expanded Things on SQLite, the writer's own part 2.5): devices were held to 192-287 of
 # 300 POSTs/s (SQLite, the four live reads). Waiting with the versions read before, a read the cache answers at them
-# stays a hit: 300/s under each read, the Things 0.59-0.63x -> 0.63-0.71x quiet; reads computed after each write
+# stays a hit: 300/s under each read, the Things 0.53-0.62x -> 0.63-0.71x quiet; reads computed after each write
 # (the expanded Things) lose what the writes keep (0.40-0.57x -> 0.33-0.36x)
 POSTS_FIRST_S = 0.005
 
