@@ -13,7 +13,7 @@ On SQLite the rows written since are those above the highest id the page saw: on
 row's id is above every committed one (sensorthings.store.sqlite.insert_observations, SQLite's own rowid). On
 PostgreSQL a sequence hands out ids before commit, so a row committed later may have a lower id: there the page
 keeps the snapshot it was read after (`Snapshot`), and the rows written since are those whose writing transaction
-(`xmin`) that snapshot did not see, sought among the rows that sort before the page's last one (`Snapshot.unseen`),
+(`xmin`) that snapshot did not see, sought among the rows that sort before the page's last one (`unseen`),
 where an index on the sort keys finds them. That needs sort keys the database and Python order alike without a
 collation and that are never NULL (a NULL sorts first there and would escape the seek): `seeks`.
 """
