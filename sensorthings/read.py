@@ -167,17 +167,13 @@ class Reader:
         table = TABLES[entity.table]
 
         def build() -> Select:
-            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
             keys = self._keys(entity, table, options)
+            extra = []
             if after is not None:
-                conds.append(_after(keys, after))
+                extra.append(_after(keys, after))
             if above is not None:
-                conds.append(table.c.id > bindparam("above", type_=BigInteger))
-            labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-            columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
-            covered = _covered(table, columns, labels, self.store.dialect) \
-                if self.store.dialect.name == "postgresql" else None
-            q = (select(*columns, *labels) if covered is None else covered).where(*conds)
+                extra.append(table.c.id > bindparam("above", type_=BigInteger))
+            q = self._page_select(entity, table, where, options, keys, extra)
             if above is not None:  # a few new rows, sought by id and sorted by the caller
                 return q
             return q.order_by(*_directed(keys)).limit(top + 1).offset(options.skip if after is None else 0)
@@ -187,6 +183,17 @@ class Reader:
         else:
             q = self._statement(("page", entity.name, shape, options, top, above is not None), options, build)
         return list(conn.execute(q, {} if above is None else {"above": above}).mappings().all())
+
+    def _page_select(self, entity: EntityType, table: FromClause, where: Callable[[FromClause], ColumnElement | None],
+                     options: QueryOptions, keys: list[tuple[Any, bool]], extra: list[Any]) -> Select:
+        """A page's statement before its order: its columns and its sort keys (`_k0`, `_k1` …) where the set's
+        conditions and `extra` hold."""
+        conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
+        labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
+        columns = readable_columns(table) if options.expand else selected_columns(entity, table, options.select)
+        covered = _covered(table, columns, labels, self.store.dialect) \
+            if self.store.dialect.name == "postgresql" else None
+        return (select(*columns, *labels) if covered is None else covered).where(*conds, *extra)
 
     def _estimate(self, conn: Connection, table: FromClause, shown: list[ColumnElement]) -> Estimate | None:
         """A whole set's count as PostgreSQL's planner knows it, when its table is over ESTIMATE_COUNT_ABOVE rows
@@ -279,7 +286,7 @@ class Reader:
                         page = self._extend_page(conn, entity, where, options, shape, top, mark, kept, new)
             if page is None:
                 page = self._read_page(conn, entity, where, options, shape, top,
-                                       _mark(conn) if mark is None else mark, now, read)
+                                       _snapshot(conn) if mark is None else mark, now, read)
         tracked = conn.info.get(READ_KEY)
         if tracked is not None:  # the answer depends on what the page was read from
             tracked |= read
@@ -351,14 +358,10 @@ class Reader:
 
         def build() -> Select:
             keys = self._keys(entity, table, options)
-            conds = [c for c in (where(table), self._filter(entity, table, options)) if c is not None]
-            conds.append(unseen(table))
+            extra = [unseen(table)]
             if full:  # the index on the sort keys finds them: the rows after the last are never read
-                conds.append(~_seek(keys, [bindparam(f"seek{i}", type_=k.type) for i, (k, _) in enumerate(keys)]))
-            labels = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-            columns = selected_columns(entity, table, options.select)
-            covered = _covered(table, columns, labels, self.store.dialect)
-            rows = ((select(*columns, *labels) if covered is None else covered).where(*conds)
+                extra.append(~_seek(keys, [bindparam(f"seek{i}", type_=k.type) for i, (k, _) in enumerate(keys)]))
+            rows = (self._page_select(entity, table, where, options, keys, extra)
                     .order_by(*_directed(keys)).limit(top + 1).lateral("unseen"))
             snap = SNAPSHOT.subquery("snap")
             return (select(snap.c[0].label("_snapshot"), *rows.c).select_from(snap.outerjoin(rows, true()))
@@ -644,11 +647,9 @@ _SEEKS: dict[tuple[str, QueryOptions], bool] = {}  # PostgreSQL: whether a page'
 _HIGHEST = select(func.coalesce(func.max(TABLES["observations"].c.id), 0))
 
 
-def _mark(conn: Connection) -> Mark:
-    """What a kept page is read at (sensorthings.appended): SQLite the highest Observation id, PostgreSQL the
-    snapshot, taken before the rows are read (a row read that it did not see is sought again, and found held)."""
-    if appends_by_id(conn):
-        return conn.execute(_HIGHEST).scalar_one()
+def _snapshot(conn: Connection) -> Snapshot:
+    """PostgreSQL: the snapshot a page read whole is kept at (sensorthings.appended), taken before its rows are read
+    (a row read that it did not see is sought again, and found held)."""
     return Snapshot.parse(conn.execute(SNAPSHOT).scalar_one())
 
 

@@ -145,7 +145,7 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
         conn.exec_driver_sql(_PG_FUNCTIONS)
         # only the triggers missing: creating one locks its table against writers (SHARE ROW EXCLUSIVE), and a
         # process opening the store while others write (`udp seed`, a re-import) deadlocked with them
-        have = pg_triggers(conn, ("sta_note_write", "sta_flush_versions", "sta_note_rewrite"))
+        have = pg_triggers(conn, ("sta_note_write", "sta_flush_versions", "sta_note_rewrite", "sta_note_shown"))
         if ("sta_version_flush", "sta_flush_versions") not in have:
             conn.exec_driver_sql(_PG_FLUSH_TRIGGER)
         for name in names:
@@ -157,9 +157,8 @@ def install(conn: Connection, tables: Iterable[str]) -> None:
             conn.exec_driver_sql(
                 "CREATE TRIGGER sta_note_rewrite AFTER UPDATE OR DELETE OR TRUNCATE ON observations "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{REWRITTEN}')")
-        shown = pg_triggers(conn, ("sta_note_shown",))
         for name, change in _SHOWN_BY:
-            if name in names and (name, "sta_note_shown") not in shown:
+            if name in names and (name, "sta_note_shown") not in have:
                 conn.exec_driver_sql(f"CREATE TRIGGER sta_note_shown AFTER {change} ON {name} "
                                      f"FOR EACH STATEMENT EXECUTE FUNCTION sta_note_write('{SHOWN}')")
         row_triggers = pg_triggers(conn, tuple(f"sta_rows_{op}" for op in ("insert", "delete", "update")))
