@@ -160,8 +160,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # a worker reading large sources at start-up holds the GIL for seconds at a time, so it can miss uvicorn's
         # 5 s health ping and be killed and restarted over and over (seen in bench/features.py --scale city)
+        # each answer's head and body in one write to the socket (udp.http_protocol)
         settings = dict(factory=True, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                        access_log=False, proxy_headers=False, timeout_worker_healthcheck=60)
+                        access_log=False, proxy_headers=False, timeout_worker_healthcheck=60,
+                        http="udp.http_protocol:OneWriteHttpTools")
         from udp import workers
 
         if args.workers > 1 and workers.spreads():
