@@ -27,6 +27,10 @@ class _Counted:
         WRITES.append(bytes(data))
         self._transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        WRITES.append(b"".join(parts))
+        self._transport.writelines(parts)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 

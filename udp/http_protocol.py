@@ -38,7 +38,10 @@ class _HeadFirst:
 
     def write(self, data: bytes) -> None:
         head, self.head = self.head, None
-        self._transport.write(data if head is None else head + data)
+        if head is None:
+            self._transport.write(data)
+        else:  # one send of both (uvloop's writelines is one writev), without copying a large body behind the head
+            self._transport.writelines([head, data])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
