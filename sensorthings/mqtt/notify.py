@@ -129,6 +129,7 @@ class Notifier:
         self._backlog = 0  # changes queued and not yet published
         self._count_lock = threading.Lock()
         self.internal = InternalIndex(store)
+        self._internal_changed = False  # a change that may make entities internal, not yet read (`publish`)
         self.owns_client = client is None
         self.client = self.own = client if client is not None else connect(
             address, client_id, on_message=self._on_message, subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
@@ -227,23 +228,30 @@ class Notifier:
             groups[(change.entity.name, change.kind)].append(change.id)
             if change.row is not None:
                 written[(change.entity.name, change.kind)].append(change.row)
-        # internal entities (config.yml `access: internal`) are never announced on the broker, which anyone may read
-        self.internal.refresh(force=any(c.entity.name in ("Thing", "Datastream", "MultiDatastream", "Location")
-                                        for c in changes))
         subscribed = self.subscribed
-        queries = [q for q in (parse_topic(t, self.limits) for t in subscribed or ()) if q is not None]
+        queries = [q for q in (parse_topic(t, self.limits) for t in subscribed or ())
+                   if q is not None and (q.options != QueryOptions() or q.resource.prop is not None)]
         everything = subscribed is None or any("#" in t or "+" in t for t in subscribed)
         # the entity sets someone follows: a bulk write of Observations nobody follows costs nothing per row here
         followed = everything or {_set_named(t) for t in subscribed}  # type: ignore[union-attr]
-        with self.store.read() as conn:
-            reader = Reader(self.store, self.base, hide_internal=True)
-            for (name, kind), ids in groups.items():
-                entity = BY_NAME[name]
-                if followed is True or entity.set_name in followed:
-                    self._publish_standard(conn, entity, kind, ids, written[(name, kind)],
-                                           None if everything else subscribed)
-                for q in queries:
-                    if q.options != QueryOptions() or q.resource.prop is not None:
+        asked = {q.resource.entity.name for q in queries}
+        wanted = [(name, kind) for name, kind in groups
+                  if followed is True or BY_NAME[name].set_name in followed or name in asked]
+        # internal entities (config.yml `access: internal`) are never announced on the broker, which anyone may read
+        self._internal_changed |= any(name in ("Thing", "Datastream", "MultiDatastream", "Location")
+                                      for name, _ in groups)
+        if wanted:  # else no connection taken: with nobody subscribed (the embedded broker), a write costs nothing here
+            self.internal.refresh(force=self._internal_changed)
+            self._internal_changed = False
+            with self.store.read() as conn:
+                reader = Reader(self.store, self.base, hide_internal=True)
+                for name, kind in wanted:
+                    entity = BY_NAME[name]
+                    ids = groups[(name, kind)]
+                    if followed is True or entity.set_name in followed:
+                        self._publish_standard(conn, entity, kind, ids, written[(name, kind)],
+                                               None if everything else subscribed)
+                    for q in queries:
                         self._publish_query(conn, reader, entity, kind, ids, q)
         out, self._out = self._out, []
         self._deliver(out)
