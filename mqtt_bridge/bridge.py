@@ -161,7 +161,7 @@ def redrive(store: Store, rules: list[Rule], writer: Writer | None = None) -> tu
 
 def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base: str, limits: Limits,
                 ready: Any = None, parent: int | None = None, notify_qos: int = 1,
-                creates: int | None = None, node: str | None = None) -> None:
+                creates: int | None = None, node: str | None = None, relay: str | None = None) -> None:
     """The bridge in a process of its own (started by `udp serve`, which hands it the configuration's
     rules): its MQTT client, writer and notifications do not share an interpreter lock with the HTTP
     workers and the broker. With `creates` (the largest payload, in bytes: an external broker) it takes the
@@ -169,7 +169,9 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     are those of mqtt_bridge/sessions.py, its own in the nodes' shared subscription group and those of absent
     nodes, and its notifications go over a connection of their own; without, one session, on the same MQTT 5
     connection as its notifications (`udp serve` makes sure that no other node runs one on the store then).
-    Stops cleanly (queued messages written) on SIGTERM."""
+    With `relay` (a Unix socket's path: an external broker) it publishes the HTTP workers' notifications too, handed
+    over there (sensorthings.mqtt.relay), through the connection that takes the creates, which the broker does not
+    send them back to. Stops cleanly (queued messages written) on SIGTERM."""
     import os
     import socket
     import threading
@@ -179,6 +181,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     from apicommon.switching import switch_often
     from mqtt_bridge.sessions import Sessions, client_id, creates_client_id, group
     from sensorthings.mqtt.notify import Notifier
+    from sensorthings.mqtt.relay import RelayServer
     from sensorthings.service import Service
     from sensorthings.store.leadership import Lease
 
@@ -191,6 +194,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     def creator() -> Creator | None:
         return Creator(Service(store, limits=limits), base, creates) if creates is not None else None
 
+    relays: list[RelayServer] = []
     if node is None:
         notifiers: list[Notifier] = []
         single = creator()
@@ -201,6 +205,8 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
                                 client=client if single is not None else None)
             store.listeners.append(notifier)  # before the first message can be written
             notifiers.append(notifier)
+            if relay is not None and single is not None:
+                relays.append(notifier.serve_relay(relay))
 
         bridge = Bridge(store, rules, address, creator=single, before_start=notify)
 
@@ -209,6 +215,9 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     else:
         notifier = Notifier(store, address, base, notify_id, limits=limits, qos=notify_qos)
         store.listeners.append(notifier)  # before the first message can be written
+        if relay is not None and creates is not None:
+            # through the creates' connection while this node takes them (`take_creates`), its own otherwise
+            relays.append(notifier.serve_relay(relay))
         own = threading.Event()
 
         def open_session(owner: str) -> Bridge:
@@ -251,5 +260,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     # a bridge whose `udp serve` died (even by SIGKILL) stops too
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
+    for server in relays:
+        server.close()  # the workers publish over their own connections again
     close()
     store.close()

@@ -198,6 +198,10 @@ def test_external_broker(mosquitto_server: Server) -> None:
         assert listener.wait("v1.1/Observations", where=lambda p: p["@iot.id"] == created["@iot.id"])
         sta.patch(f"Things({tid})", json={"description": "external"})
         assert listener.wait(f"v1.1/Things({tid})")["description"] == "external"
+        # the HTTP worker's notifications went out through the bridge process's connection (sensorthings.mqtt.relay),
+        # which the broker does not send them back to
+        mqtt_health = httpx.get(f"{mosquitto_server.url}/health").json()["mqtt"]
+        assert mqtt_health["relayed"] >= 3 and mqtt_health["dropped"] == 0
         listener.client.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps({"result": 2}), qos=1)
         assert listener.wait(f"v1.1/Datastreams({ds})/Observations",
                              where=lambda p: p["result"] == 2 and "@iot.id" in p)

@@ -71,7 +71,7 @@ def build_app(config: Config) -> Starlette:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
         notifier = Notifier(store, BrokerAddress.parse(mqtt_url), base + "/v1.1",
                             f"udp-notify-{socket.gethostname()}-{os.getpid()}", limits=config.limits(),
-                            qos=config.mqtt_notify_qos)
+                            qos=config.mqtt_notify_qos, relay=os.environ.get("UDP_NOTIFY_RELAY"))
         store.listeners.append(notifier)
     if config.bridge:
         deadletters.create_tables(store)  # /health counts them, maybe before the bridge process has started

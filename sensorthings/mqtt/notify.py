@@ -31,6 +31,7 @@ from sensorthings.model import BY_NAME, EntityType, NavKind, reverse_nav, target
 from sensorthings.mqtt.broker import SUBSCRIPTIONS_TOPIC
 from sensorthings.mqtt.client import BrokerAddress, BufferedClient, Incoming, connect
 from sensorthings.mqtt.outbox import Outbox
+from sensorthings.mqtt.relay import RelayClient, RelayServer
 from sensorthings.query.limits import Limits
 from sensorthings.query.options import query_options
 from sensorthings.query.tree import QueryError, QueryOptions
@@ -115,9 +116,11 @@ class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
     def __init__(self, store: Store, address: BrokerAddress, base: str, client_id: str,
-                 limits: Limits = Limits(), qos: int = 1, client: BufferedClient | None = None) -> None:
+                 limits: Limits = Limits(), qos: int = 1, client: BufferedClient | None = None,
+                 relay: str | None = None) -> None:
         """`client`: publish through this connected client (the creator's, whose subscriptions are No Local)
-        instead of a connection of its own."""
+        instead of a connection of its own. `relay`: hand the notifications to the process that takes the creates,
+        through its socket there (sensorthings.mqtt.relay), while it is there."""
         self.store = store
         self.qos = qos  # mqtt.notify_qos
         self.limits = limits  # server.*: a topic's query options meet the limits an HTTP GET meets
@@ -135,6 +138,7 @@ class Notifier:
             address, client_id, on_message=self._on_message, subscriptions=[(SUBSCRIPTIONS_TOPIC, 1)])
         self.outbox = self._outbox(self.client)
         self._out: list[tuple[str, bytes]] = []  # built by the notifier's thread, not yet sent
+        self.relay = RelayClient(relay) if relay else None
         self.thread = threading.Thread(target=self._run, name="mqtt-notify", daemon=True)
         self.thread.start()
 
@@ -156,10 +160,14 @@ class Notifier:
     def stats(self) -> dict[str, Any]:
         """What /health shows: connection, notifications sent and dropped, changes not yet notified, QoS 1
         notifications the broker has not acknowledged yet and those it refused (MQTT 5), topics with subscribers."""
-        return {"connected": self.client.is_connected(), "published": self.published, "dropped": self.dropped,
-                "queued": self.queue.qsize(), "pending": self._backlog, "in_flight": self.outbox.in_flight,
+        relay = self.relay
+        lost = relay.lost if relay is not None else 0  # counted published when handed over
+        return {"connected": self.client.is_connected(), "published": self.published - lost,
+                "dropped": self.dropped + lost, "queued": self.queue.qsize(), "pending": self._backlog,
+                "in_flight": self.outbox.in_flight + (relay.in_flight if relay is not None else 0),
                 "refused": self.outbox.refused,
-                "subscribed_topics": None if self.subscribed is None else len(self.subscribed)}
+                "subscribed_topics": None if self.subscribed is None else len(self.subscribed),
+                **({"relayed": relay.relayed} if relay is not None else {})}
 
     def knows(self, topics: list[str]) -> dict[str, bool | None]:
         """Whether this notifier has heard that each topic has subscribers (None: it cannot know, with an
@@ -177,6 +185,14 @@ class Notifier:
         known = client.outbox
         return known if known is not None and known.qos == self.qos else Outbox(client, self.qos)
 
+    def serve_relay(self, path: str) -> RelayServer:
+        """Publish what other processes hand over at the Unix socket `path` (their `relay`) as this notifier's own."""
+        return RelayServer(path, self._relayed, lambda mids: self.outbox.unacknowledged(mids))
+
+    def _relayed(self, messages: list[tuple[str, bytes]]) -> tuple[int, list[int]]:
+        mids: list[int] = []
+        return self._deliver(messages, mids), mids
+
     def announce(self, topic: str, payload: bytes) -> None:
         """Publish a message of the platform's own beside the SensorThings notifications (citizen feedback)."""
         self._deliver([(topic, payload)])
@@ -185,6 +201,8 @@ class Notifier:
         """Publish what is queued, then disconnect."""
         self.queue.put(None)
         self.thread.join(10)
+        if self.relay is not None:
+            self.relay.close()
         if self.owns_client:
             self.own.loop_stop()
             self.own.disconnect()
@@ -307,9 +325,13 @@ class Notifier:
             out, self._out = self._out, []
             self._deliver(out)
 
-    def _deliver(self, out: list[tuple[str, bytes]]) -> None:
+    def _deliver(self, out: list[tuple[str, bytes]], mids: list[int] | None = None) -> int:
         # a broker slower than the writes: the later notifications wait here, in order, for it to make room
-        taken = self.outbox.send(out)
+        if self.relay is not None and self.relay.send(out):
+            with self._count_lock:
+                self.published += len(out)
+            return len(out)
+        taken = self.outbox.send(out, mids=mids)
         with self._count_lock:  # the writers' thread counts the backlog's drops too; announce comes from others
             self.published += taken
             lost = len(out) - taken
@@ -317,3 +339,4 @@ class Notifier:
             dropped = self.dropped
         if lost and (dropped == lost or (dropped - lost) // 1000 < dropped // 1000):  # the first, every 1,000th
             log.warning("the broker does not take the notifications: %d dropped so far", dropped)
+        return taken

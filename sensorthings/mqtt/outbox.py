@@ -40,9 +40,10 @@ class Outbox:
         self._written: mqtt.MQTTMessageInfo | None = None  # QoS 0: the last write queued
         client.outbox = self
 
-    def send(self, messages: list[tuple[str, bytes]], wait: float = ROOM_WAIT_S) -> int:
+    def send(self, messages: list[tuple[str, bytes]], wait: float = ROOM_WAIT_S, mids: list[int] | None = None) -> int:
         """Publish `messages` in order; how many were taken. The rest are dropped: the client was not connected, or
-        (QoS 1 and 2) the broker acknowledged nothing for `wait` seconds."""
+        (QoS 1 and 2) the broker acknowledged nothing for `wait` seconds. `mids`: the QoS 1 packet identifiers
+        given are added to it (`unacknowledged` tells which the broker has not acknowledged yet)."""
         if self.qos == 2:  # exactly once takes paho's four-packet handshake: one by one
             for i, (topic, payload) in enumerate(messages):
                 if not publish(self.client, topic, payload, 2, wait):
@@ -62,6 +63,8 @@ class Outbox:
                     packet = packets.publish(packets.text(topic), payload, 1, mid, self._v5)
                     self._unacked[mid] = packet
                     built.append(packet)
+                    if mids is not None:
+                        mids.append(mid)
             # not connected: the unacknowledged go out after the reconnect (`resend`)
             self.client.send_packets(b"".join(built))
             sent += len(built)
@@ -80,6 +83,11 @@ class Outbox:
                 self._need = 0
                 self._room.notify_all()
         return ours
+
+    def unacknowledged(self, mids: list[int]) -> list[int]:
+        """Those of `mids` the broker has not acknowledged yet (an identifier given again since counts as not)."""
+        with self._room:
+            return [m for m in mids if m in self._unacked]
 
     def owns(self, mid: int) -> bool:
         """Whether `mid` is one of this outbox's unacknowledged publishes (only the client's thread removes them)."""
