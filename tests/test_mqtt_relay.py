@@ -4,6 +4,8 @@ worker without that process publishes over its own connection. A real Mosquitto,
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +25,7 @@ def _notification(k: int) -> bytes:
     return orjson.dumps({"@iot.selfLink": f"http://udp.test/v1.1/Observations({k})", "@iot.id": k, "result": k})
 
 
-def _worker(store: Any, port: int, path: Path) -> Notifier:
+def _worker(store: Any, port: int, path: Path | str) -> Notifier:
     return Notifier(store, BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "http://udp.test/v1.1",
                     f"worker-{uuid.uuid4().hex[:6]}", relay=str(path))
 
@@ -42,8 +44,8 @@ def test_relayed_notifications_are_published_and_never_sent_back_to_the_creator(
         store = creator.service.store
         taker = Notifier(store, BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"), "http://udp.test/v1.1", "unused",
                          client=creator.client)
-        path = tmp_path / "notify.sock"
-        server = taker.serve_relay(str(path))
+        path = f"@udp-relay-test-{uuid.uuid4().hex[:8]}"  # as `udp serve` names it: no file
+        server = taker.serve_relay(path)
         worker = _worker(store, port, path)
         topic = f"v1.1/Datastreams({ds})/Observations"
         listener = Listener("127.0.0.1", port, [topic])
@@ -98,3 +100,44 @@ def test_a_worker_without_the_relay_publishes_itself_and_takes_the_relay_once_it
             if server is not None:
                 server.close()
             taker.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user takes root to change user")
+def test_another_users_process_cannot_hand_over_notifications() -> None:
+    """What the socket takes is published as the platform's: a process of another user is refused, abstract namespace
+    or not (it has no file permissions)."""
+    published: list[list[tuple[str, bytes]]] = []
+    path = f"@udp-relay-test-{uuid.uuid4().hex[:8]}"
+    server = relay.RelayServer(path, lambda m: (published.append(m) or len(m), []), lambda mids: [])
+
+    def hand_over(uid: int | None) -> int:
+        """The answer's length a process (of `uid`, else this user) gets for a batch; 0: closed without one."""
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no threads, no imports, only the socket
+            got = -1
+            try:
+                if uid is not None:
+                    os.setuid(uid)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(relay._address(path))
+                s.sendall(relay.encode([("v1.1/Things(1)", b"{}")]))
+                s.settimeout(5)
+                got = len(s.recv(8))
+            except (BrokenPipeError, ConnectionResetError):
+                got = 0  # closed while the batch was on its way
+            finally:
+                os.write(write, str(got).encode())
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as f:
+            return int(f.read())
+
+    try:
+        assert hand_over(65534) == 0  # nobody: closed without an answer
+        assert published == []
+        assert hand_over(None) == relay.REPLY.size  # answered for
+        assert published == [[("v1.1/Things(1)", b"{}")]]
+    finally:
+        server.close()

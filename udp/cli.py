@@ -6,11 +6,9 @@ import argparse
 import logging
 import multiprocessing
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 
 from udp.config import Config, ConfigError, load_config
@@ -243,10 +241,9 @@ class _Mqtt:
     the indicator engine."""
 
     def __init__(self, endpoints: list[str], broker: object | None, creator: object, notifier: object,
-                 bridge: object | None, indicators: object | None = None, claim: object | None = None,
-                 relay_dir: str | None = None) -> None:
+                 bridge: object | None, indicators: object | None = None, claim: object | None = None) -> None:
         self.endpoints, self.broker, self.creator, self.notifier = endpoints, broker, creator, notifier
-        self.bridge, self.indicators, self.claim, self.relay_dir = bridge, indicators, claim, relay_dir
+        self.bridge, self.indicators, self.claim = bridge, indicators, claim
 
     def stop(self) -> None:
         if self.indicators is not None:
@@ -261,11 +258,11 @@ class _Mqtt:
             self.broker.stop()  # type: ignore[attr-defined]
         if self.claim is not None:
             self.claim.close()  # type: ignore[attr-defined]
-        if self.relay_dir is not None:
-            shutil.rmtree(self.relay_dir, ignore_errors=True)
 
 
 def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public: str, host: str) -> _Mqtt:
+    import secrets
+
     from mqtt_bridge.bridge import run_process as run_bridge
     from sensorthings.mqtt.broker import EmbeddedBroker
     from sensorthings.mqtt.client import BrokerAddress
@@ -358,12 +355,11 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
             raise SystemExit("another node takes the device messages from this broker into this store"
                              + (" without mqtt.shared" if config.mqtt_shared else "")
                              + ": nodes that share a broker and a store all say `mqtt: {shared: true}`") from None
-    relay_dir = relay = None
+    relay = None
     if external:
         # the workers' notifications published through the bridge process's connection, which the broker does not
-        # send them back to (sensorthings.mqtt.relay); a directory only this user may enter
-        relay_dir = tempfile.mkdtemp(prefix="udp-relay-")
-        relay = os.environ["UDP_NOTIFY_RELAY"] = os.path.join(relay_dir, "notify.sock")
+        # send them back to (sensorthings.mqtt.relay): a socket in the abstract namespace, this user's processes only
+        relay = os.environ["UDP_NOTIFY_RELAY"] = f"@udp-relay-{os.getpid()}-{secrets.token_hex(4)}"
     if config.bridge or external:
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
@@ -375,7 +371,7 @@ def _start_mqtt(args: argparse.Namespace, config: Config, store_url: str, public
         bridge.start()
         if not ready.wait(60):
             print("  the bridge did not subscribe within 60 s; serving anyway", file=sys.stderr)
-    return _Mqtt(endpoints, broker, creator, notifier, bridge, indicators, claim, relay_dir)
+    return _Mqtt(endpoints, broker, creator, notifier, bridge, indicators, claim)
 
 
 def _provision(service: object, config: Config) -> None:

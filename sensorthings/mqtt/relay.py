@@ -31,6 +31,7 @@ REPLY = struct.Struct("!II")  # for each batch, in order: messages acknowledged 
 RETRY_S = 5.0  # a worker without the socket tries it again after this long
 SEND_S = 10.0  # a batch the other process does not read for this long is given up, with its connection
 ACK_POLL_S = 0.005
+_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 # (topic, payload) list → (taken, the QoS 1 packet identifiers to wait for)
 Publish = Callable[[list[tuple[str, bytes]]], tuple[int, list[int]]]
@@ -62,6 +63,12 @@ def decode(body: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def _address(path: str) -> str:
+    """A socket address from `path`: `@name` is Linux's abstract namespace (no file to leave behind when a process is
+    killed, and none an environment variable could not carry), anything else a file."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
 def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
     chunks = []
     while n:
@@ -85,11 +92,14 @@ class RelayServer:
         self.publish = publish
         self.unacknowledged = unacknowledged
         self.relayed = 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by a process that died
+        self._file = not path.startswith("@")
+        if self._file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a process that died
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        os.chmod(path, 0o600)  # the platform's processes only: what comes here is published as the platform's
+        self.sock.bind(_address(path))
+        if self._file:
+            os.chmod(path, 0o600)
         self.sock.listen(16)
         self._closed = threading.Event()
         self._conns: list[socket.socket] = []
@@ -102,8 +112,9 @@ class RelayServer:
         self._closed.set()
         with contextlib.suppress(OSError):
             self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         for conn in list(self._conns):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)  # the batch being read is the last: then its answers, then closed
@@ -114,6 +125,11 @@ class RelayServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            _, uid, _ = _CREDENTIALS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+            if uid != os.getuid():  # what comes here is published as the platform's: its own user's processes only
+                log.warning("a notifications relay connection of user %d refused", uid)
+                conn.close()
+                continue
             self._conns.append(conn)
             answers: queue.SimpleQueue[tuple[int, int, list[int]] | None] = queue.SimpleQueue()
             threading.Thread(target=self._take, args=(conn, answers), name="mqtt-relay-take", daemon=True).start()
@@ -201,7 +217,7 @@ class RelayClient:
         self._next_try = now + RETRY_S
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(self.path)
+            sock.connect(_address(self.path))
         except OSError:
             sock.close()
             return None
