@@ -194,7 +194,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     def creator() -> Creator | None:
         return Creator(Service(store, limits=limits), base, creates) if creates is not None else None
 
-    relays: list[RelayServer] = []
+    relays: list[RelayServer | None] = []
     if node is None:
         notifiers: list[Notifier] = []
         single = creator()
@@ -206,7 +206,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
             store.listeners.append(notifier)  # before the first message can be written
             notifiers.append(notifier)
             if relay is not None and single is not None:
-                relays.append(notifier.serve_relay(relay))
+                relays.append(notifier.serve_relay(relay))  # None: each worker publishes its own
 
         bridge = Bridge(store, rules, address, creator=single, before_start=notify)
 
@@ -217,7 +217,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
         store.listeners.append(notifier)  # before the first message can be written
         if relay is not None and creates is not None:
             # through the creates' connection while this node takes them (`take_creates`), its own otherwise
-            relays.append(notifier.serve_relay(relay))
+            relays.append(notifier.serve_relay(relay))  # None: each worker publishes its own
         own = threading.Event()
 
         def open_session(owner: str) -> Bridge:
@@ -261,6 +261,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
     for server in relays:
-        server.close()  # the workers publish over their own connections again
+        if server is not None:
+            server.close()  # the workers publish over their own connections again
     close()
     store.close()

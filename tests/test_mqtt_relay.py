@@ -141,3 +141,15 @@ def test_another_users_process_cannot_hand_over_notifications() -> None:
         assert published == [[("v1.1/Things(1)", b"{}")]]
     finally:
         server.close()
+
+
+def test_a_relay_that_cannot_be_made_leaves_the_workers_to_publish(tmp_path: Path) -> None:
+    """A socket that cannot be made (here a path in a directory that does not exist; off Linux, the abstract
+    namespace) costs the bridge process nothing but a warning."""
+    with creator_on_a_broker(tmp_path) as (creator, port, _):
+        taker = Notifier(creator.service.store, BrokerAddress.parse(f"mqtt://127.0.0.1:{port}"),
+                         "http://udp.test/v1.1", "unused", client=creator.client)
+        try:
+            assert taker.serve_relay(str(tmp_path / "missing" / "notify.sock")) is None
+        finally:
+            taker.close()

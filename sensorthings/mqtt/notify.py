@@ -185,9 +185,14 @@ class Notifier:
         known = client.outbox
         return known if known is not None and known.qos == self.qos else Outbox(client, self.qos)
 
-    def serve_relay(self, path: str) -> RelayServer:
-        """Publish what other processes hand over at the Unix socket `path` (their `relay`) as this notifier's own."""
-        return RelayServer(path, self._relayed, lambda mids: self.outbox.unacknowledged(mids))
+    def serve_relay(self, path: str) -> RelayServer | None:
+        """Publish what other processes hand over at the Unix socket `path` (their `relay`) as this notifier's own;
+        None when the socket cannot be made (no abstract namespace off Linux): they publish themselves then."""
+        try:
+            return RelayServer(path, self._relayed, lambda mids: self.outbox.unacknowledged(mids))
+        except OSError as exc:
+            log.warning("no notifications relay at %s (%s): each worker publishes its own", path, exc)
+            return None
 
     def _relayed(self, messages: list[tuple[str, bytes]]) -> tuple[int, list[int]]:
         mids: list[int] = []
