@@ -331,12 +331,12 @@ class Notifier:
             self._deliver(out)
 
     def _deliver(self, out: list[tuple[str, bytes]], mids: list[int] | None = None) -> int:
-        # a broker slower than the writes: the later notifications wait here, in order, for it to make room
+        # a broker slower than the writes: the later notifications wait here, in order, for it to make room (handed
+        # to the relay, all are taken: what the other side does not take is counted from its answers, `stats`)
         if self.relay is not None and self.relay.send(out):
-            with self._count_lock:
-                self.published += len(out)
-            return len(out)
-        taken = self.outbox.send(out, mids=mids)
+            taken = len(out)
+        else:
+            taken = self.outbox.send(out, mids=mids)
         with self._count_lock:  # the writers' thread counts the backlog's drops too; announce comes from others
             self.published += taken
             lost = len(out) - taken
