@@ -3,11 +3,11 @@ SQLAlchemy raises every other statement's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection
+from sqlalchemy import ClauseElement, Connection
 from sqlalchemy.exc import DBAPIError
 
 
@@ -21,3 +21,41 @@ def driver(conn: Connection, statement: str) -> Iterator[Any]:
         yield conn.connection.driver_connection
     except dbapi.Error as exc:
         raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+
+
+class _Slot(NamedTuple):
+    """Where a compiled statement's parameter comes from: the caller's `name`, or item `index` of that list (an
+    expanding parameter)."""
+
+    name: str
+    index: int | None
+
+
+_COMPILED: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+
+def run(conn: Connection, statement: ClauseElement, params: Mapping[str, Any]) -> Any:
+    """`statement` executed on the driver's connection under `conn` with `params` as the driver takes them (no type
+    processing; a list for an expanding parameter); the driver's cursor. Compiled once per dialect and length of each
+    list: a small write's statements took 12 times as long in SQLAlchemy's execution as in SQLite (the streams'
+    lookup 0.14 ms of a single POST's 0.57 in the writer, 0.011 of it SQLite's own)."""
+    sizes = tuple((k, len(v)) for k, v in params.items() if isinstance(v, list))
+    key = (statement, conn.dialect.name, sizes)
+    found = _COMPILED.get(key)
+    if found is None:
+        probe = {k: [_Slot(k, i) for i in range(len(v))] if isinstance(v, list) else _Slot(k, None)
+                 for k, v in params.items()}
+        state = statement.compile(dialect=conn.dialect).construct_expanded_state(probe)
+        if len(_COMPILED) > 256:
+            _COMPILED.clear()
+        found = _COMPILED[key] = (state.statement, state.positiontup, dict(state.parameters))
+    sql, order, slots = found
+    values = {name: _value(slot, params) for name, slot in slots.items()}
+    with driver(conn, sql) as db:
+        return db.execute(sql, values if order is None else [values[name] for name in order])
+
+
+def _value(slot: Any, params: Mapping[str, Any]) -> Any:
+    if not isinstance(slot, _Slot):
+        return slot  # a constant the statement holds (a LIMIT)
+    return params[slot.name] if slot.index is None else params[slot.name][slot.index]
