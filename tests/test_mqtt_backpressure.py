@@ -171,3 +171,28 @@ def test_a_write_nobody_follows_takes_no_connection(broker: Mosquitto, tmp_path:
     finally:
         notifier.close()
         store.close()
+
+
+def test_a_commit_nobody_follows_wakes_no_thread(broker: Mosquitto, tmp_path: Path) -> None:
+    """With nobody subscribed to anything (the embedded broker's list is empty), the store's listener hands nothing to
+    the notifier's thread (a tenth of a single POST's time in the writer went to waking it), yet a change to Things
+    is still read before the next notification that is published."""
+    from sensorthings.model import THING
+
+    store = Store.open(f"sqlite:///{tmp_path}/w.db")
+    notifier = notify.Notifier(store, BrokerAddress("127.0.0.1", broker.port), "http://x/v1.1", "w-notifier")
+    try:
+        notifier.queue.put(None)  # its thread ends: what is handed over stays in the queue
+        notifier.thread.join(10)
+        notifier.subscribed = set()
+        notifier([Change(OBSERVATION, 1, "create"), Change(THING, 1, "update")])
+        assert notifier.queue.qsize() == 0 and notifier.stats()["pending"] == 0
+        notifier.subscribed = {"v1.1/Datastreams(1)/Observations"}
+        notifier([Change(OBSERVATION, 2, "create")])
+        assert notifier.queue.qsize() == 1  # someone follows: handed over
+        loaded = notifier.internal.loaded
+        notifier.publish(notifier.queue.get())
+        assert notifier.internal.loaded > loaded, "the Things' change was not read before publishing"
+    finally:
+        notifier.close()
+        store.close()

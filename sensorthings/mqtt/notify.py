@@ -112,6 +112,11 @@ def _set_named(topic: str) -> str:
     return topic.partition("?")[0].rsplit("/", 1)[-1].partition("(")[0]
 
 
+# the entities whose changes may make others internal (config.yml `access: internal`): read again before the next
+# notification after one
+_MAKES_INTERNAL = frozenset({"Thing", "Datastream", "MultiDatastream", "Location"})
+
+
 class Notifier:
     """Publishes committed changes to the broker from a thread of its own."""
 
@@ -145,6 +150,14 @@ class Notifier:
     def __call__(self, changes: list[Change]) -> None:
         """Store listener: take the changes of a committed transaction (dropped, and counted, while BACKLOG_MAX
         are waiting: a broker slower than the writes for long must not grow the process without end)."""
+        if self.subscribed is not None and not self.subscribed:
+            # the broker says nobody subscribes to anything: nothing to publish, no thread to wake (a tenth of the
+            # writer's time for a single POST); a change that may make entities internal is still read before the
+            # next notification
+            if any(c.entity.name in _MAKES_INTERNAL for c in changes):
+                with self._count_lock:
+                    self._internal_changed = True
+            return
         with self._count_lock:
             if self._backlog >= BACKLOG_MAX:
                 self.dropped += len(changes)
@@ -261,11 +274,14 @@ class Notifier:
         wanted = [(name, kind) for name, kind in groups
                   if followed is True or BY_NAME[name].set_name in followed or name in asked]
         # internal entities (config.yml `access: internal`) are never announced on the broker, which anyone may read
-        self._internal_changed |= any(name in ("Thing", "Datastream", "MultiDatastream", "Location")
-                                      for name, _ in groups)
+        changed = any(name in _MAKES_INTERNAL for name, _ in groups)
+        if not wanted and changed:
+            with self._count_lock:  # the writers' thread notes such changes too (`__call__`)
+                self._internal_changed = True
         if wanted:  # else no connection taken: with nobody subscribed (the embedded broker), a write costs nothing here
-            self.internal.refresh(force=self._internal_changed)
-            self._internal_changed = False
+            with self._count_lock:
+                force, self._internal_changed = self._internal_changed or changed, False
+            self.internal.refresh(force=force)
             with self.store.read() as conn:
                 reader = Reader(self.store, self.base, hide_internal=True)
                 for name, kind in wanted:
