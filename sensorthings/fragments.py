@@ -52,6 +52,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from apicommon.lru import SizedLRU
 from sensorthings.model import EntityType, target_of
 from sensorthings.query.tree import BinaryOp, Call, Expand, Expr, OrderBy, Path, QueryOptions, UnaryOp
+from sensorthings.store.driver import run
 from sensorthings.store.schema import TABLES
 from sensorthings.store.versions import ROW_VERSIONS, Versions, confined, holds
 
@@ -150,7 +151,7 @@ class StreamIndex:
             # the rows changed since, and the sequence's number: the highest row version there is (keyed '')
             changed = []
             seq = 0
-            for key, version in conn.execute(_CHANGED, {"seq": self.seq}).all():
+            for key, version in run(conn, _CHANGED, {"seq": self.seq}).fetchall():
                 if key:
                     changed.append((key, version))
                 else:
