@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import orjson
@@ -50,6 +51,11 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _query(request: Request) -> str:
+    """The request's query string as `request.url.query` gives it, without building the URL (7 us a request)."""
+    return urlsplit("?" + request.scope.get("query_string", b"").decode()).query
+
+
 def _settle(back: asyncio.Future[ApiResponse], done: Pending[ApiResponse]) -> None:
     """Resolve `back` as `done` was, unless its request is gone (cancelled: the write went on without it)."""
     if back.done():
@@ -94,7 +100,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             body=body,
             base=f"{public_base(request, public_url)}{prefix}",
             content_type=request.headers.get("content-type", ""),
-            query_string=request.url.query,
+            query_string=_query(request),
             if_none_match=request.headers.get("if-none-match", ""),
             sees_internal=sees_internal(request.scope),
             exact_count="count=exact" in request.headers.get("prefer", "").replace(" ", ""),
