@@ -31,24 +31,33 @@ class _Slot(NamedTuple):
     index: int | None
 
 
-_COMPILED: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+_COMPILED: dict[tuple[Any, str], tuple[Any, tuple[str, ...]]] = {}  # (statement, dialect) -> compiled, expanding
+_EXPANDED: dict[tuple[Any, ...], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
 
 def run(conn: Connection, statement: ClauseElement, params: Mapping[str, Any]) -> Any:
     """`statement` executed on the driver's connection under `conn` with `params` as the driver takes them (no type
     processing; a list for an expanding parameter); the driver's cursor. Compiled once per dialect and length of each
-    list: a small write's statements took 12 times as long in SQLAlchemy's execution as in SQLite (the streams'
-    lookup 0.14 ms of a single POST's 0.57 in the writer, 0.011 of it SQLite's own)."""
-    sizes = tuple((k, len(v)) for k, v in params.items() if isinstance(v, list))
-    key = (statement, conn.dialect.name, sizes)
-    found = _COMPILED.get(key)
-    if found is None:
-        probe = {k: [_Slot(k, i) for i in range(len(v))] if isinstance(v, list) else _Slot(k, None)
-                 for k, v in params.items()}
-        state = statement.compile(dialect=conn.dialect).construct_expanded_state(probe)
+    expanding list: a small write's statements took 12 times as long in SQLAlchemy's execution as in SQLite (the
+    streams' lookup 0.14 ms of a single POST's 0.57 in the writer, 0.011 of it SQLite's own)."""
+    dialect = conn.dialect.name
+    compiled = _COMPILED.get((statement, dialect))
+    if compiled is None:
+        made = statement.compile(dialect=conn.dialect)
         if len(_COMPILED) > 256:
             _COMPILED.clear()
-        found = _COMPILED[key] = (state.statement, state.positiontup, dict(state.parameters))
+        compiled = _COMPILED[(statement, dialect)] = (
+            made, tuple(sorted(name for name, bind in made.binds.items() if bind.expanding)))
+    made, expanding = compiled
+    key = (statement, dialect, *(len(params[name]) for name in expanding))
+    found = _EXPANDED.get(key)
+    if found is None:
+        probe = {k: [_Slot(k, i) for i in range(len(v))] if k in expanding else _Slot(k, None)
+                 for k, v in params.items()}
+        state = made.construct_expanded_state(probe)
+        if len(_EXPANDED) > 256:
+            _EXPANDED.clear()
+        found = _EXPANDED[key] = (state.statement, state.positiontup, dict(state.parameters))
     sql, order, slots = found
     values = {name: _value(slot, params) for name, slot in slots.items()}
     with driver(conn, sql) as db:
