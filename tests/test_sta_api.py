@@ -230,6 +230,9 @@ def test_multidatastream(sta: httpx.Client, thing: dict) -> None:
     assert values(sta, f"MultiDatastreams({mid})/Observations")[0]["result"] == [270, 4.5]
     r = sta.post(f"MultiDatastreams({mid})/Observations", json={"result": [1]})
     assert r.status_code == 400
+    # each value against its own type (the types as read for the write: JSON text on SQLite's driver, decoded)
+    r = sta.post(f"MultiDatastreams({mid})/Observations", json={"result": ["north", 4.5]})
+    assert r.status_code == 400 and "multiObservationDataTypes[0]" in r.json()["message"]
     bad = dict(body, unitOfMeasurements=[UNIT])
     assert sta.post("MultiDatastreams", json=bad).status_code == 400
 
