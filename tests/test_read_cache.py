@@ -287,6 +287,10 @@ def test_versions_read_on_the_event_loop_are_never_older_than_the_call(kind: str
             seen = await asyncio.gather(*(reader.current() for _ in range(5)))
             assert {v["things"] for v in seen} == {before + n}
             assert (await under_way).get("things", 0) in (before + n - 1, before + n)
+        # SQLite keeps what it read while nothing is committed (`PRAGMA data_version`): each caller gets its own
+        got = await reader.current()
+        got["things"] = -1
+        assert (await reader.current())["things"] == before + 5
         await reader.close()
 
     try:
