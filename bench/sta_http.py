@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import random
 import re
 import shutil
@@ -46,6 +47,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 from harness import Database, Udp, create_pg, say  # bench/ is the script's own directory
+from mqtt_ingest import CpuMeter, fmt_cpu, postgres_pids
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
@@ -411,7 +413,12 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
         quiet = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
         with PacedWriters(sta, ds_ids, args.live_rate, args.live_threads) as writers:
             time.sleep(1.0)  # the writers reach their pace
+            # where the 2 cores go under writes: what is left for the reads is what the writes do not take
+            meter = CpuMeter({"workers": server.worker_pids, "writers (this bench)": lambda: [os.getpid()],
+                              **({"postgres": postgres_pids} if args.store == "pg" else {})})
+            meter.start()
             busy = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
+            cpu = meter.stop()
         stored = writers.stored / writers.seconds
         stale, stale_stored = None, 0.0
         if args.live_max_stale:
@@ -426,6 +433,7 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
             f"under writes {busy.rps:,.0f} req/s (p99 {busy.p99_ms:.1f} ms, {busy.split}) = {ratio:.2f}x; "
             f"writes stored {stored:,.0f}/s of {args.live_rate:,.0f}/s offered ({writers.failed} failed)"
             + (f", NON-2XX {quiet.non2xx + busy.non2xx}" if quiet.non2xx + busy.non2xx else ""))
+        say(f"  CPU under writes, wrk's own not counted: {fmt_cpu(cpu)}")
         target = LIVE_TARGETS[key]
         report.add(f"{name}: quiet", f"{quiet.rps:,.0f} req/s", f">= {target:,.0f} req/s", verdict(quiet.rps, target))
         report.add(f"{name}: under writes", f"{busy.rps:,.0f} req/s = {ratio:.2f}x quiet", ">= 0.50x",
