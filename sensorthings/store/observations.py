@@ -295,8 +295,7 @@ def _insert_widening(conn: Connection, rows: list[dict[str, Any]], commits: bool
 def _insert_one(conn: Connection, row: list[Any]) -> int:
     """SQLite: one bound row (`Prepared.bound`) inserted on the driver's connection (its triggers raise the versions);
     its id. Through SQLAlchemy's execution a single POST's statements took 12 times as long as in SQLite itself."""
-    with driver(conn, _SQLITE_INSERT) as db:
-        return db.execute(_SQLITE_INSERT, row[1:]).fetchone()[0]
+    return run(conn, _INSERT_ONE, dict(zip(BOUND_COLUMNS, row, strict=True))).fetchone()[0]
 
 
 @lru_cache(maxsize=8)
@@ -484,8 +483,6 @@ _INSERT_ONE = insert(TABLES["observations"]).returning(TABLES["observations"].c.
 _INSERT_ONE_WIDENING = {multi: _INSERT_ONE.add_cte(_WIDEN[multi].cte("widened")) for multi in (False, True)}
 # what the statements and column types run on the driver's own connection are compiled with
 PG_DIALECT = psycopg_dialect()
-_SQLITE_INSERT = (f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))}) RETURNING id")
 _TIME_TEXT = UtcDateTime().bind_processor(pysqlite_dialect())  # a time as SQLite's text of it
 _SPAN_TIMES = frozenset({"b_ps", "b_pe", "b_rs", "b_re"})
 # the columns the driver's own connection takes as JSON text (the pipelined small writes here)
