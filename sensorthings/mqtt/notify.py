@@ -274,13 +274,10 @@ class Notifier:
         wanted = [(name, kind) for name, kind in groups
                   if followed is True or BY_NAME[name].set_name in followed or name in asked]
         # internal entities (config.yml `access: internal`) are never announced on the broker, which anyone may read
-        changed = any(name in _MAKES_INTERNAL for name, _ in groups)
-        if not wanted and changed:
-            with self._count_lock:  # the writers' thread notes such changes too (`__call__`)
-                self._internal_changed = True
+        with self._count_lock:  # the writers' thread notes such changes too (`__call__`)
+            force = self._internal_changed or any(name in _MAKES_INTERNAL for name, _ in groups)
+            self._internal_changed = force and not wanted  # read below when wanted, else before the next one
         if wanted:  # else no connection taken: with nobody subscribed (the embedded broker), a write costs nothing here
-            with self._count_lock:
-                force, self._internal_changed = self._internal_changed or changed, False
             self.internal.refresh(force=force)
             with self.store.read() as conn:
                 reader = Reader(self.store, self.base, hide_internal=True)
