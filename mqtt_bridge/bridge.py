@@ -194,7 +194,7 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     def creator() -> Creator | None:
         return Creator(Service(store, limits=limits), base, creates) if creates is not None else None
 
-    relays: list[RelayServer | None] = []
+    relays: list[RelayServer] = []
     if node is None:
         notifiers: list[Notifier] = []
         single = creator()
@@ -205,8 +205,9 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
                                 client=client if single is not None else None)
             store.listeners.append(notifier)  # before the first message can be written
             notifiers.append(notifier)
-            if relay is not None and single is not None:
-                relays.append(notifier.serve_relay(relay))  # None: each worker publishes its own
+            # None: the socket could not be made, each worker publishes its own
+            if relay is not None and single is not None and (served := notifier.serve_relay(relay)) is not None:
+                relays.append(served)
 
         bridge = Bridge(store, rules, address, creator=single, before_start=notify)
 
@@ -216,8 +217,10 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
         notifier = Notifier(store, address, base, notify_id, limits=limits, qos=notify_qos)
         store.listeners.append(notifier)  # before the first message can be written
         if relay is not None and creates is not None:
-            # through the creates' connection while this node takes them (`take_creates`), its own otherwise
-            relays.append(notifier.serve_relay(relay))  # None: each worker publishes its own
+            # through the creates' connection while this node takes them (`take_creates`), its own otherwise; None:
+            # the socket could not be made, each worker publishes its own
+            if (served := notifier.serve_relay(relay)) is not None:
+                relays.append(served)
         own = threading.Event()
 
         def open_session(owner: str) -> Bridge:
@@ -261,7 +264,6 @@ def run_process(rules: list[Rule], store_url: str, address: BrokerAddress, base:
     while not stop.wait(1.0) and os.getppid() == parent:
         pass
     for server in relays:
-        if server is not None:
-            server.close()  # the workers publish over their own connections again
+        server.close()  # the workers publish over their own connections again
     close()
     store.close()
