@@ -18,7 +18,9 @@ With --live (issue 17: reads that hold while devices write; use --observations 1
 on each of `Things?$top=100`, `Observations` newest 100, a Datastream's newest 200 (a chart) and Things
 with Locations and Datastreams each with its newest Observation: wrk quiet, then wrk while --live-threads
 client threads pace --live-rate single `POST /v1.1/Observations` per second in all; it prints req/s quiet,
-req/s under writes, their ratio and the writes stored per second (201s) of those offered; then, while the
+req/s under writes, their ratio and the writes stored per second (201s) of those offered, with where the cores
+went and, per worker, what its GETs under writes waited for (`/health` `reads`: ms a GET for the versions, the
+worker's POSTs in flight, the writer, another's computation, its own inline, a thread); then, while the
 writers go on, the same read as a dashboard polling every few seconds may send it, with `Cache-Control:
 max-stale=N` (--live-max-stale; 0 skips it): answers up to N seconds behind the data are good enough for it.
 """
@@ -398,6 +400,35 @@ class PacedWriters:
         self.seconds = time.perf_counter() - self._started
 
 
+def worker_reads(base: str, pids: list[int]) -> dict[int, dict[str, float]]:
+    """Each worker's `/health` `reads` (sensorthings/http/read_waits.py), asked on new connections until every
+    worker has answered (the kernel hands each connection to either)."""
+    found: dict[int, dict[str, float]] = {}
+    for _ in range(200):
+        body = httpx.get(f"{base}/health", timeout=30).json()
+        found.setdefault(body["worker"], body["reads"])
+        if set(pids) <= found.keys():
+            break
+    return found
+
+
+def fmt_reads(before: dict[int, dict[str, float]], after: dict[int, dict[str, float]]) -> str:
+    """Per worker, what its GETs between two `worker_reads` waited for: ms a GET on average for each kind, and how
+    many were computed inline, in threads or joined another's computation."""
+    parts = []
+    for pid in sorted(after):
+        a, b = after[pid], before.get(pid, {})
+        gets = a["gets"] - b.get("gets", 0)
+        if not gets:
+            parts.append(f"{pid}: no GETs")
+            continue
+        ms = " ".join(f"{k} {(a[k + '_s'] - b.get(k + '_s', 0)) * 1000 / gets:.2f}" for k in
+                      ("versions", "posts", "writer", "joined", "inline", "thread"))
+        counts = "/".join(f"{int(a[k] - b.get(k, 0)):,}" for k in ("inline", "thread", "joined"))
+        parts.append(f"{pid}: {gets:,} GETs, ms a GET: {ms}; computed inline/thread/joined {counts}")
+    return "; ".join(parts)
+
+
 def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Namespace, report: Report) -> None:
     """Each read quiet and while paced writers POST Observations: req/s, ratio, writes stored per second."""
     ds = ds_ids[len(ds_ids) // 2]
@@ -416,9 +447,11 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
             # where the 2 cores go under writes: what is left for the reads is what the writes do not take
             meter = CpuMeter({"workers": server.worker_pids, "writers (this bench)": lambda: [os.getpid()],
                               **({"postgres": postgres_pids} if args.store == "pg" else {})})
+            waited = worker_reads(server.url, server.worker_pids())
             meter.start()
             busy = run_wrk(server, url, args.duration, args.wrk_threads, args.wrk_connections)
             cpu = meter.stop()
+            waits = fmt_reads(waited, worker_reads(server.url, server.worker_pids()))
         stored = writers.stored / writers.seconds
         stale, stale_stored = None, 0.0
         if args.live_max_stale:
@@ -434,6 +467,7 @@ def live_reads(server: Server, sta: str, ds_ids: list[int], args: argparse.Names
             f"writes stored {stored:,.0f}/s of {args.live_rate:,.0f}/s offered ({writers.failed} failed)"
             + (f", NON-2XX {quiet.non2xx + busy.non2xx}" if quiet.non2xx + busy.non2xx else ""))
         say(f"  CPU under writes, wrk's own not counted: {fmt_cpu(cpu)}")
+        say(f"  where the GETs' time went under writes (per worker): {waits}")
         target = LIVE_TARGETS[key]
         report.add(f"{name}: quiet", f"{quiet.rps:,.0f} req/s", f">= {target:,.0f} req/s", verdict(quiet.rps, target))
         report.add(f"{name}: under writes", f"{busy.rps:,.0f} req/s = {ratio:.2f}x quiet", ">= 0.50x",

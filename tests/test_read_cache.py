@@ -128,6 +128,39 @@ def test_a_write_is_seen_by_the_other_worker_and_spares_other_tables(
     assert worker(reader) == pid  # one worker answered the reader throughout
 
 
+def test_health_says_where_a_workers_reads_spent_their_time(clients: tuple[httpx.Client, httpx.Client]) -> None:
+    """`/health` `reads` (sensorthings.http.read_waits): every GET counted, each one's versions read on the event
+    loop, the first reading of an answer computed in a thread, and after another worker's write computed again
+    (inline or in a thread); the seconds only grow."""
+    reader, writer = clients
+    made = writer.post("/v1.1/Things", json=station(unique("waits")))
+    assert made.status_code == 201, made.text
+    ds = sta_get(writer, f"Things({made.json()['@iot.id']})/Datastreams")["value"][0]["@iot.id"]
+    chart = (f"Datastreams({ds})/Observations", {**NEWEST, "$select": "id,result"})
+
+    def reads() -> dict[str, Any]:
+        return reader.get("/health").json()["reads"]
+
+    before = reads()
+    for _ in range(5):
+        sta_get(reader, *chart)
+    after = reads()
+    assert after["gets"] == before["gets"] + 5
+    assert after["versions"] == before["versions"] + 5
+    assert after["thread"] == before["thread"] + 1  # the first of them: a key never computed is not computed inline
+    assert after["versions_s"] > before["versions_s"]
+    assert after["thread_s"] > before["thread_s"]
+
+    posted = writer.post("/v1.1/Observations", json={"phenomenonTime": "2024-03-01T00:00:00Z", "result": 7,
+                                                     "Datastream": {"@iot.id": ds}})
+    assert posted.status_code == 201, posted.text
+    assert sta_get(reader, *chart)["value"][0]["@iot.id"] == posted.json()["@iot.id"]
+    last = reads()
+    assert last["gets"] == after["gets"] + 1
+    assert last["inline"] + last["thread"] == after["inline"] + after["thread"] + 1  # computed again
+    assert all(last[k] >= after[k] for k in last)
+
+
 def test_a_chart_stays_cached_while_other_datastreams_are_written(
         clients: tuple[httpx.Client, httpx.Client]) -> None:
     """A read confined to one Datastream's Observations depends on that Datastream's row and Observations only:

@@ -31,6 +31,7 @@ from ows.mapfile import ServiceInfo
 from provider_plugins.catalogue import PlatformCatalogue
 from sensorthings.cache import ResponseCache
 from sensorthings.http.app import sensorthings_routes
+from sensorthings.http.read_waits import ReadWaits
 from sensorthings.mqtt.client import BrokerAddress
 from sensorthings.mqtt.notify import Notifier, mqtt_conformance
 from sensorthings.service import Service
@@ -66,6 +67,7 @@ def build_app(config: Config) -> Starlette:
     extensions, settings = mqtt_conformance(endpoints) if mqtt_url else ([], {})
     service = Service(store, cache=cache, extensions=extensions, settings=settings, limits=config.limits())
     versions = version_watch.watch(config.store) if cache is not None else None
+    read_waits = ReadWaits()
     notifier = None
     if mqtt_url:
         base = os.environ.get("UDP_BASE_URL", config.public_url or "http://localhost:8080").rstrip("/")
@@ -138,6 +140,7 @@ def build_app(config: Config) -> Starlette:
         if service.cache is not None:
             body["response_cache"] = service.cache.stats()
             body["worker"] = os.getpid()  # the stats are this worker's
+        body["reads"] = read_waits.stats()  # where this worker's GETs spent their time (sensorthings.http.read_waits)
         body["ingest"] = store.writer.stats()
         if store.write_turns is not None:  # SQLite: this worker's turns at the write lock every process shares
             body["ingest"]["write_turns"] = store.write_turns.stats()
@@ -193,7 +196,8 @@ def build_app(config: Config) -> Starlette:
         Route("/", landing),
         Route("/health", health),
         Route("/me", me),
-        *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb, versions=versions),
+        *sensorthings_routes(service, config.public_url, max_body_mb=config.max_body_mb, versions=versions,
+                             waits=read_waits),
         *cockpit_routes(cockpit_oidc.issuer if cockpit_oidc is not None else None),
         *features_routes(sources, config.title, config.public_url, max_limit=config.max_top, catalogue=catalogue,
                          tile_dir=tile_files.directory),

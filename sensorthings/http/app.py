@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -14,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from apicommon.request import max_stale, public_base, sees_internal
+from sensorthings.http.read_waits import ReadWaits
 from sensorthings.openapi import openapi_document
 from sensorthings.pending import Pending
 from sensorthings.service import ApiRequest, ApiResponse, CachePlan, Service
@@ -73,19 +75,22 @@ def _settle_idle(woken: asyncio.Future[None]) -> None:
 
 
 def sensorthings_routes(service: Service, public_url: str | None = None, prefix: str = "/v1.1",
-                        max_body_mb: int = MAX_BODY_MB, versions: VersionWatch | None = None) -> list[Route]:
+                        max_body_mb: int = MAX_BODY_MB, versions: VersionWatch | None = None,
+                        waits: ReadWaits | None = None) -> list[Route]:
     """The routes serving the SensorThings API under `prefix` (the service root at `prefix` itself,
     with or without a trailing slash) and its OpenAPI document at `prefix/openapi.json`.
 
     With `versions`, a GET whose answer is in the response cache is served on the event loop, and a POSTed
     Observation goes from it to the group-commit writer: neither waits for a thread (nor, under load, for
-    its turn at the GIL there), so reads and device writes both keep their pace while the other is busy."""
+    its turn at the GIL there), so reads and device writes both keep their pace while the other is busy.
+    `waits`: where the GETs' time goes is added up there (`/health` shows it); one of the routes' own otherwise."""
     too_large = orjson.dumps({"code": 413, "type": "error", "message": f"the request body is over the limit of "
                                                                        f"{max_body_mb} MiB (server.max_body_mb)"})
     documents: dict[str, bytes] = {}
     write_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first write
     posts: set[asyncio.Future[ApiResponse]] = set()  # the answers of the POSTs handed to the writer, until back
     idle_wait: list[asyncio.Future[None]] = []  # what reads waiting for the writer share (`_writer_idle`)
+    spent = ReadWaits() if waits is None else waits
 
     async def endpoint(request: Request) -> Response:
         body = None
@@ -107,9 +112,12 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
             max_stale=max_stale(request.headers.get("cache-control", "")),
         )
         if request.method == "GET":
+            spent.gets += 1
             res, now = await _from_cache(req)
             if res is None:
+                began = perf_counter()
                 res = await run_in_threadpool(service.handle, req, None, now)
+                spent.add("thread", began)
         elif (submitted := service.submit(req)) is not None:
             # a client gone before the commit leaves the write to finish unbothered: the writer holds it
             res = await _handed_back(submitted)
@@ -152,21 +160,29 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         # round trip and, while devices write, the computations every write would otherwise ask for
         if (res := service.stale_enough(req, plan)) is not None:
             return res, None
+        began = perf_counter()
         if (now := await _versions_now(plan)) is None:
             return None, None
+        began = spent.add("versions", began)
         if posts:  # devices' writes before reads: see POSTS_FIRST_S
             await asyncio.wait(list(posts), timeout=POSTS_FIRST_S)
+            began = spent.add("posts", began)
         res = await _taken(req, plan, now)
         if res is None and service.computes_inline(plan):
             if not service.store.writer.idle.is_set():
                 # devices' writes first, as a thread computing it would (`yield_to`); then the versions again
+                began = perf_counter()
                 await _writer_idle()
+                began = spent.add("writer", began)
                 if (now := await _versions_now(plan)) is None:
                     return None, None
+                spent.add("versions", began)
                 res = await _taken(req, plan, now)
             # others ran meanwhile: still nothing under way to wait for (the event loop must not block on one)
             if res is None and service.computes_inline(plan):
+                began = perf_counter()
                 res = service.handle(req, None, now, inline=True)
+                spent.add("inline", began)
         return res, now
 
     async def _versions_now(plan: CachePlan) -> dict[str, int] | None:
@@ -182,7 +198,9 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         """The answer from the cache or from a computation under way that is fresh at `now`; None: neither."""
         res = service.cached(req, plan, now)
         if res is None and (joined := service.joined(req, plan, now)) is not None:
+            began = perf_counter()
             res = await asyncio.wrap_future(joined)
+            spent.add("joined", began)
         return res
 
     async def _writer_idle() -> None:
