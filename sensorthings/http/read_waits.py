@@ -12,41 +12,34 @@ their difference divided by the GETs between them (bench/sta_http.py --live prin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
 
 WAITS = ("versions", "posts", "writer", "joined", "inline", "thread")
 
 
-@dataclass(slots=True)
 class ReadWaits:
-    """This worker's totals since it started: GETs that went the response cache's way (`gets`), and for each kind
-    of wait the GETs that waited so (`<kind>`) and the seconds they waited in all (`<kind>_s`). `versions`: reading
-    the tables' versions on the event loop; `posts`: this worker's POSTs in flight (`POSTS_FIRST_S`); `writer`: the
-    writer to be idle before a computation; `joined`: another request's computation under way; `inline`: computing
-    the answer on the event loop; `thread`: answering in a thread (a miss not computed inline, or no versions)."""
+    """This worker's totals since it started: the GETs (`gets`), and for each kind of wait the GETs that waited so
+    (`<kind>`) and the seconds they waited in all (`<kind>_s`). `versions`: reading the tables' versions on the event
+    loop; `posts`: this worker's POSTs in flight (`POSTS_FIRST_S`); `writer`: the writer to be idle before a
+    computation; `joined`: another request's computation under way; `inline`: computing the answer on the event loop;
+    `thread`: answering in a thread (a miss not computed inline, no versions, or no response cache)."""
 
-    gets: int = 0
-    versions: int = 0
-    versions_s: float = 0.0
-    posts: int = 0
-    posts_s: float = 0.0
-    writer: int = 0
-    writer_s: float = 0.0
-    joined: int = 0
-    joined_s: float = 0.0
-    inline: int = 0
-    inline_s: float = 0.0
-    thread: int = 0
-    thread_s: float = 0.0
+    def __init__(self) -> None:
+        self.gets = 0
+        self._counts = dict.fromkeys(WAITS, 0)
+        self._seconds = dict.fromkeys(WAITS, 0.0)
 
     def add(self, kind: str, since: float) -> float:
         """Count a wait of `kind` that began at `since` (`time.perf_counter()`); the time now, for the next one.
         The event loop's thread alone calls this: no lock."""
         now = time.perf_counter()
-        setattr(self, kind, getattr(self, kind) + 1)
-        setattr(self, f"{kind}_s", getattr(self, f"{kind}_s") + now - since)
+        self._counts[kind] += 1
+        self._seconds[kind] += now - since
         return now
 
     def stats(self) -> dict[str, int | float]:
         """The totals for `/health`, seconds to the microsecond."""
-        return {f.name: round(v, 6) if isinstance(v := getattr(self, f.name), float) else v for f in fields(self)}
+        out: dict[str, int | float] = {"gets": self.gets}
+        for kind in WAITS:
+            out[kind] = self._counts[kind]
+            out[f"{kind}_s"] = round(self._seconds[kind], 6)
+        return out
