@@ -51,6 +51,8 @@ import orjson
 from harness import Database, Udp, create_pg, say  # bench/ is the script's own directory
 from mqtt_ingest import CpuMeter, fmt_cpu, postgres_pids
 
+from sensorthings.http.read_waits import WAITS
+
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=30)  # every Datastream's Observations spread over 30 days
 ROWS_PER_REQUEST = 1000
@@ -422,8 +424,7 @@ def fmt_reads(before: dict[int, dict[str, float]], after: dict[int, dict[str, fl
         if not gets:
             parts.append(f"{pid}: no GETs")
             continue
-        ms = " ".join(f"{k} {(a[k + '_s'] - b.get(k + '_s', 0)) * 1000 / gets:.2f}" for k in
-                      ("versions", "posts", "writer", "joined", "inline", "thread"))
+        ms = " ".join(f"{k} {(a[k + '_s'] - b.get(k + '_s', 0)) * 1000 / gets:.2f}" for k in WAITS)
         counts = "/".join(f"{int(a[k] - b.get(k, 0)):,}" for k in ("inline", "thread", "joined"))
         parts.append(f"{pid}: {gets:,} GETs, ms a GET: {ms}; computed inline/thread/joined {counts}")
     return "; ".join(parts)

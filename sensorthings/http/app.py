@@ -166,7 +166,7 @@ def sensorthings_routes(service: Service, public_url: str | None = None, prefix:
         began = spent.add("versions", began)
         if posts:  # devices' writes before reads: see POSTS_FIRST_S
             await asyncio.wait(list(posts), timeout=POSTS_FIRST_S)
-            began = spent.add("posts", began)
+            spent.add("posts", began)
         res = await _taken(req, plan, now)
         if res is None and service.computes_inline(plan):
             if not service.store.writer.idle.is_set():
