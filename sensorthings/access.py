@@ -6,19 +6,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, and_, or_, select
+from sqlalchemy import ColumnElement, Connection, FromClause, and_, or_, select, text
 
 from sensorthings.model import EntityType
 from sensorthings.query.sql import SqlDialect
 from sensorthings.store.schema import TABLES
 
 INTERNAL = "internal"
+INDEX = "things_internal"
+# what marks a Thing internal, its constants written out: a partial index (`install`) answers only the very condition
+# it was made with. With the path bound as a parameter every read without the read role scanned all the Things in
+# each statement (50,000 Things: 13-14 ms a statement on SQLite, 6.4 on PostgreSQL; 0.05 and 0.17 with the index)
+_MARKED = {"sqlite": f"json_extract(things.properties, '$.\"udpAccess\"') = '{INTERNAL}'",
+           "postgresql": f"(things.properties #>> '{{udpAccess}}') = '{INTERNAL}'"}
 
 
 def internal_things(dialect: SqlDialect) -> Any:
     """SELECT the ids of internal Things."""
-    things = TABLES["things"]
-    return select(things.c.id).where(dialect.json_text(things.c.properties, ("udpAccess",)) == INTERNAL)
+    return select(TABLES["things"].c.id).where(text(_MARKED[dialect.name]))
+
+
+def install(conn: Connection) -> None:
+    """Create the partial index of the internal Things where it is missing (on PostgreSQL looked up first: even
+    CREATE INDEX IF NOT EXISTS waits for the writers' lock on the table)."""
+    name = conn.dialect.name
+    if name == "postgresql" and conn.exec_driver_sql(
+            f"SELECT 1 FROM pg_indexes WHERE indexname = '{INDEX}' AND schemaname = current_schema()").first():
+        return
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {INDEX} ON things (id) WHERE {_MARKED[name]}")
 
 
 def _streams(name: str, dialect: SqlDialect) -> Any:

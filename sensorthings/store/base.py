@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, literal, select, update
 
+from sensorthings import access
 from sensorthings.body import Draft, Ref
 from sensorthings.model import (
     HISTORICAL_LOCATION,
@@ -169,6 +170,7 @@ class Store:
                     conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS postgis")
                 metadata.create_all(conn)
                 self.spatial_indexes(conn)
+                access.install(conn)
                 if self.dialect.name == "postgresql":
                     from sensorthings.store import postgres
 
