@@ -28,8 +28,8 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.sql import visitors
-from sqlalchemy.sql.expression import ColumnClause, Exists
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.expression import BooleanClauseList, ColumnClause, Exists
 
 from sensorthings import results
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
@@ -89,6 +89,8 @@ class _Scope:
     froms: list[FromClause] = field(default_factory=list)
     conds: list[ColumnElement] = field(default_factory=list)
     aliases: dict[tuple[str, ...], FromClause] = field(default_factory=dict)
+    # the steps out of the root: (the condition joining it, the root's column, the other side's, through a link table)
+    hops: list[tuple[ColumnElement, ColumnElement, ColumnElement, bool]] = field(default_factory=list)
 
 
 def json_path(segments: tuple[str, ...], pos: int) -> tuple[str | int, ...]:
@@ -118,10 +120,23 @@ class Translator:
         scope = _Scope(table)
         val = self._expr(entity, scope, expr)
         cond = self._as_bool(val, expr)
-        if scope.froms:
-            sub = select(literal(1)).select_from(*scope.froms).where(and_(*scope.conds, cond))
-            return Exists(sub)
-        return cond
+        if not scope.froms:
+            return cond
+        if len(scope.hops) == 1 and scope.hops[0][3]:
+            # one step out of the root, through a link table (Things' Locations): the root's ids among those the rest
+            # finds, the terms of the root alone beside it. As a correlated EXISTS SQLite's planner probed the link's
+            # key (Thing, Location) for each Location the R-tree let through, for every Thing: the Things in an area
+            # of a city of 50,000, 700 ms against 12. PostgreSQL plans both as the same semi-join
+            joined, outer, inner, _link = scope.hops[0]
+            rest = [c for c in scope.conds if c is not joined]
+            terms = list(cond.clauses) if isinstance(cond, BooleanClauseList) and cond.operator is operators.and_ \
+                else [cond]
+            own = [t for t in terms if not any(_reads(t, f) for f in scope.froms)]
+            away = [t for t in terms if not any(t is o for o in own)]
+            if not any(_reads(c, scope.root) for c in (*rest, *away)):
+                found = outer.in_(select(inner).select_from(*scope.froms).where(and_(*rest, *away)))
+                return and_(*own, found) if own else found
+        return Exists(select(literal(1)).select_from(*scope.froms).where(and_(*scope.conds, cond)))
 
     def order(self, entity: EntityType, table: FromClause,
               orderby: tuple[OrderBy, ...]) -> list[tuple[ColumnElement, bool]]:
@@ -257,14 +272,18 @@ class Translator:
         target = TABLES[target_of(nav).table].alias()
         scope.froms.append(target)
         if nav.kind is NavKind.FK:
-            scope.conds.append(target.c.id == src.c[nav.column])
+            outer, inner = src.c[nav.column], target.c.id
         elif nav.kind is NavKind.REVERSE:
-            scope.conds.append(target.c[nav.column] == src.c.id)
+            outer, inner = src.c.id, target.c[nav.column]
         else:
             link = TABLES[nav.link_table].alias()
             scope.froms.append(link)
-            scope.conds.append(link.c[nav.link_self] == src.c.id)
             scope.conds.append(link.c[nav.link_target] == target.c.id)
+            outer, inner = src.c.id, link.c[nav.link_self]
+        joined = inner == outer
+        scope.conds.append(joined)
+        if src is scope.root:
+            scope.hops.append((joined, outer, inner, nav.kind is NavKind.LINK))
         return target
 
     # -- coercions ------------------------------------------------------------------------------
@@ -553,6 +572,11 @@ def _is_many_path(entity: EntityType, expr: Expr) -> list[bool]:
         out.append(nav.many)
         current = target_of(nav)
     return out
+
+
+def _reads(expr: ColumnElement, table: FromClause) -> bool:
+    """Whether an SQL expression reads a column of `table`."""
+    return any(isinstance(node, ColumnClause) and node.table is table for node in visitors.iterate(expr))
 
 
 def _references_a_column(expr: ColumnElement) -> bool:

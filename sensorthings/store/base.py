@@ -32,7 +32,7 @@ from sensorthings.store import observations, references, versions
 from sensorthings.store.group_commit import ObservationWriter
 from sensorthings.store.observations import ObservationRow
 from sensorthings.store.replicas import Replicas
-from sensorthings.store.schema import TABLES, metadata
+from sensorthings.store.schema import NAME_INDEXES, TABLES, metadata
 from sensorthings.store.sqlite_checkpoints import Checkpointer, checkpointer_of
 from sensorthings.store.sqlite_turns import Turns, turns_of
 from sensorthings.times import now
@@ -169,6 +169,9 @@ class Store:
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(8250001)")
                     conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS postgis")
                 metadata.create_all(conn)
+                # made with their tables by create_all; into a database made before them, here
+                for index in NAME_INDEXES:
+                    index.create(conn, checkfirst=True)
                 self.spatial_indexes(conn)
                 access.install(conn)
                 if self.dialect.name == "postgresql":

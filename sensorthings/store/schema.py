@@ -223,6 +223,13 @@ observations = Table(
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in metadata.sorted_tables}
+# entities are found by name (`$filter=name eq '…'`: a device or an import resolving its Thing), and on SQLite listed by
+# it (`$orderby=name`; the rowid, which is the id, follows the name in its index as every page's order has it): without
+# these each such read scanned or sorted the whole register (50,000 Things: 3 ms to find one by name, 5 for the first
+# page by name). A hash on PostgreSQL: a B-tree refuses a row over a third of a page, and a name may be longer
+NAME_INDEXES = tuple(Index(f"{name}_name", TABLES[name].c.name, postgresql_using="hash") for name in (
+    "things", "locations", "sensors", "observed_properties", "datastreams", "multi_datastreams",
+    "features_of_interest"))
 SERIES_INDEX = next(i for i in observations.indexes if i.name == "observations_datastream_time")
 
 

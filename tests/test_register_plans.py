@@ -1,0 +1,113 @@
+"""Reads that must not grow with a city's registers: finding and listing entities by name through an index, and the
+Things in an area found from the Locations the spatial index lets through (not by visiting every Thing), on both
+stores; the answers checked against what the data says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from sensorthings.service import ApiRequest, Service
+from sensorthings.store.base import Store
+
+BOX = "geography'POLYGON((127 37.5, 127.1 37.5, 127.1 37.6, 127 37.6, 127 37.5))'"
+INSIDE, OUTSIDE = [127.05, 37.55], [126.5, 37.2]
+City = tuple[Store, Service, list[tuple[str, Any]]]  # and the statements the store ran, with their parameters
+
+
+def _location(name: str, at: list[float]) -> dict[str, Any]:
+    return {"name": name, "description": "d", "encodingType": "application/geo+json",
+            "location": {"type": "Point", "coordinates": at}}
+
+
+@pytest.fixture
+def city(store_url: str) -> Iterator[City]:
+    """Things with no Location, one inside the box, one outside, or one of each; the statements the store runs."""
+    store = Store.open(store_url)
+    service = Service(store)
+    places = {"none": [], "in": [INSIDE], "out": [OUTSIDE], "both": [INSIDE, OUTSIDE]}
+    for i in range(3):
+        for kind, points in places.items():
+            service.call("POST", "Things", {
+                "name": f"{kind} {i}", "description": "d", "properties": {"kind": "school" if i else "park"},
+                "Locations": [_location(f"{kind} {i} at {k}", p) for k, p in enumerate(points)]})
+    run: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, params: Any, *_args: Any) -> None:
+        run.append((statement, params))
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        yield store, service, run
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+        store.close()
+
+
+def _names(service: Service, path: str, **params: str) -> list[str]:
+    res = service.handle(ApiRequest("GET", path, params, sees_internal=False, base="http://test/v1.1"))
+    assert res.status == 200, res.content()
+    return [e["name"] for e in res.body["value"]]
+
+
+def _plan(store: Store, statement: tuple[str, Any]) -> str:
+    """The plan of a statement a read ran, with its parameters (PostgreSQL told to avoid a scan where it can: on a
+    handful of rows a scan is its cheaper plan, and the question is whether an index can serve)."""
+    sql, params = statement
+    with store.engine.connect() as conn:
+        if store.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))
+        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+def test_entities_are_found_by_name_through_an_index(city: City) -> None:
+    store, service, run = city
+    for path, table in (("Things", "things"), ("Locations", "locations"), ("Datastreams", "datastreams"),
+                        ("Sensors", "sensors"), ("FeaturesOfInterest", "features_of_interest")):
+        run.clear()
+        assert _names(service, path, **{"$filter": "name eq 'in 1'"}) == (["in 1"] if path == "Things" else [])
+        page = next(s for s in run if f"FROM {table}" in s[0] and "ORDER BY" in s[0])
+        assert f"{table}_name" in _plan(store, page), page
+    run.clear()
+    listed = _names(service, "Things", **{"$orderby": "name desc", "$top": "5"})
+    assert listed == sorted((f"{k} {i}" for k in ("none", "in", "out", "both") for i in range(3)), reverse=True)[:5]
+    if store.dialect.name == "sqlite":  # PostgreSQL's is a hash (any length of name): it finds, it does not order
+        page = next(s for s in run if "FROM things" in s[0] and "ORDER BY" in s[0])
+        assert "things_name" in _plan(store, page), page
+    # a name longer than a B-tree takes on PostgreSQL is still a name
+    long = {"name": "x" * 1_000_000, "description": "d"}
+    assert service.call("POST", "Things", long) is not None
+    assert _names(service, "Things", **{"$filter": f"name eq '{long['name']}'"}) == [long["name"]]
+
+
+def test_the_things_in_an_area_come_from_the_locations_found_there(city: City) -> None:
+    store, service, run = city
+    inside = {f"{k} {i}" for k in ("in", "both") for i in range(3)}
+    run.clear()
+    assert set(_names(service, "Things", **{"$filter": f"st_within(Locations/location, {BOX})"})) == inside
+    page = next(s for s in run if "FROM things" in s[0] and "ORDER BY" in s[0])
+    assert "EXISTS" not in page[0], page  # the Things' ids among those of the Locations inside, not each Thing visited
+    if store.dialect.name == "sqlite":
+        plan = _plan(store, page)
+        # driven by the R-tree's Locations, each Thing looked up by its id
+        assert plan.startswith("SEARCH things USING INTEGER PRIMARY KEY") and "rtree_locations" in plan, plan
+    # the root's own terms beside it, either way round
+    for flt in (f"st_within(Locations/location, {BOX}) and properties/kind eq 'school'",
+                f"properties/kind eq 'school' and st_within(Locations/location, {BOX})"):
+        assert set(_names(service, "Things", **{"$filter": flt})) == {n for n in inside if not n.endswith(" 0")}
+    # what cannot be split keeps the correlated form, and its meaning: a Thing answers through one of its Locations
+    either = f"st_within(Locations/location, {BOX}) or name eq 'out 0'"
+    assert set(_names(service, "Things", **{"$filter": either})) == inside | {"out 0"}
+    assert set(_names(service, "Things", **{"$filter": f"not st_within(Locations/location, {BOX})"})) == {
+        f"{k} {i}" for k in ("out", "both") for i in range(3)}
+    assert _names(service, "Things", **{"$filter": "Locations/name eq 'both 2 at 1'"}) == ["both 2"]
+    # the other way along the same link, and further on from it
+    assert set(_names(service, "Locations", **{"$filter": "Things/name eq 'both 1'"})) == {"both 1 at 0", "both 1 at 1"}
+    res = service.handle(ApiRequest("GET", "HistoricalLocations", {
+        "$filter": f"st_within(Locations/location, {BOX})", "$expand": "Thing($select=name)"}, base="http://test/v1.1"))
+    assert res.status == 200, res.content()
+    assert {e["Thing"]["name"] for e in res.body["value"]} == inside
