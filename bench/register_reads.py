@@ -1,15 +1,16 @@
 """Reads over a city-size register of Things, each against a baseline in the same run: hiding the internal Things
 (sensorthings/access.py) against the read role's reads, which carry no condition, and against the same reads with the
 partial index of internal Things dropped; a Thing found by name with its index and with it dropped; the Things in an
-area against the Locations in the same area (the spatial index's own answer).
+area against the Locations in the same area (the spatial index's own answer), and their Datastreams (through the
+Things) against a plain page of Datastreams.
 
     python bench/register_reads.py [--things 50000] [--stores sqlite,pg] [--pg postgresql://…/postgres]
 
 Each store gets 100 stations (a Location and 3 Datastreams of 24 Observations each) through the API, then --things
-Things of a register, each at a Location of its own spread over Seoul (one in a thousand internal), inserted in bulk
-as a department's register brought in. Each read is answered --requests times in-process by a service without a
-response cache (every answer computed). Prints the median ms a request and the ratio to its baseline. It asserts
-nothing.
+Things of a register, each at a Location of its own spread over Seoul with a Datastream (one in a thousand internal),
+inserted in bulk as a department's register brought in. Each read is answered --requests times in-process by a
+service without a response cache (every answer computed). Prints the median ms a request and the ratio to its
+baseline. It asserts nothing.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def load(store: Store, things: int) -> None:
                  "geom": Point(p).wkb} for i, p in zip(ids, points, strict=True)])
             conn.execute(insert(TABLES["thing_locations"]), [
                 {"thing_id": first_thing + i, "location_id": first_location + i} for i in ids])
+            conn.execute(insert(TABLES["datastreams"]), [
+                {"name": f"pupils {i}", "description": "d", "observation_type": OM, "thing_id": first_thing + i,
+                 "sensor_id": 1, "observed_property_id": 1,
+                 "unit_of_measurement": {"name": "count", "symbol": "{pupil}", "definition": "ucum"}} for i in ids])
     if store.dialect.name == "postgresql":
         with store.engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE")
@@ -113,14 +118,17 @@ def bench(url: str, things: int, requests: int) -> None:
             return median_ms(service, path, params, role, n)
 
         name = {"$filter": f"name eq 'school {things // 2 + 1}'"}
+        few = max(3, requests // 10)
         rows = [
             ("Things?$top=100", ms("Things", {"$top": "100"}), ms("Things", {"$top": "100"}, True), "read role"),
             ("the expanded Things", ms("Things", EXPANDED), ms("Things", EXPANDED, True), "read role"),
             ("the Things in an area (~1 %)", ms("Things", {"$filter": f"st_within(Locations/location, {AREA})"}),
              ms("Locations", {"$filter": f"st_within(location, {AREA})"}), "its Locations"),
         ]
+        rows.append(("the Datastreams in that area (through their Things)",
+                     ms("Datastreams", {"$filter": f"st_within(Thing/Locations/location, {AREA})"}, n=few),
+                     ms("Datastreams", {"$top": "100"}), "a page of them"))
         found = ms("Things", name)
-        few = max(3, requests // 10)
         drop(store, "things_name")()
         rows.append(("a Thing by name", found, ms("Things", name, n=few), "no name index"))
         drop(store, INDEX)()

@@ -15,6 +15,7 @@ from sensorthings.store.base import Store
 
 BOX = "geography'POLYGON((127 37.5, 127.1 37.5, 127.1 37.6, 127 37.6, 127 37.5))'"
 INSIDE, OUTSIDE = [127.05, 37.55], [126.5, 37.2]
+OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 City = tuple[Store, Service, list[tuple[str, Any]]]  # and the statements the store ran, with their parameters
 
 
@@ -33,7 +34,13 @@ def city(store_url: str) -> Iterator[City]:
         for kind, points in places.items():
             service.call("POST", "Things", {
                 "name": f"{kind} {i}", "description": "d", "properties": {"kind": "school" if i else "park"},
-                "Locations": [_location(f"{kind} {i} at {k}", p) for k, p in enumerate(points)]})
+                "Locations": [_location(f"{kind} {i} at {k}", p) for k, p in enumerate(points)],
+                "Datastreams": [{
+                    "name": f"count {kind} {i}", "description": "d", "observationType": OM,
+                    "unitOfMeasurement": {"name": "count", "symbol": "{count}", "definition": "ucum"},
+                    "Sensor": {"name": f"counter {kind} {i}", "description": "d", "encodingType": "text/html",
+                               "metadata": "m"},
+                    "ObservedProperty": {"name": "count", "definition": "c", "description": "d"}}]})
     run: list[tuple[str, Any]] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, params: Any, *_args: Any) -> None:
@@ -111,3 +118,12 @@ def test_the_things_in_an_area_come_from_the_locations_found_there(city: City) -
         "$filter": f"st_within(Locations/location, {BOX})", "$expand": "Thing($select=name)"}, base="http://test/v1.1"))
     assert res.status == 200, res.content()
     assert {e["Thing"]["name"] for e in res.body["value"]} == inside
+    # a link further along: followed from each row's own side, never probed for each Location the R-tree lets through
+    for path, along, named in (("Datastreams", "Thing/Locations/location", "count {}"),
+                               ("Sensors", "Datastreams/Thing/Locations/location", "counter {}")):
+        run.clear()
+        found = _names(service, path, **{"$filter": f"st_within({along}, {BOX})"})
+        assert set(found) == {named.format(n) for n in inside}, path
+        if store.dialect.name == "sqlite":
+            plan = _plan(store, next(s for s in run if f"FROM {path.lower()}" in s[0] and "ORDER BY" in s[0]))
+            assert "sqlite_autoindex_thing_locations_1 (thing_id=?)" in plan, plan

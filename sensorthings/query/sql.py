@@ -91,6 +91,8 @@ class _Scope:
     aliases: dict[tuple[str, ...], FromClause] = field(default_factory=dict)
     # the steps out of the root: (the condition joining it, the root's column, the other side's, through a link table)
     hops: list[tuple[ColumnElement, ColumnElement, ColumnElement, bool]] = field(default_factory=list)
+    # each link table's join to its target: (the condition, the link's column, the target's id)
+    links: list[tuple[ColumnElement, ColumnElement, ColumnElement]] = field(default_factory=list)
 
 
 def json_path(segments: tuple[str, ...], pos: int) -> tuple[str | int, ...]:
@@ -136,7 +138,14 @@ class Translator:
             if not any(_reads(c, scope.root) for c in (*rest, *away)):
                 found = outer.in_(select(inner).select_from(*scope.froms).where(and_(*rest, *away)))
                 return and_(*own, found) if own else found
-        return Exists(select(literal(1)).select_from(*scope.froms).where(and_(*scope.conds, cond)))
+        conds = scope.conds
+        if self.dialect.name == "sqlite" and scope.links:
+            # visited from each root row, a link is followed from its own side (Thing, then Location): SQLite's planner
+            # otherwise probed the link's key for every Location the R-tree let through (Datastreams in an area:
+            # their Things' Locations), for every row. `+ 0` keeps the link's target column from serving as a key
+            guarded = {id(c): link + 0 == target for c, link, target in scope.links}
+            conds = [guarded.get(id(c), c) for c in conds]
+        return Exists(select(literal(1)).select_from(*scope.froms).where(and_(*conds, cond)))
 
     def order(self, entity: EntityType, table: FromClause,
               orderby: tuple[OrderBy, ...]) -> list[tuple[ColumnElement, bool]]:
@@ -278,7 +287,9 @@ class Translator:
         else:
             link = TABLES[nav.link_table].alias()
             scope.froms.append(link)
-            scope.conds.append(link.c[nav.link_target] == target.c.id)
+            reached = link.c[nav.link_target] == target.c.id
+            scope.conds.append(reached)
+            scope.links.append((reached, link.c[nav.link_target], target.c.id))
             outer, inner = src.c.id, link.c[nav.link_self]
         joined = inner == outer
         scope.conds.append(joined)
