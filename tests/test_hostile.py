@@ -377,6 +377,23 @@ def test_a_nul_byte_is_the_clients_problem_on_both_apis(city: Server) -> None:
         else:
             assert r.status_code == 200, (path, r.text)
 
+def test_a_value_past_a_limit_of_the_database_is_the_clients_problem(city: Server) -> None:
+    # a B-tree takes rows up to a third of a page: an index a department adds on a text column refuses a longer value
+    if city.kind != "postgresql":
+        pytest.skip("SQLite indexes values of any length")
+    import psycopg
+
+    with psycopg.connect(city.store, autocommit=True) as conn:
+        conn.execute("CREATE INDEX IF NOT EXISTS hostile_things_description ON things (description)")
+    try:
+        long = {"name": "long", "description": "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(40_000))}
+        assert "exceeds a limit of the database" in _error(city.client.post("/v1.1/Things", json=long), 400)
+        assert city.client.post("/v1.1/Things", json={"name": "short", "description": "d"}).status_code == 201
+    finally:
+        with psycopg.connect(city.store, autocommit=True) as conn:
+            conn.execute("DROP INDEX hostile_things_description")
+
+
 _PATCH_OPS = st.fixed_dictionaries(
     {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "x"]),
      "path": st.sampled_from(["", "/", "/name", "/properties/a", "/-", "/~1", "/0"]) | st.text(max_size=6)},
