@@ -118,12 +118,28 @@ def test_the_things_in_an_area_come_from_the_locations_found_there(city: City) -
         "$filter": f"st_within(Locations/location, {BOX})", "$expand": "Thing($select=name)"}, base="http://test/v1.1"))
     assert res.status == 200, res.content()
     assert {e["Thing"]["name"] for e in res.body["value"]} == inside
-    # a link further along: followed from each row's own side, never probed for each Location the R-tree lets through
-    for path, along, named in (("Datastreams", "Thing/Locations/location", "count {}"),
-                               ("Sensors", "Datastreams/Thing/Locations/location", "counter {}")):
+    # an area further along: the rows of the Things found there (by their ids' index), not every row visited
+    for path, along, named, driven in (
+            ("Datastreams", "Thing/Locations/location", "count {}", "SEARCH datastreams USING INDEX ix_datastreams_"),
+            ("Sensors", "Datastreams/Thing/Locations/location", "counter {}", "SEARCH sensors USING INTEGER PRIMARY")):
         run.clear()
         found = _names(service, path, **{"$filter": f"st_within({along}, {BOX})"})
         assert set(found) == {named.format(n) for n in inside}, path
+        page = next(s for s in run if f"FROM {path.lower()}" in s[0] and "ORDER BY" in s[0])
+        assert "EXISTS" not in page[0], page
+        if store.dialect.name == "sqlite":
+            assert _plan(store, page).startswith(driven), _plan(store, page)
+        # where each row must be visited (the row's own terms beside the area, either way), a link on the way is
+        # followed from the row's side, never probed for each Location the R-tree lets through
+        run.clear()
+        either = f"st_within({along}, {BOX}) or name eq '{named.format('out 0')}'"
+        assert set(_names(service, path, **{"$filter": either})) == {named.format(n) for n in inside | {"out 0"}}
         if store.dialect.name == "sqlite":
             plan = _plan(store, next(s for s in run if f"FROM {path.lower()}" in s[0] and "ORDER BY" in s[0]))
             assert "sqlite_autoindex_thing_locations_1 (thing_id=?)" in plan, plan
+    # Observations are never gathered so: an area's may be millions, sorted for one page; each is visited in order
+    run.clear()
+    res = service.handle(ApiRequest("GET", "Observations", {"$filter": f"st_within(FeatureOfInterest/feature, {BOX})"},
+                                    base="http://test/v1.1"))
+    assert res.status == 200, res.content()
+    assert "EXISTS" in next(s for s in run if "FROM observations" in s[0] and "ORDER BY" in s[0])[0]
