@@ -143,3 +143,22 @@ def test_the_things_in_an_area_come_from_the_locations_found_there(city: City) -
                                     base="http://test/v1.1"))
     assert res.status == 200, res.content()
     assert "EXISTS" in next(s for s in run if "FROM observations" in s[0] and "ORDER BY" in s[0])[0]
+
+
+def test_what_is_near_a_point_is_found_through_the_spatial_index(city: City) -> None:
+    store, service, run = city
+    point = f"geography'POINT({INSIDE[0] + 0.003} {INSIDE[1]})'"
+    near = {f"{k} {i} at 0" for k in ("in", "both") for i in range(3)}
+    for flt in (f"geo.distance(location, {point}) lt 0.01", f"geo.distance(location, {point}) le 0.01",
+                f"0.01 gt geo.distance(location, {point})", f"geo.distance({point}, location) lt 0.01"):
+        run.clear()
+        assert set(_names(service, "Locations", **{"$filter": flt})) == near, flt
+        plan = _plan(store, next(s for s in run if "FROM locations" in s[0] and "ORDER BY" in s[0]))
+        assert ("rtree_locations" if store.dialect.name == "sqlite" else "locations_geom_gist") in plan, plan
+    # the distance itself still decides: a box's corner is farther than its side
+    assert _names(service, "Locations", **{"$filter": f"geo.distance(location, {point}) lt 0.002"}) == []
+    assert _names(service, "Locations", **{"$filter": f"geo.distance(location, {point}) lt -1"}) == []
+    assert set(_names(service, "Things", **{"$filter": f"geo.distance(Locations/location, {point}) lt 0.01"})) == {
+        f"{k} {i}" for k in ("in", "both") for i in range(3)}
+    far = _names(service, "Locations", **{"$filter": f"geo.distance(location, {point}) ge 0.01"})
+    assert set(far) == {f"{k} {i} at {n}" for k, n in (("out", 0), ("both", 1)) for i in range(3)}

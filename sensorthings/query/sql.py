@@ -57,6 +57,9 @@ class SqlDialect(Protocol):
     def time_literal(self, value: time) -> ColumnElement: ...
     def geom_literal(self, wkt: str) -> ColumnElement: ...
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement: ...
+    def near(self, col: ColumnElement, wkt: str, distance: float) -> ColumnElement:
+        """A condition every row of `col` within `distance` of the geometry `wkt` meets (others may too), in a form
+        the spatial index answers; the distance itself is compared besides."""
     def instr(self, haystack: ColumnElement, needle: ColumnElement) -> ColumnElement: ...
     def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement: ...
 
@@ -364,7 +367,31 @@ class Translator:
         right = self._expr(entity, scope, node.right)
         if op in ("add", "sub", "mul", "div", "mod"):
             return self._arith(op, left, right, node)
-        return Val(BOOL, self._compare(op, left, right, node))
+        compared = self._compare(op, left, right, node)
+        near = self._near(entity, scope, node)
+        return Val(BOOL, compared if near is None else and_(near, compared))
+
+    def _near(self, entity: EntityType, scope: _Scope, node: BinaryOp) -> ColumnElement | None:
+        """For `geo.distance(a location, a constant geometry) lt (le) a number` (either way round): a condition the
+        spatial index answers, which every row within that distance meets. "Near me" visited every row: 50,000
+        Locations, 312 ms on SQLite, 30-136 on PostgreSQL."""
+        op, call, bound = node.op, node.left, node.right
+        if isinstance(bound, Call):
+            op, call, bound = _FLIP.get(op, op), bound, call
+        if op not in ("lt", "le") or not isinstance(call, Call) or call.name != "geo.distance" or len(call.args) != 2:
+            return None
+        if not (isinstance(bound, Literal) and bound.kind in ("int", "float")):
+            return None
+        shapes = [a for a in call.args if isinstance(a, Literal) and a.kind == "geometry"]
+        paths = [a for a in call.args if isinstance(a, Path)]
+        if len(shapes) != 1 or len(paths) != 1:
+            return None
+        col = self._expr(entity, scope, paths[0])
+        if col.type != GEOMETRY:
+            return None
+        scope.near = True
+        # no distance is below zero (and PostGIS refuses a negative one): the comparison answers for those
+        return self.dialect.near(col.sql, str(shapes[0].value), max(float(bound.value), 0.0))  # type: ignore[arg-type]
 
     def _arith(self, op: str, left: Val, right: Val, node: BinaryOp) -> Val:
         if left.is_const and right.is_const:

@@ -97,6 +97,9 @@ class PostgresDialect:
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
         return getattr(func, name)(*args)
 
+    def near(self, col: ColumnElement, wkt: str, distance: float) -> ColumnElement:
+        return func.ST_DWithin(col, self.geom_literal(wkt), distance)
+
     def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:
         return func.mod(cast(a, Numeric), cast(b, Numeric))
 

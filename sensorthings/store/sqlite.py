@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal,
     select,
     table,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import StaticPool
@@ -101,14 +102,15 @@ class SqliteDialect:
             return test
         # a literal geometry against an indexed column: let the R-tree rule out most rows first
         for col, lit in (args, args[::-1]):
-            rtree = _rtree_of(col)
             wkb = getattr(lit, "value", None)
-            if rtree is not None and isinstance(wkb, bytes):
-                minx, miny, maxx, maxy = _geom(wkb).bounds
-                r = rtree_table(rtree)
-                near = select(r.c.id).where(r.c.maxx >= minx, r.c.minx <= maxx, r.c.maxy >= miny, r.c.miny <= maxy)
-                return and_(col.table.c.id.in_(near), test)
+            if isinstance(wkb, bytes) and (box := _boxed(col, _geom(wkb).bounds)) is not None:
+                return and_(box, test)
         return test
+
+    def near(self, col: ColumnElement, wkt: str, distance: float) -> ColumnElement:
+        minx, miny, maxx, maxy = shapely.from_wkt(wkt).bounds
+        box = _boxed(col, (minx - distance, miny - distance, maxx + distance, maxy + distance))
+        return true() if box is None else box
 
     def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:
         return a % b
@@ -157,6 +159,18 @@ def _relate(a: bytes | None, b: bytes | None, pattern: str | None) -> int | None
 SPATIAL_TABLES = ("locations", "features_of_interest", "datastreams", "multi_datastreams")
 # predicates that can only hold where the two bounding boxes meet
 BBOX_PREDICATES = ("equals", "touches", "within", "overlaps", "crosses", "intersects", "contains")
+
+
+def _boxed(col: Any, bounds: tuple[float, float, float, float]) -> ColumnElement | None:
+    """The rows of an indexed geometry column whose bounding boxes meet `bounds`, found in its R-tree (None: the
+    column has none)."""
+    rtree = _rtree_of(col)
+    if rtree is None:
+        return None
+    minx, miny, maxx, maxy = bounds
+    r = rtree_table(rtree)
+    return col.table.c.id.in_(select(r.c.id).where(r.c.maxx >= minx, r.c.minx <= maxx, r.c.maxy >= miny,
+                                                   r.c.miny <= maxy))
 
 
 def rtree_table(name: str) -> Any:
