@@ -1,5 +1,6 @@
 """The internal Things are found through a partial index (sensorthings.access): a read without the read role never
-scans every Thing, on either store, and a database made before the index gets it when the platform next opens it."""
+scans every Thing, on either store; a database made before it, or before the indexes of names
+(sensorthings.store.schema.NAME_INDEXES), gets them when the platform next opens it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sensorthings.access import INDEX, internal_things, visible
 from sensorthings.model import DATASTREAM, OBSERVATION, THING
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
-from sensorthings.store.schema import TABLES
+from sensorthings.store.schema import NAME_INDEXES, TABLES
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 
@@ -71,17 +72,23 @@ def test_reads_without_the_read_role_find_internal_things_by_the_index(store_url
         store.close()
 
 
-def test_a_database_made_before_the_index_gets_it_when_opened(store_url: str) -> None:
+def test_a_database_made_before_the_indexes_gets_them_when_opened(store_url: str) -> None:
     Store.open(store_url).close()
     store = Store.open(store_url)
     try:
         with store.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP INDEX {INDEX}")
+            for index in NAME_INDEXES:
+                conn.exec_driver_sql(f"DROP INDEX {index.name}")
     finally:
         store.close()
     store = Store.open(store_url)
     try:
         plan = _plan(store, internal_things(store.dialect))
         assert INDEX in plan, plan
+        for index in NAME_INDEXES:
+            table = TABLES[index.table.name]  # type: ignore[union-attr]
+            plan = _plan(store, select(table.c.id).where(table.c.name == "a name"))
+            assert index.name in plan, plan
     finally:
         store.close()
