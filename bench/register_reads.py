@@ -2,7 +2,8 @@
 (sensorthings/access.py) against the read role's reads, which carry no condition, and against the same reads with the
 partial index of internal Things dropped; a Thing found by name with its index and with it dropped; the Things in an
 area against the Locations in the same area (the spatial index's own answer), the Locations near a point against
-them too, and the area's Datastreams (through the Things) against a plain page of Datastreams.
+them too, the 10 nearest a point against the first 10, and the area's Datastreams (through the Things) against a
+plain page of Datastreams.
 
     python bench/register_reads.py [--things 50000] [--stores sqlite,pg] [--pg postgresql://…/postgres]
 
@@ -128,6 +129,9 @@ def bench(url: str, things: int, requests: int) -> None:
         near = "geo.distance(location, geography'POINT(126.97 37.565)') lt 0.005"
         rows.append(("the Locations near a point (`geo.distance … lt`)", ms("Locations", {"$filter": near}),
                      ms("Locations", {"$filter": f"st_within(location, {AREA})"}), "an area's"))
+        rows.append(("the 10 Locations nearest a point", ms("Locations", {
+            "$orderby": "geo.distance(location, geography'POINT(126.97 37.565)')", "$top": "10"}),
+                     ms("Locations", {"$top": "10"}), "the first 10"))
         rows.append(("the Datastreams in that area (through their Things)",
                      ms("Datastreams", {"$filter": f"st_within(Thing/Locations/location, {AREA})"}, n=few),
                      ms("Datastreams", {"$top": "100"}), "a page of them"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from sqlalchemy import event
@@ -162,3 +163,38 @@ def test_what_is_near_a_point_is_found_through_the_spatial_index(city: City) -> 
         f"{k} {i}" for k in ("in", "both") for i in range(3)}
     far = _names(service, "Locations", **{"$filter": f"geo.distance(location, {point}) ge 0.01"})
     assert set(far) == {f"{k} {i} at {n}" for k, n in (("out", 0), ("both", 1)) for i in range(3)}
+
+
+def test_the_nearest_come_first_through_the_spatial_index(city: City) -> None:
+    store, service, run = city
+    origin = (127.2, 37.7)
+    for i in range(30):  # a spiral out from the origin, five of them at one spot (ties, broken by id)
+        at = [origin[0] + 0.002, origin[1]] if i % 6 == 0 else [origin[0] + 0.0007 * i, origin[1] - 0.0003 * i]
+        service.call("POST", "Locations", _location(f"{'g' if i % 2 else 'h'}{i}", at))
+    point = f"geography'POINT({origin[0]} {origin[1]})'"
+    every = service.handle(ApiRequest("GET", "Locations", {"$top": "1000"}, sees_internal=False,
+                                      base="http://test/v1.1")).body["value"]
+
+    def expected(keep: Any = lambda _name: True) -> list[str]:
+        def far(e: dict[str, Any]) -> float:
+            x, y = e["location"]["coordinates"]
+            return float(((x - origin[0]) ** 2 + (y - origin[1]) ** 2) ** 0.5)
+        return [e["name"] for e in sorted((e for e in every if keep(e["name"])), key=lambda e: (far(e), e["@iot.id"]))]
+
+    order = f"geo.distance(location, {point})"
+    for top in (1, 3, 7, 50, 1000):
+        run.clear()
+        assert _names(service, "Locations", **{"$orderby": order, "$top": str(top)}) == expected()[:top], top
+        if top < 30:
+            plan = _plan(store, next(s for s in run if "FROM locations" in s[0] and "ORDER BY" in s[0]))
+            assert ("rtree_locations" if store.dialect.name == "sqlite" else "locations_geom_gist") in plan, plan
+    assert _names(service, "Locations", **{"$orderby": order, "$top": "4", "$filter": "startswith(name, 'g')"}) == \
+        expected(lambda name: name.startswith("g"))[:4]
+    # the pages after the first continue where it ended
+    pages: list[str] = []
+    params: dict[str, str] = {"$orderby": order, "$top": "7"}
+    for _ in range(3):
+        res = service.handle(ApiRequest("GET", "Locations", params, sees_internal=False, base="http://test/v1.1"))
+        pages += [e["name"] for e in res.body["value"]]
+        params = dict(parse_qsl(urlsplit(res.body["@iot.nextLink"]).query))
+    assert pages == expected()[:21]

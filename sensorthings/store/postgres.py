@@ -97,7 +97,7 @@ class PostgresDialect:
     def spatial(self, name: str, *args: ColumnElement) -> ColumnElement:
         return getattr(func, name)(*args)
 
-    def near(self, col: ColumnElement, wkt: str, distance: float) -> ColumnElement:
+    def near(self, col: ColumnElement, wkt: str, distance: float | ColumnElement) -> ColumnElement:
         return func.ST_DWithin(col, self.geom_literal(wkt), distance)
 
     def mod(self, a: ColumnElement, b: ColumnElement) -> ColumnElement:

@@ -107,7 +107,7 @@ class SqliteDialect:
                 return and_(box, test)
         return test
 
-    def near(self, col: ColumnElement, wkt: str, distance: float) -> ColumnElement:
+    def near(self, col: ColumnElement, wkt: str, distance: float | ColumnElement) -> ColumnElement:
         minx, miny, maxx, maxy = shapely.from_wkt(wkt).bounds
         box = _boxed(col, (minx - distance, miny - distance, maxx + distance, maxy + distance))
         return true() if box is None else box
@@ -161,7 +161,7 @@ SPATIAL_TABLES = ("locations", "features_of_interest", "datastreams", "multi_dat
 BBOX_PREDICATES = ("equals", "touches", "within", "overlaps", "crosses", "intersects", "contains")
 
 
-def _boxed(col: Any, bounds: tuple[float, float, float, float]) -> ColumnElement | None:
+def _boxed(col: Any, bounds: tuple[Any, Any, Any, Any]) -> ColumnElement | None:
     """The rows of an indexed geometry column whose bounding boxes meet `bounds`, found in its R-tree (None: the
     column has none)."""
     rtree = _rtree_of(col)
