@@ -182,7 +182,13 @@ class Reader:
                 extra.append(table.c.id > bindparam("above", type_=BigInteger))
             if radius is not None:
                 assert nearest is not None
-                extra.append(self.store.dialect.near(*nearest, bindparam("radius", type_=Float)))
+                near = self.store.dialect.near(*nearest, bindparam("radius", type_=Float))
+                if self.store.dialect.name == "sqlite":
+                    # SQLite sorts a NULL first: the rows without a geometry (a Location of another encoding) lead the
+                    # page; found by id, as the R-tree's are (`…_no_geom`), so that neither side scans the table
+                    col = nearest[0]
+                    near = or_(near, table.c.id.in_(select(table.c.id).where(col.is_(None))))
+                extra.append(near)
             q = self._page_select(entity, table, where, options, keys, extra)
             if above is not None:  # a few new rows, sought by id and sorted by the caller
                 return q

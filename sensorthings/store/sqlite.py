@@ -201,6 +201,8 @@ def create_spatial_indexes(conn: Connection) -> None:
             f"INSERT INTO {rt} SELECT new.id, {box} WHERE new.geom IS NOT NULL; END",
             f"CREATE TRIGGER IF NOT EXISTS {rt}_delete AFTER DELETE ON {name} "
             f"BEGIN DELETE FROM {rt} WHERE id = old.id; END",
+            # the rows the R-tree does not hold: the nearest first puts them first (SQLite sorts a NULL first)
+            f"CREATE INDEX IF NOT EXISTS {name}_no_geom ON {name} (id) WHERE geom IS NULL",
         ):
             conn.exec_driver_sql(ddl)
 
