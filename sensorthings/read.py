@@ -57,8 +57,8 @@ from sensorthings.fragments import Fragment, FragmentCache, keeps, keeps_rows, n
 from sensorthings.keptrows import KeptRowsCache
 from sensorthings.model import EntityType, Kind, Nav, NavKind, target_of
 from sensorthings.query.limits import Limits
-from sensorthings.query.sql import Translator
-from sensorthings.query.tree import Call, Expand, Literal, Path, QueryError, QueryOptions
+from sensorthings.query.sql import Translator, distance_to_constant
+from sensorthings.query.tree import Call, Expand, QueryError, QueryOptions
 from sensorthings.query.unparse import next_link
 from sensorthings.results import JSON, STRING, decode_result
 from sensorthings.store.base import Store
@@ -668,17 +668,13 @@ def _nearest(entity: EntityType, table: FromClause, options: QueryOptions) -> tu
     between them, nearest first; None otherwise."""
     if not options.orderby or options.orderby[0].descending:
         return None
-    first = options.orderby[0].expr
-    if not (isinstance(first, Call) and first.name == "geo.distance" and len(first.args) == 2):
+    if (found := distance_to_constant(options.orderby[0].expr)) is None:
         return None
-    shapes = [a for a in first.args if isinstance(a, Literal) and a.kind == "geometry"]
-    paths = [a for a in first.args if isinstance(a, Path) and len(a.segments) == 1]
-    if len(shapes) != 1 or len(paths) != 1:
-        return None
-    prop = entity.prop_by_name.get(paths[0].segments[0])
+    path, wkt = found
+    prop = entity.prop_by_name.get(path.segments[0]) if len(path.segments) == 1 else None
     if prop is None or prop.kind is not Kind.GEOJSON:
         return None
-    return table.c.geom, str(shapes[0].value)
+    return table.c.geom, wkt
 
 
 def _first_page_kept(conn: Connection, options: QueryOptions, after: tuple[Any, ...] | None,

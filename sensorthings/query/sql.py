@@ -378,20 +378,19 @@ class Translator:
         op, call, bound = node.op, node.left, node.right
         if isinstance(bound, Call):
             op, call, bound = _FLIP.get(op, op), bound, call
-        if op not in ("lt", "le") or not isinstance(call, Call) or call.name != "geo.distance" or len(call.args) != 2:
+        if op not in ("lt", "le"):
             return None
         if not (isinstance(bound, Literal) and bound.kind in ("int", "float")):
             return None
-        shapes = [a for a in call.args if isinstance(a, Literal) and a.kind == "geometry"]
-        paths = [a for a in call.args if isinstance(a, Path)]
-        if len(shapes) != 1 or len(paths) != 1:
+        if (found := distance_to_constant(call)) is None:
             return None
-        col = self._expr(entity, scope, paths[0])
+        path, wkt = found
+        col = self._expr(entity, scope, path)
         if col.type != GEOMETRY:
             return None
         scope.near = True
         # no distance is below zero (and PostGIS refuses a negative one): the comparison answers for those
-        return self.dialect.near(col.sql, str(shapes[0].value), max(float(bound.value), 0.0))  # type: ignore[arg-type]
+        return self.dialect.near(col.sql, wkt, max(float(bound.value), 0.0))  # type: ignore[arg-type]
 
     def _arith(self, op: str, left: Val, right: Val, node: BinaryOp) -> Val:
         if left.is_const and right.is_const:
@@ -562,6 +561,18 @@ class Translator:
 _FLIP = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le"}
 # predicates that hold only where two bounding boxes meet: against a constant geometry a spatial index answers them
 _NEAR = frozenset({"equals", "touches", "within", "overlaps", "crosses", "intersects", "contains"})
+
+
+def distance_to_constant(expr: Expr) -> tuple[Path, str] | None:
+    """For `geo.distance(a path, a constant geometry)`, either way round: the path and the geometry's WKT; None for
+    any other expression."""
+    if not (isinstance(expr, Call) and expr.name == "geo.distance" and len(expr.args) == 2):
+        return None
+    shapes = [a for a in expr.args if isinstance(a, Literal) and a.kind == "geometry"]
+    paths = [a for a in expr.args if isinstance(a, Path)]
+    if len(shapes) != 1 or len(paths) != 1:
+        return None
+    return paths[0], str(shapes[0].value)
 
 
 def _visits_observations(scope: _Scope) -> bool:
