@@ -113,6 +113,16 @@ def sta(server: Server) -> httpx.Client:
     return server.http("/v1.1/")
 
 
+def query_plan(store: Any, sql: str, params: Any = None) -> str:
+    """The store's plan for a statement, as text (PostgreSQL told to avoid a scan where it can: on a handful of rows a
+    scan is its cheaper plan, and the question a test asks is whether an index can serve)."""
+    with store.engine.connect() as conn:
+        if store.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))
+        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
 def unique(prefix: str = "t") -> str:
     """A name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -13,6 +13,7 @@ from sensorthings.model import DATASTREAM, OBSERVATION, THING
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
 from sensorthings.store.schema import NAME_INDEXES, TABLES
+from tests.conftest import query_plan
 
 OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
 
@@ -31,14 +32,9 @@ def _thing(name: str, internal: bool) -> dict[str, Any]:
 
 
 def _plan(store: Store, statement: Any) -> str:
-    """The store's query plan for `statement`, as text (PostgreSQL told to avoid a scan where it can: on a handful
-    of rows a scan is its cheaper plan, and the question is whether the index can serve)."""
+    """The store's query plan for a statement built here, its constants written in."""
     compiled = statement.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
-    with store.engine.connect() as conn:
-        if store.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
-        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+    return query_plan(store, str(compiled))
 
 
 def _names(service: Service, path: str, sees_internal: bool) -> set[str]:

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from sensorthings.service import ApiRequest, Service
 from sensorthings.store.base import Store
+from tests.conftest import query_plan
 
 BOX = "geography'POLYGON((127 37.5, 127.1 37.5, 127.1 37.6, 127 37.6, 127 37.5))'"
 INSIDE, OUTSIDE = [127.05, 37.55], [126.5, 37.2]
@@ -62,14 +63,8 @@ def _names(service: Service, path: str, **params: str) -> list[str]:
 
 
 def _plan(store: Store, statement: tuple[str, Any]) -> str:
-    """The plan of a statement a read ran, with its parameters (PostgreSQL told to avoid a scan where it can: on a
-    handful of rows a scan is its cheaper plan, and the question is whether an index can serve)."""
-    sql, params = statement
-    with store.engine.connect() as conn:
-        if store.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))
-        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+    """The plan of a statement a read ran, with its parameters."""
+    return query_plan(store, *statement)
 
 
 def test_entities_are_found_by_name_through_an_index(city: City) -> None:
