@@ -215,13 +215,8 @@ class Service:
         """A POST of one Observation handed to the group-commit writer without waiting: its answer once
         committed. None for any other request (and for a deep insert), which `handle` answers in a thread.
         Parses only, so an event loop may call it."""
-        if req.method.upper() != "POST" or req.path.strip("/") in ("", "$batch", "CreateObservations"):
-            return None
-        try:
-            resource = parse_path(req.path.strip("/"))
-        except PathError:
-            return None  # `handle` says what is wrong with it
-        if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
+        resource = _observation_set(req.method, req.path)
+        if resource is None:
             return None
         pending: list[tuple[Pending[Written], Callable[[], ApiResponse]]] = []
 
@@ -251,6 +246,27 @@ class Service:
         if answer is None:  # not a simple Observation (a deep insert: in a transaction of its own)
             answer = Pending.of(self.handle(req))
         return answer
+
+    def observation_row(self, path: str, data: Any) -> ObservationRow | ApiResponse | None:
+        """The row a POST of one Observation (`data`, parsed JSON) to `path` writes through the group-commit writer
+        (`write_rows`), or the refusal a bad one gets at once; None when it goes the general way
+        (`create_observation`): another path, a deep insert."""
+        resource = _observation_set("POST", path)
+        if resource is None:
+            return None
+        made: list[ObservationRow | None] = []
+
+        def parse() -> ApiResponse:
+            made.append(self._observation_row(resource, data))
+            return ApiResponse(202)
+
+        refused = self._answer(parse)
+        return made[0] if made else refused
+
+    def write_rows(self, rows: list[ObservationRow]) -> Pending[Written]:
+        """Hand rows made by `observation_row` to the group-commit writer, each written or refused on its own: what
+        became of them once committed."""
+        return self.store.writer.submit(rows)
 
     def _answer(self, run: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
         """What `run` answers, with bad input and a database's refusals or absence as error responses."""
@@ -541,6 +557,30 @@ class Service:
         """One POSTed Observation handed to the group-commit writer: its future and what answers once it is
         done (201 with the Observation as written, or the refusal); None for a deep insert (a new
         FeatureOfInterest inside), which takes a transaction of its own."""
+        row = self._observation_row(resource, data)
+        if row is None:
+            return None
+        parent = resource.parent
+        future = self.store.writer.submit([row], together=True)
+
+        def finish() -> ApiResponse:
+            written = future.result()
+            reason = written.reasons.get(0)
+            if reason is not None:
+                if parent is not None and reason == f"{parent.entity.name} {parent.id} does not exist":
+                    raise NotFound(reason)
+                raise StoreError(reason)
+            row = written.rows[0]
+            assert row is not None, "a row not refused is written"
+            link = f"{req.base}/{OBSERVATION.set_name}({row['id']})"
+            return ApiResponse(201, None if bare else serializer(OBSERVATION, req.base, None)(row), {"Location": link})
+
+        return future, finish
+
+    @staticmethod
+    def _observation_row(resource: Resource, data: Any) -> ObservationRow | None:
+        """The row one Observation POSTed to `resource` (an Observations set) writes; None for a deep insert (a new
+        FeatureOfInterest inside) or a set the general way answers. Raises what is wrong with the request."""
         parent = resource.parent
         last = resource.steps[-1]
         values: dict[str, Any] = {}
@@ -562,21 +602,7 @@ class Service:
             if not isinstance(item, Ref):
                 return None
             values[OBSERVATION.nav_by_name[name].column] = item.id  # whether it exists, the writer checks
-        future = self.store.writer.submit([ObservationRow(**values)], together=True)
-
-        def finish() -> ApiResponse:
-            written = future.result()
-            reason = written.reasons.get(0)
-            if reason is not None:
-                if parent is not None and reason == f"{parent.entity.name} {parent.id} does not exist":
-                    raise NotFound(reason)
-                raise StoreError(reason)
-            row = written.rows[0]
-            assert row is not None, "a row not refused is written"
-            link = f"{req.base}/{OBSERVATION.set_name}({row['id']})"
-            return ApiResponse(201, None if bare else serializer(OBSERVATION, req.base, None)(row), {"Location": link})
-
-        return future, finish
+        return ObservationRow(**values)
 
     def create_observations(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         """The dataArray extension: many Observations per request, per-row errors without failing the rest."""
@@ -695,6 +721,21 @@ def _confinement(req: ApiRequest) -> dict[str, str] | None:
     if any("observations" in v.lower() or "datastreams" in v.lower() for v in req.params.values()):
         return None
     return confined(parent.entity.table, parent.id)
+
+
+def _observation_set(method: str, path: str) -> Resource | None:
+    """The Observations set a request POSTs one Observation to through the group-commit writer; None for any other
+    request (`handle` answers it, and says what is wrong with a path it cannot parse)."""
+    path = path.strip("/")
+    if method.upper() != "POST" or path in ("", "$batch", "CreateObservations"):
+        return None
+    try:
+        resource = parse_path(path)
+    except PathError:
+        return None
+    if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
+        return None
+    return resource
 
 
 def _settle(answer: Pending[ApiResponse], finish: Callable[[], ApiResponse]) -> None:

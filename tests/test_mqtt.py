@@ -305,3 +305,45 @@ def test_the_creator_passes_over_the_notifications_of_other_processes(tmp_path: 
         finally:
             worker.loop_stop()
             worker.disconnect()
+
+
+def test_the_creates_of_one_read_go_to_the_writer_together(tmp_path: Any) -> None:
+    """Creates from an external broker are gathered per read of the socket and handed to the writer as one submission
+    (`Creator.hand_on`), each written or refused on its own and all acknowledged once committed. Mosquitto sends a
+    client at most 20 unacknowledged messages: a create left unacknowledged, good or bad, would hold back the rest.
+    The messages are published while the creator's loop stands, so that they wait in its socket and its session."""
+    with creator_on_a_broker(tmp_path) as (creator, port, ds):
+        writer = creator.service.store.writer
+        submitted = writer.submitted
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}",
+                                protocol=mqtt.MQTTv5)
+        publisher.connect("127.0.0.1", port)
+        publisher.loop_start()
+        creator.client.loop_stop()
+        try:
+            wait_until(publisher.is_connected, 10, "the device to connect")
+            sent, good = [], 0
+            for k in range(300):
+                if k % 50 == 7:  # a Datastream that does not exist: refused by the writer, among the others
+                    sent.append(publisher.publish("v1.1/Datastreams(987654)/Observations",
+                                                  orjson.dumps({"result": k}), qos=1))
+                elif k % 50 == 13:  # refused at once: no result
+                    sent.append(publisher.publish(f"v1.1/Datastreams({ds})/Observations",
+                                                  orjson.dumps({"resultTime": "2026-12-07T10:00:00Z"}), qos=1))
+                else:
+                    sent.append(publisher.publish(f"v1.1/Datastreams({ds})/Observations",
+                                                  orjson.dumps({"result": k, "phenomenonTime": "2026-12-07T10:00:00Z"}),
+                                                  qos=k % 2))
+                    good += 1
+            wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
+            creator.client.loop_start()
+            wait_until(lambda: creator.created == good, 30, "every good create")
+            wait_until(lambda: creator.rejected == 12, 30, "the bad ones refused")
+            results = [o["result"] for o in creator.service.call(
+                "GET", f"Datastreams({ds})/Observations", **{"$top": "1000"})["value"]]
+            assert sorted(results) == sorted(k for k in range(300) if k % 50 not in (7, 13))
+            # one submission per read of the socket, not one per message
+            assert writer.submitted - submitted < good / 2, (writer.submitted - submitted, good)
+        finally:
+            publisher.loop_stop()
+            publisher.disconnect()

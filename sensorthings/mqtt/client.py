@@ -206,6 +206,9 @@ class BufferedClient(mqtt.Client):
     # QoS 0 and 1 messages whose payload starts so are acknowledged and never handled (`_take_run`); None: none
     passes_over: bytes | None = None
     passed_over = 0  # how many
+    # called at the end of each `loop_read`, in its thread, before the read's acknowledgements go out: a handler that
+    # gathers what one read brought (the creates, into one submission) hands it on there
+    after_read: Callable[[], None] | None = None
     _reading: int | None = None  # the thread in `loop_read`: its QoS 1 acknowledgements wait for the read's end
     _deferred: list[int]  # set by `loop_read`
 
@@ -216,7 +219,7 @@ class BufferedClient(mqtt.Client):
     def ack(self, mid: int, qos: int) -> mqtt.MQTTErrorCode:
         """paho's; a QoS 1 acknowledgement made while handling a read (a message passed over at once) goes out with
         the others of that read, in one write."""
-        if qos == 1 and self._reading == threading.get_ident():
+        if qos == 1 and self.reading():
             self._deferred.append(mid)
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         return super().ack(mid, qos)
@@ -353,9 +356,18 @@ class BufferedClient(mqtt.Client):
                 held -= 1
         finally:
             self._reading = None
+            if self.after_read is not None:
+                try:
+                    self.after_read()
+                except Exception:  # a handler's fault must not end the client's thread, as in `_handle_publish`
+                    log.exception("handing on what a read brought failed")
             if self._deferred:
                 self.ack_many(self._deferred)
         return rc
+
+    def reading(self) -> bool:
+        """True in the thread of a `loop_read` under way: its `after_read` comes once the read ends."""
+        return self._reading == threading.get_ident()
 
 
 def connect(address: BrokerAddress, client_id: str, *, on_message: Callable[[Incoming], None] | None = None,
