@@ -179,9 +179,9 @@ def _variable(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def _passed_over(buf: bytes, pos: int, end: int, qos: int, v5: bool, echo: bytes) -> tuple[int, int] | None:
-    """The end and packet identifier of the PUBLISH at `pos` of `buf` when it is whole there and its payload starts
-    with `echo`; None otherwise (paho reads it)."""
+def _publish_at(buf: bytes, pos: int, end: int, qos: int, v5: bool) -> tuple[int, int, int, int, int] | None:
+    """The PUBLISH at `pos` of `buf` when it is whole there: where it ends, where its topic begins and ends, its packet
+    identifier (0 at QoS 0) and where its payload begins; None when `end` cuts it short."""
     remaining = _variable(buf, pos + 1, end)
     if remaining is None:
         return None
@@ -189,11 +189,22 @@ def _passed_over(buf: bytes, pos: int, end: int, qos: int, v5: bool, echo: bytes
     stop = at + length
     if stop > end:
         return None
-    _topic_end, mid, payload = _layout(buf, at, stop, qos, v5)
+    topic_end, mid, payload = _layout(buf, at, stop, qos, v5)
+    return stop, at + 2, topic_end, mid, payload
+
+
+def _passed_over(buf: bytes, pos: int, end: int, qos: int, v5: bool, echo: bytes) -> tuple[int, int] | None:
+    """The end and packet identifier of the PUBLISH at `pos` of `buf` when it is whole there and its payload starts
+    with `echo`; None otherwise (paho reads it)."""
+    whole = _publish_at(buf, pos, end, qos, v5)
+    if whole is None:
+        return None
+    stop, _topic, _topic_end, mid, payload = whole
     return (stop, mid) if buf.startswith(echo, payload, stop) else None
 
 
-HELD_PACKETS = 64  # packets `BufferedClient.loop_read` processes from its buffer before paho's loop writes again
+# messages `BufferedClient.loop_read` hands on from its buffer before paho's loop writes again (their acknowledgements)
+HELD_PACKETS = 256
 
 
 class BufferedClient(mqtt.Client):
@@ -284,21 +295,24 @@ class BufferedClient(mqtt.Client):
                 return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._handle_pubackcomp(cmd)
 
-    def _take_run(self, sock: BufferedSocket) -> None:
-        # Runs of packets this client settles without handling, taken from the buffer at once, where paho reads each a
-        # byte at a time and handles it with a packet dictionary, a lock and (for a message) a handler call:
+    def _take_run(self, sock: BufferedSocket, budget: int) -> int:
+        # Runs of packets taken from the buffer at once, where paho reads each a byte at a time and handles it with a
+        # packet dictionary and a lock:
         # - the PUBACKs of an outbox's bulk, back-to-back: 150,000 for a bulk of 50,000 Observations (most of paho's
         #   thread's time, the outbox waiting for room meanwhile);
         # - the messages it `passes_over`: on an external broker every notification another process publishes comes
         #   back to the creates' subscriber (their topics are the creates' topics; No Local spares only its own
-        #   connection's), three for each Observation an HTTP worker writes.
-        # paho reads from the first other packet on.
-        outbox, echo = self.outbox, self.passes_over
-        if (outbox is None and echo is None) or self._in_packet["command"] != 0:  # paho is within a packet of its own
-            return
+        #   connection's), three for each Observation an HTTP worker writes;
+        # - up to `budget` QoS 0 and 1 messages for the handler (`receive`): paho's reading of each was a third of the
+        #   bridge's receiving thread.
+        # paho reads from the first other packet on. Returns how many messages went to the handler.
+        outbox, echo, handler = self.outbox, self.passes_over, self.receive
+        if (outbox is None and echo is None and handler is None) or self._in_packet["command"] != 0:
+            return 0  # paho is within a packet of its own
         buf, start = sock.held()
-        pos, end, acks, passed, skipped = start, len(buf), [], [], 0
+        pos, end, acks, passed, skipped, handled = start, len(buf), [], [], 0, 0
         v5 = self._protocol == mqtt.MQTTv5
+        deferred = None if self._manual_ack else self._deferred  # paho's own `ack` sends nothing with manual_ack
         while pos + 4 <= end:
             command = buf[pos]
             if command == packets.PUBACK and outbox is not None:
@@ -311,24 +325,39 @@ class BufferedClient(mqtt.Client):
                 # MQTT 5: a reason code from 0x80 on is a failure; none (two bytes) is success
                 acks.append((mid, length > 2 and buf[pos + 4] >= 0x80))
                 pos += 2 + length
-            elif command & 0xF0 == packets.PUBLISH and echo is not None and (qos := command >> 1 & 3) < 2:
-                after = _passed_over(buf, pos, end, qos, v5, echo)
-                if after is None:
+            elif command & 0xF0 == packets.PUBLISH and (qos := command >> 1 & 3) < 2:
+                whole = _publish_at(buf, pos, end, qos, v5)
+                if whole is None:
                     break
-                pos, mid = after
-                skipped += 1
-                if qos:
-                    passed.append(mid)
+                stop, topic, topic_end, mid, payload = whole
+                if echo is not None and buf.startswith(echo, payload, stop):
+                    skipped += 1
+                    if qos:
+                        passed.append(mid)
+                elif handler is not None and handled < budget:
+                    handled += 1
+                    sock.take(stop)  # the handler may read the client's state: this packet is behind it
+                    try:
+                        handler(Received(buf[topic:topic_end].decode("utf-8", "replace"), buf[payload:stop], qos, mid,
+                                         bool(command & 0x08)))
+                    except Exception:  # as in `_handle_publish`: a handler's fault must not end the client's thread
+                        log.exception("handling a message on %s failed", buf[topic:topic_end])
+                    if qos and deferred is not None:
+                        deferred.append(mid)
+                else:
+                    break
+                pos = stop
             else:
                 break
         if pos == start:
-            return
+            return 0
         sock.take(pos)  # paho's keep-alive reckons from bytes received: it noted these when the buffer was read
         if acks:
             outbox.acknowledged(acks)  # type: ignore[union-attr]
         if passed:
             self._deferred.extend(passed)  # acknowledged with the read's others, in one write (`loop_read`)
         self.passed_over += skipped
+        return handled
 
     def _create_socket(self):  # type: ignore[no-untyped-def]
         sock = super()._create_socket()
@@ -348,9 +377,9 @@ class BufferedClient(mqtt.Client):
             sock = self.socket()
             held = HELD_PACKETS
             while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, BufferedSocket) and sock.pending() \
-                    and self.socket() is sock and held:
-                self._take_run(sock)
-                if not sock.pending():
+                    and self.socket() is sock and held > 0:
+                held -= self._take_run(sock, held)
+                if not sock.pending() or held <= 0:
                     break
                 rc = super().loop_read(max_packets)
                 held -= 1
