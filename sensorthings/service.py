@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -215,13 +216,13 @@ class Service:
         """A POST of one Observation handed to the group-commit writer without waiting: its answer once
         committed. None for any other request (and for a deep insert), which `handle` answers in a thread.
         Parses only, so an event loop may call it."""
-        resource = _observation_set(req.method, req.path)
-        if resource is None:
+        target = _observation_set(req.path) if req.method.upper() == "POST" else None
+        if target is None:
             return None
         pending: list[tuple[Pending[Written], Callable[[], ApiResponse]]] = []
 
         def start() -> ApiResponse | None:
-            submitted = self._submit_observation(req, resource, _json_body(req) if data is None else data,
+            submitted = self._submit_observation(req, target, _json_body(req) if data is None else data,
                                                  bare=data is not None)
             if submitted is None:
                 return None
@@ -251,13 +252,13 @@ class Service:
         """The row a POST of one Observation (`data`, parsed JSON) to `path` writes through the group-commit writer
         (`write_rows`), or the refusal a bad one gets at once; None when it goes the general way
         (`create_observation`): another path, a deep insert."""
-        resource = _observation_set("POST", path)
-        if resource is None:
+        target = _observation_set(path)
+        if target is None:
             return None
         made: list[ObservationRow | None] = []
 
         def parse() -> ApiResponse:
-            made.append(self._observation_row(resource, data))
+            made.append(_observation_row(target, data))
             return ApiResponse(202)
 
         refused = self._answer(parse)
@@ -506,8 +507,9 @@ class Service:
             return error(405, "POST creates entities in a set; address a set such as /Things")
         data = _json_body(req)
         entity = resource.entity
-        if entity is OBSERVATION and tx is None and not resource.ref:
-            submitted = self._submit_observation(req, resource, data)
+        target = _observation_set(req.path) if entity is OBSERVATION and tx is None else None
+        if target is not None:
+            submitted = self._submit_observation(req, target, data)
             if submitted is not None:
                 return submitted[1]()
         parent = resource.parent
@@ -552,15 +554,15 @@ class Service:
         link = f"{req.base}/{entity.set_name}({new_id})"
         return ApiResponse(201, doc, {"Location": link})
 
-    def _submit_observation(self, req: ApiRequest, resource: Resource, data: Any,
+    def _submit_observation(self, req: ApiRequest, target: _ObservationSet, data: Any,
                             bare: bool = False) -> tuple[Pending[Written], Callable[[], ApiResponse]] | None:
         """One POSTed Observation handed to the group-commit writer: its future and what answers once it is
         done (201 with the Observation as written, or the refusal); None for a deep insert (a new
         FeatureOfInterest inside), which takes a transaction of its own."""
-        row = self._observation_row(resource, data)
+        row = _observation_row(target, data)
         if row is None:
             return None
-        parent = resource.parent
+        parent = target.resource.parent
         future = self.store.writer.submit([row], together=True)
 
         def finish() -> ApiResponse:
@@ -576,33 +578,6 @@ class Service:
             return ApiResponse(201, None if bare else serializer(OBSERVATION, req.base, None)(row), {"Location": link})
 
         return future, finish
-
-    @staticmethod
-    def _observation_row(resource: Resource, data: Any) -> ObservationRow | None:
-        """The row one Observation POSTed to `resource` (an Observations set) writes; None for a deep insert (a new
-        FeatureOfInterest inside) or a set the general way answers. Raises what is wrong with the request."""
-        parent = resource.parent
-        last = resource.steps[-1]
-        values: dict[str, Any] = {}
-        implied_navs: frozenset[str] = frozenset()
-        if parent is not None:
-            if parent.id is None:
-                raise PathError("POST to a navigation set needs its parent's id", 400)
-            back = reverse_nav(parent.entity, last.nav) if last.nav is not None else None
-            if back is None or last.nav is None or last.nav.kind is not NavKind.REVERSE:
-                return None  # not an Observation set of a parent: the general way says why
-            implied_navs = frozenset({back.name})
-            values[last.nav.column] = parent.id
-        draft = parse_entity(OBSERVATION, data, implied=implied_navs)
-        if isinstance(draft, Ref):
-            raise BodyError(f"a new {OBSERVATION.name} must not carry @iot.id")
-        values.update(draft.values)
-        for name, items in draft.links.items():
-            item = items[0]
-            if not isinstance(item, Ref):
-                return None
-            values[OBSERVATION.nav_by_name[name].column] = item.id  # whether it exists, the writer checks
-        return ObservationRow(**values)
 
     def create_observations(self, req: ApiRequest, tx: Tx | None) -> ApiResponse:
         """The dataArray extension: many Observations per request, per-row errors without failing the rest."""
@@ -723,11 +698,22 @@ def _confinement(req: ApiRequest) -> dict[str, str] | None:
     return confined(parent.entity.table, parent.id)
 
 
-def _observation_set(method: str, path: str) -> Resource | None:
-    """The Observations set a request POSTs one Observation to through the group-commit writer; None for any other
-    request (`handle` answers it, and says what is wrong with a path it cannot parse)."""
+@dataclass(frozen=True, slots=True)
+class _ObservationSet:
+    """An Observations set one POSTed Observation is created in through the group-commit writer (`Observations`,
+    `Datastreams(7)/Observations`), made once per path: devices post to the same few thousand."""
+
+    resource: Resource
+    implied: frozenset[str]  # the navigation property the path gives (`Datastream`)
+    given: tuple[tuple[str, int], ...]  # and its column with the parent's id
+
+
+@lru_cache(maxsize=16_384)
+def _observation_set(path: str) -> _ObservationSet | None:
+    """Where a POST to `path` creates one Observation through the group-commit writer; None for any other path
+    (`handle` answers it, and says what is wrong with one it cannot parse)."""
     path = path.strip("/")
-    if method.upper() != "POST" or path in ("", "$batch", "CreateObservations"):
+    if path in ("", "$batch", "CreateObservations"):
         return None
     try:
         resource = parse_path(path)
@@ -735,7 +721,31 @@ def _observation_set(method: str, path: str) -> Resource | None:
         return None
     if resource.entity is not OBSERVATION or resource.single or resource.ref or resource.prop is not None:
         return None
-    return resource
+    parent, last = resource.parent, resource.steps[-1]
+    if parent is None:
+        return _ObservationSet(resource, frozenset(), ())
+    if parent.id is None or last.nav is None or last.nav.kind is not NavKind.REVERSE:
+        return None
+    back = reverse_nav(parent.entity, last.nav)
+    if back is None:
+        return None
+    return _ObservationSet(resource, frozenset({back.name}), ((last.nav.column, parent.id),))
+
+
+def _observation_row(target: _ObservationSet, data: Any) -> ObservationRow | None:
+    """The row one Observation POSTed to `target` writes; None for a deep insert (a new FeatureOfInterest inside),
+    which takes a transaction of its own. Raises what is wrong with the body."""
+    draft = parse_entity(OBSERVATION, data, implied=target.implied)
+    if isinstance(draft, Ref):
+        raise BodyError(f"a new {OBSERVATION.name} must not carry @iot.id")
+    values = dict(target.given)
+    values.update(draft.values)
+    for name, items in draft.links.items():
+        item = items[0]
+        if not isinstance(item, Ref):
+            return None
+        values[OBSERVATION.nav_by_name[name].column] = item.id  # whether it exists, the writer checks
+    return ObservationRow(**values)
 
 
 def _settle(answer: Pending[ApiResponse], finish: Callable[[], ApiResponse]) -> None:
