@@ -55,7 +55,7 @@ def parse_id(value: Any, where: str) -> int:
 
 def _is_annotation(key: str) -> bool:
     # links and counts a server wrote (Hamburg's and FROST's documents carry them); never data
-    return key.startswith("@iot.") or "@iot." in key
+    return "@iot." in key
 
 
 Converter = Callable[[Any, dict[str, Any]], None]
@@ -63,19 +63,24 @@ Converter = Callable[[Any, dict[str, Any]], None]
 
 def convert_value(entity: EntityType, name: str, value: Any, values: dict[str, Any]) -> None:
     """Put one property's value into `values` as the store's columns."""
-    converter(entity, name)(value, values)
+    converters(entity)[name](value, values)
 
 
-_CONVERTERS: dict[tuple[str, str], Converter] = {}
+_CONVERTERS: dict[str, dict[str, Converter]] = {}
 
 
 def converter(entity: EntityType, name: str) -> Converter:
-    """What puts a value of the property `name` into a row's columns (a BodyError names the property). Made once
-    per property: CreateObservations converts a million values a minute, each through the same few."""
-    key = (entity.name, name)  # not the entity: hashing its properties costs more than converting a value
-    found = _CONVERTERS.get(key)
+    """What puts a value of the property `name` into a row's columns (a BodyError names the property)."""
+    return converters(entity)[name]
+
+
+def converters(entity: EntityType) -> dict[str, Converter]:
+    """Per property of `entity`, what puts its value into a row's columns. Made once per entity type:
+    CreateObservations converts a million values a minute, each through the same few, and devices post one
+    Observation at a time by the thousand a second."""
+    found = _CONVERTERS.get(entity.name)  # by name: hashing an entity's properties costs more than converting a value
     if found is None:
-        found = _CONVERTERS[key] = _converter(entity, name)
+        found = _CONVERTERS[entity.name] = {p.name: _converter(entity, p.name) for p in entity.props}
     return found
 
 
@@ -172,33 +177,51 @@ def parse_entity(
         return Ref(entity, parse_id(data["@iot.id"], entity.name))
     values: dict[str, Any] = {}
     links: dict[str, list[Draft | Ref]] = {}
+    convert = converters(entity)
     for key, value in data.items():
         if _is_annotation(key):
             continue
-        if key in entity.prop_by_name:
-            convert_value(entity, key, value, values)
+        into = convert.get(key)
+        if into is not None:
+            into(value, values)
         elif key in entity.nav_by_name:
             links[key] = _parse_links(entity, entity.nav_by_name[key], value, mode, depth)
         else:
             raise BodyError(f"{entity.name} has no property {key!r}")
-    if mode in ("create", "put"):
+    if mode == "put":
         for prop in entity.props:
             if prop.name in data:
                 continue
-            if prop.required and not (prop.name == "phenomenonTime"):
+            if prop.required and prop.name != "phenomenonTime":
                 raise BodyError(f"{entity.name}.{prop.name} is required")
-            if mode == "put" and not prop.read_only:
+            if not prop.read_only:
                 _set_null(prop.kind, prop.column, values)
-    if mode == "create":
-        for nav in entity.navs:
-            if nav.required and nav.name not in links and nav.name not in implied:
-                raise BodyError(f"{entity.name}.{nav.name} is required")
-        if entity is OBSERVATION:
-            given = {"Datastream", "MultiDatastream"} & (set(links) | implied)
-            if len(given) != 1:
-                raise BodyError("an Observation needs exactly one of Datastream or MultiDatastream")
+    elif mode == "create":
+        props, navs = _required(entity)
+        for name in props:
+            if name not in data:
+                raise BodyError(f"{entity.name}.{name} is required")
+        for name in navs:
+            if name not in links and name not in implied:
+                raise BodyError(f"{entity.name}.{name} is required")
+        if entity is OBSERVATION and ("Datastream" in links or "Datastream" in implied) == (
+                "MultiDatastream" in links or "MultiDatastream" in implied):
+            raise BodyError("an Observation needs exactly one of Datastream or MultiDatastream")
     _check_geojson_encoding(entity, values, data)
     return Draft(entity, values, links)
+
+
+_REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _required(entity: EntityType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The properties and navigation properties a new `entity` must be given (phenomenonTime defaults to now)."""
+    found = _REQUIRED.get(entity.name)  # by name, as `converters`
+    if found is None:
+        found = _REQUIRED[entity.name] = (
+            tuple(p.name for p in entity.props if p.required and p.name != "phenomenonTime"),
+            tuple(n.name for n in entity.navs if n.required))
+    return found
 
 
 def _check_geojson_encoding(entity: EntityType, values: dict[str, Any], data: dict) -> None:
