@@ -264,6 +264,17 @@ class Service:
         refused = self._answer(parse)
         return made[0] if made else refused
 
+    def refusal(self, exc: Exception) -> ApiResponse | None:
+        """The error response a request that raised `exc` gets: bad input 4xx, the database away 503; None for a
+        fault it does not know."""
+        def fail() -> ApiResponse:
+            raise exc
+
+        try:
+            return self._answer(fail)
+        except Exception:  # noqa: BLE001 - `exc` itself, raised again by `_answer`
+            return None
+
     def write_rows(self, rows: list[ObservationRow]) -> Pending[Written]:
         """Hand rows made by `observation_row` to the group-commit writer, each written or refused on its own: what
         became of them once committed."""

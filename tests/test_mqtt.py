@@ -211,10 +211,10 @@ def test_external_broker(mosquitto_server: Server) -> None:
 
 
 @contextmanager
-def creator_on_a_broker(tmp_path: Any) -> Iterator[tuple[Any, int, int]]:
+def creator_on_a_broker(tmp_path: Any, url: str | None = None) -> Iterator[tuple[Any, int, int]]:
     """A Creator taking creates from a Mosquitto of its own (other tests' platforms publish notifications to the same
-    small ids on a shared one), over a SQLite store with one Thing: (the creator, the broker's port, the Thing's
-    Datastream)."""
+    small ids on a shared one), over a store with one Thing (SQLite unless `url` says another): (the creator, the
+    broker's port, the Thing's Datastream)."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
     # no queue bound: a test's paho listener behind a burst (2,000 relayed notifications) under a loaded CI machine
@@ -225,7 +225,7 @@ def creator_on_a_broker(tmp_path: Any) -> Iterator[tuple[Any, int, int]]:
     from sensorthings.service import Service
     from sensorthings.store.base import Store
 
-    store = Store.open(f"sqlite:///{tmp_path / 'creator.db'}")
+    store = Store.open(url or f"sqlite:///{tmp_path / 'creator.db'}")
     service = Service(store)
     tid = service.call("POST", "Things", thing_body(f"cr-{uuid.uuid4().hex[:6]}"))["@iot.id"]
     ds = service.call("GET", f"Things({tid})/Datastreams")["value"][0]["@iot.id"]
@@ -344,6 +344,34 @@ def test_the_creates_of_one_read_go_to_the_writer_together(tmp_path: Any) -> Non
             assert sorted(results) == sorted(k for k in range(300) if k % 50 not in (7, 13))
             # one submission per read of the socket, not one per message
             assert writer.submitted - submitted < good / 2, (writer.submitted - submitted, good)
+        finally:
+            publisher.loop_stop()
+            publisher.disconnect()
+
+
+def test_a_create_the_database_refuses_does_not_hold_back_those_read_with_it(tmp_path: Any, store_url: str) -> None:
+    """A create whose row the database refuses as a whole (PostgreSQL: a NUL in its parameters, which JSONB cannot
+    hold) fails the submission it was gathered into. Its companions are then written one by one: they are stored, and
+    it is refused with the database's reason and acknowledged, not left for the broker to send again for ever."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite stores every value that parsing lets through")
+    with creator_on_a_broker(tmp_path, store_url) as (creator, port, ds):
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}",
+                                protocol=mqtt.MQTTv5)
+        publisher.connect("127.0.0.1", port)
+        publisher.loop_start()
+        creator.client.loop_stop()  # so that they come in one read
+        try:
+            wait_until(publisher.is_connected, 10, "the device to connect")
+            sent = [publisher.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps(
+                {"result": k, "parameters": {"note": "a\u0000b" if k == 3 else "ok"}}), qos=1) for k in range(8)]
+            wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
+            creator.client.loop_start()
+            wait_until(lambda: creator.created == 7 and creator.rejected == 1, 30, "seven created, one refused")
+            results = [o["result"] for o in creator.service.call("GET", f"Datastreams({ds})/Observations")["value"]]
+            assert sorted(results) == [0, 1, 2, 4, 5, 6, 7]
+            time.sleep(1)  # the refused one, acknowledged, does not come again
+            assert creator.received == 8 and creator.rejected == 1
         finally:
             publisher.loop_stop()
             publisher.disconnect()

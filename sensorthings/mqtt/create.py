@@ -122,18 +122,29 @@ class Creator:
     def _written(self, gathered: list[_Create], done: Pending[Written]) -> None:
         exc = done.exception()
         if exc is not None:
-            # the database down: left unacknowledged, the broker delivers them again when the session resumes
-            self.rejected += len(gathered)
-            log.warning("%d Observations published not created (left for the broker to deliver again): %s: %s",
-                        len(gathered), type(exc).__name__, exc)
-            return
-        reasons = done.result().reasons
-        for i, create in enumerate(gathered):
-            reason = reasons.get(i)
-            if reason is None:
-                self.created += 1
-            else:
-                self._reject(create.topic, reason)
+            if len(gathered) > 1:
+                # one the database refuses as a whole (a value it cannot store) must not hold back the others, nor come
+                # back with them for ever: each is written alone
+                for create in gathered:
+                    self.service.write_rows([create.row]).add_done_callback(
+                        lambda f, create=create: self._written([create], f))
+                return
+            res = self.service.refusal(exc) if isinstance(exc, Exception) else None
+            if res is None or res.status >= 500:
+                # the database down: left unacknowledged, the broker delivers it again when the session resumes
+                self.rejected += 1
+                log.warning("an Observation published to %s not created (left for the broker to deliver again): "
+                            "%s: %s", gathered[0].topic, type(exc).__name__, exc)
+                return
+            self._refused(gathered[0].topic, res)  # and acknowledged: sent again, it would fail again
+        else:
+            reasons = done.result().reasons
+            for i, create in enumerate(gathered):
+                reason = reasons.get(i)
+                if reason is None:
+                    self.created += 1
+                else:
+                    self._reject(create.topic, reason)
         client = self.client
         if client is None:
             return
