@@ -336,7 +336,14 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
             missing = sorted(set(range(1500)) - set(results(sta, f"pedestrians {sensor} total")))
             raise AssertionError(f"missing {len(missing)}: {missing[:20]}; {health(srv)}") from None
         time.sleep(1)
-        assert sorted(results(sta, f"pedestrians {sensor} total")) == list(range(1500))
+        stored = sorted(results(sta, f"pedestrians {sensor} total"))
+        assert set(stored) == set(range(1500)), "lost"
+        # QoS 1 is at least once on the device's leg too: what the broker took from the device but had not yet
+        # acknowledged when it stopped, the device sends again, and the broker delivers it as a new message (no DUP
+        # flag towards the bridge, which cannot tell it from a new reading with the same payload). At most the device's
+        # in-flight window (paho's 20); under a loaded CI machine 6 came twice. The broker's own redeliveries to the
+        # bridge carry DUP and are recognised (test_redelivered_message_is_not_stored_twice)
+        assert len(stored) - 1500 <= 20, f"{len(stored) - 1500} stored twice"
         device.loop_stop()
     finally:
         stop_server(srv)
