@@ -138,11 +138,10 @@ class Received:
     dup: bool
 
 
-def _received(command: int, body: bytes, v5: bool) -> Received:
-    """The PUBLISH of fixed-header byte `command` and remaining bytes `body`."""
-    qos = (command >> 1) & 3
-    topic_end, mid, payload = _layout(body, 0, len(body), qos, v5)
-    return Received(body[2:topic_end].decode("utf-8", "replace"), bytes(body[payload:]), qos, mid,
+def _received(command: int, buf: bytes, topic: int, topic_end: int, mid: int, payload: int, stop: int) -> Received:
+    """The PUBLISH of fixed-header byte `command` in `buf`, laid out as `_layout` tells: its topic from `topic` to
+    `topic_end`, its packet identifier, its payload from `payload` to `stop`."""
+    return Received(buf[topic:topic_end].decode("utf-8", "replace"), bytes(buf[payload:stop]), (command >> 1) & 3, mid,
                     bool(command & 0x08))
 
 
@@ -277,14 +276,20 @@ class BufferedClient(mqtt.Client):
         handler = self.receive
         if handler is None or (command >> 1) & 3 == 2:
             return super()._handle_publish()
-        message = _received(command, self._in_packet["packet"], self._protocol == mqtt.MQTTv5)
+        body = self._in_packet["packet"]
+        topic_end, mid, payload = _layout(body, 0, len(body), (command >> 1) & 3, self._protocol == mqtt.MQTTv5)
+        self._hand(handler, _received(command, body, 2, topic_end, mid, payload, len(body)))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _hand(self, handler: Callable[[Incoming], None], message: Received) -> None:
+        """A QoS 0 or 1 message to the handler, read by paho or taken from the buffer (`_take_run`); a QoS 1 one is
+        acknowledged with the read's others."""
         try:
             handler(message)
         except Exception:  # a handler's fault must not end the client's thread (paho logs it and goes on, too)
             log.exception("handling a message on %s failed", message.topic)
         if message.qos == 1 and not self._manual_ack:  # paho's own `ack` sends nothing without manual_ack
             self._deferred.append(message.mid)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
         outbox = self.outbox
@@ -312,7 +317,6 @@ class BufferedClient(mqtt.Client):
         buf, start = sock.held()
         pos, end, acks, passed, skipped, handled = start, len(buf), [], [], 0, 0
         v5 = self._protocol == mqtt.MQTTv5
-        deferred = None if self._manual_ack else self._deferred  # paho's own `ack` sends nothing with manual_ack
         while pos + 4 <= end:
             command = buf[pos]
             if command == packets.PUBACK and outbox is not None:
@@ -337,13 +341,7 @@ class BufferedClient(mqtt.Client):
                 elif handler is not None and handled < budget:
                     handled += 1
                     sock.take(stop)  # the handler may read the client's state: this packet is behind it
-                    try:
-                        handler(Received(buf[topic:topic_end].decode("utf-8", "replace"), buf[payload:stop], qos, mid,
-                                         bool(command & 0x08)))
-                    except Exception:  # as in `_handle_publish`: a handler's fault must not end the client's thread
-                        log.exception("handling a message on %s failed", buf[topic:topic_end])
-                    if qos and deferred is not None:
-                        deferred.append(mid)
+                    self._hand(handler, _received(command, buf, topic, topic_end, mid, payload, stop))
                 else:
                     break
                 pos = stop
