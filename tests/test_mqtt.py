@@ -307,46 +307,50 @@ def test_the_creator_passes_over_the_notifications_of_other_processes(tmp_path: 
             worker.disconnect()
 
 
+def publish_while_the_creator_stands(creator: Any, port: int, messages: list[tuple[str, bytes, int]]) -> None:
+    """Publish (topic, payload, QoS) messages from a device while the creator's loop stands, so that they wait in its
+    socket and its session and come in few reads; then let it read them."""
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    device.connect("127.0.0.1", port)
+    device.loop_start()
+    creator.client.loop_stop()
+    try:
+        wait_until(device.is_connected, 10, "the device to connect")
+        sent = [device.publish(topic, payload, qos=qos) for topic, payload, qos in messages]
+        wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
+    finally:
+        creator.client.loop_start()
+        device.loop_stop()
+        device.disconnect()
+
+
 def test_the_creates_of_one_read_go_to_the_writer_together(tmp_path: Any) -> None:
     """Creates from an external broker are gathered per read of the socket and handed to the writer as one submission
     (`Creator.hand_on`), each written or refused on its own and all acknowledged once committed. Mosquitto sends a
-    client at most 20 unacknowledged messages: a create left unacknowledged, good or bad, would hold back the rest.
-    The messages are published while the creator's loop stands, so that they wait in its socket and its session."""
+    client at most 20 unacknowledged messages: a create left unacknowledged, good or bad, would hold back the rest."""
     with creator_on_a_broker(tmp_path) as (creator, port, ds):
         writer = creator.service.store.writer
         submitted = writer.submitted
-        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}",
-                                protocol=mqtt.MQTTv5)
-        publisher.connect("127.0.0.1", port)
-        publisher.loop_start()
-        creator.client.loop_stop()
-        try:
-            wait_until(publisher.is_connected, 10, "the device to connect")
-            sent, good = [], 0
-            for k in range(300):
-                if k % 50 == 7:  # a Datastream that does not exist: refused by the writer, among the others
-                    sent.append(publisher.publish("v1.1/Datastreams(987654)/Observations",
-                                                  orjson.dumps({"result": k}), qos=1))
-                elif k % 50 == 13:  # refused at once: no result
-                    sent.append(publisher.publish(f"v1.1/Datastreams({ds})/Observations",
-                                                  orjson.dumps({"resultTime": "2026-12-07T10:00:00Z"}), qos=1))
-                else:
-                    sent.append(publisher.publish(f"v1.1/Datastreams({ds})/Observations",
-                                                  orjson.dumps({"result": k, "phenomenonTime": "2026-12-07T10:00:00Z"}),
-                                                  qos=k % 2))
-                    good += 1
-            wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
-            creator.client.loop_start()
-            wait_until(lambda: creator.created == good, 30, "every good create")
-            wait_until(lambda: creator.rejected == 12, 30, "the bad ones refused")
-            results = [o["result"] for o in creator.service.call(
-                "GET", f"Datastreams({ds})/Observations", **{"$top": "1000"})["value"]]
-            assert sorted(results) == sorted(k for k in range(300) if k % 50 not in (7, 13))
-            # one submission per read of the socket, not one per message
-            assert writer.submitted - submitted < good / 2, (writer.submitted - submitted, good)
-        finally:
-            publisher.loop_stop()
-            publisher.disconnect()
+        messages, good = [], 0
+        for k in range(300):
+            if k % 50 == 7:  # a Datastream that does not exist: refused by the writer, among the others
+                messages.append(("v1.1/Datastreams(987654)/Observations", orjson.dumps({"result": k}), 1))
+            elif k % 50 == 13:  # refused at once: no result
+                messages.append((f"v1.1/Datastreams({ds})/Observations",
+                                 orjson.dumps({"resultTime": "2026-12-07T10:00:00Z"}), 1))
+            else:
+                messages.append((f"v1.1/Datastreams({ds})/Observations",
+                                 orjson.dumps({"result": k, "phenomenonTime": "2026-12-07T10:00:00Z"}), k % 2))
+                good += 1
+        publish_while_the_creator_stands(creator, port, messages)
+        wait_until(lambda: creator.created == good, 30, "every good create")
+        wait_until(lambda: creator.rejected == 12, 30, "the bad ones refused")
+        results = [o["result"] for o in creator.service.call(
+            "GET", f"Datastreams({ds})/Observations", **{"$top": "1000"})["value"]]
+        assert sorted(results) == sorted(k for k in range(300) if k % 50 not in (7, 13))
+        # one submission per read of the socket, not one per message
+        assert writer.submitted - submitted < good / 2, (writer.submitted - submitted, good)
 
 
 def test_a_create_the_database_refuses_does_not_hold_back_those_read_with_it(tmp_path: Any, store_url: str) -> None:
@@ -356,22 +360,10 @@ def test_a_create_the_database_refuses_does_not_hold_back_those_read_with_it(tmp
     if not store_url.startswith("postgresql"):
         pytest.skip("SQLite stores every value that parsing lets through")
     with creator_on_a_broker(tmp_path, store_url) as (creator, port, ds):
-        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{uuid.uuid4().hex[:8]}",
-                                protocol=mqtt.MQTTv5)
-        publisher.connect("127.0.0.1", port)
-        publisher.loop_start()
-        creator.client.loop_stop()  # so that they come in one read
-        try:
-            wait_until(publisher.is_connected, 10, "the device to connect")
-            sent = [publisher.publish(f"v1.1/Datastreams({ds})/Observations", orjson.dumps(
-                {"result": k, "parameters": {"note": "a\u0000b" if k == 3 else "ok"}}), qos=1) for k in range(8)]
-            wait_until(lambda: all(info.is_published() for info in sent), 30, "the broker to take every publish")
-            creator.client.loop_start()
-            wait_until(lambda: creator.created == 7 and creator.rejected == 1, 30, "seven created, one refused")
-            results = [o["result"] for o in creator.service.call("GET", f"Datastreams({ds})/Observations")["value"]]
-            assert sorted(results) == [0, 1, 2, 4, 5, 6, 7]
-            time.sleep(1)  # the refused one, acknowledged, does not come again
-            assert creator.received == 8 and creator.rejected == 1
-        finally:
-            publisher.loop_stop()
-            publisher.disconnect()
+        publish_while_the_creator_stands(creator, port, [(f"v1.1/Datastreams({ds})/Observations", orjson.dumps(
+            {"result": k, "parameters": {"note": "a\u0000b" if k == 3 else "ok"}}), 1) for k in range(8)])
+        wait_until(lambda: creator.created == 7 and creator.rejected == 1, 30, "seven created, one refused")
+        results = [o["result"] for o in creator.service.call("GET", f"Datastreams({ds})/Observations")["value"]]
+        assert sorted(results) == [0, 1, 2, 4, 5, 6, 7]
+        time.sleep(1)  # the refused one, acknowledged, does not come again
+        assert creator.received == 8 and creator.rejected == 1
